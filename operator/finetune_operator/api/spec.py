@@ -1,0 +1,286 @@
+"""FineTuneJob spec: the user-facing contract of ../shared/design/api.md (field names fixed).
+
+These models are the single source of the CRD (crds/ is generated from them) and of the
+trainer's config. Validation that the API server can do is expressed as schema constraints or
+CEL rules (``x-kubernetes-validations``) so bad manifests are rejected at ``kubectl apply``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from .base import ApiModel, cel
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+_REL_PATH_RULE = (
+    "!self.path.startsWith('/') && !self.path.matches('(^|/)[.][.](/|$)')",
+    "path must be relative to the volume and must not contain '..'",
+    ".path",
+)
+
+
+class SecretKeyRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(min_length=1, max_length=253)
+
+
+class PvcSource(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(_REL_PATH_RULE))
+    claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    path: str = Field(default="", max_length=1024)
+
+    @model_validator(mode="after")
+    def _relative(self) -> PvcSource:
+        if self.path.startswith("/") or ".." in self.path.split("/"):
+            raise ValueError("path must be relative to the volume and must not contain '..'")
+        return self
+
+
+class ConfigMapSource(ApiModel):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(min_length=1, max_length=253)
+
+
+class ModelHubSource(ApiModel):
+    repo: str = Field(min_length=1, max_length=256)
+    revision: str = Field(default="main", min_length=1, max_length=256)
+    token_secret_ref: SecretKeyRef | None = None
+
+
+class DatasetHubSource(ApiModel):
+    repo: str = Field(min_length=1, max_length=256)
+    split: str = Field(default="train", min_length=1, max_length=256)
+    token_secret_ref: SecretKeyRef | None = None
+
+
+def _exactly_one(names: list[str], where: str) -> tuple[str, str]:
+    rule = " + ".join(f"(has(self.{n}) ? 1 : 0)" for n in names) + " == 1"
+    return (rule, f"{where}: exactly one of {', '.join(names)} must be set")
+
+
+class ModelSource(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(_exactly_one(["pvc", "hub"], "model.source")))
+    pvc: PvcSource | None = None
+    hub: ModelHubSource | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelSource:
+        if (self.pvc is None) == (self.hub is None):
+            raise ValueError("model.source: exactly one of pvc, hub must be set")
+        return self
+
+
+class DatasetSource(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(_exactly_one(["pvc", "configMap", "hub"], "dataset.source"))
+    )
+    pvc: PvcSource | None = None
+    config_map: ConfigMapSource | None = None
+    hub: DatasetHubSource | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DatasetSource:
+        if sum(x is not None for x in (self.pvc, self.config_map, self.hub)) != 1:
+            raise ValueError("dataset.source: exactly one of pvc, configMap, hub must be set")
+        return self
+
+
+class ModelSpec(ApiModel):
+    name: str = Field(min_length=1, max_length=256)
+    source: ModelSource
+
+
+DatasetFormat = Literal["alpaca", "sharegpt", "messages", "text"]
+
+
+class DatasetSpec(ApiModel):
+    source: DatasetSource
+    format: DatasetFormat = "messages"
+    validation_split: float = Field(default=0.0, ge=0.0, lt=0.5)
+    cutoff_len: int = Field(default=2048, ge=8, le=1048576)
+    train_on_prompt: bool = Field(
+        default=False,
+        description="chat formats: also compute the loss on system/user tokens "
+        "(default: assistant tokens only)",
+    )
+
+
+Method = Literal["lora", "qlora", "full"]
+
+
+class LoraSpec(ApiModel):
+    rank: int = Field(default=16, ge=1, le=1024)
+    alpha: float = Field(default=32.0, gt=0, le=4096)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"], min_length=1, max_length=64
+    )
+
+
+class QuantizationSpec(ApiModel):
+    bits: Literal[4, 8] = 4
+    type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+class TrainingSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "(has(self.epochs) && self.epochs > 0) || (has(self.maxSteps) && self.maxSteps > 0)",
+                "training: set epochs > 0 or maxSteps > 0",
+            )
+        )
+    )
+    epochs: float = Field(default=3.0, ge=0, le=1000)
+    max_steps: int = Field(default=0, ge=0, le=100_000_000)
+    learning_rate: float = Field(default=2.0e-4, gt=0, le=1.0)
+    batch_size: int = Field(default=4, ge=1, le=4096)
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+        "constant_with_warmup", "inverse_sqrt",
+    ] = "cosine"
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_grad_norm: float = Field(default=1.0, ge=0.0)
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    gradient_checkpointing: bool = False
+    packing: bool = False
+    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    logging_steps: int = Field(default=1, ge=1, le=100000)
+
+    @model_validator(mode="after")
+    def _length(self) -> TrainingSpec:
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("training: set epochs > 0 or maxSteps > 0")
+        return self
+
+
+class DeepSpeedSpec(ApiModel):
+    stage: int = Field(default=2, ge=0, le=3)
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+
+class DistributedSpec(ApiModel):
+    deepspeed: DeepSpeedSpec | None = None
+
+
+class Toleration(ApiModel):
+    key: str | None = Field(default=None, max_length=317)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ResourcesSpec(ApiModel):
+    gpus: int = Field(default=1, ge=0, le=64)
+    nodes: int = Field(default=1, ge=1, le=256)
+    gpu_resource: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9._]*[a-z0-9])?$",
+        description="extended resource name of the GPU; default from the operator config",
+    )
+    cpu: str = Field(default="2", pattern=QUANTITY)
+    memory: str = Field(default="8Gi", pattern=QUANTITY)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+
+
+class StorageSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "has(self.size) != has(self.claimName)",
+                "checkpoint.storage: set exactly one of size (the operator creates a PVC) "
+                "or claimName (an existing claim)",
+            ),
+            (
+                "!has(self.claimName) || !has(self.storageClassName)",
+                "checkpoint.storage: storageClassName only applies with size",
+            ),
+        )
+    )
+    size: str | None = Field(default=None, pattern=QUANTITY)
+    storage_class_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
+    claim_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
+
+    @model_validator(mode="after")
+    def _one(self) -> StorageSpec:
+        if (self.size is None) == (self.claim_name is None):
+            raise ValueError("checkpoint.storage: set exactly one of size or claimName")
+        if self.claim_name is not None and self.storage_class_name is not None:
+            raise ValueError("checkpoint.storage: storageClassName only applies with size")
+        return self
+
+
+class CheckpointSpec(ApiModel):
+    storage: StorageSpec = Field(default_factory=lambda: StorageSpec(size="20Gi"))
+    interval_steps: int = Field(default=200, ge=1, le=10_000_000)
+    keep: int = Field(default=2, ge=1, le=100)
+
+
+class OutputSpec(ApiModel):
+    merge_adapter: bool = False
+
+
+_METHOD_RULES = cel(
+    ("self.method != 'full' || !has(self.lora)", "lora must not be set when method is full",
+     ".lora"),
+    ("self.method == 'qlora' ? has(self.quantization) : !has(self.quantization)",
+     "quantization is required when method is qlora and not allowed otherwise",
+     ".quantization"),
+    ("self.method != 'qlora' || self.resources.gpus > 0",
+     "method qlora needs resources.gpus >= 1 (bitsandbytes 4-bit runs on GPUs)",
+     ".resources.gpus"),
+    ("!has(self.distributed) || !has(self.distributed.deepspeed) || self.resources.gpus > 0",
+     "distributed.deepspeed needs resources.gpus >= 1", ".distributed.deepspeed"),
+    ("!has(self.output) || !self.output.mergeAdapter || self.method != 'full'",
+     "output.mergeAdapter only applies to lora and qlora", ".output.mergeAdapter"),
+)
+
+
+class FineTuneJobSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_METHOD_RULES)
+
+    model: ModelSpec
+    dataset: DatasetSpec
+    method: Method = "lora"
+    lora: LoraSpec | None = None
+    quantization: QuantizationSpec | None = None
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    distributed: DistributedSpec | None = None
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN,
+        description="must be allowed by the operator; default from the operator config",
+    )
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    suspend: bool = False
+    backoff_limit: int = Field(default=3, ge=0, le=100)
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    image: str | None = Field(default=None, max_length=1024)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _method(self) -> FineTuneJobSpec:
+        if self.method == "full" and self.lora is not None:
+            raise ValueError("lora must not be set when method is full")
+        if (self.method == "qlora") != (self.quantization is not None):
+            raise ValueError(
+                "quantization is required when method is qlora and not allowed otherwise"
+            )
+        return self
+
+    def lora_or_default(self) -> LoraSpec | None:
+        """The LoRA settings the trainer uses (defaults when lora/qlora has no block)."""
+        if self.method == "full":
+            return None
+        return self.lora or LoraSpec()

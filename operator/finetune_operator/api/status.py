@@ -1,0 +1,69 @@
+"""FineTuneJob status: written only by the operator."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+
+Phase = Literal["Queued", "Admitted", "Running", "Preempting", "Suspended", "Succeeded", "Failed"]
+ConditionType = Literal["Admitted", "Running", "Preempted", "Suspended", "Complete", "Failed"]
+
+
+class Condition(ApiModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class QueueStatus(ApiModel):
+    position: int | None = None
+    reason: str = ""
+
+
+class Progress(ApiModel):
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+    updated_at: str | None = None
+
+
+class CheckpointStatus(ApiModel):
+    step: int = 0
+    path: str = ""
+    saved_at: str | None = None
+    save_seconds: float | None = None
+
+
+class OutputStatus(ApiModel):
+    adapter_path: str = ""
+    merged_path: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class FineTuneJobStatus(ApiModel):
+    phase: Phase | None = None
+    queue: QueueStatus | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    progress: Progress | None = None
+    checkpoint: CheckpointStatus | None = None
+    preemptions: int = 0
+    failures: int = 0
+    attempt: int = 0
+    lost_steps: int = 0
+    start_time: str | None = None
+    completion_time: str | None = None
+    admitted_at: str | None = None
+    queued_since: str | None = None
+    effective_priority_class: str | None = None
+    output: OutputStatus | None = None
+    observed_generation: int | None = None

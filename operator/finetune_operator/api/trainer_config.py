@@ -1,0 +1,56 @@
+"""The config the operator writes (ConfigMap) and the trainer reads: one schema, no drift.
+
+It embeds the job's FineTuneJobSpec unchanged, plus where things are mounted in the pod.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import ApiModel
+from .spec import FineTuneJobSpec
+
+# Mount points inside trainer pods (the builders and the local node agent use the same ones).
+MODEL_MOUNT = "/mnt/model"
+DATASET_MOUNT = "/mnt/dataset"
+CHECKPOINT_MOUNT = "/mnt/checkpoints"
+CONFIG_MOUNT = "/etc/finetune"
+CONFIG_FILE = "config.yaml"
+
+# Annotation on the trainer's own Pod carrying its progress (JSON, camelCase keys).
+PROGRESS_ANNOTATION = "finetune.dev/progress"
+
+
+class JobRef(ApiModel):
+    namespace: str
+    name: str
+    uid: str
+
+
+class TrainerPaths(ApiModel):
+    model: str = Field(description="local directory of the model, or the hub repo id")
+    dataset: str = Field(description="local file (jsonl/json), or the hub dataset repo id")
+    work_dir: str = Field(
+        description="per-job directory on the checkpoint volume, keyed by the job uid: "
+        "checkpoints/, output/, logs/ live under it"
+    )
+
+
+class ProgressConfig(ApiModel):
+    pod_annotation: bool = Field(
+        default=True,
+        description="patch PROGRESS_ANNOTATION on the trainer's own Pod (POD_NAME/POD_NAMESPACE)",
+    )
+    file: str | None = Field(default=None, description="also write each report to this JSON file")
+    min_interval_seconds: float = Field(default=5.0, ge=0.0)
+
+
+class TrainerConfig(ApiModel):
+    job: JobRef
+    spec: FineTuneJobSpec
+    paths: TrainerPaths
+    progress: ProgressConfig = Field(default_factory=ProgressConfig)
+    termination_log: str = "/dev/termination-log"
+    hub_token_file: str | None = Field(
+        default=None, description="file holding the hub token (mounted Secret); never logged"
+    )
