@@ -27,6 +27,7 @@ class QueueStatus(ApiModel):
 
 
 class Progress(ApiModel):
+    summary: str = Field(default="", description="step/totalSteps for kubectl get, e.g. 1200/3000")
     step: int = 0
     total_steps: int | None = None
     epoch: float | None = None
@@ -35,6 +36,7 @@ class Progress(ApiModel):
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
     updated_at: str | None = None
+    resumed_from_step: int | None = None
 
 
 class CheckpointStatus(ApiModel):
