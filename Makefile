@@ -1,0 +1,53 @@
+# The README's two commands are `make demo` and `make test`; everything else is a step of those.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv cluster-bins system-deps lint crd crd-check chart-crd up down status clean
+
+demo: venv cluster-bins ## the main job: local cluster + operator + node agent + three jobs
+	$(BIN)/python -m finetune_operator.demo
+
+test: venv cluster-bins system-deps ## every test: unit, cluster, trainer, e2e (gpu ones skip without a GPU)
+	scripts/run-tests.sh $(PYTEST_ARGS)
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11+) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	@echo "[make] installing Python packages (torch brings several GB of CUDA wheels on a cold pip cache)"
+	$(BIN)/pip install --quiet -e '.[operator,trainer,dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+cluster-bins: venv ## build etcd, kube-*, kubectl, kwok, helm from the Go module proxy (cached)
+	$(BIN)/python -m finetune_operator.devcluster build
+
+system-deps: ## Debian packages the tests need (promtool)
+	@command -v promtool >/dev/null || { \
+	  echo "[make] installing promtool (Debian package prometheus)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+lint: venv
+	$(BIN)/ruff check operator trainer tests benchmarks
+	$(BIN)/mypy
+
+crd: venv ## regenerate crds/ from the pydantic models
+	$(BIN)/python -m finetune_operator.api.crd --write
+	scripts/sync-chart-crd.sh
+
+crd-check: venv
+	$(BIN)/python -m finetune_operator.api.crd --check
+
+up: venv cluster-bins
+	$(BIN)/python -m finetune_operator.devcluster up
+down:
+	$(BIN)/python -m finetune_operator.devcluster down
+status:
+	$(BIN)/python -m finetune_operator.devcluster status
+
+clean: down
+	rm -rf $(VENV)
