@@ -1,0 +1,206 @@
+"""The operator's metrics: exposition text changes as the handler-facing functions are called."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY as GLOBAL_REGISTRY
+from prometheus_client import generate_latest
+
+from finetune_operator import metrics as m
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def text() -> str:
+    return generate_latest(m.REGISTRY).decode()
+
+
+def value(name: str, **labels: str) -> float | None:
+    return m.REGISTRY.get_sample_value(name, labels)
+
+
+@pytest.fixture
+def ns() -> str:
+    """A namespace of its own per test: the registry is module-global."""
+    return f"ns-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(autouse=True)
+def _empty_snapshot() -> Iterator[None]:
+    yield
+    m.observe_queue({"jobs": [], "quotas": {}})
+
+
+def test_dedicated_registry_not_global() -> None:
+    assert m.REGISTRY is not GLOBAL_REGISTRY
+    assert "finetune_queue_depth" not in generate_latest(GLOBAL_REGISTRY).decode()
+
+
+def test_every_metric_has_help_and_prefix() -> None:
+    families = list(m.REGISTRY.collect())
+    assert len(families) >= 20
+    for fam in families:
+        assert fam.name.startswith("finetune_"), fam.name
+        assert fam.documentation.strip(), f"{fam.name} has no HELP text"
+
+
+def test_observe_queue_sets_depth_gpus_quota_info_and_drops_stale(ns: str) -> None:
+    snap: m.QueueSnapshot = {
+        "jobs": [
+            {"namespace": ns, "name": "a", "phase": "Queued", "priority_class": "finetune-high",
+             "gpus": 2, "queued_since": 1000.0},
+            {"namespace": ns, "name": "b", "phase": "Queued", "priority_class": "finetune-high",
+             "gpus": 1, "queued_since": 1100.0},
+            {"namespace": ns, "name": "c", "phase": "Running", "priority_class": "finetune-low",
+             "gpus": 4},
+            {"namespace": ns, "name": "d", "phase": "Suspended", "priority_class": "finetune-low",
+             "gpus": 8},
+        ],
+        "quotas": {ns: 6, "idle-team": 2},
+    }
+    m.observe_queue(snap)
+    assert value("finetune_queue_depth", namespace=ns, priority_class="finetune-high") == 2
+    assert value("finetune_queue_depth", namespace=ns, priority_class="finetune-low") == 0
+    assert value("finetune_gpus_requested", namespace=ns) == 7  # queued + running, not suspended
+    assert value("finetune_gpus_allocated", namespace=ns) == 4
+    assert value("finetune_gpu_quota", namespace=ns) == 6
+    assert value("finetune_gpu_quota", namespace="idle-team") == 2
+    assert value("finetune_gpus_allocated", namespace="idle-team") == 0
+    assert value("finetune_job_info", namespace=ns, job="c", phase="Running",
+                 priority_class="finetune-low") == 1
+    assert value("finetune_job_queued_since_timestamp_seconds", namespace=ns, job="b") == 1100
+    assert value("finetune_job_queued_since_timestamp_seconds", namespace=ns, job="c") is None
+    # zero-valued counters exist from the first snapshot on
+    assert value("finetune_completions_total", namespace=ns) == 0
+    assert value("finetune_failures_total", namespace=ns, reason="oom-killed") == 0
+
+    m.observe_queue({"jobs": [{"namespace": ns, "name": "a", "phase": "Running",
+                               "priority_class": "finetune-high", "gpus": 2}],
+                     "quotas": {ns: 6}})
+    out = text()
+    assert f'finetune_job_info{{job="b",namespace="{ns}"' not in out
+    assert f'job="a",namespace="{ns}",phase="Queued"' not in out
+    assert value("finetune_queue_depth", namespace=ns, priority_class="finetune-high") == 0
+    assert value("finetune_gpus_allocated", namespace=ns) == 2
+    assert value("finetune_gpu_quota", namespace="idle-team") is None
+
+
+def test_observe_queue_rejects_unknown_phase(ns: str) -> None:
+    with pytest.raises(ValueError, match="phase 'Waiting'"):
+        m.observe_queue({"jobs": [{"namespace": ns, "name": "x", "phase": "Waiting"}]})
+
+
+def test_counters_and_admission_histogram(ns: str) -> None:
+    m.observe_admission(ns, "finetune-normal", 45.0)
+    m.observe_admission(ns, "finetune-normal", 4000.0)
+    assert value("finetune_admissions_total", namespace=ns, priority_class="finetune-normal") == 2
+    assert value("finetune_admission_wait_seconds_bucket", namespace=ns,
+                 priority_class="finetune-normal", le="60.0") == 1
+    assert value("finetune_admission_wait_seconds_bucket", namespace=ns,
+                 priority_class="finetune-normal", le="86400.0") == 2
+    assert value("finetune_admission_wait_seconds_sum", namespace=ns,
+                 priority_class="finetune-normal") == 4045
+
+    m.count_preemption(ns, "finetune-low", "scheduler")
+    m.count_suspension(ns)
+    m.count_failure(ns, "oom-killed")
+    m.count_completion(ns)
+    m.count_lost_work(ns, steps=30, gpu_seconds=240.0)
+    out = text()
+    assert (f'finetune_preemptions_total{{namespace="{ns}",priority_class="finetune-low",'
+            'reason="scheduler"} 1.0') in out
+    assert f'finetune_suspensions_total{{namespace="{ns}"}} 1.0' in out
+    assert f'finetune_failures_total{{namespace="{ns}",reason="oom-killed"}} 1.0' in out
+    assert f'finetune_completions_total{{namespace="{ns}"}} 1.0' in out
+    assert f'finetune_lost_steps_total{{namespace="{ns}"}} 30.0' in out
+    assert f'finetune_lost_work_gpu_seconds_total{{namespace="{ns}"}} 240.0' in out
+
+
+@pytest.mark.parametrize(
+    ("call", "reason"),
+    [(lambda ns, r: m.count_preemption(ns, "finetune-low", r), "oom"),
+     (m.count_failure, "preempted")],
+)
+def test_unknown_reason_rejected(ns: str, call: Callable[[str, str], None], reason: str) -> None:
+    with pytest.raises(ValueError, match=r"unknown .* reason"):
+        call(ns, reason)
+    assert ns not in text()
+
+
+def test_lost_work_rejects_negative(ns: str) -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        m.count_lost_work(ns, steps=-1, gpu_seconds=0)
+
+
+PROGRESS = {
+    "step": 120, "totalSteps": 300, "epoch": 1.2, "loss": 0.83, "learningRate": 1.6e-4,
+    "tokensPerSecond": 5400.0, "etaSeconds": 210.0, "updatedAt": "2026-11-24T12:00:00Z",
+    "state": "training",
+    "checkpoint": {"step": 100, "path": "checkpoints/checkpoint-100",
+                   "savedAt": "2026-11-24T11:59:00Z", "saveSeconds": 1.7},
+}
+
+
+def test_set_job_progress_and_forget(ns: str) -> None:
+    m.set_job_progress(ns, "bot", PROGRESS, checkpoint_interval_steps=50)
+    assert value("finetune_job_step", namespace=ns, job="bot") == 120
+    assert value("finetune_job_total_steps", namespace=ns, job="bot") == 300
+    assert value("finetune_job_loss", namespace=ns, job="bot") == pytest.approx(0.83)
+    assert value("finetune_job_tokens_per_second", namespace=ns, job="bot") == 5400
+    assert value("finetune_job_eta_seconds", namespace=ns, job="bot") == 210
+    assert value("finetune_job_checkpoint_interval_steps", namespace=ns, job="bot") == 50
+    # 2026-11-24T11:59:00Z
+    assert value("finetune_job_last_checkpoint_timestamp_seconds", namespace=ns,
+                 job="bot") == 1795521540.0
+    assert value("finetune_checkpoint_save_seconds_count", namespace=ns) == 1
+
+    # the same checkpoint seen again (every pod event re-reads the annotation): no second save
+    m.set_job_progress(ns, "bot", {**PROGRESS, "step": 130, "loss": None})
+    assert value("finetune_job_step", namespace=ns, job="bot") == 130
+    assert value("finetune_job_loss", namespace=ns, job="bot") == pytest.approx(0.83)
+    assert value("finetune_checkpoint_save_seconds_count", namespace=ns) == 1
+    ck2 = {"step": 150, "savedAt": "2026-11-24T12:01:00Z", "saveSeconds": 2.0}
+    m.set_job_progress(ns, "bot", {**PROGRESS, "checkpoint": ck2})
+    assert value("finetune_checkpoint_save_seconds_count", namespace=ns) == 2
+    assert value("finetune_checkpoint_save_seconds_sum", namespace=ns) == pytest.approx(3.7)
+
+    m.forget_job(ns, "bot")
+    assert f'job="bot",namespace="{ns}"' not in text()
+    m.forget_job(ns, "bot")  # idempotent
+
+
+def test_set_job_progress_without_checkpoint_uses_start(ns: str) -> None:
+    m.set_job_progress(ns, "new", {"step": 0, "state": "loading"}, started_at=1234.0)
+    assert value("finetune_job_last_checkpoint_timestamp_seconds", namespace=ns,
+                 job="new") == 1234.0
+
+
+def test_serve_exposes_registry(ns: str) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    m.count_completion(ns)
+    m.serve(port, addr="127.0.0.1")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert f'finetune_completions_total{{namespace="{ns}"}} 1.0' in body
+    assert "python_gc_objects_collected_total" not in body  # not the global registry
+
+
+def test_docs_list_every_metric() -> None:
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    listed = set(re.findall(r"`(finetune_[a-z_]+)`", doc))
+    names = set()
+    for fam in m.REGISTRY.collect():
+        names.add(fam.name + ("_total" if fam.type == "counter" else ""))
+    assert names <= listed, f"missing from docs/metrics.md: {sorted(names - listed)}"
+    assert listed <= names | {n + "_bucket" for n in names}, sorted(listed - names)
