@@ -1,0 +1,284 @@
+"""Operator settings: environment variables (docs/contracts.md "Operator settings"), mirrored by
+the Helm values and overridable by command-line flags.
+
+Every setting ``foo_bar`` is read from ``FINETUNE_FOO_BAR`` and from the flag ``--foo-bar``; a flag
+wins over the environment. Lists are comma-separated; ``namespace_priority_classes`` is JSON.
+An invalid value fails at start with a :class:`SettingsError` that names the variable (or flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+if TYPE_CHECKING:
+    from .api.job import FineTuneJob
+
+ENV_PREFIX = "FINETUNE_"
+MAX_BACKOFF_SECONDS = 600.0
+
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ClassName = Annotated[str, StringConstraints(pattern=_DNS_SUBDOMAIN, max_length=253)]
+NamespaceName = Annotated[str, StringConstraints(pattern=_DNS_LABEL, max_length=63)]
+ResourceName = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9._]*[a-z0-9])?$",
+        max_length=253,
+    ),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the variable or flag to fix."""
+
+
+class OperatorSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    namespaces: list[NamespaceName] = Field(
+        default_factory=list, description="namespaces to watch; empty = all"
+    )
+    allowed_priority_classes: list[ClassName] = Field(
+        default_factory=lambda: [
+            "finetune-critical", "finetune-high", "finetune-normal", "finetune-low",
+        ],
+        min_length=1,
+        description="global allow-list of PriorityClasses a job may name",
+    )
+    namespace_priority_classes: dict[NamespaceName, list[ClassName]] = Field(
+        default_factory=dict,
+        description="per-namespace allow-list; replaces the global list for that namespace",
+    )
+    default_priority_class: ClassName = "finetune-normal"
+    preempting_priority_classes: list[ClassName] = Field(
+        default_factory=lambda: ["finetune-critical"],
+        description="bands that may preempt lower-priority running jobs",
+    )
+    aging_rate_per_minute: float = Field(default=10.0, ge=0, allow_inf_nan=False)
+    aging_cap: int = Field(default=999, ge=0)
+    max_running_jobs_per_namespace: int = Field(default=0, ge=0, description="0 = unlimited")
+    min_runtime_before_preemption_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    trainer_image: str = Field(default="finetune-operator/trainer:0.1.0", min_length=1)
+    gpu_resource: ResourceName = "nvidia.com/gpu"
+    grace_period_seconds: int = Field(default=120, ge=1)
+    backoff_base_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    admission_interval_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    metrics_port: Port = 8080
+    health_port: Port = 8081
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OperatorSettings:
+        if self.default_priority_class not in self.allowed_priority_classes:
+            raise ValueError(
+                f"{env_name('default_priority_class')}={self.default_priority_class} is not in "
+                f"{env_name('allowed_priority_classes')} "
+                f"({', '.join(self.allowed_priority_classes)}); add it there or pick one of these"
+            )
+        for ns, classes in self.namespace_priority_classes.items():
+            if not classes:
+                raise ValueError(
+                    f"{env_name('namespace_priority_classes')}: namespace {ns} has an empty list, "
+                    "which would reject every job there; remove the entry to use the global list"
+                )
+        if self.metrics_port == self.health_port:
+            raise ValueError(
+                f"{env_name('metrics_port')} and {env_name('health_port')} are both "
+                f"{self.metrics_port}; give them different ports"
+            )
+        return self
+
+    # ---- construction --------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Settings from ``FINETUNE_*`` variables (``os.environ`` when none is given)."""
+        return _build(_raw_from_env(os.environ if environ is None else environ), sources={})
+
+    @classmethod
+    def from_args(
+        cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None
+    ) -> OperatorSettings:
+        """Settings from the environment, overridden by the flags of :func:`add_arguments`."""
+        raw = _raw_from_env(os.environ if environ is None else environ)
+        sources: dict[str, str] = {}
+        for field in cls.model_fields:
+            value = getattr(args, field, None)
+            if value is not None:
+                raw[field] = _parse_text(field, value, flag_name(field))
+                sources[field] = flag_name(field)
+        return _build(raw, sources)
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as ``FINETUNE_*`` variables (``from_env(s.as_env()) == s``)."""
+        out: dict[str, str] = {}
+        for field in type(self).model_fields:
+            value = getattr(self, field)
+            if isinstance(value, list):
+                text = ",".join(value)
+            elif isinstance(value, dict):
+                text = json.dumps(value, sort_keys=True)
+            else:
+                text = str(value)
+            out[env_name(field)] = text
+        return out
+
+    # ---- policy helpers ------------------------------------------------------------------
+
+    def watches(self, namespace: str) -> bool:
+        """Whether the operator handles jobs in this namespace."""
+        return not self.namespaces or namespace in self.namespaces
+
+    def allowed_classes(self, namespace: str) -> list[str]:
+        """PriorityClasses a job in this namespace may name (configured order)."""
+        return list(self.namespace_priority_classes.get(namespace, self.allowed_priority_classes))
+
+    def may_preempt(self, priority_class: str | None) -> bool:
+        """Whether jobs of this band may preempt lower-priority running jobs."""
+        return priority_class is not None and priority_class in self.preempting_priority_classes
+
+    def resolve_priority_class(self, job: FineTuneJob) -> tuple[str | None, str | None]:
+        """``(class, None)`` for the class the job's pods get, or ``(None, message)`` when the
+        job names a class (or falls back to a default) that its namespace does not allow."""
+        ns = job.metadata.namespace
+        allowed = self.allowed_classes(ns)
+        wanted = job.spec.priority_class_name
+        if wanted is None:
+            if self.default_priority_class in allowed:
+                return self.default_priority_class, None
+            return None, (
+                f"no priorityClassName set and the default {self.default_priority_class} is not "
+                f"allowed in namespace {ns}; allowed: {', '.join(allowed)}; "
+                "set spec.priorityClassName to one of these"
+            )
+        if wanted in allowed:
+            return wanted, None
+        return None, (
+            f"priorityClassName {wanted} is not allowed in namespace {ns}; "
+            f"allowed: {', '.join(allowed)}; ask your platform team or pick one of these"
+        )
+
+    def backoff_seconds(self, failures: int) -> float:
+        """Retry delay after the n-th failure: base * 2^(n-1), at most 10 minutes."""
+        if failures <= 0:
+            return 0.0
+        exponent = min(failures - 1, 32)  # 2^32 * base is far past the cap already
+        return min(self.backoff_base_seconds * math.pow(2, exponent), MAX_BACKOFF_SECONDS)
+
+
+# ---- env / flag names and parsing ---------------------------------------------------------
+
+_LIST_FIELDS = {
+    "namespaces", "allowed_priority_classes", "preempting_priority_classes",
+}
+_JSON_FIELDS = {"namespace_priority_classes"}
+
+
+def env_name(field: str) -> str:
+    """``aging_cap`` -> ``FINETUNE_AGING_CAP``."""
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    """``aging_cap`` -> ``--aging-cap``."""
+    return "--" + field.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting (default None = keep the environment's value)."""
+    group = parser.add_argument_group(
+        "operator settings", "each flag overrides the FINETUNE_* variable of the same name"
+    )
+    for field, info in OperatorSettings.model_fields.items():
+        hint = "LIST" if field in _LIST_FIELDS else "JSON" if field in _JSON_FIELDS else "VALUE"
+        default = info.get_default(call_default_factory=True)
+        desc = info.description or field.replace("_", " ")
+        group.add_argument(
+            flag_name(field),
+            dest=field,
+            default=None,
+            metavar=hint,
+            help=f"{desc} (env {env_name(field)}, default {_show(default)})",
+        )
+
+
+def _parse_text(field: str, text: str, where: str) -> Any:
+    if field in _LIST_FIELDS:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if field in _JSON_FIELDS:
+        if not text.strip():
+            return {}
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SettingsError(
+                f"invalid operator settings: {where}: not valid JSON ({e.msg} at position "
+                f"{e.pos}); expected an object "
+                'like {"team-a": ["finetune-high", "finetune-normal"]}'
+            ) from None
+        if not isinstance(value, dict) or not all(
+            isinstance(v, list) and all(isinstance(c, str) for c in v) for v in value.values()
+        ):
+            raise SettingsError(
+                f"invalid operator settings: {where}: expected a JSON object of namespace -> "
+                "list of PriorityClass names, "
+                'like {"team-a": ["finetune-high", "finetune-normal"]}'
+            )
+        return value
+    return text.strip()
+
+
+def _raw_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    for field in OperatorSettings.model_fields:
+        name = env_name(field)
+        if name in environ:
+            raw[field] = _parse_text(field, environ[name], name)
+    return raw
+
+
+def _build(raw: dict[str, Any], sources: dict[str, str]) -> OperatorSettings:
+    try:
+        return OperatorSettings.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = err["loc"]
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if not loc:
+                problems.append(msg)
+                continue
+            field = str(loc[0])
+            where = sources.get(field, env_name(field))
+            value = raw.get(field)
+            detail = ".".join(str(p) for p in loc[1:])
+            problems.append(
+                f"{where}={_show(value)}: {msg}" + (f" (at {detail})" if detail else "")
+            )
+        raise SettingsError(
+            "invalid operator settings: " + "; ".join(problems)
+            + "; fix the environment variable (Helm value) or flag named here"
+        ) from None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return repr(",".join(str(v) for v in value))
+    if isinstance(value, dict):
+        return repr(json.dumps(value))
+    return repr(value)
