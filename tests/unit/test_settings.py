@@ -132,7 +132,9 @@ def test_resolve_priority_class_rejects_classes_outside_the_allowed_set() -> Non
         "priorityClassName system-cluster-critical is not allowed in namespace team-a; "
         "allowed: finetune-high, finetune-normal; ask your platform team or pick one of these",
     )
-    cls, err = s.resolve_priority_class(make_job(namespace="team-a", priority_class="finetune-high"))
+    cls, err = s.resolve_priority_class(
+        make_job(namespace="team-a", priority_class="finetune-high")
+    )
     assert (cls, err) == ("finetune-high", None)
     cls, err = s.resolve_priority_class(
         make_job(namespace="team-a", priority_class="finetune-critical")

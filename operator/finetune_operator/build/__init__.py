@@ -1,0 +1,99 @@
+"""Pure builders of a job's children (plain dict manifests; no API calls).
+
+``build_children`` is the one call a handler needs; the modules below expose the pieces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.job import FineTuneJob
+from ..settings import OperatorSettings
+from .configmap import build_config_map, trainer_config
+from .names import (
+    attempt_selector,
+    job_selector,
+    labels,
+    owner_reference,
+    pod_name,
+    pod_names,
+    selector_string,
+)
+from .pod import build_pod, build_pods, grace_period_seconds
+from .pvc import build_pvc, checkpoint_claim_name, creates_pvc
+from .rbac import build_role, build_role_binding, build_service_account, role_rules
+from .service import build_service
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Children:
+    """Everything one attempt of a job needs, in the order to create it (see ``all``)."""
+
+    config_map: Manifest
+    pvc: Manifest | None
+    service_account: Manifest
+    role: Manifest
+    role_binding: Manifest
+    service: Manifest | None
+    pods: list[Manifest] = field(default_factory=list)
+
+    def all(self) -> list[Manifest]:
+        """Creation order: PVC, ConfigMap, ServiceAccount, Role, RoleBinding, Service, Pods."""
+        head = [
+            self.pvc, self.config_map, self.service_account, self.role, self.role_binding,
+            self.service,
+        ]
+        return [m for m in head if m is not None] + list(self.pods)
+
+
+def build_children(
+    job: FineTuneJob,
+    settings: OperatorSettings,
+    attempt: int,
+    priority_class: str | None,
+    save_seconds: float | None,
+) -> Children:
+    """Children of ``job`` for ``attempt`` (1-based). ``priority_class`` comes from
+    ``settings.resolve_priority_class(job)``; ``save_seconds`` is the last measured checkpoint
+    save (``status.checkpoint.saveSeconds``) or None."""
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1 (1-based), got {attempt} for {job.key}")
+    return Children(
+        config_map=build_config_map(job),
+        pvc=build_pvc(job),
+        service_account=build_service_account(job),
+        role=build_role(job, attempt),
+        role_binding=build_role_binding(job),
+        service=build_service(job, attempt),
+        pods=build_pods(job, settings, attempt, priority_class, save_seconds),
+    )
+
+
+__all__ = [
+    "Children",
+    "Manifest",
+    "attempt_selector",
+    "build_children",
+    "build_config_map",
+    "build_pod",
+    "build_pods",
+    "build_pvc",
+    "build_role",
+    "build_role_binding",
+    "build_service",
+    "build_service_account",
+    "checkpoint_claim_name",
+    "creates_pvc",
+    "grace_period_seconds",
+    "job_selector",
+    "labels",
+    "owner_reference",
+    "pod_name",
+    "pod_names",
+    "role_rules",
+    "selector_string",
+    "trainer_config",
+]

@@ -1,0 +1,267 @@
+"""Trainer Pods of one attempt: ``<job>-a<attempt>-<rank>``, one per node.
+
+Mounts and env follow docs/contracts.md. One process (``python -m finetune_trainer``) when the
+job runs on one node with at most one GPU; ``torchrun`` otherwise (``--standalone`` on one node,
+a static rendezvous on rank 0 through the headless Service for several nodes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..api.job import FineTuneJob
+from ..api.trainer_config import CHECKPOINT_MOUNT, CONFIG_MOUNT, DATASET_MOUNT, MODEL_MOUNT
+from ..settings import OperatorSettings
+from .configmap import CONFIG_PATH, HUB_TOKEN_FILE, HUB_TOKEN_MOUNT, hub_token_ref, uses_hub
+from .configmap import work_dir as job_work_dir
+from .names import config_map_name, metadata, pod_name, service_account_name, service_name
+from .pvc import checkpoint_claim_name
+from .service import RENDEZVOUS_PORT
+
+CONTAINER_NAME = "trainer"
+TERMINATION_LOG = "/dev/termination-log"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+RUN_AS = 1000
+TRAINER_ARGS = ["-m", "finetune_trainer", "--config", CONFIG_PATH]
+
+
+def grace_period_seconds(settings: OperatorSettings, save_seconds: float | None) -> int:
+    """max(configured minimum, ceil(3 * last measured checkpoint save + 30 s)).
+
+    ``save_seconds`` is the last measured save (status.checkpoint.saveSeconds); None, negative
+    or non-finite values are ignored.
+    """
+    minimum = settings.grace_period_seconds
+    if save_seconds is None or not math.isfinite(save_seconds) or save_seconds < 0:
+        return minimum
+    return max(minimum, math.ceil(3 * save_seconds + 30))
+
+
+def gpu_resource(job: FineTuneJob, settings: OperatorSettings) -> str:
+    """The extended resource the job's GPUs are requested as."""
+    return job.spec.resources.gpu_resource or settings.gpu_resource
+
+
+def image(job: FineTuneJob, settings: OperatorSettings) -> str:
+    return job.spec.image or settings.trainer_image
+
+
+def master_addr(job: FineTuneJob, attempt: int) -> str:
+    """DNS name of rank 0 of an attempt: ``<pod rank0>.<job>-workers.<ns>.svc``."""
+    name = job.metadata.name
+    return f"{pod_name(name, attempt, 0)}.{service_name(name)}.{job.metadata.namespace}.svc"
+
+
+def procs_per_node(job: FineTuneJob) -> int:
+    return max(job.spec.resources.gpus, 1)
+
+
+def trainer_command(job: FineTuneJob, attempt: int, rank: int) -> list[str]:
+    res = job.spec.resources
+    if res.nodes > 1:
+        return [
+            "torchrun",
+            f"--nnodes={res.nodes}",
+            f"--node-rank={rank}",
+            f"--nproc-per-node={procs_per_node(job)}",
+            f"--master-addr={master_addr(job, attempt)}",
+            f"--master-port={RENDEZVOUS_PORT}",
+            "--max-restarts=0",
+            *TRAINER_ARGS,
+        ]
+    if res.gpus > 1:
+        return [
+            "torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={res.gpus}",
+            "--max-restarts=0", *TRAINER_ARGS,
+        ]
+    return ["python", *TRAINER_ARGS]
+
+
+def uses_torchrun(job: FineTuneJob) -> bool:
+    return job.spec.resources.nodes > 1 or job.spec.resources.gpus > 1
+
+
+def trainer_env(
+    job: FineTuneJob, attempt: int, rank: int, grace_seconds: int
+) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "FINETUNE_CONFIG", "value": CONFIG_PATH},
+        {"name": "FINETUNE_JOB_UID", "value": job.metadata.uid},
+        {"name": "FINETUNE_ATTEMPT", "value": str(attempt)},
+        {"name": "FINETUNE_WORK_DIR", "value": job_work_dir(job)},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/huggingface"},
+    ]
+    if not uses_hub(job):
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    if uses_torchrun(job):
+        # torchrun SIGKILLs its workers 30 s after a SIGTERM unless told otherwise; give them
+        # the whole grace period to save a checkpoint.
+        env.append({"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(grace_seconds)})
+    res = job.spec.resources
+    if res.nodes > 1:
+        env += [
+            {"name": "MASTER_ADDR", "value": master_addr(job, attempt)},
+            {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+            {"name": "NNODES", "value": str(res.nodes)},
+            {"name": "NODE_RANK", "value": str(rank)},
+            {"name": "NPROC_PER_NODE", "value": str(procs_per_node(job))},
+        ]
+    return env
+
+
+def resources(job: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
+    res = job.spec.resources
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory}
+    if res.gpus > 0:
+        gpu = gpu_resource(job, settings)
+        requests[gpu] = str(res.gpus)
+        limits[gpu] = str(res.gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def tolerations(job: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The job's tolerations, plus ``<gpu taint>:NoSchedule`` Exists when it uses GPUs."""
+    out = [t.to_wire() for t in job.spec.resources.tolerations]
+    if job.spec.resources.gpus > 0:
+        for key in dict.fromkeys([GPU_TAINT_KEY, gpu_resource(job, settings)]):
+            extra = {"key": key, "operator": "Exists", "effect": "NoSchedule"}
+            if extra not in out:
+                out.append(extra)
+    return out
+
+
+def volumes_and_mounts(job: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+
+    def add(name: str, source: dict[str, Any], path: str, read_only: bool) -> None:
+        volumes.append({"name": name, **source})
+        mounts.append({"name": name, "mountPath": path, "readOnly": read_only})
+
+    model = job.spec.model.source
+    if model.pvc is not None:
+        add("model", _pvc(model.pvc.claim_name, True), MODEL_MOUNT, True)
+    data = job.spec.dataset.source
+    if data.pvc is not None:
+        add("dataset", _pvc(data.pvc.claim_name, True), DATASET_MOUNT, True)
+    elif data.config_map is not None:
+        key = data.config_map.key
+        source = {"configMap": {"name": data.config_map.name, "items": [{"key": key, "path": key}]}}
+        add("dataset", source, DATASET_MOUNT, True)
+    add("checkpoints", _pvc(checkpoint_claim_name(job), False), CHECKPOINT_MOUNT, False)
+    add("config", {"configMap": {"name": config_map_name(job.metadata.name)}}, CONFIG_MOUNT, True)
+    token = hub_token_ref(job)
+    if token is not None:
+        secret = {
+            "secretName": token.name,
+            "items": [{"key": token.key, "path": HUB_TOKEN_FILE}],
+            "defaultMode": 0o440,
+        }
+        add("hub-token", {"secret": secret}, HUB_TOKEN_MOUNT, True)
+    add("tmp", {"emptyDir": {}}, "/tmp", False)
+    add("dshm", {"emptyDir": {"medium": "Memory"}}, "/dev/shm", False)
+    return volumes, mounts
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": False,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def build_pod(
+    job: FineTuneJob,
+    settings: OperatorSettings,
+    attempt: int,
+    rank: int,
+    priority_class: str | None,
+    save_seconds: float | None,
+) -> dict[str, Any]:
+    """The Pod of one rank of one attempt (attempt is 1-based, rank 0-based)."""
+    name = job.metadata.name
+    nodes = job.spec.resources.nodes
+    if not 0 <= rank < nodes:
+        raise ValueError(f"rank {rank} is outside 0..{nodes - 1} for FineTuneJob {job.key}")
+    grace = grace_period_seconds(settings, save_seconds)
+    volumes, mounts = volumes_and_mounts(job)
+    container = {
+        "name": CONTAINER_NAME,
+        "image": image(job, settings),
+        "command": trainer_command(job, attempt, rank),
+        "env": trainer_env(job, attempt, rank, grace),
+        "resources": resources(job, settings),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security_context(),
+    }
+    if nodes > 1:
+        container["ports"] = [
+            {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}
+        ]
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": service_account_name(name),
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": grace,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if priority_class is not None:
+        spec["priorityClassName"] = priority_class
+    if job.spec.resources.node_selector:
+        spec["nodeSelector"] = dict(job.spec.resources.node_selector)
+    tols = tolerations(job, settings)
+    if tols:
+        spec["tolerations"] = tols
+    pod_n = pod_name(name, attempt, rank)
+    if nodes > 1:
+        spec["hostname"] = pod_n
+        spec["subdomain"] = service_name(name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata(job, pod_n, attempt=attempt, rank=rank),
+        "spec": spec,
+    }
+
+
+def build_pods(
+    job: FineTuneJob,
+    settings: OperatorSettings,
+    attempt: int,
+    priority_class: str | None,
+    save_seconds: float | None,
+) -> list[dict[str, Any]]:
+    """Every pod of one attempt, rank 0 first (a multi-node gang is created whole)."""
+    return [
+        build_pod(job, settings, attempt, rank, priority_class, save_seconds)
+        for rank in range(job.spec.resources.nodes)
+    ]
+
+
+def _pvc(claim: str, read_only: bool) -> dict[str, Any]:
+    return {"persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
