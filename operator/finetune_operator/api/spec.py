@@ -7,7 +7,7 @@ CEL rules (``x-kubernetes-validations``) so bad manifests are rejected at ``kube
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -16,6 +16,10 @@ from .base import ApiModel, cel
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# Every string and list of the spec is bounded (maxLength/maxItems): the API server estimates
+# the cost of CEL rules from these bounds and rejects a CRD whose rules could cost too much.
+QUANTITY_MAX = 64
 _REL_PATH_RULE = (
     "!self.path.startsWith('/') && !self.path.matches('(^|/)[.][.](/|$)')",
     "path must be relative to the volume and must not contain '..'",
@@ -116,7 +120,7 @@ class LoraSpec(ApiModel):
     rank: int = Field(default=16, ge=1, le=1024)
     alpha: float = Field(default=32.0, gt=0, le=4096)
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=lambda: ["all-linear"], min_length=1, max_length=64
     )
 
@@ -131,7 +135,8 @@ class TrainingSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel(
             (
-                "(has(self.epochs) && self.epochs > 0) || (has(self.maxSteps) && self.maxSteps > 0)",
+                "(has(self.epochs) && self.epochs > 0) "
+                "|| (has(self.maxSteps) && self.maxSteps > 0)",
                 "training: set epochs > 0 or maxSteps > 0",
             )
         )
@@ -162,9 +167,28 @@ class TrainingSpec(ApiModel):
 
 
 class DeepSpeedSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("!self.offloadParams || self.stage == 3",
+             "distributed.deepspeed.offloadParams needs stage 3 (ZeRO-3 partitions parameters)",
+             ".offloadParams"),
+            ("!self.offloadOptimizer || self.stage >= 1",
+             "distributed.deepspeed.offloadOptimizer needs stage >= 1", ".offloadOptimizer"),
+        )
+    )
     stage: int = Field(default=2, ge=0, le=3)
     offload_optimizer: bool = False
     offload_params: bool = False
+
+    @model_validator(mode="after")
+    def _offload(self) -> DeepSpeedSpec:
+        if self.offload_params and self.stage != 3:
+            raise ValueError(
+                "distributed.deepspeed.offloadParams needs stage 3 (ZeRO-3 partitions parameters)"
+            )
+        if self.offload_optimizer and self.stage < 1:
+            raise ValueError("distributed.deepspeed.offloadOptimizer needs stage >= 1")
+        return self
 
 
 class DistributedSpec(ApiModel):
@@ -172,11 +196,33 @@ class DistributedSpec(ApiModel):
 
 
 class Toleration(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("!has(self.operator) || self.operator != 'Exists' || !has(self.value) "
+             "|| self.value == ''",
+             "toleration value must be empty when operator is Exists", ".value"),
+            ("has(self.key) && self.key != '' || has(self.operator) && self.operator == 'Exists'",
+             "toleration key may be empty only with operator Exists", ".key"),
+            ("!has(self.tolerationSeconds) || has(self.effect) && self.effect == 'NoExecute'",
+             "toleration tolerationSeconds only applies to effect NoExecute",
+             ".tolerationSeconds"),
+        )
+    )
     key: str | None = Field(default=None, max_length=317)
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = Field(default=None, max_length=63)
+    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0, le=10**9)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("toleration value must be empty when operator is Exists")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("toleration key may be empty only with operator Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("toleration tolerationSeconds only applies to effect NoExecute")
+        return self
 
 
 class ResourcesSpec(ApiModel):
@@ -188,9 +234,11 @@ class ResourcesSpec(ApiModel):
         pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9._]*[a-z0-9])?$",
         description="extended resource name of the GPU; default from the operator config",
     )
-    cpu: str = Field(default="2", pattern=QUANTITY)
-    memory: str = Field(default="8Gi", pattern=QUANTITY)
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    cpu: str = Field(default="2", max_length=QUANTITY_MAX, pattern=QUANTITY)
+    memory: str = Field(default="8Gi", max_length=QUANTITY_MAX, pattern=QUANTITY)
+    node_selector: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] = Field(
+        default_factory=dict, max_length=64
+    )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
 
 
@@ -208,7 +256,7 @@ class StorageSpec(ApiModel):
             ),
         )
     )
-    size: str | None = Field(default=None, pattern=QUANTITY)
+    size: str | None = Field(default=None, max_length=QUANTITY_MAX, pattern=QUANTITY)
     storage_class_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
     claim_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
 
@@ -231,17 +279,24 @@ class OutputSpec(ApiModel):
     merge_adapter: bool = False
 
 
+# `resources` and `training` are defaulted by the API server before validation; the has()
+# guards keep the rules total anyway (a missing field must not make a rule error out).
+_GPUS = "(!has(self.resources) || !has(self.resources.gpus) || self.resources.gpus > 0)"
 _METHOD_RULES = cel(
     ("self.method != 'full' || !has(self.lora)", "lora must not be set when method is full",
      ".lora"),
     ("self.method == 'qlora' ? has(self.quantization) : !has(self.quantization)",
      "quantization is required when method is qlora and not allowed otherwise",
      ".quantization"),
-    ("self.method != 'qlora' || self.resources.gpus > 0",
+    (f"self.method != 'qlora' || {_GPUS}",
      "method qlora needs resources.gpus >= 1 (bitsandbytes 4-bit runs on GPUs)",
      ".resources.gpus"),
-    ("!has(self.distributed) || !has(self.distributed.deepspeed) || self.resources.gpus > 0",
+    (f"!has(self.distributed) || !has(self.distributed.deepspeed) || {_GPUS}",
      "distributed.deepspeed needs resources.gpus >= 1", ".distributed.deepspeed"),
+    ("!has(self.training) || !has(self.training.precision) || self.training.precision != 'fp16'"
+     f" || {_GPUS}",
+     "training.precision fp16 needs resources.gpus >= 1 (use bf16 or fp32 on CPU)",
+     ".training.precision"),
     ("!has(self.output) || !self.output.mergeAdapter || self.method != 'full'",
      "output.mergeAdapter only applies to lora and qlora", ".output.mergeAdapter"),
 )
@@ -277,6 +332,19 @@ class FineTuneJobSpec(ApiModel):
             raise ValueError(
                 "quantization is required when method is qlora and not allowed otherwise"
             )
+        if self.resources.gpus == 0:
+            if self.method == "qlora":
+                raise ValueError(
+                    "method qlora needs resources.gpus >= 1 (bitsandbytes 4-bit runs on GPUs)"
+                )
+            if self.distributed is not None and self.distributed.deepspeed is not None:
+                raise ValueError("distributed.deepspeed needs resources.gpus >= 1")
+            if self.training.precision == "fp16":
+                raise ValueError(
+                    "training.precision fp16 needs resources.gpus >= 1 (use bf16 or fp32 on CPU)"
+                )
+        if self.output.merge_adapter and self.method == "full":
+            raise ValueError("output.mergeAdapter only applies to lora and qlora")
         return self
 
     def lora_or_default(self) -> LoraSpec | None:

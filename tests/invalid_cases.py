@@ -1,0 +1,221 @@
+"""FineTuneJob manifests that must be rejected, shared by the unit test (pydantic models) and the
+cluster test (the real API server with the generated CRD): one table, two validators, so the
+models and the CRD cannot drift apart.
+
+Each case is a patch on ``valid_manifest()`` and the field path (from the object root, list
+indices as ``.0``) that the error must name. A field counts as named when the error mentions its
+full path, or the path of the object it is reported on plus the rest of the path in the message
+(e.g. ``spec.training: ... set epochs > 0 or maxSteps > 0`` names ``spec.training.epochs``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any
+
+DELETE: Any = object()  # patch value: remove the key
+
+
+def valid_manifest(name: str = "support-bot", namespace: str | None = None) -> dict[str, Any]:
+    """A small valid FineTuneJob, close to the api.md example."""
+    meta: dict[str, Any] = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": meta,
+        "spec": {
+            "model": {
+                "name": "Qwen/Qwen2.5-7B-Instruct",
+                "source": {"pvc": {"claimName": "models", "path": "qwen2.5-7b"}},
+            },
+            "dataset": {
+                "source": {"configMap": {"name": "support-data", "key": "train.jsonl"}},
+                "validationSplit": 0.05,
+            },
+            "method": "lora",
+            "lora": {"rank": 16, "alpha": 32},
+            "training": {"epochs": 3},
+            "resources": {"gpus": 1},
+            "priorityClassName": "finetune-normal",
+            "checkpoint": {"storage": {"size": "20Gi"}},
+        },
+    }
+
+
+def patched(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `patch` into a copy of `base`; DELETE removes a key; non-dicts replace."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if value is DELETE:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = patched(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    field: str  # e.g. "spec.lora.rank"
+    patch: dict[str, Any]
+    server_only: bool = False  # metadata checks: the spec models never see metadata
+    notes: str = ""
+
+    def manifest(self, name: str = "support-bot", namespace: str | None = None) -> dict[str, Any]:
+        return patched(valid_manifest(name, namespace), self.patch)
+
+
+def _spec(**patch: Any) -> dict[str, Any]:
+    return {"spec": patch}
+
+
+_HUB = {"repo": "Qwen/Qwen2.5-7B-Instruct"}
+_PVC = {"claimName": "data"}
+
+CASES: list[Case] = [
+    # required fields and exactly-one sources
+    Case("model-missing", "spec.model", _spec(model=DELETE)),
+    Case("dataset-missing", "spec.dataset", _spec(dataset=DELETE)),
+    Case("model-name-empty", "spec.model.name", _spec(model={"name": ""})),
+    Case("model-source-two", "spec.model.source",
+         _spec(model={"source": {"hub": _HUB}})),
+    Case("model-source-none", "spec.model.source", _spec(model={"source": {"pvc": DELETE}})),
+    Case("dataset-source-two", "spec.dataset.source",
+         _spec(dataset={"source": {"pvc": _PVC}})),
+    Case("dataset-source-none", "spec.dataset.source",
+         _spec(dataset={"source": {"configMap": DELETE}})),
+    Case("model-pvc-absolute-path", "spec.model.source.pvc.path",
+         _spec(model={"source": {"pvc": {"path": "/etc/models"}}})),
+    Case("dataset-pvc-dotdot-path", "spec.dataset.source.pvc.path",
+         _spec(dataset={"source": {"configMap": DELETE,
+                                   "pvc": {"claimName": "data", "path": "a/../../b"}}})),
+    Case("model-pvc-claim-name", "spec.model.source.pvc.claimName",
+         _spec(model={"source": {"pvc": {"claimName": "Models_PVC"}}})),
+    Case("model-hub-repo-empty", "spec.model.source.hub.repo",
+         _spec(model={"source": {"pvc": DELETE, "hub": {"repo": ""}}})),
+    Case("hub-token-key-missing", "spec.model.source.hub.tokenSecretRef.key",
+         _spec(model={"source": {"pvc": DELETE,
+                                 "hub": {**_HUB, "tokenSecretRef": {"name": "hf"}}}})),
+    Case("configmap-key-missing", "spec.dataset.source.configMap.key",
+         _spec(dataset={"source": {"configMap": {"key": DELETE}}})),
+    # dataset
+    Case("dataset-format", "spec.dataset.format", _spec(dataset={"format": "csv"})),
+    Case("validation-split-too-big", "spec.dataset.validationSplit",
+         _spec(dataset={"validationSplit": 0.5})),
+    Case("validation-split-negative", "spec.dataset.validationSplit",
+         _spec(dataset={"validationSplit": -0.1})),
+    Case("cutoff-len-zero", "spec.dataset.cutoffLen", _spec(dataset={"cutoffLen": 0})),
+    # method, lora, quantization
+    Case("method-unknown", "spec.method", _spec(method="prefix-tuning")),
+    Case("lora-with-full", "spec.lora", _spec(method="full")),
+    Case("qlora-without-quantization", "spec.quantization", _spec(method="qlora")),
+    Case("quantization-with-lora", "spec.quantization", _spec(quantization={"bits": 4})),
+    Case("quantization-bits", "spec.quantization.bits",
+         _spec(method="qlora", quantization={"bits": 3})),
+    Case("qlora-on-cpu", "spec.resources.gpus",
+         _spec(method="qlora", quantization={"bits": 4}, resources={"gpus": 0})),
+    Case("lora-rank-zero", "spec.lora.rank", _spec(lora={"rank": 0})),
+    Case("lora-alpha-zero", "spec.lora.alpha", _spec(lora={"alpha": 0})),
+    Case("lora-dropout-one", "spec.lora.dropout", _spec(lora={"dropout": 1.0})),
+    Case("lora-target-modules-empty", "spec.lora.targetModules",
+         _spec(lora={"targetModules": []})),
+    Case("lora-unknown-field", "spec.lora.rnk", _spec(lora={"rnk": 8}),
+         notes="kubectl's strict field validation names unknown fields"),
+    Case("merge-adapter-with-full", "spec.output.mergeAdapter",
+         _spec(method="full", lora=DELETE, output={"mergeAdapter": True})),
+    # training
+    Case("training-no-length", "spec.training.epochs",
+         _spec(training={"epochs": 0, "maxSteps": 0})),
+    Case("learning-rate-zero", "spec.training.learningRate",
+         _spec(training={"learningRate": 0})),
+    Case("batch-size-zero", "spec.training.batchSize", _spec(training={"batchSize": 0})),
+    Case("warmup-ratio-one", "spec.training.warmupRatio", _spec(training={"warmupRatio": 1.0})),
+    Case("precision-unknown", "spec.training.precision", _spec(training={"precision": "int8"})),
+    Case("fp16-on-cpu", "spec.training.precision",
+         _spec(training={"precision": "fp16"}, resources={"gpus": 0})),
+    Case("lr-scheduler-unknown", "spec.training.lrScheduler",
+         _spec(training={"lrScheduler": "step"})),
+    # distributed
+    Case("deepspeed-stage", "spec.distributed.deepspeed.stage",
+         _spec(distributed={"deepspeed": {"stage": 4}})),
+    Case("deepspeed-on-cpu", "spec.distributed.deepspeed",
+         _spec(distributed={"deepspeed": {"stage": 2}}, resources={"gpus": 0})),
+    Case("deepspeed-offload-params-stage2", "spec.distributed.deepspeed.offloadParams",
+         _spec(distributed={"deepspeed": {"stage": 2, "offloadParams": True}})),
+    # resources
+    Case("gpus-negative", "spec.resources.gpus", _spec(resources={"gpus": -1})),
+    Case("gpus-too-many", "spec.resources.gpus", _spec(resources={"gpus": 65})),
+    Case("nodes-zero", "spec.resources.nodes", _spec(resources={"nodes": 0})),
+    Case("gpu-resource-name", "spec.resources.gpuResource",
+         _spec(resources={"gpuResource": "NVIDIA GPU"})),
+    Case("memory-quantity", "spec.resources.memory", _spec(resources={"memory": "lots"})),
+    Case("node-selector-value", "spec.resources.nodeSelector.pool",
+         _spec(resources={"nodeSelector": {"pool": "a b"}})),
+    Case("toleration-exists-with-value", "spec.resources.tolerations.0.value",
+         _spec(resources={"tolerations": [{"key": "gpu", "operator": "Exists",
+                                           "value": "yes"}]})),
+    Case("toleration-seconds-without-noexecute", "spec.resources.tolerations.0.tolerationSeconds",
+         _spec(resources={"tolerations": [{"key": "gpu", "operator": "Equal", "value": "a",
+                                           "effect": "NoSchedule",
+                                           "tolerationSeconds": 30}]})),
+    # priority, checkpoint, lifecycle
+    Case("priority-class-name", "spec.priorityClassName",
+         _spec(priorityClassName="System Critical")),
+    Case("storage-size-and-claim", "spec.checkpoint.storage.size",
+         _spec(checkpoint={"storage": {"claimName": "shared"}})),
+    Case("storage-neither", "spec.checkpoint.storage.size",
+         _spec(checkpoint={"storage": {"size": DELETE}})),
+    Case("storage-class-with-claim", "spec.checkpoint.storage.storageClassName",
+         _spec(checkpoint={"storage": {"size": DELETE, "claimName": "shared",
+                                       "storageClassName": "fast"}})),
+    Case("checkpoint-keep-zero", "spec.checkpoint.keep", _spec(checkpoint={"keep": 0})),
+    Case("checkpoint-interval-zero", "spec.checkpoint.intervalSteps",
+         _spec(checkpoint={"intervalSteps": 0})),
+    Case("backoff-limit-negative", "spec.backoffLimit", _spec(backoffLimit=-1)),
+    Case("active-deadline-zero", "spec.activeDeadlineSeconds", _spec(activeDeadlineSeconds=0)),
+    Case("suspend-not-bool", "spec.suspend", _spec(suspend="maybe")),
+    Case("image-too-long", "spec.image", _spec(image="r/" + "x" * 1100)),
+    # metadata (only the API server sees it)
+    Case("name-too-long", "metadata.name", {"metadata": {"name": "a" * 64}}, server_only=True),
+]
+
+
+def _norm(text: str) -> str:
+    """`tolerations[0]` -> `tolerations.0`, so server and pydantic paths compare alike."""
+    return re.sub(r"\[(\d+)\]", r".\1", text)
+
+
+def names_field(reported: list[tuple[str, str]], field: str) -> bool:
+    """Whether any (path, message) error names `field`: the full path in path or message, or a
+    prefix of it as the path and the rest of the field in the message."""
+    for path, message in reported:
+        path, message = _norm(path), _norm(message)
+        if field == path or field in message:
+            return True
+        if path and field.startswith(path + "."):
+            rest = field[len(path) + 1:]
+            if rest in message:
+                return True
+    return False
+
+
+def server_errors(stderr: str) -> list[tuple[str, str]]:
+    """(path, message) pairs from kubectl's stderr.
+
+    Forms: `* spec.lora.rank: Invalid value: 0: ...`, `The FineTuneJob "x" is invalid:
+    spec.model: Required value`, `strict decoding error: unknown field "spec.lora.rnk"`."""
+    out: list[tuple[str, str]] = []
+    for m in re.finditer(r"unknown field \"([^\"]+)\"", stderr):
+        out.append((m.group(1), stderr))
+    for line in stderr.replace(" is invalid: ", " is invalid:\n").splitlines():
+        line = line.strip().removeprefix("* ").strip()
+        found = re.match(r"^((?:metadata|spec|status)(?:[.\[][\w.\[\]/-]*)?): (.*)$", line)
+        if found:
+            out.append((found.group(1), found.group(2)))
+    return out
