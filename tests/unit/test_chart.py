@@ -1,0 +1,512 @@
+"""The Helm chart, rendered with `helm template` for the main value combinations."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_operator.settings import OperatorSettings, env_name
+
+from .helmchart import (
+    CHART,
+    NAMESPACE,
+    ROOT,
+    metric_names,
+    of_kind,
+    one,
+    render,
+    render_fails,
+    run_helm,
+)
+
+pytestmark = pytest.mark.unit
+
+FULLNAME = "finetune-operator"
+MONITORING_ON = {"monitoring": {"serviceMonitor": {"enabled": True},
+                                "prometheusRule": {"enabled": True},
+                                "dashboard": {"enabled": True}}}
+COMBINATIONS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "monitoring": MONITORING_ON,
+    "no-crds": {"crds": {"install": False}},
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "custom-classes": {
+        "priorityClasses": {
+            "bands": [{"name": "ft-urgent", "value": 9000}, {"name": "ft-batch", "value": 1000}],
+            "preempting": ["ft-urgent"],
+        },
+        "defaultPriorityClass": "ft-batch",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {name: render(values) for name, values in COMBINATIONS.items()}
+
+
+def deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(docs, "Deployment", FULLNAME)
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (c,) = deployment(docs)["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(docs)["env"] if "value" in e}
+
+
+# ---- lint -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("combo", ["defaults", "monitoring", "namespaced"])
+def test_helm_lint_strict_clean(combo: str) -> None:
+    from .helmchart import value_args
+
+    proc = run_helm("lint", "--strict", str(CHART), *value_args(COMBINATIONS[combo]))
+    assert "0 chart(s) failed" in proc.stdout
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+# ---- RBAC -------------------------------------------------------------------------------
+
+def rbac_rules(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(d["metadata"]["name"], r) for d in docs if d["kind"] in ("Role", "ClusterRole")
+            for r in d.get("rules", [])]
+
+
+@pytest.mark.parametrize("combo", list(COMBINATIONS))
+def test_rbac_has_no_wildcards(rendered: dict[str, list[dict[str, Any]]], combo: str) -> None:
+    rules = rbac_rules(rendered[combo])
+    assert rules
+    for role, rule in rules:
+        for key in ("verbs", "resources", "apiGroups", "resourceNames", "nonResourceURLs"):
+            for item in rule.get(key, []):
+                assert "*" not in item, f"{role}: wildcard in {key}: {rule}"
+
+
+def grants(docs: list[dict[str, Any]], role: str) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for name, rule in rbac_rules(docs):
+        if name != role:
+            continue
+        for group in rule["apiGroups"]:
+            for res in rule["resources"]:
+                out.setdefault((group, res), set()).update(rule["verbs"])
+    return out
+
+
+READ = {"get", "list", "watch"}
+CHILD = READ | {"create", "delete", "patch"}
+OPERATOR_GRANTS = {
+    ("finetune.dev", "finetunejobs"): READ | {"patch", "update"},
+    ("finetune.dev", "finetunejobs/status"): {"get", "patch", "update"},
+    ("", "pods"): CHILD,
+    ("", "configmaps"): CHILD,
+    ("", "services"): CHILD,
+    ("", "serviceaccounts"): CHILD,
+    ("", "persistentvolumeclaims"): CHILD,
+    ("rbac.authorization.k8s.io", "roles"): CHILD | {"update"},
+    ("rbac.authorization.k8s.io", "rolebindings"): CHILD | {"update"},
+    ("", "resourcequotas"): READ,
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+CLUSTER_GRANTS = {
+    ("", "nodes"): READ,
+    ("scheduling.k8s.io", "priorityclasses"): READ,
+    ("apiextensions.k8s.io", "customresourcedefinitions"): READ,
+    ("", "namespaces"): {"list", "watch"},
+}
+
+
+def test_operator_rbac_is_exactly_least_privilege(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["defaults"]
+    assert grants(docs, FULLNAME) == OPERATOR_GRANTS
+    assert grants(docs, f"{FULLNAME}-cluster") == CLUSTER_GRANTS
+    for _, rule in rbac_rules(docs):
+        assert not {"bind", "escalate", "impersonate"} & set(rule["verbs"]), rule
+        assert "secrets" not in rule["resources"], rule
+
+
+def test_user_roles_aggregate(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["defaults"]
+    edit = one(docs, "ClusterRole", f"{FULLNAME}-edit")
+    view = one(docs, "ClusterRole", f"{FULLNAME}-view")
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert grants(docs, f"{FULLNAME}-edit")[("finetune.dev", "finetunejobs")] == {
+        "create", "update", "patch", "delete", "get", "list", "watch"}
+    assert grants(docs, f"{FULLNAME}-view")[("finetune.dev", "finetunejobs")] == READ
+    names = {d["metadata"]["name"] for d in of_kind(render({"rbac": {"userRoles": False}}),
+                                                      "ClusterRole")}
+    assert f"{FULLNAME}-edit" not in names and f"{FULLNAME}-view" not in names
+
+
+def test_clusterwide_binding(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["defaults"]
+    crbs = {d["roleRef"]["name"]: d for d in of_kind(docs, "ClusterRoleBinding")}
+    assert set(crbs) == {FULLNAME, f"{FULLNAME}-cluster"}
+    for crb in crbs.values():
+        assert crb["subjects"] == [
+            {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    assert of_kind(docs, "RoleBinding") == []
+    assert one(docs, "ServiceAccount", FULLNAME)
+
+
+def test_namespaced_watch_binds_per_namespace(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["namespaced"]
+    assert {d["roleRef"]["name"] for d in of_kind(docs, "ClusterRoleBinding")} == {
+        f"{FULLNAME}-cluster"}
+    rbs = of_kind(docs, "RoleBinding")
+    assert sorted(rb["metadata"]["namespace"] for rb in rbs) == ["team-a", "team-b"]
+    for rb in rbs:
+        assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                 "kind": "ClusterRole", "name": FULLNAME}
+        assert rb["subjects"][0]["namespace"] == NAMESPACE
+    assert env_of(docs)["FINETUNE_NAMESPACES"] == "team-a,team-b"
+
+
+def test_existing_service_account() -> None:
+    docs = render({"serviceAccount": {"create": False, "name": "ops-sa"}})
+    assert of_kind(docs, "ServiceAccount") == []
+    assert deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
+    assert {s["name"] for d in of_kind(docs, "ClusterRoleBinding") for s in d["subjects"]} == {
+        "ops-sa"}
+    assert "serviceAccount.name is required" in render_fails(
+        {"serviceAccount": {"create": False}})
+
+
+# ---- Deployment -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("combo", list(COMBINATIONS))
+def test_deployment_single_instance_restricted(
+    rendered: dict[str, list[dict[str, Any]]], combo: str
+) -> None:
+    dep = deployment(rendered[combo])
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod)
+    assert all("hostPath" not in v for v in pod.get("volumes", []))
+    c = container(rendered[combo])
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["runAsNonRoot"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "privileged" not in sc
+    assert c["command"] == ["finetune-operator"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_env_is_the_operator_settings_1to1(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    env = env_of(rendered["defaults"])
+    finetune = {k: v for k, v in env.items() if k.startswith("FINETUNE_")}
+    assert set(finetune) == {env_name(f) for f in OperatorSettings.model_fields}
+    # The chart's defaults are the operator's defaults.
+    assert OperatorSettings.from_env(finetune) == OperatorSettings()
+
+
+def test_env_follows_values() -> None:
+    values = {
+        "watchNamespaces": ["team-a"],
+        "allowedPriorityClasses": ["finetune-high", "finetune-low"],
+        "namespacePriorityClasses": {"team-a": ["finetune-low"]},
+        "defaultPriorityClass": "finetune-low",
+        "priorityClasses": {"preempting": ["finetune-critical", "finetune-high"]},
+        "queue": {"agingRatePerMinute": 2.5, "agingCap": 1500000,
+                  "maxRunningJobsPerNamespace": 3, "admissionIntervalSeconds": 0.5},
+        "preemption": {"minRuntimeBeforePreemptionSeconds": 90},
+        "trainer": {"image": {"repository": "acme/trainer", "tag": "1.2.3"},
+                    "gpuResource": "nvidia.com/mig-1g.10gb", "gracePeriodSeconds": 240,
+                    "backoffBaseSeconds": 5},
+        "ports": {"metrics": 9090, "health": 9091},
+    }
+    docs = render(values)
+    env = {k: v for k, v in env_of(docs).items() if k.startswith("FINETUNE_")}
+    s = OperatorSettings.from_env(env)
+    assert s == OperatorSettings(
+        namespaces=["team-a"],
+        allowed_priority_classes=["finetune-high", "finetune-low"],
+        namespace_priority_classes={"team-a": ["finetune-low"]},
+        default_priority_class="finetune-low",
+        preempting_priority_classes=["finetune-critical", "finetune-high"],
+        aging_rate_per_minute=2.5, aging_cap=1500000, max_running_jobs_per_namespace=3,
+        admission_interval_seconds=0.5, min_runtime_before_preemption_seconds=90,
+        trainer_image="acme/trainer:1.2.3", gpu_resource="nvidia.com/mig-1g.10gb",
+        grace_period_seconds=240, backoff_base_seconds=5, metrics_port=9090, health_port=9091,
+    )
+    ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
+    assert ports == {"metrics": 9090, "health": 9091}
+    svc = one(docs, "Service", f"{FULLNAME}-metrics")
+    assert svc["spec"]["ports"][0]["port"] == 9090
+
+
+def test_images_have_no_registry_host(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    env = env_of(rendered["defaults"])
+    for image in (container(rendered["defaults"])["image"], env["FINETUNE_TRAINER_IMAGE"]):
+        first = image.split("/")[0]
+        assert "/" in image and "." not in first and ":" not in first and first != "localhost", (
+            f"{image} names a registry host")
+    assert container(rendered["defaults"])["image"] == "finetune-operator/operator:0.1.0"
+    assert env["FINETUNE_TRAINER_IMAGE"] == "finetune-operator/trainer:0.1.0"
+
+
+# ---- PriorityClasses ------------------------------------------------------------------------
+
+def test_default_priority_classes(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    pcs = {d["metadata"]["name"]: d for d in of_kind(rendered["defaults"], "PriorityClass")}
+    assert list(pcs) == ["finetune-critical", "finetune-high", "finetune-normal", "finetune-low"]
+    assert [pc["value"] for pc in pcs.values()] == [10000, 7500, 5000, 2500]
+    assert {n: pc["preemptionPolicy"] for n, pc in pcs.items()} == {
+        "finetune-critical": "PreemptLowerPriority", "finetune-high": "Never",
+        "finetune-normal": "Never", "finetune-low": "Never"}
+    assert all(pc["globalDefault"] is False for pc in pcs.values())
+    # bands leave room for aging: gaps exceed the default aging cap
+    values = sorted(pc["value"] for pc in pcs.values())
+    assert min(b - a for a, b in itertools.pairwise(values)) > 999
+
+
+def test_custom_priority_classes(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["custom-classes"]
+    pcs = {d["metadata"]["name"]: d for d in of_kind(docs, "PriorityClass")}
+    assert {n: (pc["value"], pc["preemptionPolicy"]) for n, pc in pcs.items()} == {
+        "ft-urgent": (9000, "PreemptLowerPriority"), "ft-batch": (1000, "Never")}
+    env = env_of(docs)
+    assert env["FINETUNE_ALLOWED_PRIORITY_CLASSES"] == "ft-urgent,ft-batch"
+    assert env["FINETUNE_PREEMPTING_PRIORITY_CLASSES"] == "ft-urgent"
+    assert env["FINETUNE_DEFAULT_PRIORITY_CLASS"] == "ft-batch"
+
+
+def test_priority_classes_not_created_when_disabled() -> None:
+    docs = render({"priorityClasses": {"create": False}})
+    assert of_kind(docs, "PriorityClass") == []
+    assert env_of(docs)["FINETUNE_ALLOWED_PRIORITY_CLASSES"].startswith("finetune-critical,")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"defaultPriorityClass": "system-cluster-critical"},
+         "defaultPriorityClass \"system-cluster-critical\" is not in the allowed classes"),
+        ({"priorityClasses": {"preempting": ["finetune-urgent"]}},
+         "priorityClasses.preempting names \"finetune-urgent\", which is not in"),
+        ({"ports": {"metrics": 8080, "health": 8080}}, "give them different ports"),
+    ],
+)
+def test_inconsistent_values_fail_with_reason(values: dict[str, Any], message: str) -> None:
+    assert message in render_fails(values)
+
+
+# ---- CRD --------------------------------------------------------------------------------
+
+CRD_SOURCE = ROOT / "crds" / "finetunejobs.finetune.dev.yaml"
+CRD_CHART_COPY = CHART / "files" / "crds" / "finetunejobs.finetune.dev.yaml"
+
+
+def test_chart_crd_is_the_generated_crd_byte_for_byte() -> None:
+    assert CRD_SOURCE.is_file(), f"{CRD_SOURCE} missing: run `make crd`"
+    assert CRD_CHART_COPY.is_file(), f"{CRD_CHART_COPY} missing: run scripts/sync-chart-crd.sh"
+    assert CRD_CHART_COPY.read_bytes() == CRD_SOURCE.read_bytes(), (
+        "the chart's CRD differs from crds/: run scripts/sync-chart-crd.sh (make crd does)")
+
+
+def test_crd_rendered_with_keep_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    crd = one(rendered["defaults"], "CustomResourceDefinition", "finetunejobs.finetune.dev")
+    source = yaml.safe_load(CRD_SOURCE.read_text())
+    assert crd["spec"] == source["spec"]  # copied verbatim
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert source["metadata"].get("labels", {}).items() <= crd["metadata"]["labels"].items()
+    unkept = one(render({"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in unkept["metadata"].get("annotations", {})
+    assert of_kind(rendered["no-crds"], "CustomResourceDefinition") == []
+
+
+# ---- monitoring ---------------------------------------------------------------------------
+
+def test_monitoring_objects_only_when_enabled(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert of_kind(rendered["defaults"], kind) == []
+    assert of_kind(rendered["defaults"], "ConfigMap") == []
+    docs = rendered["monitoring"]
+    sm = one(docs, "ServiceMonitor")
+    svc = one(docs, "Service", f"{FULLNAME}-metrics")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert svc["spec"]["selector"].items() <= (
+        deployment(docs)["spec"]["template"]["metadata"]["labels"].items())
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] == svc["spec"]["ports"][0]["name"] == "metrics"
+    assert endpoint["honorLabels"] is True  # keep the FineTuneJob's namespace/job labels
+    rule = one(docs, "PrometheusRule")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert alerts == {"FineTuneJobStuckInQueue", "FineTuneCheckpointTooOld",
+                      "FineTuneFailureRateHigh"}
+
+
+def test_monitoring_extra_labels() -> None:
+    docs = render({"monitoring": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
+        "alerts": {"labels": {"team": "ml-platform"}}}})
+    assert one(docs, "ServiceMonitor")["metadata"]["labels"]["release"] == "kps"
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    for r in rule["spec"]["groups"][0]["rules"]:
+        assert r["labels"]["team"] == "ml-platform" and r["labels"]["severity"] == "warning"
+
+
+DASHBOARD = CHART / "dashboards" / "finetune.json"
+
+
+def test_dashboard_configmap_for_grafana_sidecar(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    cm = one(rendered["monitoring"], "ConfigMap", f"{FULLNAME}-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["finetune.json"]) == json.loads(DASHBOARD.read_text())
+    other = render({"monitoring": {"dashboard": {"enabled": True, "namespace": "grafana"}}})
+    assert one(other, "ConfigMap")["metadata"]["namespace"] == "grafana"
+
+
+def test_dashboard_queries_use_real_metrics_and_cover_the_topics() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"\bfinetune_[a-z_]+", e)}
+    assert used <= metric_names(), f"unknown metrics: {sorted(used - metric_names())}"
+    text = "\n".join(exprs)
+    for needle in (
+        "finetune_queue_depth", "histogram_quantile(0.5", "histogram_quantile(0.95",
+        "finetune_admission_wait_seconds_bucket", "finetune_gpus_allocated",
+        "finetune_gpu_quota", "finetune_job_step", "finetune_job_total_steps",
+        "finetune_job_loss", "finetune_preemptions_total", "finetune_lost_work_gpu_seconds_total",
+        "time() - max by (namespace, job) (finetune_job_last_checkpoint_timestamp_seconds",
+    ):
+        assert needle in text, f"dashboard has no panel using {needle}"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "namespace"}
+
+
+# ---- values schema ------------------------------------------------------------------------
+
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+# Free-form maps (labels, annotations, node selectors, namespace -> classes): keys are the
+# user's, values are still typed.
+MAP_PATHS = {
+    "namespacePriorityClasses", "podAnnotations", "podLabels", "nodeSelector",
+    "serviceAccount.annotations", "monitoring.serviceMonitor.labels",
+    "monitoring.prometheusRule.labels", "monitoring.dashboard.labels", "monitoring.alerts.labels",
+}
+# Kubernetes objects passed through unchanged (validated by the API server).
+PASSTHROUGH_PATHS = {
+    "affinity.nodeAffinity", "affinity.podAffinity", "affinity.podAntiAffinity",
+    "extraEnv[].valueFrom",
+}
+
+
+def walk_objects(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    if node.get("type") == "object":
+        out.append((path, node))
+    for key, sub in node.get("properties", {}).items():
+        out += walk_objects(sub, f"{path}.{key}" if path else key)
+    if isinstance(node.get("items"), dict):
+        out += walk_objects(node["items"], f"{path}[]")
+    return out
+
+
+def test_schema_closes_every_object() -> None:
+    objects = walk_objects(SCHEMA)
+    assert len(objects) > 20
+    for path, node in objects:
+        if path in MAP_PATHS:
+            assert isinstance(node.get("additionalProperties"), dict), path
+        elif path in PASSTHROUGH_PATHS:
+            continue
+        else:
+            assert node.get("additionalProperties") is False, f"{path or '<root>'} is open"
+
+
+def test_values_yaml_keys_are_all_in_the_schema() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def check(v: dict[str, Any], s: dict[str, Any], path: str) -> None:
+        for key, sub in v.items():
+            p = f"{path}.{key}" if path else key
+            assert key in s.get("properties", {}), f"{p} is not in values.schema.json"
+            if isinstance(sub, dict) and p not in MAP_PATHS:
+                check(sub, s["properties"][key], p)
+
+    check(values, SCHEMA, "")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"replicas": 2},                                        # unknown top-level key
+        {"queue": {"agingcap": 5}},                             # misspelled nested key
+        {"monitoring": {"alerts": {"stuckInQueue": {"minutes": 5}}}},
+        {"priorityClasses": {"bands": [{"name": "x", "value": 1, "preempt": True}]}},
+        {"extraEnv": [{"name": "FINETUNE_AGING_CAP", "value": "5"}]},  # settings come from values
+        {"queue": {"agingCap": -1}},
+        {"image": {"pullPolicy": "Sometimes"}},
+    ],
+)
+def test_schema_rejects_unknown_or_invalid_values(values: dict[str, Any]) -> None:
+    err = render_fails(values)
+    assert "values don't meet the specifications of the schema" in err, err
+
+
+# ---- Dockerfile <-> chart ---------------------------------------------------------------
+
+def dockerfile_final_stage() -> list[tuple[str, str]]:
+    lines = (ROOT / "Dockerfile.operator").read_text().replace("\\\n", " ").splitlines()
+    instructions = [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1].strip())
+                    for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
+    return instructions[last_from:]
+
+
+def test_dockerfile_matches_the_chart(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    stage = dict(dockerfile_final_stage())
+    assert json.loads(stage["ENTRYPOINT"]) == container(rendered["defaults"])["command"]
+    exposed = {int(p.split("/")[0]) for p in shlex.split(stage["EXPOSE"])}
+    ports = {p["containerPort"] for p in container(rendered["defaults"])["ports"]}
+    assert exposed == ports == {8080, 8081}
+    uid = int(stage["USER"].split(":")[0])
+    pod = deployment(rendered["defaults"])["spec"]["template"]["spec"]
+    assert uid == pod["securityContext"]["runAsUser"] == 1000
+    text = (ROOT / "Dockerfile.operator").read_text()
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
+    assert 'pip install ".[operator]"' in text
+    assert text.count("FROM ") >= 2  # multi-stage: build tools stay in the builder
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    ignore = (ROOT / "Dockerfile.operator.dockerignore").read_text().split()
+    assert ignore[ignore.index("*")] == "*"  # everything excluded, then re-included
+    assert {"!pyproject.toml", "!operator/", "!trainer/"} <= set(ignore)
+
+
+def test_chart_files_not_packaged_by_mistake() -> None:
+    # promtool tests stay out of the chart package
+    assert not list(Path(CHART).rglob("*.test.yaml"))
