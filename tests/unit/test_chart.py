@@ -116,7 +116,6 @@ OPERATOR_GRANTS = {
     ("", "persistentvolumeclaims"): CHILD,
     ("rbac.authorization.k8s.io", "roles"): CHILD | {"update"},
     ("rbac.authorization.k8s.io", "rolebindings"): CHILD | {"update"},
-    ("", "resourcequotas"): READ,
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
@@ -125,7 +124,14 @@ CLUSTER_GRANTS = {
     ("scheduling.k8s.io", "priorityclasses"): READ,
     ("apiextensions.k8s.io", "customresourcedefinitions"): READ,
     ("", "namespaces"): {"list", "watch"},
+    ("", "pods"): {"list"},
+    ("", "resourcequotas"): READ,
 }
+LEADER_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+     "resourceNames": ["finetune-operator-leader"], "verbs": ["get", "update"]},
+]
 
 
 def test_operator_rbac_is_exactly_least_privilege(
@@ -134,6 +140,14 @@ def test_operator_rbac_is_exactly_least_privilege(
     docs = rendered["defaults"]
     assert grants(docs, FULLNAME) == OPERATOR_GRANTS
     assert grants(docs, f"{FULLNAME}-cluster") == CLUSTER_GRANTS
+    leader = one(docs, "Role", f"{FULLNAME}-leader")
+    assert leader["metadata"]["namespace"] == NAMESPACE
+    assert leader["rules"] == LEADER_RULES
+    loop_src = (ROOT / "operator" / "finetune_operator" / "loop.py").read_text()
+    assert f'LEASE_NAME = "{LEADER_RULES[1]["resourceNames"][0]}"' in loop_src
+    # the operator takes the Lease's namespace from POD_NAMESPACE (downward API)
+    (pod_ns,) = [e for e in container(docs)["env"] if e["name"] == "POD_NAMESPACE"]
+    assert pod_ns["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     for _, rule in rbac_rules(docs):
         assert not {"bind", "escalate", "impersonate"} & set(rule["verbs"]), rule
         assert "secrets" not in rule["resources"], rule
@@ -161,7 +175,9 @@ def test_clusterwide_binding(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for crb in crbs.values():
         assert crb["subjects"] == [
             {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
-    assert of_kind(docs, "RoleBinding") == []
+    (leader,) = of_kind(docs, "RoleBinding")
+    assert leader["roleRef"]["name"] == f"{FULLNAME}-leader"
+    assert leader["metadata"]["namespace"] == NAMESPACE
     assert one(docs, "ServiceAccount", FULLNAME)
 
 
@@ -169,7 +185,7 @@ def test_namespaced_watch_binds_per_namespace(rendered: dict[str, list[dict[str,
     docs = rendered["namespaced"]
     assert {d["roleRef"]["name"] for d in of_kind(docs, "ClusterRoleBinding")} == {
         f"{FULLNAME}-cluster"}
-    rbs = of_kind(docs, "RoleBinding")
+    rbs = [rb for rb in of_kind(docs, "RoleBinding") if rb["roleRef"]["kind"] == "ClusterRole"]
     assert sorted(rb["metadata"]["namespace"] for rb in rbs) == ["team-a", "team-b"]
     for rb in rbs:
         assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
