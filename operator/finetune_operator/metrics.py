@@ -211,6 +211,7 @@ REGISTRY.register(_SNAPSHOT)
 
 _lock = threading.Lock()
 _last_checkpoint_seen: dict[tuple[str, str], tuple[Any, Any]] = {}
+_progress_jobs: set[tuple[str, str]] = set()  # jobs with per-job series
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
@@ -218,13 +219,15 @@ def serve(port: int, addr: str = "0.0.0.0") -> None:
     start_http_server(port, addr=addr, registry=REGISTRY)
 
 
-def observe_queue(snapshot: QueueSnapshot) -> None:
+def observe_queue(snapshot: QueueSnapshot | Mapping[str, Any]) -> None:
     """Replace the snapshot gauges with this snapshot (call after every admission pass).
 
-    Also creates the zero-valued per-namespace counters, so rates and ratios exist from the start.
+    The snapshot holds every job the operator handles: per-job progress series of a job that is
+    no longer in it (deleted) are removed, as :func:`forget_job` would. Also creates the
+    zero-valued per-namespace counters, so rates and ratios exist from the start.
     """
-    jobs = tuple(snapshot.get("jobs", ()))
-    quotas = dict(snapshot.get("quotas", {}))
+    jobs: tuple[JobSample, ...] = tuple(snapshot.get("jobs", ()))
+    quotas: dict[str, float] = dict(snapshot.get("quotas", {}))
     for j in jobs:
         if j["phase"] not in PHASES:
             raise ValueError(
@@ -239,6 +242,11 @@ def observe_queue(snapshot: QueueSnapshot) -> None:
         for reason in FAILURE_REASONS:
             FAILURES.labels(ns, reason)
     _SNAPSHOT.state = (jobs, quotas)
+    present = {(j["namespace"], j["name"]) for j in jobs}
+    with _lock:
+        gone = _progress_jobs - present
+    for ns, name in gone:
+        forget_job(ns, name)
 
 
 def observe_admission(namespace: str, priority_class: str, wait_seconds: float) -> None:
@@ -306,6 +314,8 @@ def set_job_progress(
     ckpt = progress.get("checkpoint") or {}
     saved_at = _timestamp(ckpt.get("savedAt"))
     values[JOB_LAST_CHECKPOINT] = saved_at if saved_at is not None else started_at
+    with _lock:
+        _progress_jobs.add(key)
     for gauge, value in values.items():
         if value is not None:
             gauge.labels(*key).set(float(value))
@@ -325,6 +335,7 @@ def forget_job(namespace: str, job: str) -> None:
             gauge.remove(namespace, job)
     with _lock:
         _last_checkpoint_seen.pop((namespace, job), None)
+        _progress_jobs.discard((namespace, job))
 
 
 def _check(kind: str, reason: str, allowed: Sequence[str]) -> None:

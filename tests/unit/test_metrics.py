@@ -177,6 +177,19 @@ def test_set_job_progress_and_forget(ns: str) -> None:
     m.forget_job(ns, "bot")  # idempotent
 
 
+def test_snapshot_without_the_job_forgets_its_progress(ns: str) -> None:
+    job = {"namespace": ns, "name": "bot", "phase": "Running", "priority_class": "p", "gpus": 1}
+    m.observe_queue({"jobs": [job]})
+    m.set_job_progress(ns, "bot", PROGRESS)
+    m.set_job_progress(ns, "other", PROGRESS)
+    m.observe_queue({"jobs": [job]})
+    assert value("finetune_job_step", namespace=ns, job="bot") == 120
+    assert value("finetune_job_step", namespace=ns, job="other") is None  # deleted job
+    m.observe_queue({"jobs": []})
+    assert f'namespace="{ns}"' not in "\n".join(
+        ln for ln in text().splitlines() if ln.startswith("finetune_job_"))
+
+
 def test_set_job_progress_without_checkpoint_uses_start(ns: str) -> None:
     m.set_job_progress(ns, "new", {"step": 0, "state": "loading"}, started_at=1234.0)
     assert value("finetune_job_last_checkpoint_timestamp_seconds", namespace=ns,
