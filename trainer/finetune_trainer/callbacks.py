@@ -1,0 +1,198 @@
+"""Trainer pieces: the atomic-checkpoint Trainer, the SIGTERM stop and the progress callbacks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
+
+from . import checkpoint as ck
+from .progress import ProgressReporter, eta_seconds, iso, progress_payload
+from .stop import StopFlag
+
+log = logging.getLogger(__name__)
+
+# Test hook: sleep this long in the middle of writing the checkpoint of step
+# FINETUNE_DEBUG_SAVE_DELAY_STEP (after the weights and optimizer, before the marker), so a test
+# can SIGKILL a save in flight. Unset in production.
+SAVE_DELAY_ENV = "FINETUNE_DEBUG_SAVE_DELAY_SECONDS"
+SAVE_DELAY_STEP_ENV = "FINETUNE_DEBUG_SAVE_DELAY_STEP"
+
+
+@dataclass
+class RunState:
+    """What the trainer subclass and the callbacks share during one run."""
+
+    work_dir: Path
+    ckpt_root: Path
+    job_uid: str
+    keep: int
+    tag: str
+    reporter: ProgressReporter
+    clock: Callable[[], float] = time.time
+    is_main: bool = True
+    last_checkpoint: ck.CheckpointInfo | None = None
+    resumed_from: int | None = None
+    preempted_at: int | None = None
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    eval_step: int | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    start_time: float = 0.0
+    start_step: int = 0
+    start_tokens: int = 0
+
+    def checkpoint_report(self) -> dict[str, Any] | None:
+        c = self.last_checkpoint
+        return c.to_report(self.work_dir) if c else None
+
+    def report(self, trainer_state: Any, state: str, force: bool = False) -> None:
+        if not self.is_main:
+            return
+        now = self.clock()
+        if not force and not self.reporter.due(now):
+            return
+        elapsed = now - self.start_time
+        step, total = int(trainer_state.global_step), int(trainer_state.max_steps or 0)
+        tokens = int(getattr(trainer_state, "num_input_tokens_seen", 0) or 0) - self.start_tokens
+        tps = tokens / elapsed if elapsed > 0 and tokens > 0 else None
+        payload = progress_payload(
+            step=step, total_steps=total, epoch=trainer_state.epoch, loss=self.loss,
+            learning_rate=self.learning_rate, tokens_per_second=tps,
+            eta_seconds=eta_seconds(step, total, self.start_step, elapsed), now=now, state=state,
+            resumed_from_step=self.resumed_from, checkpoint=self.checkpoint_report())
+        self.reporter.report(payload, now, force=force)
+
+
+class CheckpointingTrainer(Trainer):
+    """HF Trainer whose checkpoints follow the contract (tmp dir + fsync + marker + rename).
+
+    Everything inside a checkpoint is what the HF Trainer writes (model/adapter, optimizer,
+    scheduler, scaler, RNG states, trainer_state.json), so ``train(resume_from_checkpoint=...)``
+    restores it exactly; only the directory handling and the retention are ours.
+    """
+
+    def __init__(self, *args: Any, run: RunState, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run = run
+
+    def _barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        run = self.run
+        step = int(self.state.global_step)
+        final = ck.final_dir_for(run.ckpt_root, step)
+        if ck.is_complete(final, run.job_uid):
+            return  # this step is already saved (e.g. SIGTERM on a periodic save step)
+        run.report(self.state, "saving", force=True)
+        t0 = time.monotonic()
+        tmp = ck.tmp_dir_for(run.ckpt_root, step, run.tag)
+        if self.args.should_save:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        self.store_flos()
+        self.save_model(str(tmp), _internal_call=True)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(str(tmp))
+            self._save_scaler(str(tmp))
+            self._save_rng_state(str(tmp))
+        if self.args.should_save:
+            for cb in [c for c in [*self.callback_handler.callbacks, self.control]
+                       if isinstance(c, ExportableState)]:
+                name = cb.__class__.__name__
+                stateful: dict[str, Any] = self.state.stateful_callbacks  # type: ignore[assignment]
+                if isinstance(stateful.get(name), list):
+                    stateful[name].append(cb.state())
+                else:
+                    stateful[name] = cb.state()
+            self.state.save_to_json(str(tmp / TRAINER_STATE_NAME))
+        _debug_delay(step)
+        self._barrier()
+        if self.args.should_save:
+            info = ck.finalize(tmp, final, step, run.job_uid, iso(run.clock()),
+                               time.monotonic() - t0)
+            run.last_checkpoint = info
+            deleted = ck.apply_retention(run.ckpt_root, run.keep, run.job_uid)
+            log.info("checkpoint %s saved in %.2fs%s", final.name, info.save_seconds or 0.0,
+                     f"; retention deleted steps {deleted}" if deleted else "")
+        self._barrier()
+
+
+def _debug_delay(step: int) -> None:
+    delay = os.environ.get(SAVE_DELAY_ENV)
+    at = os.environ.get(SAVE_DELAY_STEP_ENV)
+    if delay and (at is None or int(at) == step):
+        time.sleep(float(delay))
+
+
+class StopCallback(TrainerCallback):
+    """On SIGTERM: save at this optimizer-step boundary and stop training."""
+
+    def __init__(self, flag: StopFlag, run: RunState) -> None:
+        self.flag = flag
+        self.run = run
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step < state.max_steps and self.flag.agreed(args.device):
+            control.should_save = True
+            control.should_training_stop = True
+            self.run.preempted_at = int(state.global_step)
+        return control
+
+
+class ReportCallback(TrainerCallback):
+    """Feeds the progress channel: rate-limited on steps/logs, forced after saves."""
+
+    def __init__(self, run: RunState, resuming: bool) -> None:
+        self.run = run
+        self.resuming = resuming
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        run = self.run
+        run.start_time = run.clock()
+        run.start_step = int(state.global_step)
+        run.start_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+        run.resumed_from = int(state.global_step) if self.resuming else None
+        run.report(state, "training", force=True)
+        return control
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if not control.should_log:
+            self.run.report(state, "training")
+        return control
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kwargs: Any) -> Any:
+        logs = logs or {}
+        if self.run.is_main:
+            shown = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()
+                     if k in ("loss", "learning_rate", "grad_norm", "eval_loss", "epoch")}
+            log.info("step %d/%d %s", state.global_step, state.max_steps, shown)
+        if "loss" in logs:
+            self.run.loss = float(logs["loss"])
+        if "learning_rate" in logs:
+            self.run.learning_rate = float(logs["learning_rate"])
+        self.run.report(state, "training")
+        return control
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self.run.report(state, "training", force=True)
+        return control
+
+    def on_evaluate(self, args: Any, state: Any, control: Any,
+                    metrics: dict[str, float] | None = None, **kwargs: Any) -> Any:
+        if metrics:
+            self.run.eval_metrics = dict(metrics)
+            self.run.eval_step = int(state.global_step)
+        return control

@@ -1,0 +1,262 @@
+"""Thin orchestration: build, resume, train, export, report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune_operator.api.trainer_config import TrainerConfig
+
+from . import checkpoint as ck
+from .callbacks import CheckpointingTrainer, ReportCallback, RunState, StopCallback
+from .config import Runtime, detect_runtime, resolve_precision
+from .data import Collator, ExampleDataset, build_examples
+from .model import apply_method, deepspeed_config, load_model, load_tokenizer, merge_adapter
+from .progress import build_reporter, termination_message, write_termination_log
+from .stop import StopFlag
+
+log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "output/adapter"
+MERGED_DIR = "output/merged"
+LOGS_DIR = "logs"
+
+
+@dataclass
+class Outcome:
+    reason: str  # Completed | Preempted
+    final_step: int
+    message: str = ""
+    adapter_path: str = ""
+    merged_path: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: dict[str, Any] | None = None
+
+    def termination(self) -> str:
+        return termination_message(
+            reason=self.reason, message=self.message, final_step=self.final_step,
+            adapter_path=self.adapter_path, merged_path=self.merged_path, metrics=self.metrics,
+            checkpoint=self.checkpoint)
+
+
+def training_kwargs(cfg: TrainerConfig, precision: str, rt: Runtime, ckpt_root: Path,
+                    has_eval: bool, ds: dict[str, Any] | None) -> dict[str, Any]:
+    """TrainingArguments for the spec (pure; the caller constructs the dataclass)."""
+    t = cfg.spec.training
+    interval = cfg.spec.checkpoint.interval_steps
+    return dict(
+        output_dir=str(ckpt_root),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_train_epochs=t.epochs if t.epochs > 0 else 1.0,
+        max_steps=t.max_steps if t.max_steps > 0 else -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False}
+        if t.gradient_checkpointing else None,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=interval,
+        save_total_limit=None,  # retention is ours (checkpoint.apply_retention)
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=interval if has_eval else None,
+        report_to="none",  # TensorBoard is attached explicitly (logs/ under the work dir)
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        use_cpu=not rt.cuda,
+        deepspeed=ds,
+        ddp_find_unused_parameters=False if rt.world_size > 1 else None,
+        restore_callback_states_from_checkpoint=False,
+        ignore_data_skip=False,
+        save_only_model=False,
+        log_level="warning",
+    )
+
+
+def _attempt_tag() -> str:
+    """Same on every rank of one attempt, different across attempts (tmp checkpoint dirs)."""
+    return "a" + "".join(c for c in os.environ.get("FINETUNE_ATTEMPT", "0") if c.isalnum())
+
+
+def _seal(tmp: Path, final: Path) -> None:
+    ck.fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+
+
+def _export_model(trainer: Any, final: Path, is_main: bool) -> None:
+    """``trainer.save_model`` into ``final`` atomically (every rank takes part, rank 0 writes)."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    trainer.accelerator.wait_for_everyone()
+    if is_main:
+        _seal(tmp, final)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _export_merged(cfg: TrainerConfig, adapter: Path, final: Path, precision: str) -> None:
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merge_adapter(cfg, adapter, tmp, precision)
+    _seal(tmp, final)
+
+
+def _tensorboard_callback(logs_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+    except ImportError as e:  # pragma: no cover - tensorboard is a pinned dependency
+        log.warning("TensorBoard unavailable (%s); no logs/ written", e)
+        return None
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(logs_dir)))
+
+
+def run(cfg: TrainerConfig, flag: StopFlag | None = None, rt: Runtime | None = None,
+        clock: Callable[[], float] = time.time) -> Outcome:
+    """One attempt of the job: resume from the newest complete checkpoint, train, export.
+
+    Returns the outcome (Completed or Preempted); raises ConfigError/DataError for bad input
+    and anything else for failures. Writes no termination log (the entrypoint does).
+    """
+    import transformers
+
+    flag = flag or StopFlag()
+    rt = rt or detect_runtime()
+    is_main = rt.rank == 0
+    work_dir = Path(cfg.paths.work_dir)
+    ckpt_root = work_dir / ck.CHECKPOINTS_DIR
+    uid = cfg.job.uid
+    if is_main:
+        ck.claim_work_dir(work_dir, cfg.job.namespace, cfg.job.name, uid)
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        for p in ck.clean_partials(ckpt_root, uid):
+            log.info("removed partial checkpoint %s", p.name)
+    reporter = build_reporter(cfg.progress.file if is_main else None,
+                              cfg.progress.pod_annotation and is_main,
+                              cfg.progress.min_interval_seconds)
+    run_state = RunState(work_dir=work_dir, ckpt_root=ckpt_root, job_uid=uid,
+                         keep=cfg.spec.checkpoint.keep, tag=_attempt_tag(), reporter=reporter,
+                         clock=clock, is_main=is_main)
+    try:
+        return _run(cfg, flag, rt, run_state, transformers)
+    finally:
+        reporter.close()
+
+
+def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
+         transformers: Any) -> Outcome:
+    spec = cfg.spec
+    work_dir, ckpt_root, uid = run_state.work_dir, run_state.ckpt_root, run_state.job_uid
+    resume = ck.newest_complete(ckpt_root, uid)
+    run_state.last_checkpoint = resume
+    if run_state.is_main:
+        run_state.reporter.report(
+            {"state": "loading", "step": resume.step if resume else 0,
+             "resumedFromStep": resume.step if resume else None,
+             "checkpoint": run_state.checkpoint_report()}, run_state.clock(), force=True)
+    if resume:
+        log.info("resuming from %s", resume.path.name)
+
+    precision, note = resolve_precision(spec.training.precision, rt)
+    if note:
+        log.warning(note)
+    transformers.set_seed(spec.training.seed)
+    tokenizer = load_tokenizer(cfg)
+    train_ex, eval_ex, stats = build_examples(
+        cfg.paths.dataset, spec.dataset.format, tokenizer, spec.dataset.cutoff_len,
+        spec.dataset.train_on_prompt, spec.dataset.validation_split, spec.training.packing,
+        spec.training.seed)
+    for n in stats.notes:
+        log.warning("dataset: %s", n)
+    log.info("dataset: %d records -> %d train / %d eval examples (%d train tokens)",
+             stats.records, stats.train_examples, stats.eval_examples, stats.train_tokens)
+
+    ds_spec = spec.distributed.deepspeed if spec.distributed else None
+    ds = deepspeed_config(ds_spec, precision) if ds_spec is not None else None
+    model = load_model(cfg, precision, rt.local_rank, rt.cuda, ds is not None)
+    model = apply_method(model, cfg)
+
+    args = transformers.TrainingArguments(
+        **training_kwargs(cfg, precision, rt, ckpt_root, bool(eval_ex), ds))
+    callbacks: list[Any] = [ReportCallback(run_state, resume is not None),
+                            StopCallback(flag, run_state)]
+    if run_state.is_main:
+        tb = _tensorboard_callback(work_dir / LOGS_DIR)
+        if tb is not None:
+            callbacks.append(tb)
+    trainer = CheckpointingTrainer(
+        model=model, args=args, train_dataset=ExampleDataset(train_ex),
+        eval_dataset=ExampleDataset(eval_ex) if eval_ex else None,
+        data_collator=Collator(pad_id=tokenizer.pad_token_id), processing_class=tokenizer,
+        callbacks=callbacks, run=run_state)
+    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # we log ourselves
+
+    if flag.requested:  # stopped while loading: nothing new to save
+        return _preempted(run_state, resume.step if resume else 0, "before training started")
+
+    out = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+    step = int(trainer.state.global_step)
+    if run_state.preempted_at is not None and step < int(trainer.state.max_steps):
+        return _preempted(run_state, step, f"by {flag.signal_name}")
+
+    # Completed: evaluation metrics, then the final artefacts.
+    run_state.report(trainer.state, "saving", force=True)
+    metrics: dict[str, float] = {}
+    if out.training_loss and run_state.start_step < step:
+        metrics["trainLoss"] = float(out.training_loss)
+    if eval_ex:
+        ev = run_state.eval_metrics if run_state.eval_step == step else trainer.evaluate()
+        if "eval_loss" in ev:
+            metrics["evalLoss"] = float(ev["eval_loss"])
+    adapter_rel = merged_rel = ""
+    if spec.method == "full":
+        _export_model(trainer, work_dir / MERGED_DIR, run_state.is_main)
+        merged_rel = MERGED_DIR
+    else:
+        _export_model(trainer, work_dir / ADAPTER_DIR, run_state.is_main)
+        adapter_rel = ADAPTER_DIR
+        if spec.output.merge_adapter:
+            if run_state.is_main:
+                _export_merged(cfg, work_dir / ADAPTER_DIR, work_dir / MERGED_DIR,
+                               precision if rt.cuda else "fp32")
+            trainer.accelerator.wait_for_everyone()
+            merged_rel = MERGED_DIR
+    run_state.report(trainer.state, "done", force=True)
+    log.info("completed at step %d: %s", step, metrics)
+    return Outcome("Completed", step, f"completed {step} steps", adapter_rel, merged_rel,
+                   metrics, run_state.checkpoint_report())
+
+
+def _preempted(run_state: RunState, step: int, why: str) -> Outcome:
+    ckpt = run_state.checkpoint_report()
+    saved = run_state.last_checkpoint.step if run_state.last_checkpoint else 0
+    msg = f"stopped {why} at step {step}; checkpoint at step {saved}"
+    log.warning(msg)
+    return Outcome("Preempted", step, msg, checkpoint=ckpt)
+
+
+def write_outcome(cfg: TrainerConfig, outcome: Outcome) -> None:
+    write_termination_log(cfg.termination_log, outcome.termination())
