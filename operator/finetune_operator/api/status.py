@@ -67,5 +67,12 @@ class FineTuneJobStatus(ApiModel):
     admitted_at: str | None = None
     queued_since: str | None = None
     effective_priority_class: str | None = None
+    retry_after: str | None = Field(default=None, description="after a failure: not before")
+    stop_reason: str | None = Field(
+        default=None, description="why the running attempt is being stopped (preemption/suspend)"
+    )
+    progress_attempt: int | None = Field(
+        default=None, description="the attempt whose trainer reported status.progress"
+    )
     output: OutputStatus | None = None
     observed_generation: int | None = None

@@ -1,0 +1,50 @@
+"""`finetune-operator` / `python -m finetune_operator`: the operator process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .settings import OperatorSettings, SettingsError, add_arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="finetune-operator",
+                                 description="Queue, admit, preempt and resume FineTuneJobs.")
+    add_arguments(ap)
+    ap.add_argument("--kubeconfig", default=None, help="default: in-cluster, then $KUBECONFIG")
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = OperatorSettings.from_args(args)
+    except SettingsError as e:
+        print(f"finetune-operator: {e}", file=sys.stderr)
+        return 2
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+
+    import kopf
+
+    from . import handlers, metrics
+    from .k8s import Kube, load_client
+    from .loop import Controller
+
+    kube = Kube(load_client(args.kubeconfig))
+    handlers.install(Controller(kube, settings))
+    metrics.serve(settings.metrics_port)
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The reconcile loop: snapshot -> admit() -> plan() per job -> execute. The thin shell.
+
+One pass lists what it needs (jobs, managed pods, active pods, quotas, nodes, priority classes),
+asks the pure admission policy for decisions, asks the pure state machine for a Plan per job,
+and executes the plans through k8s.py: status patch first, then creations, then deletions.
+It runs on the leader only (a coordination Lease), every `admissionIntervalSeconds` or sooner
+when a watch event wakes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import metrics
+from .api.job import FineTuneJob
+from .build import build_children
+from .k8s import Kube
+from .reconcile import Ctx, JobDecision, Plan, plan, wants_admission
+from .settings import OperatorSettings
+from .snapshot import decide, policy_error
+from .status import parse_time
+
+log = logging.getLogger("finetune_operator")
+LEASE_NAME = "finetune-operator-leader"
+LEASE_SECONDS = 15
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def parse_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:5]:
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class Controller:
+    def __init__(self, kube: Kube, settings: OperatorSettings, namespace: str | None = None,
+                 identity: str | None = None) -> None:
+        self.kube, self.settings = kube, settings
+        self.lease_namespace = namespace or os.environ.get("POD_NAMESPACE", "default")
+        self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
+        self.leader = False
+        self.last_tick: float | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._hold_lease():
+                    self.tick(_now())
+                self.last_tick = time.monotonic()
+            except Exception:  # one bad pass must not kill the loop; the next one retries
+                log.exception("reconcile pass failed; retrying in %.0fs",
+                              self.settings.admission_interval_seconds)
+            self._wake.wait(self.settings.admission_interval_seconds)
+            self._wake.clear()
+
+    def _hold_lease(self) -> bool:
+        held = self.kube.hold_lease(self.lease_namespace, LEASE_NAME, self.identity,
+                                    LEASE_SECONDS, _now())
+        if held != self.leader:
+            log.warning("%s leadership (%s/%s as %s)", "acquired" if held else "lost",
+                        self.lease_namespace, LEASE_NAME, self.identity)
+        self.leader = held
+        return held
+
+    # ------------------------------------------------------------------ one pass
+
+    def tick(self, now: dt.datetime) -> None:
+        k, s = self.kube, self.settings
+        raw_jobs = k.list_jobs(s.namespaces)
+        pods = k.list_managed_pods(s.namespaces)
+        jobs: list[FineTuneJob] = []
+        for body in raw_jobs:
+            try:
+                jobs.append(FineTuneJob.from_body(body))
+            except ValidationError as e:
+                self._reject(body, parse_error(e), now)
+        by_uid: dict[str, list[dict]] = {}
+        for p in pods:
+            for ref in p["metadata"].get("ownerReferences") or []:
+                if ref.get("kind") == "FineTuneJob":
+                    by_uid.setdefault(ref["uid"], []).append(p)
+        classes = k.list_priority_classes()
+        decisions = decide(jobs, by_uid, classes, s, k.list_nodes(), k.list_active_pods(),
+                           k.list_quotas(), now)
+        for job in jobs:
+            cls, err = policy_error(job, s, classes)
+            check = wants_admission(job, now) or job.status.phase is None
+            ctx = Ctx(now=now, backoff_seconds=s.backoff_seconds(job.status.failures + 1),
+                      priority_class=cls, policy_error=err if check else None)
+            pl = plan(job, by_uid.get(job.metadata.uid, []),
+                      decisions.get(job.metadata.uid, JobDecision()), ctx)
+            self.execute(job, pl, now)
+        metrics.observe_queue({"jobs": [_sample(j) for j in jobs], "quotas": decisions.quotas})
+
+    def _reject(self, body: dict, message: str, now: dt.datetime) -> None:
+        meta = body.get("metadata", {})
+        status = body.get("status") or {}
+        if status.get("phase") == "Failed":
+            return
+        msg = f"FineTuneJob {meta.get('namespace')}/{meta.get('name')}: invalid spec: {message}"
+        log.error(msg)
+        self.kube.patch_job_status(meta["namespace"], meta["name"], {
+            "phase": "Failed", "conditions": [{
+                "type": "Failed", "status": "True", "reason": "InvalidSpec", "message": msg,
+                "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ")}]})
+        self.kube.event(body, "Warning", "InvalidSpec", msg, now)
+
+    # ------------------------------------------------------------------ execute a plan
+
+    def execute(self, job: FineTuneJob, pl: Plan, now: dt.datetime) -> None:
+        k, ns, name = self.kube, job.metadata.namespace, job.metadata.name
+        new = pl.status.to_wire()
+        old = job.status.to_wire()
+        body = {"metadata": {"name": name, "namespace": ns, "uid": job.metadata.uid}}
+        if new != old:
+            # a merge patch cannot drop keys by omission: send explicit nulls for removed ones
+            patch: dict[str, Any] = dict(new)
+            for key in old:
+                patch.setdefault(key, None)
+            k.patch_job_status(ns, name, patch)
+        if pl.create_attempt is not None:
+            ck = pl.status.checkpoint
+            children = build_children(job, self.settings, pl.create_attempt,
+                                      pl.status.effective_priority_class,
+                                      ck.save_seconds if ck else None)
+            for obj in children.all():
+                if obj["kind"] in ("Role", "Service"):
+                    k.create_or_patch(obj)
+                else:
+                    k.create_or_get(obj)
+        for pod in pl.delete_pods:
+            k.delete_pod(ns, pod["metadata"]["name"], pod["metadata"].get("uid"))
+        for type_, reason, message in pl.events:
+            k.event(body, type_, reason, message, now)
+        self._metrics(job, pl)
+
+    def _metrics(self, job: FineTuneJob, pl: Plan) -> None:
+        ns, st = job.metadata.namespace, pl.status
+        cls = st.effective_priority_class or ""
+        for kind, data in pl.metrics:
+            if kind == "admission":
+                metrics.observe_admission(ns, cls, data["wait"])
+            elif kind == "preemption":
+                metrics.count_preemption(ns, cls, data["reason"])
+            elif kind == "failure":
+                metrics.count_failure(ns, data["reason"])
+            elif kind == "completion":
+                metrics.count_completion(ns)
+            elif kind == "lost":
+                eta, prog = (st.progress.eta_seconds, st.progress) if st.progress else (None, None)
+                left = (prog.total_steps or 0) - prog.step if prog else 0
+                per_step = (eta / left) if eta and left > 0 else 0.0
+                gpus = job.spec.resources.gpus * job.spec.resources.nodes
+                metrics.count_lost_work(ns, data["steps"], data["steps"] * per_step * gpus)
+        if st.progress is not None and st.phase in ("Running", "Admitted", "Preempting"):
+            report = st.progress.to_wire()
+            if st.checkpoint:
+                report["checkpoint"] = st.checkpoint.to_wire()
+            started = parse_time(st.start_time or st.admitted_at)
+            metrics.set_job_progress(ns, job.metadata.name, report,
+                                     checkpoint_interval_steps=job.spec.checkpoint.interval_steps,
+                                     started_at=started.timestamp() if started else None)
+        elif st.phase in ("Succeeded", "Failed"):
+            metrics.forget_job(ns, job.metadata.name)
+
+
+def _sample(job: FineTuneJob) -> dict[str, Any]:
+    st = job.status
+    since = st.queued_since
+    return {"namespace": job.metadata.namespace, "name": job.metadata.name,
+            "phase": st.phase or "Queued", "priority_class": st.effective_priority_class or "",
+            "gpus": job.spec.resources.gpus * job.spec.resources.nodes,
+            "queued_since": dt.datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+            if since and (st.phase or "Queued") == "Queued" else None}

@@ -1,0 +1,221 @@
+"""Pure reading of what a job's pods say: outcome, failure cause, progress, conditions.
+
+No API calls: inputs are plain pod dicts as the API server returns them, and `now`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .api.status import CheckpointStatus, Condition, FineTuneJobStatus, OutputStatus, Progress
+from .api.trainer_config import PROGRESS_ANNOTATION
+
+ATTEMPT_LABEL = "finetune.dev/attempt"
+RANK_LABEL = "finetune.dev/rank"
+# DisruptionTarget reasons that mean "someone needed the resources" (not a failure)
+PREEMPTION_REASONS = {"PreemptionByScheduler", "EvictionByEvictionAPI"}
+# ... and the ones that mean the node is gone (a failure, retried)
+NODE_LOST_REASONS = {"DeletionByTaintManager", "DeletionByPodGC", "TerminationByKubelet"}
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: str | None) -> dt.datetime | None:
+    if not s:
+        return None
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def attempt_of(pod: dict) -> int:
+    try:
+        return int(pod["metadata"].get("labels", {}).get(ATTEMPT_LABEL, "0"))
+    except ValueError:
+        return 0
+
+
+def rank_of(pod: dict) -> int:
+    try:
+        return int(pod["metadata"].get("labels", {}).get(RANK_LABEL, "0"))
+    except ValueError:
+        return 0
+
+
+def _terminated(pod: dict) -> dict | None:
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            return dict(term)
+    return None
+
+
+def termination_message(pod: dict) -> dict[str, Any]:
+    """The trainer's JSON summary (docs/contracts.md), or {'message': raw text}."""
+    term = _terminated(pod) or {}
+    raw = term.get("message") or ""
+    if not raw:
+        return {}
+    try:
+        msg = json.loads(raw)
+        return msg if isinstance(msg, dict) else {"message": raw}
+    except json.JSONDecodeError:
+        return {"message": raw.strip()[-512:]}
+
+
+def disruption_reason(pod: dict) -> str | None:
+    for c in pod.get("status", {}).get("conditions") or []:
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            return str(c.get("reason") or "Disrupted")
+    return None
+
+
+@dataclass
+class PodsView:
+    """What the pods of the current attempt say, in the order the reconcile checks it."""
+
+    expected: int
+    present: list[dict] = field(default_factory=list)
+    completed: dict | None = None          # rank-0 termination message when it completed
+    failure: str | None = None             # cause, when a pod failed
+    failure_reason: str = "exit-code"      # metric label: exit-code | oom-killed | node-lost
+    preempted_by: str | None = None        # scheduler | eviction | deleted | trainer
+    running: int = 0
+    active: list[dict] = field(default_factory=list)     # not terminated
+    deletable: list[dict] = field(default_factory=list)  # active and not being deleted
+
+    @property
+    def all_running(self) -> bool:
+        return self.running == self.expected
+
+    @property
+    def gone(self) -> bool:
+        """No pod of the attempt holds resources any more."""
+        return not self.active
+
+
+def observe(pods: list[dict], expected: int, ever_ran: bool) -> PodsView:
+    v = PodsView(expected=expected, present=pods)
+    for p in sorted(pods, key=rank_of):
+        phase = p.get("status", {}).get("phase")
+        deleting = bool(p["metadata"].get("deletionTimestamp"))
+        term = _terminated(p)
+        done = phase in ("Succeeded", "Failed") or term is not None
+        if not done:
+            v.active.append(p)
+            if not deleting:
+                v.deletable.append(p)
+            if phase == "Running":
+                v.running += 1
+        disruption = disruption_reason(p)
+        msg = termination_message(p)
+        if disruption in PREEMPTION_REASONS:
+            v.preempted_by = v.preempted_by or (
+                "scheduler" if disruption == "PreemptionByScheduler" else "eviction")
+        elif disruption in NODE_LOST_REASONS and not v.failure:
+            v.failure, v.failure_reason = f"node lost ({disruption}) for pod "\
+                f"{p['metadata']['name']}", "node-lost"
+        if not done:
+            if deleting and not v.preempted_by:
+                v.preempted_by = "deleted"
+            continue
+        code = (term or {}).get("exitCode", 0 if phase == "Succeeded" else 1)
+        if code == 0 and msg.get("reason") == "Preempted":
+            v.preempted_by = v.preempted_by or "trainer"
+        elif code == 0 and not deleting and rank_of(p) == 0 and v.completed is None:
+            v.completed = msg
+        elif code != 0 and not v.failure and not v.preempted_by:
+            v.failure, v.failure_reason = _failure_cause(p, term or {}, msg)
+    if ever_ran and len(pods) < expected and not v.failure and not v.completed:
+        v.preempted_by = v.preempted_by or "deleted"
+    return v
+
+
+def _failure_cause(pod: dict, term: dict, msg: dict[str, Any]) -> tuple[str, str]:
+    code = term.get("exitCode", "unknown")
+    reason = term.get("reason") or pod.get("status", {}).get("reason") or "Error"
+    what = f"pod {pod['metadata']['name']} exited with code {code} ({reason})"
+    detail = msg.get("message")
+    if detail:
+        what += f": {str(detail)[:400]}"
+    label = "oom-killed" if reason == "OOMKilled" else "exit-code"
+    if reason == "OOMKilled":
+        what += "; raise resources.memory or lower training.batchSize / dataset.cutoffLen"
+    return what, label
+
+
+# ------------------------------------------------------------------------ progress
+
+
+def read_progress(pods: list[dict]) -> dict[str, Any] | None:
+    """The rank-0 trainer's progress annotation (docs/contracts.md), if any."""
+    for p in sorted(pods, key=rank_of):
+        raw = (p["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION)
+        if raw:
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(data, dict):
+                return data
+    return None
+
+
+def _num(d: dict[str, Any], key: str) -> float | None:
+    v = d.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def apply_progress(st: FineTuneJobStatus, report: dict[str, Any], attempt: int) -> int:
+    """Mirror a progress report into the status; returns steps lost by this attempt's resume."""
+    lost = 0
+    resumed = report.get("resumedFromStep")
+    if st.progress_attempt != attempt:
+        if st.progress is not None and isinstance(resumed, int):
+            lost = max(0, st.progress.step - resumed)
+        st.progress_attempt = attempt
+    step = int(report.get("step") or 0)
+    total = report.get("totalSteps")
+    st.progress = Progress(
+        summary=f"{step}/{total}" if total else str(step), step=step,
+        total_steps=int(total) if total else None, epoch=_num(report, "epoch"),
+        loss=_num(report, "loss"), learning_rate=_num(report, "learningRate"),
+        tokens_per_second=_num(report, "tokensPerSecond"), eta_seconds=_num(report, "etaSeconds"),
+        updated_at=report.get("updatedAt"),
+        resumed_from_step=resumed if isinstance(resumed, int) else None,
+    )
+    ck = report.get("checkpoint")
+    if isinstance(ck, dict) and isinstance(ck.get("step"), int):
+        st.checkpoint = CheckpointStatus(step=ck["step"], path=str(ck.get("path", "")),
+                                         saved_at=ck.get("savedAt"),
+                                         save_seconds=_num(ck, "saveSeconds"))
+    st.lost_steps += lost
+    return lost
+
+
+def output_from(msg: dict[str, Any]) -> OutputStatus:
+    metrics = {k: float(v) for k, v in (msg.get("metrics") or {}).items()
+               if isinstance(v, int | float) and not isinstance(v, bool)}
+    return OutputStatus(adapter_path=str(msg.get("adapterPath") or ""),
+                        merged_path=str(msg.get("mergedPath") or ""), metrics=metrics)
+
+
+# ------------------------------------------------------------------------ conditions
+
+
+def set_condition(st: FineTuneJobStatus, type_: str, status: bool, reason: str, message: str,
+                  now: dt.datetime, generation: int) -> None:
+    """Upsert a condition; lastTransitionTime changes only when status flips."""
+    value = "True" if status else "False"
+    for c in st.conditions:
+        if c.type == type_:
+            if c.status != value:
+                c.last_transition_time = iso(now)
+            c.status, c.reason, c.message = value, reason, message  # type: ignore[assignment]
+            c.observed_generation = generation
+            return
+    st.conditions.append(Condition(type=type_, status=value, reason=reason, message=message,
+                                   last_transition_time=iso(now), observed_generation=generation))
