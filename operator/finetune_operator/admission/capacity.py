@@ -1,0 +1,284 @@
+"""Mutable bookkeeping for one admit() call: GPUs per node (a bucketed index for fast best-fit
+placement) and GPU quota per namespace. Private to the admission package."""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Sequence
+
+from .model import NodeInfo, QueuedJob, Quota, Toleration
+
+# (sorted nodeSelector items, tolerations): jobs with the same signature see the same nodes.
+Signature = tuple[tuple[tuple[str, str], ...], tuple[Toleration, ...]]
+
+
+def signature(job: QueuedJob) -> Signature:
+    return tuple(sorted(job.node_selector.items())), tuple(job.tolerations)
+
+
+def _eligible_node(node: NodeInfo, sig: Signature) -> bool:
+    selector, tolerations = sig
+    if any(node.labels.get(k) != v for k, v in selector):
+        return False
+    return all(
+        taint.effect == "PreferNoSchedule" or any(t.tolerates(taint) for t in tolerations)
+        for taint in node.taints
+    )
+
+
+class _Node:
+    __slots__ = ("allocatable", "free", "name", "pending", "reserved", "schedulable")
+
+    def __init__(self, name: str, allocatable: int, free: int, schedulable: bool) -> None:
+        self.name = name
+        self.allocatable = allocatable
+        self.free = free
+        self.reserved = 0  # held back for a job ahead in the queue (aged, or awaiting victims)
+        self.pending = 0  # held by stopping (preempted) jobs; free once they exit
+        self.schedulable = schedulable
+
+    @property
+    def avail(self) -> int:
+        return max(0, self.free - self.reserved)
+
+    @property
+    def avail_pending(self) -> int:
+        return max(0, self.free + self.pending - self.reserved)
+
+
+class Pool:
+    """GPUs of one resource name (e.g. nvidia.com/gpu) across the nodes that offer it.
+
+    Schedulable nodes sit in buckets keyed by their available GPUs (free minus reserved), each
+    bucket a sorted list of names, so best-fit placement walks only the buckets that fit and a
+    job that fits nowhere is rejected in O(1).
+    """
+
+    def __init__(self, resource: str, nodes: Sequence[NodeInfo]) -> None:
+        self.resource = resource
+        infos = sorted((n for n in nodes if n.allocatable.get(resource, 0) > 0),
+                       key=lambda n: n.name)
+        self._infos = {n.name: n for n in infos}
+        self.nodes: dict[str, _Node] = {
+            n.name: _Node(n.name, n.allocatable[resource],
+                          max(0, min(n.free.get(resource, 0), n.allocatable[resource])),
+                          not n.unschedulable)
+            for n in infos
+        }
+        self._buckets: dict[int, list[str]] = {}
+        self._keys: list[int] = []  # sorted bucket keys with a non-empty bucket
+        for node in self.nodes.values():
+            if node.schedulable:
+                self._add(node.name, node.avail)
+        self._eligible: dict[Signature, frozenset[str] | None] = {}
+        self._initial: dict[str, int] | None = None
+        self._cache: dict[tuple[object, ...], object] = {}  # facts fixed for the whole round
+        self.pending_total = 0
+
+    # --- bucket index ------------------------------------------------------------------------
+
+    def _add(self, name: str, avail: int) -> None:
+        bucket = self._buckets.get(avail)
+        if bucket is None:
+            bucket = self._buckets[avail] = []
+            insort(self._keys, avail)
+        insort(bucket, name)
+
+    def _remove(self, name: str, avail: int) -> None:
+        bucket = self._buckets[avail]
+        del bucket[bisect_left(bucket, name)]
+        if not bucket:
+            del self._buckets[avail]
+            del self._keys[bisect_left(self._keys, avail)]
+
+    def _update(self, name: str, free: int = 0, reserved: int = 0, pending: int = 0) -> None:
+        node = self.nodes[name]
+        before = node.avail
+        node.free += free
+        node.reserved += reserved
+        node.pending += pending
+        if node.schedulable and node.avail != before:
+            self._remove(name, before)
+            self._add(name, node.avail)
+
+    # --- eligibility (nodeSelector, taints) --------------------------------------------------
+
+    def eligible(self, sig: Signature) -> frozenset[str] | None:
+        """Names of the nodes a job with this signature may use; None means all of them."""
+        if sig not in self._eligible:
+            names = frozenset(n for n, info in self._infos.items() if _eligible_node(info, sig))
+            self._eligible[sig] = None if len(names) == len(self._infos) else names
+        return self._eligible[sig]
+
+    def _iter(self, eligible: frozenset[str] | None, schedulable_only: bool) -> Iterable[_Node]:
+        for node in self.nodes.values():
+            if (eligible is None or node.name in eligible) and (
+                node.schedulable or not schedulable_only
+            ):
+                yield node
+
+    def offers(self, sig: Signature) -> bool:
+        """Whether any schedulable eligible node has this resource at all."""
+        key = ("offers", sig)
+        if key not in self._cache:
+            self._cache[key] = any(True for _ in self._iter(self.eligible(sig), True))
+        return bool(self._cache[key])
+
+    def allocatable_stats(self, gpus: int, sig: Signature) -> tuple[int, int]:
+        """(largest allocatable, nodes with allocatable >= gpus) over eligible nodes, cordoned
+        ones included: what the cluster could ever offer a pod."""
+        key = ("alloc", gpus, sig)
+        if key not in self._cache:
+            largest, count = 0, 0
+            for node in self._iter(self.eligible(sig), schedulable_only=False):
+                largest = max(largest, node.allocatable)
+                count += node.allocatable >= gpus
+            self._cache[key] = (largest, count)
+        return self._cache[key]  # type: ignore[return-value]
+
+    # --- placement on what is available now ---------------------------------------------------
+
+    def place(self, gpus: int, pods: int, sig: Signature) -> tuple[str, ...] | None:
+        """Best fit: the `pods` distinct nodes with the fewest available GPUs >= `gpus`."""
+        if not self._keys or self._keys[-1] < gpus:
+            return None
+        return self._place(gpus, pods, self.eligible(sig))
+
+    def place_excluding(
+        self, gpus: int, pods: int, exclude: Iterable[str]
+    ) -> tuple[str, ...] | None:
+        """Best fit on any node except `exclude` (unbound pods of a partly bound gang)."""
+        skip = set(exclude)
+        return self._place(gpus, pods, frozenset(n for n in self.nodes if n not in skip)
+                           if skip else None)
+
+    def _place(self, gpus: int, pods: int,
+               eligible: frozenset[str] | None) -> tuple[str, ...] | None:
+        if not self._keys or self._keys[-1] < gpus:
+            return None
+        picked: list[str] = []
+        for key in self._keys[bisect_left(self._keys, gpus):]:
+            for name in self._buckets[key]:
+                if eligible is None or name in eligible:
+                    picked.append(name)
+                    if len(picked) == pods:
+                        return tuple(picked)
+        return None
+
+    def largest_available(self, sig: Signature) -> int:
+        eligible = self.eligible(sig)
+        for key in reversed(self._keys):
+            if eligible is None or any(n in eligible for n in self._buckets[key]):
+                return key
+        return 0
+
+    def count_available(self, gpus: int, sig: Signature) -> int:
+        eligible = self.eligible(sig)
+        return sum(
+            1 for key in self._keys[bisect_left(self._keys, gpus):]
+            for name in self._buckets[key] if eligible is None or name in eligible
+        )
+
+    def take(self, placement: Iterable[str], gpus: int) -> None:
+        for name in placement:
+            self._update(name, free=-gpus)
+
+    def reserve(self, placement: Iterable[str], gpus: int) -> None:
+        for name in placement:
+            self._update(name, reserved=gpus)
+
+    def add_pending(self, placement: Iterable[str], gpus: int) -> None:
+        for name in placement:
+            if name in self.nodes:
+                self._update(name, pending=gpus)
+                self.pending_total += gpus
+
+    # --- slower paths: pending GPUs, preemption, reservations ---------------------------------
+
+    def place_with(self, gpus: int, pods: int, sig: Signature) -> tuple[str, ...] | None:
+        """Best fit counting the GPUs of stopping jobs (pending) as free."""
+        fits = sorted(
+            (node.avail_pending, node.name)
+            for node in self._iter(self.eligible(sig), schedulable_only=True)
+            if node.avail_pending >= gpus
+        )
+        return tuple(name for _, name in fits[:pods]) if len(fits) >= pods else None
+
+    def pending_base(self, sig: Signature) -> dict[str, int]:
+        """Available GPUs (pending counted as free) of the eligible schedulable nodes."""
+        return {n.name: n.avail_pending
+                for n in self._iter(self.eligible(sig), schedulable_only=True)}
+
+    def reservation_targets(self, gpus: int, pods: int, sig: Signature) -> tuple[str, ...]:
+        """Where an aged blocked job waits for GPUs: the eligible nodes big enough for a pod
+        that are closest to fitting (most available GPUs first, then name)."""
+        big = sorted(
+            ((-n.avail_pending, n.name) for n in self._iter(self.eligible(sig), True)
+             if n.allocatable >= gpus),
+        )
+        return tuple(name for _, name in big[:pods])
+
+    def snapshot_initial(self) -> None:
+        self._initial = {n.name: n.avail for n in self.nodes.values() if n.schedulable}
+
+    def fitted_initially(self, gpus: int, pods: int, sig: Signature) -> bool:
+        """Whether the job would have fitted before this round's admissions and reservations."""
+        key = ("initial", gpus, sig)
+        if key not in self._cache:
+            eligible = self.eligible(sig)
+            self._cache[key] = sum(1 for name, avail in (self._initial or {}).items()
+                                   if avail >= gpus and (eligible is None or name in eligible))
+        return int(self._cache[key]) >= pods  # type: ignore[call-overload]
+
+
+class QuotaBook:
+    """GPU quota per (namespace, resource): what is free now, held by stopping jobs, reserved."""
+
+    def __init__(self, quotas: Iterable[Quota]) -> None:
+        self.hard: dict[tuple[str, str], int] = {}
+        self.free: dict[tuple[str, str], int] = {}
+        for q in quotas:
+            k = (q.namespace, q.resource)
+            self.hard[k] = min(self.hard.get(k, q.hard), q.hard)
+            self.free[k] = min(self.free.get(k, q.free), q.free)
+        self.initial = dict(self.free)
+        self.pending: dict[tuple[str, str], int] = {}
+        self.reserved: dict[tuple[str, str], int] = {}
+
+    def limited(self, namespace: str, resource: str) -> bool:
+        return (namespace, resource) in self.hard
+
+    def available(self, namespace: str, resource: str) -> int | None:
+        k = (namespace, resource)
+        if k not in self.free:
+            return None
+        return max(0, self.free[k] - self.reserved.get(k, 0))
+
+    def available_pending(self, namespace: str, resource: str) -> int | None:
+        k = (namespace, resource)
+        if k not in self.free:
+            return None
+        return max(0, self.free[k] + self.pending.get(k, 0) - self.reserved.get(k, 0))
+
+    def fits(self, namespace: str, resource: str, gpus: int) -> bool:
+        avail = self.available(namespace, resource)
+        return avail is None or avail >= gpus
+
+    def fitted_initially(self, namespace: str, resource: str, gpus: int) -> bool:
+        k = (namespace, resource)
+        return k not in self.initial or self.initial[k] >= gpus
+
+    def take(self, namespace: str, resource: str, gpus: int) -> None:
+        k = (namespace, resource)
+        if k in self.free:
+            self.free[k] -= gpus
+
+    def reserve(self, namespace: str, resource: str, gpus: int) -> None:
+        k = (namespace, resource)
+        if k in self.free:
+            self.reserved[k] = self.reserved.get(k, 0) + gpus
+
+    def add_pending(self, namespace: str, resource: str, gpus: int) -> None:
+        k = (namespace, resource)
+        if k in self.free:
+            self.pending[k] = self.pending.get(k, 0) + gpus

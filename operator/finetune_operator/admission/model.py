@@ -1,0 +1,232 @@
+"""Inputs and outputs of ``admit()``: plain frozen dataclasses, no Kubernetes client types.
+
+The operator builds a ``Snapshot`` from what it reads (jobs, ResourceQuotas, Nodes and bound
+Pods; see ``snapshot.py`` for the Node/ResourceQuota parsing) and applies the ``Decisions``.
+Times are timezone-aware datetimes; ``now`` is passed to ``admit()`` explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Taint:
+    key: str
+    value: str = ""
+    effect: str = "NoSchedule"  # NoSchedule | PreferNoSchedule | NoExecute
+
+
+@dataclass(frozen=True, kw_only=True)
+class Toleration:
+    key: str = ""
+    operator: str = "Equal"  # Equal | Exists
+    value: str = ""
+    effect: str = ""  # empty: every effect
+
+    def tolerates(self, taint: Taint) -> bool:
+        if self.effect and self.effect != taint.effect:
+            return False
+        if self.operator == "Exists":
+            return not self.key or self.key == taint.key
+        return self.key == taint.key and self.value == taint.value
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueuedJob:
+    """A job waiting for admission (phase Queued)."""
+
+    namespace: str
+    name: str
+    uid: str
+    priority: int  # value of its PriorityClass
+    priority_class: str
+    gpus: int  # per pod (= per node); 0 = CPU job
+    created_at: datetime
+    nodes: int = 1  # gang size: pods, one per node, admitted together or not at all
+    gpu_resource: str = DEFAULT_GPU_RESOURCE
+    queued_since: datetime | None = None  # aging starts here; default created_at
+    node_selector: Mapping[str, str] = field(default_factory=dict, hash=False)
+    tolerations: tuple[Toleration, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def total_gpus(self) -> int:
+        return self.gpus * self.nodes
+
+    @property
+    def waiting_since(self) -> datetime:
+        return self.queued_since or self.created_at
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunningJob:
+    """A job holding GPUs: admitted (pods created or about to be), running, or stopping."""
+
+    namespace: str
+    name: str
+    uid: str
+    priority: int
+    priority_class: str
+    gpus: int
+    started_at: datetime  # admitted/started: min runtime before preemption counts from here
+    nodes: int = 1
+    gpu_resource: str = DEFAULT_GPU_RESOURCE
+    last_checkpoint_at: datetime | None = None
+    preempting: bool = False  # a graceful stop is in flight (phase Preempting or Suspended)
+    # node of each *bound* pod; pods not yet bound are placed virtually by admit() so that
+    # their GPUs are not handed out twice between admission and binding
+    placement: tuple[str, ...] = ()
+    # False while its pods do not exist yet (ResourceQuota.status.used does not count them)
+    counted_in_quota: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def total_gpus(self) -> int:
+        return self.gpus * self.nodes
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeInfo:
+    name: str
+    allocatable: Mapping[str, int] = field(hash=False)  # per resource name
+    free: Mapping[str, int] = field(hash=False)  # allocatable minus requests of bound pods
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    taints: tuple[Taint, ...] = ()
+    unschedulable: bool = False  # cordoned: no new pods, but counts for "impossible" checks
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quota:
+    """One ResourceQuota's `requests.<resource>` in a namespace (several are all enforced)."""
+
+    namespace: str
+    resource: str
+    hard: int
+    used: int
+
+    @property
+    def free(self) -> int:
+        return max(0, self.hard - self.used)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    aging_rate_per_minute: float = 10.0
+    aging_cap: float = 999.0
+    max_running_jobs_per_namespace: int = 0  # 0 = unlimited
+    preempting_priority_classes: frozenset[str] = frozenset({"finetune-critical"})
+    min_runtime_before_preemption_seconds: float = 300.0
+    # A blocked job that has waited this long reserves the GPUs (and quota) it needs, so smaller
+    # lower-ordered jobs cannot keep taking them. None: when its aging reaches the cap
+    # (aging_cap / aging_rate_per_minute minutes); never when aging is off (rate 0).
+    reserve_after_seconds: float | None = None
+
+    @property
+    def reserve_threshold_seconds(self) -> float | None:
+        if self.reserve_after_seconds is not None:
+            return self.reserve_after_seconds
+        if self.aging_rate_per_minute <= 0:
+            return None
+        return self.aging_cap / self.aging_rate_per_minute * 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Policy:
+        """From finetune_operator.settings.OperatorSettings (duck-typed: no import cycle)."""
+        return cls(
+            aging_rate_per_minute=float(settings.aging_rate_per_minute),
+            aging_cap=float(settings.aging_cap),
+            max_running_jobs_per_namespace=int(settings.max_running_jobs_per_namespace),
+            preempting_priority_classes=frozenset(settings.preempting_priority_classes),
+            min_runtime_before_preemption_seconds=float(
+                settings.min_runtime_before_preemption_seconds
+            ),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Snapshot:
+    queued: Sequence[QueuedJob]
+    running: Sequence[RunningJob] = ()
+    nodes: Sequence[NodeInfo] = ()
+    quotas: Sequence[Quota] = ()  # no entry for (namespace, resource) = unlimited
+    policy: Policy = field(default_factory=Policy)
+
+
+class WaitCode(StrEnum):
+    """Why a job waits; usable as the `reason` of its Admitted=False condition."""
+
+    NAMESPACE_LIMIT = "NamespaceJobLimit"
+    QUOTA = "QuotaExhausted"
+    CAPACITY = "InsufficientCapacity"
+    NO_NODES = "NoMatchingNodes"
+    PRIORITY = "WaitingForHigherPriority"
+    PREEMPTING = "PreemptingLowerPriority"
+    AWAITING_PREEMPTED = "WaitingForPreemptedJobs"
+
+
+class ImpossibleCode(StrEnum):
+    """Why a job can never be admitted as it stands (end it with this reason)."""
+
+    NODE_CAPACITY = "ExceedsNodeCapacity"
+    QUOTA = "ExceedsQuota"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admission:
+    job: QueuedJob
+    placement: tuple[str, ...]  # node per pod, informational (kube-scheduler binds); () for CPU
+    effective_priority: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preemption:
+    victim: RunningJob
+    preemptor: QueuedJob
+    reason: str  # for the victim's condition/event
+
+
+@dataclass(frozen=True, kw_only=True)
+class Waiting:
+    job: QueuedJob
+    position: int  # 1-based, global queue order among waiting jobs
+    code: WaitCode
+    reason: str
+    effective_priority: float
+    reserved: bool = False  # GPUs/quota are held back for it (waited past the aging bound)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Impossible:
+    job: QueuedJob
+    code: ImpossibleCode
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decisions:
+    admit: tuple[Admission, ...] = ()
+    preempt: tuple[Preemption, ...] = ()
+    waiting: tuple[Waiting, ...] = ()  # in queue order
+    impossible: tuple[Impossible, ...] = ()
+
+    def waiting_for(self, uid: str) -> Waiting | None:
+        return next((w for w in self.waiting if w.job.uid == uid), None)
+
+    def admitted_uids(self) -> list[str]:
+        return [a.job.uid for a in self.admit]
+
+    def preempted_uids(self) -> list[str]:
+        return [p.victim.uid for p in self.preempt]

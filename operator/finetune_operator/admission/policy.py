@@ -1,0 +1,402 @@
+"""admit(snapshot, now) -> Decisions: the queue, quota, gang and preemption policy, pure.
+
+Order. Waiting jobs are sorted by effective priority = base priority (the PriorityClass value)
++ min(aging_cap, aging_rate_per_minute * minutes waited), then creation time, then name (then
+namespace and uid, for a total order). Aging is capped, so a job overtakes a higher band only
+when the cap is configured larger than the gap between the bands.
+
+Walk. One pass in that order. A job is admitted when its namespace is under
+maxRunningJobsPerNamespace, its namespace's GPU quota has room for gpus * nodes, and the nodes
+have room: every pod (one per node) on a distinct schedulable node that matches its
+nodeSelector/tolerations and has `gpus` free, best fit (fewest free GPUs first). A multi-node
+job is admitted whole or not at all. Admitting takes the GPUs and quota for the rest of the
+walk.
+
+Backfill with reservations (starvation freedom). A job that does not fit does not stop the walk:
+smaller jobs behind it may use what is left. That alone can starve a big job forever (every GPU
+that frees up is taken by a small job before enough free up together), so a blocked job that has
+waited past its aging bound (``Policy.reserve_threshold_seconds``: by default the time its aging
+takes to reach the cap) *reserves* what it needs: the quota in its namespace, and its gang's worth
+of GPUs on the nodes closest to fitting it. Jobs behind it cannot use reserved GPUs or quota;
+jobs ahead of it still can. Running jobs end, the reserved nodes only gain free GPUs, and the
+job is admitted. The bound: an aged job waits at most for the jobs ahead of it in the order plus
+the running jobs on its reserved nodes; a job of a higher band that keeps arriving stays ahead
+only while its base priority exceeds the aged job's base + cap.
+
+Preemption. Only for a job whose PriorityClass is in ``Policy.preempting_priority_classes``,
+and only when it cannot fit otherwise. Victims are running jobs of strictly lower *base*
+priority that have run at least ``min_runtime_before_preemption_seconds`` and are not already
+stopping, chosen greedily by least work since their last checkpoint (GPU-seconds since the last
+checkpoint, or since start), then lower priority; then every victim that turns out unnecessary
+is dropped again, so the set is minimal in that sense and does make the job fit (node capacity,
+and the quota and job count of its namespace when the victims are in it). No set, no preemption.
+
+Stopping jobs. GPUs of jobs already being preempted (``RunningJob.preempting``) are *pending*:
+they are free once those jobs exit. A job that would fit with pending GPUs claims them (they are
+reserved for it) and waits; it does not preempt anything else. So a preemptor whose victims are
+in flight causes no further preemptions, and two preemptors never count the same GPUs.
+
+Impossible jobs. A job that asks more GPUs per pod than any eligible node's allocatable, more
+such nodes than exist, or more GPUs in total than its namespace's quota `hard` can never be
+admitted; it is reported in ``Decisions.impossible`` (not in the queue), so the operator can end
+it with that reason. A resource that no node offers at all is *not* impossible (nodes may not have
+registered yet): the job waits with ``NoMatchingNodes``.
+
+Unbound pods. Pods of admitted jobs that the scheduler has not bound yet do not appear in the
+nodes' free GPUs; admit() places them virtually (best fit) first so their GPUs are not handed out
+twice. Jobs whose pods do not exist yet (``counted_in_quota=False``) are added to quota usage.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+
+from .capacity import Pool, QuotaBook, Signature, signature
+from .model import (
+    Admission,
+    Decisions,
+    Impossible,
+    ImpossibleCode,
+    Policy,
+    Preemption,
+    QueuedJob,
+    RunningJob,
+    Snapshot,
+    WaitCode,
+    Waiting,
+)
+
+
+def effective_priority(job: QueuedJob, now: datetime, policy: Policy) -> float:
+    minutes = max(0.0, (now - job.waiting_since).total_seconds() / 60.0)
+    return job.priority + min(policy.aging_cap, policy.aging_rate_per_minute * minutes)
+
+
+def queue_order(jobs: Iterable[QueuedJob], now: datetime, policy: Policy) -> list[QueuedJob]:
+    """Jobs in admission order (highest effective priority first)."""
+    return sorted(jobs, key=lambda j: (-effective_priority(j, now, policy), j.created_at,
+                                       j.name, j.namespace, j.uid))
+
+
+def work_since_checkpoint(job: RunningJob, now: datetime) -> float:
+    """GPU-seconds that would be redone if the job stopped now without saving."""
+    since = job.last_checkpoint_at or job.started_at
+    return max(1, job.total_gpus) * max(0.0, (now - since).total_seconds())
+
+
+class _Admitter:
+    def __init__(self, snapshot: Snapshot, now: datetime) -> None:
+        self.now = now
+        self.policy = snapshot.policy
+        self.pools: dict[str, Pool] = {}
+        self._nodes = snapshot.nodes
+        self.quota = QuotaBook(snapshot.quotas)
+        self.running_count: dict[str, int] = defaultdict(int)
+        self.placement_of: dict[str, tuple[str, ...]] = {}
+        self.stopping: dict[str, RunningJob] = {}
+        self.admitted: list[Admission] = []
+        self.preempted: list[Preemption] = []
+        self.waiting: list[Waiting] = []
+        self.impossible: list[Impossible] = []
+        # shapes that found nothing; the state only gets tighter during a walk, so a later job
+        # of the same shape (and, for victims, no higher priority) would not find anything either
+        self._no_pending: set[tuple[object, ...]] = set()
+        self._no_victims: dict[tuple[object, ...], int] = {}
+
+        running = sorted(snapshot.running, key=lambda r: (r.namespace, r.name, r.uid))
+        self.running_uids = {r.uid for r in running}
+        for r in running:
+            if r.gpus > 0:
+                pool = self.pool(r.gpu_resource)
+                unbound = max(0, r.nodes - len(r.placement))
+                extra: tuple[str, ...] = ()
+                if unbound:
+                    extra = pool.place_excluding(r.gpus, unbound, r.placement) or ()
+                    pool.take(extra, r.gpus)
+                self.placement_of[r.uid] = (*r.placement, *extra)
+                if not r.counted_in_quota:
+                    self.quota.take(r.namespace, r.gpu_resource, r.total_gpus)
+            if r.preempting:
+                self._mark_stopping(r)
+            else:
+                self.running_count[r.namespace] += 1
+        for pool in self.pools.values():
+            pool.snapshot_initial()
+        self.candidates = sorted(
+            (r for r in running if not r.preempting),
+            key=lambda r: (work_since_checkpoint(r, now), r.priority, r.namespace, r.name, r.uid),
+        )
+
+    def pool(self, resource: str) -> Pool:
+        if resource not in self.pools:
+            self.pools[resource] = Pool(resource, self._nodes)
+            self.pools[resource].snapshot_initial()
+        return self.pools[resource]
+
+    def _mark_stopping(self, r: RunningJob) -> None:
+        self.stopping[r.uid] = r
+        if r.gpus > 0:
+            self.pool(r.gpu_resource).add_pending(self.placement_of.get(r.uid, ()), r.gpus)
+            self.quota.add_pending(r.namespace, r.gpu_resource, r.total_gpus)
+
+    # --- the walk ------------------------------------------------------------------------------
+
+    def run(self, queued: Iterable[QueuedJob]) -> Decisions:
+        jobs = [j for j in queued if j.uid not in self.running_uids]
+        for job in queue_order(jobs, self.now, self.policy):
+            self.consider(job)
+        return Decisions(admit=tuple(self.admitted), preempt=tuple(self.preempted),
+                         waiting=tuple(self.waiting), impossible=tuple(self.impossible))
+
+    def consider(self, job: QueuedJob) -> None:
+        eff = effective_priority(job, self.now, self.policy)
+        pool = self.pool(job.gpu_resource) if job.gpus > 0 else None
+        sig = signature(job)
+        if pool is not None and self._impossible(job, pool, sig):
+            return
+        ns, res = job.namespace, job.gpu_resource
+        limit = self.policy.max_running_jobs_per_namespace
+        over_limit = bool(limit) and self.running_count[ns] >= limit
+        quota_ok = pool is None or self.quota.fits(ns, res, job.total_gpus)
+        placement = () if pool is None else pool.place(job.gpus, job.nodes, sig)
+        if not over_limit and quota_ok and placement is not None:
+            if pool is not None:
+                pool.take(placement, job.gpus)
+                self.quota.take(ns, res, job.total_gpus)
+            self.running_count[ns] += 1
+            self.admitted.append(Admission(job=job, placement=placement, effective_priority=eff))
+            return
+
+        position = len(self.waiting) + 1
+        if pool is not None and not over_limit:
+            claimed = self._claim_pending(job, pool, sig)
+            if claimed is not None:
+                stopping = [r for r in self.stopping.values() if r.gpu_resource == res and (
+                    set(self.placement_of.get(r.uid, ())) & set(claimed) or r.namespace == ns)]
+                self._wait(job, position, eff, WaitCode.AWAITING_PREEMPTED,
+                           f"waiting for {max(1, len(stopping))} preempted job(s) to stop",
+                           reserved=True)
+                return
+        if job.priority_class in self.policy.preempting_priority_classes:
+            victims = self._choose_victims(job, pool, sig, over_limit)
+            if victims:
+                self._preempt(job, victims, pool, sig)
+                self._wait(job, position, eff, WaitCode.PREEMPTING,
+                           f"preempting {len(victims)} lower-priority job(s) to make room: "
+                           f"{', '.join(v.key for v in victims)}", reserved=True)
+                return
+
+        code, reason = self._blocker(job, pool, sig, over_limit, quota_ok)
+        reserved = False
+        if pool is not None and code in (WaitCode.QUOTA, WaitCode.CAPACITY, WaitCode.PRIORITY):
+            reserved = self._reserve_if_aged(job, pool, sig, quota_ok)
+            if reserved:
+                reason += f"; {res} held for it (waited past the aging bound)"
+        self._wait(job, position, eff, code, reason, reserved=reserved)
+
+    def _wait(self, job: QueuedJob, position: int, eff: float, code: WaitCode, reason: str,
+              reserved: bool = False) -> None:
+        self.waiting.append(Waiting(job=job, position=position, code=code, reason=reason,
+                                    effective_priority=eff, reserved=reserved))
+
+    # --- why it waits ----------------------------------------------------------------------------
+
+    def _impossible(self, job: QueuedJob, pool: Pool, sig: Signature) -> bool:
+        res = job.gpu_resource
+        hard = self.quota.hard.get((job.namespace, res))
+        if hard is not None and job.total_gpus > hard:
+            self.impossible.append(Impossible(
+                job=job, code=ImpossibleCode.QUOTA,
+                reason=f"needs {job.total_gpus} {res} in total but quota {job.namespace} allows "
+                f"at most {hard} (ResourceQuota requests.{res}); lower resources.gpus or "
+                "resources.nodes, or raise the quota"))
+            return True
+        largest, count = pool.allocatable_stats(job.gpus, sig)
+        if largest == 0:
+            return False  # no node offers it (yet): waits with NoMatchingNodes
+        if largest < job.gpus:
+            self.impossible.append(Impossible(
+                job=job, code=ImpossibleCode.NODE_CAPACITY,
+                reason=f"needs {job.gpus} {res} per pod but the largest node has {largest} "
+                "allocatable; lower resources.gpus (and raise resources.nodes)"))
+            return True
+        if count < job.nodes:
+            self.impossible.append(Impossible(
+                job=job, code=ImpossibleCode.NODE_CAPACITY,
+                reason=f"needs {job.nodes} nodes with {job.gpus} {res} allocatable each but "
+                f"only {count} node(s) have that many; lower resources.nodes or resources.gpus"))
+            return True
+        return False
+
+    def _blocker(self, job: QueuedJob, pool: Pool | None, sig: Signature, over_limit: bool,
+                 quota_ok: bool) -> tuple[WaitCode, str]:
+        ns, res = job.namespace, job.gpu_resource
+        if over_limit or pool is None:  # CPU jobs only ever wait for the namespace limit
+            return (WaitCode.NAMESPACE_LIMIT,
+                    f"namespace {ns} already runs {self.running_count[ns]} jobs "
+                    "(maxRunningJobsPerNamespace); wait for one to finish")
+        ahead = len(self.admitted) + len(self.waiting)
+        behind = f"waiting behind {ahead} higher-priority job(s)"
+        if not quota_ok:
+            if ahead and self.quota.fitted_initially(ns, res, job.total_gpus):
+                return WaitCode.PRIORITY, f"{behind} for quota {ns}"
+            return (WaitCode.QUOTA,
+                    f"needs {job.total_gpus} {res}; quota {ns} has "
+                    f"{self.quota.available(ns, res)} free; lower resources.gpus or wait")
+        if not pool.offers(sig):
+            where = "" if pool.eligible(sig) is None else (
+                " matching resources.nodeSelector/tolerations")
+            return WaitCode.NO_NODES, f"no schedulable node{where} offers {res}; wait for nodes"
+        if ahead and pool.fitted_initially(job.gpus, job.nodes, sig):
+            return WaitCode.PRIORITY, behind
+        if job.nodes == 1:
+            return (WaitCode.CAPACITY, f"needs {job.gpus} {res} on one node; largest free node "
+                    f"has {pool.largest_available(sig)}")
+        return (WaitCode.CAPACITY,
+                f"needs {job.nodes} nodes with {job.gpus} {res} free each; "
+                f"{pool.count_available(job.gpus, sig)} node(s) have that")
+
+    def _reserve_if_aged(self, job: QueuedJob, pool: Pool, sig: Signature,
+                         quota_ok: bool) -> bool:
+        threshold = self.policy.reserve_threshold_seconds
+        if threshold is None or (self.now - job.waiting_since).total_seconds() < threshold:
+            return False
+        # its quota, so jobs behind it in the namespace cannot keep using it up
+        self.quota.reserve(job.namespace, job.gpu_resource, job.total_gpus)
+        if quota_ok:  # capacity is what blocks it: hold GPUs on the nodes closest to fitting
+            pool.reserve(pool.reservation_targets(job.gpus, job.nodes, sig), job.gpus)
+        return True
+
+    # --- stopping jobs and preemption ------------------------------------------------------------
+
+    def _claim_pending(self, job: QueuedJob, pool: Pool, sig: Signature) -> tuple[str, ...] | None:
+        """Fits once stopping jobs exit: hold those GPUs (and quota) for this job."""
+        ns, res = job.namespace, job.gpu_resource
+        if not (pool.pending_total or self.quota.pending.get((ns, res))):
+            return None
+        shape = (res, job.gpus, job.nodes, sig, ns)
+        if shape in self._no_pending:
+            return None
+        quota_pending = self.quota.available_pending(ns, res)
+        placement = pool.place_with(job.gpus, job.nodes, sig)
+        if placement is None or (quota_pending is not None and quota_pending < job.total_gpus):
+            self._no_pending.add(shape)
+            return None
+        pool.reserve(placement, job.gpus)
+        self.quota.reserve(ns, res, job.total_gpus)
+        return placement
+
+    def _choose_victims(self, job: QueuedJob, pool: Pool | None, sig: Signature,
+                        over_limit: bool) -> list[RunningJob]:
+        ns, res = job.namespace, job.gpu_resource
+        shape = (res, job.gpus, job.nodes, sig, ns, over_limit)
+        if self._no_victims.get(shape, -(2**63)) >= job.priority:
+            return []
+        min_runtime = self.policy.min_runtime_before_preemption_seconds
+        fit = _VictimFit(self, job, pool, sig, over_limit)
+        chosen: list[RunningJob] = []
+        for v in self.candidates:
+            if (v.uid in self.stopping or v.priority >= job.priority
+                    or (self.now - v.started_at).total_seconds() < min_runtime
+                    or not fit.helps(v)):
+                continue
+            chosen.append(v)
+            fit.add(v)
+            if fit.ok():
+                break
+        else:
+            self._no_victims[shape] = max(self._no_victims.get(shape, -(2**63)), job.priority)
+            return []
+        # drop victims that turn out unnecessary, the most expensive first
+        for v in sorted(chosen, key=lambda r: -work_since_checkpoint(r, self.now)):
+            rest = [c for c in chosen if c is not v]
+            if fit.fits(rest):
+                chosen = rest
+        return chosen
+
+    def _preempt(self, job: QueuedJob, victims: list[RunningJob], pool: Pool | None,
+                 sig: Signature) -> None:
+        for v in victims:
+            work = work_since_checkpoint(v, self.now)
+            self.preempted.append(Preemption(
+                victim=v, preemptor=job,
+                reason=f"preempted to make room for {job.key} ({job.priority_class}, priority "
+                f"{job.priority} > {v.priority}); {work:.0f} GPU-seconds since its last "
+                "checkpoint"))
+            self._mark_stopping(v)
+            self.running_count[v.namespace] -= 1
+        if pool is not None:
+            placement = pool.place_with(job.gpus, job.nodes, sig)
+            if placement is not None:
+                pool.reserve(placement, job.gpus)
+            self.quota.reserve(job.namespace, job.gpu_resource, job.total_gpus)
+
+
+class _VictimFit:
+    """Would `job` fit if these victims stopped? Incremental while victims are added."""
+
+    def __init__(self, adm: _Admitter, job: QueuedJob, pool: Pool | None, sig: Signature,
+                 over_limit: bool) -> None:
+        self.adm, self.job, self.pool = adm, job, pool
+        ns, res = job.namespace, job.gpu_resource
+        limit = adm.policy.max_running_jobs_per_namespace
+        self.slots_needed = adm.running_count[ns] - limit + 1 if over_limit else 0
+        self.base = pool.pending_base(sig) if pool is not None else {}
+        self.need_quota = pool is not None and adm.quota.limited(ns, res)
+        self.quota_short = job.total_gpus - (adm.quota.available_pending(ns, res) or 0) \
+            if self.need_quota else 0
+        self.extra: dict[str, int] = defaultdict(int)
+        self.nodes_ok = sum(1 for a in self.base.values() if a >= job.gpus)
+        self.slots = 0
+        self.quota_freed = 0
+
+    def _gives(self, v: RunningJob) -> tuple[int, int, tuple[str, ...]]:
+        """(job slots, quota, nodes of the resource) that stopping `v` frees for this job."""
+        job = self.job
+        same_ns = v.namespace == job.namespace
+        same_res = self.pool is not None and v.gpu_resource == job.gpu_resource
+        nodes = tuple(n for n in self.adm.placement_of.get(v.uid, ()) if n in self.base) \
+            if same_res else ()
+        quota = v.total_gpus if same_ns and same_res and self.need_quota else 0
+        return int(same_ns), quota, nodes
+
+    def helps(self, v: RunningJob) -> bool:
+        slots, quota, nodes = self._gives(v)
+        return bool((slots and self.slots_needed > 0) or quota or nodes)
+
+    def add(self, v: RunningJob) -> None:
+        slots, quota, nodes = self._gives(v)
+        self.slots += slots
+        self.quota_freed += quota
+        for n in nodes:
+            before = self.base[n] + self.extra[n]
+            self.extra[n] += v.gpus
+            if before < self.job.gpus <= before + v.gpus:
+                self.nodes_ok += 1
+
+    def ok(self) -> bool:
+        return (self.slots >= self.slots_needed and self.quota_freed >= self.quota_short
+                and (self.pool is None or self.nodes_ok >= self.job.nodes))
+
+    def fits(self, victims: list[RunningJob]) -> bool:
+        """Check a whole set from scratch (used to drop unnecessary victims)."""
+        saved = (self.extra, self.nodes_ok, self.slots, self.quota_freed)
+        self.extra = defaultdict(int)
+        self.nodes_ok = sum(1 for a in self.base.values() if a >= self.job.gpus)
+        self.slots = self.quota_freed = 0
+        for v in victims:
+            self.add(v)
+        result = self.ok()
+        self.extra, self.nodes_ok, self.slots, self.quota_freed = saved
+        return result
+
+
+def admit(snapshot: Snapshot, now: datetime) -> Decisions:
+    """Which queued jobs to admit, which running jobs to preempt, and why the rest wait.
+
+    Pure and deterministic: the same snapshot and `now` give the same decisions, whatever the
+    order of the input sequences. See the module docstring for the policy.
+    """
+    return _Admitter(snapshot, now).run(snapshot.queued)

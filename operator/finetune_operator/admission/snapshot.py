@@ -1,0 +1,95 @@
+"""Pure helpers that turn raw Kubernetes objects (dicts, as the API returns them) into the
+admission inputs: nodes with free GPUs, and namespace GPU quotas."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from .model import NodeInfo, Quota, Taint
+
+_SUFFIX = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)(m|k|[KMGTPE]i|[MGTPE]|)$")
+_DONE = {"Succeeded", "Failed"}
+
+
+def count(quantity: Any) -> int:
+    """An extended-resource quantity as a whole number ("8", 8, "8000m" -> 8); rounds down."""
+    if isinstance(quantity, int):
+        return quantity
+    m = _QUANTITY.match(str(quantity).strip())
+    if not m:
+        raise ValueError(f"not a resource quantity: {quantity!r}")
+    value = Decimal(m.group(1))
+    value = value / 1000 if m.group(2) == "m" else value * _SUFFIX[m.group(2)]
+    return int(value)
+
+
+def pod_requests(pod: Mapping[str, Any]) -> dict[str, int]:
+    """Extended resources a pod requests (containers summed; init containers: their max).
+    Limits stand in for requests when only limits are set, as the API server defaults them."""
+    spec = pod.get("spec") or {}
+
+    def of(container: Mapping[str, Any]) -> dict[str, int]:
+        res = container.get("resources") or {}
+        merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+        return {k: count(v) for k, v in merged.items() if "/" in k}
+
+    total: dict[str, int] = defaultdict(int)
+    for c in spec.get("containers") or []:
+        for k, v in of(c).items():
+            total[k] += v
+    for c in spec.get("initContainers") or []:
+        for k, v in of(c).items():
+            total[k] = max(total[k], v)
+    return dict(total)
+
+
+def nodes_from_k8s(nodes: Iterable[Mapping[str, Any]],
+                   pods: Iterable[Mapping[str, Any]]) -> list[NodeInfo]:
+    """NodeInfo per Node: allocatable extended resources minus what bound, unfinished pods
+    request (every pod, not only the operator's)."""
+    used: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for pod in pods:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if not node_name or (pod.get("status") or {}).get("phase") in _DONE:
+            continue
+        for k, v in pod_requests(pod).items():
+            used[node_name][k] += v
+    out = []
+    for node in nodes:
+        meta, spec = node.get("metadata") or {}, node.get("spec") or {}
+        name = meta["name"]
+        allocatable = {k: count(v) for k, v in
+                       ((node.get("status") or {}).get("allocatable") or {}).items() if "/" in k}
+        out.append(NodeInfo(
+            name=name,
+            allocatable=allocatable,
+            free={k: max(0, v - used[name].get(k, 0)) for k, v in allocatable.items()},
+            labels=dict(meta.get("labels") or {}),
+            taints=tuple(Taint(key=t.get("key", ""), value=t.get("value", "") or "",
+                               effect=t.get("effect", "NoSchedule"))
+                         for t in spec.get("taints") or []),
+            unschedulable=bool(spec.get("unschedulable")),
+        ))
+    return sorted(out, key=lambda n: n.name)
+
+
+def quotas_from_k8s(resource_quotas: Iterable[Mapping[str, Any]]) -> list[Quota]:
+    """Quota per ResourceQuota and extended resource with a `requests.<resource>` hard limit.
+    Uses status (what the quota controller enforces); a quota without status yet is skipped."""
+    out = []
+    for rq in resource_quotas:
+        ns = (rq.get("metadata") or {}).get("namespace", "")
+        status = rq.get("status") or {}
+        hard, used = status.get("hard") or {}, status.get("used") or {}
+        for key, value in hard.items():
+            if key.startswith("requests.") and "/" in key:
+                resource = key.removeprefix("requests.")
+                out.append(Quota(namespace=ns, resource=resource, hard=count(value),
+                                 used=count(used.get(key, 0))))
+    return sorted(out, key=lambda q: (q.namespace, q.resource, q.hard, q.used))
