@@ -25,7 +25,7 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import build, versions
+from . import build, provisioner, versions
 from .kubeconfig import write_kubeconfig
 from .pki import ensure_pki
 from .stages import write_kwok_config
@@ -252,8 +252,22 @@ def running(cfg: ClusterConfig) -> dict[str, bool]:
     return {n: bool(pids.get(n)) and pid_alive(pids[n], n) for n in COMPONENTS}
 
 
+def _provisioner_running(cfg: ClusterConfig) -> bool:
+    pid = read_state(cfg).get("pids", {}).get("provisioner")
+    return bool(pid) and pid_alive(pid)
+
+
 def is_up(cfg: ClusterConfig) -> bool:
-    return all(running(cfg).values()) and api_ready(cfg)
+    return all(running(cfg).values()) and api_ready(cfg) and _provisioner_running(cfg)
+
+
+def _start_provisioner(cfg: ClusterConfig) -> None:
+    kubectl(cfg, "apply", "-f", "-", input=json.dumps(provisioner.storage_class()))
+    pid = _start(cfg, "provisioner", [sys.executable, "-m",
+                                      "finetune_operator.devcluster.provisioner",
+                                      f"--kubeconfig={cfg.kubeconfig}",
+                                      f"--state-dir={cfg.state_dir}"])
+    register_extra(cfg, "provisioner", pid)
 
 
 def up(cfg: ClusterConfig) -> None:
@@ -261,6 +275,10 @@ def up(cfg: ClusterConfig) -> None:
     started = time.monotonic()
     if is_up(cfg):
         _log(f"already running; kubeconfig {cfg.kubeconfig}")
+        return
+    if all(running(cfg).values()) and api_ready(cfg):
+        _log("control plane running; starting the volume provisioner")
+        _start_provisioner(cfg)
         return
     if any(running(cfg).values()):
         _log("a previous cluster is half running; stopping it first")
@@ -281,6 +299,7 @@ def up(cfg: ClusterConfig) -> None:
         pid = _start(cfg, name, argv)
         _wait(cfg, name, pid, functools.partial(_component_ready, cfg, name), 90)
     _wait_default_serviceaccount(cfg)
+    _start_provisioner(cfg)
     for i in range(cfg.nodes):
         apply_gpu_node(cfg, f"gpu-node-{i}", cfg.gpus_per_node)
     wait_nodes_ready(cfg, [f"gpu-node-{i}" for i in range(cfg.nodes)])
@@ -384,6 +403,13 @@ def register_extra(cfg: ClusterConfig, name: str, pid: int) -> None:
     state = read_state(cfg)
     state.setdefault("pids", {})[name] = pid
     _write_state(cfg, state)
+
+
+def unregister_extra(cfg: ClusterConfig, name: str) -> None:
+    """Forget a process recorded with register_extra (it stopped on its own)."""
+    state = read_state(cfg)
+    if state.get("pids", {}).pop(name, None) is not None:
+        _write_state(cfg, state)
 
 
 def status(cfg: ClusterConfig) -> dict:
