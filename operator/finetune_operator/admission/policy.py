@@ -124,10 +124,17 @@ class _Admitter:
                 self.running_count[r.namespace] += 1
         for pool in self.pools.values():
             pool.snapshot_initial()
+        # possible victims, cheapest first; and per resource and node
+        self.work = {r.uid: work_since_checkpoint(r, now) for r in running}
         self.candidates = sorted(
             (r for r in running if not r.preempting),
-            key=lambda r: (work_since_checkpoint(r, now), r.priority, r.namespace, r.name, r.uid),
+            key=lambda r: (self.work[r.uid], r.priority, r.namespace, r.name, r.uid),
         )
+        self.on_node: dict[str, dict[str, list[RunningJob]]] = defaultdict(
+            lambda: defaultdict(list))
+        for r in self.candidates:
+            for node in self.placement_of.get(r.uid, ()):
+                self.on_node[r.gpu_resource][node].append(r)
 
     def pool(self, resource: str) -> Pool:
         if resource not in self.pools:
@@ -290,36 +297,66 @@ class _Admitter:
 
     def _choose_victims(self, job: QueuedJob, pool: Pool | None, sig: Signature,
                         over_limit: bool) -> list[RunningJob]:
+        """A small set of victims whose stop makes `job` fit, or [] when there is none.
+
+        Capacity: per eligible node, the cheapest victims on it (least work since checkpoint,
+        then lower priority) that free enough GPUs there; the `nodes` cheapest such nodes.
+        Then quota and the namespace job limit, cheapest victims first. Then every victim whose
+        removal keeps the job fitting is dropped again, the most expensive first."""
         ns, res = job.namespace, job.gpu_resource
         shape = (res, job.gpus, job.nodes, sig, ns, over_limit)
         if self._no_victims.get(shape, -(2**63)) >= job.priority:
             return []
         min_runtime = self.policy.min_runtime_before_preemption_seconds
+
+        def may_preempt(v: RunningJob) -> bool:
+            return (v.uid not in self.stopping and v.priority < job.priority
+                    and (self.now - v.started_at).total_seconds() >= min_runtime)
+
         fit = _VictimFit(self, job, pool, sig, over_limit)
-        chosen: list[RunningJob] = []
-        for v in self.candidates:
-            if (v.uid in self.stopping or v.priority >= job.priority
-                    or (self.now - v.started_at).total_seconds() < min_runtime
-                    or not fit.helps(v)):
-                continue
-            chosen.append(v)
-            fit.add(v)
-            if fit.ok():
-                break
-        else:
+        chosen: dict[str, RunningJob] = {}
+        if pool is not None and fit.nodes_ok < job.nodes:
+            options: list[tuple[float, int, str, list[RunningJob]]] = []
+            on_node = self.on_node[res]
+            for node, base in fit.base.items():
+                got, cost, picked = base, 0.0, []
+                for v in on_node.get(node, ()) if base < job.gpus else ():
+                    if may_preempt(v):
+                        picked.append(v)
+                        cost += self.work[v.uid]
+                        got += v.gpus
+                        if got >= job.gpus:
+                            break
+                if got >= job.gpus:
+                    options.append((cost, max((v.priority for v in picked), default=0), node,
+                                     picked))
+            options.sort(key=lambda o: o[:3])  # least work, then lower priority, then name
+            for *_, picked in options[:job.nodes]:
+                for v in picked:
+                    if v.uid not in chosen:
+                        chosen[v.uid] = v
+                        fit.add(v)
+        if not fit.ok():
+            for v in self.candidates:
+                if v.uid not in chosen and may_preempt(v) and fit.helps(v):
+                    chosen[v.uid] = v
+                    fit.add(v)
+                    if fit.ok():
+                        break
+        if not fit.ok():
             self._no_victims[shape] = max(self._no_victims.get(shape, -(2**63)), job.priority)
             return []
-        # drop victims that turn out unnecessary, the most expensive first
-        for v in sorted(chosen, key=lambda r: -work_since_checkpoint(r, self.now)):
-            rest = [c for c in chosen if c is not v]
-            if fit.fits(rest):
-                chosen = rest
-        return chosen
+        for v in sorted(chosen.values(), key=lambda r: -self.work[r.uid]):
+            if fit.can_remove(v):
+                fit.remove(v)
+                del chosen[v.uid]
+        return sorted(chosen.values(), key=lambda r: (self.work[r.uid],
+                                                      r.priority, r.namespace, r.name))
 
     def _preempt(self, job: QueuedJob, victims: list[RunningJob], pool: Pool | None,
                  sig: Signature) -> None:
         for v in victims:
-            work = work_since_checkpoint(v, self.now)
+            work = self.work[v.uid]
             self.preempted.append(Preemption(
                 victim=v, preemptor=job,
                 reason=f"preempted to make room for {job.key} ({job.priority_class}, priority "
@@ -335,7 +372,7 @@ class _Admitter:
 
 
 class _VictimFit:
-    """Would `job` fit if these victims stopped? Incremental while victims are added."""
+    """Would `job` fit if these victims stopped? Kept up to date as victims come and go."""
 
     def __init__(self, adm: _Admitter, job: QueuedJob, pool: Pool | None, sig: Signature,
                  over_limit: bool) -> None:
@@ -345,52 +382,55 @@ class _VictimFit:
         self.slots_needed = adm.running_count[ns] - limit + 1 if over_limit else 0
         self.base = pool.pending_base(sig) if pool is not None else {}
         self.need_quota = pool is not None and adm.quota.limited(ns, res)
-        self.quota_short = job.total_gpus - (adm.quota.available_pending(ns, res) or 0) \
-            if self.need_quota else 0
+        self.quota_short = (job.total_gpus - (adm.quota.available_pending(ns, res) or 0)
+                            if self.need_quota else 0)
         self.extra: dict[str, int] = defaultdict(int)
         self.nodes_ok = sum(1 for a in self.base.values() if a >= job.gpus)
         self.slots = 0
         self.quota_freed = 0
 
     def _gives(self, v: RunningJob) -> tuple[int, int, tuple[str, ...]]:
-        """(job slots, quota, nodes of the resource) that stopping `v` frees for this job."""
+        """(job slots, quota, eligible nodes) that stopping `v` frees for this job."""
         job = self.job
         same_ns = v.namespace == job.namespace
         same_res = self.pool is not None and v.gpu_resource == job.gpu_resource
-        nodes = tuple(n for n in self.adm.placement_of.get(v.uid, ()) if n in self.base) \
-            if same_res else ()
+        nodes = (tuple(n for n in self.adm.placement_of.get(v.uid, ()) if n in self.base)
+                 if same_res else ())
         quota = v.total_gpus if same_ns and same_res and self.need_quota else 0
         return int(same_ns), quota, nodes
 
     def helps(self, v: RunningJob) -> bool:
+        """Whether `v` frees something still missing."""
         slots, quota, nodes = self._gives(v)
-        return bool((slots and self.slots_needed > 0) or quota or nodes)
+        return bool((slots and self.slots < self.slots_needed)
+                    or (quota and self.quota_freed < self.quota_short)
+                    or (nodes and self.nodes_ok < self.job.nodes))
+
+    def _apply(self, v: RunningJob, sign: int) -> None:
+        slots, quota, nodes = self._gives(v)
+        self.slots += sign * slots
+        self.quota_freed += sign * quota
+        for n in nodes:
+            before = self.base[n] + self.extra[n] >= self.job.gpus
+            self.extra[n] += sign * v.gpus
+            after = self.base[n] + self.extra[n] >= self.job.gpus
+            self.nodes_ok += int(after) - int(before)
 
     def add(self, v: RunningJob) -> None:
-        slots, quota, nodes = self._gives(v)
-        self.slots += slots
-        self.quota_freed += quota
-        for n in nodes:
-            before = self.base[n] + self.extra[n]
-            self.extra[n] += v.gpus
-            if before < self.job.gpus <= before + v.gpus:
-                self.nodes_ok += 1
+        self._apply(v, +1)
+
+    def remove(self, v: RunningJob) -> None:
+        self._apply(v, -1)
+
+    def can_remove(self, v: RunningJob) -> bool:
+        self.remove(v)
+        ok = self.ok()
+        self.add(v)
+        return ok
 
     def ok(self) -> bool:
         return (self.slots >= self.slots_needed and self.quota_freed >= self.quota_short
                 and (self.pool is None or self.nodes_ok >= self.job.nodes))
-
-    def fits(self, victims: list[RunningJob]) -> bool:
-        """Check a whole set from scratch (used to drop unnecessary victims)."""
-        saved = (self.extra, self.nodes_ok, self.slots, self.quota_freed)
-        self.extra = defaultdict(int)
-        self.nodes_ok = sum(1 for a in self.base.values() if a >= self.job.gpus)
-        self.slots = self.quota_freed = 0
-        for v in victims:
-            self.add(v)
-        result = self.ok()
-        self.extra, self.nodes_ok, self.slots, self.quota_freed = saved
-        return result
 
 
 def admit(snapshot: Snapshot, now: datetime) -> Decisions:
