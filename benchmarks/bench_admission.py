@@ -22,9 +22,11 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from finetune_operator.admission import (
     NodeInfo,
@@ -40,6 +42,7 @@ from finetune_operator.admission import (
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 GPU = "nvidia.com/gpu"
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 BANDS = [(100, "finetune-low"), (1000, "finetune-normal"), (10_000, "finetune-high"),
          (100_000, "finetune-critical")]
 
@@ -132,8 +135,8 @@ def naive_admit(snapshot: Snapshot, now: datetime) -> list[tuple[str, tuple[str,
     return out
 
 
-def timed(fn, repeat: int) -> tuple[float, object]:  # type: ignore[no-untyped-def]
-    times, result = [], None
+def timed(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
+    times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         result = fn()
@@ -155,14 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     simple_snap = simple(snap)
     simple_t, simple_d = timed(lambda: admit(simple_snap, NOW), args.repeat)
     naive_t, naive = timed(lambda: naive_admit(simple_snap, NOW), 1)
-    fast = [(a.job.name, a.placement) for a in simple_d.admit]  # type: ignore[attr-defined]
+    fast = [(a.job.name, a.placement) for a in simple_d.admit]
     same = fast == naive
     lines = [
         f"admit() on {n} queued jobs, {len(snap.quotas)} namespaces, {len(snap.nodes)} nodes "
         f"({8 * len(snap.nodes)} GPUs, {free} free), {len(snap.running)} running jobs",
         f"- full policy (aging, reservations, preemption): {full_t * 1000:.0f} ms median of "
-        f"{args.repeat} = {n / full_t:,.0f} jobs/s; admitted {len(full.admit)}, "  # type: ignore[attr-defined]
-        f"preempted {len(full.preempt)}, impossible {len(full.impossible)}",  # type: ignore[attr-defined]
+        f"{args.repeat} = {n / full_t:,.0f} jobs/s; admitted {len(full.admit)}, "
+        f"preempted {len(full.preempt)}, impossible {len(full.impossible)}",
         f"- simple policy (no reservations, no preemption): {simple_t * 1000:.0f} ms = "
         f"{n / simple_t:,.0f} jobs/s; admitted {len(fast)}",
         f"- naive baseline, same semantics as the simple policy (re-sort after each admission, "

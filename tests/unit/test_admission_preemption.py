@@ -190,3 +190,16 @@ def test_a_victim_is_preempted_once_per_round() -> None:
         "WaitingForPreemptedJobs",  # u1: the other 4, no new victim
         "InsufficientCapacity",  # u0: nothing left to preempt
     ]
+
+
+def test_gpus_reserved_for_an_aged_job_ahead_are_not_freed_for_a_preemptor_behind() -> None:
+    aged = make_job("aged", gpus=4, priority=500, created=ago(600), priority_class="high")
+    behind = make_job("behind", gpus=2, priority=400, priority_class=CRIT)
+    running = [make_running("r", gpus=2, on="n1"), make_running("s", gpus=2, on="n1")]
+    d = admit(snap([aged, behind], running=running, nodes=[make_node("n1", 0, allocatable=4)],
+                   aging_rate_per_minute=10, aging_cap=100), NOW)
+    # stopping r or s would only refill what is held for `aged`: no pointless preemption
+    assert d.preempt == ()
+    assert waiting(d)["aged"][1] == "InsufficientCapacity" and d.waiting[0].reserved
+    assert waiting(d)["behind"][2].endswith(
+        "; preempting lower-priority jobs would not make room")

@@ -205,8 +205,9 @@ class Pool:
         return tuple(name for _, name in fits[:pods]) if len(fits) >= pods else None
 
     def pending_base(self, sig: Signature) -> dict[str, int]:
-        """Available GPUs (pending counted as free) of the eligible schedulable nodes."""
-        return {n.name: n.avail_pending
+        """Available GPUs (pending counted as free) of the eligible schedulable nodes, *not*
+        clamped at 0: GPUs a victim frees first refill what is reserved for jobs ahead."""
+        return {n.name: n.free + n.pending - n.reserved
                 for n in self._iter(self.eligible(sig), schedulable_only=True)}
 
     def reservation_targets(self, gpus: int, pods: int, sig: Signature) -> tuple[str, ...]:

@@ -196,6 +196,8 @@ class _Admitter:
                 return
 
         code, reason = self._blocker(job, pool, sig, over_limit, quota_ok)
+        if job.priority_class in self.policy.preempting_priority_classes:
+            reason += "; preempting lower-priority jobs would not make room"
         reserved = False
         if pool is not None and code in (WaitCode.QUOTA, WaitCode.CAPACITY, WaitCode.PRIORITY):
             reserved = self._reserve_if_aged(job, pool, sig, quota_ok)
