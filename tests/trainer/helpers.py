@@ -38,7 +38,7 @@ def config_dict(model: Path, work: Path, dataset: str = "messages.jsonl",
         "spec": {
             "model": {"name": "tiny", "source": {"pvc": {"claimName": "models", "path": "tiny"}}},
             "dataset": {"source": {"configMap": {"name": "data", "key": "train.jsonl"}},
-                        "format": fmt, "cutoffLen": 128},
+                        "format": fmt, "cutoffLen": 128, "validationSplit": 0.1},
             "method": "lora",
             "lora": {"rank": 8, "alpha": 16, "dropout": 0.1},
             "training": {"maxSteps": 14, "learningRate": 0.02, "batchSize": 4,

@@ -16,6 +16,7 @@ from finetune_trainer.data import (
     Example,
     build_examples,
     pack,
+    pick_split_file,
     read_records,
     record_to_messages,
     split_indices,
@@ -237,6 +238,14 @@ def test_json_array_records_carry_line_numbers(tiny_tokenizer: Any, tmp_path: Pa
     assert [n for n, _ in read_records(f)] == [2, 3, 4]
     with pytest.raises(DataError, match=r"d.json:4: field 'output' is missing"):
         build_examples(str(f), "alpaca", tiny_tokenizer, 64, False, 0.0, False, 1)
+
+
+def test_hub_dataset_split_file_is_picked_by_name() -> None:
+    files = [Path("r/README.md"), Path("r/data/train.jsonl"), Path("r/data/test.jsonl")]
+    assert pick_split_file(files, "train", "org/ds") == Path("r/data/train.jsonl")
+    assert pick_split_file([Path("r/all.json")], "train", "org/ds") == Path("r/all.json")
+    with pytest.raises(DataError, match=r"spec.dataset.source.hub.split: .* 'validation'"):
+        pick_split_file(files, "validation", "org/ds")
 
 
 def test_missing_dataset_file_is_a_data_error(tiny_tokenizer: Any, tmp_path: Path) -> None:

@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from finetune_operator.api.trainer_config import TrainerConfig
+
 from .config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,38 @@ def _read_json_array(p: Path, text: str) -> list[tuple[int, Any]]:
             raise DataError(f"{p}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") \
                 from None
         out.append((line, value))
+
+
+def pick_split_file(files: list[Path], split: str, repo: str) -> Path:
+    """The one .json/.jsonl file of a hub dataset repo that holds ``split``."""
+    data = sorted(f for f in files if f.suffix in (".json", ".jsonl"))
+    named = [f for f in data if f.stem == split or f.stem.startswith(f"{split}-")
+             or f.parent.name == split]
+    if len(named) == 1:
+        return named[0]
+    if not named and len(data) == 1:
+        return data[0]
+    listing = ", ".join(f.name for f in data) or "none"
+    raise DataError(
+        f"spec.dataset.source.hub.split: cannot pick one .json/.jsonl file for split {split!r} "
+        f"in {repo} (files: {listing}); publish the split as one JSONL file named {split}.jsonl"
+    )
+
+
+def resolve_dataset_file(cfg: TrainerConfig) -> str:
+    """The local dataset file: the mounted path, or a download from the hub source."""
+    hub = cfg.spec.dataset.source.hub
+    if hub is None:
+        return cfg.paths.dataset
+    from huggingface_hub import snapshot_download
+
+    from .model import read_hub_token
+
+    local = snapshot_download(
+        cfg.paths.dataset, repo_type="dataset", allow_patterns=["*.jsonl", "*.json"],
+        token=read_hub_token(cfg.hub_token_file),
+        cache_dir=str(Path(cfg.paths.work_dir) / "hub-cache"))
+    return str(pick_split_file(list(Path(local).rglob("*")), hub.split, cfg.paths.dataset))
 
 
 # --- record -> conversation ------------------------------------------------------------------

@@ -90,6 +90,9 @@ def _model_config(arch: Arch, vocab_size: int, hidden_size: int, layers: int, eo
         eos_token_id=eos_id,
         pad_token_id=pad_id,
         bos_token_id=None,
+        # Wider than the usual 0.02 so the random model's logits are not flat: LoRA (which
+        # leaves lm_head alone) can then visibly lower the loss within a few steps.
+        initializer_range=0.1,
     )
     if arch == "llama":
         from transformers import LlamaConfig
@@ -141,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     out = build_tiny_model(args.out_dir, arch=args.arch, hidden_size=args.hidden_size,
                            layers=args.layers, seed=args.seed)
     print(out)

@@ -16,7 +16,7 @@ from finetune_operator.api.trainer_config import TrainerConfig
 from . import checkpoint as ck
 from .callbacks import CheckpointingTrainer, ReportCallback, RunState, StopCallback
 from .config import Runtime, detect_runtime, resolve_precision
-from .data import Collator, ExampleDataset, build_examples
+from .data import Collator, ExampleDataset, build_examples, resolve_dataset_file
 from .model import apply_method, deepspeed_config, load_model, load_tokenizer, merge_adapter
 from .progress import build_reporter, termination_message, write_termination_log
 from .stop import StopFlag
@@ -186,7 +186,7 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
     transformers.set_seed(spec.training.seed)
     tokenizer = load_tokenizer(cfg)
     train_ex, eval_ex, stats = build_examples(
-        cfg.paths.dataset, spec.dataset.format, tokenizer, spec.dataset.cutoff_len,
+        resolve_dataset_file(cfg), spec.dataset.format, tokenizer, spec.dataset.cutoff_len,
         spec.dataset.train_on_prompt, spec.dataset.validation_split, spec.training.packing,
         spec.training.seed)
     for n in stats.notes:

@@ -1,0 +1,266 @@
+"""Training a tiny model on the CPU: loss goes down, SIGTERM + restart is exact, SIGKILL mid-save
+is survivable. Real trainer subprocesses get real signals."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finetune_trainer import checkpoint as ck
+from finetune_trainer.callbacks import SAVE_DELAY_ENV, SAVE_DELAY_STEP_ENV
+
+from .helpers import (
+    DATA,
+    config_dict,
+    read_json,
+    run_trainer,
+    sigterm_at,
+    start_trainer,
+    wait_until,
+    write_config,
+)
+
+pytestmark = pytest.mark.trainer
+
+MAX_STEPS = 14  # checkpoints every 5 steps: 5, 10 and the final 14
+METHODS: dict[str, dict[str, Any]] = {
+    "lora": {},
+    "full": {"method": "full", "lora": None, "training": {"learningRate": 0.002}},
+}
+WEIGHTS = {"lora": "output/adapter/adapter_model.safetensors",
+           "full": "output/merged/model.safetensors"}
+
+
+class Run:
+    """One job incarnation on disk: config, work dir, progress, termination log, output."""
+
+    def __init__(self, root: Path, model: Path, spec: dict[str, Any]) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.work = root / "work"
+        data = config_dict(model, self.work, spec=spec)
+        self.config = write_config(root / "config.yaml", data)
+        self.progress = Path(data["progress"]["file"])
+        self.termination = Path(data["terminationLog"])
+        self.log = root / "trainer.log"
+
+    def term(self) -> dict[str, Any]:
+        return read_json(self.termination)
+
+    def prog(self) -> dict[str, Any]:
+        return read_json(self.progress)
+
+    def run(self, env: dict[str, str] | None = None) -> int:
+        return run_trainer(self.config, self.log, env)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def weights(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def max_diff(a: Path, b: Path) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and wa
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Run]:
+    """The uninterrupted run for a method (run once per module, in a subprocess)."""
+    cache: dict[str, Run] = {}
+
+    def get(method: str) -> Run:
+        if method not in cache:
+            r = Run(tmp_path_factory.mktemp(f"baseline-{method}"), tiny_model,
+                    METHODS[method])
+            assert r.run() == 0, r.output()
+            cache[method] = r
+        return cache[method]
+
+    return get
+
+
+def mean_loss(model: Any, tokenizer: Any) -> float:
+    import torch
+
+    from finetune_trainer.data import Collator, build_examples
+
+    train, _, _ = build_examples(str(DATA / "messages.jsonl"), "messages", tokenizer, 128,
+                                 False, 0.0, False, 7)
+    batch = Collator(tokenizer.pad_token_id)(
+        [{"input_ids": e.input_ids, "labels": e.labels} for e in train])
+    with torch.no_grad():
+        return float(model.eval()(**batch).loss)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_training_lowers_the_loss(method: str, baseline: Callable[[str], Run],
+                                  tiny_model: Path, tiny_tokenizer: Any) -> None:
+    from transformers import AutoModelForCausalLM
+
+    r = baseline(method)
+    term = r.term()
+    assert term["reason"] == "Completed" and term["finalStep"] == MAX_STEPS
+    before = mean_loss(AutoModelForCausalLM.from_pretrained(tiny_model), tiny_tokenizer)
+    if method == "lora":
+        from peft import PeftModel
+
+        assert term["adapterPath"] == "output/adapter" and term["mergedPath"] == ""
+        trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model),
+                                            str(r.work / "output/adapter"))
+    else:
+        assert term["adapterPath"] == "" and term["mergedPath"] == "output/merged"
+        trained = AutoModelForCausalLM.from_pretrained(r.work / "output/merged")
+    after = mean_loss(trained, tiny_tokenizer)
+    assert after < before - 0.5, (before, after)
+    assert 0 < term["metrics"]["trainLoss"] and 0 < term["metrics"]["evalLoss"]
+    # artefacts of the contract: retention kept 2 complete checkpoints, TensorBoard logs
+    assert [c.step for c in ck.complete_checkpoints(r.work / "checkpoints", "uid-1234")] == [
+        10, MAX_STEPS]
+    assert term["checkpoint"]["path"] == f"checkpoints/checkpoint-{MAX_STEPS}"
+    assert list((r.work / "logs").glob("events.out.tfevents.*"))
+    p = r.prog()
+    assert p["state"] == "done" and p["step"] == p["totalSteps"] == MAX_STEPS
+    assert p["tokensPerSecond"] > 0 and "resumedFromStep" not in p
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_sigterm_then_restart_is_exact(method: str, baseline: Callable[[str], Run],
+                                       tiny_model: Path, tmp_path: Path) -> None:
+    base = baseline(method)
+    r = Run(tmp_path / method, tiny_model, METHODS[method])
+    # 6 steps per epoch: ask for a stop in the second epoch, between periodic saves
+    rc = sigterm_at(r.config, r.progress, r.log, step=7)
+    assert rc == 0, r.output()
+    term = r.term()
+    stopped = term["finalStep"]
+    assert term["reason"] == "Preempted", term
+    assert 7 <= stopped < MAX_STEPS
+    assert term["checkpoint"]["step"] == stopped  # saved at the step boundary it stopped on
+    assert ck.is_complete(r.work / f"checkpoints/checkpoint-{stopped}", "uid-1234")
+    assert "SIGTERM received" in r.output()
+
+    assert r.run() == 0, r.output()
+    term2, prog2 = r.term(), r.prog()
+    assert term2["reason"] == "Completed" and term2["finalStep"] == MAX_STEPS
+    assert prog2["resumedFromStep"] == stopped
+    lost_steps = stopped - prog2["resumedFromStep"]
+    assert lost_steps == 0
+    assert max_diff(base.work / WEIGHTS[method], r.work / WEIGHTS[method]) <= 1e-6
+    assert term2["metrics"]["evalLoss"] == pytest.approx(base.term()["metrics"]["evalLoss"],
+                                                         abs=1e-6)
+
+
+def test_sigkill_during_checkpoint_write_keeps_the_previous_one(
+        baseline: Callable[[str], Run], tiny_model: Path, tmp_path: Path) -> None:
+    base = baseline("lora")
+    r = Run(tmp_path / "killed", tiny_model, METHODS["lora"])
+    tmp = r.work / "checkpoints" / ".tmp-checkpoint-10-a0"
+    proc = start_trainer(r.config, r.log, {SAVE_DELAY_ENV: "60", SAVE_DELAY_STEP_ENV: "10"})
+    # the save of step 10 has written weights, optimizer and state, and not yet the marker
+    wait_until("the checkpoint-10 write", lambda: (tmp / "trainer_state.json").exists(), proc,
+               r.log)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(30) == -signal.SIGKILL
+    assert (tmp / "optimizer.pt").exists() and not (tmp / ck.MARKER).exists()
+    assert not (r.work / "checkpoints/checkpoint-10").exists()
+    newest = ck.newest_complete(r.work / "checkpoints", "uid-1234")
+    assert newest is not None and newest.step == 5
+
+    assert r.run() == 0, r.output()
+    assert r.prog()["resumedFromStep"] == 5
+    assert r.term()["finalStep"] == MAX_STEPS
+    assert not tmp.exists(), "the partial checkpoint is cleaned up on start"
+    assert max_diff(base.work / WEIGHTS["lora"], r.work / WEIGHTS["lora"]) <= 1e-6
+
+
+def test_stale_work_dir_of_another_uid_is_refused(baseline: Callable[[str], Run],
+                                                  tiny_model: Path, tmp_path: Path) -> None:
+    base = baseline("lora")
+    data = config_dict(tiny_model, base.work, job={"uid": "uid-new"},
+                       progress={"file": str(tmp_path / "p.json")},
+                       terminationLog=str(tmp_path / "t.json"))
+    cfg = write_config(tmp_path / "c.yaml", data)
+    assert run_trainer(cfg, tmp_path / "log") == 2
+    assert "refusing to resume a stale run" in read_json(data["terminationLog"])["message"]
+
+
+def test_packing_text_and_merged_output_in_process(tiny_model: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from finetune_trainer import train
+    from finetune_trainer.config import parse_config
+
+    cfg = parse_config(config_dict(tiny_model, tmp_path / "w", dataset="text.jsonl", spec={
+        "training": {"maxSteps": 4, "packing": True}, "dataset": {"validationSplit": 0.1},
+        "output": {"mergeAdapter": True}}))
+    out = train.run(cfg)
+    assert out.reason == "Completed" and out.final_step == 4
+    assert out.merged_path == "output/merged" and "evalLoss" in out.metrics
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "w/output/merged").eval()
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model),
+                                     str(tmp_path / "w/output/adapter")).eval()
+    x = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.allclose(merged(x).logits, peft(x).logits, atol=1e-4)
+
+
+def test_epochs_and_gradient_accumulation_in_process(tiny_model: Path, tmp_path: Path) -> None:
+    from finetune_trainer import train
+    from finetune_trainer.config import parse_config
+
+    cfg = parse_config(config_dict(tiny_model, tmp_path / "w", dataset="sharegpt.jsonl", spec={
+        "training": {"maxSteps": 0, "epochs": 1, "gradientAccumulationSteps": 2}}))
+    out = train.run(cfg)
+    # 24 records, batch 4, accumulation 2: 6 micro-batches -> 3 optimizer steps
+    assert out.reason == "Completed" and out.final_step == 3
+
+
+# --- GPU-only paths --------------------------------------------------------------------------
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+needs_gpu = pytest.mark.skipif(
+    not _cuda(), reason="no NVIDIA GPU on this machine (torch.cuda.is_available() is False)")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_qlora_run_on_gpu(tiny_model: Path, tmp_path: Path) -> None:
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (gpu extra)")
+    r = Run(tmp_path / "qlora", tiny_model, {
+        "method": "qlora", "quantization": {"bits": 4, "type": "nf4", "doubleQuant": True},
+        "resources": {"gpus": 1}, "training": {"maxSteps": 6}})
+    assert r.run({"CUDA_VISIBLE_DEVICES": "0"}) == 0, r.output()
+    assert r.term()["reason"] == "Completed"
+    assert (r.work / WEIGHTS["lora"]).exists()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_deepspeed_zero2_run_on_gpu(tiny_model: Path, tmp_path: Path) -> None:
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed (gpu extra)")
+    r = Run(tmp_path / "ds", tiny_model, {
+        "distributed": {"deepspeed": {"stage": 2}}, "resources": {"gpus": 1},
+        "training": {"maxSteps": 6}})
+    env = {"CUDA_VISIBLE_DEVICES": "0", "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}
+    assert r.run(env) == 0, r.output()
+    assert r.term()["reason"] == "Completed"
+    assert (r.work / WEIGHTS["lora"]).exists()
