@@ -51,3 +51,74 @@ def crd_installed(cluster) -> Path:  # type: ignore[no-untyped-def]
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/finetunejobs.finetune.dev")
     return CRD_FILE
+
+
+@pytest.fixture(scope="session")
+def priority_classes(cluster) -> list[str]:  # type: ignore[no-untyped-def]
+    """The chart's PriorityClass bands, rendered by helm from the chart (one source)."""
+    import subprocess
+
+    from finetune_operator.devcluster import build
+
+    out = subprocess.run(
+        [str(build.binary("helm")), "template", "ft", str(ROOT / "charts" / "finetune-operator"),
+         "--show-only", "templates/priorityclasses.yaml"],
+        capture_output=True, text=True, check=True).stdout
+    cluster.kubectl("apply", "-f", "-", input=out)
+    return re.findall(r"^  name: (\S+)$", out, re.M)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster, crd_installed, priority_classes, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The real operator process (module-scoped); tests may kill and restart it."""
+    from .operator_proc import OperatorProcess
+
+    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def gpu_nodes(cluster):  # type: ignore[no-untyped-def]
+    """make(count, gpus) -> nodeSelector of fresh fake GPU nodes only this test uses."""
+    from .kube import short_id
+
+    made: list[str] = []
+
+    def make(count: int, gpus: int) -> dict[str, str]:
+        sid = short_id()
+        for i in range(count):
+            made.append(cluster.gpu_node(f"t-{sid}-{i}", gpus, {"finetune.dev/test": sid}))
+        return {"finetune.dev/test": sid}
+
+    yield make
+    if made:
+        cluster.kubectl("delete", "node", *made, "--ignore-not-found", "--wait=false")
+
+
+@pytest.fixture
+def make_namespace(cluster, request):  # type: ignore[no-untyped-def]
+    """make(gpu_quota=None) -> a fresh namespace (with a GPU ResourceQuota when asked)."""
+    from .kube import short_id, wait_for
+
+    made: list[str] = []
+
+    def make(gpu_quota: int | None = None) -> str:
+        name = f"t-{short_id()}"
+        cluster.kubectl("create", "namespace", name)
+        made.append(name)
+        wait_for("default ServiceAccount", lambda: cluster.get("serviceaccount", "default",
+                                                               name), 30)
+        cluster.kubectl("create", "configmap", "data", "-n", name,
+                        "--from-literal=train.jsonl={}")
+        if gpu_quota is not None:
+            cluster.kubectl("create", "quota", "gpus", "-n", name,
+                            f"--hard=requests.nvidia.com/gpu={gpu_quota}")
+            wait_for("quota status", lambda: (cluster.get("resourcequota", "gpus", name) or {})
+                     .get("status", {}).get("hard"), 30)
+        return name
+
+    yield make
+    for name in made:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")

@@ -10,6 +10,7 @@ when a watch event wakes it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ import threading
 import time
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from . import metrics
@@ -50,7 +52,8 @@ class Controller:
                  identity: str | None = None) -> None:
         self.kube, self.settings = kube, settings
         self.lease_namespace = namespace or os.environ.get("POD_NAMESPACE", "default")
-        self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
+        # stable across restarts of the same pod, so a restarted leader re-acquires at once
+        self.identity = identity or os.environ.get("POD_NAME") or socket.gethostname()
         self.leader = False
         self.last_tick: float | None = None
         self._wake = threading.Event()
@@ -120,7 +123,11 @@ class Controller:
                       priority_class=cls, policy_error=err if check else None)
             pl = plan(job, by_uid.get(job.metadata.uid, []),
                       decisions.get(job.metadata.uid, JobDecision()), ctx)
-            self.execute(job, pl, now)
+            try:
+                self.execute(job, pl, now)
+            except ApiException as e:  # one job's trouble must not stall the others
+                log.warning("FineTuneJob %s: %s %s: %s; retrying next pass", job.key, e.status,
+                            e.reason, _api_message(e))
         metrics.observe_queue({"jobs": [_sample(j) for j in jobs], "quotas": decisions.quotas})
 
     def _reject(self, body: dict, message: str, now: dt.datetime) -> None:
@@ -149,6 +156,7 @@ class Controller:
             for key in old:
                 patch.setdefault(key, None)
             k.patch_job_status(ns, name, patch)
+            failpoint("after-status-patch", pl.status.phase)
         if pl.create_attempt is not None:
             ck = pl.status.checkpoint
             children = build_children(job, self.settings, pl.create_attempt,
@@ -193,6 +201,23 @@ class Controller:
                                      started_at=started.timestamp() if started else None)
         elif st.phase in ("Succeeded", "Failed"):
             metrics.forget_job(ns, job.metadata.name)
+
+
+def _api_message(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body or "{}").get("message", ""))[:300]
+    except (ValueError, AttributeError):
+        return str(e.body)[:300]
+
+
+def failpoint(where: str, phase: str | None) -> None:
+    """Crash-test hook: FINETUNE_FAILPOINT=after-status-patch:Admitted makes the process die
+    right after patching a status into that phase (before creating/deleting children), so the
+    restart-safety tests can stop the operator at exactly that instant. Unset in production."""
+    spec = os.environ.get("FINETUNE_FAILPOINT")
+    if spec and spec == f"{where}:{phase}":
+        log.error("failpoint %s reached: exiting", spec)
+        os._exit(137)
 
 
 def _sample(job: FineTuneJob) -> dict[str, Any]:

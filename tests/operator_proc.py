@@ -1,0 +1,159 @@
+"""Run the real operator process against the local cluster, and drive what kwok cannot.
+
+kwok pods never finish on their own, so tests play the kubelet's part where needed: they patch
+a pod's status to a terminated container (exit code, reason, termination message) through the
+status subresource, exactly as a kubelet reports it; the operator reads it like any other pod.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .kube import Cluster, short_id, wait_for
+
+TEST_ENV = {
+    "FINETUNE_ADMISSION_INTERVAL_SECONDS": "0.5",
+    "FINETUNE_BACKOFF_BASE_SECONDS": "1",
+    "FINETUNE_MIN_RUNTIME_BEFORE_PREEMPTION_SECONDS": "0",
+    "FINETUNE_AGING_RATE_PER_MINUTE": "100",
+    "FINETUNE_AGING_CAP": "3000",
+    "POD_NAME": "test-operator",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    def __init__(self, cluster: Cluster, log_dir: Path, env: dict[str, str] | None = None):
+        self.cluster, self.log_dir = cluster, log_dir
+        self.env = {**TEST_ENV, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = free_port()
+        self.log_path = log_dir / f"operator-{short_id()}.log"
+
+    def start(self, **extra_env: str) -> OperatorProcess:
+        self.log_path = self.log_dir / f"operator-{short_id()}.log"
+        env = {**os.environ, **self.env, **extra_env}
+        argv = [sys.executable, "-m", "finetune_operator",
+                f"--kubeconfig={self.cluster.kubeconfig}",
+                f"--metrics-port={self.metrics_port}", f"--health-port={free_port()}"]
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        try:
+            wait_for("the operator to acquire the leader lease", self._leading, 40)
+        except AssertionError:
+            self.kill()
+            raise
+        return self
+
+    def _leading(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log()}")
+        return "acquired leadership" in self.log(tail=None)
+
+    def log(self, tail: int | None = 6000) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return text if tail is None else text[-tail:]
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye — what a node crash or OOM does."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as r:
+            return str(r.read().decode())
+
+
+# ------------------------------------------------------------------ manifests and kubelet's part
+
+
+def ftj(name: str, gpus: int, priority_class: str, selector: dict[str, str],
+        **spec: Any) -> dict:
+    body: dict[str, Any] = {
+        "model": {"name": "tiny", "source": {"hub": {"repo": "example/tiny"}}},
+        "dataset": {"source": {"configMap": {"name": "data", "key": "train.jsonl"}}},
+        "resources": {"gpus": gpus, "nodeSelector": selector},
+        "priorityClassName": priority_class,
+        "training": {"maxSteps": 100},
+    }
+    body.update(spec)
+    return {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
+            "metadata": {"name": name}, "spec": body}
+
+
+def job_status(cluster: Cluster, ns: str, name: str) -> dict:
+    return (cluster.get("finetunejob", name, ns) or {}).get("status") or {}
+
+
+def wait_phase(cluster: Cluster, ns: str, name: str, phase: str, timeout: float = 30) -> dict:
+    return wait_for(f"{ns}/{name} phase {phase}", lambda: (
+        lambda st: st if st.get("phase") == phase else None)(job_status(cluster, ns, name)),
+        timeout)
+
+
+def job_pods(cluster: Cluster, ns: str, name: str) -> list[dict]:
+    out = cluster.kubectl("get", "pods", "-n", ns, "-l", f"finetune.dev/job={name}", "-o",
+                          "json").stdout
+    return list(json.loads(out)["items"])
+
+
+def finish_pod(cluster: Cluster, ns: str, pod: str, exit_code: int, reason: str,
+               message: dict | str = "") -> None:
+    """Report the trainer container as terminated, as the kubelet would."""
+    msg = message if isinstance(message, str) else json.dumps(message)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    status = {"phase": "Succeeded" if exit_code == 0 else "Failed", "containerStatuses": [{
+        "name": "trainer", "image": "finetune-operator/trainer:test", "imageID": "",
+        "ready": False, "restartCount": 0, "started": False,
+        "state": {"terminated": {"exitCode": exit_code, "reason": reason, "message": msg,
+                                 "startedAt": now, "finishedAt": now}}}]}
+    cluster.kubectl("patch", "pod", pod, "-n", ns, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": status}))
+
+
+def complete(cluster: Cluster, ns: str, name: str, step: int = 100) -> None:
+    pods = [p for p in job_pods(cluster, ns, name) if p["status"].get("phase") == "Running"]
+    assert pods, f"{ns}/{name} has no running pod to complete"
+    finish_pod(cluster, ns, pods[0]["metadata"]["name"], 0, "Completed",
+               {"reason": "Completed", "finalStep": step, "adapterPath": "output/adapter",
+                "metrics": {"evalLoss": 0.5}})
+
+
+def report_progress(cluster: Cluster, ns: str, pod: str, progress: dict) -> None:
+    """What the trainer does through its Role: annotate its own pod."""
+    cluster.kubectl("annotate", "pod", pod, "-n", ns, "--overwrite",
+                    f"finetune.dev/progress={json.dumps(progress)}")
