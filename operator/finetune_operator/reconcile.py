@@ -110,7 +110,7 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
               f"ran longer than activeDeadlineSeconds={deadline}", now, current)
         return p
 
-    if st.phase in ACTIVE_PHASES or (st.phase == "Suspended" and current):
+    if st.phase in ACTIVE_PHASES or (st.phase == "Suspended" and (current or st.stop_reason)):
         _reconcile_active(p, job, current, decision, ctx)
     elif st.phase == "Suspended" and not job.spec.suspend:
         set_condition(st, "Suspended", False, "Resumed", "spec.suspend cleared", now, gen)
