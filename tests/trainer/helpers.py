@@ -111,9 +111,12 @@ def progress_step(path: Path) -> int:
         return 0
 
 
-def sigterm_at(config: Path, progress: Path, log: Path, step: int) -> int:
-    """Start a trainer, send a real SIGTERM once it reports ``step``; return its exit code."""
+def sigterm_at(config: Path, progress: Path, log: Path, step: int) -> tuple[int, float]:
+    """Start a trainer, send a real SIGTERM once it reports ``step``; return its exit code and
+    the seconds from the signal to the exit."""
     proc = start_trainer(config, log)
     wait_until(f"step {step}", lambda: progress_step(progress) >= step, proc, log)
+    t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    return proc.wait(120)
+    rc = proc.wait(120)
+    return rc, time.monotonic() - t0

@@ -45,7 +45,24 @@ def _fail(path: str, code: int, message: str) -> int:
     return code
 
 
-def main(argv: list[str] | None = None) -> int:
+def _exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown (about 1.3 s with torch loaded): after a
+    preemption every byte that matters is already fsynced and closed, and the grace period is
+    better spent elsewhere."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # pragma: no cover - best effort on the way out
+        pass
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None, fast_exit: bool = True) -> int:
     parser = argparse.ArgumentParser(prog="finetune-trainer",
                                      description="Fine-tune an LLM as the operator configured.")
     parser.add_argument("--config", help="trainer config YAML (default: $FINETUNE_CONFIG)")
@@ -78,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     if _writes_termination_log():
         train.write_outcome(cfg, outcome)
     log.info("%s: %s", outcome.reason, outcome.message)
+    if fast_exit and outcome.reason == "Preempted":
+        _exit_now(0)
     return 0
 
 

@@ -50,6 +50,7 @@ class RunState:
     start_time: float = 0.0
     start_step: int = 0
     start_tokens: int = 0
+    train_called_at: float | None = None  # monotonic, set just before trainer.train()
 
     def checkpoint_report(self) -> dict[str, Any] | None:
         c = self.last_checkpoint
@@ -164,6 +165,13 @@ class ReportCallback(TrainerCallback):
         run.start_step = int(state.global_step)
         run.start_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
         run.resumed_from = int(state.global_step) if self.resuming else None
+        if run.train_called_at is not None and run.is_main:
+            setup = time.monotonic() - run.train_called_at
+            if self.resuming:
+                log.info("resumed at step %d: weights, optimizer and scheduler restored in %.3fs",
+                         state.global_step, setup)
+            else:
+                log.info("training set up in %.3fs (fresh start)", setup)
         run.report(state, "training", force=True)
         return control
 

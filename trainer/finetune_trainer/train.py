@@ -217,6 +217,7 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
     if flag.requested:  # stopped while loading: nothing new to save
         return _preempted(run_state, resume.step if resume else 0, "before training started")
 
+    run_state.train_called_at = time.monotonic()
     out = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
     step = int(trainer.state.global_step)
     if run_state.preempted_at is not None and step < int(trainer.state.max_steps):
