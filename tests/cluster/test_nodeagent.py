@@ -178,22 +178,22 @@ def test_node_registered_ready_and_lease_renewed(cluster: Cluster, agent: AgentP
 CONFIG_CODE = r"""
 import json, os, sys
 out = {
-    "greeting": open("/etc/app/greet/greeting.txt").read(),
-    "token_file": open("/etc/creds/token").read(),
-    "input": open("/data/input.txt").read(),
+    "greeting": open("/mnt/na-test/etc/app/greet/greeting.txt").read(),
+    "token_file": open("/mnt/na-test/etc/creds/token").read(),
+    "input": open("/mnt/na-test/data/input.txt").read(),
     "env": {k: os.environ[k] for k in ("MODE", "TOKEN", "POD_UID", "POD_IP", "COMBINED",
                                        "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")},
     "python": sys.executable,
 }
 try:
-    open("/etc/app/new-file", "w")
+    open("/mnt/na-test/etc/app/new-file", "w")
     out["config_read_only"] = False
 except OSError:
     out["config_read_only"] = True
-open("/scratch/s.txt", "w").write("scratch")
-out["scratch"] = open("/scratch/s.txt").read()
-open("/nested/sub.txt", "w").write("via subPath")
-json.dump(out, open("/data/out.json", "w"))
+open("/mnt/na-test/scratch/s.txt", "w").write("scratch")
+out["scratch"] = open("/mnt/na-test/scratch/s.txt").read()
+open("/mnt/na-test/nested/sub.txt", "w").write("via subPath")
+json.dump(out, open("/mnt/na-test/data/out.json", "w"))
 print("RESULT", json.dumps(out))
 """
 
@@ -219,11 +219,11 @@ def test_pod_reads_config_and_env_and_writes_volumes(cluster: Cluster, namespace
                {"name": "creds", "secret": {"secretName": "creds"}},
                {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
                {"name": "scratch", "emptyDir": {"medium": "Memory"}}]
-    mounts = [{"name": "cfg", "mountPath": "/etc/app", "readOnly": True},
-              {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
-              {"name": "data", "mountPath": "/data"},
-              {"name": "data", "mountPath": "/nested", "subPath": "sub"},
-              {"name": "scratch", "mountPath": "/scratch"}]
+    mounts = [{"name": "cfg", "mountPath": "/mnt/na-test/etc/app", "readOnly": True},
+              {"name": "creds", "mountPath": "/mnt/na-test/etc/creds", "readOnly": True},
+              {"name": "data", "mountPath": "/mnt/na-test/data"},
+              {"name": "data", "mountPath": "/mnt/na-test/nested", "subPath": "sub"},
+              {"name": "scratch", "mountPath": "/mnt/na-test/scratch"}]
     _create(cluster, namespace, _pod("reader", agent.node, CONFIG_CODE, volumes=volumes,
                                      container={"env": env, "volumeMounts": mounts}))
     pod = _wait_phase(cluster, namespace, "reader", TERMINAL, 90)
@@ -275,9 +275,44 @@ def test_failures_report_exit_code_and_termination_message(cluster: Cluster, nam
     assert "ignores images" in unsupported["status"]["message"]
 
 
+def test_start_errors_and_waiting_reasons(cluster: Cluster, namespace: str,
+                                          agent: AgentProcess) -> None:
+    missing = _pod("missing-binary", agent.node, "")
+    missing["spec"]["containers"][0]["command"] = ["no-such-binary-here", "--flag"]
+    _create(cluster, namespace, missing)
+    _create(cluster, namespace, _pod("root-not-allowed", agent.node, "print('never')",
+                                     securityContext={"runAsNonRoot": True}))
+    _create(cluster, namespace, _pod(
+        "late-config", agent.node, "print(open('/mnt/na-test/cfg/k').read())",
+        volumes=[{"name": "cfg", "configMap": {"name": "late"}}],
+        container={"volumeMounts": [{"name": "cfg", "mountPath": "/mnt/na-test/cfg"}]}))
+
+    term = _terminated(_wait_phase(cluster, namespace, "missing-binary", TERMINAL))
+    assert (term["exitCode"], term["reason"]) == (128, "StartError")
+    assert "executable file not found in PATH: no-such-binary-here" in term["message"]
+
+    def waiting(name: str) -> dict[str, Any] | None:
+        p = _read(cluster, namespace, name) or {}
+        statuses = (p.get("status") or {}).get("containerStatuses") or [{}]
+        return statuses[0].get("state", {}).get("waiting")
+
+    root = wait_for("runAsNonRoot pod waiting", lambda: waiting("root-not-allowed"), 30)
+    assert root["reason"] == "CreateContainerConfigError" and "runAsUser" in root["message"]
+    late = wait_for("late-config pod waiting", lambda: waiting("late-config"), 30)
+    assert late["reason"] == "ContainerCreating" and "ConfigMap" in late["message"]
+    assert f"{namespace}/late" in late["message"]
+    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"},
+                   "data": {"k": "arrived"}}, namespace)
+    done = _wait_phase(cluster, namespace, "late-config", TERMINAL, 60)  # retried on resync
+    assert done["status"]["phase"] == "Succeeded"
+    log = find_log(agent.root, namespace, "late-config", "main")
+    assert log is not None and log.read_text().strip() == "arrived"
+    assert _read(cluster, namespace, "root-not-allowed")["status"]["phase"] == "Pending"  # type: ignore[index]
+
+
 TRAP_CODE = r"""
 import pathlib, signal, sys, time
-data = pathlib.Path("/data")
+data = pathlib.Path("/mnt/na-test/data")
 def on_term(*_):
     (data / "term-seen").write_text("SIGTERM")
     if {exit_on_term}:
@@ -295,7 +330,8 @@ def _trap_pod(name: str, node: str, *, exit_on_term: bool, grace: int,
               **spec: Any) -> dict[str, Any]:
     return _pod(name, node, TRAP_CODE.format(exit_on_term=exit_on_term), grace=grace,
                 volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
-                container={"volumeMounts": [{"name": "data", "mountPath": "/data"}]}, **spec)
+                container={"volumeMounts": [{"name": "data", "mountPath": "/mnt/na-test/data"}]},
+                **spec)
 
 
 def _wait_ready_file(data: Path) -> None:
@@ -359,7 +395,7 @@ try:
 except OSError:
     pass
 print("uid", os.getuid(), "groups", os.getgroups())
-open("/data/who", "w").write(f"{os.getuid()} {os.getgid()} {sorted(os.getgroups())}")
+open("/mnt/na-test/data/who", "w").write(f"{os.getuid()} {os.getgid()} {sorted(os.getgroups())}")
 """
 
 
@@ -390,7 +426,7 @@ def test_service_account_token_patches_own_pod_as_non_root(cluster: Cluster, nam
                          "fsGroup": 1000, "fsGroupChangePolicy": "OnRootMismatch"},
         volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
                  {"name": "tmp", "emptyDir": {}}],
-        container={"env": env, "volumeMounts": [{"name": "data", "mountPath": "/data"},
+        container={"env": env, "volumeMounts": [{"name": "data", "mountPath": "/mnt/na-test/data"},
                                                 {"name": "tmp", "mountPath": "/tmp"}],
                    "securityContext": {"allowPrivilegeEscalation": False,
                                        "capabilities": {"drop": ["ALL"]}}}))
