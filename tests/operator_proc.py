@@ -43,7 +43,8 @@ class OperatorProcess:
         self.metrics_port = free_port()
         self.log_path = log_dir / f"operator-{short_id()}.log"
 
-    def start(self, **extra_env: str) -> OperatorProcess:
+    def start(self, *, leader: bool = True, **extra_env: str) -> OperatorProcess:
+        """Start the process; wait until it leads (leader=True) or just runs (a standby)."""
         self.log_path = self.log_dir / f"operator-{short_id()}.log"
         env = {**os.environ, **self.env, **extra_env}
         argv = [sys.executable, "-m", "finetune_operator",
@@ -53,16 +54,26 @@ class OperatorProcess:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
         try:
-            wait_for("the operator to acquire the leader lease", self._leading, 40)
+            if leader:
+                wait_for("the operator to acquire the leader lease", self._leading, 40)
+            else:
+                wait_for("the operator to start", lambda: self._alive() and
+                         "Initial authentication" in self.log(tail=None), 40)
         except AssertionError:
             self.kill()
             raise
         return self
 
-    def _leading(self) -> bool:
+    def _alive(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log()}")
+        return True
+
+    def _leading(self) -> bool:
+        return self._alive() and self.leads()
+
+    def leads(self) -> bool:
         return "acquired leadership" in self.log(tail=None)
 
     def log(self, tail: int | None = 6000) -> str:
