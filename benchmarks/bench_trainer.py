@@ -131,7 +131,7 @@ def plain(model_dir: str, out: str) -> None:
         lr_scheduler_type="linear", warmup_steps=0.1, save_steps=INTERVAL, save_total_limit=2,
         logging_steps=1, report_to="none", seed=SEED, data_seed=SEED, use_cpu=True,
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=feats,  # type: ignore[arg-type]
+    trainer = Trainer(model=model, args=args, train_dataset=feats,
                       data_collator=collate)
     trainer.train()
     trainer.save_model(str(Path(out) / "final"))
