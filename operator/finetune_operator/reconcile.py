@@ -129,8 +129,9 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
 def _reconcile_active(p: Plan, job: FineTuneJob, current: list[dict], decision: JobDecision,
                       ctx: Ctx) -> None:
     st, now, gen = p.status, ctx.now, job.metadata.generation
-    view = observe(current, job.spec.resources.nodes, ever_ran=st.start_time is not None
-                   or st.phase == "Running")
+    # pods missing while the attempt is only Admitted means "not created yet" (create them);
+    # missing once it was Running means someone deleted them (a preemption)
+    view = observe(current, job.spec.resources.nodes, ever_ran=st.phase == "Running")
     stopping = st.phase == "Preempting" or job.spec.suspend or st.phase == "Suspended"
     if view.completed is not None:
         _succeed(p, job, view, now)

@@ -78,7 +78,7 @@ def test_failures_retry_with_backoff_then_fail_with_cause(
             lambda s: s.get("phase") == "Running" and s.get("attempt") == a)(
             job_status(cluster, ns, "flaky")), 30)
         pod = job_pods(cluster, ns, "flaky")
-        running = [p for p in pod if p["status"].get("phase") == "Running"][0]
+        running = next(p for p in pod if p["status"].get("phase") == "Running")
         finish_pod(cluster, ns, running["metadata"]["name"], 137, "OOMKilled")
         if attempt == 1:
             st = wait_for("back in queue after failure 1", lambda: (
@@ -143,7 +143,8 @@ def test_delete_removes_children_but_never_an_existing_claim(
     def children_gone() -> bool:
         left = cluster.kubectl("get", "pods,configmaps,serviceaccounts,roles,rolebindings,pvc",
                                "-n", ns, "-o", "name").stdout.split()
-        return not [x for x in left if re.search(r"/(own-pvc|shared)-(config|checkpoints|trainer|a\d)", x)]
+        ours = re.compile(r"/(own-pvc|shared)-(config|checkpoints|trainer|a\d)")
+        return not [x for x in left if ours.search(x)]
 
     wait_for("garbage collection of the jobs' children", children_gone, 60)
     assert cluster.get("pvc", "shared-ckpt", ns) is not None  # the user's claim stays
