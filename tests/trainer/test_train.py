@@ -196,6 +196,19 @@ def test_stale_work_dir_of_another_uid_is_refused(baseline: Callable[[str], Run]
     assert "refusing to resume a stale run" in read_json(data["terminationLog"])["message"]
 
 
+def test_malformed_dataset_exits_2_naming_file_line_and_field(tiny_model: Path,
+                                                             tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    good = (DATA / "alpaca.jsonl").read_text().splitlines()
+    bad.write_text("\n".join([*good[:2], '{"instruction": "q", "outptu": "a"}', *good[2:]]))
+    data = config_dict(tiny_model, tmp_path / "w", dataset="alpaca.jsonl")
+    data["paths"]["dataset"] = str(bad)
+    cfg = write_config(tmp_path / "c.yaml", data)
+    assert run_trainer(cfg, tmp_path / "log") == 2
+    msg = read_json(data["terminationLog"])["message"]
+    assert msg.startswith(f"{bad}:3: field 'output' is missing"), msg
+
+
 def test_packing_text_and_merged_output_in_process(tiny_model: Path, tmp_path: Path) -> None:
     import torch
     from peft import PeftModel
@@ -223,7 +236,8 @@ def test_epochs_and_gradient_accumulation_in_process(tiny_model: Path, tmp_path:
     from finetune_trainer.config import parse_config
 
     cfg = parse_config(config_dict(tiny_model, tmp_path / "w", dataset="sharegpt.jsonl", spec={
-        "training": {"maxSteps": 0, "epochs": 1, "gradientAccumulationSteps": 2}}))
+        "training": {"maxSteps": 0, "epochs": 1, "gradientAccumulationSteps": 2,
+                     "gradientCheckpointing": True}}))
     out = train.run(cfg)
     # 24 records, batch 4, accumulation 2: 6 micro-batches -> 3 optimizer steps
     assert out.reason == "Completed" and out.final_step == 3

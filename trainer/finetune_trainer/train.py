@@ -196,11 +196,12 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
 
     ds_spec = spec.distributed.deepspeed if spec.distributed else None
     ds = deepspeed_config(ds_spec, precision) if ds_spec is not None else None
-    model = load_model(cfg, precision, rt.local_rank, rt.cuda, ds is not None)
-    model = apply_method(model, cfg)
-
+    # TrainingArguments first: with ZeRO-3 it must exist before the model is created, so the
+    # weights are partitioned while loading (HfDeepSpeedConfig).
     args = transformers.TrainingArguments(
         **training_kwargs(cfg, precision, rt, ckpt_root, bool(eval_ex), ds))
+    model = load_model(cfg, precision, rt.local_rank, rt.cuda, ds is not None)
+    model = apply_method(model, cfg)
     callbacks: list[Any] = [ReportCallback(run_state, resume is not None),
                             StopCallback(flag, run_state)]
     if run_state.is_main:
