@@ -185,11 +185,13 @@ out = {
                                        "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")},
     "python": sys.executable,
 }
-try:
-    open("/mnt/na-test/etc/app/new-file", "w")
-    out["config_read_only"] = False
-except OSError:
-    out["config_read_only"] = True
+for key, path in (("config_read_only", "/mnt/na-test/etc/app/x"),
+                  ("pvc_mount_read_only", "/mnt/na-test/ro-data/x")):
+    try:
+        open(path, "w")
+        out[key] = False
+    except OSError:
+        out[key] = True
 open("/mnt/na-test/scratch/s.txt", "w").write("scratch")
 out["scratch"] = open("/mnt/na-test/scratch/s.txt").read()
 open("/mnt/na-test/nested/sub.txt", "w").write("via subPath")
@@ -219,7 +221,8 @@ def test_pod_reads_config_and_env_and_writes_volumes(cluster: Cluster, namespace
                {"name": "creds", "secret": {"secretName": "creds"}},
                {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
                {"name": "scratch", "emptyDir": {"medium": "Memory"}}]
-    mounts = [{"name": "cfg", "mountPath": "/mnt/na-test/etc/app", "readOnly": True},
+    mounts = [{"name": "cfg", "mountPath": "/mnt/na-test/etc/app"},  # read-only all the same
+              {"name": "data", "mountPath": "/mnt/na-test/ro-data", "readOnly": True},
               {"name": "creds", "mountPath": "/mnt/na-test/etc/creds", "readOnly": True},
               {"name": "data", "mountPath": "/mnt/na-test/data"},
               {"name": "data", "mountPath": "/mnt/na-test/nested", "subPath": "sub"},
@@ -241,7 +244,7 @@ def test_pod_reads_config_and_env_and_writes_volumes(cluster: Cluster, namespace
                           "POD_IP": "127.0.0.1", "COMBINED": "fast-mode",
                           "KUBERNETES_SERVICE_HOST": "127.0.0.1",
                           "KUBERNETES_SERVICE_PORT": str(cluster.cfg.ports.apiserver)}
-    assert out["config_read_only"] is True
+    assert out["config_read_only"] is True and out["pvc_mount_read_only"] is True
     assert out["scratch"] == "scratch"
     assert Path(out["python"]).parent == Path(sys.executable).parent
     assert (data / "sub" / "sub.txt").read_text() == "via subPath"

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus", type=int, required=True, help="nvidia.com/gpu capacity (accounting)")
     ap.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, else the dev cluster's")
     ap.add_argument("--root", type=Path,
-                    help="state dir: pvc/, pods/ (default <cluster state>/nodeagent/<node>)")
+                    help="state dir: pvc/, pods/ (default: <cluster state>/nodeagent)")
     ap.add_argument("--cpu", default="64", help="cpu capacity to advertise (not enforced)")
     ap.add_argument("--memory", default="512Gi", help="memory capacity to advertise (not enforced)")
     ap.add_argument("--pods", default="110", help="pod capacity to advertise")

@@ -97,7 +97,8 @@ def mounts(container: dict[str, Any], vols: Volumes, term_file: Path,
             src = src / sub
             if not src.exists():
                 src.mkdir(parents=True)
-        out.append(Mount(src, m["mountPath"], bool(m.get("readOnly"))))
+        read_only = bool(m.get("readOnly")) or m["name"] in vols.read_only
+        out.append(Mount(src, m["mountPath"], read_only))
     path = container.get("terminationMessagePath") or "/dev/termination-log"
     out.append(Mount(term_file, path, False))
     return sorted(out, key=lambda m: len(Path(m.target).parts))

@@ -37,6 +37,7 @@ class Volumes:
     dirs: dict[str, Path] = field(default_factory=dict)
     tokens: list[Token] = field(default_factory=list)
     owned: list[tuple[Path, bool]] = field(default_factory=list)  # (dir, writable) for fsGroup
+    read_only: set[str] = field(default_factory=set)  # always mounted read-only, as on a kubelet
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -124,7 +125,9 @@ def prepare(core: client.CoreV1Api, objects: Objects, pod: dict[str, Any], pdir:
             pvc = vol["persistentVolumeClaim"]
             dst = pvc_dir(root, ns, pvc["claimName"])
             dst.mkdir(parents=True, exist_ok=True)
-            if not pvc.get("readOnly"):
+            if pvc.get("readOnly"):
+                vols.read_only.add(name)
+            else:
                 vols.owned.append((dst, True))
         elif "emptyDir" in vol:
             dst.mkdir(parents=True, exist_ok=True)
@@ -165,6 +168,8 @@ def prepare(core: client.CoreV1Api, objects: Objects, pod: dict[str, Any], pdir:
                               "(supported: persistentVolumeClaim, emptyDir, hostPath, configMap, "
                               "secret, downwardAPI, projected)")
         vols.dirs[name] = dst
+        if any(k in vol for k in ("configMap", "secret", "downwardAPI", "projected")):
+            vols.read_only.add(name)
     return vols
 
 
