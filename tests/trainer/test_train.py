@@ -162,6 +162,21 @@ def test_sigterm_then_restart_is_exact(method: str, baseline: Callable[[str], Ru
                                                          abs=1e-6)
 
 
+def test_sigterm_while_loading_exits_0_without_training(tiny_model: Path,
+                                                       tmp_path: Path) -> None:
+    r = Run(tmp_path / "early", tiny_model, METHODS["lora"])
+    proc = start_trainer(r.config, r.log)
+    wait_until("the loading report", lambda: r.progress.exists(), proc, r.log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 0, r.output()
+    term = r.term()
+    assert term["reason"] == "Preempted"
+    if term["finalStep"] == 0:  # the usual case: the signal landed while loading
+        assert "before training started" in term["message"] and "checkpoint" not in term
+    else:  # loading won the race: it stopped at the first step boundary, with a checkpoint
+        assert term["checkpoint"]["step"] == term["finalStep"]
+
+
 def test_sigkill_during_checkpoint_write_keeps_the_previous_one(
         baseline: Callable[[str], Run], tiny_model: Path, tmp_path: Path) -> None:
     base = baseline("lora")

@@ -141,8 +141,6 @@ def run(cfg: TrainerConfig, flag: StopFlag | None = None, rt: Runtime | None = N
     Returns the outcome (Completed or Preempted); raises ConfigError/DataError for bad input
     and anything else for failures. Writes no termination log (the entrypoint does).
     """
-    import transformers
-
     flag = flag or StopFlag()
     rt = rt or detect_runtime()
     is_main = rt.rank == 0
@@ -161,13 +159,14 @@ def run(cfg: TrainerConfig, flag: StopFlag | None = None, rt: Runtime | None = N
                          keep=cfg.spec.checkpoint.keep, tag=_attempt_tag(), reporter=reporter,
                          clock=clock, is_main=is_main)
     try:
-        return _run(cfg, flag, rt, run_state, transformers)
+        return _run(cfg, flag, rt, run_state)
     finally:
         reporter.close()
 
 
-def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
-         transformers: Any) -> Outcome:
+def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -> Outcome:
+    import transformers
+
     spec = cfg.spec
     work_dir, ckpt_root, uid = run_state.work_dir, run_state.ckpt_root, run_state.job_uid
     resume = ck.newest_complete(ckpt_root, uid)
@@ -215,7 +214,7 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
         callbacks=callbacks, run=run_state)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # we log ourselves
 
-    if flag.requested:  # stopped while loading: nothing new to save
+    if flag.agreed(args.device):  # stopped while loading: nothing new to save
         return _preempted(run_state, resume.step if resume else 0, "before training started")
 
     run_state.train_called_at = time.monotonic()
@@ -254,8 +253,9 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
 
 def _preempted(run_state: RunState, step: int, why: str) -> Outcome:
     ckpt = run_state.checkpoint_report()
-    saved = run_state.last_checkpoint.step if run_state.last_checkpoint else 0
-    msg = f"stopped {why} at step {step}; checkpoint at step {saved}"
+    last = run_state.last_checkpoint
+    msg = f"stopped {why} at step {step}; " + (
+        f"checkpoint at step {last.step}" if last else "no checkpoint yet (nothing to resume)")
     log.warning(msg)
     return Outcome("Preempted", step, msg, checkpoint=ckpt)
 
