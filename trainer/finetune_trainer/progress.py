@@ -112,7 +112,9 @@ class PodAnnotationSink:
         self.target = target
         self.timeout = timeout
         ctx = ssl.create_default_context(cafile=target.ca_file)
-        self._ctx = ctx
+        # Straight to the API server: never through an HTTP(S)_PROXY from the environment.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                   urllib.request.HTTPSHandler(context=ctx))
         self._cond = threading.Condition()
         self._pending: dict[str, Any] | None = None
         self._busy = False
@@ -154,7 +156,7 @@ class PodAnnotationSink:
                      "Accept": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ctx) as resp:
+            with self._opener.open(req, timeout=self.timeout) as resp:
                 resp.read()
         except (urllib.error.URLError, OSError, ValueError) as e:
             detail = e.read().decode(errors="replace")[:200] if isinstance(
