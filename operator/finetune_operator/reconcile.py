@@ -42,6 +42,7 @@ class JobDecision:
     preempt: str | None = None      # reason, when a running job must make room
     position: int | None = None
     reason: str = ""
+    code: str = ""                  # the policy's wait code: the Admitted=False reason
     impossible: str | None = None   # can never be admitted as configured
 
 
@@ -79,6 +80,8 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
     if ctx.priority_class:
         st.effective_priority_class = ctx.priority_class
 
+    # a status written back by a deposed leader (or restored) may lag behind existing pods
+    st.attempt = max([st.attempt, *(attempt_of(x) for x in pods)])
     current = [x for x in pods if attempt_of(x) == st.attempt and st.attempt > 0]
     stale = [x for x in pods if attempt_of(x) != st.attempt
              and not x["metadata"].get("deletionTimestamp")
@@ -110,7 +113,8 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
               f"ran longer than activeDeadlineSeconds={deadline}", now, current)
         return p
 
-    if st.phase in ACTIVE_PHASES or (st.phase == "Suspended" and (current or st.stop_reason)):
+    holding = observe(current, job.spec.resources.nodes, False).active
+    if st.phase in ACTIVE_PHASES or (st.phase == "Suspended" and (holding or st.stop_reason)):
         _reconcile_active(p, job, current, decision, ctx)
     elif st.phase == "Suspended" and not job.spec.suspend:
         set_condition(st, "Suspended", False, "Resumed", "spec.suspend cleared", now, gen)
@@ -122,6 +126,9 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
         p.events.append(("Normal", "Suspended", "suspended while queued"))
 
     if st.phase == "Queued":
+        # e.g. a gang member still running after its peer failed and the operator restarted
+        p.delete_pods.extend(x for x in observe(current, job.spec.resources.nodes, False)
+                             .deletable if x not in p.delete_pods)
         _queued(p, job, decision, ctx)
     return p
 
@@ -184,6 +191,7 @@ def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobDecision,
     if unsuspended:
         st.stop_reason = None
         set_condition(st, "Suspended", False, "Resumed", "spec.suspend cleared", now, gen)
+        p.events.append(("Normal", "Resumed", "spec.suspend cleared; back in the queue"))
         _to_queue(p, job, "Resumed", "waiting for admission", now)
         return
     st.preemptions += 1
@@ -224,9 +232,15 @@ def _failed_attempt(p: Plan, job: FineTuneJob, view: PodsView, ctx: Ctx) -> None
     p.metrics.append(("failure", {"reason": view.failure_reason}))
     cause = view.failure or "unknown failure"
     limit = job.spec.backoff_limit
+    if view.invalid_input:
+        _fail(p, job, "InvalidInput", f"{cause}; the trainer rejected its config or data "
+              "(exit code 2), which a retry cannot fix: correct the spec or the data and "
+              "re-create the job", now, count=False)
+        return
     if st.failures > limit:
         _fail(p, job, "BackoffLimitExceeded",
-              f"failed {st.failures} time(s), more than backoffLimit={limit}; last: {cause}", now)
+              f"failed {st.failures} time(s), more than backoffLimit={limit}; last: {cause}", now,
+              count=False)
         return
     delay = ctx.backoff_seconds
     st.retry_after = iso(now + dt.timedelta(seconds=delay))
@@ -239,7 +253,8 @@ def _failed_attempt(p: Plan, job: FineTuneJob, view: PodsView, ctx: Ctx) -> None
 
 
 def _fail(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.datetime,
-          current: list[dict] | None = None) -> None:
+          current: list[dict] | None = None, count: bool = True) -> None:
+    """End the job. count=False when the failed attempt was already counted."""
     st, gen = p.status, job.metadata.generation
     st.phase, st.completion_time, st.queue = "Failed", iso(now), None
     set_condition(st, "Failed", True, reason, message, now, gen)
@@ -248,9 +263,9 @@ def _fail(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.datetime
     if current:
         p.delete_pods.extend(observe(current, job.spec.resources.nodes, True).deletable)
     p.events.append(("Warning", reason, message))
-    p.metrics.append(("failure", {"reason": {"DeadlineExceeded": "deadline",
-                                             "BackoffLimitExceeded": "exit-code"}
-                                  .get(reason, "policy")}))
+    if count:
+        p.metrics.append(("failure", {"reason": "deadline" if reason == "DeadlineExceeded"
+                                      else "policy"}))
 
 
 def _to_queue(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.datetime,
@@ -266,15 +281,14 @@ def _to_queue(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.date
 def _queued(p: Plan, job: FineTuneJob, decision: JobDecision, ctx: Ctx) -> None:
     st, now, gen = p.status, ctx.now, job.metadata.generation
     retry = parse_time(st.retry_after)
-    if retry and retry > now:
-        wait = (retry - now).total_seconds()
+    if retry and retry > now:  # a stable text (no countdown) so the status is not rewritten
         st.queue = QueueStatus(position=None, reason=f"backing off after failure {st.failures}: "
-                               f"retry in {wait:.0f}s")
+                               f"retry at {st.retry_after}")
         return
     if not decision.admit:
         st.queue = QueueStatus(position=decision.position, reason=decision.reason)
-        set_condition(st, "Admitted", False, _waiting_reason(decision.reason), decision.reason
-                      or "waiting for admission", now, gen)
+        set_condition(st, "Admitted", False, decision.code or _waiting_reason(decision.reason),
+                      decision.reason or "waiting for admission", now, gen)
         return
     queued = parse_time(st.queued_since) or now
     st.attempt += 1

@@ -76,7 +76,9 @@ def build_snapshot(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]
             nodes=spec.resources.nodes, gpu_resource=_resource(job, settings))
         if holds_gpus(job, pods):
             current = _active_current(job, pods)
-            started = parse_time(st.start_time) or parse_time(st.admitted_at) or now
+            # this attempt's runtime: a resumed job counts from its latest admission
+            times = [t for t in (parse_time(st.start_time), parse_time(st.admitted_at)) if t]
+            started = max(times) if times else now
             ckpt = parse_time(st.checkpoint.saved_at) if st.checkpoint else None
             running.append(RunningJob(
                 **common, started_at=started, last_checkpoint_at=ckpt,
@@ -105,7 +107,8 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
     for pr in d.preempt:
         out.by_uid[pr.victim.uid] = JobDecision(preempt=pr.reason)
     for w in d.waiting:
-        out.by_uid[w.job.uid] = JobDecision(position=w.position, reason=w.reason)
+        out.by_uid[w.job.uid] = JobDecision(position=w.position, reason=w.reason,
+                                            code=str(w.code))
     for i in d.impossible:
         out.by_uid[i.job.uid] = JobDecision(impossible=i.reason)
     res = settings.gpu_resource

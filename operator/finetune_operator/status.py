@@ -19,6 +19,8 @@ RANK_LABEL = "finetune.dev/rank"
 PREEMPTION_REASONS = {"PreemptionByScheduler", "EvictionByEvictionAPI"}
 # ... and the ones that mean the node is gone (a failure, retried)
 NODE_LOST_REASONS = {"DeletionByTaintManager", "DeletionByPodGC", "TerminationByKubelet"}
+# the trainer's exit code for an invalid config or malformed data (docs/contracts.md)
+INVALID_INPUT_EXIT_CODE = 2
 
 
 def iso(t: dt.datetime) -> str:
@@ -83,6 +85,7 @@ class PodsView:
     failure: str | None = None             # cause, when a pod failed
     failure_reason: str = "exit-code"      # metric label: exit-code | oom-killed | node-lost
     preempted_by: str | None = None        # scheduler | eviction | deleted | trainer
+    invalid_input: bool = False            # the trainer exited 2: retrying cannot help
     running: int = 0
     active: list[dict] = field(default_factory=list)     # not terminated
     deletable: list[dict] = field(default_factory=list)  # active and not being deleted
@@ -119,7 +122,7 @@ def observe(pods: list[dict], expected: int, ever_ran: bool) -> PodsView:
             v.failure, v.failure_reason = f"node lost ({disruption}) for pod "\
                 f"{p['metadata']['name']}", "node-lost"
         if not done:
-            if deleting and not v.preempted_by:
+            if deleting and not v.preempted_by and disruption not in NODE_LOST_REASONS:
                 v.preempted_by = "deleted"
             continue
         code = (term or {}).get("exitCode", 0 if phase == "Succeeded" else 1)
@@ -129,7 +132,8 @@ def observe(pods: list[dict], expected: int, ever_ran: bool) -> PodsView:
             v.completed = msg
         elif code != 0 and not v.failure and not v.preempted_by:
             v.failure, v.failure_reason = _failure_cause(p, term or {}, msg)
-    if ever_ran and len(pods) < expected and not v.failure and not v.completed:
+            v.invalid_input = code == INVALID_INPUT_EXIT_CODE
+    if ever_ran and len(pods) < expected and not v.failure and v.completed is None:
         v.preempted_by = v.preempted_by or "deleted"
     return v
 
@@ -173,6 +177,8 @@ def apply_progress(st: FineTuneJobStatus, report: dict[str, Any], attempt: int) 
     """Mirror a progress report into the status; returns steps lost by this attempt's resume."""
     lost = 0
     resumed = report.get("resumedFromStep")
+    if "resumedFromStep" in report and resumed is None:
+        resumed = 0  # the trainer found no complete checkpoint: it restarted from scratch
     if st.progress_attempt != attempt:
         if st.progress is not None and isinstance(resumed, int):
             lost = max(0, st.progress.step - resumed)
