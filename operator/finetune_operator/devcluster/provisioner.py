@@ -3,7 +3,7 @@
 The local control plane has no storage driver, so a PVC would stay Pending and its pod
 unschedulable. `devcluster up` installs a default StorageClass `standard` whose provisioner is
 this process: for every Pending claim of that class it creates a hostPath PV bound to the claim
-(directory `<state>/volumes/<namespace>/<claim>`), and deletes the PV (not the data) once its
+(the directory the local node agent mounts for that claim), and deletes the PV (not the data) once its
 claim is gone. Test and demo tooling only: no capacity accounting, no access-mode enforcement.
 """
 
@@ -19,14 +19,17 @@ from pathlib import Path
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from .nodeagent.paths import pvc_dir
+
 PROVISIONER = "finetune.dev/devcluster-hostpath"
 STORAGE_CLASS = "standard"
 log = logging.getLogger("devcluster.provisioner")
 
 
 def volume_dir(state_dir: Path, namespace: str, claim: str) -> Path:
-    """Host directory backing the PV of claim namespace/claim."""
-    return state_dir / "volumes" / namespace / claim
+    """Host directory backing the PV of claim namespace/claim: the same directory the local
+    node agent mounts for that claim (nodeagent.pvc_dir under the shared agent root)."""
+    return pvc_dir(state_dir / "nodeagent", namespace, claim)
 
 
 def storage_class() -> dict:
