@@ -13,6 +13,7 @@ from finetune_trainer.data import (
     IGNORE,
     Collator,
     DataError,
+    DatasetUnavailable,
     Example,
     build_examples,
     pack,
@@ -248,7 +249,10 @@ def test_hub_dataset_split_file_is_picked_by_name() -> None:
         pick_split_file(files, "validation", "org/ds")
 
 
-def test_missing_dataset_file_is_a_data_error(tiny_tokenizer: Any, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="cannot read the dataset"):
+def test_missing_dataset_file_is_retryable_not_a_data_error(tiny_tokenizer: Any,
+                                                            tmp_path: Path) -> None:
+    """exit 1 (retried up to backoffLimit: the volume may be filled later), not exit 2."""
+    with pytest.raises(DatasetUnavailable, match="cannot read the dataset") as e:
         build_examples(str(tmp_path / "nope.jsonl"), "text", tiny_tokenizer, 64, False, 0.0,
                        False, 1)
+    assert not isinstance(e.value, DataError)

@@ -59,6 +59,10 @@ SHAREGPT_ROLES = {
 }
 
 
+class DatasetUnavailable(RuntimeError):
+    """The dataset file cannot be read (yet): a retryable failure (exit code 1)."""
+
+
 class DataError(ConfigError):
     """A malformed dataset (exit code 2); the message names file, line and field."""
 
@@ -93,8 +97,10 @@ def read_records(path: str | Path) -> list[tuple[int, Any]]:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise DataError(f"{p}: cannot read the dataset ({e.strerror}); check dataset.source") \
-            from None
+        # not a DataError (exit 2, never retried): the volume may be filled later, so the
+        # operator retries this failure up to backoffLimit
+        raise DatasetUnavailable(f"{p}: cannot read the dataset ({e.strerror}); check "
+                                 "dataset.source and that the data is on the volume") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     stripped = text.lstrip()
