@@ -1,0 +1,7 @@
+"""``python -m finetune_operator.cli`` = ``kubectl finetune``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,370 @@
+"""kubectl finetune, the pure parts: table rows from job dicts, describe/top text, manifests from
+flags (validated against FineTuneJobSpec), and the error messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_operator.api.spec import FineTuneJobSpec
+from finetune_operator.cli import format as fmt
+from finetune_operator.cli import main
+from finetune_operator.cli.args import build_parser, submit_options
+from finetune_operator.cli.commands import logs_unavailable
+from finetune_operator.cli.errors import CliError, api_error_message
+from finetune_operator.cli.manifest import (
+    SubmitOptions,
+    load_manifest,
+    manifest_from_options,
+)
+
+from ..factories import job_body
+
+pytestmark = pytest.mark.unit
+
+NOW = dt.datetime(2026, 1, 1, 2, 0, 0, tzinfo=dt.UTC)  # 2 h after factories.DEFAULT_CREATED
+
+
+def job(name: str = "bot", status: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    return job_body(name, status=status or {}, **kw)
+
+
+# ------------------------------------------------------------------ durations and cells
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0, "0s"), (59, "59s"), (119, "119s"), (120, "2m"), (200, "3m20s"), (600, "10m"),
+    (47 * 60 + 5, "47m"), (3 * 3600, "3h"), (5 * 3600 + 12 * 60, "5h12m"), (20 * 3600, "20h"),
+    (3 * 86400 + 4 * 3600, "3d4h"), (9 * 86400, "9d"), (800 * 86400, "2y"), (None, "-"),
+    (-5, "0s"),
+])
+def test_human_duration(seconds: float | None, text: str) -> None:
+    assert fmt.human_duration(seconds) == text
+
+
+def test_queued_row_shows_position_reason_and_no_eta() -> None:
+    j = job(status={"phase": "Queued", "queue": {"position": 3, "reason":
+            "needs 2 nvidia.com/gpu; quota team-a has 0 free"}, "preemptions": 2,
+            "progress": {"step": 10, "totalSteps": 40, "loss": 0.8312345, "etaSeconds": 99}})
+    row = fmt.job_row(j, NOW)
+    assert row["PHASE"] == "Queued" and row["QUEUE"] == "3"
+    assert row["REASON"] == "needs 2 nvidia.com/gpu; quota team-a has 0 free"
+    assert (row["PROGRESS"], row["LOSS"], row["ETA"]) == ("10/40 (25%)", "0.8312", "-")
+    assert (row["PREEMPTIONS"], row["AGE"], row["GPUS"]) == ("2", "120m", "2")  # as kubectl
+    assert row["PRIORITY"] == "finetune-high"
+
+
+def test_running_row_shows_progress_eta_and_multi_node_gpus() -> None:
+    j = job(nodes=4, gpus=8, priority_class=None,
+            status={"phase": "Running", "effectivePriorityClass": "finetune-normal",
+                    "progress": {"step": 1200, "totalSteps": 3000, "loss": 0.83,
+                                 "etaSeconds": 2100}})
+    row = fmt.job_row(j, NOW)
+    assert (row["QUEUE"], row["REASON"], row["ETA"]) == ("-", "-", "35m")
+    assert row["GPUS"] == "8x4" and row["PRIORITY"] == "finetune-normal"
+    assert row["PROGRESS"] == "1200/3000 (40%)"
+
+
+def test_reason_per_phase() -> None:
+    failed = job(status={"phase": "Failed", "conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "failed 4 time(s); last: OOMKilled"}]})
+    assert fmt.reason_text(failed) == "BackoffLimitExceeded: failed 4 time(s); last: OOMKilled"
+    susp = job(status={"phase": "Suspended", "conditions": [
+        {"type": "Suspended", "status": "True", "reason": "Suspended",
+         "message": "stopped with its checkpoint kept; clear spec.suspend to resume"}]})
+    assert "clear spec.suspend" in fmt.reason_text(susp)
+    assert fmt.reason_text(job()) == "not seen by the operator yet"
+    assert fmt.phase_of(job()) == "Pending"
+    assert fmt.reason_text(job(status={"phase": "Succeeded"})) == ""
+
+
+def test_long_reason_is_cut_unless_wide() -> None:
+    long = "needs 2 nvidia.com/gpu; " + "x" * 200
+    j = job(status={"phase": "Queued", "queue": {"position": 1, "reason": long}})
+    assert len(fmt.job_row(j, NOW)["REASON"]) == fmt.REASON_WIDTH
+    assert fmt.job_row(j, NOW)["REASON"].endswith("...")
+    assert fmt.job_row(j, NOW, wide=True)["REASON"] == long
+
+
+def test_list_table_columns_alignment_and_namespace_column() -> None:
+    jobs = [job("b-job", status={"phase": "Running"}),
+            job("a-job", namespace="team-b", status={"phase": "Queued",
+                                                     "queue": {"position": 1, "reason": "r"}})]
+    text = fmt.list_table(jobs, NOW)
+    lines = text.splitlines()
+    assert lines[0].split() == list(fmt.LIST_COLUMNS)
+    assert [ln.split()[0] for ln in lines[1:]] == ["b-job", "a-job"]  # by namespace, then name
+    # every column starts at the same offset on every line
+    col = lines[0].index("PHASE")
+    assert all(ln[col:].split()[0] in ("PHASE", "Running", "Queued") for ln in lines)
+    all_ns = fmt.list_table(jobs, NOW, all_namespaces=True).splitlines()
+    assert all_ns[0].split()[:2] == ["NAMESPACE", "NAME"]
+    assert all_ns[1].split()[:2] == ["team-a", "b-job"]
+
+
+def test_describe_has_spec_counters_conditions_checkpoint_output_and_events() -> None:
+    j = job(status={
+        "phase": "Succeeded", "preemptions": 2, "failures": 1, "attempt": 4, "lostSteps": 7,
+        "checkpoint": {"step": 300, "path": "checkpoints/checkpoint-300",
+                       "savedAt": "2026-01-01T01:59:00Z", "saveSeconds": 1.5},
+        "output": {"adapterPath": "output/adapter", "mergedPath": "",
+                   "metrics": {"evalLoss": 0.91}},
+        "startTime": "2026-01-01T00:00:10Z", "completionTime": "2026-01-01T01:59:30Z",
+        "conditions": [{"type": "Complete", "status": "True", "reason": "Completed",
+                        "message": "output in output/adapter",
+                        "lastTransitionTime": "2026-01-01T01:59:30Z"}]},
+        training={"maxSteps": 300}, lora={"rank": 8})
+    events = [
+        {"type": "Normal", "reason": "Completed", "message": "training finished",
+         "lastTimestamp": "2026-01-01T01:59:30Z", "metadata": {"resourceVersion": "20"},
+         "involvedObject": {"kind": "FineTuneJob", "name": "bot"}},
+        {"type": "Normal", "reason": "Admitted", "message": "attempt 1 admitted",
+         "lastTimestamp": "2026-01-01T00:00:05Z", "metadata": {"resourceVersion": "9"},
+         "involvedObject": {"kind": "FineTuneJob", "name": "bot"}},
+        {"type": "Normal", "reason": "Queued", "message": "accepted",
+         "lastTimestamp": "2026-01-01T00:00:05Z", "metadata": {"resourceVersion": "8"},
+         "involvedObject": {"kind": "FineTuneJob", "name": "bot"}},
+    ]
+    text = fmt.describe_text(j, events, NOW)
+    assert "Name:         bot" in text and "Namespace:    team-a" in text
+    assert "tiny-llama from pvc models:tiny-llama" in text
+    assert "lora (rank 8, alpha 32)" in text and "maxSteps 300" in text
+    assert "preemptions 2, failures 1/3, attempt 4, lostSteps 7" in text
+    assert "step 300 at checkpoints/checkpoint-300, saved 60s ago in 1.5s" in text
+    assert "adapter output/adapter, merged -, evalLoss=0.91" in text
+    assert "Complete   True     Completed   30s   output in output/adapter" in text
+    # events in order (ties on the second broken by resourceVersion)
+    assert text.index("accepted") < text.index("attempt 1 admitted") < \
+        text.index("training finished")
+    assert fmt.describe_text(job(), [], NOW).count("<none>") == 2
+    obj = fmt.describe_object(j, events)
+    assert [e["reason"] for e in obj["events"]] == ["Queued", "Admitted", "Completed"]
+
+
+def test_top_rows_gpus_held_vs_quota_and_queue_order() -> None:
+    jobs = [
+        job("run", gpus=2, status={"phase": "Running"}),
+        job("gang", gpus=2, nodes=2, status={"phase": "Admitted"}),
+        job("q2", gpus=4, status={"phase": "Queued", "queue": {"position": 2}}),
+        job("q1", gpus=1, status={"phase": "Queued", "queue": {"position": 1}}),
+        job("done", gpus=8, status={"phase": "Succeeded"}),
+        job("mig", gpus=1, status={"phase": "Running"},
+            resources={"gpuResource": "nvidia.com/mig-1g.10gb"}),
+        job("other", namespace="team-b", gpus=1, status={"phase": "Running"}),
+    ]
+    quotas = [{"metadata": {"namespace": "team-a"},
+               "spec": {"hard": {"requests.nvidia.com/gpu": "8"}},
+               "status": {"hard": {"requests.nvidia.com/gpu": "8", "pods": "10"},
+                          "used": {"requests.nvidia.com/gpu": "7"}}},
+              {"metadata": {"namespace": "idle"},
+               "status": {"hard": {"requests.nvidia.com/gpu": "4"}, "used": {}}}]
+    rows = fmt.top_rows(jobs, quotas, namespaces=["empty"])
+    by = {(r["namespace"], r["gpuResource"]): r for r in rows}
+    a = by[("team-a", "nvidia.com/gpu")]
+    assert (a["allocated"], a["running"], a["quotaHard"], a["quotaUsed"], a["quotaFree"]) == \
+        (6, 2, 8.0, 7.0, 1.0)
+    assert (a["queued"], a["queuedGpus"]) == (2, 5)
+    assert [q["name"] for q in a["queue"]] == ["q1", "q2"]
+    assert by[("team-a", "nvidia.com/mig-1g.10gb")]["allocated"] == 1
+    assert by[("team-b", "nvidia.com/gpu")]["quotaHard"] is None
+    assert by[("idle", "nvidia.com/gpu")]["quotaFree"] == 4.0
+    assert by[("empty", "nvidia.com/gpu")]["allocated"] == 0
+    table = fmt.top_table(rows).splitlines()
+    assert table[0].split()[:4] == ["NAMESPACE", "RESOURCE", "ALLOCATED", "QUOTA"]
+    line = next(ln for ln in table if ln.startswith("team-a") and "nvidia.com/gpu " in ln)
+    assert line.split() == ["team-a", "nvidia.com/gpu", "6", "8", "7", "1", "2", "2", "5", "q1"]
+    assert "none" in next(ln for ln in table if ln.startswith("team-b"))
+    assert "q1, q2" in fmt.top_table(rows, wide=True)
+
+
+def test_structured_output_parses() -> None:
+    data = fmt.as_list([job()])
+    assert json.loads(fmt.dump(data, "json"))["items"][0]["metadata"]["name"] == "bot"
+    assert yaml.safe_load(fmt.dump(data, "yaml"))["kind"] == "List"
+
+
+# ------------------------------------------------------------------ submit manifests
+
+
+def opts(**kw: Any) -> SubmitOptions:
+    base: dict[str, Any] = {"name": "bot", "model_hub": "Qwen/Qwen2.5-0.5B",
+                            "dataset_configmap": "support-data:train.jsonl"}
+    return SubmitOptions(**{**base, **kw})
+
+
+def test_manifest_from_flags_is_a_valid_spec_with_only_given_fields() -> None:
+    m = manifest_from_options(opts(
+        namespace="team-a", gpus=2, nodes=2, priority="finetune-high", max_steps=500,
+        lora_rank=8, node_selector=["pool=a100", "zone=x"], checkpoint_size="50Gi",
+        checkpoint_interval=100, set=["training.warmupRatio=0.05", "dataset.cutoffLen=1024"]))
+    assert m["apiVersion"] == "finetune.dev/v1alpha1" and m["kind"] == "FineTuneJob"
+    assert m["metadata"] == {"name": "bot", "namespace": "team-a"}
+    spec = m["spec"]
+    FineTuneJobSpec.model_validate(spec)
+    assert spec["model"] == {"name": "Qwen/Qwen2.5-0.5B",
+                             "source": {"hub": {"repo": "Qwen/Qwen2.5-0.5B"}}}
+    assert spec["dataset"]["source"] == {"configMap": {"name": "support-data",
+                                                       "key": "train.jsonl"}}
+    assert spec["resources"] == {"gpus": 2, "nodes": 2,
+                                 "nodeSelector": {"pool": "a100", "zone": "x"}}
+    assert spec["training"] == {"maxSteps": 500, "warmupRatio": 0.05}
+    assert spec["dataset"]["cutoffLen"] == 1024
+    assert spec["lora"] == {"rank": 8} and "method" not in spec
+    assert spec["checkpoint"] == {"storage": {"size": "50Gi"}, "intervalSteps": 100}
+    assert spec["priorityClassName"] == "finetune-high"
+
+
+def test_manifest_sources_and_methods() -> None:
+    m = manifest_from_options(opts(model_hub=None, model_pvc="models:qwen/7b",
+                                   dataset_configmap=None, dataset_pvc="data:sets/a.jsonl",
+                                   method="qlora", dataset_format="alpaca"))
+    spec = m["spec"]
+    assert spec["model"] == {"name": "7b", "source": {"pvc": {"claimName": "models",
+                                                              "path": "qwen/7b"}}}
+    assert spec["dataset"] == {"source": {"pvc": {"claimName": "data", "path": "sets/a.jsonl"}},
+                               "format": "alpaca"}
+    assert spec["quantization"] == {"bits": 4}
+    hub = manifest_from_options(opts(model_hub="org/m@v2", dataset_configmap=None,
+                                     dataset_hub="org/d@validation", method="full"))["spec"]
+    assert hub["model"]["source"]["hub"] == {"repo": "org/m", "revision": "v2"}
+    assert hub["dataset"]["source"]["hub"] == {"repo": "org/d", "split": "validation"}
+
+
+@pytest.mark.parametrize(("kw", "expect"), [
+    ({"name": None}, "submit needs --name"),
+    ({"model_hub": None}, "exactly one model source: --model-pvc CLAIM:PATH or --model-hub"),
+    ({"model_pvc": "a:b"}, "exactly one model source"),
+    ({"dataset_pvc": "d:x"}, "exactly one dataset source"),
+    ({"dataset_configmap": "nokey"}, "--dataset-configmap wants NAME:KEY, got 'nokey'"),
+    ({"method": "full", "lora_rank": 8}, "--lora-rank/--lora-alpha do not apply to --method full"),
+    ({"quantization_bits": 8}, "--quantization-bits only applies to --method qlora"),
+    ({"gpus": -1}, "spec.resources.gpus: Input should be greater than or equal to 0 "
+                   "(set with --gpus)"),
+    ({"gpus": 0, "method": "qlora"}, "method qlora needs resources.gpus >= 1"),
+    ({"checkpoint_size": "1Gi", "checkpoint_claim": "c"}, "set one of --checkpoint-size"),
+    ({"cpu": "lots"}, "spec.resources.cpu: String should match pattern"),
+    ({"set": ["training.warmupRatio"]}, "--set wants PATH=VALUE"),
+    ({"set": ["training.nope=1"]}, "spec.training.nope: Extra inputs are not permitted"),
+    ({"name": "Bad_Name"}, "name 'Bad_Name' is not valid"),
+    ({"name": "x" * 64}, "at most 63"),
+])
+def test_manifest_errors_name_the_flag(kw: dict[str, Any], expect: str) -> None:
+    with pytest.raises(CliError) as e:
+        manifest_from_options(opts(**kw))
+    assert expect in str(e.value)
+
+
+def test_load_manifest_file() -> None:
+    body = job_body("from-file", status={"phase": "Running"})
+    m = load_manifest(yaml.safe_dump(body), "job.yaml")
+    assert m["metadata"]["name"] == "from-file" and "status" not in m
+    with pytest.raises(CliError, match="exactly one FineTuneJob"):
+        load_manifest(yaml.safe_dump(body) + "---\n" + yaml.safe_dump(body), "two.yaml")
+    with pytest.raises(CliError) as e:
+        load_manifest("apiVersion: v1\nkind: Pod\n", "pod.yaml")
+    assert "expected apiVersion finetune.dev/v1alpha1, kind FineTuneJob; got apiVersion 'v1', " \
+        "kind 'Pod'" in str(e.value)
+    bad = job_body("bad")
+    bad["spec"]["method"] = "full"
+    bad["spec"]["lora"] = {"rank": 4}
+    with pytest.raises(CliError, match="spec: lora must not be set when method is full"):
+        load_manifest(json.dumps(bad), "bad.json")
+    with pytest.raises(CliError, match="not valid YAML"):
+        load_manifest("a: [", "broken.yaml")
+
+
+def test_submit_dry_run_prints_the_manifest_without_a_cluster(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(["submit", "--name", "bot", "-n", "team-a", "--model-hub", "org/m",
+               "--dataset-configmap", "d:k", "--gpus", "1", "--dry-run", "-o", "json"], out, err)
+    assert rc == 0, err.getvalue()
+    m = json.loads(out.getvalue())
+    assert m["metadata"] == {"name": "bot", "namespace": "team-a"}
+    FineTuneJobSpec.model_validate(m["spec"])
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(["submit", "--name", "bot", "--model-hub", "org/m", "--dry-run"], out, err)
+    assert rc == 1 and "error: submit needs exactly one dataset source" in err.getvalue()
+
+
+def test_submit_refuses_file_plus_spec_flags(tmp_path: Any) -> None:
+    f = tmp_path / "job.yaml"
+    f.write_text(yaml.safe_dump(job_body("x")))
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["submit", "-f", str(f), "--gpus", "2", "--dry-run"], out, err) == 1
+    assert "use either -f FILE or the spec flags, not both (got --gpus)" in err.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["submit", "-f", str(tmp_path / "nope.yaml"), "--dry-run"], out, err) == 1
+    assert "cannot read" in err.getvalue() and "pass an existing file to -f" in err.getvalue()
+
+
+def test_unreachable_cluster_says_what_to_check(tmp_path: Any) -> None:
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u",
+                                               "namespace": "team-z"}}]}))
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["list", "--kubeconfig", str(kc)], out, err) == 1
+    assert "cannot reach the API server at https://127.0.0.1:1" in err.getvalue()
+    assert "check --kubeconfig / KUBECONFIG / --context" in err.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["list", "--kubeconfig", str(tmp_path / "none")], out, err) == 1
+    assert "cannot load Kubernetes credentials" in err.getvalue()
+    # the context's namespace is the default for --dry-run manifests
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["submit", "--kubeconfig", str(kc), "--name", "x", "--model-hub", "m",
+                 "--dataset-hub", "d", "--dry-run"], out, err) == 0
+    assert yaml.safe_load(out.getvalue())["metadata"]["namespace"] == "team-z"
+
+
+def test_options_after_or_before_the_subcommand() -> None:
+    p = build_parser()
+    a = p.parse_args(["-n", "x", "-o", "json", "list"])
+    b = p.parse_args(["list", "-n", "x", "-o", "json"])
+    assert (a.namespace, a.output) == (b.namespace, b.output) == ("x", "json")
+    assert p.parse_args(["list"]).output == "table"
+    s = p.parse_args(["submit", "--name", "n", "--gpus", "2", "--node-selector", "a=b"])
+    o = submit_options(s, "ns")
+    assert (o.name, o.gpus, o.node_selector, o.namespace) == ("n", 2, ["a=b"], "ns")
+
+
+# ------------------------------------------------------------------ error messages
+
+
+def test_api_errors_say_what_to_do() -> None:
+    assert api_error_message(404, "not found", verb="get", namespace="y", name="x") == \
+        "FineTuneJob x not found in namespace y; list them with kubectl finetune list -n y"
+    assert "install the finetune-operator chart" in api_error_message(
+        404, "the server could not find the requested resource", verb="list", namespace="y")
+    forbidden = api_error_message(403, "forbidden", verb="list", namespace=None)
+    assert "not allowed to list FineTuneJobs in all namespaces" in forbidden
+    assert "-n NAMESPACE instead of -A" in forbidden
+    assert "pick another --name or delete it first (kubectl delete finetunejob x -n y)" in \
+        api_error_message(409, "exists", verb="create", namespace="y", name="x")
+    assert "fix the field it names" in api_error_message(
+        422, "spec.resources.gpus: Invalid value", verb="create", namespace="y", name="x")
+
+
+def test_logs_unavailable_message() -> None:
+    pod = {"metadata": {"name": "bot-a2-0", "namespace": "team-a", "uid": "u1"},
+           "spec": {"nodeName": "gpu-node-0"}, "status": {"phase": "Running"}}
+    kwok = logs_unavailable(pod, "trainer", 404, "the server could not find it", False)
+    assert "the cluster cannot serve the logs of pod team-a/bot-a2-0 (node gpu-node-0" in kwok
+    assert "kubelet must be reachable" in kwok
+    agent = logs_unavailable(pod, "trainer", 502, "dial tcp 127.0.0.1:10250: refused", True,
+                             lambda p, c: f"/agent/pods/team-a_{p['metadata']['name']}_u1/{c}.log")
+    assert "is a local node agent, which serves no logs" in agent
+    assert agent.endswith(": /agent/pods/team-a_bot-a2-0_u1/trainer.log")
+    waiting = logs_unavailable(pod, "trainer", 400, 'container "trainer" is waiting to start: '
+                               "ContainerCreating", False)
+    assert "has not started its container yet" in waiting
