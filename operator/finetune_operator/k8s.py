@@ -238,3 +238,108 @@ class Kube:
         if kind not in table:
             raise ValueError(f"k8s.create_or_get: unsupported kind {kind}")
         return table[kind]
+
+
+# ---- used by the kubectl plugin (finetune_operator.cli) ------------------------------------
+# Reads and spec patches on behalf of a user, with the user's own credentials. Additive: nothing
+# above uses it. API errors are raised as ApiException; the plugin turns them into messages.
+
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def plugin_client(kubeconfig: str | None = None,
+                  context: str | None = None) -> tuple[client.ApiClient, str]:
+    """(client, default namespace) the way kubectl finds them: ``--kubeconfig``, else
+    ``$KUBECONFIG`` (a ':'-separated list is merged), else in-cluster credentials, else
+    ``~/.kube/config``. The namespace is the context's (``default`` when it names none)."""
+    import os
+    from pathlib import Path
+
+    path = kubeconfig or os.environ.get("KUBECONFIG") or None
+    if path is None and os.environ.get("KUBERNETES_SERVICE_HOST") and context is None:
+        try:
+            config.load_incluster_config()
+            ns_file = Path(SA_DIR, "namespace")
+            ns = ns_file.read_text().strip() if ns_file.exists() else "default"
+            return client.ApiClient(), ns or "default"
+        except config.ConfigException:
+            pass
+    path = path or str(Path("~/.kube/config").expanduser())
+    api = config.new_client_from_config(config_file=path, context=context)
+    contexts, active = config.list_kube_config_contexts(config_file=path)
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    ns = ((chosen or {}).get("context") or {}).get("namespace") or "default"
+    return api, str(ns)
+
+
+class PluginApi:
+    """The calls of ``kubectl finetune``; every result is a plain dict as the API returns it."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    @property
+    def server(self) -> str:
+        return str(self.api.configuration.host)
+
+    def _plain(self, obj: Any) -> dict:
+        out: dict = self.api.sanitize_for_serialization(obj)
+        return out
+
+    def get_job(self, namespace: str, name: str) -> dict:
+        res: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                            name)
+        return dict(res)
+
+    def list_jobs(self, namespace: str | None) -> list[dict]:
+        """Jobs of one namespace, or of every namespace (None)."""
+        if namespace is None:
+            res: Any = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        else:
+            res = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        return list(res["items"])
+
+    def create_job(self, namespace: str, body: dict, dry_run: bool = False) -> dict:
+        kwargs: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
+        res: Any = self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                               body, **kwargs)
+        return dict(res)
+
+    def patch_job_spec(self, namespace: str, name: str, spec: dict) -> dict:
+        """A merge patch of ``spec`` (e.g. ``{"suspend": True}``)."""
+        res: Any = self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                              name, {"spec": spec})
+        return dict(res)
+
+    def list_events(self, namespace: str, kind: str, name: str) -> list[dict]:
+        sel = f"involvedObject.kind={kind},involvedObject.name={name}"
+        return [self._plain(e) for e in
+                self.core.list_namespaced_event(namespace, field_selector=sel).items]
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict]:
+        return [self._plain(p) for p in
+                self.core.list_namespaced_pod(namespace, label_selector=label_selector).items]
+
+    def pod_log(self, namespace: str, pod: str, container: str, tail: int | None = None,
+                follow: bool = False) -> Any:
+        """The pods/log stream (an urllib3 response: iterate ``.stream()``, then release)."""
+        return self.core.read_namespaced_pod_log(
+            pod, namespace, container=container, tail_lines=tail, follow=follow,
+            _preload_content=False)
+
+    def get_node(self, name: str) -> dict | None:
+        try:
+            return self._plain(self.core.read_node(name))
+        except ApiException as e:
+            if e.status in (403, 404):  # users often may not read nodes: no hint then
+                return None
+            raise
+
+    def list_quotas(self, namespace: str | None) -> list[dict]:
+        if namespace is None:
+            items = self.core.list_resource_quota_for_all_namespaces().items
+        else:
+            items = self.core.list_namespaced_resource_quota(namespace).items
+        return [self._plain(q) for q in items]
