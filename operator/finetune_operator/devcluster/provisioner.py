@@ -19,8 +19,6 @@ from pathlib import Path
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from .nodeagent.paths import pvc_dir
-
 PROVISIONER = "finetune.dev/devcluster-hostpath"
 STORAGE_CLASS = "standard"
 log = logging.getLogger("devcluster.provisioner")
@@ -29,6 +27,8 @@ log = logging.getLogger("devcluster.provisioner")
 def volume_dir(state_dir: Path, namespace: str, claim: str) -> Path:
     """Host directory backing the PV of claim namespace/claim: the same directory the local
     node agent mounts for that claim (nodeagent.pvc_dir under the shared agent root)."""
+    from .nodeagent.paths import pvc_dir  # lazy: nodeagent imports cluster, which imports us
+
     return pvc_dir(state_dir / "nodeagent", namespace, claim)
 
 

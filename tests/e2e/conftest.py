@@ -1,0 +1,37 @@
+"""e2e fixtures: a local node agent whose pods run as real processes, and prepared namespaces."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ..kube import short_id
+
+
+@pytest.fixture(scope="module")
+def agent(cluster) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    from finetune_operator.devcluster.nodeagent import start_agent
+
+    a = start_agent(f"e2e-{short_id()}", gpus=1, cfg=cluster.cfg)
+    yield a
+    a.stop()
+    cluster.kubectl("delete", "node", a.node, "--ignore-not-found", "--wait=false")
+
+
+@pytest.fixture
+def train_ns(cluster) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    """make(gpu_quota=None) -> a namespace with the tiny model and the dataset."""
+    from finetune_operator.devcluster.workloads import prepare_namespace
+
+    made: list[str] = []
+
+    def make(gpu_quota: int | None = None) -> str:
+        ns = f"e2e-{short_id()}"
+        prepare_namespace(cluster.cfg, ns, gpu_quota)
+        made.append(ns)
+        return ns
+
+    yield make
+    for ns in made:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
