@@ -1,0 +1,229 @@
+"""kubectl finetune against the real control plane and the real operator: submit from flags,
+list (queue position, reason, progress), top (GPUs vs quota), suspend/resume, describe
+(counters, events), logs (what it says when the cluster cannot serve them), -o json/yaml."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune_operator.cli import main
+from finetune_operator.devcluster import build
+
+from ..kube import Cluster, wait_for
+from ..operator_proc import OperatorProcess, complete, job_pods, report_progress
+
+pytestmark = pytest.mark.cluster
+
+MakeNamespace = Callable[..., str]  # conftest.make_namespace(gpu_quota=None)
+GpuNodes = Callable[[int, int], dict[str, str]]  # conftest.gpu_nodes(count, gpus)
+
+
+def cli(cluster: Cluster, *args: str) -> tuple[int, str, str]:
+    """Run the plugin in this process, as `kubectl finetune ARGS` would."""
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(["--kubeconfig", str(cluster.kubeconfig), *args], out, err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def ok(cluster: Cluster, *args: str) -> str:
+    rc, out, err = cli(cluster, *args)
+    assert rc == 0, f"kubectl finetune {' '.join(args)} failed ({rc}): {err}"
+    return out
+
+
+def table(text: str) -> list[dict[str, str]]:
+    """Parse a plugin table by its header's column offsets."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    header = lines[0]
+    names = header.split("   ")
+    names = [n.strip() for n in names if n.strip()]
+    starts, pos = [], 0
+    for n in names:  # left to right: NAME also occurs inside NAMESPACE
+        pos = header.index(n, pos)
+        starts.append(pos)
+        pos += len(n)
+    rows = []
+    for ln in lines[1:]:
+        cells = [ln[s:e].strip() for s, e in zip(starts, [*starts[1:], None], strict=True)]
+        rows.append(dict(zip(names, cells, strict=True)))
+    return rows
+
+
+def row_of(cluster: Cluster, ns: str, name: str) -> dict[str, str] | None:
+    return next((r for r in table(ok(cluster, "list", "-n", ns)) if r["NAME"] == name), None)
+
+
+def wait_row(cluster: Cluster, ns: str, name: str, phase: str, timeout: float = 30,
+             **cells: str) -> dict[str, str]:
+    """Wait until `kubectl finetune list` shows the job in `phase` (with these cells)."""
+    seen: list[dict[str, str] | None] = [None]
+
+    def check() -> dict[str, str] | None:
+        r = seen[0] = row_of(cluster, ns, name)
+        want = {"PHASE": phase, **cells}
+        return r if r and all(r.get(k) == v for k, v in want.items()) else None
+
+    try:
+        return wait_for(f"`kubectl finetune list` to show {name} {phase} {cells}", check,
+                        timeout)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last row: {seen[0]}") from None
+
+
+def submit(cluster: Cluster, ns: str, name: str, gpus: int, selector: dict[str, str]) -> str:
+    (key, value), = selector.items()
+    return ok(cluster, "submit", "-n", ns, "--name", name, "--model-hub", "example/tiny",
+              "--dataset-configmap", "data:train.jsonl", "--gpus", str(gpus),
+              "--priority", "finetune-normal", "--max-steps", "100", "--lora-rank", "8",
+              "--node-selector", f"{key}={value}", "--checkpoint-interval", "20")
+
+
+def test_submit_list_top_suspend_resume_describe(
+        cluster: Cluster, operator: OperatorProcess, make_namespace: MakeNamespace,
+        gpu_nodes: GpuNodes) -> None:
+    sel = gpu_nodes(1, 4)
+    ns = make_namespace(gpu_quota=4)
+    out = submit(cluster, ns, "cli-job", 2, sel)
+    assert f"finetunejob.finetune.dev/cli-job created in namespace {ns}" in out
+    spec = cluster.get("finetunejob", "cli-job", ns)["spec"]  # type: ignore[index]
+    assert spec["lora"] == {"rank": 8, "alpha": 32, "dropout": 0.05,
+                            "targetModules": ["all-linear"]}  # server defaults filled in
+    assert spec["resources"]["nodeSelector"] == sel and spec["training"]["maxSteps"] == 100
+
+    row = wait_row(cluster, ns, "cli-job", "Running")
+    assert (row["PRIORITY"], row["GPUS"], row["QUEUE"], row["PREEMPTIONS"]) == \
+        ("finetune-normal", "2", "-", "0")
+
+    # progress reported by the trainer shows up as PROGRESS / LOSS / ETA
+    pod = job_pods(cluster, ns, "cli-job")[0]["metadata"]["name"]
+    report_progress(cluster, ns, pod, {"step": 40, "totalSteps": 100, "loss": 0.75,
+                                       "tokensPerSecond": 1234.0, "etaSeconds": 150,
+                                       "state": "training"})
+    row = wait_row(cluster, ns, "cli-job", "Running", PROGRESS="40/100 (40%)")
+    assert (row["LOSS"], row["ETA"]) == ("0.75", "2m30s")
+
+    # a job that does not fit the quota waits with a position and a reason
+    submit(cluster, ns, "cli-wait", 4, sel)
+    row = wait_for("a queue position and reason", lambda: (
+        lambda r: r if r and r["PHASE"] == "Queued" and r["QUEUE"].isdigit()
+        and r["REASON"] != "-" else None)(row_of(cluster, ns, "cli-wait")), 30)
+    # the position is cluster-wide (other namespaces' jobs may be ahead); the reason names
+    # what it waits for
+    assert int(row["QUEUE"]) >= 1
+    assert f"needs 4 nvidia.com/gpu; quota {ns} has" in row["REASON"], row
+
+    items = json.loads(ok(cluster, "list", "-n", ns, "-o", "json"))["items"]
+    assert {i["metadata"]["name"]: i["status"]["phase"] for i in items} == \
+        {"cli-job": "Running", "cli-wait": "Queued"}
+    assert yaml.safe_load(ok(cluster, "list", "-n", ns, "-o", "yaml"))["kind"] == "List"
+    everywhere = table(ok(cluster, "list", "-A"))
+    assert {"NAMESPACE": ns, "NAME": "cli-wait"}.items() <= next(
+        r for r in everywhere if r["NAME"] == "cli-wait" and r["NAMESPACE"] == ns).items()
+
+    # top: 2 of 4 quota GPUs held by FineTuneJobs, one job (4 GPUs) queued
+    top = table(ok(cluster, "top", "-n", ns))
+    assert len(top) == 1
+    assert {k: top[0][k] for k in ("NAMESPACE", "RESOURCE", "ALLOCATED", "QUOTA", "RUNNING",
+                                   "QUEUED", "QUEUED GPUS", "NEXT")} == {
+        "NAMESPACE": ns, "RESOURCE": "nvidia.com/gpu", "ALLOCATED": "2", "QUOTA": "4",
+        "RUNNING": "1", "QUEUED": "1", "QUEUED GPUS": "4", "NEXT": "cli-wait"}
+    data = json.loads(ok(cluster, "top", "-n", ns, "-o", "json"))
+    assert (data[0]["allocated"], data[0]["quotaHard"], data[0]["queue"][0]["name"]) == \
+        (2, 4.0, "cli-wait")
+    assert any(r["NAMESPACE"] == ns for r in table(ok(cluster, "top", "-A")))
+
+    # suspend -> Suspended (pods gone), resume -> Running again as attempt 2
+    cluster.kubectl("delete", "finetunejob", "cli-wait", "-n", ns)
+    out = ok(cluster, "suspend", "cli-job", "-n", ns)
+    assert "suspended: the trainer saves a checkpoint" in out
+    assert f"kubectl finetune resume cli-job -n {ns}" in out
+    wait_row(cluster, ns, "cli-job", "Suspended")
+    wait_for("the suspended job's pods to go", lambda: not job_pods(cluster, ns, "cli-job"), 30)
+    assert "already suspended" in ok(cluster, "suspend", "cli-job", "-n", ns)
+    assert "resumed: back in the queue" in ok(cluster, "resume", "cli-job", "-n", ns)
+    wait_row(cluster, ns, "cli-job", "Running")
+
+    seen = [""]
+
+    def described() -> str | None:
+        seen[0] = ok(cluster, "describe", "cli-job", "-n", ns)
+        return seen[0] if "attempt 2 running" in seen[0] else None
+
+    try:
+        text = wait_for("describe to show the resumed attempt's Running event", described, 30)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{seen[0]}") from None
+    assert "preemptions 0, failures 0/3, attempt 2, lostSteps 0" in text
+    assert "example/tiny from hub example/tiny" in text and "lora (rank 8, alpha 32)" in text
+    assert "Checkpoints:    every 20 steps" in text
+    for reason in ("Queued", "Admitted", "Suspending", "Suspended", "Resumed", "Running"):
+        assert f"   {reason}   " in text, f"event {reason} missing from:\n{text}"
+    assert "Scheduled" in text  # events of the current attempt's pod are shown too
+    desc = json.loads(ok(cluster, "describe", "cli-job", "-n", ns, "-o", "json"))
+    assert desc["job"]["status"]["attempt"] == 2
+    assert {"Suspended", "Resumed"} <= {e["reason"] for e in desc["events"]}
+
+    # logs: kwok nodes serve none, and the plugin says so (and which pod it tried)
+    rc, _, err = cli(cluster, "logs", "cli-job", "-n", ns)
+    assert rc == 1
+    assert f"cannot serve the logs of pod {ns}/cli-job-a2-0" in err
+    assert "fake kwok nodes have no logs" in err
+
+    complete(cluster, ns, "cli-job")
+    wait_row(cluster, ns, "cli-job", "Succeeded")
+    rc, _, err = cli(cluster, "suspend", "cli-job", "-n", ns)
+    assert rc == 1 and "already Succeeded; there is nothing to suspend" in err
+
+
+def test_errors_say_what_to_do(cluster: Cluster, crd_installed: Path,
+                               make_namespace: MakeNamespace) -> None:
+    ns = make_namespace()
+    rc, _, err = cli(cluster, "describe", "missing", "-n", ns)
+    assert rc == 1
+    assert err.strip() == (f"error: FineTuneJob missing not found in namespace {ns}; list them "
+                           f"with kubectl finetune list -n {ns}")
+    rc, _, err = cli(cluster, "logs", "missing", "-n", ns)
+    assert rc == 1 and "not found in namespace" in err
+    rc, out, _ = cli(cluster, "list", "-n", ns)
+    assert rc == 0 and f"No FineTuneJobs in namespace {ns}" in out
+    args = ["submit", "-n", ns, "--name", "dup", "--model-hub", "m", "--dataset-hub", "d"]
+    assert cli(cluster, *args)[0] == 0
+    rc, _, err = cli(cluster, *args)
+    assert rc == 1 and "already exists" in err and "pick another --name" in err
+    # the API server's own validation (CEL) answers --dry-run=server
+    rc, out, err = cli(cluster, "submit", "-n", ns, "--name", "srv", "--model-hub", "m",
+                       "--dataset-hub", "d", "--dry-run=server")
+    assert rc == 0, err
+    assert yaml.safe_load(out)["spec"]["method"] == "lora"  # defaulted by the server
+    assert cluster.get("finetunejob", "srv", ns) is None  # nothing was created
+
+
+def test_kubectl_finds_the_plugin(cluster: Cluster, crd_installed: Path,
+                                  make_namespace: MakeNamespace) -> None:
+    """`kubectl finetune` runs the console script kubectl-finetune from PATH."""
+    ns = make_namespace()
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    assert (Path(sys.executable).parent / "kubectl-finetune").exists(), \
+        "kubectl-finetune missing: pip install -e '.[operator]' creates it"
+    kubectl = str(build.binary("kubectl"))
+    plugins = subprocess.run([kubectl, "plugin", "list"], env=env, capture_output=True,
+                             text=True, timeout=30)
+    assert "kubectl-finetune" in plugins.stdout, plugins.stdout + plugins.stderr
+    ok_ = subprocess.run([kubectl, "finetune", "submit", "-n", ns, "--name", "via-kubectl",
+                          "--model-hub", "m", "--dataset-hub", "d"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert ok_.returncode == 0, ok_.stderr
+    listed = subprocess.run([kubectl, "finetune", "list", "-n", ns], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert [r["NAME"] for r in table(listed.stdout)] == ["via-kubectl"]

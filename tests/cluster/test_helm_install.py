@@ -1,0 +1,196 @@
+"""`helm install` the chart into the local cluster; the chart's operator Deployment really runs
+(as a process on a local node agent, under the chart's ServiceAccount with a token the agent
+mints for its pod) and brings a FineTuneJob to Running.
+
+What the test chooses, and why:
+- `crds.install=false` and `priorityClasses.create=false`: the session fixtures already applied
+  the CRD and the PriorityClass bands with kubectl (not owned by a Helm release, so Helm would
+  refuse to import them), and other test modules rely on them staying exactly as they are. The
+  CRD keep policy of a chart-installed CRD is not exercised here: it would mean deleting or
+  re-owning the session's CRD (and every FineTuneJob of concurrently running tests).
+- `watchNamespaces=[<the job's namespace>]`: the installed operator handles only this test's
+  namespace, so it never competes with an operator of another test; it also exercises the
+  RoleBinding-per-namespace RBAC variant (plus the cluster-wide read ClusterRoleBinding).
+- Its leader Lease lives in the release namespace (POD_NAMESPACE from the downward API). Before
+  installing, the test waits until no test operator holds the Lease in `default` (the module
+  -scoped `operator` fixture of other modules is stopped between modules and is not used here).
+- A unique trainer image in the values: the trainer pod carries it, which proves the installed
+  operator (and not some other one) created the pod.
+- The operator pod is pinned with `nodeSelector` + a toleration to a tainted, GPU-less agent
+  node that only this test uses; the image is irrelevant (the agent runs `finetune-operator` from
+  the venv). HOME=/tmp via extraEnv (uid 1000 cannot enter the agent's default HOME).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune_operator.devcluster import build
+from finetune_operator.devcluster.nodeagent import AgentProcess, find_log, start_agent
+
+from ..kube import Cluster, short_id, wait_for
+from ..operator_proc import free_port, ftj, job_pods, wait_phase
+
+pytestmark = pytest.mark.cluster
+
+MakeNamespace = Callable[..., str]  # conftest.make_namespace(gpu_quota=None)
+GpuNodes = Callable[[int, int], dict[str, str]]  # conftest.gpu_nodes(count, gpus)
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "finetune-operator"
+LEASE = "finetune-operator-leader"
+TAINT = "finetune.dev/helm-test"
+
+
+def helm(cluster: Cluster, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(build.binary("helm")), "--kubeconfig", str(cluster.kubeconfig),
+                           *args], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def lease_holder(cluster: Cluster, namespace: str) -> tuple[str | None, bool]:
+    """(holder, fresh): who holds the operator Lease there and whether it is still valid."""
+    lease = cluster.get("lease", LEASE, namespace)
+    if not lease:
+        return None, False
+    spec = lease.get("spec") or {}
+    renew = spec.get("renewTime")
+    if not renew:
+        return spec.get("holderIdentity"), False
+    age = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(renew.replace("Z", "+00:00"))
+           ).total_seconds()
+    return spec.get("holderIdentity"), age <= float(spec.get("leaseDurationSeconds") or 15)
+
+
+@pytest.fixture
+def agent_node(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[AgentProcess]:
+    """A GPU-less local agent node, tainted so only the operator pod (which tolerates it) runs
+    there."""
+    root = tmp_path_factory.mktemp("helm-agent")
+    root.chmod(0o755)  # the operator runs as uid 1000 (the chart's securityContext)
+    agent = start_agent(f"helm-op-{short_id()}", 0, root=root, cfg=cluster.cfg)
+    try:
+        cluster.kubectl("taint", "node", agent.node, f"{TAINT}=true:NoSchedule")
+        yield agent
+    finally:
+        agent.stop(60)
+        cluster.kubectl("delete", "node", agent.node, "--ignore-not-found", "--wait=false")
+
+
+@pytest.fixture
+def release_namespace(cluster: Cluster) -> Iterator[str]:
+    ns = f"ft-system-{short_id()}"
+    cluster.kubectl("create", "namespace", ns)
+    yield ns
+    cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
+
+
+def test_helm_install_runs_the_operator_and_brings_a_job_to_running(
+        cluster: Cluster, crd_installed: Path, priority_classes: list[str],
+        agent_node: AgentProcess, release_namespace: str, make_namespace: MakeNamespace,
+        gpu_nodes: GpuNodes, tmp_path: Path) -> None:
+    seen: list[str | None] = [None]
+
+    def lease_free() -> bool:
+        holder, fresh = lease_holder(cluster, "default")
+        seen[0] = holder
+        return not fresh
+
+    try:
+        wait_for("the leader Lease in namespace default to be free", lease_free, 90)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: another operator ({seen[0]}) leads and would act on this "
+                             "test's jobs too; stop it (another test session?) and rerun"
+                             ) from None
+    jobs_ns = make_namespace(gpu_quota=4)
+    sel = gpu_nodes(1, 2)
+    sid = short_id()
+    release = f"ft-{sid}"
+    metrics_port = free_port()
+    trainer_repo = f"example.invalid/helm-{sid}/trainer"
+    values = {
+        "crds": {"install": False},
+        "priorityClasses": {"create": False},
+        "watchNamespaces": [jobs_ns],
+        "image": {"repository": "example.invalid/finetune-operator/operator", "tag": "unused"},
+        "trainer": {"image": {"repository": trainer_repo, "tag": "test"}},
+        "nodeSelector": {"kubernetes.io/hostname": agent_node.node},
+        "tolerations": [{"key": TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+        "ports": {"metrics": metrics_port, "health": free_port()},
+        "queue": {"admissionIntervalSeconds": 1},
+        "extraEnv": [{"name": "HOME", "value": "/tmp"}],
+    }
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    installed = False
+    try:
+        helm(cluster, "install", release, str(CHART), "--namespace", release_namespace,
+             "--values", str(values_file), "--wait", "--timeout", "150s")
+        installed = True
+        pods = json.loads(cluster.kubectl(
+            "get", "pods", "-n", release_namespace, "-l", f"app.kubernetes.io/instance={release}",
+            "-o", "json").stdout)["items"]
+        assert len(pods) == 1, pods
+        pod = pods[0]
+        assert pod["spec"]["nodeName"] == agent_node.node
+        assert pod["spec"]["serviceAccountName"] == f"{release}-finetune-operator"
+        assert pod["status"]["phase"] == "Running", pod["status"]
+        pod_name = pod["metadata"]["name"]
+        log = find_log(agent_node.root, release_namespace, pod_name, "operator")
+        assert log is not None, f"no operator log under {agent_node.root}"
+
+        def leads() -> bool:
+            holder, fresh = lease_holder(cluster, release_namespace)
+            return holder == pod_name and fresh
+
+        try:
+            wait_for(f"the chart's operator to hold {release_namespace}/{LEASE}", leads, 60)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\noperator log:\n{log.read_text()[-4000:]}") from None
+
+        cluster.apply(ftj("helm-job", 2, "finetune-normal", sel), jobs_ns)
+        try:
+            st = wait_phase(cluster, jobs_ns, "helm-job", "Running", 60)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\noperator log:\n{log.read_text()[-4000:]}") from None
+        assert (st["attempt"], st["failures"], st["preemptions"]) == (1, 0, 0)
+        trainer_pods = job_pods(cluster, jobs_ns, "helm-job")
+        assert [p["spec"]["containers"][0]["image"] for p in trainer_pods] == \
+            [f"{trainer_repo}:test"], "the trainer pod was not created by the installed operator"
+        events = json.loads(cluster.kubectl("get", "events", "-n", jobs_ns, "-o",
+                                            "json").stdout)["items"]
+        assert {"Admitted", "Running"} <= {e["reason"] for e in events
+                                           if e["involvedObject"]["name"] == "helm-job"}
+
+        # its /metrics (plain host port: the agent runs pods in the host's network)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert (f'finetune_job_info{{job="helm-job",namespace="{jobs_ns}",phase="Running",'
+                f'priority_class="finetune-normal"}} 1.0') in text
+        # the chart's RBAC sufficed: no request of the operator was refused
+        output = log.read_text()
+        assert "Forbidden" not in output and " 403" not in output, output[-4000:]
+        assert "acquired leadership" in output
+    finally:
+        if installed:
+            helm(cluster, "uninstall", release, "--namespace", release_namespace, "--wait",
+                 "--timeout", "120s")
+    wait_for("the operator pod to go", lambda: not json.loads(cluster.kubectl(
+        "get", "pods", "-n", release_namespace, "-l", f"app.kubernetes.io/instance={release}",
+        "-o", "json").stdout)["items"], 60)
+    assert cluster.get("clusterrole", f"{release}-finetune-operator") is None
+    assert cluster.get("crd", "finetunejobs.finetune.dev") is not None  # not the chart's to remove
+    # the job and its pod outlive the operator (an uninstall must not stop training)
+    assert [p["metadata"]["name"] for p in job_pods(cluster, jobs_ns, "helm-job")] == \
+        ["helm-job-a1-0"]
