@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test venv cluster-bins system-deps lint crd crd-check chart-crd up down status clean
 
 demo: venv cluster-bins ## the main job: local cluster + operator + node agent + three jobs
-	$(BIN)/python -m finetune_operator.demo
+	$(BIN)/python -m finetune_operator.demo $(if $(KEEP),--keep)
 
 test: venv cluster-bins system-deps ## every test: unit, cluster, trainer, e2e (gpu ones skip without a GPU)
 	scripts/run-tests.sh $(PYTEST_ARGS)
