@@ -17,8 +17,9 @@ import yaml
 
 from finetune_operator.cli import main
 from finetune_operator.devcluster import build
+from finetune_operator.devcluster.nodeagent import start_agent
 
-from ..kube import Cluster, wait_for
+from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import OperatorProcess, complete, job_pods, report_progress
 
 pytestmark = pytest.mark.cluster
@@ -227,3 +228,32 @@ def test_kubectl_finds_the_plugin(cluster: Cluster, crd_installed: Path,
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert [r["NAME"] for r in table(listed.stdout)] == ["via-kubectl"]
+
+
+def test_logs_on_a_local_agent_node_point_at_the_log_file(
+        cluster: Cluster, operator: OperatorProcess, make_namespace: MakeNamespace) -> None:
+    """The node agent runs the trainer for real but serves no pods/log: the plugin says so and
+    names the container's log file (the agent shares the default root, so the path is exact)."""
+    ns = make_namespace()
+    agent = start_agent(f"cli-na-{short_id()}", 0, cfg=cluster.cfg)
+    try:
+        ok(cluster, "submit", "-n", ns, "--name", "on-agent", "--model-hub", "example/none",
+           "--dataset-configmap", "data:train.jsonl", "--gpus", "0", "--precision", "fp32",
+           "--max-steps", "1", "--node-selector", f"kubernetes.io/hostname={agent.node}")
+        pod = wait_for("the trainer pod on the agent to have started", lambda: next((
+            p for p in job_pods(cluster, ns, "on-agent")
+            if p["status"].get("phase") in ("Running", "Succeeded", "Failed")), None), 60)
+        rc, _, err = cli(cluster, "logs", "on-agent", "-n", ns)
+        assert rc == 1
+        name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+        assert f"cannot serve the logs of pod {ns}/{name} (node {agent.node}" in err
+        assert f"node {agent.node} is a local node agent, which serves no logs" in err
+        path = Path(err.strip().rsplit(": ", 1)[1])
+        assert path == agent.root / "pods" / f"{ns}_{name}_{uid}" / "trainer.log"
+        assert path.exists()
+    finally:  # no graceful stop: the trainer (importing torch) would take its grace period
+        cluster.kubectl("delete", "finetunejob", "on-agent", "-n", ns, "--ignore-not-found")
+        cluster.kubectl("delete", "pods", "-n", ns, "-l", "finetune.dev/job=on-agent",
+                        "--grace-period=0", "--force", "--ignore-not-found")
+        agent.stop(60)
+        cluster.kubectl("delete", "node", agent.node, "--ignore-not-found", "--wait=false")
