@@ -4,7 +4,8 @@ The local control plane has no storage driver, so a PVC would stay Pending and i
 unschedulable. `devcluster up` installs a default StorageClass `standard` whose provisioner is
 this process: for every Pending claim of that class it creates a hostPath PV bound to the
 claim (the directory the local node agent mounts for that claim), and deletes the PV (not the
-data) once its claim is gone. Test and demo tooling only: no capacity accounting, no access-mode enforcement.
+data) once its claim is gone. Test and demo tooling only: no capacity accounting, no
+access-mode enforcement.
 """
 
 from __future__ import annotations
