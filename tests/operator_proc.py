@@ -25,7 +25,6 @@ TEST_ENV = {
     "FINETUNE_MIN_RUNTIME_BEFORE_PREEMPTION_SECONDS": "0",
     "FINETUNE_AGING_RATE_PER_MINUTE": "100",
     "FINETUNE_AGING_CAP": "3000",
-    "POD_NAME": "test-operator",
 }
 
 
@@ -38,7 +37,9 @@ def free_port() -> int:
 class OperatorProcess:
     def __init__(self, cluster: Cluster, log_dir: Path, env: dict[str, str] | None = None):
         self.cluster, self.log_dir = cluster, log_dir
-        self.env = {**TEST_ENV, **(env or {})}
+        # one leader identity per object, kept across its restarts (a restarted leader takes
+        # the lease back at once); distinct objects never share it
+        self.env = {**TEST_ENV, "POD_NAME": f"test-operator-{short_id()}", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = free_port()
         self.log_path = log_dir / f"operator-{short_id()}.log"

@@ -213,6 +213,18 @@ class Kube:
                 return False
             raise
 
+    def release_lease(self, namespace: str, name: str, identity: str) -> None:
+        """Give the Lease up (only if still ours) so a standby takes over without waiting."""
+        coord = client.CoordinationV1Api(self.api)
+        self._count("get", "Lease")
+        lease = coord.read_namespaced_lease(name, namespace)
+        if lease.spec is None or lease.spec.holder_identity != identity:
+            return
+        lease.spec.holder_identity = None
+        lease.spec.renew_time = None
+        self._count("replace", "Lease")
+        coord.replace_namespaced_lease(name, namespace, lease)
+
     # ------------------------------------------------------------------ dispatch
 
     def _crud(self, kind: str) -> tuple[Callable[[str, dict], Any], Callable[[str, str], Any]]:

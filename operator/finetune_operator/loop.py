@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from . import metrics
 from .api.job import FineTuneJob
+from .api.status import FineTuneJobStatus
 from .build import build_children
 from .k8s import Kube
 from .reconcile import Ctx, JobDecision, Plan, plan, wants_admission
@@ -71,6 +72,13 @@ class Controller:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=10)
+        if self.leader:  # hand over at once instead of letting the lease expire (upgrades)
+            try:
+                self.kube.release_lease(self.lease_namespace, LEASE_NAME, self.identity)
+                log.warning("released leadership (%s/%s)", self.lease_namespace, LEASE_NAME)
+            except ApiException as e:
+                log.warning("could not release the leader lease: %s", e.reason)
+            self.leader = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -116,6 +124,7 @@ class Controller:
         classes = k.list_priority_classes()
         decisions = decide(jobs, by_uid, classes, s, k.list_nodes(), k.list_active_pods(),
                            k.list_quotas(), now)
+        samples = []
         for job in jobs:
             cls, err = policy_error(job, s, classes)
             check = wants_admission(job, now) or job.status.phase is None
@@ -123,12 +132,13 @@ class Controller:
                       priority_class=cls, policy_error=err if check else None)
             pl = plan(job, by_uid.get(job.metadata.uid, []),
                       decisions.get(job.metadata.uid, JobDecision()), ctx)
+            samples.append(_sample(job, pl.status))  # the state this pass leaves behind
             try:
                 self.execute(job, pl, now)
             except ApiException as e:  # one job's trouble must not stall the others
                 log.warning("FineTuneJob %s: %s %s: %s; retrying next pass", job.key, e.status,
                             e.reason, _api_message(e))
-        metrics.observe_queue({"jobs": [_sample(j) for j in jobs], "quotas": decisions.quotas})
+        metrics.observe_queue({"jobs": samples, "quotas": decisions.quotas})
 
     def _reject(self, body: dict, message: str, now: dt.datetime) -> None:
         meta = body.get("metadata", {})
@@ -220,8 +230,7 @@ def failpoint(where: str, phase: str | None) -> None:
         os._exit(137)
 
 
-def _sample(job: FineTuneJob) -> dict[str, Any]:
-    st = job.status
+def _sample(job: FineTuneJob, st: FineTuneJobStatus) -> dict[str, Any]:
     since = st.queued_since
     return {"namespace": job.metadata.namespace, "name": job.metadata.name,
             "phase": st.phase or "Queued", "priority_class": st.effective_priority_class or "",

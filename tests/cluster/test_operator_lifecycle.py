@@ -182,3 +182,36 @@ def test_metrics_follow_the_queue(cluster: Cluster, operator: OperatorProcess, m
     assert value(text, "finetune_admissions_total", namespace=ns) == 2.0
     events = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)
     assert any(e["reason"] == "Completed" for e in events["items"])
+
+
+def test_multi_node_gang_is_admitted_whole(cluster: Cluster, operator: OperatorProcess,
+                                           make_namespace, gpu_nodes) -> None:  # type: ignore[no-untyped-def]
+    sel = gpu_nodes(2, 4)
+    ns = make_namespace()
+    # one node is partly taken: a 2-node gang of 4 GPUs per pod cannot start on one node
+    cluster.apply(ftj("blocker", 2, "finetune-normal", sel), ns)
+    wait_phase(cluster, ns, "blocker", "Running")
+    cluster.apply(ftj("gang", 4, "finetune-normal", sel,
+                      resources={"gpus": 4, "nodes": 2, "nodeSelector": sel}), ns)
+    st = wait_for("gang waits whole", lambda: (
+        lambda s: s if s.get("phase") == "Queued" and (s.get("queue") or {}).get("reason")
+        else None)(job_status(cluster, ns, "gang")), 20)
+    assert job_pods(cluster, ns, "gang") == []  # no partial gang
+    complete(cluster, ns, "blocker")
+    st = wait_phase(cluster, ns, "gang", "Running")
+    pods = job_pods(cluster, ns, "gang")
+    assert sorted(p["metadata"]["name"] for p in pods) == ["gang-a1-0", "gang-a1-1"]
+    assert len({p["spec"]["nodeName"] for p in pods}) == 2  # one pod per node
+    svc = cluster.get("service", "gang-workers", ns)
+    assert svc is not None and svc["spec"]["clusterIP"] == "None"
+    env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
+    assert env["NNODES"] == "2" and env["MASTER_ADDR"].startswith("gang-a1-0.gang-workers.")
+    # a failing member restarts the whole gang (both pods of the attempt go)
+    finish_pod(cluster, ns, "gang-a1-1", 1, "Error")
+    st = wait_for("gang back to one attempt later", lambda: (
+        lambda s: s if s.get("attempt") == 2 and s.get("phase") == "Running" else None)(
+        job_status(cluster, ns, "gang")), 60)
+    assert st["failures"] == 1
+    names = sorted(p["metadata"]["name"] for p in job_pods(cluster, ns, "gang")
+                   if not p["metadata"].get("deletionTimestamp"))
+    assert [n for n in names if n.startswith("gang-a2")] == ["gang-a2-0", "gang-a2-1"]

@@ -12,7 +12,7 @@ from finetune_operator.k8s import Kube, load_client
 from finetune_operator.loop import Controller
 from finetune_operator.settings import OperatorSettings
 
-from ..kube import Cluster, wait_for
+from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import (
     OperatorProcess,
     complete,
@@ -28,10 +28,12 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture
 def op_factory(cluster, crd_installed, priority_classes, tmp_path):  # type: ignore[no-untyped-def]
+    """Operators of one test share a leader identity (the same pod restarted) by default."""
     made: list[OperatorProcess] = []
+    pod_name = f"test-operator-{short_id()}"
 
     def make(**env: str) -> OperatorProcess:
-        op = OperatorProcess(cluster, tmp_path, env)
+        op = OperatorProcess(cluster, tmp_path, {"POD_NAME": pod_name, **env})
         made.append(op)
         return op
 
