@@ -120,13 +120,32 @@ def _hidden_interpreter_paths() -> dict[str, list[str]]:
     return out
 
 
+def _interpreter_paths() -> set[str]:
+    """What `python` in a pod needs from this host: the interpreter, the venv and the import
+    roots (an editable install of this project lives in its checkout), outermost only."""
+    cands = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
+                                           os.path.dirname(os.path.realpath(sys.executable)),
+                                           *sys.path) if p and os.path.isdir(p)}
+    return {p for p in cands if not any(p.startswith(q + "/") for q in cands)}
+
+
+def _shadowed_interpreter_paths(mounts: list[Mount]) -> list[str]:
+    """Interpreter paths that a volume mount would hide (e.g. a checkout under /tmp, and the
+    pod's /tmp emptyDir): they are bound again on top, read-only."""
+    targets = [os.path.normpath(m.target) for m in mounts]
+    return sorted(p for p in _interpreter_paths()
+                  if any(p == t or p.startswith(t.rstrip("/") + "/") for t in targets))
+
+
 def script(launch: Launch) -> str:
     """The set-up script run inside the new mount namespace. Every source is opened first (fds
     10+) and bound from /proc/self/fd, so a mount over e.g. /tmp cannot hide a later source."""
     q = shlex.quote
     mount, mkdir = tool("mount"), tool("mkdir")
     hidden = _hidden_interpreter_paths() if launch.identity.uid else {}
+    shadowed = _shadowed_interpreter_paths(launch.mounts)
     sources = [m.source for m in launch.mounts] + [Path(p) for ps in hidden.values() for p in ps]
+    sources += [Path(p) for p in shadowed]
     fd = {src: 10 + i for i, src in enumerate(dict.fromkeys(sources))}
     lines = [f'fail() {{ echo "{SETUP_PREFIX}$*" >&2; exit {SETUP_FAILED}; }}']
     lines += [f"exec {n}<{q(str(src))} || fail cannot open {q(str(src))}" for src, n in fd.items()]
@@ -154,6 +173,9 @@ def script(launch: Launch) -> str:
         for p in paths:
             lines.append(f"{mkdir} -p {q(p)}")
             bind(Path(p), p, True)
+    for p in shadowed:
+        lines.append(f"{mkdir} -p {q(p)}")
+        bind(Path(p), p, True)
     lines += [f"exec {n}<&-" for n in fd.values()]
     ident = launch.identity
     lines.append(f"cd {q(launch.workdir)} || fail cannot enter workingDir {q(launch.workdir)}")
