@@ -29,7 +29,7 @@ from .k8s import Kube
 from .reconcile import Ctx, JobDecision, Plan, plan, wants_admission
 from .settings import OperatorSettings
 from .snapshot import decide, policy_error
-from .status import parse_time
+from .status import attempt_of, parse_time, read_progress
 
 log = logging.getLogger("finetune_operator")
 LEASE_NAME = "finetune-operator-leader"
@@ -59,6 +59,8 @@ class Controller:
         self.last_tick: float | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # job uid -> (attempt, newest progress report) from the pod watch
+        self.watched_progress: dict[str, tuple[int, dict[str, Any]]] = {}
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -82,6 +84,19 @@ class Controller:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def remember_progress(self, pod: dict) -> None:
+        """Keep the newest progress report per job from pod watch events (see Ctx)."""
+        report = read_progress([pod])
+        uid = next((r.get("uid") for r in pod["metadata"].get("ownerReferences") or []
+                    if r.get("kind") == "FineTuneJob"), None)
+        if report is None or uid is None:
+            return
+        attempt = attempt_of(pod)
+        old = self.watched_progress.get(uid)
+        if old is None or old[0] < attempt or (
+                old[0] == attempt and report.get("step", 0) >= old[1].get("step", 0)):
+            self.watched_progress[uid] = (attempt, report)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -128,8 +143,11 @@ class Controller:
         for job in jobs:
             cls, err = policy_error(job, s, classes)
             check = wants_admission(job, now) or job.status.phase is None
+            seen = self.watched_progress.get(job.metadata.uid)
             ctx = Ctx(now=now, backoff_seconds=s.backoff_seconds(job.status.failures + 1),
-                      priority_class=cls, policy_error=err if check else None)
+                      priority_class=cls, policy_error=err if check else None,
+                      watched_report=seen[1] if seen and seen[0] == job.status.attempt
+                      else None)
             pl = plan(job, by_uid.get(job.metadata.uid, []),
                       decisions.get(job.metadata.uid, JobDecision()), ctx)
             samples.append(_sample(job, pl.status))  # the state this pass leaves behind
@@ -139,6 +157,9 @@ class Controller:
                 log.warning("FineTuneJob %s: %s %s: %s; retrying next pass", job.key, e.status,
                             e.reason, _api_message(e))
         metrics.observe_queue({"jobs": samples, "quotas": decisions.quotas})
+        live = {j.metadata.uid for j in jobs}
+        for uid in [u for u in self.watched_progress if u not in live]:
+            del self.watched_progress[uid]
 
     def _reject(self, body: dict, message: str, now: dt.datetime) -> None:
         meta = body.get("metadata", {})

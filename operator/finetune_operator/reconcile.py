@@ -61,6 +61,9 @@ class Ctx:
     backoff_seconds: float                # delay before the next retry if this pass fails it
     priority_class: str | None = None
     policy_error: str | None = None       # e.g. a priority class the namespace may not use
+    # the newest progress report of the current attempt seen on the pod watch: the trainer's
+    # last report (right after its SIGTERM save) may land just before its pod disappears
+    watched_report: dict[str, Any] | None = None
 
 
 def wants_admission(job: FineTuneJob, now: dt.datetime) -> bool:
@@ -89,6 +92,9 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
     p.delete_pods.extend(stale)
 
     report = read_progress(current)
+    seen = ctx.watched_report
+    if seen is not None and (report is None or seen.get("step", 0) > report.get("step", 0)):
+        report = seen
     if report is not None:
         lost = apply_progress(st, report, st.attempt)
         if lost:

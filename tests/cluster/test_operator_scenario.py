@@ -87,20 +87,16 @@ def test_quota_priority_aging_preemption_and_resume(
     preempted = next(c for c in low["conditions"] if c["type"] == "Preempted")
     assert preempted["status"] == "True" and f"{team_b}/critical" in preempted["message"]
 
-    # waiting jobs are admitted in queue order as GPUs free up
-    order = []
-    for running in ("critical", "high", "low-old", "normal"):
-        complete(cluster, team_b, running)
-        done = wait_phase(cluster, team_b, running, "Succeeded")
+    # waiting jobs are admitted one at a time, in queue order, as GPUs free up
+    sequence = [(team_b, "critical"), (team_b, "high"), (team_b, "low-old"), (team_b, "normal"),
+                (team_a, "low-running")]
+    for i, (ns, name) in enumerate(sequence[:-1]):
+        wait_phase(cluster, ns, name, "Running")
+        for later_ns, later in sequence[i + 1:]:  # everyone behind it still waits
+            assert job_status(cluster, later_ns, later)["phase"] == "Queued", (name, later)
+        complete(cluster, ns, name)
+        done = wait_phase(cluster, ns, name, "Succeeded")
         assert done["output"]["adapterPath"] == "output/adapter"
-        order.append(running)
-        nxt = wait_for("next job admitted", lambda: next(
-            (n for n, ns in (("high", team_b), ("low-old", team_b), ("normal", team_b),
-                             ("low-running", team_a))
-             if job_status(cluster, ns, n).get("phase") in ("Admitted", "Running")), None), 30)
-        if running == "normal":
-            assert nxt == "low-running"
-    assert order == ["critical", "high", "low-old", "normal"]
 
     # the preempted job resumes: attempt 2, preemptions 1, failures 0, checkpoint kept
     low = wait_phase(cluster, team_a, "low-running", "Running")

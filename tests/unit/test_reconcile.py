@@ -302,6 +302,26 @@ def test_progress_annotation_is_mirrored() -> None:
     assert p.events == [] and p.metrics == []
 
 
+def test_last_report_seen_on_the_watch_counts_when_the_pod_is_already_gone() -> None:
+    """The trainer's report right after its SIGTERM save can land just before its pod is
+    deleted: the status still gets that checkpoint (from the pod watch)."""
+    sim = running()
+    sim.tick(5).step([make_pod(sim.job, 1, 0, progress={"step": 7, "totalSteps": 20})])
+    final = {"step": 9, "totalSteps": 20, "checkpoint": {
+        "step": 9, "path": "checkpoints/checkpoint-9", "savedAt": "2026-01-01T12:01:00Z"}}
+    ctx = Ctx(now=sim.now + dt.timedelta(seconds=5), backoff_seconds=10,
+              priority_class="finetune-high", watched_report=final)
+    p = plan(sim.job, [], WAIT, ctx)  # the pod vanished (a preemption)
+    assert p.status.checkpoint is not None and p.status.checkpoint.step == 9
+    assert p.status.progress is not None and p.status.progress.step == 9
+    # an older watched report never rolls the status back
+    stale = Ctx(now=ctx.now, backoff_seconds=10, priority_class="finetune-high",
+                watched_report={"step": 3, "totalSteps": 20})
+    p2 = plan(sim.job, [make_pod(sim.job, 1, 0, progress={"step": 8, "totalSteps": 20})],
+              WAIT, stale)
+    assert p2.status.progress is not None and p2.status.progress.step == 8
+
+
 # ------------------------------------------------------------------ success
 
 

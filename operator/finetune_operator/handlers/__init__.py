@@ -48,7 +48,8 @@ def job_event(**_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": "finetune-operator"})
-def pod_event(**_: Any) -> None:
+def pod_event(body: kopf.Body, **_: Any) -> None:
+    _ctl().remember_progress({"metadata": dict(body.metadata)})
     _ctl().wake()
 
 
