@@ -46,6 +46,17 @@ def _crash_at(op_factory, phase: str) -> OperatorProcess:  # type: ignore[no-unt
     return op_factory().start(FINETUNE_FAILPOINT=f"after-status-patch:{phase}")
 
 
+def _running_then_armed(cluster: Cluster, op_factory, ns: str, job: dict,  # type: ignore[no-untyped-def]
+                        phase: str) -> OperatorProcess:
+    """Bring `job` to Running, then swap in an operator that dies right after it patches
+    a status into `phase`."""
+    op = op_factory().start()
+    cluster.apply(job, ns)
+    wait_phase(cluster, ns, job["metadata"]["name"], "Running")
+    op.kill()
+    return _crash_at(op_factory, phase)
+
+
 def _pods(cluster: Cluster, ns: str, name: str) -> list[str]:
     return sorted(p["metadata"]["name"] for p in job_pods(cluster, ns, name))
 
@@ -69,11 +80,8 @@ def test_crash_during_preemption(cluster: Cluster, op_factory, make_namespace,
                                  gpu_nodes) -> None:  # type: ignore[no-untyped-def]
     sel = gpu_nodes(1, 4)
     ns = make_namespace()
-    op = op_factory().start()
-    cluster.apply(ftj("low", 4, "finetune-low", sel), ns)
-    wait_phase(cluster, ns, "low", "Running")
-    op.kill()
-    op = _crash_at(op_factory, "Preempting")
+    op = _running_then_armed(cluster, op_factory, ns, ftj("low", 4, "finetune-low", sel),
+                             "Preempting")
     cluster.apply(ftj("urgent", 4, "finetune-critical", sel), ns)
     assert op.wait_exit(30) == 137
     assert job_status(cluster, ns, "low")["phase"] == "Preempting"
@@ -93,11 +101,8 @@ def test_crash_during_suspend(cluster: Cluster, op_factory, make_namespace,
                               gpu_nodes) -> None:  # type: ignore[no-untyped-def]
     sel = gpu_nodes(1, 4)
     ns = make_namespace()
-    op = op_factory().start()
-    cluster.apply(ftj("pause", 1, "finetune-normal", sel), ns)
-    wait_phase(cluster, ns, "pause", "Running")
-    op.kill()
-    op = _crash_at(op_factory, "Suspended")
+    op = _running_then_armed(cluster, op_factory, ns, ftj("pause", 1, "finetune-normal", sel),
+                             "Suspended")
     cluster.kubectl("patch", "finetunejob", "pause", "-n", ns, "--type=merge",
                     "-p", '{"spec": {"suspend": true}}')
     assert op.wait_exit(30) == 137
