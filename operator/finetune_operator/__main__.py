@@ -17,8 +17,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kubeconfig", default=None, help="default: in-cluster, then $KUBECONFIG")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = OperatorSettings.from_args(args)
     except SettingsError as e:
@@ -33,10 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     from .k8s import Kube, load_client
     from .loop import Controller
 
+    kopf.configure(verbose=args.verbose)  # one log handler for kopf's and our loggers
+    logging.getLogger("finetune_operator").setLevel(logging.DEBUG if args.verbose
+                                                    else logging.INFO)
     kube = Kube(load_client(args.kubeconfig))
     handlers.install(Controller(kube, settings))
     metrics.serve(settings.metrics_port)
-    kopf.configure(verbose=args.verbose)
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,
