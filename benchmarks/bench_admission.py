@@ -15,18 +15,15 @@ Three timings on the same snapshot:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
-import re
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TypeVar
+
+from report import write_section  # benchmarks/ is on sys.path when run as a script
 
 from finetune_operator.admission import (
     NodeInfo,
@@ -41,7 +38,7 @@ from finetune_operator.admission import (
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 GPU = "nvidia.com/gpu"
-ROOT = Path(__file__).resolve().parent.parent
+
 T = TypeVar("T")
 BANDS = [(100, "finetune-low"), (1000, "finetune-normal"), (10_000, "finetune-high"),
          (100_000, "finetune-critical")]
@@ -175,24 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     if args.markdown:
-        write_markdown(lines)
+        write_section("Admission", "bench_admission.py", lines)
     return 0 if same else 1
-
-
-def write_markdown(lines: list[str]) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    env = (f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPU(s)"
-           " shared with other work (figures are indicative); "
-           f"{time.strftime('%Y-%m-%d')}; `python benchmarks/bench_admission.py`.")
-    section = "## Admission\n\n" + env + "\n\n" + lines[0] + ":\n\n" + "\n".join(lines[1:]) + "\n"
-    pattern = re.compile(r"^## Admission\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-    print(f"wrote the Admission section of {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import signal
 import statistics
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data" / "messages.jsonl"
@@ -230,25 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     if args.markdown:
-        write_markdown(lines)
+        write_section("Trainer", "bench_trainer.py", lines)
     return 0
-
-
-def write_markdown(lines: list[str]) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    env_line = (f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} "
-                "CPU(s) shared with other work (figures are indicative); "
-                f"{time.strftime('%Y-%m-%d')}; `python benchmarks/bench_trainer.py`.")
-    section = ("## Trainer\n\n" + env_line + "\n\n" + lines[0] + ":\n\n" + "\n".join(lines[1:])
-               + "\n")
-    pattern = re.compile(r"^## Trainer\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-    print(f"wrote the Trainer section of {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
