@@ -39,8 +39,8 @@ class Toleration:
 
 
 @dataclass(frozen=True, kw_only=True)
-class QueuedJob:
-    """A job waiting for admission (phase Queued)."""
+class JobRef:
+    """What every job in a snapshot has: identity, priority and size."""
 
     namespace: str
     name: str
@@ -48,12 +48,8 @@ class QueuedJob:
     priority: int  # value of its PriorityClass
     priority_class: str
     gpus: int  # per pod (= per node); 0 = CPU job
-    created_at: datetime
     nodes: int = 1  # gang size: pods, one per node, admitted together or not at all
     gpu_resource: str = DEFAULT_GPU_RESOURCE
-    queued_since: datetime | None = None  # aging starts here; default created_at
-    node_selector: Mapping[str, str] = field(default_factory=dict, hash=False)
-    tolerations: tuple[Toleration, ...] = ()
 
     @property
     def key(self) -> str:
@@ -62,6 +58,16 @@ class QueuedJob:
     @property
     def total_gpus(self) -> int:
         return self.gpus * self.nodes
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueuedJob(JobRef):
+    """A job waiting for admission (phase Queued)."""
+
+    created_at: datetime
+    queued_since: datetime | None = None  # aging starts here; default created_at
+    node_selector: Mapping[str, str] = field(default_factory=dict, hash=False)
+    tolerations: tuple[Toleration, ...] = ()
 
     @property
     def waiting_since(self) -> datetime:
@@ -69,18 +75,10 @@ class QueuedJob:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunningJob:
+class RunningJob(JobRef):
     """A job holding GPUs: admitted (pods created or about to be), running, or stopping."""
 
-    namespace: str
-    name: str
-    uid: str
-    priority: int
-    priority_class: str
-    gpus: int
     started_at: datetime  # admitted/started: min runtime before preemption counts from here
-    nodes: int = 1
-    gpu_resource: str = DEFAULT_GPU_RESOURCE
     last_checkpoint_at: datetime | None = None
     preempting: bool = False  # a graceful stop is in flight (phase Preempting or Suspended)
     # node of each *bound* pod; pods not yet bound are placed virtually by admit() so that
@@ -88,14 +86,6 @@ class RunningJob:
     placement: tuple[str, ...] = ()
     # False while its pods do not exist yet (ResourceQuota.status.used does not count them)
     counted_in_quota: bool = True
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def total_gpus(self) -> int:
-        return self.gpus * self.nodes
 
 
 @dataclass(frozen=True, kw_only=True)
