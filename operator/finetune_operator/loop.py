@@ -29,7 +29,7 @@ from .k8s import Kube
 from .reconcile import Ctx, JobDecision, Plan, plan, wants_admission
 from .settings import OperatorSettings
 from .snapshot import decide, policy_error
-from .status import attempt_of, parse_time, read_progress
+from .status import attempt_of, iso, owner_uid, parse_time, read_progress
 
 log = logging.getLogger("finetune_operator")
 LEASE_NAME = "finetune-operator-leader"
@@ -87,9 +87,7 @@ class Controller:
 
     def remember_progress(self, pod: dict) -> None:
         """Keep the newest progress report per job from pod watch events (see Ctx)."""
-        report = read_progress([pod])
-        uid = next((r.get("uid") for r in pod["metadata"].get("ownerReferences") or []
-                    if r.get("kind") == "FineTuneJob"), None)
+        report, uid = read_progress([pod]), owner_uid(pod)
         if report is None or uid is None:
             return
         attempt = attempt_of(pod)
@@ -133,9 +131,8 @@ class Controller:
                 self._reject(body, parse_error(e), now)
         by_uid: dict[str, list[dict]] = {}
         for p in pods:
-            for ref in p["metadata"].get("ownerReferences") or []:
-                if ref.get("kind") == "FineTuneJob":
-                    by_uid.setdefault(ref["uid"], []).append(p)
+            if (uid := owner_uid(p)) is not None:
+                by_uid.setdefault(uid, []).append(p)
         classes = k.list_priority_classes()
         decisions = decide(jobs, by_uid, classes, s, k.list_nodes(), k.list_active_pods(),
                            k.list_quotas(), now)
@@ -171,7 +168,7 @@ class Controller:
         self.kube.patch_job_status(meta["namespace"], meta["name"], {
             "phase": "Failed", "conditions": [{
                 "type": "Failed", "status": "True", "reason": "InvalidSpec", "message": msg,
-                "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ")}]})
+                "lastTransitionTime": iso(now)}]})
         self.kube.event(body, "Warning", "InvalidSpec", msg, now)
 
     # ------------------------------------------------------------------ execute a plan
@@ -217,11 +214,12 @@ class Controller:
             elif kind == "completion":
                 metrics.count_completion(ns)
             elif kind == "lost":
-                eta, prog = (st.progress.eta_seconds, st.progress) if st.progress else (None, None)
+                prog = st.progress
                 left = (prog.total_steps or 0) - prog.step if prog else 0
-                per_step = (eta / left) if eta and left > 0 else 0.0
-                gpus = job.spec.resources.gpus * job.spec.resources.nodes
-                metrics.count_lost_work(ns, data["steps"], data["steps"] * per_step * gpus)
+                per_step = prog.eta_seconds / left if prog and prog.eta_seconds and left > 0 \
+                    else 0.0
+                metrics.count_lost_work(ns, data["steps"], data["steps"] * per_step
+                                        * job.spec.resources.total_gpus)
         if st.progress is not None and st.phase in ("Running", "Admitted", "Preempting"):
             report = st.progress.to_wire()
             if st.checkpoint:
@@ -252,9 +250,9 @@ def failpoint(where: str, phase: str | None) -> None:
 
 
 def _sample(job: FineTuneJob, st: FineTuneJobStatus) -> dict[str, Any]:
-    since = st.queued_since
-    return {"namespace": job.metadata.namespace, "name": job.metadata.name,
-            "phase": st.phase or "Queued", "priority_class": st.effective_priority_class or "",
-            "gpus": job.spec.resources.gpus * job.spec.resources.nodes,
-            "queued_since": dt.datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
-            if since and (st.phase or "Queued") == "Queued" else None}
+    phase = st.phase or "Queued"
+    since = parse_time(st.queued_since) if phase == "Queued" else None
+    return {"namespace": job.metadata.namespace, "name": job.metadata.name, "phase": phase,
+            "priority_class": st.effective_priority_class or "",
+            "gpus": job.spec.resources.total_gpus,
+            "queued_since": since.timestamp() if since else None}

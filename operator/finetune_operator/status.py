@@ -55,6 +55,12 @@ def _terminated(pod: dict) -> dict | None:
     return None
 
 
+def owner_uid(pod: dict) -> str | None:
+    """The uid of the FineTuneJob that owns a pod, if any."""
+    return next((r.get("uid") for r in pod["metadata"].get("ownerReferences") or []
+                 if r.get("kind") == "FineTuneJob"), None)
+
+
 def termination_message(pod: dict) -> dict[str, Any]:
     """The trainer's JSON summary (docs/contracts.md), or {'message': raw text}."""
     term = _terminated(pod) or {}

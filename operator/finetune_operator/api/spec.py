@@ -241,6 +241,11 @@ class ResourcesSpec(ApiModel):
     )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
 
+    @property
+    def total_gpus(self) -> int:
+        """GPUs of the whole job: per node x nodes."""
+        return self.gpus * self.nodes
+
 
 class StorageSpec(ApiModel):
     model_config = ConfigDict(
