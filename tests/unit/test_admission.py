@@ -106,8 +106,13 @@ def test_aging_raises_effective_priority_up_to_the_cap() -> None:
     assert effective_priority(old, NOW, policy) == pytest.approx(130)
     older = make_job("older", priority=100, created=ago(60))
     assert effective_priority(older, NOW, policy) == 150  # capped
+    # a requeued job (preempted, suspended) keeps its age: aging counts from the first queue
+    # entry, not from the latest requeue (status.queuedSince)
     requeued = make_job("requeued", priority=100, created=ago(60), queued_since=ago(1))
-    assert effective_priority(requeued, NOW, policy) == pytest.approx(110)
+    assert effective_priority(requeued, NOW, policy) == 150
+    late = make_job("late", priority=100, created=ago(60), first_queued_at=ago(2),
+                    queued_since=ago(1))
+    assert effective_priority(late, NOW, policy) == pytest.approx(120)
 
 
 def test_aged_job_overtakes_a_fresh_job_within_the_cap_but_not_a_higher_band() -> None:

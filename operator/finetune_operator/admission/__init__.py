@@ -16,6 +16,7 @@ from .model import (
     QueuedJob,
     Quota,
     RunningJob,
+    ScopeRequirement,
     Snapshot,
     Taint,
     Toleration,
@@ -26,7 +27,7 @@ from .policy import admit, effective_priority, queue_order, work_since_checkpoin
 
 __all__ = [
     "DEFAULT_GPU_RESOURCE", "Admission", "Decisions", "Impossible", "ImpossibleCode", "NodeInfo",
-    "Policy", "Preemption", "QueuedJob", "Quota", "RunningJob", "Snapshot", "Taint",
-    "Toleration", "WaitCode", "Waiting", "admit", "effective_priority", "queue_order",
+    "Policy", "Preemption", "QueuedJob", "Quota", "RunningJob", "ScopeRequirement", "Snapshot",
+    "Taint", "Toleration", "WaitCode", "Waiting", "admit", "effective_priority", "queue_order",
     "work_since_checkpoint",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
 
-from .model import NodeInfo, QueuedJob, Quota, Toleration
+from .model import JobRef, NodeInfo, QueuedJob, Quota, Toleration
 
 # (sorted nodeSelector items, tolerations): jobs with the same signature see the same nodes.
 Signature = tuple[tuple[tuple[str, str], ...], tuple[Toleration, ...]]
@@ -233,53 +233,81 @@ class Pool:
 
 
 class QuotaBook:
-    """GPU quota per (namespace, resource): what is free now, held by stopping jobs, reserved."""
+    """GPU quota: per matching ResourceQuota, what is free now, held by stopping jobs, reserved.
+
+    A job (or running job) is charged to every quota that matches it (namespace, resource and
+    scopes, as the API server does); it fits when every one of them has room. Quotas that do not
+    match it are ignored. Methods take the job; `gpus` defaults to its total."""
 
     def __init__(self, quotas: Iterable[Quota]) -> None:
-        self.hard: dict[tuple[str, str], int] = {}
-        self.free: dict[tuple[str, str], int] = {}
-        for q in quotas:
-            k = (q.namespace, q.resource)
-            self.hard[k] = min(self.hard.get(k, q.hard), q.hard)
-            self.free[k] = min(self.free.get(k, q.free), q.free)
-        self.initial = dict(self.free)
-        self.pending: dict[tuple[str, str], int] = {}
-        self.reserved: dict[tuple[str, str], int] = {}
+        self.quotas = list(quotas)
+        self.free = [q.free for q in self.quotas]
+        self.initial = list(self.free)
+        self.pending = [0] * len(self.quotas)
+        self.reserved = [0] * len(self.quotas)
+        self._by_ns: dict[tuple[str, str], list[int]] = {}
+        for i, q in enumerate(self.quotas):
+            self._by_ns.setdefault((q.namespace, q.resource), []).append(i)
+        self._ids: dict[tuple[object, ...], tuple[int, ...]] = {}
 
-    def limited(self, namespace: str, resource: str) -> bool:
-        return (namespace, resource) in self.hard
+    def ids(self, job: JobRef) -> tuple[int, ...]:
+        """Indices of the quotas that charge this job."""
+        key = (job.namespace, job.gpu_resource, job.priority_class, job.terminating,
+               job.best_effort)
+        if key not in self._ids:
+            self._ids[key] = tuple(i for i in self._by_ns.get(key[:2], ())
+                                   if self.quotas[i].matches(job))
+        return self._ids[key]
 
-    def available(self, namespace: str, resource: str) -> int | None:
-        k = (namespace, resource)
-        if k not in self.free:
+    def limited(self, job: JobRef) -> bool:
+        return bool(self.ids(job))
+
+    def hard(self, job: JobRef) -> tuple[int, str] | None:
+        """(smallest hard limit, its quota's name) among the quotas that charge the job."""
+        ids = self.ids(job)
+        if not ids:
             return None
-        return max(0, self.free[k] - self.reserved.get(k, 0))
+        i = min(ids, key=lambda i: self.quotas[i].hard)
+        return self.quotas[i].hard, self.quotas[i].name
 
-    def available_pending(self, namespace: str, resource: str) -> int | None:
-        k = (namespace, resource)
-        if k not in self.free:
+    def available(self, job: JobRef) -> int | None:
+        ids = self.ids(job)
+        if not ids:
             return None
-        return max(0, self.free[k] + self.pending.get(k, 0) - self.reserved.get(k, 0))
+        return min(max(0, self.free[i] - self.reserved[i]) for i in ids)
 
-    def fits(self, namespace: str, resource: str, gpus: int) -> bool:
-        avail = self.available(namespace, resource)
-        return avail is None or avail >= gpus
+    def available_pending(self, job: JobRef) -> int | None:
+        ids = self.ids(job)
+        if not ids:
+            return None
+        return min(max(0, self.free[i] + self.pending[i] - self.reserved[i]) for i in ids)
 
-    def fitted_initially(self, namespace: str, resource: str, gpus: int) -> bool:
-        k = (namespace, resource)
-        return k not in self.initial or self.initial[k] >= gpus
+    def tightest(self, job: JobRef) -> str:
+        """Name of the matching quota with the least room (for messages)."""
+        ids = self.ids(job)
+        if not ids:
+            return ""
+        i = min(ids, key=lambda i: self.free[i] - self.reserved[i])
+        return self.quotas[i].name
 
-    def take(self, namespace: str, resource: str, gpus: int) -> None:
-        k = (namespace, resource)
-        if k in self.free:
-            self.free[k] -= gpus
+    def fits(self, job: JobRef) -> bool:
+        avail = self.available(job)
+        return avail is None or avail >= job.total_gpus
 
-    def reserve(self, namespace: str, resource: str, gpus: int) -> None:
-        k = (namespace, resource)
-        if k in self.free:
-            self.reserved[k] = self.reserved.get(k, 0) + gpus
+    def fitted_initially(self, job: JobRef) -> bool:
+        return all(self.initial[i] >= job.total_gpus for i in self.ids(job))
 
-    def add_pending(self, namespace: str, resource: str, gpus: int) -> None:
-        k = (namespace, resource)
-        if k in self.free:
-            self.pending[k] = self.pending.get(k, 0) + gpus
+    def has_pending(self, job: JobRef) -> bool:
+        return any(self.pending[i] for i in self.ids(job))
+
+    def take(self, job: JobRef, gpus: int | None = None) -> None:
+        for i in self.ids(job):
+            self.free[i] -= job.total_gpus if gpus is None else gpus
+
+    def reserve(self, job: JobRef, gpus: int | None = None) -> None:
+        for i in self.ids(job):
+            self.reserved[i] += job.total_gpus if gpus is None else gpus
+
+    def add_pending(self, job: JobRef) -> None:
+        for i in self.ids(job):
+            self.pending[i] += job.total_gpus

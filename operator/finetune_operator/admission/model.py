@@ -50,6 +50,11 @@ class JobRef:
     gpus: int  # per pod (= per node); 0 = CPU job
     nodes: int = 1  # gang size: pods, one per node, admitted together or not at all
     gpu_resource: str = DEFAULT_GPU_RESOURCE
+    # ResourceQuota scopes the job's pods fall in (see Quota.matches): pods with
+    # activeDeadlineSeconds are Terminating; pods without requests/limits are BestEffort.
+    # Trainer pods have neither, so the defaults fit them.
+    terminating: bool = False
+    best_effort: bool = False
 
     @property
     def key(self) -> str:
@@ -65,13 +70,23 @@ class QueuedJob(JobRef):
     """A job waiting for admission (phase Queued)."""
 
     created_at: datetime
-    queued_since: datetime | None = None  # aging starts here; default created_at
+    # start of the current wait (informational: status.queuedSince; reset by every requeue)
+    queued_since: datetime | None = None
+    # when the job first entered the queue, kept across requeues (preempted, suspended, pods
+    # failed): aging and reservations count from here, so a requeued job keeps its place.
+    # Default created_at.
+    first_queued_at: datetime | None = None
     node_selector: Mapping[str, str] = field(default_factory=dict, hash=False)
     tolerations: tuple[Toleration, ...] = ()
+    # Expected run time once admitted, in seconds (an upper bound is best: the remaining
+    # activeDeadlineSeconds, or a previous attempt's etaSeconds plus its restart time). Only a
+    # job with one may backfill GPUs reserved for another job; None: never backfills them.
+    expected_seconds: float | None = None
 
     @property
     def waiting_since(self) -> datetime:
-        return self.queued_since or self.created_at
+        """Where aging counts from: the first queue entry, not the latest requeue."""
+        return self.first_queued_at or self.created_at
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +101,10 @@ class RunningJob(JobRef):
     placement: tuple[str, ...] = ()
     # False while its pods do not exist yet (ResourceQuota.status.used does not count them)
     counted_in_quota: bool = True
+    # When it is expected to release its GPUs: now + status.progress.etaSeconds, or
+    # maxSteps x observed step time. None (unknown): taken as "any moment now", the
+    # conservative guess for a job waiting on its GPUs, so nothing backfills in front of it.
+    expected_end_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,17 +118,58 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ScopeRequirement:
+    """One entry of a ResourceQuota's spec.scopeSelector.matchExpressions (a plain entry of
+    spec.scopes is the same with operator Exists)."""
+
+    scope_name: str  # PriorityClass | Terminating | NotTerminating | BestEffort | ...
+    operator: str = "Exists"  # In | NotIn | Exists | DoesNotExist
+    values: tuple[str, ...] = ()
+
+    def matches(self, job: JobRef) -> bool:
+        """As the API server's quota evaluator decides for the job's pods."""
+        scope = self.scope_name
+        if scope == "Terminating":
+            return job.terminating
+        if scope == "NotTerminating":
+            return not job.terminating
+        if scope == "BestEffort":
+            return job.best_effort
+        if scope == "NotBestEffort":
+            return not job.best_effort
+        if scope == "PriorityClass":
+            cls = job.priority_class
+            if self.operator == "Exists":
+                return bool(cls)
+            if self.operator == "In":
+                return cls in self.values
+            if self.operator == "NotIn":
+                return cls not in self.values
+            # DoesNotExist: the evaluator's label set always has the key, so it never matches
+            # a pod; it would only match one without a class, and jobs always have one
+            return self.operator == "DoesNotExist" and not cls
+        return False  # CrossNamespacePodAffinity (trainer pods have none) and unknown scopes
+
+
+@dataclass(frozen=True, kw_only=True)
 class Quota:
-    """One ResourceQuota's `requests.<resource>` in a namespace (several are all enforced)."""
+    """One ResourceQuota's `requests.<resource>` in a namespace. A job must fit every quota that
+    matches it (its namespace and resource, and all the quota's scopes); the others ignore it."""
 
     namespace: str
     resource: str
     hard: int
     used: int
+    name: str = ""  # the ResourceQuota's name (for messages)
+    scopes: tuple[ScopeRequirement, ...] = ()  # spec.scopes and spec.scopeSelector, ANDed
 
     @property
     def free(self) -> int:
         return max(0, self.hard - self.used)
+
+    def matches(self, job: JobRef) -> bool:
+        return (job.namespace == self.namespace and job.gpu_resource == self.resource
+                and all(s.matches(job) for s in self.scopes))
 
 
 @dataclass(frozen=True, kw_only=True)

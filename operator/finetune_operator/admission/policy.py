@@ -69,6 +69,14 @@ from .model import (
 )
 
 
+def _named(name: str) -> str:
+    return f"{name} " if name else ""
+
+
+def _in(name: str) -> str:
+    return f" (ResourceQuota {name})" if name else ""
+
+
 def effective_priority(job: QueuedJob, now: datetime, policy: Policy) -> float:
     minutes = max(0.0, (now - job.waiting_since).total_seconds() / 60.0)
     return job.priority + min(policy.aging_cap, policy.aging_rate_per_minute * minutes)
@@ -117,7 +125,7 @@ class _Admitter:
                     pool.take(extra, r.gpus)
                 self.placement_of[r.uid] = (*r.placement, *extra)
                 if not r.counted_in_quota:
-                    self.quota.take(r.namespace, r.gpu_resource, r.total_gpus)
+                    self.quota.take(r)
             if r.preempting:
                 self._mark_stopping(r)
             else:
@@ -146,7 +154,7 @@ class _Admitter:
         self.stopping[r.uid] = r
         if r.gpus > 0:
             self.pool(r.gpu_resource).add_pending(self.placement_of.get(r.uid, ()), r.gpus)
-            self.quota.add_pending(r.namespace, r.gpu_resource, r.total_gpus)
+            self.quota.add_pending(r)
 
     # --- the walk ------------------------------------------------------------------------------
 
@@ -166,12 +174,12 @@ class _Admitter:
         ns, res = job.namespace, job.gpu_resource
         limit = self.policy.max_running_jobs_per_namespace
         over_limit = bool(limit) and self.running_count[ns] >= limit
-        quota_ok = pool is None or self.quota.fits(ns, res, job.total_gpus)
+        quota_ok = pool is None or self.quota.fits(job)
         placement = () if pool is None else pool.place(job.gpus, job.nodes, sig)
         if not over_limit and quota_ok and placement is not None:
             if pool is not None:
                 pool.take(placement, job.gpus)
-                self.quota.take(ns, res, job.total_gpus)
+                self.quota.take(job)
             self.running_count[ns] += 1
             self.admitted.append(Admission(job=job, placement=placement, effective_priority=eff))
             return
@@ -214,13 +222,13 @@ class _Admitter:
 
     def _impossible(self, job: QueuedJob, pool: Pool, sig: Signature) -> bool:
         res = job.gpu_resource
-        hard = self.quota.hard.get((job.namespace, res))
-        if hard is not None and job.total_gpus > hard:
+        hard = self.quota.hard(job)
+        if hard is not None and job.total_gpus > hard[0]:
             self.impossible.append(Impossible(
                 job=job, code=ImpossibleCode.QUOTA,
                 reason=f"needs {job.total_gpus} {res} in total but quota {job.namespace} allows "
-                f"at most {hard} (ResourceQuota requests.{res}); lower resources.gpus or "
-                "resources.nodes, or raise the quota"))
+                f"at most {hard[0]} (ResourceQuota {_named(hard[1])}requests.{res}); lower "
+                "resources.gpus or resources.nodes, or raise the quota"))
             return True
         largest, count = pool.allocatable_stats(job.gpus, sig)
         if largest == 0:
@@ -249,11 +257,12 @@ class _Admitter:
         ahead = len(self.admitted) + len(self.waiting)
         behind = f"waiting behind {ahead} higher-priority job(s)"
         if not quota_ok:
-            if ahead and self.quota.fitted_initially(ns, res, job.total_gpus):
+            if ahead and self.quota.fitted_initially(job):
                 return WaitCode.PRIORITY, f"{behind} for quota {ns}"
             return (WaitCode.QUOTA,
                     f"needs {job.total_gpus} {res}; quota {ns} has "
-                    f"{self.quota.available(ns, res)} free; lower resources.gpus or wait")
+                    f"{self.quota.available(job)} free{_in(self.quota.tightest(job))}; lower "
+                    "resources.gpus or wait")
         if not pool.offers(sig):
             where = "" if pool.eligible(sig) is None else (
                 " matching resources.nodeSelector/tolerations")
@@ -273,7 +282,7 @@ class _Admitter:
         if threshold is None or (self.now - job.waiting_since).total_seconds() < threshold:
             return False
         # its quota, so jobs behind it in the namespace cannot keep using it up
-        self.quota.reserve(job.namespace, job.gpu_resource, job.total_gpus)
+        self.quota.reserve(job)
         if quota_ok:  # capacity is what blocks it: hold GPUs on the nodes closest to fitting
             pool.reserve(pool.reservation_targets(job.gpus, job.nodes, sig), job.gpus)
         return True
@@ -283,18 +292,18 @@ class _Admitter:
     def _claim_pending(self, job: QueuedJob, pool: Pool, sig: Signature) -> tuple[str, ...] | None:
         """Fits once stopping jobs exit: hold those GPUs (and quota) for this job."""
         ns, res = job.namespace, job.gpu_resource
-        if not (pool.pending_total or self.quota.pending.get((ns, res))):
+        if not (pool.pending_total or self.quota.has_pending(job)):
             return None
         shape = (res, job.gpus, job.nodes, sig, ns)
         if shape in self._no_pending:
             return None
-        quota_pending = self.quota.available_pending(ns, res)
+        quota_pending = self.quota.available_pending(job)
         placement = pool.place_with(job.gpus, job.nodes, sig)
         if placement is None or (quota_pending is not None and quota_pending < job.total_gpus):
             self._no_pending.add(shape)
             return None
         pool.reserve(placement, job.gpus)
-        self.quota.reserve(ns, res, job.total_gpus)
+        self.quota.reserve(job)
         return placement
 
     def _choose_victims(self, job: QueuedJob, pool: Pool | None, sig: Signature,
@@ -370,7 +379,7 @@ class _Admitter:
             placement = pool.place_with(job.gpus, job.nodes, sig)
             if placement is not None:
                 pool.reserve(placement, job.gpus)
-            self.quota.reserve(job.namespace, job.gpu_resource, job.total_gpus)
+            self.quota.reserve(job)
 
 
 class _VictimFit:
@@ -379,39 +388,44 @@ class _VictimFit:
     def __init__(self, adm: _Admitter, job: QueuedJob, pool: Pool | None, sig: Signature,
                  over_limit: bool) -> None:
         self.adm, self.job, self.pool = adm, job, pool
-        ns, res = job.namespace, job.gpu_resource
+        ns = job.namespace
         limit = adm.policy.max_running_jobs_per_namespace
         self.slots_needed = adm.running_count[ns] - limit + 1 if over_limit else 0
         self.base = pool.pending_base(sig) if pool is not None else {}
-        self.need_quota = pool is not None and adm.quota.limited(ns, res)
-        self.quota_short = (job.total_gpus - (adm.quota.available_pending(ns, res) or 0)
-                            if self.need_quota else 0)
+        book = adm.quota
+        # per quota that charges the job: GPUs still missing there (pending counted as free)
+        self.quota_short = {} if pool is None else {
+            i: job.total_gpus - max(0, book.free[i] + book.pending[i] - book.reserved[i])
+            for i in book.ids(job)}
+        self.quota_freed: dict[int, int] = defaultdict(int)
         self.extra: dict[str, int] = defaultdict(int)
         self.nodes_ok = sum(1 for a in self.base.values() if a >= job.gpus)
         self.slots = 0
-        self.quota_freed = 0
 
-    def _gives(self, v: RunningJob) -> tuple[int, int, tuple[str, ...]]:
-        """(job slots, quota, eligible nodes) that stopping `v` frees for this job."""
+    def _gives(self, v: RunningJob) -> tuple[int, tuple[int, ...], tuple[str, ...]]:
+        """(job slots, quotas, eligible nodes) where stopping `v` frees something for this job
+        (it frees v.total_gpus in each of those quotas)."""
         job = self.job
         same_ns = v.namespace == job.namespace
         same_res = self.pool is not None and v.gpu_resource == job.gpu_resource
         nodes = (tuple(n for n in self.adm.placement_of.get(v.uid, ()) if n in self.base)
                  if same_res else ())
-        quota = v.total_gpus if same_ns and same_res and self.need_quota else 0
-        return int(same_ns), quota, nodes
+        quotas = (tuple(i for i in self.adm.quota.ids(v) if i in self.quota_short)
+                  if same_ns and same_res else ())
+        return int(same_ns), quotas, nodes
 
     def helps(self, v: RunningJob) -> bool:
         """Whether `v` frees something still missing."""
-        slots, quota, nodes = self._gives(v)
+        slots, quotas, nodes = self._gives(v)
         return bool((slots and self.slots < self.slots_needed)
-                    or (quota and self.quota_freed < self.quota_short)
+                    or any(self.quota_freed[i] < self.quota_short[i] for i in quotas)
                     or (nodes and self.nodes_ok < self.job.nodes))
 
     def _apply(self, v: RunningJob, sign: int) -> None:
-        slots, quota, nodes = self._gives(v)
+        slots, quotas, nodes = self._gives(v)
         self.slots += sign * slots
-        self.quota_freed += sign * quota
+        for i in quotas:
+            self.quota_freed[i] += sign * v.total_gpus
         for n in nodes:
             before = self.base[n] + self.extra[n] >= self.job.gpus
             self.extra[n] += sign * v.gpus
@@ -431,7 +445,8 @@ class _VictimFit:
         return ok
 
     def ok(self) -> bool:
-        return (self.slots >= self.slots_needed and self.quota_freed >= self.quota_short
+        return (self.slots >= self.slots_needed
+                and all(self.quota_freed[i] >= short for i, short in self.quota_short.items())
                 and (self.pool is None or self.nodes_ok >= self.job.nodes))
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from .model import NodeInfo, Quota, Taint
+from .model import NodeInfo, Quota, ScopeRequirement, Taint
 
 _SUFFIX = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
@@ -79,17 +79,31 @@ def nodes_from_k8s(nodes: Iterable[Mapping[str, Any]],
     return sorted(out, key=lambda n: n.name)
 
 
+def scopes_from_k8s(spec: Mapping[str, Any]) -> tuple[ScopeRequirement, ...]:
+    """A ResourceQuota's spec.scopes (each one means operator Exists) and
+    spec.scopeSelector.matchExpressions, ANDed as the API server does."""
+    out = [ScopeRequirement(scope_name=str(s)) for s in spec.get("scopes") or []]
+    for e in (spec.get("scopeSelector") or {}).get("matchExpressions") or []:
+        out.append(ScopeRequirement(scope_name=str(e.get("scopeName", "")),
+                                    operator=str(e.get("operator", "Exists")),
+                                    values=tuple(str(v) for v in e.get("values") or ())))
+    return tuple(out)
+
+
 def quotas_from_k8s(resource_quotas: Iterable[Mapping[str, Any]]) -> list[Quota]:
-    """Quota per ResourceQuota and extended resource with a `requests.<resource>` hard limit.
+    """Quota per ResourceQuota and extended resource with a `requests.<resource>` hard limit,
+    with the quota's scopes (a job is charged only to the quotas whose scopes match it).
     Uses status (what the quota controller enforces); a quota without status yet is skipped."""
     out = []
     for rq in resource_quotas:
-        ns = (rq.get("metadata") or {}).get("namespace", "")
+        meta = rq.get("metadata") or {}
+        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        scopes = scopes_from_k8s(rq.get("spec") or {})
         status = rq.get("status") or {}
         hard, used = status.get("hard") or {}, status.get("used") or {}
         for key, value in hard.items():
             if key.startswith("requests.") and "/" in key:
                 resource = key.removeprefix("requests.")
                 out.append(Quota(namespace=ns, resource=resource, hard=count(value),
-                                 used=count(used.get(key, 0))))
-    return sorted(out, key=lambda q: (q.namespace, q.resource, q.hard, q.used))
+                                 used=count(used.get(key, 0)), name=name, scopes=scopes))
+    return sorted(out, key=lambda q: (q.namespace, q.resource, q.name, q.hard, q.used))
