@@ -35,7 +35,7 @@ lint: venv
 	$(BIN)/ruff check operator trainer tests benchmarks
 	$(BIN)/mypy
 
-crd: venv ## regenerate crds/ from the pydantic models
+crd: venv ## regenerate crds/ (FineTuneJob, FineTuneSweep) from the pydantic models
 	$(BIN)/python -m finetune_operator.api.crd --write
 	scripts/sync-chart-crd.sh
 

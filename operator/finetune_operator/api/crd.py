@@ -1,4 +1,4 @@
-"""The FineTuneJob CustomResourceDefinition, generated from the pydantic models.
+"""The FineTuneJob and FineTuneSweep CustomResourceDefinitions, generated from the pydantic models.
 
 The models in spec.py/status.py are the single source; this module turns their JSON schemas into
 the *structural* OpenAPI v3 schema the API server requires:
@@ -14,7 +14,11 @@ the *structural* OpenAPI v3 schema the API server requires:
 Usage::
 
     python -m finetune_operator.api.crd --write   # regenerate crds/finetunejobs.finetune.dev.yaml
-    python -m finetune_operator.api.crd --check   # exit 1 when the committed file is stale
+                                                  # and crds/finetunesweeps.finetune.dev.yaml
+    python -m finetune_operator.api.crd --check   # exit 1 when a committed file is stale
+
+A node with ``x-kubernetes-preserve-unknown-fields: true`` and no type (a sweep parameter's
+values: numbers, strings or booleans) is the one exception to "every node has a type".
 """
 
 from __future__ import annotations
@@ -35,6 +39,15 @@ from pydantic_core import core_schema
 from .job import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 from .spec import FineTuneJobSpec
 from .status import FineTuneJobStatus
+from .sweep import (
+    MAX_SWEEP_NAME,
+    SWEEP_KIND,
+    SWEEP_PLURAL,
+    SWEEP_SHORT_NAMES,
+    SWEEP_SINGULAR,
+    FineTuneSweepSpec,
+    FineTuneSweepStatus,
+)
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 ENUM_MAX_LENGTH = 64
@@ -173,6 +186,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
             out[key] = copy.deepcopy(value)
         else:
             raise SchemaError(f"{path}: JSON-schema keyword {key!r} has no structural equivalent")
+    if "type" not in out and out.get("x-kubernetes-preserve-unknown-fields") is True:
+        return _ordered(out)  # any JSON value (structural schemas allow it untyped)
     if "type" not in out:
         enum = out.get("enum")
         if enum and all(isinstance(v, str) for v in enum):
@@ -217,14 +232,21 @@ def _ordered(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def root_schema() -> dict[str, Any]:
-    spec = structural(FineTuneJobSpec)
-    status = structural(FineTuneJobStatus)
-    spec = _ordered({"description": "What to fine-tune, on what data, with which resources.",
-                     **spec})
-    status = _ordered({"description": "Written only by the operator.", **status})
+    return _root(FineTuneJobSpec, FineTuneJobStatus,
+                 "What to fine-tune, on what data, with which resources.",
+                 "An LLM fine-tuning job, queued under its namespace's GPU quota and "
+                 "admitted by priority.",
+                 MAX_NAME_LENGTH, "the name is the value of the children's finetune.dev/job label")
+
+
+def _root(spec_model: type[BaseModel], status_model: type[BaseModel], spec_doc: str, doc: str,
+          max_name: int, name_doc: str,
+          rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    spec = _ordered({"description": spec_doc, **structural(spec_model)})
+    status = _ordered({"description": "Written only by the operator.",
+                       **structural(status_model)})
     return _ordered({
-        "description": "An LLM fine-tuning job, queued under its namespace's GPU quota and "
-        "admitted by priority.",
+        "description": doc,
         "type": "object",
         "required": ["spec"],
         "properties": {
@@ -234,37 +256,76 @@ def root_schema() -> dict[str, Any]:
                 "type": "object",
                 "properties": {
                     "name": {
-                        "description": f"at most {MAX_NAME_LENGTH} characters: the name is "
-                        "the value of the children's finetune.dev/job label",
+                        "description": f"at most {max_name} characters: {name_doc}",
                         "type": "string",
-                        "maxLength": MAX_NAME_LENGTH,
+                        "maxLength": max_name,
                     },
                 },
             },
             "spec": spec,
             "status": status,
         },
+        **({"x-kubernetes-validations": rules} if rules else {}),
     })
 
 
 def build_crd() -> dict[str, Any]:
-    """The CustomResourceDefinition (apiextensions.k8s.io/v1) as a plain dict."""
+    """The FineTuneJob CustomResourceDefinition (apiextensions.k8s.io/v1) as a plain dict."""
+    return _crd(CRD_NAME, KIND, PLURAL, SINGULAR, SHORT_NAMES, PRINTER_COLUMNS, root_schema())
+
+
+# ---- FineTuneSweep (additive: the same generator, a second CRD) ------------------------------
+
+SWEEP_CRD_NAME = f"{SWEEP_PLURAL}.{GROUP}"
+SWEEP_CRD_PATH = REPO_ROOT / "crds" / f"{SWEEP_CRD_NAME}.yaml"
+SWEEP_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Trials", "type": "string", "jsonPath": ".status.summary"},
+    {"name": "Active", "type": "integer", "jsonPath": ".status.activeTrials"},
+    {"name": "Metric", "type": "string", "jsonPath": ".spec.objective.metric"},
+    {"name": "Best", "type": "string", "jsonPath": ".status.best.name"},
+    {"name": "Value", "type": "number", "jsonPath": ".status.best.value"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def sweep_root_schema() -> dict[str, Any]:
+    return _root(FineTuneSweepSpec, FineTuneSweepStatus,
+                 "A template FineTuneJob spec and the search over its fields.",
+                 "A hyper-parameter sweep: child FineTuneJobs (trials) from a template, a grid "
+                 "or random search, ranked by one metric.",
+                 MAX_SWEEP_NAME, "trials are named <sweep>-t<index>")
+
+
+def build_sweep_crd() -> dict[str, Any]:
+    """The FineTuneSweep CustomResourceDefinition as a plain dict."""
+    return _crd(SWEEP_CRD_NAME, SWEEP_KIND, SWEEP_PLURAL, SWEEP_SINGULAR, SWEEP_SHORT_NAMES,
+                SWEEP_PRINTER_COLUMNS, sweep_root_schema())
+
+
+# (path, builder) of every CRD this module generates.
+TARGETS: list[tuple[Path, Callable[[], dict[str, Any]]]] = [
+    (CRD_PATH, build_crd), (SWEEP_CRD_PATH, build_sweep_crd)]
+
+
+def _crd(name: str, kind: str, plural: str, singular: str, short_names: list[str],
+         columns: list[dict[str, Any]], schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": CRD_NAME,
+            "name": name,
             "labels": {"app.kubernetes.io/name": "finetune-operator",
                        "app.kubernetes.io/component": "crd"},
         },
         "spec": {
             "group": GROUP,
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": list(CATEGORIES),
             },
             "scope": "Namespaced",
@@ -273,8 +334,8 @@ def build_crd() -> dict[str, Any]:
                 "served": True,
                 "storage": True,
                 "subresources": {"status": {}},
-                "additionalPrinterColumns": [dict(c) for c in PRINTER_COLUMNS],
-                "schema": {"openAPIV3Schema": root_schema()},
+                "additionalPrinterColumns": [dict(c) for c in columns],
+                "schema": {"openAPIV3Schema": schema},
             }],
         },
     }
@@ -302,9 +363,10 @@ def render(crd: dict[str, Any] | None = None) -> str:
     return HEADER + body
 
 
-def check(path: Path = CRD_PATH, out: Callable[[str], Any] = print) -> bool:
+def check(path: Path = CRD_PATH, out: Callable[[str], Any] = print,
+          build: Callable[[], dict[str, Any]] = build_crd) -> bool:
     """True when the file at `path` is what the models generate; prints a diff hint otherwise."""
-    want = render()
+    want = render(build())
     have = path.read_text() if path.exists() else ""
     if have == want:
         return True
@@ -325,16 +387,20 @@ def main(argv: list[str] | None = None) -> int:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="write the CRD file")
     mode.add_argument("--check", action="store_true", help="exit 1 if the CRD file is stale")
-    p.add_argument("--path", type=Path, default=CRD_PATH, help=f"default: {CRD_PATH}")
+    p.add_argument("--path", type=Path, default=None,
+                   help=f"the FineTuneJob CRD only, at this path (default: {CRD_PATH} and "
+                   f"{SWEEP_CRD_PATH})")
     args = p.parse_args(argv)
+    targets = [(args.path, build_crd)] if args.path is not None else TARGETS
     if args.check:
-        return 0 if check(args.path) else 1
+        return 0 if all([check(path, build=build) for path, build in targets]) else 1
     if args.write:
-        args.path.parent.mkdir(parents=True, exist_ok=True)
-        args.path.write_text(render())
-        print(f"wrote {args.path}")
+        for path, build in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(render(build()))
+            print(f"wrote {path}")
         return 0
-    sys.stdout.write(render())
+    sys.stdout.write("---\n".join(render(build()) for _, build in targets))
     return 0
 
 

@@ -284,6 +284,31 @@ class OutputSpec(ApiModel):
     merge_adapter: bool = False
 
 
+class EvalDatasetSpec(ApiModel):
+    source: DatasetSource
+    format: DatasetFormat | None = Field(
+        default=None, description="default: the training dataset's format")
+
+
+class GenerationSpec(ApiModel):
+    max_new_tokens: int = Field(default=128, ge=1, le=8192)
+    temperature: float = Field(
+        default=0.0, ge=0.0, le=2.0, description="0 = greedy decoding (deterministic)")
+
+
+class EvaluationSpec(ApiModel):
+    """A held-out test set scored after training (loss and perplexity always; ROUGE-1/2/L,
+    BLEU-4 and exact match from generated answers for chat formats)."""
+
+    dataset: EvalDatasetSpec
+    generate: bool = Field(
+        default=True, description="also generate answers and score ROUGE/BLEU-4/exact match "
+        "(chat formats only; text datasets get loss and perplexity)")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    max_examples: int = Field(default=200, ge=1, le=100000,
+                              description="score at most this many test records (the first N)")
+
+
 # `resources` and `training` are defaulted by the API server before validation; the has()
 # guards keep the rules total anyway (a missing field must not make a rule error out).
 _GPUS = "(!has(self.resources) || !has(self.resources.gpus) || self.resources.gpus > 0)"
@@ -328,6 +353,7 @@ class FineTuneJobSpec(ApiModel):
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     image: str | None = Field(default=None, max_length=1024)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    evaluation: EvaluationSpec | None = None
 
     @model_validator(mode="after")
     def _method(self) -> FineTuneJobSpec:

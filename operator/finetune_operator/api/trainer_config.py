@@ -13,6 +13,7 @@ from .spec import FineTuneJobSpec
 # Mount points inside trainer pods (the builders and the local node agent use the same ones).
 MODEL_MOUNT = "/mnt/model"
 DATASET_MOUNT = "/mnt/dataset"
+EVAL_DATASET_MOUNT = "/mnt/eval-dataset"
 CHECKPOINT_MOUNT = "/mnt/checkpoints"
 CONFIG_MOUNT = "/etc/finetune"
 CONFIG_FILE = "config.yaml"
@@ -34,6 +35,8 @@ class TrainerPaths(ApiModel):
         description="per-job directory on the checkpoint volume, keyed by the job uid: "
         "checkpoints/, output/, logs/ live under it"
     )
+    eval_dataset: str | None = Field(
+        default=None, description="spec.evaluation's test set: local file, or the hub repo id")
 
 
 class ProgressConfig(ApiModel):

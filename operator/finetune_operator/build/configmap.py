@@ -12,12 +12,13 @@ from typing import Any
 import yaml
 
 from ..api.job import FineTuneJob
-from ..api.spec import SecretKeyRef
+from ..api.spec import DatasetSource, SecretKeyRef
 from ..api.trainer_config import (
     CHECKPOINT_MOUNT,
     CONFIG_FILE,
     CONFIG_MOUNT,
     DATASET_MOUNT,
+    EVAL_DATASET_MOUNT,
     MODEL_MOUNT,
     JobRef,
     TrainerConfig,
@@ -44,19 +45,30 @@ def model_path(job: FineTuneJob) -> str:
     return src.hub.repo
 
 
-def dataset_path(job: FineTuneJob) -> str:
-    src = job.spec.dataset.source
+def _source_path(src: DatasetSource, mount: str) -> str:
     if src.pvc is not None:
-        return _join(DATASET_MOUNT, src.pvc.path)
+        return _join(mount, src.pvc.path)
     if src.config_map is not None:
-        return f"{DATASET_MOUNT}/{src.config_map.key}"
+        return f"{mount}/{src.config_map.key}"
     assert src.hub is not None
     return src.hub.repo
 
 
+def dataset_path(job: FineTuneJob) -> str:
+    return _source_path(job.spec.dataset.source, DATASET_MOUNT)
+
+
+def eval_dataset_path(job: FineTuneJob) -> str | None:
+    """spec.evaluation's test set in the pod (mounted at EVAL_DATASET_MOUNT), if any."""
+    ev = job.spec.evaluation
+    return None if ev is None else _source_path(ev.dataset.source, EVAL_DATASET_MOUNT)
+
+
 def uses_hub(job: FineTuneJob) -> bool:
-    """Whether the model or the dataset comes from a hub (else HF_HUB_OFFLINE=1)."""
-    return job.spec.model.source.hub is not None or job.spec.dataset.source.hub is not None
+    """Whether the model or a dataset comes from a hub (else HF_HUB_OFFLINE=1)."""
+    ev = job.spec.evaluation
+    return (job.spec.model.source.hub is not None or job.spec.dataset.source.hub is not None
+            or (ev is not None and ev.dataset.source.hub is not None))
 
 
 def hub_token_ref(job: FineTuneJob) -> SecretKeyRef | None:
@@ -80,7 +92,8 @@ def trainer_config(job: FineTuneJob) -> TrainerConfig:
         job=JobRef(namespace=m.namespace, name=m.name, uid=m.uid),
         spec=job.spec,
         paths=TrainerPaths(
-            model=model_path(job), dataset=dataset_path(job), work_dir=work_dir(job)
+            model=model_path(job), dataset=dataset_path(job), work_dir=work_dir(job),
+            eval_dataset=eval_dataset_path(job),
         ),
         hub_token_file=(
             f"{HUB_TOKEN_MOUNT}/{HUB_TOKEN_FILE}" if hub_token_ref(job) is not None else None

@@ -11,7 +11,13 @@ import math
 from typing import Any
 
 from ..api.job import FineTuneJob
-from ..api.trainer_config import CHECKPOINT_MOUNT, CONFIG_MOUNT, DATASET_MOUNT, MODEL_MOUNT
+from ..api.trainer_config import (
+    CHECKPOINT_MOUNT,
+    CONFIG_MOUNT,
+    DATASET_MOUNT,
+    EVAL_DATASET_MOUNT,
+    MODEL_MOUNT,
+)
 from ..settings import OperatorSettings
 from .configmap import CONFIG_PATH, HUB_TOKEN_FILE, HUB_TOKEN_MOUNT, hub_token_ref, uses_hub
 from .configmap import work_dir as job_work_dir
@@ -147,13 +153,17 @@ def volumes_and_mounts(job: FineTuneJob) -> tuple[list[dict[str, Any]], list[dic
     model = job.spec.model.source
     if model.pvc is not None:
         add("model", _pvc(model.pvc.claim_name, True), MODEL_MOUNT, True)
-    data = job.spec.dataset.source
-    if data.pvc is not None:
-        add("dataset", _pvc(data.pvc.claim_name, True), DATASET_MOUNT, True)
-    elif data.config_map is not None:
-        key = data.config_map.key
-        source = {"configMap": {"name": data.config_map.name, "items": [{"key": key, "path": key}]}}
-        add("dataset", source, DATASET_MOUNT, True)
+    datasets = [("dataset", job.spec.dataset.source, DATASET_MOUNT)]
+    if job.spec.evaluation is not None:
+        datasets.append(("eval-dataset", job.spec.evaluation.dataset.source, EVAL_DATASET_MOUNT))
+    for name, data, mount in datasets:
+        if data.pvc is not None:
+            add(name, _pvc(data.pvc.claim_name, True), mount, True)
+        elif data.config_map is not None:
+            key = data.config_map.key
+            source = {"configMap": {"name": data.config_map.name,
+                                    "items": [{"key": key, "path": key}]}}
+            add(name, source, mount, True)
     add("checkpoints", _pvc(checkpoint_claim_name(job), False), CHECKPOINT_MOUNT, False)
     add("config", {"configMap": {"name": config_map_name(job.metadata.name)}}, CONFIG_MOUNT, True)
     token = hub_token_ref(job)
