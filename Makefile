@@ -51,3 +51,11 @@ status:
 
 clean: down
 	rm -rf $(VENV)
+
+# the side-by-side scale benchmark (this operator vs Kueue v0.17.0) on its own local cluster;
+# not part of `make test`; writes BENCHMARKS.md's "Scale" section. Override e.g.
+# BENCH_SCALE_ARGS="--nodes 20 --jobs 500 --namespaces 4" for a reduced run.
+BENCH_SCALE_ARGS ?= --nodes 200 --jobs 5000 --namespaces 20
+.PHONY: bench-scale
+bench-scale: venv cluster-bins
+	$(BIN)/python benchmarks/bench_scale.py $(BENCH_SCALE_ARGS) --markdown

@@ -28,7 +28,7 @@ from pathlib import Path
 from . import build, provisioner, versions
 from .kubeconfig import write_kubeconfig
 from .pki import ensure_pki
-from .stages import write_kwok_config
+from .stages import STAGES, write_kwok_config
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -58,6 +58,8 @@ class ClusterConfig:
     nodes: int = 2
     gpus_per_node: int = 8
     host: str = "127.0.0.1"
+    kwok_stages: tuple[str, ...] = STAGES  # a benchmark may drop pod-complete
+    extra_args: dict[str, list[str]] = field(default_factory=dict)  # component -> more flags
 
     @property
     def kubeconfig(self) -> Path:
@@ -291,12 +293,12 @@ def up(cfg: ClusterConfig) -> None:
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     ensure_pki(cfg.state_dir / "pki")
     write_kubeconfig(cfg.kubeconfig, cfg.server, cfg.state_dir / "pki")
-    write_kwok_config(cfg.state_dir / "kwok.yaml")
+    write_kwok_config(cfg.state_dir / "kwok.yaml", cfg.kwok_stages)
     _write_state(cfg, {"config": {"ports": cfg.ports.all(), "nodes": cfg.nodes,
                                   "gpusPerNode": cfg.gpus_per_node}, "pids": {}})
     for name, argv in _argv(cfg):
         _log(f"starting {name}")
-        pid = _start(cfg, name, argv)
+        pid = _start(cfg, name, argv + cfg.extra_args.get(name, []))
         _wait(cfg, name, pid, functools.partial(_component_ready, cfg, name), 90)
     _wait_default_serviceaccount(cfg)
     _start_provisioner(cfg)

@@ -33,7 +33,7 @@ def kwok_module_dir() -> Path:
     return Path(json.loads(out.stdout)["Dir"])
 
 
-def write_kwok_config(path: Path) -> None:
+def write_kwok_config(path: Path, stages: tuple[str, ...] = STAGES) -> None:
     stage_dir = kwok_module_dir() / "kustomize" / "stage"
-    docs = [(stage_dir / s).read_text().strip() for s in STAGES]
+    docs = [(stage_dir / s).read_text().strip() for s in stages]
     path.write_text("\n---\n".join(docs) + "\n")

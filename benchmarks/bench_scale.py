@@ -1,0 +1,722 @@
+"""Scale benchmark, side by side in one run: this operator and Kueue v0.17.0 on the same load.
+
+    make bench-scale                                    # 200 nodes x 8 GPUs, 5,000 jobs, 20 ns
+    .venv/bin/python benchmarks/bench_scale.py --nodes 200 --jobs 5000 --namespaces 20 --markdown
+    .venv/bin/python benchmarks/bench_scale.py --nodes 20 --jobs 500 --namespaces 4   # reduced
+
+Each phase runs on a FRESH local control plane of its own (devcluster/scale.py: separate state
+directory and ports, so the shared test cluster is never touched), with kwok nodes of 8 GPUs and
+one ResourceQuota per namespace (capacity / namespaces GPUs each, so the first `capacity` jobs
+fill the cluster exactly):
+
+- ours: the operator process with its default settings; FineTuneJobs of 1 GPU that mount one
+  existing checkpoint claim per namespace (`checkpoint.storage.claimName`, so no PVC per job;
+  Kueue's Jobs have no storage either);
+- kueue: Kueue v0.17.0 built from the Go module proxy, out of cluster, its shipped client rate
+  (qps 50, burst 100) and controller concurrency; a ClusterQueue (nominalQuota = the namespace
+  quota) and a LocalQueue per namespace; suspended batch/v1 Jobs of one 1-GPU pod with the
+  queue label (no webhook).
+
+Per phase: time to fill capacity (first create -> the capacity-th pod Running), apply -> Pod
+latency of the jobs admitted while capacity was free (the create call's return -> the pod's
+ADDED event on a watch, both on this machine's monotonic clock; creationTimestamps have 1 s
+resolution), back-fill (complete N running pods -> N new pods Running), API requests by verb
+and resource (the API server's apiserver_request_total, diffed: every client, including kwok,
+the scheduler and the controller-manager), the operator's own counter
+finetune_api_requests_total where the operator exports it, and the controller's RSS.
+Ours alone: writes per job lifecycle (apply -> Succeeded, no preemption; a separate batch of
+jobs on the empty cluster before the fill), writes in an idle window, RSS at 10,000 jobs plus
+10,000 foreign pods (no GPU requests, on separate non-GPU kwok nodes).
+
+Pods are completed by this script for both systems (kwok's pod-complete stage is not loaded on
+the benchmark cluster): a status patch to a terminated container, exit 0, with the trainer's
+JSON termination message for ours, as a kubelet would report it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from report import write_section  # benchmarks/ is on sys.path when run as a script
+from scale import kueue, measure
+from scale.load import Api, Watch
+
+from finetune_operator.devcluster import build
+from finetune_operator.devcluster import cluster as dc
+from finetune_operator.devcluster import scale as sc
+
+ROOT = Path(__file__).resolve().parent.parent
+CRD = ROOT / "crds" / "finetunejobs.finetune.dev.yaml"
+GPU = dc.GPU_RESOURCE
+SELECTOR = {"type": "kwok", "nvidia.com/gpu.present": "true"}
+OUR_JOB_LABEL = "finetune.dev/job"
+KUEUE_JOB_LABEL = "batch.kubernetes.io/job-name"
+GROUP_LABEL = "bench.finetune.dev/group"
+
+
+def log(msg: str) -> None:
+    print(f"[bench-scale {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(what: str, fn: Any, timeout: float, interval: float = 0.5) -> bool:
+    """Poll fn until truthy; False (logged, not raised) after timeout: the run reports it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn():
+            return True
+        time.sleep(interval)
+    log(f"gave up after {timeout:.0f}s waiting for {what}")
+    return False
+
+
+# ---------------------------------------------------------------- what the watches saw
+
+
+@dataclass
+class PodTrack:
+    job_label: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    added: dict[str, float] = field(default_factory=dict)      # pod key -> first seen
+    job_of: dict[str, str] = field(default_factory=dict)       # pod key -> ns/job
+    running_at: dict[str, float] = field(default_factory=dict)  # pod key -> first Running
+    running: set[str] = field(default_factory=set)              # Running now
+    first_pod_of_job: dict[str, float] = field(default_factory=dict)
+
+    def on_event(self, typ: str, pod: dict, t: float) -> None:
+        md = pod["metadata"]
+        key = f"{md['namespace']}/{md['name']}"
+        job = md.get("labels", {}).get(self.job_label)
+        with self.lock:
+            if typ == "DELETED":
+                self.running.discard(key)
+                return
+            if key not in self.added:
+                self.added[key] = t
+                if job:
+                    jk = f"{md['namespace']}/{job}"
+                    self.job_of[key] = jk
+                    self.first_pod_of_job.setdefault(jk, t)
+            if pod.get("status", {}).get("phase") == "Running" and not md.get(
+                    "deletionTimestamp"):
+                self.running.add(key)
+                self.running_at.setdefault(key, t)
+            else:
+                self.running.discard(key)
+
+    def n_running(self) -> int:
+        with self.lock:
+            return len(self.running)
+
+
+# ---------------------------------------------------------------- the cluster of a phase
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cfg = sc.scale_config()
+        self.capacity = args.nodes * args.gpus_per_node
+        self.quota = self.capacity // args.namespaces
+        self.namespaces = [f"team-{i:02d}" for i in range(args.namespaces)]
+        self.api: Api | None = None
+        self.results: dict[str, dict[str, Any]] = {}
+        self.work = self.cfg.state_dir / "bench"
+
+    def fresh_cluster(self) -> Api:
+        log(f"fresh cluster in {self.cfg.state_dir} (apiserver port {self.cfg.ports.apiserver})")
+        sc.fresh(self.cfg)
+        self.work.mkdir(parents=True, exist_ok=True)
+        api = Api(self.cfg.host, self.cfg.ports.apiserver, self.cfg.state_dir / "pki")
+        log(f"creating {self.args.nodes} kwok nodes x {self.args.gpus_per_node} GPUs")
+        sc.add_nodes(self.cfg, "gpu", self.args.nodes, self.args.gpus_per_node)
+        self.api = api
+        return api
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        return dc.kubectl(self.cfg, *args, input=input).stdout
+
+    def apiserver_counts(self) -> Counter[tuple[str, str]]:
+        assert self.api
+        return measure.apiserver_requests(self.api.text("/metrics"))
+
+    def apiserver_writes_to(self, *resources: str) -> int:
+        return sum(v for (verb, r), v in self.apiserver_counts().items()
+                   if verb in measure.APISERVER_WRITES and r.split("/")[0] in resources)
+
+    @staticmethod
+    def quiet(count: Any, seconds: float = 5) -> bool:
+        """True when count() did not change over `seconds`."""
+        first = count()
+        time.sleep(seconds)
+        return bool(count() == first)
+
+    def namespaces_with_quota(self, extra: list[dict] | None = None) -> None:
+        assert self.api
+        items: list[dict] = []
+        for ns in self.namespaces:
+            items += [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+                {"apiVersion": "v1", "kind": "ResourceQuota",
+                 "metadata": {"name": "gpus", "namespace": ns},
+                 "spec": {"hard": {f"requests.{GPU}": str(self.quota)}}},
+            ]
+        self.kubectl("apply", "-f", "-", input=json.dumps(
+            {"apiVersion": "v1", "kind": "List", "items": items + (extra or [])}))
+        api = self.api
+        ok = wait_until("quota status of every namespace", lambda: all(
+            (api.ok("GET", f"/api/v1/namespaces/{ns}/resourcequotas/gpus").get("status") or {})
+            .get("hard") for ns in self.namespaces), 120, 1)
+        if not ok:
+            raise RuntimeError("the controller-manager did not fill the ResourceQuota status")
+
+    def create(self, kind_path: str, objs: list[tuple[str, dict]]) -> list[float]:
+        """POST objs [(namespace, body)] with the configured concurrency; completion times."""
+        assert self.api
+        return self.api.many("POST", [(kind_path.format(ns=ns), body) for ns, body in objs],
+                             workers=self.args.workers)
+
+    def complete_pods(self, pods: list[str], message: dict | None) -> None:
+        """Report each pod's container terminated with exit 0, as the kubelet would."""
+        assert self.api
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        msg = json.dumps(message) if message else ""
+        body = {"status": {"phase": "Succeeded", "containerStatuses": [{
+            "name": "trainer", "image": "example.invalid/trainer:1", "imageID": "",
+            "ready": False, "restartCount": 0, "started": False,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": msg,
+                                     "startedAt": now, "finishedAt": now}}}]}}
+        calls = []
+        for key in pods:
+            ns, name = key.split("/")
+            calls.append((f"/api/v1/namespaces/{ns}/pods/{name}/status", body))
+        self.api.many("PATCH", calls, workers=self.args.workers,
+                      content_type="application/merge-patch+json")
+
+    # ------------------------------------------------------------ shared measurement steps
+
+    def fill(self, res: dict, track: PodTrack, make: Any, path: str,
+             counters: Any) -> dict[str, float]:
+        """Create the jobs round-robin over the namespaces; wait until capacity is Running."""
+        jobs = [(self.namespaces[i % len(self.namespaces)], make(i))
+                for i in range(self.args.jobs)]
+        with track.lock:
+            old = set(track.added)
+        before = counters()
+        t0 = time.monotonic()
+        log(f"creating {len(jobs)} jobs")
+        done = self.create(path, jobs)
+        created = max(done) - t0
+        log(f"created in {created:.1f}s; waiting for {self.capacity} pods Running")
+        target = min(self.capacity, len(jobs))
+        wait_until(f"{target} pods Running", lambda: track.n_running() >= target,
+                   self.args.phase_timeout, 1)
+        with track.lock:
+            times = sorted(t for k, t in track.running_at.items() if k not in old)
+            first_pods = dict(track.first_pod_of_job)
+        res["fill_seconds"] = (times[target - 1] - t0) if len(times) >= target else math.nan
+        res["fill_running"] = len(times)
+        res["create_seconds"] = created
+        applied = {f"{ns}/{body['metadata']['name']}": t
+                   for (ns, body), t in zip(jobs, done, strict=True)}
+        # the jobs admitted while capacity was free: the first `target` to get a pod
+        firsts = sorted((first_pods[j], t) for j, t in applied.items() if j in first_pods)
+        lat = [pod_t - apply_t for pod_t, apply_t in firsts[:target]]
+        res["latency"] = {q: measure.percentile(lat, q) for q in (50, 95, 99)}
+        res["latency_n"] = len(lat)
+        res["fill_counts"] = counters(before)
+        return applied
+
+    def backfill(self, res: dict, track: PodTrack, message: dict | None, counters: Any) -> None:
+        n = min(self.args.backfill, track.n_running())
+        with track.lock:
+            victims = sorted(track.running, key=lambda k: track.running_at[k])[:n]
+            old = set(track.added)
+        before = counters()
+        t0 = time.monotonic()
+        log(f"completing {n} running pods")
+        self.complete_pods(victims, message)
+        res["backfill_patch_seconds"] = time.monotonic() - t0
+
+        def new_running() -> list[float]:
+            with track.lock:
+                return sorted(t for k, t in track.running_at.items() if k not in old)
+
+        wait_until(f"{n} new pods Running", lambda: len(new_running()) >= n,
+                   self.args.phase_timeout, 1)
+        times = new_running()
+        res["backfill_seconds"] = (times[n - 1] - t0) if len(times) >= n else math.nan
+        res["backfill_new_running"] = len(times)
+        res["backfill_counts"] = counters(before)
+
+    def idle(self, res: dict, counters: Any, stable: Any) -> None:
+        """Wait until nothing the controller writes changes, then count a window."""
+        wait_until("the controller's writes to settle", stable, 120, 0)
+        before = counters()
+        time.sleep(self.args.idle_seconds)  # the measurement window itself
+        res["idle_counts"] = counters(before)
+
+
+# ---------------------------------------------------------------- ours
+
+
+class Operator:
+    def __init__(self, cfg: dc.ClusterConfig, log_path: Path) -> None:
+        self.metrics_port = free_port()
+        env = {**os.environ, "POD_NAME": "bench-operator", "POD_NAMESPACE": "default"}
+        env = {k: v for k, v in env.items() if not k.startswith("FINETUNE_")}
+        self.log_path = log_path
+        with open(log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "finetune_operator", f"--kubeconfig={cfg.kubeconfig}",
+                 f"--metrics-port={self.metrics_port}", f"--health-port={free_port()}"],
+                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        if not wait_until("the operator to lead", lambda: self.proc.poll() is None and
+                          "acquired leadership" in log_path.read_text(errors="replace"), 60):
+            self.stop()
+            raise RuntimeError(f"the operator did not start; see {log_path}")
+
+    def metrics(self) -> str:
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=10) as r:
+            return str(r.read().decode())
+
+    def counts(self) -> Counter[tuple[str, str]] | None:
+        return measure.operator_requests(self.metrics())
+
+    def rss(self) -> tuple[float, float]:
+        return measure.rss_mb(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def ftj(name: str, group: str) -> dict:
+    return {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
+            "metadata": {"name": name, "labels": {GROUP_LABEL: group}},
+            "spec": {
+                "model": {"name": "tiny", "source": {"hub": {"repo": "example/tiny"}}},
+                "dataset": {"source": {"configMap": {"name": "data", "key": "train.jsonl"}}},
+                "resources": {"gpus": 1, "nodeSelector": SELECTOR},
+                "training": {"maxSteps": 100},
+                "checkpoint": {"storage": {"claimName": "ckpt"}}}}
+
+
+FTJ_PATH = "/apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs"
+DONE = {"reason": "Completed", "finalStep": 1}
+
+
+def run_ours(b: Bench) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    api = b.fresh_cluster()
+    b.kubectl("apply", "--server-side", "-f", str(CRD))
+    b.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+              "crd/finetunejobs.finetune.dev")
+    pcs = subprocess.run([str(build.binary("helm")), "template", "ft",
+                          str(ROOT / "charts" / "finetune-operator"), "--show-only",
+                          "templates/priorityclasses.yaml"],
+                         capture_output=True, text=True, check=True).stdout
+    b.kubectl("apply", "-f", "-", input=pcs)
+    extra: list[dict] = []
+    for ns in [*b.namespaces, "lifecycle"]:
+        extra += [
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "data", "namespace": ns},
+             "data": {"train.jsonl": "{}"}},
+            {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": "ckpt", "namespace": ns},
+             "spec": {"accessModes": ["ReadWriteOnce"],
+                      "resources": {"requests": {"storage": "1Gi"}}}},
+        ]
+    b.kubectl("create", "namespace", "lifecycle")
+    b.namespaces_with_quota(extra)
+    wait_until("the checkpoint claims to bind", lambda: all(
+        api.ok("GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims/ckpt")
+        .get("status", {}).get("phase") == "Bound" for ns in [*b.namespaces, "lifecycle"]),
+        120, 1)
+
+    op = Operator(b.cfg, b.work / "operator.log")
+    track = PodTrack(OUR_JOB_LABEL)
+    watch = Watch(api, "/api/v1/pods", track.on_event, selector=OUR_JOB_LABEL).start()
+    has_counter = op.counts() is not None
+    res["operator_counter"] = has_counter
+
+    def counters(before: Any = None) -> Any:
+        now = {"apiserver": b.apiserver_counts(), "operator": op.counts() or Counter()}
+        if before is None:
+            return now
+        return {k: measure.diff(now[k], before[k]) for k in now}
+
+    def op_writes() -> int:
+        c = op.counts()
+        return measure.writes(c, measure.OPERATOR_WRITES, leases=False) if c else 0
+
+    def stable() -> bool:
+        """No non-Lease operator write in 5 s (its counter; without it, the API server's
+        FineTuneJob and Event writes)."""
+        return b.quiet(op_writes if has_counter else
+                       lambda: b.apiserver_writes_to("finetunejobs", "events"))
+
+    try:
+        # --- writes per job lifecycle, on the empty cluster
+        n = min(b.args.lifecycle_jobs, b.capacity)
+        log(f"lifecycle: {n} jobs apply -> Succeeded")
+        before = counters()
+        b.create(FTJ_PATH, [("lifecycle", ftj(f"life-{i:04d}", "lifecycle")) for i in range(n)])
+        wait_until(f"{n} lifecycle pods Running", lambda: track.n_running() >= n,
+                   b.args.phase_timeout, 1)
+        with track.lock:
+            pods = sorted(k for k in track.running if k.startswith("lifecycle/"))
+        b.complete_pods(pods, DONE)
+
+        def succeeded() -> int:
+            items, _ = api.list_all(f"{FTJ_PATH.format(ns='lifecycle')}")
+            return sum(1 for j in items if (j.get("status") or {}).get("phase") == "Succeeded")
+
+        wait_until(f"{n} lifecycle jobs Succeeded", lambda: succeeded() >= n,
+                   b.args.phase_timeout, 2)
+        wait_until("the operator to settle", stable, 60, 0)
+        res["lifecycle_jobs"] = n
+        res["lifecycle_succeeded"] = succeeded()
+        res["lifecycle_counts"] = counters(before)
+
+        # --- fill, idle, back-fill
+        applied = b.fill(res, track, lambda i: ftj(f"j-{i:05d}", "fill"), FTJ_PATH, counters)
+        res["rss_after_fill"] = op.rss()
+        b.idle(res, counters, stable)
+        b.backfill(res, track, DONE, counters)
+        res["rss_5000"] = op.rss()
+
+        # --- memory at rss_jobs FineTuneJobs plus foreign pods
+        if not b.args.skip_rss:
+            memory_phase(b, res, op, len(applied) + n)
+    finally:
+        watch.stop()
+        op.stop()
+    return res
+
+
+def memory_phase(b: Bench, res: dict, op: Operator, existing: int) -> None:
+    api = b.api
+    assert api
+    more = max(0, b.args.rss_jobs - existing)
+    fnodes = max(1, math.ceil(b.args.foreign_pods / 500))
+    log(f"memory: {more} more jobs, {b.args.foreign_pods} foreign pods on {fnodes} nodes")
+    sc.add_nodes(b.cfg, "cpu", fnodes, 0, labels={"type": "kwok-cpu"}, pods=1000)
+    foreign_ns = [f"other-{i:02d}" for i in range(10)]
+    b.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in foreign_ns]}))
+    wait_until("default service accounts", lambda: all(api.request(
+        "GET", f"/api/v1/namespaces/{ns}/serviceaccounts/default")[0] == 200
+        for ns in foreign_ns), 60, 1)
+    b.create(FTJ_PATH, [(b.namespaces[i % len(b.namespaces)], ftj(f"m-{i:05d}", "memory"))
+                        for i in range(more)])
+    pods = [(foreign_ns[i % 10], {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"web-{i:05d}", "labels": {"app": "web", "tier": "other"}},
+        "spec": {"nodeName": f"cpu-{i % fnodes}", "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "web", "image": "example.invalid/web:1",
+                                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}})
+        for i in range(b.args.foreign_pods)]
+    b.create("/api/v1/namespaces/{ns}/pods", pods)
+    log("waiting until every FineTuneJob has a phase (the operator saw it)")
+
+    def all_phased() -> bool:
+        items, _ = api.list_all(FTJ_PATH.replace("namespaces/{ns}/", ""))
+        res["rss_jobs_total"] = len(items)
+        res["rss_jobs_phased"] = sum(1 for j in items if (j.get("status") or {}).get("phase"))
+        return res["rss_jobs_phased"] >= len(items)
+
+    wait_until("every job phased", all_phased, b.args.phase_timeout, 10)
+    time.sleep(b.args.idle_seconds)  # steady state: RSS after a quiet window, not a spike
+    res["rss_10000"] = op.rss()
+
+
+# ---------------------------------------------------------------- kueue
+
+
+KUEUE_JOBS_PATH = "/apis/batch/v1/namespaces/{ns}/jobs"
+
+
+def run_kueue(b: Bench) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    binary, took = kueue.ensure_built()
+    res["build_seconds"] = took if took is not None else kueue.recorded_build_seconds()
+    res["build_cached"] = took is None
+    api = b.fresh_cluster()
+    b.kubectl("apply", "--server-side", "-f", str(kueue.crd_dir()))
+    for crd in ("clusterqueues", "localqueues", "workloads", "resourceflavors"):
+        b.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                  f"crd/{crd}.kueue.x-k8s.io")
+    b.kubectl("create", "namespace", "kueue-system")
+    b.namespaces_with_quota()
+    ports = {"health": free_port(), "metrics": free_port(), "webhook": free_port()}
+    config = kueue.write_config(b.work, ports, b.args.kueue_qps, b.args.kueue_burst)
+    res["qps"], res["burst"] = b.args.kueue_qps, b.args.kueue_burst
+    proc = kueue.start(binary, b.cfg.kubeconfig, config, b.work / "kueue.log")
+    import urllib.request
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"kueue exited with {proc.returncode}; see {b.work}/kueue.log:\n"
+                               + (b.work / "kueue.log").read_text(errors="replace")[-3000:])
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['health']}/readyz",
+                                        timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    if not wait_until("kueue /readyz", ready, 120, 1):
+        raise RuntimeError(f"kueue did not become ready; see {b.work}/kueue.log")
+    objs = [kueue.flavor()] + [kueue.cluster_queue(ns, b.quota, GPU) for ns in b.namespaces]
+    objs += [kueue.local_queue(ns) for ns in b.namespaces]
+    b.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                   "items": objs}))
+    res["came_up"] = True
+
+    def cq_active() -> bool:
+        out = api.ok("GET", "/apis/kueue.x-k8s.io/v1beta2/clusterqueues")
+        return all(any(c["type"] == "Active" and c["status"] == "True"
+                       for c in (cq.get("status") or {}).get("conditions", []))
+                   for cq in out["items"]) and len(out["items"]) == len(b.namespaces)
+
+    wait_until("every ClusterQueue Active", cq_active, 60, 1)
+    track = PodTrack(KUEUE_JOB_LABEL)
+    watch = Watch(api, "/api/v1/pods", track.on_event, selector=KUEUE_JOB_LABEL).start()
+    admitted: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def on_workload(typ: str, wl: dict, t: float) -> None:
+        conds = (wl.get("status") or {}).get("conditions", [])
+        if any(c["type"] == "Admitted" and c["status"] == "True" for c in conds):
+            with lock:
+                admitted.setdefault(wl["metadata"]["uid"], t)
+
+    wl_watch = Watch(api, "/apis/kueue.x-k8s.io/v1beta2/workloads", on_workload).start()
+
+    def counters(before: Any = None) -> Any:
+        now = {"apiserver": b.apiserver_counts()}
+        return now if before is None else {k: measure.diff(now[k], before[k]) for k in now}
+
+    def stable() -> bool:
+        return b.quiet(lambda: b.apiserver_writes_to("workloads", "jobs"))
+
+    try:
+        t0 = time.monotonic()
+        b.fill(res, track, lambda i: kueue.job(f"j-{i:05d}", 1, GPU, SELECTOR),
+               KUEUE_JOBS_PATH, counters)
+        with lock:
+            adm = sorted(admitted.values())
+        target = min(b.capacity, b.args.jobs)
+        res["admitted_capacity_seconds"] = (adm[target - 1] - t0) if len(adm) >= target \
+            else math.nan
+        res["rss_after_fill"] = measure.rss_mb(proc.pid)
+        b.idle(res, counters, stable)
+        b.backfill(res, track, None, counters)
+        res["rss_5000"] = measure.rss_mb(proc.pid)
+    finally:
+        wl_watch.stop()
+        watch.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    return res
+
+
+# ---------------------------------------------------------------- report
+
+
+def _writes(c: Counter[tuple[str, str]]) -> int:
+    return measure.writes(c, measure.APISERVER_WRITES)
+
+
+def _fmt(v: float | None, unit: str = "s") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f} {unit}"
+
+
+def _num(v: int | None) -> str:
+    return "n/a" if v is None else f"{v:,}"
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, Counter):
+        return {f"{k[0]} {k[1]}": v for k, v in o.items()}
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_jsonable(v) for v in o]
+    return o
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if not a or not b or math.isnan(a) or math.isnan(b):
+        return "n/a"
+    return f"{a / b:.2f}"
+
+
+def report(b: Bench, command: str) -> list[str]:
+    a = b.args
+    ours, kq = b.results.get("ours", {}), b.results.get("kueue", {})
+    lines = [f"{a.nodes} kwok nodes x {a.gpus_per_node} GPUs ({b.capacity} GPUs), {a.jobs} "
+             f"one-GPU jobs round-robin over {a.namespaces} namespaces with a {b.quota}-GPU "
+             f"quota each, back-fill of {a.backfill}; a fresh local control plane per phase "
+             f"(`{command}`; controller-manager and scheduler without client rate limits, kwok "
+             "without its pod-complete stage, pods completed by the benchmark). Ratios are "
+             "ours / Kueue (below 1 is better for time, requests and memory)"]
+    rows = [("time to fill capacity (first create -> last pod Running)", "fill_seconds", "s"),
+            ("apply -> Pod p50 (while capacity free)", ("latency", 50), "s"),
+            ("apply -> Pod p95", ("latency", 95), "s"),
+            ("apply -> Pod p99", ("latency", 99), "s"),
+            (f"back-fill after completing {a.backfill} running jobs", "backfill_seconds", "s")]
+
+    def get(r: dict, key: Any) -> float | None:
+        if isinstance(key, tuple):
+            return (r.get(key[0]) or {}).get(key[1])
+        return r.get(key)
+
+    lines += ["| figure | ours | Kueue v0.17.0 | ours / Kueue |", "|---|---|---|---|"]
+    for label, key, unit in rows:
+        x, y = get(ours, key), get(kq, key)
+        lines.append(f"| {label} | {_fmt(x, unit)} | {_fmt(y, unit)} | {_ratio(x, y)} |")
+    for label, key in (("API requests during fill (all clients)", "fill_counts"),
+                       ("API writes during fill (all clients)", "fill_counts"),
+                       ("API writes during back-fill (all clients)", "backfill_counts"),
+                       ("API writes in the idle window (all clients)", "idle_counts")):
+        xs = (ours.get(key) or {}).get("apiserver", Counter())
+        ys = (kq.get(key) or {}).get("apiserver", Counter())
+        f = (lambda c: sum(c.values())) if "requests" in label else _writes
+        x, y = (f(xs) if ours else None), (f(ys) if kq else None)
+        lines.append(f"| {label} | {_num(x)} | {_num(y)} | {_ratio(x, y)} |")
+    for label, key in (("controller RSS after fill (VmRSS)", "rss_after_fill"),
+                       ("controller peak RSS (VmHWM) after back-fill", "rss_5000")):
+        i = 0 if "VmHWM" in label else 1
+        mx, my = (ours.get(key) or (None, None))[i], (kq.get(key) or (None, None))[i]
+        lines.append(f"| {label} | {_fmt(mx, 'MB')} | {_fmt(my, 'MB')} | {_ratio(mx, my)} |")
+    if kq:
+        lines.append("")
+        lines.append(f"Kueue: built in {_fmt(kq.get('build_seconds'))}"
+                     f"{' (cached from an earlier run)' if kq.get('build_cached') else ''}; "
+                     f"client qps {kq.get('qps')} burst {kq.get('burst')} (its shipped "
+                     "defaults); all capacity admitted (Workload `Admitted`) after "
+                     f"{_fmt(kq.get('admitted_capacity_seconds'))}; the Job controller creates "
+                     "the pods.")
+    if ours:
+        lines.append("")
+        n = ours.get("lifecycle_jobs", 0)
+        lc = ours.get("lifecycle_counts", {})
+        if ours.get("operator_counter"):
+            oc = lc.get("operator", Counter())
+            w = measure.writes(oc, measure.OPERATOR_WRITES, leases=False)
+            lease = measure.writes(oc, measure.OPERATOR_WRITES, leases=True)
+            lines.append(f"Ours alone: writes per job lifecycle (apply -> Succeeded, {n} jobs, "
+                         f"operator counter): **{w / max(n, 1):.1f}** (+{lease} Lease writes in "
+                         f"the window); by call: {measure.table(oc)}.")
+            ic = ours.get("idle_counts", {}).get("operator", Counter())
+            lines.append(f"Idle window ({a.idle_seconds} s, all running, nothing changing): "
+                         f"**{measure.writes(ic, measure.OPERATOR_WRITES, leases=False)}** "
+                         f"operator writes besides "
+                         f"{measure.writes(ic, measure.OPERATOR_WRITES, leases=True)} Lease "
+                         f"writes; by call: {measure.table(ic) or 'none'}.")
+        else:
+            ac = lc.get("apiserver", Counter())
+            lines.append(f"Ours alone: the operator exports no finetune_api_requests_total yet; "
+                         f"API server writes (all clients) per job lifecycle ({n} jobs): "
+                         f"{_writes(ac) / max(n, 1):.1f}; by call: {measure.table(ac)}.")
+            ic = ours.get("idle_counts", {}).get("apiserver", Counter())
+            iw = Counter({k: v for k, v in ic.items() if k[0] in measure.APISERVER_WRITES})
+            lines.append(f"Idle window ({a.idle_seconds} s): API server writes, all clients: "
+                         f"{measure.table(iw) or 'none'}.")
+        if "rss_10000" in ours:
+            hwm, rss = ours["rss_10000"]
+            lines.append(f"Memory: operator VmRSS **{rss:.0f} MB** (VmHWM {hwm:.0f} MB) with "
+                         f"{ours.get('rss_jobs_total', 0):,} FineTuneJobs "
+                         f"({ours.get('rss_jobs_phased', 0):,} with a phase) and "
+                         f"{a.foreign_pods:,} foreign pods in the cluster.")
+    for name, r in (("ours", ours), ("Kueue", kq)):
+        for key, label in (("fill_counts", "fill"), ("backfill_counts", "back-fill")):
+            c = (r.get(key) or {}).get("apiserver")
+            if c:
+                lines.append(f"API server requests during {label}, {name} (top): "
+                             f"{measure.table(c, 10)}.")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nodes", type=int, default=200)
+    ap.add_argument("--gpus-per-node", type=int, default=8)
+    ap.add_argument("--jobs", type=int, default=5000)
+    ap.add_argument("--namespaces", type=int, default=20)
+    ap.add_argument("--backfill", type=int, default=500)
+    ap.add_argument("--lifecycle-jobs", type=int, default=200)
+    ap.add_argument("--idle-seconds", type=int, default=30)
+    ap.add_argument("--rss-jobs", type=int, default=10000)
+    ap.add_argument("--foreign-pods", type=int, default=10000)
+    ap.add_argument("--skip-rss", action="store_true", help="skip the 10,000-job memory step")
+    ap.add_argument("--phases", default="ours,kueue")
+    ap.add_argument("--kueue-qps", type=float, default=50)
+    ap.add_argument("--kueue-burst", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=16, help="concurrent creates/patches")
+    ap.add_argument("--phase-timeout", type=float, default=900)
+    ap.add_argument("--keep", action="store_true", help="leave the benchmark cluster running")
+    ap.add_argument("--markdown", action="store_true", help="write BENCHMARKS.md's Scale section")
+    ap.add_argument("--json", type=Path, help="also write the raw results here")
+    args = ap.parse_args()
+    b = Bench(args)
+    started = time.monotonic()
+    try:
+        for phase in args.phases.split(","):
+            log(f"phase {phase}")
+            try:
+                b.results[phase] = {"ours": run_ours, "kueue": run_kueue}[phase](b)
+            except Exception as e:  # one phase failing must not lose the other's figures
+                log(f"phase {phase} failed: {e!r}")
+                b.results[phase] = {"error": repr(e)}
+                if phase == "kueue":
+                    b.results[phase]["came_up"] = False
+    finally:
+        if not args.keep:
+            dc.down(b.cfg)
+    argv = " ".join(sys.argv[1:])
+    command = f".venv/bin/python benchmarks/bench_scale.py {argv}".strip()
+    lines = report(b, command)
+    print("\n".join(lines))
+    log(f"run took {time.monotonic() - started:.0f}s on {platform.node()}")
+    if args.json:
+        args.json.write_text(json.dumps(_jsonable(b.results), indent=1, default=str))
+    if args.markdown:
+        write_section("Scale", f"bench_scale.py {argv}", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
