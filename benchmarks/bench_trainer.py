@@ -67,7 +67,7 @@ def config(model: Path, work: Path, method: str = "lora") -> Path:
         spec["lora"] = {"rank": 8, "alpha": 16, "dropout": 0.1, "targetModules": ["all-linear"]}
     data = {"job": {"namespace": "bench", "name": "tiny", "uid": "bench-uid"}, "spec": spec,
             "paths": {"model": str(model), "dataset": str(DATA), "workDir": str(work)},
-            "progress": {"podAnnotation": False, "file": str(work) + ".progress.json"},
+            "progress": {"file": str(work) + ".progress.json"},
             "terminationLog": str(work) + ".termination.json"}
     path = Path(str(work) + ".yaml")
     path.write_text(yaml.safe_dump(data))

@@ -81,6 +81,34 @@ class OperatorSettings(BaseModel):
     admission_interval_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
     metrics_port: Port = 8080
     health_port: Port = 8081
+    # ---- the report channel (trainer -> operator over HTTPS; docs/contracts.md) ----------
+    report_port: Port = Field(default=8443, description="HTTPS port trainers POST reports to")
+    report_url: str = Field(
+        default="", pattern=r"^(https://[^\s/?#]+(/[^\s?#]*)?)?$", max_length=2048,
+        description="URL trainers POST reports to; empty = https://finetune-operator."
+        "<POD_NAMESPACE>.svc:<report port>/v1/reports, or https://127.0.0.1:<port>/v1/reports "
+        "when the operator runs outside a cluster",
+    )
+    report_audience: str = Field(
+        default="finetune.dev/operator", min_length=1, max_length=253,
+        description="audience of the trainers' projected ServiceAccount tokens",
+    )
+    report_tls_cert_file: str = Field(
+        default="", description="serving certificate (PEM); empty = a self-signed CA and "
+        "certificate made at start (local development)",
+    )
+    report_tls_key_file: str = Field(default="", description="its private key (PEM)")
+    report_tls_ca_file: str = Field(
+        default="", description="CA bundle trainers verify the certificate with "
+        "(default: the certificate file itself)",
+    )
+    trainer_service_account: Annotated[
+        str, StringConstraints(pattern=_DNS_SUBDOMAIN, max_length=253)
+    ] = Field(
+        default="default",
+        description="ServiceAccount of trainer pods (needs no RBAC: its token is only "
+        "for the report channel and is not mounted for the API server)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> OperatorSettings:
@@ -96,10 +124,18 @@ class OperatorSettings(BaseModel):
                     f"{env_name('namespace_priority_classes')}: namespace {ns} has an empty list, "
                     "which would reject every job there; remove the entry to use the global list"
                 )
-        if self.metrics_port == self.health_port:
+        ports = ("metrics_port", "health_port", "report_port")
+        for i, a in enumerate(ports):
+            for b in ports[i + 1:]:
+                if getattr(self, a) == getattr(self, b):
+                    raise ValueError(
+                        f"{env_name(a)} and {env_name(b)} are both {getattr(self, a)}; "
+                        "give them different ports"
+                    )
+        if bool(self.report_tls_cert_file) != bool(self.report_tls_key_file):
             raise ValueError(
-                f"{env_name('metrics_port')} and {env_name('health_port')} are both "
-                f"{self.metrics_port}; give them different ports"
+                f"{env_name('report_tls_cert_file')} and {env_name('report_tls_key_file')} "
+                "go together; set both (or neither, for a self-signed certificate)"
             )
         return self
 
@@ -172,6 +208,15 @@ class OperatorSettings(BaseModel):
             f"priorityClassName {wanted} is not allowed in namespace {ns}; "
             f"allowed: {', '.join(allowed)}; ask your platform team or pick one of these"
         )
+
+    def resolved_report_url(self, pod_namespace: str | None) -> str:
+        """The URL trainers POST reports to: the setting, else derived from the operator's
+        namespace (in a cluster) or the loopback address (outside one)."""
+        if self.report_url:
+            return self.report_url
+        if pod_namespace:
+            return f"https://finetune-operator.{pod_namespace}.svc:{self.report_port}/v1/reports"
+        return f"https://127.0.0.1:{self.report_port}/v1/reports"
 
     def backoff_seconds(self, failures: int) -> float:
         """Retry delay after the n-th failure: base * 2^(n-1), at most 10 minutes."""

@@ -60,7 +60,7 @@ def _uninterrupted(job: dict, tmp: Path) -> Path:
     cfg.paths.model = str(tiny_model())
     cfg.paths.dataset = str(DATASET)
     cfg.paths.work_dir = str(tmp / "reference")
-    cfg.progress.pod_annotation = False
+    cfg.report = None
     cfg.termination_log = str(tmp / "reference-termination.log")
     path = tmp / "reference.yaml"
     path.write_text(yaml.safe_dump(cfg.to_wire()))

@@ -1,29 +1,31 @@
-"""Progress channel (file + pod annotation over HTTPS) and the termination message."""
+"""Progress channel (file + push to the operator's report endpoint over HTTPS) and the
+termination message. The endpoint is the operator's real ReportServer."""
 
 from __future__ import annotations
 
-import datetime as dt
-import http.server
 import json
 import logging
-import ssl
 import threading
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from finetune_operator.api.trainer_config import PROGRESS_ANNOTATION
+from finetune_operator.api.trainer_config import ReportConfig
+from finetune_operator.reports import tls
+from finetune_operator.reports.identity import PodIdentity
+from finetune_operator.reports.model import ProgressReport, parse_report, parse_termination
+from finetune_operator.reports.server import ReportServer
 from finetune_trainer.progress import (
+    MESSAGE_LIMIT,
     TERMINATION_LIMIT,
     FileSink,
-    PodAnnotationSink,
     ProgressReporter,
+    ReportSink,
     build_reporter,
     eta_seconds,
-    pod_target_from_env,
     progress_payload,
     termination_message,
     write_termination_log,
@@ -81,6 +83,10 @@ def test_payload_matches_the_contract() -> None:
                          tokens_per_second=None, eta_seconds=None, now=0.0, state="loading",
                          resumed_from_step=None, checkpoint=None)
     assert set(q) == {"step", "totalSteps", "updatedAt", "state"}
+    # what the trainer sends is what the operator's strict model accepts
+    assert parse_report(json.dumps(p).encode()).to_wire() == {**p, "checkpoint": {
+        "step": 100, "path": "checkpoints/checkpoint-100"}}
+    assert parse_report(json.dumps(q).encode()).step == 0
 
 
 def test_eta_uses_the_pace_of_this_run() -> None:
@@ -101,6 +107,9 @@ def test_termination_message_fits_the_kubelet_limit() -> None:
     assert len(text.encode()) <= TERMINATION_LIMIT
     body = json.loads(text)
     assert body["reason"] == "Error" and body["message"].endswith("[truncated]")
+    assert len(body["message"]) == MESSAGE_LIMIT
+    parsed = parse_termination(text)
+    assert parsed is not None and parsed.message == body["message"]
     ok = json.loads(termination_message(
         reason="Completed", message="done", final_step=300, adapter_path="output/adapter",
         merged_path="", metrics={"evalLoss": 0.91}, checkpoint={"step": 300}))
@@ -114,105 +123,111 @@ def test_termination_log_write_failure_is_not_fatal(tmp_path: Path) -> None:
     write_termination_log(str(tmp_path / "f" / "x" / "log"), "{}")  # parent is a file
 
 
-# --- the pod annotation channel against a local HTTPS endpoint --------------------------------
+# --- the report channel against the operator's ReportServer ----------------------------------
+
+TOKEN = "projected-token-1"
+POD = PodIdentity("team-a", "bot-a1-0", "uid-1")
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    import ipaddress
-
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    crt, pem = tmp / "ca.crt", tmp / "key.pem"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-    return crt, pem
+@dataclass
+class Endpoint:
+    server: ReportServer
+    config: ReportConfig
+    token_file: Path
+    received: list[tuple[PodIdentity, ProgressReport]] = field(default_factory=list)
+    tokens_seen: list[str] = field(default_factory=list)
+    arrived: threading.Event = field(default_factory=threading.Event)
 
 
 @pytest.fixture
-def api_server(tmp_path: Path) -> Iterator[tuple[str, list[dict[str, Any]], Path]]:
-    """A local HTTPS endpoint recording PATCH requests (path, headers, body)."""
-    crt, key = _self_signed(tmp_path)
-    seen: list[dict[str, Any]] = []
+def endpoint(tmp_path: Path) -> Iterator[Endpoint]:
+    """The operator's real report server with a self-made CA; authentication accepts any
+    token that starts with 'projected-token' (the cluster test covers TokenReview)."""
+    cert = tls.generate(["127.0.0.1"], tmp_path / "tls")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    holder: list[Endpoint] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_PATCH(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append({"path": self.path, "headers": dict(self.headers),
-                         "body": json.loads(body)})
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b"{}")
+    def authenticate(token: str) -> PodIdentity | None:
+        holder[0].tokens_seen.append(token)
+        return POD if token.startswith("projected-token") else None
 
-        def log_message(self, *args: Any) -> None:
-            return None
+    def on_report(who: PodIdentity, report: ProgressReport) -> None:
+        holder[0].received.append((who, report))
+        holder[0].arrived.set()
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(crt, key)
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    sa = tmp_path / "sa"
-    sa.mkdir()
-    (sa / "token").write_text("secret-token\n")
-    (sa / "ca.crt").write_bytes(crt.read_bytes())
-    yield str(srv.server_address[1]), seen, sa
-    srv.shutdown()
+    server = ReportServer("127.0.0.1", 0, cert.cert_file, cert.key_file, authenticate,
+                          on_report, rate=1000, burst=1000)
+    config = ReportConfig(url=f"https://127.0.0.1:{server.port}/v1/reports",
+                          ca_pem=cert.ca_pem, token_file=str(token_file))
+    holder.append(Endpoint(server, config, token_file))
+    with server:
+        yield holder[0]
 
 
-def test_pod_annotation_is_merge_patched_with_sa_credentials(
-        api_server: tuple[str, list[dict[str, Any]], Path]) -> None:
-    port, seen, sa = api_server
-    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": port,
-           "POD_NAME": "bot-1-a1-0", "POD_NAMESPACE": "team-a", "FINETUNE_SA_DIR": str(sa)}
-    r = build_reporter(None, True, 0.0, env=env)
-    r.report({"step": 7, "state": "training"}, now=1.0)
+def test_reports_reach_the_operator_with_the_projected_token(endpoint: Endpoint) -> None:
+    r = build_reporter(None, endpoint.config, 0.0)
+    r.report({"step": 7, "totalSteps": 10, "state": "training"}, now=1.0)
     r.close(timeout=10)
-    assert len(seen) == 1
-    req = seen[0]
-    assert req["path"] == "/api/v1/namespaces/team-a/pods/bot-1-a1-0"
-    assert req["headers"]["Content-Type"] == "application/merge-patch+json"
-    assert req["headers"]["Authorization"] == "Bearer secret-token"
-    annotation = req["body"]["metadata"]["annotations"][PROGRESS_ANNOTATION]
-    assert json.loads(annotation) == {"step": 7, "state": "training"}
+    assert len(endpoint.received) == 1
+    who, report = endpoint.received[0]
+    assert who == POD
+    assert report.to_wire() == {"step": 7, "totalSteps": 10, "state": "training"}
+    assert endpoint.tokens_seen == [TOKEN]
 
 
-def test_unreachable_api_logs_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                          api_server: tuple[str, list[dict[str, Any]], Path]
-                                          ) -> None:
-    _port, _seen, sa = api_server
-    target = pod_target_from_env({"KUBERNETES_SERVICE_HOST": "127.0.0.1",
-                                  "KUBERNETES_SERVICE_PORT": "1", "POD_NAME": "p",
-                                  "POD_NAMESPACE": "n", "FINETUNE_SA_DIR": str(sa)})
-    assert target is not None
-    sink = PodAnnotationSink(target, timeout=2)
+def test_the_token_file_is_read_at_every_report(endpoint: Endpoint) -> None:
+    """The kubelet rotates the projected token: the next report uses the new one."""
+    sink = ReportSink(endpoint.config)
+    sink.send({"step": 1})
+    assert sink.flush(timeout=10)
+    endpoint.token_file.write_text("projected-token-2")
+    sink.send({"step": 2})
+    sink.close(timeout=10)
+    assert endpoint.tokens_seen == [TOKEN, "projected-token-2"]
+    assert [rep.step for _, rep in endpoint.received] == [1, 2]
+
+
+def test_refusals_log_one_warning_and_training_goes_on(
+        endpoint: Endpoint, caplog: pytest.LogCaptureFixture) -> None:
+    endpoint.token_file.write_text("stolen")  # the server answers 401 every time
+    sink = ReportSink(endpoint.config, timeout=5)
     with caplog.at_level(logging.WARNING, logger="finetune_trainer.progress"):
         for i in range(3):
             sink.send({"step": i})
-            time.sleep(0.3)
-        sink.close(timeout=10)
-    warnings = [r for r in caplog.records if "cannot patch pod" in r.getMessage()]
-    assert len(warnings) == 1
+            assert sink.flush(timeout=10)  # this one went out (and was refused)
+    warnings = [r.getMessage() for r in caplog.records if "cannot report" in r.getMessage()]
+    assert len(warnings) == 1 and "HTTP 401" in warnings[0]
+    assert endpoint.received == []
 
 
-def test_no_cluster_env_means_no_annotation_channel(tmp_path: Path) -> None:
-    assert pod_target_from_env({"POD_NAME": "p", "POD_NAMESPACE": "n"}) is None
-    assert pod_target_from_env({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "POD_NAME": "p",
-                                "POD_NAMESPACE": "n", "FINETUNE_SA_DIR": str(tmp_path)}) is None
+def test_a_server_with_another_ca_is_not_trusted(endpoint: Endpoint, tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    other = tls.generate(["127.0.0.1"], tmp_path / "other")
+    config = endpoint.config.model_copy(update={"ca_pem": other.ca_pem})
+    with caplog.at_level(logging.WARNING, logger="finetune_trainer.progress"):
+        r = build_reporter(None, config, 0.0)
+        r.report({"step": 1}, now=1.0)
+        r.close(timeout=10)
+    assert endpoint.received == [] and endpoint.tokens_seen == []  # the token never left
+    assert any("CERTIFICATE_VERIFY_FAILED" in r.getMessage() for r in caplog.records)
+
+
+def test_unreachable_endpoint_logs_one_warning(endpoint: Endpoint,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    config = endpoint.config.model_copy(update={"url": "https://127.0.0.1:1/v1/reports"})
+    sink = ReportSink(config, timeout=2)
+    with caplog.at_level(logging.WARNING, logger="finetune_trainer.progress"):
+        for i in range(3):
+            sink.send({"step": i})
+            assert sink.flush(timeout=10)
+    assert len([r for r in caplog.records if "cannot report" in r.getMessage()]) == 1
+
+
+def test_a_bad_ca_pem_turns_the_channel_off_not_training(
+        caplog: pytest.LogCaptureFixture) -> None:
+    bad = ReportConfig(url="https://127.0.0.1:1/v1/reports", ca_pem="not a pem")
+    with caplog.at_level(logging.WARNING, logger="finetune_trainer.progress"):
+        r = build_reporter(None, bad, 0.0)
+    assert r.sinks == []
+    assert any("report channel off" in rec.getMessage() for rec in caplog.records)

@@ -1,13 +1,15 @@
-"""build_children as a whole: PVC (created vs existing claim), RBAC, headless Service."""
+"""build_children as a whole: PVC (created vs existing claim), the trainer's only credential
+(a projected report token), the report endpoint in the config, headless Service."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+import yaml
 
+from finetune_operator.api.trainer_config import ReportConfig
 from finetune_operator.build import Children, build_children
-from finetune_operator.build.rbac import role_rules
 from tests.factories import make_job, make_settings
 
 pytestmark = pytest.mark.unit
@@ -57,23 +59,38 @@ def test_existing_claim_is_mounted_whole_never_created() -> None:
     assert env["FINETUNE_WORK_DIR"] == f"/mnt/checkpoints/finetune/team-a/bot/{job.metadata.uid}"
 
 
-def test_rbac_allows_only_get_patch_on_the_attempts_pods() -> None:
+def test_trainer_pods_get_no_api_credential_only_a_report_token() -> None:
+    """No per-job ServiceAccount/Role/RoleBinding: the pod runs as the configured account with
+    no API token mounted, and holds only a projected token for the operator's audience."""
     job = make_job(nodes=2)
-    ch = build_children(job, make_settings(), 3, None, None)
-    assert ch.service_account["metadata"]["name"] == "bot-trainer"
-    assert ch.role["rules"] == [{
-        "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"],
-        "resourceNames": ["bot-a3-0", "bot-a3-1"],
-    }]
-    assert [p["metadata"]["name"] for p in ch.pods] == ch.role["rules"][0]["resourceNames"]
-    assert role_rules(job, 4)[0]["resourceNames"] == ["bot-a4-0", "bot-a4-1"]
-    rb = ch.role_binding
-    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                             "name": "bot-trainer"}
-    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "bot-trainer",
-                               "namespace": "team-a"}]
+    ch = build_children(job, make_settings(trainer_service_account="trainers",
+                                           report_audience="reports.example"), 3, None, None)
+    assert {m["kind"] for m in ch.all()} == {"PersistentVolumeClaim", "ConfigMap", "Service",
+                                              "Pod"}
     for pod in ch.pods:
-        assert pod["spec"]["serviceAccountName"] == "bot-trainer"
+        spec = pod["spec"]
+        assert spec["serviceAccountName"] == "trainers"
+        assert spec["automountServiceAccountToken"] is False
+        token = next(v for v in spec["volumes"] if v["name"] == "report-token")
+        assert token["projected"]["sources"] == [{"serviceAccountToken": {
+            "audience": "reports.example", "expirationSeconds": 3600, "path": "token"}}]
+        mount = next(m for m in spec["containers"][0]["volumeMounts"]
+                     if m["name"] == "report-token")
+        assert mount == {"name": "report-token", "readOnly": True,
+                         "mountPath": "/var/run/secrets/finetune.dev/report"}
+
+
+def test_report_endpoint_travels_in_the_trainer_config() -> None:
+    job = make_job()
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    report = ReportConfig(url="https://op.ops.svc:8443/v1/reports", ca_pem=pem)
+    config = yaml.safe_load(build_children(job, make_settings(), 1, None, None, report)
+                            .config_map["data"]["config.yaml"])
+    assert config["report"] == {"url": "https://op.ops.svc:8443/v1/reports", "caPem": pem,
+                                "tokenFile": "/var/run/secrets/finetune.dev/report/token"}
+    bare = yaml.safe_load(build_children(job, make_settings(), 1, None, None)
+                          .config_map["data"]["config.yaml"])
+    assert "report" not in bare
 
 
 def test_headless_service_for_multi_node_only() -> None:
@@ -101,8 +118,7 @@ def test_children_order_and_determinism() -> None:
     assert a == b
     assert isinstance(a, Children)
     assert [o["kind"] for o in a.all()] == [
-        "PersistentVolumeClaim", "ConfigMap", "ServiceAccount", "Role", "RoleBinding",
-        "Service", "Pod", "Pod",
+        "PersistentVolumeClaim", "ConfigMap", "Service", "Pod", "Pod",
     ]
     names = [(o["kind"], o["metadata"]["name"]) for o in a.all()]
     assert len(set(names)) == len(names)

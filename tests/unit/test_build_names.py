@@ -19,9 +19,6 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 def test_short_names_follow_the_convention() -> None:
     assert n.config_map_name("bot") == "bot-config"
     assert n.pvc_name("bot") == "bot-checkpoints"
-    assert n.service_account_name("bot") == "bot-trainer"
-    assert n.role_name("bot") == "bot-trainer"
-    assert n.role_binding_name("bot") == "bot-trainer"
     assert n.service_name("bot") == "bot-workers"
     assert n.pod_name("bot", 3, 1) == "bot-a3-1"
     assert n.pod_names("bot", 2, 3) == ["bot-a2-0", "bot-a2-1", "bot-a2-2"]
@@ -36,7 +33,7 @@ def test_short_names_follow_the_convention() -> None:
 )
 def test_names_are_valid_dns_labels_and_deterministic(job_name: str) -> None:
     made = [
-        n.config_map_name(job_name), n.pvc_name(job_name), n.service_account_name(job_name),
+        n.config_map_name(job_name), n.pvc_name(job_name),
         n.service_name(job_name), n.pod_name(job_name, 12345, 255),
     ]
     for name in made:

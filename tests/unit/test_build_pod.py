@@ -88,8 +88,8 @@ def test_restricted_security_context_and_pod_basics() -> None:
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["runAsNonRoot"] is True
     assert spec["restartPolicy"] == "Never"
-    assert spec["serviceAccountName"] == "bot-trainer"
-    assert spec["automountServiceAccountToken"] is True
+    assert spec["serviceAccountName"] == "default"
+    assert spec["automountServiceAccountToken"] is False  # its only token: the report one
     c = _container(pod)
     assert c["terminationMessagePath"] == "/dev/termination-log"
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"

@@ -1,18 +1,18 @@
 """Progress reports (trainer -> operator) and the termination message.
 
-Channels (``docs/contracts.md``):
+Channels (``docs/contracts.md`` "Progress channel"):
 
-* the annotation ``finetune.dev/progress`` on the trainer's own Pod, patched with a JSON merge
-  patch through the Kubernetes REST API using in-cluster credentials. Standard library only
-  (urllib + ssl): the service-account token and CA come from
-  ``/var/run/secrets/kubernetes.io/serviceaccount`` or ``$FINETUNE_SA_DIR`` (so a local node
-  agent can provide them), the server from ``KUBERNETES_SERVICE_HOST``/``_PORT``. The patch is
-  sent from a background thread so a slow API server never slows training down; only the newest
+* the operator's report endpoint: each report is POSTed as JSON over HTTPS to ``report.url``,
+  authenticated with the pod's projected ServiceAccount token (audience: the operator), verified
+  against ``report.caPem``. The pod has no credential for the Kubernetes API at all. The token
+  file is read at every report (the kubelet rotates it). Standard library only (urllib + ssl);
+  sent from a background thread so a slow operator never slows training down; only the newest
   report is kept while one is in flight.
 * ``progress.file``: each report written atomically as JSON (tests and local runs use it).
 
 Reports are rate-limited (``progress.minIntervalSeconds``) except forced ones (after a checkpoint
-and at the end). Best effort: a failing API logs one warning and training goes on.
+and at the end). Best effort: a failing endpoint logs one warning and training goes on. The
+termination message, written at exit, stays the final word.
 """
 
 from __future__ import annotations
@@ -24,19 +24,18 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from finetune_operator.api.trainer_config import PROGRESS_ANNOTATION
+from finetune_operator.api.trainer_config import ReportConfig
 
 from .checkpoint import write_atomic
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TERMINATION_LIMIT = 4096
+MESSAGE_LIMIT = 1024  # the operator keeps at most this much of the message
 
 
 def iso(ts: float) -> str:
@@ -66,53 +65,15 @@ class FileSink:
         return None
 
 
-@dataclass(frozen=True)
-class PodTarget:
-    server: str  # https://host:port
-    namespace: str
-    name: str
-    token: str
-    ca_file: str | None
+class ReportSink:
+    """POSTs reports to the operator from a background thread (newest report wins)."""
 
-
-def pod_target_from_env(env: dict[str, str] | None = None) -> PodTarget | None:
-    """In-cluster API coordinates of this pod, or None (with the reason logged)."""
-    env = dict(os.environ) if env is None else env
-    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
-    name, ns = env.get("POD_NAME"), env.get("POD_NAMESPACE")
-    sa_dir = Path(env.get("FINETUNE_SA_DIR") or DEFAULT_SA_DIR)
-    missing = [k for k, v in (("KUBERNETES_SERVICE_HOST", host), ("POD_NAME", name),
-                              ("POD_NAMESPACE", ns)) if not v]
-    if missing:
-        log.info("progress: no pod annotation channel (%s unset)", ", ".join(missing))
-        return None
-    try:
-        token = (sa_dir / "token").read_text(encoding="utf-8").strip()
-    except OSError as e:
-        log.warning("progress: no service-account token in %s (%s); pod annotation channel off",
-                    sa_dir, e.strerror)
-        return None
-    ca = sa_dir / "ca.crt"
-    assert host and name and ns
-    h = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return PodTarget(f"https://{h}:{port}", ns, name, token,
-                     str(ca) if ca.exists() else None)
-
-
-def annotation_patch(payload: dict[str, Any]) -> bytes:
-    """The JSON merge patch that sets the progress annotation."""
-    body = {"metadata": {"annotations": {PROGRESS_ANNOTATION: json.dumps(payload, sort_keys=True)}}}
-    return json.dumps(body).encode()
-
-
-class PodAnnotationSink:
-    """Patches the pod annotation from a background thread (newest report wins)."""
-
-    def __init__(self, target: PodTarget, timeout: float = 5.0) -> None:
-        self.target = target
+    def __init__(self, config: ReportConfig, timeout: float = 5.0) -> None:
+        self.url = config.url
+        self.token_file = Path(config.token_file)
         self.timeout = timeout
-        ctx = ssl.create_default_context(cafile=target.ca_file)
-        # Straight to the API server: never through an HTTP(S)_PROXY from the environment.
+        ctx = ssl.create_default_context(cadata=config.ca_pem)
+        # Straight to the operator: never through an HTTP(S)_PROXY from the environment.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
                                                    urllib.request.HTTPSHandler(context=ctx))
         self._cond = threading.Condition()
@@ -120,13 +81,8 @@ class PodAnnotationSink:
         self._busy = False
         self._closed = False
         self._failing = False
-        self._thread = threading.Thread(target=self._run, name="progress-patch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="progress-report", daemon=True)
         self._thread.start()
-
-    @property
-    def url(self) -> str:
-        t = self.target
-        return f"{t.server}/api/v1/namespaces/{t.namespace}/pods/{t.name}"
 
     def send(self, payload: dict[str, Any]) -> None:
         with self._cond:
@@ -142,41 +98,47 @@ class PodAnnotationSink:
                     return
                 payload, self._pending, self._busy = self._pending, None, True
             try:
-                self._patch(payload)  # type: ignore[arg-type]
+                self._post(payload)  # type: ignore[arg-type]
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _patch(self, payload: dict[str, Any]) -> None:
-        req = urllib.request.Request(
-            self.url, data=annotation_patch(payload), method="PATCH",
-            headers={"Content-Type": "application/merge-patch+json",
-                     "Authorization": f"Bearer {self.target.token}",
-                     "Accept": "application/json"},
-        )
+    def _post(self, payload: dict[str, Any]) -> None:
         try:
+            token = self.token_file.read_text(encoding="utf-8").strip()
+            req = urllib.request.Request(
+                self.url, data=json.dumps(payload, sort_keys=True).encode(), method="POST",
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+            )
             with self._opener.open(req, timeout=self.timeout) as resp:
                 resp.read()
         except (urllib.error.URLError, OSError, ValueError) as e:
-            detail = e.read().decode(errors="replace")[:200] if isinstance(
-                e, urllib.error.HTTPError) else str(e)
+            if isinstance(e, urllib.error.HTTPError):
+                detail = f"HTTP {e.code}: {e.read().decode(errors='replace').strip()[:200]}"
+            else:
+                detail = str(e)
             if not self._failing:
-                log.warning("progress: cannot patch pod %s/%s (%s); training continues, "
-                            "progress is best effort", self.target.namespace, self.target.name,
-                            detail)
+                log.warning("progress: cannot report to %s (%s); training continues, progress "
+                            "is best effort", self.url, detail)
             self._failing = True
             return
         if self._failing:
-            log.info("progress: pod annotation channel works again")
+            log.info("progress: the report channel works again")
         self._failing = False
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until the newest report went out (or failed)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending is None and not self._busy,
+                                       timeout)
 
     def close(self, timeout: float) -> None:
         """Wait up to ``timeout`` s for the last report to go out, then stop."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+        self.flush(timeout)
 
 
 class ProgressReporter:
@@ -209,15 +171,19 @@ class ProgressReporter:
             s.close(timeout)
 
 
-def build_reporter(file: str | None, pod_annotation: bool, min_interval: float,
-                   env: dict[str, str] | None = None) -> ProgressReporter:
+def build_reporter(file: str | None, report: ReportConfig | None,
+                   min_interval: float) -> ProgressReporter:
+    """Sinks for this process: the file (if any) and the operator's endpoint (if configured;
+    only rank 0 passes one)."""
     sinks: list[Sink] = []
     if file:
         sinks.append(FileSink(file))
-    if pod_annotation:
-        target = pod_target_from_env(env)
-        if target is not None:
-            sinks.append(PodAnnotationSink(target))
+    if report is not None:
+        try:
+            sinks.append(ReportSink(report))
+        except (ssl.SSLError, ValueError) as e:  # a CA PEM that does not load
+            log.warning("progress: report channel off, report.caPem does not load (%s); "
+                        "training continues", e)
     return ProgressReporter(sinks, min_interval)
 
 
@@ -252,7 +218,10 @@ def eta_seconds(step: int, total: int, start_step: int, elapsed: float) -> float
 def termination_message(*, reason: str, message: str, final_step: int, adapter_path: str,
                         merged_path: str, metrics: dict[str, float],
                         checkpoint: dict[str, Any] | None) -> str:
-    """The JSON of the termination message, kept under the 4 KiB kubelet limit."""
+    """The JSON of the termination message, kept under the 4 KiB kubelet limit (the message
+    itself at most MESSAGE_LIMIT characters, as the operator keeps no more)."""
+    if len(message) > MESSAGE_LIMIT:
+        message = message[: MESSAGE_LIMIT - 12] + " [truncated]"
     body: dict[str, Any] = {
         "reason": reason, "message": message, "finalStep": final_step,
         "adapterPath": adapter_path, "mergedPath": merged_path,

@@ -153,7 +153,7 @@ def run(cfg: TrainerConfig, flag: StopFlag | None = None, rt: Runtime | None = N
         for p in ck.clean_partials(ckpt_root, uid):
             log.info("removed partial checkpoint %s", p.name)
     reporter = build_reporter(cfg.progress.file if is_main else None,
-                              cfg.progress.pod_annotation and is_main,
+                              cfg.report if is_main else None,
                               cfg.progress.min_interval_seconds)
     run_state = RunState(work_dir=work_dir, ckpt_root=ckpt_root, job_uid=uid,
                          keep=cfg.spec.checkpoint.keep, tag=_attempt_tag(), reporter=reporter,

@@ -21,6 +21,10 @@ CONFIG_FILE = "config.yaml"
 # Annotation on the trainer's own Pod carrying its progress (JSON, camelCase keys).
 PROGRESS_ANNOTATION = "finetune.dev/progress"
 
+# The projected ServiceAccount token trainers authenticate their reports with (build/pod.py).
+REPORT_TOKEN_DIR = "/var/run/secrets/finetune.dev/report"
+REPORT_TOKEN_FILE = f"{REPORT_TOKEN_DIR}/token"
+
 
 class JobRef(ApiModel):
     namespace: str
@@ -39,11 +43,20 @@ class TrainerPaths(ApiModel):
         default=None, description="spec.evaluation's test set: local file, or the hub repo id")
 
 
-class ProgressConfig(ApiModel):
-    pod_annotation: bool = Field(
-        default=True,
-        description="patch PROGRESS_ANNOTATION on the trainer's own Pod (POD_NAME/POD_NAMESPACE)",
+class ReportConfig(ApiModel):
+    """Where the trainer POSTs its progress reports (the operator's report channel)."""
+
+    url: str = Field(description="https URL of the operator's POST /v1/reports endpoint")
+    ca_pem: str = Field(description="PEM of the CA the trainer verifies the operator's "
+                        "certificate with (public; no secret)")
+    token_file: str = Field(
+        default=REPORT_TOKEN_FILE,
+        description="projected ServiceAccount token (audience: the operator); read at every "
+        "report, since the kubelet rotates it",
     )
+
+
+class ProgressConfig(ApiModel):
     file: str | None = Field(default=None, description="also write each report to this JSON file")
     min_interval_seconds: float = Field(default=5.0, ge=0.0)
 
@@ -53,6 +66,9 @@ class TrainerConfig(ApiModel):
     spec: FineTuneJobSpec
     paths: TrainerPaths
     progress: ProgressConfig = Field(default_factory=ProgressConfig)
+    report: ReportConfig | None = Field(
+        default=None, description="the operator's report endpoint; none = no progress push"
+    )
     termination_log: str = "/dev/termination-log"
     hub_token_file: str | None = Field(
         default=None, description="file holding the hub token (mounted Secret); never logged"

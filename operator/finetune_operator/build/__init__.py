@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.job import FineTuneJob
+from ..api.trainer_config import ReportConfig
 from ..settings import OperatorSettings
 from .configmap import build_config_map, trainer_config
 from .names import (
@@ -22,7 +23,6 @@ from .names import (
 )
 from .pod import build_pod, build_pods, grace_period_seconds
 from .pvc import build_pvc, checkpoint_claim_name, creates_pvc
-from .rbac import build_role, build_role_binding, build_service_account, role_rules
 from .service import build_service
 
 Manifest = dict[str, Any]
@@ -34,18 +34,12 @@ class Children:
 
     config_map: Manifest
     pvc: Manifest | None
-    service_account: Manifest
-    role: Manifest
-    role_binding: Manifest
     service: Manifest | None
     pods: list[Manifest] = field(default_factory=list)
 
     def all(self) -> list[Manifest]:
-        """Creation order: PVC, ConfigMap, ServiceAccount, Role, RoleBinding, Service, Pods."""
-        head = [
-            self.pvc, self.config_map, self.service_account, self.role, self.role_binding,
-            self.service,
-        ]
+        """Creation order: PVC, ConfigMap, Service, Pods."""
+        head = [self.pvc, self.config_map, self.service]
         return [m for m in head if m is not None] + list(self.pods)
 
 
@@ -55,18 +49,19 @@ def build_children(
     attempt: int,
     priority_class: str | None,
     save_seconds: float | None,
+    report: ReportConfig | None = None,
 ) -> Children:
     """Children of ``job`` for ``attempt`` (1-based). ``priority_class`` comes from
     ``settings.resolve_priority_class(job)``; ``save_seconds`` is the last measured checkpoint
-    save (``status.checkpoint.saveSeconds``) or None."""
+    save (``status.checkpoint.saveSeconds``) or None; ``report`` is the running report endpoint
+    (URL + CA) written into the trainer config, or None (the trainer then pushes nothing).
+    Trainer pods need no ServiceAccount, Role or RoleBinding of their own: their only
+    credential is a projected token for the report channel (build/pod.py)."""
     if attempt < 1:
         raise ValueError(f"attempt must be >= 1 (1-based), got {attempt} for {job.key}")
     return Children(
-        config_map=build_config_map(job),
+        config_map=build_config_map(job, report),
         pvc=build_pvc(job),
-        service_account=build_service_account(job),
-        role=build_role(job, attempt),
-        role_binding=build_role_binding(job),
         service=build_service(job, attempt),
         pods=build_pods(job, settings, attempt, priority_class, save_seconds),
     )
@@ -81,10 +76,7 @@ __all__ = [
     "build_pod",
     "build_pods",
     "build_pvc",
-    "build_role",
-    "build_role_binding",
     "build_service",
-    "build_service_account",
     "checkpoint_claim_name",
     "creates_pvc",
     "grace_period_seconds",
@@ -93,7 +85,6 @@ __all__ = [
     "owner_reference",
     "pod_name",
     "pod_names",
-    "role_rules",
     "selector_string",
     "trainer_config",
 ]

@@ -21,6 +21,7 @@ from ..api.trainer_config import (
     EVAL_DATASET_MOUNT,
     MODEL_MOUNT,
     JobRef,
+    ReportConfig,
     TrainerConfig,
     TrainerPaths,
 )
@@ -86,7 +87,8 @@ def hub_token_ref(job: FineTuneJob) -> SecretKeyRef | None:
     return None
 
 
-def trainer_config(job: FineTuneJob) -> TrainerConfig:
+def trainer_config(job: FineTuneJob, report: ReportConfig | None = None) -> TrainerConfig:
+    """``report`` is the operator's running report endpoint (URL + CA), or None (no push)."""
     m = job.metadata
     return TrainerConfig(
         job=JobRef(namespace=m.namespace, name=m.name, uid=m.uid),
@@ -98,6 +100,7 @@ def trainer_config(job: FineTuneJob) -> TrainerConfig:
         hub_token_file=(
             f"{HUB_TOKEN_MOUNT}/{HUB_TOKEN_FILE}" if hub_token_ref(job) is not None else None
         ),
+        report=report,
     )
 
 
@@ -105,12 +108,12 @@ def config_yaml(config: TrainerConfig) -> str:
     return yaml.safe_dump(config.to_wire(), sort_keys=False, default_flow_style=False)
 
 
-def build_config_map(job: FineTuneJob) -> dict[str, Any]:
+def build_config_map(job: FineTuneJob, report: ReportConfig | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(job, config_map_name(job.metadata.name)),
-        "data": {CONFIG_FILE: config_yaml(trainer_config(job))},
+        "data": {CONFIG_FILE: config_yaml(trainer_config(job, report))},
     }
 
 

@@ -64,18 +64,6 @@ def pvc_name(job_name: str) -> str:
     return child_name(job_name, "checkpoints")
 
 
-def service_account_name(job_name: str) -> str:
-    return child_name(job_name, "trainer")
-
-
-def role_name(job_name: str) -> str:
-    return child_name(job_name, "trainer")
-
-
-def role_binding_name(job_name: str) -> str:
-    return child_name(job_name, "trainer")
-
-
 def service_name(job_name: str) -> str:
     """The headless Service of a multi-node job."""
     return child_name(job_name, "workers")

@@ -17,11 +17,13 @@ from ..api.trainer_config import (
     DATASET_MOUNT,
     EVAL_DATASET_MOUNT,
     MODEL_MOUNT,
+    REPORT_TOKEN_DIR,
+    REPORT_TOKEN_FILE,
 )
 from ..settings import OperatorSettings
 from .configmap import CONFIG_PATH, HUB_TOKEN_FILE, HUB_TOKEN_MOUNT, hub_token_ref, uses_hub
 from .configmap import work_dir as job_work_dir
-from .names import config_map_name, metadata, pod_name, service_account_name, service_name
+from .names import config_map_name, metadata, pod_name, service_name
 from .pvc import checkpoint_claim_name
 from .service import RENDEZVOUS_PORT
 
@@ -30,6 +32,8 @@ TERMINATION_LOG = "/dev/termination-log"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 RUN_AS = 1000
 TRAINER_ARGS = ["-m", "finetune_trainer", "--config", CONFIG_PATH]
+# Lifetime the kubelet is asked for; it rotates the file at 80% of it (the trainer re-reads it).
+REPORT_TOKEN_SECONDS = 3600
 
 
 def grace_period_seconds(settings: OperatorSettings, save_seconds: float | None) -> int:
@@ -179,6 +183,19 @@ def volumes_and_mounts(job: FineTuneJob) -> tuple[list[dict[str, Any]], list[dic
     return volumes, mounts
 
 
+def report_token_volume(settings: OperatorSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The projected ServiceAccount token the trainer authenticates its reports with: audience
+    the operator (so the API server itself refuses it), bound to the pod by the kubelet, one
+    hour, rotated. The pod mounts no API token (``automountServiceAccountToken: false``)."""
+    source = {"serviceAccountToken": {
+        "audience": settings.report_audience,
+        "expirationSeconds": REPORT_TOKEN_SECONDS,
+        "path": REPORT_TOKEN_FILE.rsplit("/", 1)[1],
+    }}
+    volume = {"name": "report-token", "projected": {"sources": [source], "defaultMode": 0o440}}
+    return volume, {"name": "report-token", "mountPath": REPORT_TOKEN_DIR, "readOnly": True}
+
+
 def pod_security_context() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
@@ -215,6 +232,8 @@ def build_pod(
         raise ValueError(f"rank {rank} is outside 0..{nodes - 1} for FineTuneJob {job.key}")
     grace = grace_period_seconds(settings, save_seconds)
     volumes, mounts = volumes_and_mounts(job)
+    token_volume, token_mount = report_token_volume(settings)
+    volumes, mounts = [*volumes, token_volume], [*mounts, token_mount]
     container = {
         "name": CONTAINER_NAME,
         "image": image(job, settings),
@@ -232,8 +251,8 @@ def build_pod(
         ]
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "serviceAccountName": service_account_name(name),
-        "automountServiceAccountToken": True,
+        "serviceAccountName": settings.trainer_service_account,
+        "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": grace,
         "securityContext": pod_security_context(),

@@ -1,0 +1,250 @@
+"""The HTTPS endpoint trainers push progress reports to: ``POST /v1/reports``.
+
+Request: ``Authorization: Bearer <projected ServiceAccount token>``, ``Content-Type:
+application/json``, a body of at most 16 KiB (``Content-Length`` required). Order of checks, each
+cheaper than the next: token (401), per-pod rate (429), size (413), parse (400), the operator's
+callback (403 when it does not expect reports from that pod), then 204 No Content.
+
+Standard library (``http.server`` + ``ssl``) on purpose: one endpoint; no new dependency in the
+operator image; it runs in its own threads so a flood of reports can never stall kopf's asyncio
+loop (an aiohttp app there would share it); and it keeps explicit control of what a framework
+tends to hide: the TLS handshake happens in the worker thread with a timeout (never in the
+accepting thread, where one silent client would block everyone), connections are bounded, the
+body is never read before the token and the rate were checked, and never beyond the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final
+
+from .identity import MAX_TOKEN_BYTES, PodIdentity
+from .model import MAX_REPORT_BYTES, BadReport, ProgressReport, parse_report
+from .rejects import Rejections
+
+log = logging.getLogger(__name__)
+
+PATH: Final = "/v1/reports"
+Authenticate = Callable[[str], PodIdentity | None]
+OnReport = Callable[[PodIdentity, ProgressReport], None]
+
+
+class RateLimiter:
+    """Token bucket per key: ``burst`` reports at once, then ``rate`` per second."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.max_keys, self.clock = rate, burst, max_keys, clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if len(self._buckets) >= self.max_keys and key not in self._buckets:
+                # full buckets carry no information: forget them first
+                self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
+            if tokens < 1:
+                self._buckets[key] = (tokens, now)
+                return False
+            self._buckets[key] = (tokens - 1, now)
+            return True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "finetune-operator"
+    sys_version = ""
+
+    def do_POST(self) -> None:
+        srv = self.server.owner
+        if self.path.split("?", 1)[0] != PATH:
+            self._reply(HTTPStatus.NOT_FOUND, f"POST {PATH}")
+            return
+        auth = self.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        who = srv.authenticate(token) if token and len(token) <= MAX_TOKEN_BYTES else None
+        if who is None:
+            srv.rejections.reject(None, BadReport("unauthenticated", "missing or refused token"))
+            self._reply(HTTPStatus.UNAUTHORIZED,
+                        "a projected ServiceAccount token for this operator's audience is needed")
+            return
+        if not srv.limiter.allow(who.uid):
+            srv.rejections.reject(who.key, BadReport(
+                "rate-limited", f"more than {srv.limiter.burst:g} reports in a burst"))
+            self._reply(HTTPStatus.TOO_MANY_REQUESTS, "too many reports; send fewer",
+                        {"Retry-After": str(max(1, round(1 / srv.limiter.rate)))})
+            return
+        length = self._length()
+        if length is None:
+            srv.rejections.reject(who.key, BadReport("invalid", "no valid Content-Length"))
+            self._reply(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+            return
+        if length > srv.max_body:
+            srv.rejections.reject(who.key, BadReport(
+                "too-large", f"{length} bytes, more than the limit of {srv.max_body}"))
+            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                        f"a report is at most {srv.max_body} bytes")
+            return
+        body = self.rfile.read(length)
+        self._body_read = True
+        try:
+            report = parse_report(body)
+            srv.on_report(who, report)
+        except BadReport as e:
+            srv.rejections.reject(who.key, e)
+            status = HTTPStatus.FORBIDDEN if e.reason == "unknown-pod" else HTTPStatus.BAD_REQUEST
+            self._reply(status, e.reason)
+            return
+        except Exception:
+            log.exception("report channel: on_report failed for pod %s", who.key)
+            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+            return
+        self._reply(HTTPStatus.NO_CONTENT, "", keep_alive=True)
+
+    def _length(self) -> int | None:
+        text = self.headers.get("Content-Length")
+        if text is None or not text.isdigit() or len(text) > 12:
+            return None
+        return int(text)
+
+    def _drain(self) -> None:
+        """Read an unread body that is within the limit before closing: closing a socket with
+        unread input resets the connection, and the client may lose the answer with it."""
+        if getattr(self, "_body_read", False):
+            return
+        length = self._length()
+        if length is not None and length <= self.server.owner.max_body:
+            self.rfile.read(length)
+
+    def _reply(self, status: HTTPStatus, text: str, headers: dict[str, str] | None = None,
+               keep_alive: bool = False) -> None:
+        if not keep_alive:
+            self._drain()
+        body = (text + "\n").encode() if text else b""
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if not keep_alive:  # the body may be unread: never reuse this connection
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        if body:
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._reply(HTTPStatus.METHOD_NOT_ALLOWED, f"POST {PATH}")
+
+    do_PUT = do_DELETE = do_PATCH = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None  # per-request lines would be a log flood; rejections are logged once
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, owner: ReportServer, address: tuple[str, int]) -> None:
+        self.owner = owner
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(owner.max_connections)
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):  # all slots busy: shed, do not queue
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(self.owner.timeout)
+        try:
+            tls = self.owner.context.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):
+            return  # a failed or slow handshake: nothing to answer
+        try:
+            _Handler(tls, client_address, self)
+        except OSError:
+            pass  # the client went away or timed out mid-request
+        finally:
+            with contextlib.suppress(OSError):
+                tls.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("report channel: connection error", exc_info=True)
+
+
+class ReportServer:
+    """``POST /v1/reports`` over TLS, in background threads. See the module doc for the checks.
+
+    ``authenticate(token)`` returns the pod or None (:class:`.identity.TokenAuthenticator`);
+    ``on_report(pod, report)`` is called with every report that passed, from a server thread
+    (it must be thread-safe and quick; it may raise :class:`BadReport` ``("unknown-pod", ...)``
+    to refuse a pod the operator does not expect reports from). ``port=0`` picks a free port
+    (see :attr:`port`)."""
+
+    def __init__(self, host: str, port: int, certfile: str, keyfile: str,
+                 authenticate: Authenticate, on_report: OnReport, *,
+                 rate: float = 0.5, burst: float = 10, max_body: int = MAX_REPORT_BYTES,
+                 max_connections: int = 32, timeout: float = 10.0,
+                 rejections: Rejections | None = None) -> None:
+        self.authenticate = authenticate
+        self.on_report = on_report
+        self.limiter = RateLimiter(rate, burst)
+        self.max_body = max_body
+        self.max_connections = max_connections
+        self.timeout = timeout
+        self.rejections = rejections or Rejections()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.load_cert_chain(certfile, keyfile)
+        self._httpd = _Server(self, (host, port))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> ReportServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={
+            "poll_interval": 0.5}, name="report-server", daemon=True)
+        self._thread.start()
+        log.info("report channel: serving https on port %d (POST %s)", self.port, PATH)
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> ReportServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
