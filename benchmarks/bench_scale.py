@@ -279,10 +279,27 @@ class Bench:
 # ---------------------------------------------------------------- ours
 
 
+def operator_source(ref: str, work: Path) -> tuple[Path, str]:
+    """The operator's code, CRD and chart at a git ref (a stable snapshot while others edit the
+    working tree), or the working tree itself for ref "worktree"; and the commit it is."""
+    if ref == "worktree":
+        return ROOT, "the working tree"
+    sha = subprocess.run(["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    dest = work / f"src-{sha}"
+    if not dest.exists():
+        dest.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", sha, "operator", "crds", "charts"],
+                                 cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest, f"commit {sha}"
+
+
 class Operator:
-    def __init__(self, cfg: dc.ClusterConfig, log_path: Path) -> None:
+    def __init__(self, cfg: dc.ClusterConfig, log_path: Path, src: Path) -> None:
         self.metrics_port = free_port()
-        env = {**os.environ, "POD_NAME": "bench-operator", "POD_NAMESPACE": "default"}
+        env = {**os.environ, "POD_NAME": "bench-operator", "POD_NAMESPACE": "default",
+               "PYTHONPATH": str(src / "operator")}
         env = {k: v for k, v in env.items() if not k.startswith("FINETUNE_")}
         self.log_path = log_path
         with open(log_path, "wb") as out:
@@ -334,12 +351,14 @@ DONE = {"reason": "Completed", "finalStep": 1}
 
 def run_ours(b: Bench) -> dict[str, Any]:
     res: dict[str, Any] = {}
+    src, res["source"] = operator_source(b.args.operator_ref, b.work)
+    log(f"operator from {res['source']} ({src})")
     api = b.fresh_cluster()
-    b.kubectl("apply", "--server-side", "-f", str(CRD))
+    b.kubectl("apply", "--server-side", "-f", str(src / CRD.relative_to(ROOT)))
     b.kubectl("wait", "--for=condition=Established", "--timeout=60s",
               "crd/finetunejobs.finetune.dev")
     pcs = subprocess.run([str(build.binary("helm")), "template", "ft",
-                          str(ROOT / "charts" / "finetune-operator"), "--show-only",
+                          str(src / "charts" / "finetune-operator"), "--show-only",
                           "templates/priorityclasses.yaml"],
                          capture_output=True, text=True, check=True).stdout
     b.kubectl("apply", "-f", "-", input=pcs)
@@ -360,7 +379,7 @@ def run_ours(b: Bench) -> dict[str, Any]:
         .get("status", {}).get("phase") == "Bound" for ns in [*b.namespaces, "lifecycle"]),
         120, 1)
 
-    op = Operator(b.cfg, b.work / "operator.log")
+    op = Operator(b.cfg, b.work / "operator.log", src)
     track = PodTrack(OUR_JOB_LABEL)
     watch = Watch(api, "/api/v1/pods", track.on_event, selector=OUR_JOB_LABEL).start()
     has_counter = op.counts() is not None
@@ -563,6 +582,10 @@ def _fmt(v: float | None, unit: str = "s") -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f} {unit}"
 
 
+def _only_writes(c: Counter[tuple[str, str]], verbs: frozenset[str]) -> Counter[tuple[str, str]]:
+    return Counter({k: v for k, v in c.items() if k[0] in verbs})
+
+
 def _num(v: int | None) -> str:
     return "n/a" if v is None else f"{v:,}"
 
@@ -591,7 +614,8 @@ def report(b: Bench, command: str) -> list[str]:
              f"quota each, back-fill of {a.backfill}; a fresh local control plane per phase "
              f"(`{command}`; controller-manager and scheduler without client rate limits, kwok "
              "without its pod-complete stage, pods completed by the benchmark). Ratios are "
-             "ours / Kueue (below 1 is better for time, requests and memory)"]
+             "ours / Kueue (below 1 is better for time, requests and memory); ours is the "
+             f"operator at {ours.get('source', '?')}"]
     rows = [("time to fill capacity (first create -> last pod Running)", "fill_seconds", "s"),
             ("apply -> Pod p50 (while capacity free)", ("latency", 50), "s"),
             ("apply -> Pod p95", ("latency", 95), "s"),
@@ -614,16 +638,21 @@ def report(b: Bench, command: str) -> list[str]:
         xs = (ours.get(key) or {}).get("apiserver", Counter())
         ys = (kq.get(key) or {}).get("apiserver", Counter())
         f = (lambda c: sum(c.values())) if "requests" in label else _writes
-        x, y = (f(xs) if ours else None), (f(ys) if kq else None)
+        x = f(xs) if ours and "error" not in ours else None
+        y = f(ys) if kq and "error" not in kq else None
         lines.append(f"| {label} | {_num(x)} | {_num(y)} | {_ratio(x, y)} |")
     for label, key in (("controller RSS after fill (VmRSS)", "rss_after_fill"),
                        ("controller peak RSS (VmHWM) after back-fill", "rss_5000")):
         i = 0 if "VmHWM" in label else 1
         mx, my = (ours.get(key) or (None, None))[i], (kq.get(key) or (None, None))[i]
         lines.append(f"| {label} | {_fmt(mx, 'MB')} | {_fmt(my, 'MB')} | {_ratio(mx, my)} |")
+    for name, r in (("ours", ours), ("Kueue", kq)):
+        if "error" in r:
+            lines += ["", f"The {name} phase failed: {r['error']} (figures above: n/a)."]
     if kq:
         lines.append("")
-        lines.append(f"Kueue: built in {_fmt(kq.get('build_seconds'))}"
+        lines.append(f"Kueue: came up: {'yes' if kq.get('came_up') else 'NO'}; built in "
+                     f"{_fmt(kq.get('build_seconds'))}"
                      f"{' (cached from an earlier run)' if kq.get('build_cached') else ''}; "
                      f"client qps {kq.get('qps')} burst {kq.get('burst')} (its shipped "
                      "defaults); all capacity admitted (Workload `Admitted`) after "
@@ -639,20 +668,23 @@ def report(b: Bench, command: str) -> list[str]:
             lease = measure.writes(oc, measure.OPERATOR_WRITES, leases=True)
             lines.append(f"Ours alone: writes per job lifecycle (apply -> Succeeded, {n} jobs, "
                          f"operator counter): **{w / max(n, 1):.1f}** (+{lease} Lease writes in "
-                         f"the window); by call: {measure.table(oc)}.")
+                         f"the window); by call: "
+                         f"{measure.table(_only_writes(oc, measure.OPERATOR_WRITES))}.")
             ic = ours.get("idle_counts", {}).get("operator", Counter())
             lines.append(f"Idle window ({a.idle_seconds} s, all running, nothing changing): "
                          f"**{measure.writes(ic, measure.OPERATOR_WRITES, leases=False)}** "
                          f"operator writes besides "
                          f"{measure.writes(ic, measure.OPERATOR_WRITES, leases=True)} Lease "
-                         f"writes; by call: {measure.table(ic) or 'none'}.")
+                         f"writes; by call: "
+                         f"{measure.table(_only_writes(ic, measure.OPERATOR_WRITES)) or 'none'}.")
         else:
             ac = lc.get("apiserver", Counter())
             lines.append(f"Ours alone: the operator exports no finetune_api_requests_total yet; "
                          f"API server writes (all clients) per job lifecycle ({n} jobs): "
-                         f"{_writes(ac) / max(n, 1):.1f}; by call: {measure.table(ac)}.")
+                         f"{_writes(ac) / max(n, 1):.1f}; by call: "
+                         f"{measure.table(_only_writes(ac, measure.APISERVER_WRITES))}.")
             ic = ours.get("idle_counts", {}).get("apiserver", Counter())
-            iw = Counter({k: v for k, v in ic.items() if k[0] in measure.APISERVER_WRITES})
+            iw = _only_writes(ic, measure.APISERVER_WRITES)
             lines.append(f"Idle window ({a.idle_seconds} s): API server writes, all clients: "
                          f"{measure.table(iw) or 'none'}.")
         if "rss_10000" in ours:
@@ -683,6 +715,8 @@ def main() -> int:
     ap.add_argument("--foreign-pods", type=int, default=10000)
     ap.add_argument("--skip-rss", action="store_true", help="skip the 10,000-job memory step")
     ap.add_argument("--phases", default="ours,kueue")
+    ap.add_argument("--operator-ref", default="HEAD",
+                    help="git ref of the operator to run, or 'worktree' (default: HEAD)")
     ap.add_argument("--kueue-qps", type=float, default=50)
     ap.add_argument("--kueue-burst", type=int, default=100)
     ap.add_argument("--workers", type=int, default=16, help="concurrent creates/patches")
