@@ -3,6 +3,7 @@ placement) and GPU quota per namespace. Private to the admission package."""
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
 
@@ -74,6 +75,12 @@ class Pool:
         self._initial: dict[str, int] | None = None
         self._cache: dict[tuple[object, ...], object] = {}  # facts fixed for the whole round
         self.pending_total = 0
+        # reservations: per node, the earliest expected start (seconds from now) of the jobs
+        # holding GPUs there; GPUs held idle by them; how many there are in this pool
+        self.reserved_start: dict[str, float] = {}
+        self.idle_reserved = 0
+        self.reservations = 0
+        self.free_initial = 0
 
     # --- bucket index ------------------------------------------------------------------------
 
@@ -210,17 +217,39 @@ class Pool:
         return {n.name: n.free + n.pending - n.reserved
                 for n in self._iter(self.eligible(sig), schedulable_only=True)}
 
-    def reservation_targets(self, gpus: int, pods: int, sig: Signature) -> tuple[str, ...]:
-        """Where an aged blocked job waits for GPUs: the eligible nodes big enough for a pod
-        that are closest to fitting (most available GPUs first, then name)."""
-        big = sorted(
-            ((-n.avail_pending, n.name) for n in self._iter(self.eligible(sig), True)
-             if n.allocatable >= gpus),
-        )
-        return tuple(name for _, name in big[:pods])
-
     def snapshot_initial(self) -> None:
         self._initial = {n.name: n.avail for n in self.nodes.values() if n.schedulable}
+        self.free_initial = sum(self._initial.values())
+
+    def idle_if_reserved(self, placement: Iterable[str], gpus: int) -> int:
+        """Free GPUs a reservation of `gpus` on these nodes would keep from other jobs."""
+        return sum(min(self.nodes[n].avail, gpus) for n in placement)
+
+    def hold(self, placement: Iterable[str], gpus: int, start: float) -> None:
+        """Reserve `gpus` on each node for a job expected to start in `start` seconds."""
+        placement = tuple(placement)
+        self.idle_reserved += self.idle_if_reserved(placement, gpus)
+        self.reservations += 1
+        for name in placement:
+            self.reserved_start[name] = min(self.reserved_start.get(name, math.inf), start)
+        self.reserve(placement, gpus)
+
+    def place_backfill(self, gpus: int, pods: int, sig: Signature,
+                       seconds: float) -> tuple[str, ...] | None:
+        """Best fit on GPUs that are free but reserved, for a job expected to end within
+        `seconds`: only on nodes whose reservations cannot start before then, so no reserved
+        job is delayed by it."""
+        fits = sorted(
+            (node.free, node.name)
+            for node in self._iter(self.eligible(sig), schedulable_only=True)
+            if node.free >= gpus and (node.avail >= gpus
+                                      or seconds <= self.reserved_start.get(node.name, 0.0))
+        )
+        return tuple(name for _, name in fits[:pods]) if len(fits) >= pods else None
+
+    def candidates(self, gpus: int, sig: Signature) -> Iterable[_Node]:
+        """Eligible schedulable nodes big enough for a pod of `gpus`."""
+        return (n for n in self._iter(self.eligible(sig), True) if n.allocatable >= gpus)
 
     def fitted_initially(self, gpus: int, pods: int, sig: Signature) -> bool:
         """Whether the job would have fitted before this round's admissions and reservations."""
@@ -245,6 +274,8 @@ class QuotaBook:
         self.initial = list(self.free)
         self.pending = [0] * len(self.quotas)
         self.reserved = [0] * len(self.quotas)
+        # per quota: earliest expected start (seconds from now) of the jobs it is reserved for
+        self.reserved_start = [math.inf] * len(self.quotas)
         self._by_ns: dict[tuple[str, str], list[int]] = {}
         for i, q in enumerate(self.quotas):
             self._by_ns.setdefault((q.namespace, q.resource), []).append(i)
@@ -294,6 +325,14 @@ class QuotaBook:
         avail = self.available(job)
         return avail is None or avail >= job.total_gpus
 
+    def fits_backfill(self, job: JobRef, seconds: float) -> bool:
+        """Fits when quota reserved for jobs that cannot start within `seconds` counts as
+        free: a job that ends by then delays none of them."""
+        need = job.total_gpus
+        return all(self.free[i] >= need and (self.free[i] - self.reserved[i] >= need
+                                             or seconds <= self.reserved_start[i])
+                   for i in self.ids(job))
+
     def fitted_initially(self, job: JobRef) -> bool:
         return all(self.initial[i] >= job.total_gpus for i in self.ids(job))
 
@@ -304,9 +343,11 @@ class QuotaBook:
         for i in self.ids(job):
             self.free[i] -= job.total_gpus if gpus is None else gpus
 
-    def reserve(self, job: JobRef, gpus: int | None = None) -> None:
+    def reserve(self, job: JobRef, gpus: int | None = None, start: float = 0.0) -> None:
+        """Hold quota for a job expected to start in `start` seconds (0: any moment)."""
         for i in self.ids(job):
             self.reserved[i] += job.total_gpus if gpus is None else gpus
+            self.reserved_start[i] = min(self.reserved_start[i], start)
 
     def add_pending(self, job: JobRef) -> None:
         for i in self.ids(job):

@@ -183,6 +183,10 @@ class Policy:
     # lower-ordered jobs cannot keep taking them. None: when its aging reaches the cap
     # (aging_cap / aging_rate_per_minute minutes); never when aging is off (rate 0).
     reserve_after_seconds: float | None = None
+    # Bounded reservations: beyond the first reservation in a GPU pool (the one that guarantees
+    # progress), further aged jobs reserve only while all reservations together keep at most
+    # this share of the pool's free GPUs idle. None: unbounded (every aged job reserves).
+    max_reserved_idle_share: float | None = 0.5
 
     @property
     def reserve_threshold_seconds(self) -> float | None:
@@ -203,7 +207,13 @@ class Policy:
             min_runtime_before_preemption_seconds=float(
                 settings.min_runtime_before_preemption_seconds
             ),
+            max_reserved_idle_share=_share(
+                getattr(settings, "max_reserved_idle_share", cls.max_reserved_idle_share)),
         )
+
+
+def _share(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -49,6 +49,7 @@ twice. Jobs whose pods do not exist yet (``counted_in_quota=False``) are added t
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
@@ -143,6 +144,15 @@ class _Admitter:
         for r in self.candidates:
             for node in self.placement_of.get(r.uid, ()):
                 self.on_node[r.gpu_resource][node].append(r)
+        # per resource and node: (seconds until expected end, GPUs) of the jobs holding GPUs
+        # there; unknown ends count as "now" (conservative for the jobs waiting on them)
+        self.ends: dict[str, dict[str, list[tuple[float, int]]]] = defaultdict(
+            lambda: defaultdict(list))
+        for r in self.candidates:
+            left = (0.0 if r.expected_end_at is None
+                    else max(0.0, (r.expected_end_at - now).total_seconds()))
+            for node in self.placement_of.get(r.uid, ()):
+                self.ends[r.gpu_resource][node].append((left, r.gpus))
 
     def pool(self, resource: str) -> Pool:
         if resource not in self.pools:
@@ -176,10 +186,20 @@ class _Admitter:
         over_limit = bool(limit) and self.running_count[ns] >= limit
         quota_ok = pool is None or self.quota.fits(job)
         placement = () if pool is None else pool.place(job.gpus, job.nodes, sig)
+        if (pool is not None and not over_limit and job.expected_seconds is not None
+                and (placement is None or not quota_ok)):
+            # backfill: GPUs and quota reserved for jobs that cannot start before it ends
+            if not quota_ok:
+                quota_ok = self.quota.fits_backfill(job, job.expected_seconds)
+            if placement is None and pool.reservations:
+                placement = pool.place_backfill(job.gpus, job.nodes, sig,
+                                                job.expected_seconds)
         if not over_limit and quota_ok and placement is not None:
             if pool is not None:
                 pool.take(placement, job.gpus)
                 self.quota.take(job)
+                for node in placement:
+                    self.ends[res][node].append((job.expected_seconds or 0.0, job.gpus))
             self.running_count[ns] += 1
             self.admitted.append(Admission(job=job, placement=placement, effective_priority=eff))
             return
@@ -281,11 +301,43 @@ class _Admitter:
         threshold = self.policy.reserve_threshold_seconds
         if threshold is None or (self.now - job.waiting_since).total_seconds() < threshold:
             return False
+        start = 0.0  # quota-blocked: it may start whenever quota frees up
+        if quota_ok:  # capacity is what blocks it: hold GPUs where it can start soonest
+            targets = self._reservation_targets(job, pool, sig)
+            if len(targets) < job.nodes:
+                return False
+            names = tuple(name for _, name in targets)
+            share = self.policy.max_reserved_idle_share
+            if share is not None and pool.reservations and (
+                    pool.idle_reserved + pool.idle_if_reserved(names, job.gpus)
+                    > share * pool.free_initial):
+                return False  # bounded: the first reservation alone guarantees progress
+            start = max(start for start, _ in targets)
+            pool.hold(names, job.gpus, start)
         # its quota, so jobs behind it in the namespace cannot keep using it up
-        self.quota.reserve(job)
-        if quota_ok:  # capacity is what blocks it: hold GPUs on the nodes closest to fitting
-            pool.reserve(pool.reservation_targets(job.gpus, job.nodes, sig), job.gpus)
+        self.quota.reserve(job, start=start)
         return True
+
+    def _reservation_targets(self, job: QueuedJob, pool: Pool,
+                             sig: Signature) -> list[tuple[float, str]]:
+        """(expected start, node) of the `nodes` nodes where the job can start soonest: nodes
+        no other reservation holds first, then by when enough GPUs free up there (running
+        jobs' expected ends), then most available GPUs, then name."""
+        ends = self.ends[job.gpu_resource]
+        ranked = []
+        for node in pool.candidates(job.gpus, sig):
+            have, start = node.free + node.pending - node.reserved, math.inf
+            if have >= job.gpus:
+                start = 0.0
+            else:
+                for left, gpus in sorted(ends.get(node.name, ())):
+                    have += gpus
+                    if have >= job.gpus:
+                        start = left
+                        break
+            ranked.append((node.reserved > 0, start, -node.avail_pending, node.name))
+        ranked.sort()
+        return [(start, name) for _, start, _, name in ranked[:job.nodes]]
 
     # --- stopping jobs and preemption ------------------------------------------------------------
 

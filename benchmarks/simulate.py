@@ -1,0 +1,594 @@
+"""Trace-driven simulator of the admission policy: the real admit() in simulated time, against
+strict FIFO and greedy priority-order first-fit, on the same trace.
+
+    .venv/bin/python benchmarks/simulate.py                      # 3 seeds x loads 0.9 and 1.1
+    .venv/bin/python benchmarks/simulate.py --markdown           # also write BENCHMARKS.md's
+                                                                 # "Scheduling simulator" section
+    .venv/bin/python benchmarks/simulate.py --trace history.jsonl  # replay a real history
+    .venv/bin/python benchmarks/simulate.py --write-trace t.jsonl --seed 1 --load 1.0
+
+The operator's semantics (what the simulated "ours" does, with admit() deciding):
+- admit() runs after every event (arrival, job end, end of a preemption's save) and every
+  `--tick` seconds while work waits (aging moves on between events);
+- an admitted job holds its GPUs from admission: `restart_s` of startup (pod start, model load,
+  resume) without progress, then its work; it ends when its work is done;
+- a preempted job keeps its GPUs for `save_s` (graceful stop: SIGTERM, save, exit), loses no
+  steps (the save works), goes back to the queue keeping its first queue entry (aging is not
+  reset), and pays `restart_s` again at its next start; preemption overhead is every GPU-second
+  a job holds beyond one uninterrupted run;
+- quotas are per-namespace ResourceQuotas on requests.nvidia.com/gpu (used = GPUs of running
+  and stopping jobs); gangs take `nodes` distinct nodes at once; min runtime, preempting bands
+  and aging come from the Policy (the operator's defaults unless changed);
+- running jobs report an ETA once past their startup (a resumed job knows it at once); a queued
+  job's expected run time is its `estimate_s` from the trace (e.g. its activeDeadlineSeconds),
+  or, once it has run, its remaining work plus restart.
+
+Trace format (JSONL, one object per line; what a cluster's job history exports to):
+    {"cluster": {"nodes": 8, "gpus_per_node": 8, "quotas": {"team-0": 32, ...}}}   # optional
+    {"name": "j1", "namespace": "team-0", "submit_s": 0, "gpus": 4, "nodes": 1,
+     "priority_class": "finetune-normal", "duration_s": 7200, "estimate_s": 9000}
+`submit_s`: seconds from the trace's start; `duration_s`: run time on its GPUs without
+interruptions (startup excluded); `estimate_s` (optional): an upper bound the job declares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from finetune_operator.admission import (
+    NodeInfo,
+    Policy,
+    QueuedJob,
+    Quota,
+    RunningJob,
+    Snapshot,
+    admit,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+GPU = "nvidia.com/gpu"
+# the chart's bands (charts/finetune-operator/values.yaml)
+BANDS = {"finetune-critical": 10_000, "finetune-high": 7500, "finetune-normal": 5000,
+         "finetune-low": 2500}
+BAND_ORDER = list(BANDS)
+STARVATION_BOUND_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    nodes: int = 8
+    gpus_per_node: int = 8
+    quotas: dict[str, int] = field(default_factory=dict)  # namespace -> GPUs (requests)
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+@dataclass(frozen=True)
+class TraceJob:
+    name: str
+    namespace: str
+    submit_s: float
+    gpus: int
+    nodes: int
+    priority_class: str
+    duration_s: float
+    estimate_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Trace:
+    cluster: Cluster
+    jobs: tuple[TraceJob, ...]
+
+
+# --- traces -----------------------------------------------------------------------------------
+
+def generate(seed: int, load: float, jobs: int = 400, cluster: Cluster | None = None,
+             namespaces: int = 4, quota: int = 32, median_h: float = 2.0, sigma: float = 1.0,
+             sizes: Iterable[tuple[int, float]] = ((1, 0.35), (2, 0.25), (4, 0.2), (8, 0.2)),
+             multi_node_share: float = 0.05,
+             bands: Iterable[tuple[str, float]] = (("finetune-critical", 0.05),
+                                                   ("finetune-high", 0.2),
+                                                   ("finetune-normal", 0.45),
+                                                   ("finetune-low", 0.3)),
+             estimate_share: float = 1.0, estimate_slack: tuple[float, float] = (1.0, 2.0),
+             ) -> Trace:
+    """Poisson arrivals at `load` x the cluster's GPU-seconds; lognormal run times (median
+    `median_h` hours); sizes 1/2/4/8 GPUs; `multi_node_share` of the 8-GPU jobs are gangs of 2
+    nodes; `estimate_share` of the jobs declare an upper bound of their run time (slack x)."""
+    rng = random.Random(seed)
+    base = cluster or Cluster()
+    cl = Cluster(base.nodes, base.gpus_per_node,
+                 base.quotas or {f"team-{i}": quota for i in range(namespaces)})
+    size_v, size_w = zip(*sizes, strict=True)
+    band_v, band_w = zip(*bands, strict=True)
+    shapes = []
+    for _ in range(jobs):
+        gpus = rng.choices(size_v, size_w)[0]
+        nodes = 2 if gpus == cl.gpus_per_node and rng.random() < multi_node_share else 1
+        dur = min(48 * 3600.0, max(300.0, median_h * 3600 * math.exp(rng.gauss(0, sigma))))
+        shapes.append((gpus, nodes, dur))
+    mean_gpu_s = statistics.fmean(g * n * d for g, n, d in shapes)
+    rate = load * cl.gpus / mean_gpu_s  # arrivals per second
+    t, out = 0.0, []
+    for i, (gpus, nodes, dur) in enumerate(shapes):
+        t += rng.expovariate(rate)
+        est = dur * rng.uniform(*estimate_slack) if rng.random() < estimate_share else None
+        out.append(TraceJob(name=f"job-{i:04d}", namespace=rng.choice(sorted(cl.quotas)),
+                            submit_s=round(t, 1), gpus=gpus, nodes=nodes,
+                            priority_class=rng.choices(band_v, band_w)[0],
+                            duration_s=round(dur, 1),
+                            estimate_s=None if est is None else round(est, 1)))
+    return Trace(cl, tuple(out))
+
+
+def write_trace(trace: Trace, path: Path) -> None:
+    with path.open("w") as f:
+        f.write(json.dumps({"cluster": asdict(trace.cluster)}) + "\n")
+        for j in trace.jobs:
+            f.write(json.dumps({k: v for k, v in asdict(j).items() if v is not None}) + "\n")
+
+
+def read_trace(path: Path) -> Trace:
+    cluster, jobs = Cluster(), []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        obj = json.loads(line)
+        if "cluster" in obj:
+            cluster = Cluster(**obj["cluster"])
+            continue
+        try:
+            jobs.append(TraceJob(**obj))
+        except TypeError as e:
+            raise SystemExit(f"{path}:{n}: not a trace job ({e}); see the format in "
+                             f"benchmarks/simulate.py") from e
+    return Trace(cluster, tuple(sorted(jobs, key=lambda j: (j.submit_s, j.name))))
+
+
+# --- the simulated cluster --------------------------------------------------------------------
+
+@dataclass
+class Costs:
+    save_s: float = 60.0  # graceful stop: finish the step, save, exit
+    restart_s: float = 120.0  # pod start, model load, resume (paid by every start)
+    tick_s: float = 300.0  # the operator's periodic pass while work waits
+
+
+@dataclass
+class Job:
+    t: TraceJob
+    uid: str
+    remaining: float  # seconds of work left
+    first_queued: float
+    queued_at: float | None = None
+    waited: float = 0.0
+    held: float = 0.0  # GPU-seconds held in all attempts
+    started: float | None = None  # this attempt's admission
+    placement: tuple[str, ...] = ()
+    stopping_until: float | None = None
+    attempts: int = 0
+    preemptions: int = 0
+    end: float | None = None
+    impossible: bool = False
+
+    @property
+    def total_gpus(self) -> int:
+        return self.t.gpus * self.t.nodes
+
+
+class Scheduler:
+    """One policy deciding over the simulated cluster (subclasses: FIFO, greedy, admit())."""
+
+    name = ""
+
+    def decide(self, sim: Sim, now: float) -> tuple[list[tuple[Job, tuple[str, ...]]],
+                                                    list[Job], list[Job]]:
+        """(admissions with placement, victims, impossible jobs)."""
+        raise NotImplementedError
+
+
+def _first_fit(free: dict[str, int], gpus: int, nodes: int) -> tuple[str, ...] | None:
+    picked = tuple(n for n in free if free[n] >= gpus)[:nodes]
+    return picked if len(picked) == nodes else None
+
+
+class _Baseline(Scheduler):
+    strict = False
+
+    def order(self, jobs: list[Job]) -> list[Job]:
+        raise NotImplementedError
+
+    def decide(self, sim: Sim, now: float) -> tuple[list[tuple[Job, tuple[str, ...]]],
+                                                    list[Job], list[Job]]:
+        free = sim.free_by_node()
+        quota = sim.quota_free()
+        out: list[tuple[Job, tuple[str, ...]]] = []
+        impossible = [j for j in sim.queue if sim.never_fits(j)]
+        for job in self.order([j for j in sim.queue if j not in impossible]):
+            ns = job.t.namespace
+            place = _first_fit(free, job.t.gpus, job.t.nodes)
+            if place is not None and quota.get(ns, 1 << 30) >= job.total_gpus:
+                for n in place:
+                    free[n] -= job.t.gpus
+                if ns in quota:
+                    quota[ns] -= job.total_gpus
+                out.append((job, place))
+            elif self.strict:
+                break
+        return out, [], impossible
+
+
+class Fifo(_Baseline):
+    name = "FIFO"
+    strict = True  # head-of-line blocking
+
+    def order(self, jobs: list[Job]) -> list[Job]:
+        return sorted(jobs, key=lambda j: (j.first_queued, j.t.name))
+
+
+class Greedy(_Baseline):
+    name = "greedy"
+
+    def order(self, jobs: list[Job]) -> list[Job]:
+        return sorted(jobs, key=lambda j: (-BANDS[j.t.priority_class], j.first_queued,
+                                           j.t.name))
+
+
+class Ours(Scheduler):
+    """The operator: admit() over a Snapshot built as the operator's shell builds it."""
+
+    def __init__(self, name: str = "ours", policy: Policy | None = None,
+                 reset_age_on_requeue: bool = False, use_eta: bool = True) -> None:
+        self.name = name
+        self.policy = policy or Policy()
+        self.reset_age = reset_age_on_requeue  # the behaviour before aging survived requeues
+        self.use_eta = use_eta
+        self.calls = 0
+        self.seconds = 0.0
+
+    def decide(self, sim: Sim, now: float) -> tuple[list[tuple[Job, tuple[str, ...]]],
+                                                    list[Job], list[Job]]:
+        at = T0 + timedelta(seconds=now)
+        queued = [self._queued(j, sim.costs) for j in sim.queue]
+        running = [self._running(j, now, sim.costs) for j in sim.running.values()]
+        snap = Snapshot(queued=queued, running=running, nodes=sim.node_infos(),
+                        quotas=sim.quotas(), policy=self.policy)
+        t = time.perf_counter()
+        d = admit(snap, at)
+        self.seconds += time.perf_counter() - t
+        self.calls += 1
+        jobs = {j.uid: j for j in sim.queue} | sim.running
+        return ([(jobs[a.job.uid], a.placement) for a in d.admit],
+                [jobs[p.victim.uid] for p in d.preempt],
+                [jobs[i.job.uid] for i in d.impossible])
+
+    def _queued(self, j: Job, costs: Costs) -> QueuedJob:
+        tj = j.t
+        first = j.queued_at if self.reset_age and j.queued_at is not None else j.first_queued
+        expected: float | None = tj.estimate_s
+        if j.attempts and self.use_eta:  # a previous attempt's progress tells its ETA
+            expected = j.remaining + costs.restart_s
+        return QueuedJob(namespace=tj.namespace, name=tj.name, uid=j.uid,
+                         priority=BANDS[tj.priority_class], priority_class=tj.priority_class,
+                         gpus=tj.gpus, nodes=tj.nodes, gpu_resource=GPU,
+                         created_at=T0 + timedelta(seconds=tj.submit_s),
+                         first_queued_at=T0 + timedelta(seconds=first),
+                         queued_since=T0 + timedelta(seconds=j.queued_at or first),
+                         expected_seconds=expected if self.use_eta else None)
+
+    def _running(self, j: Job, now: float, costs: Costs) -> RunningJob:
+        tj = j.t
+        assert j.started is not None
+        run_from = j.started + costs.restart_s
+        ckpt = None
+        if now > run_from:  # periodic checkpoints every 30 min of progress
+            ckpt = run_from + (now - run_from) // 1800 * 1800
+        eta = None
+        if self.use_eta and j.stopping_until is None and (now >= run_from or j.attempts > 1):
+            eta = T0 + timedelta(seconds=max(now, run_from) + j.remaining
+                                 - max(0.0, now - run_from))
+        return RunningJob(namespace=tj.namespace, name=tj.name, uid=j.uid,
+                          priority=BANDS[tj.priority_class], priority_class=tj.priority_class,
+                          gpus=tj.gpus, nodes=tj.nodes, gpu_resource=GPU,
+                          started_at=T0 + timedelta(seconds=j.started),
+                          last_checkpoint_at=None if ckpt is None else T0 + timedelta(seconds=ckpt),
+                          preempting=j.stopping_until is not None, placement=j.placement,
+                          expected_end_at=eta)
+
+
+class Sim:
+    def __init__(self, trace: Trace, scheduler: Scheduler, costs: Costs) -> None:
+        self.trace, self.sched, self.costs = trace, scheduler, costs
+        self.cluster = trace.cluster
+        self.node_names = [f"node-{i:02d}" for i in range(self.cluster.nodes)]
+        self.queue: list[Job] = []
+        self.running: dict[str, Job] = {}
+        self.jobs = [Job(t=t, uid=f"u{i}", remaining=t.duration_s, first_queued=t.submit_s)
+                     for i, t in enumerate(trace.jobs)]
+        self.events: list[tuple[float, int, str, str]] = []
+        self.seq = 0
+        # integrals
+        self.alloc_s = 0.0
+        self.wait_time = 0.0
+        self.alloc_wait_s = 0.0
+        self.last_t = 0.0
+
+    # --- views for the schedulers --------------------------------------------------------------
+
+    def free_by_node(self) -> dict[str, int]:
+        free = {n: self.cluster.gpus_per_node for n in self.node_names}
+        for j in self.running.values():
+            for n in j.placement:
+                free[n] -= j.t.gpus
+        return free
+
+    def node_infos(self) -> list[NodeInfo]:
+        return [NodeInfo(name=n, allocatable={GPU: self.cluster.gpus_per_node}, free={GPU: f})
+                for n, f in self.free_by_node().items()]
+
+    def quota_free(self) -> dict[str, int]:
+        used: dict[str, int] = defaultdict(int)
+        for j in self.running.values():
+            used[j.t.namespace] += j.total_gpus
+        return {ns: hard - used[ns] for ns, hard in self.cluster.quotas.items()}
+
+    def quotas(self) -> list[Quota]:
+        used: dict[str, int] = defaultdict(int)
+        for j in self.running.values():
+            used[j.t.namespace] += j.total_gpus
+        return [Quota(namespace=ns, resource=GPU, hard=h, used=used[ns], name="gpu")
+                for ns, h in self.cluster.quotas.items()]
+
+    def never_fits(self, j: Job) -> bool:
+        return (j.t.gpus > self.cluster.gpus_per_node or j.t.nodes > self.cluster.nodes
+                or j.total_gpus > self.cluster.quotas.get(j.t.namespace, 1 << 30))
+
+    # --- the event loop ------------------------------------------------------------------------
+
+    def _push(self, t: float, kind: str, uid: str) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (t, self.seq, kind, uid))
+
+    def _advance(self, t: float) -> None:
+        dt = t - self.last_t
+        alloc = sum(j.total_gpus for j in self.running.values())
+        self.alloc_s += alloc * dt
+        if self.queue:
+            self.wait_time += dt
+            self.alloc_wait_s += alloc * dt
+        for j in self.queue:
+            j.waited += dt
+        for j in self.running.values():
+            j.held += j.total_gpus * dt
+        self.last_t = t
+
+    def run(self) -> Sim:
+        by_uid = {j.uid: j for j in self.jobs}
+        for j in self.jobs:
+            self._push(j.t.submit_s, "arrive", j.uid)
+        now = 0.0
+        while self.events or self.queue:
+            next_event = self.events[0][0] if self.events else math.inf
+            t = min(next_event, now + self.costs.tick_s) if self.queue else next_event
+            if math.isinf(t):
+                break
+            self._advance(t)
+            now = t
+            while self.events and self.events[0][0] <= now:
+                _, _, kind, uid = heapq.heappop(self.events)
+                self._event(kind, by_uid[uid], now)
+            self._decide(now)
+        self.makespan = max((j.end for j in self.jobs if j.end is not None), default=0.0)
+        return self
+
+    def _event(self, kind: str, j: Job, now: float) -> None:
+        if kind == "arrive":
+            j.queued_at = now
+            self.queue.append(j)
+        elif kind == "end" and j.uid in self.running and j.stopping_until is None:
+            if j.end is None and abs(self._end_at(j) - now) < 1e-6:
+                del self.running[j.uid]
+                j.remaining, j.end = 0.0, now
+        elif kind == "stopped" and j.stopping_until is not None and j.stopping_until <= now:
+            del self.running[j.uid]
+            j.stopping_until, j.started, j.placement = None, None, ()
+            j.queued_at = now
+            self.queue.append(j)
+
+    def _end_at(self, j: Job) -> float:
+        assert j.started is not None
+        return j.started + self.costs.restart_s + j.remaining
+
+    def _decide(self, now: float) -> None:
+        if not self.queue:
+            return
+        admits, victims, impossible = self.sched.decide(self, now)
+        for j in impossible:
+            j.impossible = True
+            self.queue.remove(j)
+        for v in victims:
+            assert v.started is not None and v.stopping_until is None
+            v.remaining -= max(0.0, now - (v.started + self.costs.restart_s))  # no lost steps
+            v.remaining = max(0.0, v.remaining)
+            v.preemptions += 1
+            v.stopping_until = now + self.costs.save_s
+            self._push(v.stopping_until, "stopped", v.uid)
+        for j, placement in admits:
+            self.queue.remove(j)
+            j.started, j.placement, j.attempts = now, placement, j.attempts + 1
+            self.running[j.uid] = j
+            self._push(self._end_at(j), "end", j.uid)
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+@dataclass
+class Result:
+    policy: str
+    alloc_while_waiting: float
+    alloc: float
+    makespan_h: float
+    waits: dict[str, tuple[float, float, float]]  # band -> (p50, p95, max) minutes
+    preemptions: int
+    overhead_gpu_h: float
+    starved: int
+    impossible: int
+    sim_seconds: float
+
+
+def measure(trace: Trace, sched: Scheduler, costs: Costs) -> Result:
+    t = time.perf_counter()
+    sim = Sim(trace, sched, costs).run()
+    elapsed = time.perf_counter() - t
+    done = [j for j in sim.jobs if j.end is not None]
+    waits: dict[str, tuple[float, float, float]] = {}
+    for band in BAND_ORDER:
+        w = [j.waited / 60 for j in done if j.t.priority_class == band]
+        waits[band] = (_pct(w, 0.5), _pct(w, 0.95), max(w, default=0.0))
+    overhead = sum(j.held - j.total_gpus * (j.t.duration_s + costs.restart_s) for j in done)
+    span = sim.makespan - min(j.submit_s for j in trace.jobs)
+    return Result(
+        policy=sched.name,
+        alloc_while_waiting=sim.alloc_wait_s / (trace.cluster.gpus * sim.wait_time)
+        if sim.wait_time else 1.0,
+        alloc=sim.alloc_s / (trace.cluster.gpus * span) if span else 0.0,
+        makespan_h=span / 3600,
+        waits=waits,
+        preemptions=sum(j.preemptions for j in sim.jobs),
+        overhead_gpu_h=max(0.0, overhead) / 3600,
+        starved=sum(1 for j in done if j.waited > STARVATION_BOUND_S),
+        impossible=sum(1 for j in sim.jobs if j.impossible),
+        sim_seconds=elapsed)
+
+
+SCHEDULERS: dict[str, Callable[[], Scheduler]] = {
+    "ours": lambda: Ours("ours"),
+    "ours-unbounded": lambda: Ours("ours, before (unbounded reservations, no ETA, age reset)",
+                                   Policy(max_reserved_idle_share=None),
+                                   reset_age_on_requeue=True, use_eta=False),
+    "greedy": Greedy,
+    "fifo": Fifo,
+}
+
+
+def table(rows: list[tuple[int, float, Result]]) -> list[str]:
+    head = ("| seed | load | policy | alloc while waiting | alloc | makespan h | "
+            + " | ".join(f"{b.removeprefix('finetune-')} wait p50/p95/max min"
+                         for b in BAND_ORDER)
+            + " | preemptions | overhead GPU-h | waited > 24 h |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for seed, load, r in rows:
+        waits = " | ".join("{:.0f}/{:.0f}/{:.0f}".format(*r.waits[b]) for b in BAND_ORDER)
+        out.append(f"| {seed} | {load} | {r.policy} | {r.alloc_while_waiting:.1%} | "
+                   f"{r.alloc:.1%} | {r.makespan_h:.1f} | {waits} | {r.preemptions} | "
+                   f"{r.overhead_gpu_h:.1f} | {r.starved} |")
+    return out
+
+
+def targets(rows: list[tuple[int, float, Result]]) -> list[str]:
+    """Issue 15's targets for "ours", checked per (seed, load)."""
+    lines = []
+    by_run: dict[tuple[int, float], dict[str, Result]] = defaultdict(dict)
+    for seed, load, r in rows:
+        by_run[(seed, load)][r.policy] = r
+    for (seed, load), rs in sorted(by_run.items()):
+        ours, greedy = rs.get("ours"), rs.get("greedy")
+        if ours is None or greedy is None:
+            continue
+        worse = [b.removeprefix("finetune-") for b in BAND_ORDER
+                 if ours.waits[b][1] > greedy.waits[b][1] + 1e-9]
+        checks = [
+            ("alloc while waiting >= 95%", ours.alloc_while_waiting >= 0.95),
+            ("alloc while waiting >= greedy's",
+             ours.alloc_while_waiting >= greedy.alloc_while_waiting),
+            ("critical p95 wait <= 5 min", ours.waits["finetune-critical"][1] <= 5),
+            ("every band's p95 wait <= greedy's" + (f" (not: {', '.join(worse)})"
+                                                     if worse else ""), not worse),
+            ("no job waited > 24 h", ours.starved == 0),
+        ]
+        lines.append(f"- seed {seed}, load {load}: " + "; ".join(
+            f"{name} {'yes' if ok else 'NO'}" for name, ok in checks))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--loads", type=float, nargs="+", default=[0.9, 1.1])
+    p.add_argument("--jobs", type=int, default=400)
+    p.add_argument("--policies", nargs="+", default=list(SCHEDULERS), choices=list(SCHEDULERS))
+    p.add_argument("--trace", type=Path, help="replay this JSONL trace instead of generating")
+    p.add_argument("--write-trace", type=Path, help="write the generated trace (first seed "
+                   "and load) as JSONL and exit")
+    p.add_argument("--estimate-share", type=float, default=1.0,
+                   help="share of generated jobs that declare an upper bound of their run time")
+    p.add_argument("--save-s", type=float, default=Costs.save_s)
+    p.add_argument("--restart-s", type=float, default=Costs.restart_s)
+    p.add_argument("--tick-s", type=float, default=Costs.tick_s)
+    p.add_argument("--markdown", action="store_true")
+    args = p.parse_args(argv)
+    costs = Costs(save_s=args.save_s, restart_s=args.restart_s, tick_s=args.tick_s)
+    if args.write_trace:
+        write_trace(generate(args.seeds[0], args.loads[0], args.jobs,
+                             estimate_share=args.estimate_share), args.write_trace)
+        return 0
+    runs: list[tuple[int, float, Trace]] = []
+    if args.trace:
+        runs.append((0, 0.0, read_trace(args.trace)))
+    else:
+        runs = [(s, load, generate(s, load, args.jobs, estimate_share=args.estimate_share))
+                for load in args.loads for s in args.seeds]
+    rows: list[tuple[int, float, Result]] = []
+    started = time.perf_counter()
+    for seed, load, trace in runs:
+        for key in args.policies:
+            r = measure(trace, SCHEDULERS[key](), costs)
+            rows.append((seed, load, r))
+            print(f"seed {seed} load {load} {r.policy}: {r.sim_seconds:.1f} s", file=sys.stderr)
+    wall = time.perf_counter() - started
+    lines = table(rows)
+    checks = targets(rows)
+    print("\n".join(lines))
+    print("\n".join(checks))
+    print(f"{len(rows)} simulations in {wall:.1f} s", file=sys.stderr)
+    if args.markdown:
+        from report import write_section  # benchmarks/ is on sys.path when run as a script
+        c = runs[0][2].cluster
+        lead = (f"{len(runs[0][2].jobs)} jobs per trace on {c.nodes} nodes x "
+                f"{c.gpus_per_node} GPUs, {len(c.quotas)} namespaces with "
+                f"{', '.join(sorted({str(v) for v in c.quotas.values()}))}-GPU quotas; sizes "
+                "1/2/4/8 GPUs (5% of 8-GPU jobs are 2-node gangs), lognormal run times "
+                "(median 2 h, sigma 1), bands critical/high/normal/low 5/20/45/30%; save "
+                f"{costs.save_s:.0f} s, restart {costs.restart_s:.0f} s; "
+                f"{len(rows)} simulations in {wall:.0f} s. Waits are the total time queued "
+                "(all attempts), in minutes")
+        write_section("Scheduling simulator", "simulate.py --markdown",
+                      [lead, *lines, "", "Issue 15's targets for ours:", "", *checks])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
