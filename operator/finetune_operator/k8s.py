@@ -252,6 +252,79 @@ class Kube:
         return table[kind]
 
 
+    # ============================================================ FineTuneSweep (sweep/) ====
+    # Used by finetune_operator.sweep.SweepRunner only; additive. Its (verb, resource) pairs are
+    # sweep.runner.SWEEP_SURFACE (registered as extra surface when the sweep package loads).
+
+    def list_sweeps(self, namespaces: list[str]) -> list[dict]:
+        """FineTuneSweeps of the watched namespaces (every namespace when empty)."""
+        from .api.sweep import SWEEP_PLURAL
+
+        api = client.CustomObjectsApi(self.api)
+        self._count("list", SWEEP_PLURAL)
+        if not namespaces:
+            res: Any = api.list_cluster_custom_object(GROUP, VERSION, SWEEP_PLURAL,
+                                                      _request_timeout=30)
+            return list(res["items"])
+        out: list[dict] = []
+        for ns in namespaces:
+            page: Any = api.list_namespaced_custom_object(GROUP, VERSION, ns, SWEEP_PLURAL,
+                                                          _request_timeout=30)
+            out.extend(page["items"])
+        return out
+
+    def create_trial(self, body: dict) -> tuple[dict, bool]:
+        """Create a sweep's trial FineTuneJob; on 409 read the one that exists (the caller
+        checks its owner: a job the sweep does not own is never adopted). (object, created)."""
+        api = client.CustomObjectsApi(self.api)
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        self._count("create", PLURAL)
+        try:
+            res: Any = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body,
+                                                           _request_timeout=30)
+            return dict(res), True
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        self._count("get", PLURAL)
+        got: Any = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
+                                                    _request_timeout=30)
+        return dict(got), False
+
+    def patch_sweep_status(self, namespace: str, name: str, status: dict) -> bool:
+        """Merge-patch a FineTuneSweep's status; False when the sweep is gone."""
+        from .api.sweep import SWEEP_PLURAL
+
+        api = client.CustomObjectsApi(self.api)
+        self._count("patch", f"{SWEEP_PLURAL}/status")
+        try:
+            api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, SWEEP_PLURAL,
+                                                      name, {"status": status},
+                                                      _request_timeout=30)
+            return True
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            return False
+
+    def stop_trial(self, namespace: str, name: str, uid: str, annotations: dict) -> bool:
+        """Early stop: ``spec.suspend: true`` (a graceful, checkpointed stop) plus the given
+        annotations, in one merge patch guarded by the trial's uid; False when it is gone."""
+        api = client.CustomObjectsApi(self.api)
+        self._count("patch", PLURAL)
+        body = {"metadata": {"uid": uid, "annotations": annotations},
+                "spec": {"suspend": True}}
+        try:
+            api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body,
+                                               _request_timeout=30)
+            return True
+        except ApiException as e:
+            if e.status in (404, 409, 422):  # gone, or another job of that name
+                return False
+            raise
+    # ========================================================== end FineTuneSweep (sweep/) ===
+
+
 # ---- used by the kubectl plugin (finetune_operator.cli) ------------------------------------
 # Reads and spec patches on behalf of a user, with the user's own credentials. Additive: nothing
 # above uses it. API errors are raised as ApiException; the plugin turns them into messages.

@@ -353,3 +353,60 @@ def _timestamp(value: Any) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+# ==================================================== evaluation and sweeps (sweep/runner.py) ====
+# Set once per scheduling cycle by sweep.SweepRunner.sync from the cached jobs and sweeps, and
+# served atomically by one collector (a deleted job or sweep leaves the exposition with it).
+
+EVAL_METRICS: Final = ("testLoss", "testPerplexity", "testRouge1", "testRouge2", "testRougeL",
+                       "testBleu4", "testExactMatch", "evalLoss", "trainLoss")
+SWEEP_TRIAL_PHASES: Final = ("Pending", "Queued", "Admitted", "Running", "Preempting",
+                             "Suspended", "Succeeded", "Failed", "Stopped")
+
+
+class _EvalSweepCollector(Collector):
+    def __init__(self) -> None:
+        self.families: list[GaugeMetricFamily] = []
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        return list(self.families)
+
+
+_EVAL_SWEEP = _EvalSweepCollector()
+REGISTRY.register(_EVAL_SWEEP)
+
+
+def observe_sweeps(sweeps: Sequence[tuple[Any, Any]], jobs: Sequence[Mapping[str, Any]]) -> None:
+    """Per-job evaluation gauges (``status.output.metrics`` of every job, known names only) and
+    per-sweep gauges: trials by phase and the best trial's objective value. ``sweeps`` holds
+    (FineTuneSweep, SweepPlan) pairs."""
+    evals = GaugeMetricFamily(
+        "finetune_job_eval_metric", "Final metric of a finished job (status.output.metrics): "
+        "test-set loss, perplexity, ROUGE-1/2/L, BLEU-4 (0-100), exact match (0-100), "
+        "validation and training loss", labels=["namespace", "job", "metric"])
+    for body in jobs:
+        meta, st = body.get("metadata") or {}, body.get("status") or {}
+        for name, value in ((st.get("output") or {}).get("metrics") or {}).items():
+            if name in EVAL_METRICS and isinstance(value, int | float):
+                evals.add_metric([str(meta.get("namespace")), str(meta.get("name")), name],
+                                 float(value))
+    trials = GaugeMetricFamily("finetune_sweep_trials", "Trials of a FineTuneSweep by phase",
+                               labels=["namespace", "sweep", "phase"])
+    best = GaugeMetricFamily("finetune_sweep_best_value",
+                             "The objective metric of a FineTuneSweep's best finished trial",
+                             labels=["namespace", "sweep", "metric", "trial"])
+    for sweep, plan in sweeps:
+        ns, name = sweep.metadata.namespace, sweep.metadata.name
+        counts = dict.fromkeys(SWEEP_TRIAL_PHASES, 0)
+        for t in plan.status.get("trials") or []:
+            if t.get("phase") in counts:
+                counts[t["phase"]] += 1
+        for phase, n in counts.items():
+            trials.add_metric([ns, name, phase], float(n))
+        if plan.best is not None:
+            best.add_metric([ns, name, plan.best.metric, plan.best.name], plan.best.value)
+    _EVAL_SWEEP.families = [evals, trials, best]

@@ -214,11 +214,11 @@ class TrialStatus(ApiModel):
     phase: TrialPhase = "Pending"
     metrics: dict[str, float] = Field(default_factory=dict)
     objective: float | None = Field(default=None, description="the objective metric's value")
-    step: int | None = None
-    loss: float | None = Field(default=None, description="latest reported training loss")
     preemptions: int = 0
-    gpu_hours: float | None = None
-    early_stopped: bool = False
+    gpu_hours: float | None = Field(
+        default=None, description="finished trials: GPUs x wall-clock hours from first start to "
+        "completion (live step and loss are on the trial FineTuneJob itself)")
+    early_stopped: bool = Field(default=False, description="suspended by the sweep's earlyStop")
 
 
 class BestTrial(ApiModel):

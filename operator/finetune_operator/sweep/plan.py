@@ -1,0 +1,266 @@
+"""Pure: (sweep, the FineTuneJobs of its namespace, now) -> what to create, stop and report.
+
+Level-based like the job reconciler: everything is recomputed from what is in the cluster.
+A trial is the FineTuneJob ``<sweep>-t<index>`` owned by the sweep (owner reference with the
+sweep's uid); trials are created in index order, so a planner working on a stale view asks
+for the same names again (create-or-get makes that a no-op) and never for more than
+``maxParallel`` unfinished trials. A job with a trial's name that the sweep does not own is
+never adopted: the sweep reports the conflict instead.
+
+A trial is *finished* when its job Succeeded or Failed, or when its ``spec.suspend`` is true
+(early-stopped by the sweep, or suspended by hand: it frees its slot; set suspend back to false
+to continue it). The sweep Succeeded when every trial exists and is finished.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..api.job import API_VERSION, KIND, FineTuneJob
+from ..api.sweep import (
+    SWEEP_KIND,
+    BestTrial,
+    FineTuneSweep,
+    FineTuneSweepStatus,
+    TrialStatus,
+)
+from .expand import SweepInvalid, Trial, expand, trial_name
+
+SWEEP_LABEL = "finetune.dev/sweep"
+TRIAL_LABEL = "finetune.dev/trial"
+PARAMETERS_ANNOTATION = "finetune.dev/trial-parameters"
+EARLY_STOP_ANNOTATION = "finetune.dev/early-stopped"
+FINISHED_JOB_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass
+class SweepPlan:
+    creates: list[dict[str, Any]] = field(default_factory=list)  # FineTuneJob bodies
+    stops: list[tuple[str, str, str]] = field(default_factory=list)  # (trial, its uid, why)
+    status: dict[str, Any] = field(default_factory=dict)  # the whole new status (wire)
+    status_changed: bool = False
+    best: BestTrial | None = None
+
+
+def owner_reference(sweep: FineTuneSweep) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": SWEEP_KIND, "name": sweep.metadata.name,
+            "uid": sweep.metadata.uid, "controller": True, "blockOwnerDeletion": True}
+
+
+def owned_by(body: dict[str, Any], uid: str) -> bool:
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(r.get("uid") == uid for r in refs)
+
+
+def trial_body(sweep: FineTuneSweep, trial: Trial) -> dict[str, Any]:
+    """The child FineTuneJob of one trial."""
+    m = sweep.metadata
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": trial_name(m.name, trial.index),
+            "namespace": m.namespace,
+            "labels": {SWEEP_LABEL: m.name, TRIAL_LABEL: str(trial.index),
+                       "app.kubernetes.io/part-of": "finetune-operator"},
+            "annotations": {PARAMETERS_ANNOTATION: json.dumps(trial.parameters,
+                                                              sort_keys=True)},
+            "ownerReferences": [owner_reference(sweep)],
+        },
+        "spec": trial.spec,
+    }
+
+
+def _condition(old: list[dict[str, Any]], type_: str, status: str, reason: str, message: str,
+               now: datetime, generation: int) -> dict[str, Any]:
+    prev = next((c for c in old if c.get("type") == type_), None)
+    since = (prev.get("lastTransitionTime") if prev and prev.get("status") == status else None)
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since or now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "observedGeneration": generation}
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _gpu_hours(job: FineTuneJob) -> float | None:
+    start, end = _parse_time(job.status.start_time), _parse_time(job.status.completion_time)
+    if start is None or end is None:
+        return None
+    return round(job.spec.resources.total_gpus * (end - start).total_seconds() / 3600.0, 4)
+
+
+def _trial_phase(job: FineTuneJob | None) -> str:
+    if job is None:
+        return "Pending"
+    if job.status.phase in FINISHED_JOB_PHASES:
+        return job.status.phase or "Queued"
+    if job.spec.suspend:
+        return "Stopped"
+    return job.status.phase or "Queued"
+
+
+def _finished(phase: str) -> bool:
+    return phase in ("Succeeded", "Failed", "Stopped")
+
+
+def _early_stops(sweep: FineTuneSweep,
+                 jobs: dict[int, FineTuneJob]) -> list[tuple[str, str, str]]:
+    """Running trials whose latest loss is worse than the best trial's by more than the margin,
+    both having trained at least afterSteps steps."""
+    es = sweep.spec.early_stop
+    if es is None:
+        return []
+    seen: list[tuple[float, int, FineTuneJob]] = []
+    for index, job in jobs.items():
+        pr = job.status.progress
+        if pr is not None and pr.loss is not None and pr.step >= es.after_steps:
+            seen.append((pr.loss, index, job))
+    if len(seen) < 2:
+        return []
+    best_loss, best_index, _ = min(seen, key=lambda x: (x[0], x[1]))
+    out = []
+    for loss, index, job in sorted(seen, key=lambda x: x[1]):
+        if index == best_index or _trial_phase(job) != "Running":
+            continue
+        if loss > best_loss + es.margin:
+            step = job.status.progress.step if job.status.progress else 0
+            out.append((job.metadata.name, job.metadata.uid,
+                        f"loss {loss:.4g} at step {step} is worse than trial {best_index}'s "
+                        f"{best_loss:.4g} by more than {es.margin:g}"))
+    return out
+
+
+def _rank(sweep: FineTuneSweep, trials: list[TrialStatus]) -> BestTrial | None:
+    metric = sweep.spec.objective.metric
+    done = [t for t in trials if t.phase == "Succeeded" and t.objective is not None]
+    if not done:
+        return None
+    sign = 1.0 if sweep.spec.objective.minimize() else -1.0
+    best = min(done, key=lambda t: (sign * (t.objective or 0.0), t.index))
+    assert best.objective is not None
+    return BestTrial(name=best.name, index=best.index, metric=metric, value=best.objective,
+                     parameters=dict(best.parameters))
+
+
+def rank_trials(sweep: FineTuneSweep, trials: list[TrialStatus]) -> list[TrialStatus]:
+    """Trials best first: finished with the metric (by direction), then the rest by index."""
+    sign = 1.0 if sweep.spec.objective.minimize() else -1.0
+    return sorted(trials, key=lambda t: (t.objective is None,
+                                         sign * t.objective if t.objective is not None else 0.0,
+                                         t.index))
+
+
+def plan_sweep(sweep: FineTuneSweep, jobs: list[dict[str, Any]], now: datetime) -> SweepPlan:
+    """The sweep's next step. ``jobs``: FineTuneJob bodies of the sweep's namespace (others are
+    ignored); only those owned by the sweep's uid count as its trials."""
+    m = sweep.metadata
+    old = sweep.status.to_wire()
+    plan = SweepPlan()
+    try:
+        trials = expand(sweep.spec)
+    except SweepInvalid as e:
+        return _finish(plan, old, _invalid(sweep, str(e), now))
+    by_name: dict[str, dict[str, Any]] = {}
+    for body in jobs:
+        meta = body.get("metadata") or {}
+        if meta.get("namespace", m.namespace) == m.namespace:
+            by_name[str(meta.get("name"))] = body
+    children: dict[int, FineTuneJob] = {}
+    conflicts: list[str] = []
+    for t in trials:
+        name = trial_name(m.name, t.index)
+        found = by_name.get(name)
+        if found is None:
+            continue
+        if not owned_by(found, m.uid):
+            conflicts.append(name)
+            continue
+        try:
+            children[t.index] = FineTuneJob.from_body(found)
+        except ValidationError:
+            continue  # a trial the API server stored is valid; a foreign shape is not ours
+    statuses: list[TrialStatus] = []
+    for t in trials:
+        job = children.get(t.index)
+        phase = _trial_phase(job)
+        metrics = dict(job.status.output.metrics) if job and job.status.output else {}
+        statuses.append(TrialStatus(
+            index=t.index, name=trial_name(m.name, t.index), parameters=t.parameters,
+            phase=phase,
+            metrics=metrics, objective=metrics.get(sweep.spec.objective.metric),
+            preemptions=job.status.preemptions if job else 0,
+            gpu_hours=_gpu_hours(job) if job and phase in ("Succeeded", "Failed") else None,
+            early_stopped=bool(job and phase == "Stopped"
+                               and job.metadata.annotations.get(EARLY_STOP_ANNOTATION))))
+    active = sum(1 for s in statuses if s.phase != "Pending" and not _finished(s.phase))
+    if not sweep.metadata.deletion_timestamp:
+        for t, s in zip(trials, statuses, strict=True):
+            if active >= sweep.spec.max_parallel:
+                break
+            if s.phase == "Pending" and s.name not in conflicts:
+                plan.creates.append(trial_body(sweep, t))
+                s.phase = "Queued"
+                active += 1
+        plan.stops = _early_stops(sweep, children)
+        for name, _uid, _why in plan.stops:
+            for s in statuses:
+                if s.name == name:
+                    s.phase, s.early_stopped = "Stopped", True
+    plan.best = _rank(sweep, statuses)
+    finished = sum(1 for s in statuses if _finished(s.phase))
+    done = finished == len(statuses)
+    conditions: list[dict[str, Any]] = []
+    if conflicts:
+        conditions.append(_condition(
+            old.get("conditions", []), "NameConflict", "True", "NameConflict",
+            f"FineTuneJob {', '.join(conflicts)} exists and is not owned by this sweep; delete or "
+            "rename it (the sweep never adopts a job it did not create)", now, m.generation))
+    conditions.append(_condition(
+        old.get("conditions", []), "Complete", "True" if done else "False",
+        "AllTrialsFinished" if done else "TrialsRemaining",
+        f"{finished}/{len(statuses)} trials finished" + _best_note(plan.best), now, m.generation))
+    status = FineTuneSweepStatus(
+        phase="Succeeded" if done else "Running", total_trials=len(statuses),
+        active_trials=active, finished_trials=finished,
+        summary=f"{finished}/{len(statuses)}", trials=statuses, best=plan.best,
+        observed_generation=m.generation,
+    ).to_wire()
+    status["conditions"] = conditions
+    return _finish(plan, old, status)
+
+
+def _best_note(best: BestTrial | None) -> str:
+    return f"; best {best.name} {best.metric}={best.value:.6g}" if best else ""
+
+
+def _invalid(sweep: FineTuneSweep, message: str, now: datetime) -> dict[str, Any]:
+    old = sweep.status.to_wire()
+    return {**FineTuneSweepStatus(phase="Failed", observed_generation=sweep.metadata.generation)
+            .to_wire(),
+            "conditions": [_condition(old.get("conditions", []), "Invalid", "True",
+                                      "InvalidSpec", message, now, sweep.metadata.generation)]}
+
+
+def invalid_status(body: dict[str, Any], message: str, now: datetime) -> dict[str, Any]:
+    """Status of a sweep whose spec does not even parse (the CRD let it through)."""
+    meta = body.get("metadata") or {}
+    old = (body.get("status") or {}).get("conditions") or []
+    gen = int(meta.get("generation") or 0)
+    return {"phase": "Failed", "observedGeneration": gen,
+            "conditions": [_condition(old, "Invalid", "True", "InvalidSpec", message[:1024],
+                                      now, gen)]}
+
+
+def _finish(plan: SweepPlan, old: dict[str, Any], status: dict[str, Any]) -> SweepPlan:
+    plan.status = status
+    plan.status_changed = status != old
+    return plan

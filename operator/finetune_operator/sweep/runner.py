@@ -1,0 +1,105 @@
+"""Thin executor of the sweep plans: parse at the edge, plan (pure), write only what changed.
+
+The operator's scheduling cycle calls ``SweepRunner(kube).sync(sweeps, jobs, now)`` with the
+FineTuneSweep and FineTuneJob bodies of its watch-fed cache. Per sweep: creations first (the
+trials go through the same queue, quotas and priorities as any FineTuneJob), then early stops,
+then one status patch, only when the status differs from what is stored. A sweep that needs
+nothing costs no API call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from .. import k8s, metrics
+from ..api.job import PLURAL
+from ..api.sweep import SWEEP_PLURAL, FineTuneSweep
+from .plan import EARLY_STOP_ANNOTATION, SweepPlan, invalid_status, owned_by, plan_sweep
+
+log = logging.getLogger(__name__)
+
+# The API calls of this package (the chart's RBAC must grant them).
+SWEEP_SURFACE: frozenset[tuple[str, str]] = frozenset({
+    ("list", SWEEP_PLURAL), ("watch", SWEEP_PLURAL), ("patch", f"{SWEEP_PLURAL}/status"),
+    ("create", PLURAL), ("get", PLURAL), ("patch", PLURAL),
+})
+_extra = getattr(k8s, "EXTRA_SURFACE", None)
+if isinstance(_extra, set):
+    _extra.update(SWEEP_SURFACE)
+
+
+class SweepKube(Protocol):
+    def create_trial(self, body: dict) -> tuple[dict, bool]: ...
+    def patch_sweep_status(self, namespace: str, name: str, status: dict) -> bool: ...
+    def stop_trial(self, namespace: str, name: str, uid: str, annotations: dict) -> bool: ...
+
+
+@dataclass
+class SyncResult:
+    created: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    status_patched: list[str] = field(default_factory=list)
+    plans: dict[str, SweepPlan] = field(default_factory=dict)
+
+
+def _format_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:5]:
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts) + "; fix the FineTuneSweep and apply it again"
+
+
+class SweepRunner:
+    def __init__(self, kube: SweepKube) -> None:
+        self.kube = kube
+
+    def sync(self, sweep_bodies: list[dict[str, Any]], job_bodies: list[dict[str, Any]],
+             now: datetime) -> SyncResult:
+        out = SyncResult()
+        by_ns: dict[str, list[dict[str, Any]]] = {}
+        for body in job_bodies:
+            by_ns.setdefault((body.get("metadata") or {}).get("namespace", ""), []).append(body)
+        seen: list[FineTuneSweep] = []
+        for body in sweep_bodies:
+            meta = body.get("metadata") or {}
+            key = f"{meta.get('namespace')}/{meta.get('name')}"
+            try:
+                sweep = FineTuneSweep.from_body(body)
+            except (ValidationError, KeyError, TypeError) as e:
+                msg = _format_error(e) if isinstance(e, ValidationError) else str(e)
+                st = invalid_status(body, f"FineTuneSweep {key}: {msg}", now)
+                if st != body.get("status"):
+                    self.kube.patch_sweep_status(meta["namespace"], meta["name"], st)
+                    out.status_patched.append(key)
+                continue
+            plan = plan_sweep(sweep, by_ns.get(sweep.metadata.namespace, []), now)
+            out.plans[key] = plan
+            seen.append(sweep)
+            self._execute(sweep, plan, out)
+        metrics.observe_sweeps([(s, out.plans[s.key]) for s in seen], job_bodies)
+        return out
+
+    def _execute(self, sweep: FineTuneSweep, plan: SweepPlan, out: SyncResult) -> None:
+        ns = sweep.metadata.namespace
+        for body in plan.creates:
+            obj, created = self.kube.create_trial(body)
+            name = body["metadata"]["name"]
+            if created:
+                out.created.append(f"{ns}/{name}")
+            elif not owned_by(obj, sweep.metadata.uid):
+                log.warning("FineTuneSweep %s: FineTuneJob %s/%s exists and is not its trial; "
+                            "not adopting it (delete or rename that job)", sweep.key, ns, name)
+        for name, uid, why in plan.stops:
+            log.info("FineTuneSweep %s: early-stopping trial %s: %s", sweep.key, name, why)
+            if self.kube.stop_trial(ns, name, uid, {EARLY_STOP_ANNOTATION: why[:512]}):
+                out.stopped.append(f"{ns}/{name}")
+        if plan.status_changed:
+            self.kube.patch_sweep_status(ns, sweep.metadata.name, plan.status)
+            out.status_patched.append(sweep.key)
+
