@@ -325,6 +325,22 @@ class Kube:
     # ========================================================== end FineTuneSweep (sweep/) ===
 
 
+    # ============================================== report channel (reports/identity.py) ====
+    # Used by finetune_operator.reports.identity.TokenAuthenticator only; additive.
+
+    def token_review(self, token: str, audiences: list[str]) -> dict:
+        """TokenReview of a trainer's projected token for ``audiences``: the review's ``status``
+        (``authenticated``, ``audiences``, ``user.username``/``extra`` with the pod's name and
+        uid). Raises ApiException when the API server cannot answer."""
+        self._count("create", "tokenreviews")
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": list(audiences)}}
+        res = client.AuthenticationV1Api(self.api).create_token_review(body, _request_timeout=10)
+        out: dict = self.api.sanitize_for_serialization(res).get("status") or {}
+        return out
+    # ========================================== end report channel (reports/identity.py) ===
+
+
 # ---- used by the kubectl plugin (finetune_operator.cli) ------------------------------------
 # Reads and spec patches on behalf of a user, with the user's own credentials. Additive: nothing
 # above uses it. API errors are raised as ApiException; the plugin turns them into messages.
