@@ -367,7 +367,7 @@ SWEEP_TRIAL_PHASES: Final = ("Pending", "Queued", "Admitted", "Running", "Preemp
 
 class _EvalSweepCollector(Collector):
     def __init__(self) -> None:
-        self.families: list[GaugeMetricFamily] = []
+        self.families: list[GaugeMetricFamily] = _eval_sweep_families([], [])
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []
@@ -376,14 +376,15 @@ class _EvalSweepCollector(Collector):
         return list(self.families)
 
 
-_EVAL_SWEEP = _EvalSweepCollector()
-REGISTRY.register(_EVAL_SWEEP)
-
-
 def observe_sweeps(sweeps: Sequence[tuple[Any, Any]], jobs: Sequence[Mapping[str, Any]]) -> None:
     """Per-job evaluation gauges (``status.output.metrics`` of every job, known names only) and
     per-sweep gauges: trials by phase and the best trial's objective value. ``sweeps`` holds
     (FineTuneSweep, SweepPlan) pairs."""
+    _EVAL_SWEEP.families = _eval_sweep_families(sweeps, jobs)
+
+
+def _eval_sweep_families(sweeps: Sequence[tuple[Any, Any]],
+                         jobs: Sequence[Mapping[str, Any]]) -> list[GaugeMetricFamily]:
     evals = GaugeMetricFamily(
         "finetune_job_eval_metric", "Final metric of a finished job (status.output.metrics): "
         "test-set loss, perplexity, ROUGE-1/2/L, BLEU-4 (0-100), exact match (0-100), "
@@ -409,4 +410,8 @@ def observe_sweeps(sweeps: Sequence[tuple[Any, Any]], jobs: Sequence[Mapping[str
             trials.add_metric([ns, name, phase], float(n))
         if plan.best is not None:
             best.add_metric([ns, name, plan.best.metric, plan.best.name], plan.best.value)
-    _EVAL_SWEEP.families = [evals, trials, best]
+    return [evals, trials, best]
+
+
+_EVAL_SWEEP = _EvalSweepCollector()
+REGISTRY.register(_EVAL_SWEEP)
