@@ -27,21 +27,24 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf
 
-    from . import handlers, metrics
+    from . import handlers, metrics, serve
     from .k8s import Kube, load_client
     from .loop import Controller
 
     kopf.configure(verbose=args.verbose)  # one log handler for kopf's and our loggers
     logging.getLogger("finetune_operator").setLevel(logging.DEBUG if args.verbose
                                                     else logging.INFO)
-    kube = Kube(load_client(args.kubeconfig))
-    handlers.install(Controller(kube, settings))
+    kube = Kube(load_client(args.kubeconfig), timeout_seconds=settings.api_timeout_seconds)
+    controller = Controller(kube, settings)
+    handlers.install(controller)
     metrics.serve(settings.metrics_port)
+    serve.serve(serve.Endpoints(controller.healthy, controller.ready,
+                                lambda: controller.queue_view, kube.may_list_jobs),
+                settings.health_port)
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
     )
     return 0
 

@@ -1,144 +1,303 @@
 """The only module that talks to the Kubernetes API.
 
-Idempotent create-or-get (409 -> read), delete that tolerates 404, status merge patches, and
-the list calls the reconcile loop needs for its snapshot. Every call is counted by verb and
-resource so tests (and the metrics) can tell how many API calls a job lifecycle costs.
+The operator reads the cluster through list+watch streams of raw JSON (``list_raw`` and
+``watch_raw``, fed into the in-memory cache of ``cache.py``) and writes through a few
+idempotent calls: create (409 -> read the existing object, never adopt it), delete that
+tolerates 404, status merge patches guarded by resourceVersion, Events and the leader Lease.
+Every request has a timeout and is counted by verb and resource (``Kube.calls`` and the
+``finetune_api_requests_total`` metric), so tests can hold a job lifecycle to a write budget.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from . import metrics
 from .api import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
 MANAGED_BY = "app.kubernetes.io/managed-by=finetune-operator"
+WRITE_VERBS = frozenset({"create", "patch", "update", "replace", "delete"})
+
+# Collection paths of what the operator watches (cluster-wide, or per namespace).
+JOBS_PATH = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+PODS_PATH = "/api/v1/pods"
+NODES_PATH = "/api/v1/nodes"
+QUOTAS_PATH = "/api/v1/resourcequotas"
+CLASSES_PATH = "/apis/scheduling.k8s.io/v1/priorityclasses"
+_NAMESPACED = {JOBS_PATH: (f"/apis/{GROUP}/{VERSION}", PLURAL), PODS_PATH: ("/api/v1", "pods"),
+               QUOTAS_PATH: ("/api/v1", "resourcequotas")}
+_RESOURCE = {JOBS_PATH: PLURAL, PODS_PATH: "pods", NODES_PATH: "nodes",
+             QUOTAS_PATH: "resourcequotas", CLASSES_PATH: "priorityclasses"}
+_KIND_PATH = {"Pod": ("/api/v1", "pods"), "ConfigMap": ("/api/v1", "configmaps"),
+              "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
+              "Service": ("/api/v1", "services"), "ServiceAccount": ("/api/v1", "serviceaccounts"),
+              "Event": ("/api/v1", "events"),
+              "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+              "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+              "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+              "Lease": ("/apis/coordination.k8s.io/v1", "leases")}
+MERGE_PATCH = "application/merge-patch+json"
 
 
-def load_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig."""
+def load_client(kubeconfig: str | None = None, pool_size: int = 32) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig; a connection pool
+    large enough for the concurrent writes of one cycle plus the watch streams."""
     if kubeconfig is None:
         try:
             config.load_incluster_config()
-            return client.ApiClient()
+            cfg = client.Configuration.get_default_copy()
+            cfg.connection_pool_maxsize = pool_size
+            return client.ApiClient(cfg)
         except config.ConfigException:
             pass
-    return config.new_client_from_config(config_file=kubeconfig)
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    cfg.connection_pool_maxsize = pool_size
+    return client.ApiClient(cfg)
+
+
+def collection_path(path: str, namespace: str | None) -> str:
+    """A watched collection, narrowed to one namespace when given."""
+    if namespace is None or path not in _NAMESPACED:
+        return path
+    prefix, plural = _NAMESPACED[path]
+    return f"{prefix}/namespaces/{quote(namespace)}/{plural}"
+
+
+def object_path(kind: str, namespace: str | None, name: str | None = None) -> str:
+    prefix, plural = _KIND_PATH[kind]
+    base = f"{prefix}/namespaces/{quote(namespace)}/{plural}" if namespace else \
+        f"{prefix}/{plural}"
+    return f"{base}/{quote(name)}" if name else base
+
+
+# Every (verb, resource) the operator calls: the chart's ClusterRole grants exactly these
+# (tests/unit/test_chart.py diffs them); a call outside this set is a bug caught by the tests.
+API_SURFACE: frozenset[tuple[str, str]] = frozenset({
+    ("list", PLURAL), ("watch", PLURAL), ("patch", f"{PLURAL}/status"), ("delete", PLURAL),
+    ("list", "pods"), ("watch", "pods"), ("create", "Pod"), ("get", "Pod"), ("delete", "Pod"),
+    ("list", "nodes"), ("watch", "nodes"),
+    ("list", "resourcequotas"), ("watch", "resourcequotas"),
+    ("list", "priorityclasses"), ("watch", "priorityclasses"),
+    ("create", "ConfigMap"), ("get", "ConfigMap"),
+    ("create", "PersistentVolumeClaim"), ("get", "PersistentVolumeClaim"),
+    ("create", "Service"), ("get", "Service"), ("patch", "Service"),
+    ("create", "Event"),
+    ("get", "Lease"), ("create", "Lease"), ("replace", "Lease"),
+    ("create", "tokenreviews"), ("create", "subjectaccessreviews"),
+})
+
+EXTRA_SURFACE: set[tuple[str, str]] = set()  # sections below add theirs at import
+
+
+def _base(path: str) -> str:
+    """/api/v1/namespaces/x/pods -> /api/v1/pods (the key of _RESOURCE)."""
+    parts = path.split("/")
+    if "namespaces" in parts:
+        i = parts.index("namespaces")
+        parts = parts[:i] + parts[i + 2:]
+    return "/".join(parts)
+
+
+def _parse_micro(s: str | None) -> dt.datetime | None:
+    if not s:
+        return None
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, timeout_seconds: float = 10.0) -> None:
         self.api = api
-        self.core = client.CoreV1Api(api)
-        self.rbac = client.RbacAuthorizationV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.sched = client.SchedulingV1Api(api)
+        self.timeout = timeout_seconds
         self.calls: Counter[str] = Counter()
 
     def _count(self, verb: str, resource: str) -> None:
         self.calls[f"{verb} {resource}"] += 1
+        metrics.count_api_request(verb, resource)
+        if (verb, resource) not in API_SURFACE and not self.extra_surface(verb, resource):
+            log.error("API call %s %s is not in k8s.API_SURFACE (the chart's RBAC grants "
+                      "only those): add it there and to the chart", verb, resource)
 
-    # ------------------------------------------------------------------ reads for the snapshot
+    @staticmethod
+    def extra_surface(verb: str, resource: str) -> bool:
+        """Calls added by sections below (token reviews, sweeps) declare themselves here."""
+        return (verb, resource) in EXTRA_SURFACE
 
-    def _sanitize(self, obj: Any) -> dict:
-        out: dict = self.api.sanitize_for_serialization(obj)
-        return out
+    def writes(self, exclude: tuple[str, ...] = ("Lease",)) -> int:
+        """API writes so far (create/patch/replace/delete), leader-election Lease excluded."""
+        return sum(n for k, n in self.calls.items()
+                   if k.split(" ", 1)[0] in WRITE_VERBS and k.split(" ", 1)[1] not in exclude)
 
-    def list_jobs(self, namespaces: list[str]) -> list[dict]:
-        self._count("list", PLURAL)
-        if not namespaces:
-            res: Any = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
-            return list(res["items"])
-        out: list[dict] = []
-        for ns in namespaces:
-            page: Any = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
-            out.extend(page["items"])
-        return out
+    # ------------------------------------------------------------------ raw JSON requests
 
-    def list_managed_pods(self, namespaces: list[str]) -> list[dict]:
-        self._count("list", "pods")
-        if not namespaces:
-            return [self._sanitize(p) for p in
-                    self.core.list_pod_for_all_namespaces(label_selector=MANAGED_BY).items]
-        return [self._sanitize(p) for ns in namespaces for p in
-                self.core.list_namespaced_pod(ns, label_selector=MANAGED_BY).items]
+    def _request(self, method: str, path: str, query: list[tuple[str, Any]] | None = None,
+                 body: Any = None, content_type: str = "application/json",
+                 timeout: float | tuple[float, float] | None = None, stream: bool = False) -> Any:
+        """One request; returns the decoded JSON body (or the raw response when streaming).
+        Non-2xx raises ApiException with the server's status and message."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        _, url, hdrs, _, _ = self.api.param_serialize(
+            method, path, query_params=query or [], header_params=headers,
+            auth_settings=["BearerToken"])
+        resp = self.api.rest_client.request(
+            method, url, headers=hdrs, body=body,
+            _request_timeout=timeout if timeout is not None else self.timeout)
+        raw = resp.response
+        if not 200 <= resp.status <= 299:
+            data = raw.data
+            raw.release_conn()
+            exc = ApiException(status=resp.status, reason=resp.reason)
+            exc.body = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+            raise exc
+        if stream:
+            return raw
+        data = raw.data
+        raw.release_conn()
+        return json.loads(data) if data else {}
 
-    def list_active_pods(self) -> list[dict]:
-        """Every non-terminated pod bound to a node: what uses node capacity."""
-        self._count("list", "pods")
-        sel = "status.phase!=Succeeded,status.phase!=Failed"
-        return [self._sanitize(p) for p in
-                self.core.list_pod_for_all_namespaces(field_selector=sel).items]
+    def list_raw(self, path: str, label_selector: str | None = None,
+                 field_selector: str | None = None, page: int = 500) -> tuple[list[dict], str]:
+        """Every object of a collection (paginated) and the list's resourceVersion."""
+        items: list[dict] = []
+        cont: str | None = None
+        while True:
+            q: list[tuple[str, Any]] = [("limit", page)]
+            if label_selector:
+                q.append(("labelSelector", label_selector))
+            if field_selector:
+                q.append(("fieldSelector", field_selector))
+            if cont:
+                q.append(("continue", cont))
+            self._count("list", _RESOURCE.get(_base(path), path))
+            res = self._request("GET", path, q, timeout=(self.timeout, 120))
+            items.extend(res.get("items") or [])
+            meta = res.get("metadata") or {}
+            cont = meta.get("continue")
+            if not cont:
+                return items, str(meta.get("resourceVersion") or "")
 
-    def list_quotas(self) -> list[dict]:
-        self._count("list", "resourcequotas")
-        return [self._sanitize(q) for q in
-                self.core.list_resource_quota_for_all_namespaces().items]
-
-    def list_nodes(self) -> list[dict]:
-        self._count("list", "nodes")
-        return [self._sanitize(n) for n in self.core.list_node().items]
-
-    def list_priority_classes(self) -> dict[str, int]:
-        self._count("list", "priorityclasses")
-        return {str(pc.metadata.name): int(pc.value or 0)
-                for pc in self.sched.list_priority_class().items if pc.metadata}
+    def watch_raw(self, path: str, resource_version: str, label_selector: str | None = None,
+                  field_selector: str | None = None, timeout_seconds: int = 300,
+                  ) -> Iterator[tuple[str, dict]]:
+        """(type, object) events from resourceVersion on, with bookmarks; ends when the server
+        closes the stream. An ERROR event carries a Status (410 Gone: relist)."""
+        q: list[tuple[str, Any]] = [("watch", "true"), ("resourceVersion", resource_version),
+                                    ("allowWatchBookmarks", "true"),
+                                    ("timeoutSeconds", timeout_seconds)]
+        if label_selector:
+            q.append(("labelSelector", label_selector))
+        if field_selector:
+            q.append(("fieldSelector", field_selector))
+        self._count("watch", _RESOURCE.get(_base(path), path))
+        raw = self._request("GET", path, q, stream=True,
+                            timeout=(self.timeout, timeout_seconds + 30))
+        try:
+            buf = b""
+            for chunk in raw.stream(64 * 1024, decode_content=True):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        ev = json.loads(line)
+                        yield str(ev.get("type")), ev.get("object") or {}
+        finally:
+            raw.release_conn()
 
     # ------------------------------------------------------------------ writes
 
-    def patch_job_status(self, namespace: str, name: str, status: dict) -> None:
+    def patch_job_status(self, namespace: str, name: str, status: dict,
+                         resource_version: str | None = None) -> dict | None:
+        """Merge-patch the status; with resource_version the write fails with 409 when the job
+        changed meanwhile (optimistic concurrency). Returns the updated job, None when gone."""
         self._count("patch", f"{PLURAL}/status")
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+            res: dict = self._request("PATCH", object_path("FineTuneJob", namespace, name)
+                                      + "/status", body=body, content_type=MERGE_PATCH)
+            return res
         except ApiException as e:
             if e.status != 404:  # deleted meanwhile: nothing to report on
                 raise
+            return None
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete a finished job (ttlSecondsAfterFinished); its children go by owner reference."""
+        self._count("delete", PLURAL)
+        try:
+            self._request("DELETE", object_path("FineTuneJob", namespace, name), body={
+                "propagationPolicy": "Background", "preconditions": {"uid": uid}})
+            return True
+        except ApiException as e:
+            if e.status in (404, 409):
+                return False
+            raise
+
+    def create(self, obj: dict) -> dict:
+        """Create; raises ApiException (409 when the name exists)."""
+        kind, ns = obj["kind"], obj["metadata"].get("namespace")
+        self._count("create", kind)
+        res: dict = self._request("POST", object_path(kind, ns), body=obj)
+        return res
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict:
+        self._count("get", kind)
+        res: dict = self._request("GET", object_path(kind, namespace, name))
+        return res
 
     def create_or_get(self, obj: dict) -> dict:
-        """Create; on 409 return the existing object (deterministic names make this idempotent)."""
-        kind, ns = obj["kind"], obj["metadata"].get("namespace")
-        create, read = self._crud(kind)
-        self._count("create", kind)
+        """Create; on 409 return the existing object (deterministic names make this
+        idempotent). The caller checks that the existing object is its own (owner uid)."""
         try:
-            return self._sanitize(create(ns, obj))
+            return self.create(obj)
         except ApiException as e:
             if e.status != 409:
                 raise
-        self._count("get", kind)
-        return self._sanitize(read(obj["metadata"]["name"], ns))
+        return self.get(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
 
-    def create_or_patch(self, obj: dict) -> None:
-        """For children whose content changes per attempt (Role rules, Service selector)."""
+    def create_or_patch(self, obj: dict) -> dict:
+        """For children whose content changes per attempt (Service selector): create, or
+        merge-patch the existing one (the caller checked it is its own)."""
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
-        patch = {"Role": self.rbac.patch_namespaced_role,
-                 "Service": self.core.patch_namespaced_service}[kind]
-        self._count("patch", kind)
         try:
-            patch(name, ns, obj)
+            return self.create(obj)
         except ApiException as e:
-            if e.status != 404:
+            if e.status != 409:
                 raise
-            self.create_or_get(obj)
+        existing = self.get(kind, ns, name)
+        owners = {r.get("uid") for r in existing.get("metadata", {}).get("ownerReferences") or []}
+        mine = {r.get("uid") for r in obj["metadata"].get("ownerReferences") or []}
+        if not owners & mine:
+            return existing  # not ours: never patched; the caller reports the conflict
+        self._count("patch", kind)
+        res: dict = self._request("PATCH", object_path(kind, ns, name), body=obj,
+                                  content_type=MERGE_PATCH)
+        return res
 
     def delete_pod(self, namespace: str, name: str, uid: str | None = None,
                    grace_seconds: int | None = None) -> bool:
-        """Graceful delete honouring the pod's grace period; False when already gone."""
+        """Graceful delete honouring the pod's grace period (grace_seconds=0: force, for a pod
+        stuck Terminating on a lost node); False when already gone."""
         self._count("delete", "Pod")
-        body = client.V1DeleteOptions(
-            grace_period_seconds=grace_seconds,
-            preconditions=client.V1Preconditions(uid=uid) if uid else None,
-        )
+        body: dict[str, Any] = {}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
+        if uid:
+            body["preconditions"] = {"uid": uid}
         try:
-            self.core.delete_namespaced_pod(name, namespace, body=body)
+            self._request("DELETE", object_path("Pod", namespace, name), body=body or None)
             return True
         except ApiException as e:
             if e.status in (404, 409):
@@ -149,107 +308,103 @@ class Kube:
         """A Kubernetes Event on the FineTuneJob (best effort: never fails the reconcile)."""
         meta = job["metadata"]
         ts = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        ev = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.",
-                                         namespace=meta["namespace"]),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind="FineTuneJob", name=meta["name"],
-                namespace=meta["namespace"], uid=meta.get("uid")),
-            reason=reason, message=message[:1024], type=type_, count=1,
-            first_timestamp=ts, last_timestamp=ts,
-            source=client.V1EventSource(component="finetune-operator"),
-            reporting_component="finetune.dev/operator", reporting_instance="finetune-operator",
-        )
-        self._count("create", "Event")
+        ev = {"apiVersion": "v1", "kind": "Event",
+              "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+              "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob",
+                                 "name": meta["name"], "namespace": meta["namespace"],
+                                 "uid": meta.get("uid")},
+              "reason": reason, "message": message[:1024], "type": type_, "count": 1,
+              "firstTimestamp": ts, "lastTimestamp": ts,
+              "source": {"component": "finetune-operator"},
+              "reportingComponent": "finetune.dev/operator",
+              "reportingInstance": "finetune-operator"}
         try:
-            self.core.create_namespaced_event(meta["namespace"], ev)
+            self.create(ev)
         except ApiException as e:
             log.warning("could not record event %s on %s/%s: %s", reason, meta["namespace"],
                         meta["name"], e.reason)
 
+    # ------------------------------------------------------------------ visibility authz
+
+    def may_list_jobs(self, token: str, namespace: str | None) -> bool:
+        """Whether the bearer of ``token`` may list FineTuneJobs in ``namespace`` (None:
+        cluster-wide): a TokenReview, then a SubjectAccessReview for that user."""
+        self._count("create", "tokenreviews")
+        review = self._request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body={
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token}})
+        st = review.get("status") or {}
+        if not st.get("authenticated"):
+            return False
+        user = st.get("user") or {}
+        attrs: dict[str, Any] = {"verb": "list", "group": GROUP, "resource": PLURAL}
+        if namespace:
+            attrs["namespace"] = namespace
+        self._count("create", "subjectaccessreviews")
+        sar = self._request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body={
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user.get("username"), "groups": user.get("groups") or [],
+                     "uid": user.get("uid"), "extra": user.get("extra") or {},
+                     "resourceAttributes": attrs}})
+        return bool((sar.get("status") or {}).get("allowed"))
+
     # ------------------------------------------------------------------ leader election
 
     def hold_lease(self, namespace: str, name: str, identity: str, duration_s: int,
-                   now: dt.datetime) -> bool:
-        """Acquire or renew a coordination Lease; True while this identity holds it."""
-        coord = client.CoordinationV1Api(self.api)
-        self._count("get", "Lease")
-        micro = now  # MicroTime; the client serializes datetimes as RFC 3339
-        try:
-            lease = coord.read_namespaced_lease(name, namespace)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            body = client.V1Lease(
-                metadata=client.V1ObjectMeta(name=name, namespace=namespace),
-                spec=client.V1LeaseSpec(holder_identity=identity, lease_duration_seconds=duration_s,
-                                        acquire_time=micro, renew_time=micro))
-            self._count("create", "Lease")
+                   now: dt.datetime, known: dict | None = None) -> tuple[bool, dict | None]:
+        """Acquire or renew a coordination Lease: (held, the Lease as last written/read).
+        ``known`` is the Lease from the previous call: a renewal is then one PUT guarded by
+        its resourceVersion (a GET only after a conflict)."""
+        micro = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lease = known
+        if lease is None:
             try:
-                coord.create_namespaced_lease(namespace, body)
-                return True
-            except ApiException as e2:
-                if e2.status == 409:
-                    return False
-                raise
-        spec = lease.spec or client.V1LeaseSpec()
-        lease.spec = spec
-        renew = spec.renew_time
+                lease = self.get("Lease", namespace, name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": {"name": name, "namespace": namespace},
+                        "spec": {"holderIdentity": identity, "leaseDurationSeconds": duration_s,
+                                 "acquireTime": micro, "renewTime": micro,
+                                 "leaseTransitions": 0}}
+                try:
+                    return True, self.create(body)
+                except ApiException as e2:
+                    if e2.status == 409:
+                        return False, None
+                    raise
+        spec = lease.setdefault("spec", {})
+        holder = spec.get("holderIdentity")
+        renew = _parse_micro(spec.get("renewTime"))
         expired = renew is None or (now - renew).total_seconds() > (
-            spec.lease_duration_seconds or duration_s)
-        if spec.holder_identity != identity and not expired:
-            return False
-        if spec.holder_identity != identity:
-            spec.acquire_time = micro
-            spec.lease_transitions = (spec.lease_transitions or 0) + 1
-        spec.holder_identity, spec.renew_time = identity, micro
-        spec.lease_duration_seconds = duration_s
+            spec.get("leaseDurationSeconds") or duration_s)
+        if holder != identity and not expired:
+            return False, lease
+        if holder != identity:
+            spec["acquireTime"] = micro
+            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+        spec.update(holderIdentity=identity, renewTime=micro, leaseDurationSeconds=duration_s)
         self._count("replace", "Lease")
         try:
-            coord.replace_namespaced_lease(name, namespace, lease)  # resourceVersion guards races
-            return True
+            res: dict = self._request("PUT", object_path("Lease", namespace, name), body=lease)
+            return True, res
         except ApiException as e:
-            if e.status == 409:
-                return False
+            if e.status == 409:  # someone else wrote it: read it fresh next time
+                return False, None
             raise
 
     def release_lease(self, namespace: str, name: str, identity: str) -> None:
         """Give the Lease up (only if still ours) so a standby takes over without waiting."""
-        coord = client.CoordinationV1Api(self.api)
-        self._count("get", "Lease")
-        lease = coord.read_namespaced_lease(name, namespace)
-        if lease.spec is None or lease.spec.holder_identity != identity:
+        lease = self.get("Lease", namespace, name)
+        spec = lease.get("spec") or {}
+        if spec.get("holderIdentity") != identity:
             return
-        lease.spec.holder_identity = None
-        lease.spec.renew_time = None
+        spec["holderIdentity"] = None
+        spec["renewTime"] = None
+        lease["spec"] = spec
         self._count("replace", "Lease")
-        coord.replace_namespaced_lease(name, namespace, lease)
-
-    # ------------------------------------------------------------------ dispatch
-
-    def _crud(self, kind: str) -> tuple[Callable[[str, dict], Any], Callable[[str, str], Any]]:
-        c: Any = self.core  # the client accepts plain dict bodies; its stubs say V1* models
-        r: Any = self.rbac
-        table: dict[str, tuple[Callable[[str, dict], Any], Callable[[str, str], Any]]] = {
-            "Pod": (lambda ns, b: c.create_namespaced_pod(ns, b),
-                    lambda n, ns: c.read_namespaced_pod(n, ns)),
-            "ConfigMap": (lambda ns, b: c.create_namespaced_config_map(ns, b),
-                          lambda n, ns: c.read_namespaced_config_map(n, ns)),
-            "PersistentVolumeClaim": (
-                lambda ns, b: c.create_namespaced_persistent_volume_claim(ns, b),
-                lambda n, ns: c.read_namespaced_persistent_volume_claim(n, ns)),
-            "Service": (lambda ns, b: c.create_namespaced_service(ns, b),
-                        lambda n, ns: c.read_namespaced_service(n, ns)),
-            "ServiceAccount": (lambda ns, b: c.create_namespaced_service_account(ns, b),
-                               lambda n, ns: c.read_namespaced_service_account(n, ns)),
-            "Role": (lambda ns, b: r.create_namespaced_role(ns, b),
-                     lambda n, ns: r.read_namespaced_role(n, ns)),
-            "RoleBinding": (lambda ns, b: r.create_namespaced_role_binding(ns, b),
-                            lambda n, ns: r.read_namespaced_role_binding(n, ns)),
-        }
-        if kind not in table:
-            raise ValueError(f"k8s.create_or_get: unsupported kind {kind}")
-        return table[kind]
+        self._request("PUT", object_path("Lease", namespace, name), body=lease)
 
 
     # ============================================================ FineTuneSweep (sweep/) ====

@@ -1,10 +1,19 @@
-"""The reconcile loop: snapshot -> admit() -> plan() per job -> execute. The thin shell.
+"""The scheduling cycle: the thin shell around the pure cores.
 
-One pass lists what it needs (jobs, managed pods, active pods, quotas, nodes, priority classes),
-asks the pure admission policy for decisions, asks the pure state machine for a Plan per job,
-and executes the plans through k8s.py: status patch first, then creations, then deletions.
-It runs on the leader only (a coordination Lease), every `admissionIntervalSeconds` or sooner
-when a watch event wakes it.
+Watches (``cache.py``) keep an in-memory view of jobs, our pods, nodes, quotas, priority
+classes and per-node GPU usage; a change the operator reads marks the jobs it concerns dirty and
+wakes the cycle. One cycle (leader only, debounced by ``min_cycle_interval_seconds``):
+
+1. ``decide()`` runs the pure admission policy over the cached view (no API reads);
+2. ``plan()`` (the pure state machine) runs for the jobs that are dirty, whose decision changed,
+   or whose timer is due (retry, pods-ready timeout, deadline, a coalesced write);
+3. the plans' writes run concurrently, at most ``max_concurrent_writes`` in flight, each job's
+   own writes in order (status first, then children, deletions, events). A status is written
+   only when ``writes.classify`` says a user-visible field changed; progress and queue text
+   are coalesced. Writes carry the job's resourceVersion, and a leader whose Lease is about to
+   lapse stops writing before another can start (fencing).
+
+The Lease is renewed on its own timer, never per cycle.
 """
 
 from __future__ import annotations
@@ -16,24 +25,27 @@ import os
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import metrics
+from . import cache, k8s, metrics
 from .api.job import FineTuneJob
 from .api.status import FineTuneJobStatus
 from .build import build_children
 from .k8s import Kube
-from .reconcile import Ctx, JobDecision, Plan, plan, wants_admission
+from .reconcile import Ctx, JobDecision, Plan, due_at, plan, wants_admission
 from .settings import OperatorSettings
 from .snapshot import decide, policy_error
 from .status import attempt_of, iso, owner_uid, parse_time, read_progress
+from .writes import Change, classify, merge_patch
 
 log = logging.getLogger("finetune_operator")
 LEASE_NAME = "finetune-operator-leader"
-LEASE_SECONDS = 15
+FENCE_MARGIN_SECONDS = 2.0
 
 
 def _now() -> dt.datetime:
@@ -48,6 +60,40 @@ def parse_error(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+@dataclass(frozen=True, eq=False)
+class JobEntry:
+    """A cached FineTuneJob: parsed once per resourceVersion (or the parse error)."""
+
+    uid: str
+    rv: str
+    job: FineTuneJob | None
+    error: str | None = None
+    raw_meta: dict | None = None
+    failed: bool = False
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobEntry) and (self.uid, self.rv) == (other.uid, other.rv)
+
+    def __hash__(self) -> int:
+        return hash((self.uid, self.rv))
+
+
+def job_entry(obj: dict) -> JobEntry:
+    meta = obj.get("metadata") or {}
+    uid, rv = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
+    try:
+        return JobEntry(uid, rv, FineTuneJob.from_body(obj))
+    except (ValidationError, KeyError, TypeError) as e:
+        msg = parse_error(e) if isinstance(e, ValidationError) else f"malformed object: {e}"
+        small = {k: meta.get(k) for k in ("name", "namespace", "uid")}
+        phase = (obj.get("status") or {}).get("phase")
+        return JobEntry(uid, rv, None, msg, small, phase == "Failed")
+
+
+def _uid_key(obj: dict) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or cache.object_key(obj))
+
+
 class Controller:
     def __init__(self, kube: Kube, settings: OperatorSettings, namespace: str | None = None,
                  identity: str | None = None) -> None:
@@ -56,150 +102,445 @@ class Controller:
         # stable across restarts of the same pod, so a restarted leader re-acquires at once
         self.identity = identity or os.environ.get("POD_NAME") or socket.gethostname()
         self.leader = False
-        self.last_tick: float | None = None
-        self._wake = threading.Event()
+        self.lease_valid_until = 0.0          # monotonic; writes stop before this
+        self.last_cycle: float | None = None  # monotonic end of the last completed cycle
+        self.cycles = 0
         self._stop = threading.Event()
-        # job uid -> (attempt, newest progress report) from the pod watch
-        self.watched_progress: dict[str, tuple[int, dict[str, Any]]] = {}
-        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._dirty: set[str] = set()
+        self._capacity_changed = True
+        self._pods_by_job: dict[str, dict[str, dict]] = {}
+        # job uid -> (attempt, newest progress report): the trainer's last report (right
+        # after its SIGTERM save) may land just before its pod disappears
+        self.reports: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._last_decision: dict[str, JobDecision] = {}
+        self._due: dict[str, float] = {}            # job uid -> epoch seconds
+        self._last_write: dict[tuple[str, Change], float] = {}
+        self._create_errors: dict[str, tuple[int, str]] = {}
+        self._plan_errors: dict[str, str] = {}
+        self.queue_view: dict[str, list[dict[str, Any]]] = {}
+        self.jobs = cache.Store("jobs", self._changed)
+        self.pods = cache.Store("pods", self._changed)
+        self.nodes = cache.Store("nodes", self._changed)
+        self.quotas = cache.Store("quotas", self._changed)
+        self.classes = cache.Store("priorityclasses", self._changed)
+        self.usage = cache.Store("usage", self._changed)
+        self._threads: list[threading.Thread] = []
+        self.reflectors: list[cache.Reflector] = []
+        self._pool = ThreadPoolExecutor(settings.max_concurrent_writes,
+                                        thread_name_prefix="write")
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
-        self._thread.start()
+        s = self.settings
+        nss: list[str | None] = list(s.namespaces) or [None]
+        running = "status.phase!=Succeeded,status.phase!=Failed"
+        feeds: list[tuple[cache.Store, str, str | None, str | None, Any, Any]] = []
+        for ns in nss:
+            feeds += [(self.jobs, k8s.collection_path(k8s.JOBS_PATH, ns), None, None,
+                       job_entry, _uid_key),
+                      (self.pods, k8s.collection_path(k8s.PODS_PATH, ns), k8s.MANAGED_BY, None,
+                       cache.slim_pod, _uid_key),
+                      (self.quotas, k8s.collection_path(k8s.QUOTAS_PATH, ns), None, None,
+                       cache.slim_quota, cache.object_key)]
+        feeds += [(self.nodes, k8s.NODES_PATH, None, None, cache.slim_node, cache.object_key),
+                  (self.classes, k8s.CLASSES_PATH, None, None, cache.priority_value,
+                   cache.object_key),
+                  # every running pod's GPU use, ours or not, kept as (node, requests) only
+                  (self.usage, k8s.PODS_PATH, None, running, cache.slim_usage, _uid_key)]
+        for store, path, labels, fields, transform, key in feeds:
+            r = cache.Reflector(self.kube, cache.Source(path, labels, fields), store, transform,
+                                self._stop, key=key)
+            self.reflectors.append(r)
+            r.start()
+        for target, name in ((self._lease_loop, "lease"), (self._run, "cycle")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+        for t in self._threads:
+            t.join(timeout=10)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         if self.leader:  # hand over at once instead of letting the lease expire (upgrades)
             try:
                 self.kube.release_lease(self.lease_namespace, LEASE_NAME, self.identity)
                 log.warning("released leadership (%s/%s)", self.lease_namespace, LEASE_NAME)
-            except ApiException as e:
-                log.warning("could not release the leader lease: %s", e.reason)
+            except (ApiException, OSError) as e:
+                log.warning("could not release the leader lease: %s", e)
             self.leader = False
 
     def wake(self) -> None:
         self._wake.set()
 
-    def remember_progress(self, pod: dict) -> None:
-        """Keep the newest progress report per job from pod watch events (see Ctx)."""
-        report, uid = read_progress([pod]), owner_uid(pod)
-        if report is None or uid is None:
+    def healthy(self) -> bool:
+        """False when this leader has completed no cycle for ``health_stale_cycles`` periods."""
+        if not self.leader:
+            return True
+        last = self.last_cycle
+        limit = self.settings.health_stale_cycles * self.settings.admission_interval_seconds
+        started = self._started_leading or time.monotonic()
+        return time.monotonic() - (last or started) < limit + 30.0
+
+    _started_leading: float | None = None
+
+    def ready(self) -> bool:
+        """The watch caches are filled (a standby is ready too: it can take over at once)."""
+        return all(r.store.synced.is_set() for r in self.reflectors) and bool(self.reflectors)
+
+    # ------------------------------------------------------------------ cache -> dirty
+
+    def _changed(self, kind: str, key: str, old: Any, new: Any) -> None:
+        with self._lock:
+            if kind == "jobs":
+                self._dirty.add(key)
+                if new is None:
+                    self._forget(key, old)
+            elif kind == "pods":
+                uid = owner_uid(new or old)
+                if uid is not None:
+                    pods = self._pods_by_job.setdefault(uid, {})
+                    if new is None:
+                        pods.pop(key, None)
+                        if not pods:
+                            del self._pods_by_job[uid]
+                    else:
+                        pods[key] = new
+                        self._remember_report(uid, new)
+                    self._dirty.add(uid)
+            else:
+                self._capacity_changed = True
+        self._wake.set()
+
+    def _remember_report(self, uid: str, pod: dict) -> None:
+        report = read_progress([pod])
+        if report is None:
             return
-        attempt = attempt_of(pod)
-        old = self.watched_progress.get(uid)
+        attempt, old = attempt_of(pod), self.reports.get(uid)
         if old is None or old[0] < attempt or (
                 old[0] == attempt and report.get("step", 0) >= old[1].get("step", 0)):
-            self.watched_progress[uid] = (attempt, report)
+            self.reports[uid] = (attempt, report)
+
+    def accept_report(self, uid: str, attempt: int, report: dict[str, Any]) -> None:
+        """A progress report from the report channel (already parsed and authenticated)."""
+        with self._lock:
+            old = self.reports.get(uid)
+            if old is None or old[0] < attempt or (
+                    old[0] == attempt and report.get("step", 0) >= old[1].get("step", 0)):
+                self.reports[uid] = (attempt, report)
+                self._dirty.add(uid)
+        self._wake.set()
+
+    def _forget(self, uid: str, old: Any) -> None:
+        self.reports.pop(uid, None)
+        self._last_decision.pop(uid, None)
+        self._due.pop(uid, None)
+        self._create_errors.pop(uid, None)
+        self._plan_errors.pop(uid, None)
+        for ch in Change:
+            self._last_write.pop((uid, ch), None)
+        job = getattr(old, "job", None)
+        if job is not None:
+            metrics.forget_job(job.metadata.namespace, job.metadata.name)
+
+    # ------------------------------------------------------------------ lease (own timer)
+
+    def _lease_loop(self) -> None:
+        s, lease = self.settings, None
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                held, lease = self.kube.hold_lease(
+                    self.lease_namespace, LEASE_NAME, self.identity, s.lease_duration_seconds,
+                    _now(), known=lease if self.leader else None)
+            except (ApiException, OSError, ValueError) as e:
+                log.warning("leader lease: %s; retrying", e)
+                held, lease = False, None
+            if held:
+                self.lease_valid_until = t + s.lease_duration_seconds
+            elif time.monotonic() < self.lease_valid_until:
+                held = self.leader  # a failed renewal: still ours until the lease runs out
+            if held != self.leader:
+                log.warning("%s leadership (%s/%s as %s)", "acquired" if held else "lost",
+                            self.lease_namespace, LEASE_NAME, self.identity)
+                self._started_leading = time.monotonic() if held else None
+                with self._lock:
+                    self._capacity_changed = True
+                self._wake.set()
+            self.leader = held
+            self._stop.wait(s.lease_renew_seconds if held else s.lease_retry_seconds)
+
+    def may_write(self) -> bool:
+        """Fencing: only while the Lease we last renewed cannot have lapsed."""
+        return self.leader and time.monotonic() < self.lease_valid_until - FENCE_MARGIN_SECONDS
+
+    # ------------------------------------------------------------------ the cycle
 
     def _run(self) -> None:
+        s = self.settings
+        stores = [self.jobs, self.pods, self.nodes, self.quotas, self.classes, self.usage]
         while not self._stop.is_set():
-            try:
-                if self._hold_lease():
-                    self.tick(_now())
-                self.last_tick = time.monotonic()
-            except Exception:  # one bad pass must not kill the loop; the next one retries
-                log.exception("reconcile pass failed; retrying in %.0fs",
-                              self.settings.admission_interval_seconds)
-            self._wake.wait(self.settings.admission_interval_seconds)
+            if cache.wait_synced(stores, 1.0):
+                break
+        last_start = 0.0
+        while not self._stop.is_set():
+            timeout = s.admission_interval_seconds
+            if self._due:
+                timeout = max(0.0, min(timeout, min(self._due.values()) - time.time()))
+            self._wake.wait(timeout)
             self._wake.clear()
-
-    def _hold_lease(self) -> bool:
-        held = self.kube.hold_lease(self.lease_namespace, LEASE_NAME, self.identity,
-                                    LEASE_SECONDS, _now())
-        if held != self.leader:
-            log.warning("%s leadership (%s/%s as %s)", "acquired" if held else "lost",
-                        self.lease_namespace, LEASE_NAME, self.identity)
-        self.leader = held
-        return held
-
-    # ------------------------------------------------------------------ one pass
-
-    def tick(self, now: dt.datetime) -> None:
-        k, s = self.kube, self.settings
-        raw_jobs = k.list_jobs(s.namespaces)
-        pods = k.list_managed_pods(s.namespaces)
-        jobs: list[FineTuneJob] = []
-        for body in raw_jobs:
+            pause = last_start + s.min_cycle_interval_seconds - time.monotonic()
+            if pause > 0:  # debounce: a burst of watch events makes one cycle
+                self._stop.wait(pause)
+            if self._stop.is_set() or not self.may_write():
+                continue
+            last_start = time.monotonic()
             try:
-                jobs.append(FineTuneJob.from_body(body))
-            except ValidationError as e:
-                self._reject(body, parse_error(e), now)
-        by_uid: dict[str, list[dict]] = {}
-        for p in pods:
-            if (uid := owner_uid(p)) is not None:
-                by_uid.setdefault(uid, []).append(p)
-        classes = k.list_priority_classes()
-        decisions = decide(jobs, by_uid, classes, s, k.list_nodes(), k.list_active_pods(),
-                           k.list_quotas(), now)
-        samples = []
-        for job in jobs:
+                self.cycle(_now())
+                self.last_cycle = time.monotonic()
+                self.cycles += 1
+            except Exception:  # one bad cycle must not kill the loop; the next one retries
+                metrics.count_cycle_error("cycle")
+                log.exception("scheduling cycle failed; retrying")
+            metrics.observe_cycle(time.monotonic() - last_start)
+
+    def cycle(self, now: dt.datetime) -> None:
+        s = self.settings
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            capacity, self._capacity_changed = self._capacity_changed, False
+            pods_by_uid = {uid: list(p.values()) for uid, p in self._pods_by_job.items()}
+            reports = dict(self.reports)
+        entries = self.jobs.values()
+        jobs = [e.job for e in entries if e.job is not None]
+        classes = dict(self.classes.items())
+        decisions = decide(jobs, pods_by_uid, classes, s, self.nodes.values(),
+                           self.usage.values(), self.quotas.values(), now)
+        epoch = now.timestamp()
+        todo = set(dirty)
+        for uid, d in decisions.by_uid.items():
+            if self._last_decision.get(uid) != d:
+                todo.add(uid)
+        for uid in [u for u, t in self._due.items() if t <= epoch]:
+            todo.add(uid)
+            del self._due[uid]
+        if capacity and self.cycles == 0:
+            todo |= {e.uid for e in entries}
+        work: list[tuple[FineTuneJob, Plan, Change]] = []
+        samples: list[dict[str, Any]] = []
+        for e in entries:
+            if e.job is None:
+                if e.uid in todo and not e.failed and self.may_write():
+                    self._pool.submit(self._reject, e, now)
+                continue
+            job, status = e.job, e.job.status
+            uid = job.metadata.uid
+            if uid in todo:
+                decision = decisions.get(uid, JobDecision())
+                self._last_decision[uid] = decision
+                pl = self._plan(job, pods_by_uid.get(uid, []), decision, reports.get(uid),
+                                classes, now)
+                if pl is not None:
+                    change = self._write_kind(job, pl, epoch)
+                    work.append((job, pl, change))
+                    status = pl.status
+                    due = due_at(job, pl.status, pods_by_uid.get(uid, []), self._timing(), now)
+                    if due is not None:
+                        self._schedule(uid, due.timestamp())
+            samples.append(_sample(job, status))
+        metrics.observe_queue({"jobs": samples, "quotas": decisions.quotas})
+        self.queue_view = decisions.queue_view
+        self._execute_all(work, now)
+
+    def _timing(self) -> dict[str, float]:
+        s = self.settings
+        return {"pods_ready_timeout": s.pods_ready_timeout_seconds,
+                "force_delete_margin": s.force_delete_margin_seconds}
+
+    def _schedule(self, uid: str, at: float) -> None:
+        cur = self._due.get(uid)
+        if cur is None or at < cur:
+            self._due[uid] = at
+
+    def _plan(self, job: FineTuneJob, pods: list[dict], decision: JobDecision,
+              seen: tuple[int, dict[str, Any]] | None, classes: dict[str, int],
+              now: dt.datetime) -> Plan | None:
+        s, uid = self.settings, job.metadata.uid
+        try:
             cls, err = policy_error(job, s, classes)
             check = wants_admission(job, now) or job.status.phase is None
-            seen = self.watched_progress.get(job.metadata.uid)
+            create_error = self._create_errors.get(uid)
             ctx = Ctx(now=now, backoff_seconds=s.backoff_seconds(job.status.failures + 1),
                       priority_class=cls, policy_error=err if check else None,
                       watched_report=seen[1] if seen and seen[0] == job.status.attempt
-                      else None)
-            pl = plan(job, by_uid.get(job.metadata.uid, []),
-                      decisions.get(job.metadata.uid, JobDecision()), ctx)
-            samples.append(_sample(job, pl.status))  # the state this pass leaves behind
-            try:
-                self.execute(job, pl, now)
-            except ApiException as e:  # one job's trouble must not stall the others
-                log.warning("FineTuneJob %s: %s %s: %s; retrying next pass", job.key, e.status,
-                            e.reason, _api_message(e))
-        metrics.observe_queue({"jobs": samples, "quotas": decisions.quotas})
-        live = {j.metadata.uid for j in jobs}
-        for uid in [u for u in self.watched_progress if u not in live]:
-            del self.watched_progress[uid]
+                      else None,
+                      create_error=create_error[1] if create_error
+                      and create_error[0] == job.status.attempt else None,
+                      node_ready=self._node_ready,
+                      pods_ready_timeout_seconds=s.pods_ready_timeout_seconds,
+                      max_start_requeues=s.max_pods_ready_requeues,
+                      force_delete_margin_seconds=s.force_delete_margin_seconds,
+                      unschedulable_grace_seconds=s.unschedulable_grace_seconds,
+                      ttl_seconds_after_finished=s.ttl_seconds_after_finished)
+            pl = plan(job, pods, decision, ctx)
+            self._plan_errors.pop(uid, None)
+            return pl
+        except Exception as e:  # contained: this job waits, every other job goes on
+            metrics.count_cycle_error("job")
+            text = f"{type(e).__name__}: {str(e)[:200]}"
+            if self._plan_errors.get(uid) != text:
+                self._plan_errors[uid] = text
+                log.exception("FineTuneJob %s: planning failed; the job waits, others go on",
+                              job.key)
+            return None
 
-    def _reject(self, body: dict, message: str, now: dt.datetime) -> None:
-        meta = body.get("metadata", {})
-        status = body.get("status") or {}
-        if status.get("phase") == "Failed":
+    def _node_ready(self, name: str) -> bool | None:
+        node = self.nodes.get(name)
+        if node is None:
+            return None  # gone
+        return bool(node["status"].get("ready") == "True")
+
+    def _write_kind(self, job: FineTuneJob, pl: Plan, epoch: float) -> Change:
+        """MATERIAL/NONE pass through; coalesced kinds wait for their interval (a timer)."""
+        s, uid = self.settings, job.metadata.uid
+        change = classify(job.status.to_wire(), pl.status.to_wire())
+        if change in (Change.NONE, Change.MATERIAL):
+            return change
+        interval = (s.progress_write_interval_seconds if change == Change.PROGRESS
+                    else s.queue_status_interval_seconds)
+        last = self._last_write.get((uid, change))
+        if last is not None and epoch - last < interval:
+            self._schedule(uid, last + interval)
+            return Change.NONE
+        return change
+
+    # ------------------------------------------------------------------ execute
+
+    def _execute_all(self, work: list[tuple[FineTuneJob, Plan, Change]],
+                     now: dt.datetime) -> None:
+        # admissions and stops first: they free or use GPUs; status-only writes after
+        work.sort(key=lambda w: not (w[1].create_attempt or w[1].delete_pods))
+        futures = []
+        for job, pl, change in work:
+            if not (change or pl.create_attempt or pl.delete_pods or pl.force_delete_pods
+                    or pl.delete_job):
+                self._metrics(job, pl)
+                continue
+            futures.append(self._pool.submit(self._execute_guarded, job, pl, change, now))
+        for f in futures:
+            f.result()
+
+    def _execute_guarded(self, job: FineTuneJob, pl: Plan, change: Change,
+                         now: dt.datetime) -> None:
+        if not self.may_write():
+            with self._lock:
+                self._dirty.add(job.metadata.uid)
             return
-        msg = f"FineTuneJob {meta.get('namespace')}/{meta.get('name')}: invalid spec: {message}"
-        log.error(msg)
-        self.kube.patch_job_status(meta["namespace"], meta["name"], {
-            "phase": "Failed", "conditions": [{
-                "type": "Failed", "status": "True", "reason": "InvalidSpec", "message": msg,
-                "lastTransitionTime": iso(now)}]})
-        self.kube.event(body, "Warning", "InvalidSpec", msg, now)
+        try:
+            self.execute(job, pl, change, now)
+        except (ApiException, OSError) as e:  # one job's trouble must not stall the others
+            with self._lock:
+                self._dirty.add(job.metadata.uid)
+            status = getattr(e, "status", None)
+            log.warning("FineTuneJob %s: %s %s; retrying next cycle", job.key,
+                        status if status is not None else type(e).__name__,
+                        _api_message(e) if isinstance(e, ApiException) else e)
+        except Exception:
+            metrics.count_cycle_error("job")
+            log.exception("FineTuneJob %s: executing the plan failed; retrying", job.key)
+            with self._lock:
+                self._dirty.add(job.metadata.uid)
 
-    # ------------------------------------------------------------------ execute a plan
-
-    def execute(self, job: FineTuneJob, pl: Plan, now: dt.datetime) -> None:
-        k, ns, name = self.kube, job.metadata.namespace, job.metadata.name
-        new = pl.status.to_wire()
-        old = job.status.to_wire()
-        body = {"metadata": {"name": name, "namespace": ns, "uid": job.metadata.uid}}
-        if new != old:
-            # a merge patch cannot drop keys by omission: send explicit nulls for removed ones
-            patch: dict[str, Any] = dict(new)
-            for key in old:
-                patch.setdefault(key, None)
-            k.patch_job_status(ns, name, patch)
+    def execute(self, job: FineTuneJob, pl: Plan, change: Change, now: dt.datetime) -> None:
+        k, ns, name, uid = self.kube, job.metadata.namespace, job.metadata.name, job.metadata.uid
+        body = {"metadata": {"name": name, "namespace": ns, "uid": uid}}
+        if change:
+            old, new = job.status.to_wire(), pl.status.to_wire()
+            entry = self.jobs.get(uid)
+            res = k.patch_job_status(ns, name, merge_patch(old, new),
+                                     entry.rv if entry is not None else None)
+            if res is None:
+                return  # deleted meanwhile
+            self.jobs.put(uid, job_entry(res))  # see our own write before the watch does
+            self._last_write[(uid, change)] = now.timestamp()
+            if change == Change.MATERIAL:  # a material write carries progress and queue too
+                self._last_write[(uid, Change.PROGRESS)] = now.timestamp()
+                self._last_write[(uid, Change.QUEUE)] = now.timestamp()
             failpoint("after-status-patch", pl.status.phase)
         if pl.create_attempt is not None:
-            ck = pl.status.checkpoint
-            children = build_children(job, self.settings, pl.create_attempt,
-                                      pl.status.effective_priority_class,
-                                      ck.save_seconds if ck else None)
-            for obj in children.all():
-                if obj["kind"] in ("Role", "Service"):
-                    k.create_or_patch(obj)
-                else:
-                    k.create_or_get(obj)
+            self._create_children(job, pl, body, now)
         for pod in pl.delete_pods:
             k.delete_pod(ns, pod["metadata"]["name"], pod["metadata"].get("uid"))
+        for pod in pl.force_delete_pods:
+            log.warning("FineTuneJob %s: force-deleting pod %s stuck terminating on a lost "
+                        "node", job.key, pod["metadata"]["name"])
+            k.delete_pod(ns, pod["metadata"]["name"], pod["metadata"].get("uid"), 0)
+        if pl.delete_job:
+            k.delete_job(ns, name, uid)
         for type_, reason, message in pl.events:
             k.event(body, type_, reason, message, now)
         self._metrics(job, pl)
+
+    def _create_children(self, job: FineTuneJob, pl: Plan, body: dict,
+                         now: dt.datetime) -> None:
+        k, uid, attempt = self.kube, job.metadata.uid, pl.create_attempt
+        assert attempt is not None
+        ck = pl.status.checkpoint
+        children = build_children(job, self.settings, attempt,
+                                  pl.status.effective_priority_class,
+                                  ck.save_seconds if ck else None)
+        for obj in children.all():
+            try:
+                got = (k.create_or_patch(obj) if obj["kind"] == "Service"
+                       else k.create_or_get(obj))
+            except ApiException as e:
+                if e.status in (403, 400, 422, 404):  # quota, webhook, policy: tell the user
+                    msg = (f"could not create {obj['kind']} {obj['metadata']['name']}: "
+                           f"{_api_message(e) or e.reason}")
+                    self._child_problem(job, attempt, "PodCreateFailed", msg, body, now)
+                    return
+                raise
+            owners = {r.get("uid") for r in
+                      (got.get("metadata") or {}).get("ownerReferences") or []}
+            if uid not in owners:  # never adopt: someone else's object has this name
+                msg = (f"{obj['kind']} {obj['metadata']['name']} already exists and is not "
+                       "owned by this job; it is left untouched: delete or rename it, or "
+                       "rename the job")
+                self._child_problem(job, attempt, "ChildConflict", msg, body, now)
+                return
+            if obj["kind"] == "Pod":
+                self.pods.put(_uid_key(got), cache.slim_pod(got))
+        with self._lock:
+            self._create_errors.pop(uid, None)
+
+    def _child_problem(self, job: FineTuneJob, attempt: int, reason: str, msg: str,
+                       body: dict, now: dt.datetime) -> None:
+        uid = job.metadata.uid
+        with self._lock:
+            first = self._create_errors.get(uid) != (attempt, f"{reason}: {msg}")
+            self._create_errors[uid] = (attempt, f"{reason}: {msg}")
+            self._dirty.add(uid)
+        if first:
+            log.warning("FineTuneJob %s: %s: %s", job.key, reason, msg)
+        self._wake.set()
+
+    def _reject(self, e: JobEntry, now: dt.datetime) -> None:
+        """An object the models cannot read fails once, naming the fields."""
+        meta = e.raw_meta or {}
+        msg = f"FineTuneJob {meta.get('namespace')}/{meta.get('name')}: invalid spec: {e.error}"
+        log.error(msg)
+        try:
+            self.kube.patch_job_status(str(meta.get("namespace")), str(meta.get("name")), {
+                "phase": "Failed", "conditions": [{
+                    "type": "Failed", "status": "True", "reason": "InvalidSpec",
+                    "message": msg, "lastTransitionTime": iso(now)}]})
+            self.kube.event({"metadata": meta}, "Warning", "InvalidSpec", msg, now)
+        except (ApiException, OSError) as ex:
+            log.warning("could not mark %s Failed: %s", meta.get("name"), ex)
 
     def _metrics(self, job: FineTuneJob, pl: Plan) -> None:
         ns, st = job.metadata.namespace, pl.status
@@ -235,7 +576,7 @@ class Controller:
 def _api_message(e: ApiException) -> str:
     try:
         return str(json.loads(e.body or "{}").get("message", ""))[:300]
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         return str(e.body)[:300]
 
 

@@ -82,6 +82,21 @@ LOST_STEPS = Counter(
     "finetune_lost_steps", "Training steps redone because of preemptions.", ("namespace",),
     registry=REGISTRY,
 )
+API_REQUESTS = Counter(
+    "finetune_api_requests",
+    "Kubernetes API requests the operator made, by verb and resource (writes are budgeted).",
+    ("verb", "resource"), registry=REGISTRY,
+)
+CYCLE_SECONDS = Histogram(
+    "finetune_scheduling_cycle_seconds",
+    "Duration of one scheduling cycle (snapshot from the cache, admit(), plans, writes).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY,
+)
+CYCLE_ERRORS = Counter(
+    "finetune_scheduling_cycle_errors",
+    "Scheduling cycles that raised (the next cycle retries), and per-job planning errors.",
+    ("scope",), registry=REGISTRY,
+)
 CHECKPOINT_SAVE = Histogram(
     "finetune_checkpoint_save_seconds", "Duration of a trainer checkpoint save.",
     ("namespace",), buckets=CHECKPOINT_SAVE_BUCKETS, registry=REGISTRY,
@@ -247,6 +262,19 @@ def observe_queue(snapshot: QueueSnapshot | Mapping[str, Any]) -> None:
         gone = _progress_jobs - present
     for ns, name in gone:
         forget_job(ns, name)
+
+
+def count_api_request(verb: str, resource: str) -> None:
+    API_REQUESTS.labels(verb, resource).inc()
+
+
+def observe_cycle(seconds: float) -> None:
+    CYCLE_SECONDS.observe(max(0.0, seconds))
+
+
+def count_cycle_error(scope: str) -> None:
+    """scope: cycle (the whole cycle failed) | job (planning one job failed, contained)."""
+    CYCLE_ERRORS.labels(scope).inc()
 
 
 def observe_admission(namespace: str, priority_class: str, wait_seconds: float) -> None:

@@ -13,6 +13,7 @@ spec.suspend parks a job as Suspended (its pods stopped gracefully) until it is 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from .status import (
     observe,
     output_from,
     parse_time,
+    pending_cause,
     read_progress,
     set_condition,
 )
@@ -51,6 +53,9 @@ class Plan:
     status: FineTuneJobStatus
     create_attempt: int | None = None                 # create (or finish creating) children
     delete_pods: list[dict] = field(default_factory=list)
+    # stuck terminating past their grace period on a NotReady/deleted node: delete with grace 0
+    force_delete_pods: list[dict] = field(default_factory=list)
+    delete_job: bool = False                          # ttlSecondsAfterFinished has passed
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     metrics: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
@@ -64,6 +69,15 @@ class Ctx:
     # the newest progress report of the current attempt seen on the pod watch: the trainer's
     # last report (right after its SIGTERM save) may land just before its pod disappears
     watched_report: dict[str, Any] | None = None
+    # why creating this attempt's children was refused (quota, webhook, a name taken)
+    create_error: str | None = None
+    node_ready: Callable[[str], bool | None] | None = None  # None: the node is gone
+    pods_ready_timeout_seconds: float = 600.0
+    max_start_requeues: int = 3
+    force_delete_margin_seconds: float = 60.0
+    unschedulable_grace_seconds: float = 900.0
+    max_gpus_per_node: int = 0
+    ttl_seconds_after_finished: int = 0
 
 
 def wants_admission(job: FineTuneJob, now: dt.datetime) -> bool:
@@ -100,8 +114,13 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
         if lost:
             p.metrics.append(("lost", {"steps": lost}))
 
+    _force_stuck(p, pods, ctx)
     if st.phase in TERMINAL_PHASES:
         p.delete_pods.extend(observe(current, job.spec.resources.nodes, True).deletable)
+        finished = parse_time(st.completion_time)
+        ttl = _ttl(job, ctx)
+        if ttl is not None and finished and (now - finished).total_seconds() >= ttl:
+            p.delete_job = True
         return p
     if st.phase is None:
         _to_queue(p, job, "Created", "waiting for admission", now, first=True)
@@ -109,14 +128,27 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
     if ctx.policy_error:
         _fail(p, job, "PolicyViolation", ctx.policy_error, now)
         return p
-    if decision.impossible and st.phase == "Queued":
-        _fail(p, job, "Unschedulable", decision.impossible, now)
+    res = job.spec.resources
+    if ctx.max_gpus_per_node and res.gpus > ctx.max_gpus_per_node and st.phase == "Queued":
+        _fail(p, job, "Unschedulable", f"asks {res.gpus} GPUs per node but the largest node "
+              f"size is {ctx.max_gpus_per_node} (operator setting max_gpus_per_node); lower "
+              "resources.gpus and raise resources.nodes", now)
         return p
+    if st.phase == "Queued" and decision.impossible:
+        since = parse_time(st.unschedulable_since) or now
+        st.unschedulable_since = iso(since)
+        waited = (now - since).total_seconds()
+        if waited >= ctx.unschedulable_grace_seconds:
+            _fail(p, job, "Unschedulable", f"{decision.impossible} (for {waited:.0f}s, more "
+                  f"than the {ctx.unschedulable_grace_seconds:.0f}s grace period)", now)
+            return p
+    elif st.phase == "Queued" or st.phase in ACTIVE_PHASES:
+        st.unschedulable_since = None
     deadline = job.spec.active_deadline_seconds
-    started = parse_time(st.start_time)
-    if deadline and started and (now - started).total_seconds() > deadline:
+    if deadline and st.phase in ACTIVE_PHASES and active_seconds(st, now) > deadline:
         _fail(p, job, "DeadlineExceeded",
-              f"ran longer than activeDeadlineSeconds={deadline}", now, current)
+              f"was admitted for longer than activeDeadlineSeconds={deadline} (time in the "
+              "queue or suspended does not count)", now, current)
         return p
 
     holding = observe(current, job.spec.resources.nodes, False).active
@@ -136,7 +168,74 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
         p.delete_pods.extend(x for x in observe(current, job.spec.resources.nodes, False)
                              .deletable if x not in p.delete_pods)
         _queued(p, job, decision, ctx)
+    if job.status.phase is None and st.phase == "Admitted":  # admitted at first sight:
+        p.events = [e for e in p.events if e[1] != "Queued"]  # one Event, not two
     return p
+
+
+def active_seconds(st: FineTuneJobStatus, now: dt.datetime) -> float:
+    """Time admitted (counted for activeDeadlineSeconds): earlier attempts plus this one."""
+    admitted = parse_time(st.admitted_at)
+    current = (now - admitted).total_seconds() if admitted and st.phase in ACTIVE_PHASES \
+        else 0.0
+    return st.active_seconds + max(0.0, current)
+
+
+def _leave_active(st: FineTuneJobStatus, now: dt.datetime) -> None:
+    """Bank this attempt's admitted time before the phase leaves Admitted/Running/Preempting."""
+    if st.phase in ACTIVE_PHASES:
+        st.active_seconds = round(active_seconds(st, now), 3)
+
+
+def _ttl(job: FineTuneJob, ctx: Ctx) -> int | None:
+    ttl = job.spec.ttl_seconds_after_finished
+    if ttl is None:
+        ttl = ctx.ttl_seconds_after_finished or None
+    return ttl
+
+
+def _stuck(pod: dict, ctx: Ctx, now: dt.datetime) -> bool:
+    """Terminating past its deadline plus a margin, on a node that is NotReady or gone."""
+    gone_by = parse_time(pod["metadata"].get("deletionTimestamp"))
+    if gone_by is None or ctx.node_ready is None:
+        return False
+    if (now - gone_by).total_seconds() < ctx.force_delete_margin_seconds:
+        return False
+    node = (pod.get("spec") or {}).get("nodeName")
+    return not node or ctx.node_ready(node) is not True
+
+
+def _force_stuck(p: Plan, pods: list[dict], ctx: Ctx) -> None:
+    p.force_delete_pods.extend(x for x in pods if _stuck(x, ctx, ctx.now))
+
+
+def due_at(job: FineTuneJob, st: FineTuneJobStatus, pods: list[dict],
+           timing: dict[str, float], now: dt.datetime) -> dt.datetime | None:
+    """The next instant at which this job's plan may change with nothing else happening:
+    a retry delay ending, the pods-ready timeout, the deadline, the unschedulable grace, a pod
+    becoming force-deletable, the TTL after finishing. None: only events change it."""
+    times: list[dt.datetime] = []
+    if st.phase == "Queued" and (t := parse_time(st.retry_after)):
+        times.append(t)
+    admitted = parse_time(st.admitted_at)
+    if st.phase == "Admitted" and admitted:
+        times.append(admitted + dt.timedelta(seconds=timing["pods_ready_timeout"]))
+    deadline = job.spec.active_deadline_seconds
+    if deadline and st.phase in ACTIVE_PHASES:
+        times.append(now + dt.timedelta(seconds=deadline - active_seconds(st, now) + 0.5))
+    if st.phase == "Queued" and (t := parse_time(st.unschedulable_since)):
+        times.append(t + dt.timedelta(seconds=timing.get("unschedulable_grace", 900.0)))
+    for pod in pods:
+        if (t := parse_time(pod["metadata"].get("deletionTimestamp"))):
+            times.append(t + dt.timedelta(seconds=timing["force_delete_margin"] + 0.5))
+    if st.phase in TERMINAL_PHASES and (t := parse_time(st.completion_time)):
+        ttl = job.spec.ttl_seconds_after_finished
+        if ttl is None:
+            ttl = int(timing.get("ttl", 0)) or None
+        if ttl is not None:
+            times.append(t + dt.timedelta(seconds=ttl))
+    future = [t for t in times if t > now]
+    return min(future) if future else None
 
 
 def _reconcile_active(p: Plan, job: FineTuneJob, current: list[dict], decision: JobDecision,
@@ -146,12 +245,22 @@ def _reconcile_active(p: Plan, job: FineTuneJob, current: list[dict], decision: 
     # missing once it was Running means someone deleted them (a preemption)
     view = observe(current, job.spec.resources.nodes, ever_ran=st.phase == "Running")
     stopping = st.phase == "Preempting" or job.spec.suspend or st.phase == "Suspended"
+    admitted = parse_time(st.admitted_at) or now
     if view.completed is not None:
         _succeed(p, job, view, now)
     elif view.failure and not stopping and not view.preempted_by:
         _failed_attempt(p, job, view, ctx)
+    elif view.node_lost and not stopping and st.phase != "Preempting":
+        _stop(p, job, view, JobDecision(preempt=f"{view.node_lost}; retried from the newest "
+                                        "checkpoint, not counted as a failure"), now)
     elif stopping or view.preempted_by or decision.preempt:
         _stop(p, job, view, decision, now)
+    elif st.phase == "Admitted" and ctx.create_error:
+        _requeue_start(p, job, view, ctx.create_error, ctx)
+    elif st.phase == "Admitted" and not view.all_running and \
+            (now - admitted).total_seconds() >= ctx.pods_ready_timeout_seconds:
+        _requeue_start(p, job, view, f"not running {ctx.pods_ready_timeout_seconds:.0f}s "
+                       f"after admission: {pending_cause(current)}", ctx)
     elif not current or len(current) < view.expected:
         p.create_attempt = st.attempt  # admitted but children missing (e.g. operator restart)
     elif view.all_running and st.phase != "Running":
@@ -164,6 +273,24 @@ def _reconcile_active(p: Plan, job: FineTuneJob, current: list[dict], decision: 
                          + (f", resuming from checkpoint step {resume}" if resume else "")))
 
 
+def _requeue_start(p: Plan, job: FineTuneJob, view: PodsView, cause: str, ctx: Ctx) -> None:
+    """The attempt never started (pods not ready in time, creation refused): give its GPUs
+    back and wait in the queue again; fail with the cause after max_start_requeues."""
+    st, now = p.status, ctx.now
+    st.start_requeues += 1
+    p.delete_pods.extend(view.deletable)
+    if st.start_requeues > ctx.max_start_requeues:
+        _fail(p, job, "PodsNotReady", f"attempt {st.attempt}: {cause}; gave up after "
+              f"{st.start_requeues} tries: fix the cause (image, resources, Secret, PVC, "
+              "quota) and re-create the job", now)
+        return
+    _leave_active(st, now)
+    st.retry_after = iso(now + dt.timedelta(seconds=ctx.backoff_seconds))
+    p.events.append(("Warning", "PodsNotReady", f"attempt {st.attempt}: {cause}; back in the "
+                     f"queue ({st.start_requeues}/{ctx.max_start_requeues} such requeues)"))
+    _to_queue(p, job, "PodsNotReady", cause, now)
+
+
 def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobDecision,
           now: dt.datetime) -> None:
     """Graceful stop of the attempt (preemption or suspend); finish when no pod holds GPUs."""
@@ -171,6 +298,7 @@ def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobDecision,
     suspending = job.spec.suspend
     unsuspended = not suspending and st.stop_reason == "suspend"  # cleared while stopping
     if suspending and st.phase != "Suspended":
+        _leave_active(st, now)
         st.phase, st.stop_reason = "Suspended", "suspend"
         set_condition(st, "Suspended", True, "Stopping",
                       "spec.suspend is true: the trainer saves a checkpoint and exits", now, gen)
@@ -200,8 +328,14 @@ def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobDecision,
         p.events.append(("Normal", "Resumed", "spec.suspend cleared; back in the queue"))
         _to_queue(p, job, "Resumed", "waiting for admission", now)
         return
-    st.preemptions += 1
     reason = st.stop_reason or "preempted"
+    if reason.startswith("node lost"):
+        st.stop_reason = None
+        set_condition(st, "Running", False, "NodeLost", reason, now, gen)
+        p.events.append(("Warning", "NodeLost", reason))
+        _to_queue(p, job, "NodeLost", "waiting to resume after a node loss", now)
+        return
+    st.preemptions += 1
     kind = "scheduler" if "kube-scheduler" in reason else (
         "eviction" if "Eviction" in reason else "operator")
     set_condition(st, "Preempted", True, "Preempted", f"{reason} (preemption "
@@ -216,6 +350,7 @@ def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobDecision,
 def _succeed(p: Plan, job: FineTuneJob, view: PodsView, now: dt.datetime) -> None:
     st, gen = p.status, job.metadata.generation
     msg = view.completed or {}
+    _leave_active(st, now)
     st.phase, st.completion_time, st.output = "Succeeded", iso(now), output_from(msg)
     st.start_time = st.start_time or iso(now)
     if isinstance(msg.get("finalStep"), int) and st.progress is not None:
@@ -262,6 +397,7 @@ def _fail(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.datetime
           current: list[dict] | None = None, count: bool = True) -> None:
     """End the job. count=False when the failed attempt was already counted."""
     st, gen = p.status, job.metadata.generation
+    _leave_active(st, now)
     st.phase, st.completion_time, st.queue = "Failed", iso(now), None
     set_condition(st, "Failed", True, reason, message, now, gen)
     if any(c.type == "Running" for c in st.conditions):
@@ -277,7 +413,9 @@ def _fail(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.datetime
 def _to_queue(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.datetime,
               first: bool = False) -> None:
     st = p.status
+    _leave_active(st, now)
     st.phase, st.queued_since = "Queued", iso(now)
+    st.first_queued_at = st.first_queued_at or iso(now)  # keeps its place: aging goes on
     st.queue = QueueStatus(position=None, reason=message)
     set_condition(st, "Admitted", False, reason, message, now, job.metadata.generation)
     if first:

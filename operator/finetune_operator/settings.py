@@ -78,9 +78,52 @@ class OperatorSettings(BaseModel):
     gpu_resource: ResourceName = "nvidia.com/gpu"
     grace_period_seconds: int = Field(default=120, ge=1)
     backoff_base_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
-    admission_interval_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    admission_interval_seconds: float = Field(
+        default=5.0, gt=0, allow_inf_nan=False,
+        description="the policy reruns at least this often (aging, timers) without events")
     metrics_port: Port = 8080
     health_port: Port = 8081
+    # ---- the scheduling cycle and its API budget (docs/operator.md) ----------------------
+    min_cycle_interval_seconds: float = Field(
+        default=0.2, ge=0, le=60, allow_inf_nan=False,
+        description="debounce: a burst of watch events makes one cycle at most this often")
+    max_concurrent_writes: int = Field(default=16, ge=1, le=256,
+                                       description="API writes of one cycle in flight")
+    api_timeout_seconds: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
+    lease_duration_seconds: int = Field(default=15, ge=5, le=600)
+    lease_renew_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False,
+                                       description="leader renews its Lease this often")
+    lease_retry_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False,
+                                       description="a standby tries to acquire this often")
+    health_stale_cycles: int = Field(
+        default=10, ge=1, description="/healthz fails when the leader completed no cycle "
+        "for this many admission intervals (plus 30 s)")
+    progress_write_interval_seconds: float = Field(
+        default=30.0, ge=0, allow_inf_nan=False,
+        description="status.progress is mirrored at most this often per job")
+    queue_status_interval_seconds: float = Field(
+        default=60.0, ge=0, allow_inf_nan=False,
+        description="a waiting job's queue position/reason is rewritten at most this often")
+    # ---- passing states (docs/operator.md "When things go wrong") -------------------------
+    pods_ready_timeout_seconds: float = Field(
+        default=600.0, gt=0, allow_inf_nan=False,
+        description="an admitted job whose pods do not all run by then goes back to the queue")
+    max_pods_ready_requeues: int = Field(
+        default=3, ge=0, description="requeues for pods that never start before the job fails")
+    force_delete_margin_seconds: float = Field(
+        default=60.0, ge=0, allow_inf_nan=False,
+        description="a pod still terminating this long after its grace period on a "
+        "NotReady or deleted node is force-deleted")
+    unschedulable_grace_seconds: float = Field(
+        default=900.0, ge=0, allow_inf_nan=False,
+        description="a job that cannot fit the cluster/quota as it is now waits this long "
+        "before it fails (a quota dip or a node being replaced is a passing state)")
+    max_gpus_per_node: int = Field(
+        default=0, ge=0, description="largest node size in GPUs: a job asking more per node "
+        "fails at once; 0 = no static limit (only the grace period applies)")
+    ttl_seconds_after_finished: int = Field(
+        default=0, ge=0, description="default time a finished job is kept before it is "
+        "deleted (spec.ttlSecondsAfterFinished overrides); 0 = keep")
     # ---- the report channel (trainer -> operator over HTTPS; docs/contracts.md) ----------
     report_port: Port = Field(default=8443, description="HTTPS port trainers POST reports to")
     report_url: str = Field(

@@ -7,6 +7,8 @@ waiting, which hold GPUs, what nodes and quotas have free, and what admit() deci
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,8 @@ HOLDING_PHASES = ("Admitted", "Running", "Preempting")
 class DecisionSet:
     by_uid: dict[str, JobDecision] = field(default_factory=dict)
     quotas: dict[str, float] = field(default_factory=dict)  # namespace -> hard GPUs (metrics)
+    # the visibility endpoint's data: namespace -> waiting jobs in queue order
+    queue_view: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def get(self, uid: str, default: JobDecision) -> JobDecision:
         return self.by_uid.get(uid, default)
@@ -80,20 +84,55 @@ def build_snapshot(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]
             times = [t for t in (parse_time(st.start_time), parse_time(st.admitted_at)) if t]
             started = max(times) if times else now
             ckpt = parse_time(st.checkpoint.saved_at) if st.checkpoint else None
+            eta = st.progress.eta_seconds if st.progress else None
+            end = now + dt.timedelta(seconds=eta) if eta is not None and math.isfinite(eta) \
+                and 0 <= eta < 10**8 else None
             running.append(RunningJob(
                 **common, started_at=started, last_checkpoint_at=ckpt,
                 preempting=st.phase in ("Preempting", "Suspended") or spec.suspend,
                 placement=tuple(sorted(p["spec"]["nodeName"] for p in current
                                        if p.get("spec", {}).get("nodeName"))),
-                counted_in_quota=len(current) >= spec.resources.nodes))
+                counted_in_quota=len(current) >= spec.resources.nodes,
+                expected_end_at=end))
         elif wants_admission(job, now):
             queued.append(QueuedJob(
                 **common, created_at=_created(job, now),
                 queued_since=parse_time(st.queued_since) or _created(job, now),
+                first_queued_at=parse_time(st.first_queued_at) or _created(job, now),
+                expected_seconds=_expected_seconds(job),
                 node_selector=dict(spec.resources.node_selector),
                 tolerations=_tolerations(job)))
     return Snapshot(queued=queued, running=running, nodes=nodes_from_k8s(nodes, active_pods),
                     quotas=quotas_from_k8s(quotas), policy=Policy.from_settings(settings))
+
+
+def _expected_seconds(job: FineTuneJob) -> float | None:
+    """An upper bound of the run time once admitted: what is left of activeDeadlineSeconds."""
+    deadline = job.spec.active_deadline_seconds
+    if not deadline:
+        return None
+    return max(0.0, deadline - job.status.active_seconds)
+
+
+def coarse_position(position: int) -> int:
+    """1-10 exact, then rounded up to one significant digit (37 -> 40, 123 -> 200): the status
+    moves a few times per decade instead of on every admission ahead of it."""
+    if position <= 10:
+        return position
+    magnitude = 10 ** (len(str(position)) - 1)
+    return -(-position // magnitude) * magnitude
+
+
+_KEY = re.compile(r"\b([a-z0-9][-a-z0-9]*)/([a-z0-9][-a-z0-9.]*)")
+
+
+def tenant_words(text: str, namespace: str, keys: set[str]) -> str:
+    """A message for a job in ``namespace`` never names a job of another namespace (``keys``:
+    every job's namespace/name)."""
+    if "/" not in text:
+        return text
+    return _KEY.sub(lambda m: "a job in another namespace" if m.group(1) != namespace
+                    and m.group(0) in keys else m.group(0), text)
 
 
 def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
@@ -102,15 +141,30 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
     snap = build_snapshot(jobs, pods_by_uid, classes, settings, nodes, active_pods, quotas, now)
     d = admit(snap, now)
     out = DecisionSet()
+    keys = {j.key for j in jobs}
     for a in d.admit:
         out.by_uid[a.job.uid] = JobDecision(admit=True)
     for pr in d.preempt:
-        out.by_uid[pr.victim.uid] = JobDecision(preempt=pr.reason)
+        ns = pr.victim.namespace
+        reason = pr.reason if pr.preemptor.namespace == ns else (
+            "preempted by a higher-priority job in another namespace "
+            f"({pr.preemptor.priority_class})")
+        out.by_uid[pr.victim.uid] = JobDecision(preempt=tenant_words(reason, ns, keys))
+    per_ns: dict[str, int] = {}
     for w in d.waiting:
-        out.by_uid[w.job.uid] = JobDecision(position=w.position, reason=w.reason,
+        ns = w.job.namespace
+        per_ns[ns] = per_ns.get(ns, 0) + 1
+        reason = tenant_words(w.reason, ns, keys)
+        out.by_uid[w.job.uid] = JobDecision(position=coarse_position(per_ns[ns]), reason=reason,
                                             code=str(w.code))
+        out.queue_view.setdefault(ns, []).append({
+            "name": w.job.name, "position": per_ns[ns], "clusterPosition": w.position,
+            "priorityClass": w.job.priority_class, "gpus": w.job.total_gpus,
+            "effectivePriority": round(w.effective_priority, 1), "reason": reason,
+            "code": str(w.code), "reserved": w.reserved})
     for i in d.impossible:
-        out.by_uid[i.job.uid] = JobDecision(impossible=i.reason)
+        ns = i.job.namespace
+        out.by_uid[i.job.uid] = JobDecision(impossible=tenant_words(i.reason, ns, keys))
     res = settings.gpu_resource
     for q in snap.quotas:
         if q.resource == res:

@@ -92,6 +92,7 @@ class PodsView:
     failure_reason: str = "exit-code"      # metric label: exit-code | oom-killed | node-lost
     preempted_by: str | None = None        # scheduler | eviction | deleted | trainer
     invalid_input: bool = False            # the trainer exited 2: retrying cannot help
+    node_lost: str | None = None           # a pod's node went away: retried, not counted
     running: int = 0
     active: list[dict] = field(default_factory=list)     # not terminated
     deletable: list[dict] = field(default_factory=list)  # active and not being deleted
@@ -124,9 +125,8 @@ def observe(pods: list[dict], expected: int, ever_ran: bool) -> PodsView:
         if disruption in PREEMPTION_REASONS:
             v.preempted_by = v.preempted_by or (
                 "scheduler" if disruption == "PreemptionByScheduler" else "eviction")
-        elif disruption in NODE_LOST_REASONS and not v.failure:
-            v.failure, v.failure_reason = f"node lost ({disruption}) for pod "\
-                f"{p['metadata']['name']}", "node-lost"
+        elif disruption in NODE_LOST_REASONS and not v.node_lost:
+            v.node_lost = f"node lost ({disruption}) for pod {p['metadata']['name']}"
         if not done:
             if deleting and not v.preempted_by and disruption not in NODE_LOST_REASONS:
                 v.preempted_by = "deleted"
@@ -136,12 +136,34 @@ def observe(pods: list[dict], expected: int, ever_ran: bool) -> PodsView:
             v.preempted_by = v.preempted_by or "trainer"
         elif code == 0 and not deleting and rank_of(p) == 0 and v.completed is None:
             v.completed = msg
-        elif code != 0 and not v.failure and not v.preempted_by:
+        elif code != 0 and not v.failure and not v.preempted_by and not v.node_lost:
             v.failure, v.failure_reason = _failure_cause(p, term or {}, msg)
             v.invalid_input = code == INVALID_INPUT_EXIT_CODE
-    if ever_ran and len(pods) < expected and not v.failure and v.completed is None:
+    if ever_ran and len(pods) < expected and not v.failure and v.completed is None \
+            and not v.node_lost:
         v.preempted_by = v.preempted_by or "deleted"
     return v
+
+
+def pending_cause(pods: list[dict]) -> str:
+    """Why the pods of an attempt are not running: the first waiting container's reason and
+    message (``ImagePullBackOff: ...``), else the scheduler's, else that none exist."""
+    if not pods:
+        return "its pods do not exist"
+    for p in sorted(pods, key=rank_of):
+        name = p["metadata"]["name"]
+        for cs in p.get("status", {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting")
+            if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
+                return (f"{waiting.get('reason')}: {str(waiting.get('message') or '')[:300]}"
+                        f" (pod {name})")
+        for c in p.get("status", {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                return (f"{c.get('reason') or 'Unschedulable'}: "
+                        f"{str(c.get('message') or '')[:300]} (pod {name})")
+    first = sorted(pods, key=rank_of)[0]
+    phase = first.get("status", {}).get("phase") or "Pending"
+    return f"pod {first['metadata']['name']} is still {phase}"
 
 
 def _failure_cause(pod: dict, term: dict, msg: dict[str, Any]) -> tuple[str, str]:

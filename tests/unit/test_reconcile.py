@@ -15,7 +15,7 @@ import pytest
 from finetune_operator.api.job import FineTuneJob
 from finetune_operator.api.status import Condition, FineTuneJobStatus
 from finetune_operator.reconcile import Ctx, JobDecision, Plan, plan, wants_admission
-from finetune_operator.status import iso
+from finetune_operator.status import iso, parse_time
 from tests.factories import make_job
 from tests.podfactory import gang, make_pod
 
@@ -71,11 +71,12 @@ class Sim:
 
     def __init__(self, job: FineTuneJob, now: dt.datetime = NOW) -> None:
         self.job, self.now = job, now
+        self.ctx_extra: dict[str, Any] = {}
 
     def step(self, pods: Sequence[dict[str, Any]] = (), decision: JobDecision = WAIT,
              backoff: float = 10.0, policy_error: str | None = None) -> Plan:
         ctx = Ctx(now=self.now, backoff_seconds=backoff, priority_class="finetune-high",
-                  policy_error=policy_error)
+                  policy_error=policy_error, **self.ctx_extra)
         p = plan(self.job, list(pods), decision, ctx)
         self.job = with_status(self.job, p.status)
         return p
@@ -201,7 +202,7 @@ def test_admission_starts_attempt_1_and_asks_for_its_children() -> None:
 def test_new_job_admitted_on_its_first_pass() -> None:
     p = Sim(make_job(gpus=1)).step(decision=ADMIT)
     assert p.status.phase == "Admitted" and p.create_attempt == 1
-    assert reasons(p) == ["Queued", "Admitted"]
+    assert reasons(p) == ["Admitted"]  # admitted at first sight: one Event, not two
     assert p.metrics == [("admission", {"wait": 0.0})]
 
 
@@ -636,25 +637,29 @@ def test_gang_member_failing_restarts_the_whole_gang() -> None:
     assert p.create_attempt == 2  # a fresh gang, both ranks
 
 
-def test_node_lost_is_a_failure_not_a_preemption() -> None:
-    """architecture.md: a failed pod (non-zero exit, OOMKilled, node lost) counts as a failure.
-    The taint manager deletes pods of an unreachable node (DeletionByTaintManager)."""
+def test_node_lost_is_a_retry_neither_failure_nor_preemption() -> None:
+    """Issue 10: node loss is a failure-free retry. The taint manager deletes pods of an
+    unreachable node (DeletionByTaintManager): the job waits for the pod to go, then requeues."""
     sim = running()
     pod = make_pod(sim.job, 1, 0, disruption="DeletionByTaintManager", deleting=True)
     p = sim.tick(60).step([pod])
+    assert p.status.phase == "Preempting" and p.status.failures == 0
+    p = sim.tick(5).step([])
     st = p.status
-    assert st.failures == 1 and st.preemptions == 0
+    assert st.failures == 0 and st.preemptions == 0
     assert st.phase == "Queued"
-    assert p.metrics == [("failure", {"reason": "node-lost"})]
+    assert cond(st, "Running").reason == "NodeLost"
+    assert ("Warning", "NodeLost") in [e[:2] for e in p.events]
+    assert not [m for m in p.metrics if m[0] == "failure"]
 
 
-def test_node_lost_pod_already_failed_is_a_failure() -> None:
+def test_node_lost_pod_already_failed_is_a_retry() -> None:
     sim = running()
     pod = make_pod(sim.job, 1, 0, phase="Failed", disruption="DeletionByPodGC",
                    pod_reason="NodeLost")
     p = sim.tick(60).step([pod])
-    assert p.status.failures == 1 and p.status.preemptions == 0
-    assert p.metrics == [("failure", {"reason": "node-lost"})]
+    assert p.status.failures == 0 and p.status.preemptions == 0
+    assert p.status.phase == "Queued"
 
 
 def test_queued_after_failure_still_deletes_the_attempts_leftover_pods() -> None:
@@ -819,11 +824,14 @@ def test_suspended_job_with_a_leftover_terminated_pod_is_quiet_and_resumes_clean
 
 
 def test_active_deadline_fails_the_job_and_deletes_its_pods() -> None:
+    """Issue 10: activeDeadlineSeconds counts admitted time, from admission on."""
     sim = running(make_job(gpus=2, nodes=2, active_deadline_seconds=3600))
-    start = sim.now
-    on_time = sim.tick(3600).step(gang(sim.job, 1))
+    admitted = parse_time(sim.st.admitted_at)
+    assert admitted is not None
+    sim.now = admitted + dt.timedelta(seconds=3600)
+    on_time = sim.step(gang(sim.job, 1))
     assert on_time.status.phase == "Running"  # exactly at the deadline: not past it
-    sim.now = start + dt.timedelta(seconds=3601)
+    sim.now = admitted + dt.timedelta(seconds=3601)
     p = sim.step(gang(sim.job, 1))
     st = p.status
     assert st.phase == "Failed"
@@ -835,6 +843,25 @@ def test_active_deadline_fails_the_job_and_deletes_its_pods() -> None:
     assert names(p.delete_pods) == ["bot-a1-0", "bot-a1-1"]
     assert p.metrics == [("failure", {"reason": "deadline"})]
     assert [e[:2] for e in p.events] == [("Warning", "DeadlineExceeded")]
+
+
+def test_deadline_pauses_while_queued_after_a_preemption() -> None:
+    """Time in the queue does not count: 3000 s admitted, preempted, 2 h queued, readmitted:
+    590 s later it is still within a 3600 s deadline, 610 s later it is past it."""
+    sim = running(make_job(active_deadline_seconds=3600))
+    admitted = parse_time(sim.st.admitted_at)
+    assert admitted is not None
+    sim.now = admitted + dt.timedelta(seconds=3000)
+    sim.step(decision=JobDecision(preempt=VICTIM))
+    sim.tick(1).step()
+    assert sim.st.phase == "Queued" and 3000 <= sim.st.active_seconds <= 3002
+    sim.tick(7200).step(decision=ADMIT)
+    p = sim.tick(500).step([make_pod(sim.job, 2, 0)])
+    assert p.status.phase == "Running"
+    p = sim.tick(90).step([make_pod(sim.job, 2, 0)])
+    assert p.status.phase == "Running"
+    p = sim.tick(20).step([make_pod(sim.job, 2, 0)])
+    assert p.status.phase == "Failed" and cond(p.status, "Failed").reason == "DeadlineExceeded"
 
 
 def test_active_deadline_does_not_run_before_the_job_starts() -> None:
@@ -857,15 +884,39 @@ def test_policy_error_fails_the_job() -> None:
     assert p.metrics == [("failure", {"reason": "policy"})]
 
 
-def test_impossible_job_fails_unschedulable() -> None:
+def test_impossible_now_waits_then_fails_after_the_grace_period() -> None:
+    """Issue 10: "cannot be admitted now" is a waiting reason; only a grace period ends it."""
     why = ("needs 16 nvidia.com/gpu per pod but the largest node has 8; lower resources.gpus")
     sim = queued()
     p = sim.tick(5).step(decision=JobDecision(impossible=why))
+    assert p.status.phase == "Queued" and p.status.unschedulable_since is not None
+    p = sim.tick(899).step(decision=JobDecision(impossible=why))
+    assert p.status.phase == "Queued"
+    p = sim.tick(2).step(decision=JobDecision(impossible=why))
     st = p.status
     assert st.phase == "Failed"
     c = cond(st, "Failed")
-    assert c.reason == "Unschedulable" and c.message == why
+    assert c.reason == "Unschedulable" and c.message.startswith(why)
+    assert "grace period" in c.message
     assert st.queue is None and p.create_attempt is None
+
+
+def test_impossible_clears_when_it_fits_again() -> None:
+    """A quota dip: impossible for a while, then admissible again: it runs."""
+    sim = queued()
+    sim.tick(5).step(decision=JobDecision(impossible="quota 4 < 8"))
+    assert sim.st.unschedulable_since is not None
+    p = sim.tick(600).step(decision=JobDecision(position=1, reason="waiting"))
+    assert p.status.unschedulable_since is None and p.status.phase == "Queued"
+    p = sim.tick(5).step(decision=ADMIT)
+    assert p.status.phase == "Admitted"
+
+
+def test_more_gpus_per_node_than_the_largest_node_fails_at_once() -> None:
+    sim = Sim(make_job(gpus=16))
+    sim.ctx_extra = {"max_gpus_per_node": 8}
+    p = sim.step()
+    assert p.status.phase == "Failed" and "max_gpus_per_node" in cond(p.status, "Failed").message
 
 
 def test_impossible_is_ignored_for_a_job_that_holds_pods() -> None:

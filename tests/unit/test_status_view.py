@@ -200,18 +200,19 @@ def test_scheduler_victim_killed_with_a_signal_is_still_a_preemption_not_a_failu
     assert view.gone
 
 
-def test_node_lost_is_a_failure() -> None:
+def test_node_lost_is_not_a_failure() -> None:
     pod = make_pod(JOB, phase="Failed", disruption="DeletionByPodGC", pod_reason="NodeLost")
     view = observe([pod], 1, ever_ran=True)
-    assert view.failure is not None and "node lost" in view.failure
-    assert view.failure_reason == "node-lost"
+    assert view.failure is None
+    assert view.node_lost is not None and "node lost" in view.node_lost
 
 
-def test_node_lost_pod_still_terminating_is_a_node_lost_failure() -> None:
+def test_node_lost_pod_still_terminating_is_node_lost() -> None:
     pod = make_pod(JOB, disruption="DeletionByTaintManager", deleting=True)
     view = observe([pod], 1, ever_ran=True)
-    assert view.failure is not None and "DeletionByTaintManager" in view.failure
-    assert view.failure_reason == "node-lost"
+    assert view.failure is None and view.preempted_by is None
+    assert view.node_lost is not None and "DeletionByTaintManager" in view.node_lost
+    assert view.active  # still holds its GPUs until it is gone
 
 
 def test_pod_being_deleted_by_someone_is_a_preemption() -> None:

@@ -157,7 +157,13 @@ class TrainingSpec(ApiModel):
     gradient_checkpointing: bool = False
     packing: bool = False
     seed: int = Field(default=42, ge=0, le=2**31 - 1)
-    logging_steps: int = Field(default=1, ge=1, le=100000)
+    logging_steps: int = Field(
+        default=10, ge=1, le=100000,
+        description="log loss and learning rate every N optimizer steps (each costs a sync)")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        default="sdpa",
+        description="attention kernel; flash_attention_2 needs GPUs and the flash-attn package "
+        "in the trainer image (without it the trainer logs a warning and uses sdpa)")
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:
@@ -327,6 +333,10 @@ _METHOD_RULES = cel(
      f" || {_GPUS}",
      "training.precision fp16 needs resources.gpus >= 1 (use bf16 or fp32 on CPU)",
      ".training.precision"),
+    ("!has(self.training) || !has(self.training.attnImplementation)"
+     f" || self.training.attnImplementation != 'flash_attention_2' || {_GPUS}",
+     "training.attnImplementation flash_attention_2 needs resources.gpus >= 1 (use sdpa on CPU)",
+     ".training.attnImplementation"),
     ("!has(self.output) || !self.output.mergeAdapter || self.method != 'full'",
      "output.mergeAdapter only applies to lora and qlora", ".output.mergeAdapter"),
 )
@@ -351,6 +361,10 @@ class FineTuneJobSpec(ApiModel):
     suspend: bool = False
     backoff_limit: int = Field(default=3, ge=0, le=100)
     active_deadline_seconds: int | None = Field(default=None, ge=1)
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, le=31536000,
+        description="delete the job (and its children) this long after it finished; "
+        "default from the operator setting (0 = at once)")
     image: str | None = Field(default=None, max_length=1024)
     output: OutputSpec = Field(default_factory=OutputSpec)
     evaluation: EvaluationSpec | None = None
@@ -374,6 +388,9 @@ class FineTuneJobSpec(ApiModel):
                 raise ValueError(
                     "training.precision fp16 needs resources.gpus >= 1 (use bf16 or fp32 on CPU)"
                 )
+            if self.training.attn_implementation == "flash_attention_2":
+                raise ValueError("training.attnImplementation flash_attention_2 needs "
+                                 "resources.gpus >= 1 (use sdpa on CPU)")
         if self.output.merge_adapter and self.method == "full":
             raise ValueError("output.mergeAdapter only applies to lora and qlora")
         return self
@@ -383,3 +400,16 @@ class FineTuneJobSpec(ApiModel):
         if self.method == "full":
             return None
         return self.lora or LoraSpec()
+
+
+# Spec fields a user may change once the job is admitted (status.phase other than Queued or
+# Suspended): everything else is frozen by CEL transition rules on the CRD (crd.py), because the
+# operator has already planned, or the trainer is already running, on it. suspend is the way to
+# stop; activeDeadlineSeconds and backoffLimit are limits the operator compares with status at
+# every pass, so a new value only moves the limit; ttlSecondsAfterFinished only matters once the
+# job has finished. A new spec field is frozen unless added here.
+MUTABLE_AFTER_ADMISSION: tuple[str, ...] = (
+    "suspend", "activeDeadlineSeconds", "backoffLimit", "ttlSecondsAfterFinished",
+)
+# Phases in which the whole spec may still change (no pod exists, nothing was planned on it).
+EDITABLE_PHASES: tuple[str, ...] = ("Queued", "Suspended")

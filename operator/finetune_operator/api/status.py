@@ -74,5 +74,15 @@ class FineTuneJobStatus(ApiModel):
     progress_attempt: int | None = Field(
         default=None, description="the attempt whose trainer reported status.progress"
     )
+    start_requeues: int = Field(
+        default=0, description="times an admitted attempt went back to the queue because its "
+        "pods never started (pods-ready timeout, pod creation refused)")
+    unschedulable_since: str | None = Field(
+        default=None, description="since when the job cannot fit the cluster or quota as it is")
+    first_queued_at: str | None = Field(
+        default=None, description="first queue entry: aging counts from here, so a preempted "
+        "or suspended job keeps its place")
+    active_seconds: float = Field(
+        default=0.0, description="time admitted in earlier attempts (activeDeadlineSeconds)")
     output: OutputStatus | None = None
     observed_generation: int | None = None

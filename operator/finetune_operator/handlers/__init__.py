@@ -1,18 +1,18 @@
-"""kopf handlers: watches wake the reconcile loop; the loop does the work (level-based).
+"""kopf runs the process: start-up/clean-up of the Controller, logging and /healthz.
 
-kopf runs the process (watch streams with reconnects, liveness probe, logging); the handlers
-only wake the Controller. No handler writes to the FineTuneJob, so kopf adds no finalizers and
-stores no state on user objects: deletion is left to owner references.
+The Controller watches what it needs itself (``cache.py``: server-side label selector on pods,
+raw JSON, resourceVersion bookkeeping), so kopf has no resource handlers here: it adds no
+finalizers, stores no state on user objects and streams nothing the operator does not read.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import kopf
 
-from ..api import GROUP, PLURAL, VERSION
 from ..loop import Controller
 
 _controller: Controller | None = None
@@ -32,8 +32,6 @@ def _ctl() -> Controller:
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 120
-    settings.watching.client_timeout = 150
     _ctl().start()
 
 
@@ -42,20 +40,17 @@ def cleanup(**_: Any) -> None:
     _ctl().stop()
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def job_event(**_: Any) -> None:
-    _ctl().wake()
-
-
-@kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": "finetune-operator"})
-def pod_event(body: kopf.Body, **_: Any) -> None:
-    _ctl().remember_progress({"metadata": dict(body.metadata)})
-    _ctl().wake()
-
-
-@kopf.on.probe(id="reconcileAgeSeconds")
-def reconcile_age(**_: Any) -> float | None:
-    import time
-
-    last = _ctl().last_tick
+@kopf.on.probe(id="cycleAgeSeconds")
+def cycle_age(**_: Any) -> float | None:
+    """Seconds since the last completed scheduling cycle; raising makes /healthz fail (the
+    leader is stuck: no cycle for ``health_stale_cycles`` intervals)."""
+    ctl = _ctl()
+    if not ctl.healthy():
+        raise kopf.PermanentError("no scheduling cycle completed recently")
+    last = ctl.last_cycle
     return None if last is None else round(time.monotonic() - last, 1)
+
+
+@kopf.on.probe(id="leader")
+def leader(**_: Any) -> bool:
+    return _ctl().leader

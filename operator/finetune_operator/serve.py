@@ -1,0 +1,84 @@
+"""The operator's small HTTP endpoints on the health port: ``/healthz`` (liveness: fails when
+the leader completed no cycle for ``health_stale_cycles`` intervals), ``/readyz`` (the watch
+caches are synced) and the visibility endpoint ``/v1/namespaces/<ns>/queue`` (exact queue
+positions on demand instead of in every job's status; ``/v1/queue`` for the cluster-wide
+order). Visibility requests carry the caller's bearer token: the operator asks the API server
+who it is (TokenReview) and whether it may list FineTuneJobs there (SubjectAccessReview), so a
+tenant sees its own namespace's queue only, and the cluster-wide view is for admins.
+
+stdlib ``http.server``: three GET routes do not justify a web framework in the image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Authorize = Callable[[str, str | None], bool]  # (token, namespace or None=cluster) -> allowed
+_NS_QUEUE = re.compile(r"^/v1/namespaces/([a-z0-9][-a-z0-9]{0,62})/queue/?$")
+
+
+class Endpoints:
+    def __init__(self, healthy: Callable[[], bool], ready: Callable[[], bool],
+                 queue: Callable[[], dict[str, list[dict[str, Any]]]],
+                 authorize: Authorize) -> None:
+        self.healthy, self.ready, self.queue, self.authorize = healthy, ready, queue, authorize
+
+    def handle(self, path: str, token: str) -> tuple[int, dict[str, Any]]:
+        path = path.split("?", 1)[0]
+        if path == "/healthz":
+            ok = self.healthy()
+            return (200 if ok else 500), {"ok": ok}
+        if path == "/readyz":
+            ok = self.ready()
+            return (200 if ok else 503), {"ready": ok}
+        m = _NS_QUEUE.match(path)
+        if m or path.rstrip("/") == "/v1/queue":
+            ns = m.group(1) if m else None
+            if not token:
+                return 401, {"error": "send your Kubernetes bearer token (Authorization header)"}
+            if not self.authorize(token, ns):
+                return 403, {"error": "you may not list finetunejobs "
+                             + (f"in namespace {ns}" if ns else "cluster-wide")}
+            view = self.queue()
+            if ns is not None:
+                return 200, {"namespace": ns, "items": [
+                    {k: v for k, v in e.items() if k != "clusterPosition"}
+                    for e in view.get(ns, [])]}
+            items = [dict(e, namespace=n) for n, es in view.items() for e in es]
+            items.sort(key=lambda e: e["clusterPosition"])
+            return 200, {"items": items}
+        return 404, {"error": f"no such endpoint: {path}"}
+
+
+def serve(endpoints: Endpoints, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            auth = self.headers.get("Authorization") or ""
+            token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+            try:
+                code, body = endpoints.handle(self.path, token)
+            except Exception:  # never let a request kill the server thread
+                log.exception("endpoint %s failed", self.path)
+                code, body = 500, {"error": "internal error"}
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            return  # probes every few seconds: no access log
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="endpoints", daemon=True).start()
+    return server

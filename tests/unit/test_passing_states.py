@@ -1,0 +1,93 @@
+"""Issue 10 in the pure state machine: a pod that never starts, a refused pod creation, a pod
+stuck terminating on a lost node, finished-job TTL, and the timers the shell schedules."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from finetune_operator.reconcile import JobDecision, due_at
+from finetune_operator.status import iso, parse_time
+from tests.factories import make_job
+from tests.podfactory import make_pod
+from tests.unit.test_reconcile import DONE, Sim, admitted, cond, running
+
+TIMING = {"pods_ready_timeout": 600.0, "force_delete_margin": 60.0}
+
+
+def pending(sim: Sim, reason: str = "ImagePullBackOff") -> dict:
+    pod = make_pod(sim.job, sim.st.attempt, 0, phase="Pending")
+    pod["status"]["containerStatuses"] = [{"name": "trainer", "state": {"waiting": {
+        "reason": reason, "message": "Back-off pulling image \"nope:1\""}}}]
+    return pod
+
+
+def test_pods_not_ready_in_time_go_back_to_the_queue_with_the_pods_reason() -> None:
+    sim = admitted()
+    p = sim.tick(599).step([pending(sim)])
+    assert p.status.phase == "Admitted"
+    p = sim.tick(2).step([pending(sim)])
+    st = p.status
+    assert st.phase == "Queued" and st.start_requeues == 1 and st.failures == 0
+    assert "ImagePullBackOff" in cond(st, "Admitted").message
+    assert [e[1] for e in p.events] == ["PodsNotReady"]
+    assert "ImagePullBackOff" in p.events[0][2]
+    assert [x["metadata"]["name"] for x in p.delete_pods] == ["bot-a1-0"]
+    assert st.retry_after is not None  # not re-admitted in a tight loop
+
+
+def test_pods_never_ready_fail_the_job_after_the_bounded_requeues() -> None:
+    sim = admitted()
+    sim.ctx_extra = {"max_start_requeues": 1}
+    sim.tick(601).step([pending(sim)])
+    assert sim.st.phase == "Queued"
+    sim.tick(60).step(decision=JobDecision(admit=True))
+    assert sim.st.phase == "Admitted" and sim.st.attempt == 2
+    p = sim.tick(601).step([pending(sim)])
+    assert p.status.phase == "Failed"
+    failed = cond(p.status, "Failed")
+    assert failed.reason == "PodsNotReady" and "ImagePullBackOff" in failed.message
+
+
+def test_a_refused_pod_creation_requeues_at_once_with_the_servers_message() -> None:
+    sim = admitted()
+    sim.ctx_extra = {"create_error": "PodCreateFailed: could not create Pod bot-a1-0: "
+                     "exceeded quota: cpu, requested: limits.cpu=8"}
+    p = sim.tick(1).step([])
+    assert p.status.phase == "Queued" and p.status.start_requeues == 1
+    assert "exceeded quota" in cond(p.status, "Admitted").message
+    assert p.create_attempt is None
+
+
+def test_a_pod_stuck_terminating_on_a_not_ready_node_is_force_deleted() -> None:
+    sim = running()
+    pod = make_pod(sim.job, 1, 0, deleting=True)
+    gone_by = parse_time(pod["metadata"]["deletionTimestamp"])
+    assert gone_by is not None
+    sim.now = gone_by + dt.timedelta(seconds=30)
+    sim.ctx_extra = {"node_ready": lambda name: False}
+    assert sim.step([pod]).force_delete_pods == []  # within the margin: wait
+    sim.now = gone_by + dt.timedelta(seconds=61)
+    assert [x["metadata"]["name"] for x in sim.step([pod]).force_delete_pods] == ["bot-a1-0"]
+    sim.ctx_extra = {"node_ready": lambda name: True}  # a live kubelet finishes it itself
+    assert sim.step([pod]).force_delete_pods == []
+
+
+def test_ttl_after_finished_deletes_the_job() -> None:
+    sim = running(make_job(ttl_seconds_after_finished=100))
+    sim.tick(10).step([make_pod(sim.job, 1, 0, exit_code=0, message=DONE)])
+    assert sim.st.phase == "Succeeded"
+    assert not sim.tick(99).step().delete_job
+    assert sim.tick(2).step().delete_job
+
+
+def test_timers_name_the_next_instant_a_plan_can_change() -> None:
+    sim = admitted(make_job(active_deadline_seconds=3600))
+    admitted_at = parse_time(sim.st.admitted_at)
+    assert admitted_at is not None
+    due = due_at(sim.job, sim.st, [], TIMING, sim.now)
+    assert due == admitted_at + dt.timedelta(seconds=600)  # pods-ready timeout first
+    sim.st.retry_after = iso(sim.now + dt.timedelta(seconds=30))
+    sim.st.phase = "Queued"
+    assert due_at(sim.job, sim.st, [], TIMING, sim.now) == sim.now + dt.timedelta(seconds=30)
+    sim.st.retry_after = None
+    assert due_at(sim.job, sim.st, [], TIMING, sim.now) is None  # only events change it

@@ -1,0 +1,52 @@
+"""The write budget's pure parts: which status changes are written, and how."""
+
+from __future__ import annotations
+
+from finetune_operator.snapshot import coarse_position, tenant_words
+from finetune_operator.writes import Change, classify, merge_patch
+
+QUEUED = {"phase": "Queued", "queue": {"position": 3, "reason": "quota team-a has 0 free"},
+          "conditions": [{"type": "Admitted", "status": "False", "reason": "QuotaExhausted",
+                          "message": "quota team-a has 0 free"}]}
+
+
+def test_nothing_changed_is_no_write() -> None:
+    assert classify(QUEUED, dict(QUEUED)) == Change.NONE
+
+
+def test_queue_text_alone_is_a_coalesced_queue_change() -> None:
+    new = {**QUEUED, "queue": {"position": 2, "reason": "quota team-a has 0 free"},
+           "conditions": [{**QUEUED["conditions"][0], "message": "other words"}]}
+    assert classify(QUEUED, new) == Change.QUEUE
+
+
+def test_a_new_wait_code_or_phase_is_material() -> None:
+    new = {**QUEUED, "conditions": [{**QUEUED["conditions"][0], "reason": "Insufficient"}]}
+    assert classify(QUEUED, new) == Change.MATERIAL
+    assert classify(QUEUED, {**QUEUED, "phase": "Admitted"}) == Change.MATERIAL
+
+
+def test_progress_alone_is_a_coalesced_progress_change() -> None:
+    old = {"phase": "Running", "progress": {"step": 1, "loss": 2.0}}
+    assert classify(old, {"phase": "Running", "progress": {"step": 9}}) == Change.PROGRESS
+    assert classify(old, {"phase": "Succeeded", "progress": {"step": 9}}) == Change.MATERIAL
+
+
+def test_merge_patch_nulls_nested_fields_that_went_away() -> None:
+    old = {"progress": {"step": 5, "loss": 0.8, "etaSeconds": 30}, "queue": {"position": 1}}
+    new = {"progress": {"step": 0}, "phase": "Queued"}
+    assert merge_patch(old, new) == {"progress": {"step": 0, "loss": None, "etaSeconds": None},
+                                     "queue": None, "phase": "Queued"}
+
+
+def test_coarse_position_moves_a_few_times_per_decade() -> None:
+    assert [coarse_position(p) for p in (1, 7, 10, 11, 37, 100, 123, 2001)] == \
+        [1, 7, 10, 20, 40, 100, 200, 3000]
+    assert len({coarse_position(p) for p in range(1, 1001)}) == 28
+
+
+def test_messages_never_name_another_namespaces_job() -> None:
+    keys = {"team-a/bot", "team-b/secret-model"}
+    text = "waiting behind team-b/secret-model and team-a/bot; needs 2 nvidia.com/gpu"
+    assert tenant_words(text, "team-a", keys) == (
+        "waiting behind a job in another namespace and team-a/bot; needs 2 nvidia.com/gpu")
