@@ -488,8 +488,8 @@ class Kube:
         (``authenticated``, ``audiences``, ``user.username``/``extra`` with the pod's name and
         uid). Raises ApiException when the API server cannot answer."""
         self._count("create", "tokenreviews")
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                "spec": {"token": token, "audiences": list(audiences)}}
+        body: Any = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                     "spec": {"token": token, "audiences": list(audiences)}}
         res = client.AuthenticationV1Api(self.api).create_token_review(body, _request_timeout=10)
         out: dict = self.api.sanitize_for_serialization(res).get("status") or {}
         return out

@@ -27,6 +27,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .reports.model import REJECT_REASONS
+
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 
 PREEMPTION_REASONS: Final = ("operator", "scheduler", "eviction", "node-lost")
@@ -101,6 +103,16 @@ CHECKPOINT_SAVE = Histogram(
     "finetune_checkpoint_save_seconds", "Duration of a trainer checkpoint save.",
     ("namespace",), buckets=CHECKPOINT_SAVE_BUCKETS, registry=REGISTRY,
 )
+# Counted by reports/rejects.py. The only label is the reason (a fixed set), never a tenant's
+# namespace/job/pod: a hostile pod can neither grow the cardinality nor leak names through it.
+REPORT_REJECTED = Counter(
+    "finetune_report_rejected",
+    "Reports from trainer pods (progress, termination messages) that were dropped; reason: "
+    + "|".join(REJECT_REASONS) + ".",
+    ("reason",), registry=REGISTRY,
+)
+for _reason in REJECT_REASONS:
+    REPORT_REJECTED.labels(_reason)  # every series exists from the start (rate() works at once)
 JOB_STEP = Gauge(
     "finetune_job_step", "Current optimizer step of a FineTuneJob.", NS_JOB, registry=REGISTRY
 )

@@ -12,23 +12,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
 
-from prometheus_client import Counter
-
-from ..metrics import REGISTRY
-from .model import REJECT_REASONS, BadReport
+from ..metrics import REPORT_REJECTED
+from .model import BadReport
 
 log = logging.getLogger(__name__)
-
-REPORT_REJECTED: Final = Counter(
-    "finetune_report_rejected",
-    "Reports from trainer pods (progress reports, termination messages) that were dropped; "
-    "reason: " + "|".join(REJECT_REASONS) + ".",
-    ("reason",), registry=REGISTRY,
-)
-for _reason in REJECT_REASONS:
-    REPORT_REJECTED.labels(_reason)  # every series exists from the start (rate() works at once)
 
 
 class Rejections:

@@ -41,10 +41,17 @@ class Volumes:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
+    """Atomic write; a replaced file keeps its owner and group (fsGroup on a refreshed token:
+    a non-root pod must still be able to read it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     tmp.chmod(mode)
+    try:
+        st = path.stat()
+        os.chown(tmp, st.st_uid, st.st_gid)
+    except FileNotFoundError:
+        pass
     tmp.replace(path)
 
 

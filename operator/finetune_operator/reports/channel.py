@@ -1,0 +1,89 @@
+"""Wiring of the report channel for the operator process: settings -> TLS, URL, authenticator,
+server, and the ``report`` section every trainer config gets.
+
+The operator calls :func:`start_channel` once at start (every replica: a standby answers
+reports too, its callback decides what to keep) and passes ``channel.config`` to
+``build.build_children(..., report=channel.config)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..api.trainer_config import ReportConfig
+from ..settings import OperatorSettings, env_name
+from . import tls
+from .identity import TokenAuthenticator, TokenReview
+from .model import BadReport, TerminationMessage, parse_termination
+from .rejects import Rejections
+from .server import OnReport, ReportServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Channel:
+    server: ReportServer
+    config: ReportConfig  # goes into every trainer config (URL + CA PEM; no secret)
+    authenticator: TokenAuthenticator
+    rejections: Rejections
+
+    def termination(self, pod_key: str, raw: str) -> TerminationMessage | None:
+        """:func:`~.model.parse_termination` whose rejections are counted and logged once
+        for ``pod_key`` (``namespace/pod``)."""
+        return parse_termination(raw, lambda bad: self.rejections.reject(pod_key, bad))
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def report_config(settings: OperatorSettings, ca_pem: str,
+                  pod_namespace: str | None) -> ReportConfig:
+    """The trainer config's ``report`` section (pure)."""
+    return ReportConfig(url=settings.resolved_report_url(pod_namespace), ca_pem=ca_pem)
+
+
+def serving_cert(settings: OperatorSettings, url: str) -> tls.ServingCert:
+    """The configured certificate (and CA), or a new self-signed one for the URL's host."""
+    if settings.report_tls_cert_file:
+        ca_file = settings.report_tls_ca_file or settings.report_tls_cert_file
+        try:
+            ca_pem = Path(ca_file).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            raise OSError(f"{env_name('report_tls_ca_file')}: cannot read {ca_file} ({e}); "
+                          "mount the CA the trainers should trust there") from None
+        return tls.ServingCert(settings.report_tls_cert_file, settings.report_tls_key_file,
+                               ca_pem)
+    host = urlsplit(url).hostname or "localhost"
+    log.info("report channel: no %s set; using a self-signed CA made now for %s (fine for "
+             "local development; set a certificate in a cluster)",
+             env_name("report_tls_cert_file"), host)
+    return tls.generate([host])
+
+
+def start_channel(settings: OperatorSettings, token_review: TokenReview, on_report: OnReport,
+                  pod_namespace: str | None = None, host: str = "0.0.0.0",
+                  port: int | None = None,
+                  rejections: Rejections | None = None) -> Channel:
+    """Start the HTTPS report server in background threads. ``token_review`` is
+    ``Kube.token_review``; ``on_report(pod, report)`` is called from server threads with each
+    report that passed every check. ``pod_namespace`` defaults to ``$POD_NAMESPACE``."""
+    if pod_namespace is None:
+        pod_namespace = os.environ.get("POD_NAMESPACE") or None
+    url = settings.resolved_report_url(pod_namespace)
+    cert = serving_cert(settings, url)
+    rejections = rejections or Rejections()
+    auth = TokenAuthenticator(token_review, settings.report_audience)
+    server = ReportServer(host, settings.report_port if port is None else port, cert.cert_file,
+                          cert.key_file, auth, on_report, rejections=rejections).start()
+    if port is not None:  # e.g. 0 in tests: trainers dial the port actually bound
+        settings = settings.model_copy(update={"report_port": server.port})
+    return Channel(server, report_config(settings, cert.ca_pem, pod_namespace), auth,
+                   rejections)
+
+
+__all__ = ["BadReport", "Channel", "report_config", "serving_cert", "start_channel"]
