@@ -48,8 +48,7 @@ def config_dict(model: Path, work: Path, dataset: str = "messages.jsonl",
             "resources": {"gpus": 0},
         },
         "paths": {"model": str(model), "dataset": str(DATA / dataset), "workDir": str(work)},
-        "progress": {"podAnnotation": False,
-                     "file": str(work.parent / f"{work.name}.progress.json"),
+        "progress": {"file": str(work.parent / f"{work.name}.progress.json"),
                      "minIntervalSeconds": 0},
         "terminationLog": str(work.parent / f"{work.name}.termination.json"),
     }
@@ -120,3 +119,71 @@ def sigterm_at(config: Path, progress: Path, log: Path, step: int) -> tuple[int,
     proc.send_signal(signal.SIGTERM)
     rc = proc.wait(120)
     return rc, time.monotonic() - t0
+
+
+def start_launcher(config: Path, log: Path, nproc: int = 1,
+                   env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """The pod's launch path: ``python -m finetune_trainer.launch`` supervising ``nproc``
+    trainer processes (gloo on the CPU), as the operator's pods run it."""
+    out = open(log, "ab")  # noqa: SIM115 - closed with the process by the caller
+    return subprocess.Popen(
+        [sys.executable, "-m", "finetune_trainer.launch", f"--nproc-per-node={nproc}", "--",
+         "--config", str(config)],
+        cwd=ROOT, env=trainer_env(env), stdout=out, stderr=subprocess.STDOUT)
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (the supervisor's training processes), in start order."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return sorted(int(p) for p in text.split())
+
+
+class Run:
+    """One job incarnation on disk: config, work dir, progress, termination log, output."""
+
+    def __init__(self, root: Path, model: Path, spec: dict[str, Any]) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.work = root / "work"
+        data = config_dict(model, self.work, spec=spec)
+        self.config = write_config(root / "config.yaml", data)
+        self.progress = Path(data["progress"]["file"])
+        self.termination = Path(data["terminationLog"])
+        self.log = root / "trainer.log"
+
+    def term(self) -> dict[str, Any]:
+        return read_json(self.termination)
+
+    def prog(self) -> dict[str, Any]:
+        return read_json(self.progress)
+
+    def run(self, env: dict[str, str] | None = None) -> int:
+        return run_trainer(self.config, self.log, env)
+
+    def launch(self, nproc: int = 1, env: dict[str, str] | None = None,
+               timeout: float = 300) -> int:
+        """One attempt through the pod's launch path (the supervisor and ``nproc`` ranks)."""
+        proc = start_launcher(self.config, self.log, nproc, env)
+        try:
+            return proc.wait(timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def weights(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def max_diff(a: Path, b: Path) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and wa
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)

@@ -11,14 +11,17 @@ from typing import Any
 import pytest
 
 from finetune_trainer import checkpoint as ck
-from finetune_trainer.callbacks import SAVE_DELAY_ENV, SAVE_DELAY_STEP_ENV
+from finetune_trainer.callbacks import EVAL_DELAY_ENV, SAVE_DELAY_ENV, SAVE_DELAY_STEP_ENV
 
 from .helpers import (
     DATA,
+    Run,
     config_dict,
+    max_diff,
     read_json,
     run_trainer,
     sigterm_at,
+    start_launcher,
     start_trainer,
     wait_until,
     write_config,
@@ -33,44 +36,6 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 WEIGHTS = {"lora": "output/adapter/adapter_model.safetensors",
            "full": "output/merged/model.safetensors"}
-
-
-class Run:
-    """One job incarnation on disk: config, work dir, progress, termination log, output."""
-
-    def __init__(self, root: Path, model: Path, spec: dict[str, Any]) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self.work = root / "work"
-        data = config_dict(model, self.work, spec=spec)
-        self.config = write_config(root / "config.yaml", data)
-        self.progress = Path(data["progress"]["file"])
-        self.termination = Path(data["terminationLog"])
-        self.log = root / "trainer.log"
-
-    def term(self) -> dict[str, Any]:
-        return read_json(self.termination)
-
-    def prog(self) -> dict[str, Any]:
-        return read_json(self.progress)
-
-    def run(self, env: dict[str, str] | None = None) -> int:
-        return run_trainer(self.config, self.log, env)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-def weights(path: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
-def max_diff(a: Path, b: Path) -> float:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys() and wa
-    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +125,33 @@ def test_sigterm_then_restart_is_exact(method: str, baseline: Callable[[str], Ru
     assert max_diff(base.work / WEIGHTS[method], r.work / WEIGHTS[method]) <= 1e-6
     assert term2["metrics"]["evalLoss"] == pytest.approx(base.term()["metrics"]["evalLoss"],
                                                          abs=1e-6)
+
+
+def test_sigterm_during_evaluation_saves_first_then_resumes_exact(
+        baseline: Callable[[str], Run], tiny_model: Path, tmp_path: Path) -> None:
+    """Through the pod's launch path with one process: an evaluation in progress (here made
+    slow: 300 s per batch) is abandoned, the checkpoint of that step is saved, exit 0."""
+    base = baseline("lora")
+    r = Run(tmp_path / "eval", tiny_model, METHODS["lora"])
+    proc = start_launcher(r.config, r.log, 1, {EVAL_DELAY_ENV: "300"})
+    # step 5 is an evaluation step and a checkpoint step: the evaluation runs first
+    wait_until("the evaluation of step 5", lambda: "evaluation batch at step 5 delayed"
+               in r.log.read_text(errors="replace"), proc, r.log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 0, r.output()  # not the 300 s the evaluation batch would take
+    term = r.term()
+    assert term["reason"] == "Preempted" and term["finalStep"] == 5, term
+    assert term["checkpoint"]["step"] == 5
+    assert ck.is_complete(r.work / "checkpoints/checkpoint-5", "uid-1234")
+    out = r.log.read_text(errors="replace")
+    assert "evaluation at step 5 abandoned" in out
+    assert "rendezvous 127.0.0.1:" in out, "one process also gets the env:// variables"
+
+    assert r.launch() == 0, r.output()
+    assert r.term()["reason"] == "Completed" and r.prog()["resumedFromStep"] == 5
+    assert max_diff(base.work / WEIGHTS["lora"], r.work / WEIGHTS["lora"]) <= 1e-6
+    assert r.term()["metrics"]["evalLoss"] == pytest.approx(base.term()["metrics"]["evalLoss"],
+                                                            abs=1e-6)
 
 
 def test_sigterm_while_loading_exits_0_without_training(tiny_model: Path,

@@ -1,8 +1,14 @@
 """Entrypoint: ``python -m finetune_trainer --config FILE`` (or ``finetune-trainer``).
 
-Exit codes (docs/contracts.md): 0 completed, or stopped by SIGTERM after saving a checkpoint;
-2 invalid config or data (the message names the field, file and line); 1 any other failure.
-A one-object JSON termination message is written at exit in every case.
+This is one training process. Pods run it through the supervisor ``python -m
+finetune_trainer.launch`` (every job shape, docs/contracts.md "Launch and exit codes"), which
+sets ``$FINETUNE_RESULT_FILE``: then every rank writes its result there and the supervisor writes
+the pod's termination message. Run directly (tests, local runs), local rank 0 writes the
+termination log itself.
+
+Exit codes: 0 completed, or stopped by SIGTERM after saving a checkpoint; 2 invalid config or
+data (the message names the field, file and line); 1 any other failure. A one-object JSON
+termination message is written at exit in every case.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 import sys
 
 from .config import ConfigError, load_config
+from .launch import RESULT_ENV
 from .progress import termination_message, write_termination_log
 from .stop import StopFlag
 
@@ -31,31 +38,37 @@ def _setup_logging() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def _writes_termination_log() -> bool:
-    """One writer per pod: under torchrun only local rank 0."""
-    return os.environ.get("LOCAL_RANK", "0") == "0"
+def report_result(termination_log: str, text: str) -> None:
+    """This rank's result: to the supervisor's file when launched by it (every rank), else to
+    the termination log (local rank 0 only: one writer per pod)."""
+    result = os.environ.get(RESULT_ENV)
+    if result:
+        write_termination_log(result, text)
+    elif os.environ.get("LOCAL_RANK", "0") == "0":
+        write_termination_log(termination_log, text)
 
 
 def _fail(path: str, code: int, message: str) -> int:
     log.error("%s", message)
-    if _writes_termination_log():
-        write_termination_log(path, termination_message(
+    report_result(path, termination_message(
         reason="Error", message=message, final_step=0, adapter_path="", merged_path="",
         metrics={}, checkpoint=None))
     return code
 
 
 def _exit_now(code: int) -> None:
-    """Leave without the interpreter's teardown (about 1.3 s with torch loaded): after a
-    preemption every byte that matters is already fsynced and closed, and the grace period is
-    better spent elsewhere."""
-    try:
-        import torch.distributed as dist
+    """Leave without the interpreter's teardown (seconds with torch and a process group): the
+    result is written and every byte that matters is already fsynced and closed, and the grace
+    period is better spent elsewhere. The process group is torn down only on success (with a
+    dead peer, a collective teardown could block)."""
+    if code == 0:
+        try:
+            import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    except Exception:  # pragma: no cover - best effort on the way out
-        pass
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:  # pragma: no cover - best effort on the way out
+            pass
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -92,13 +105,15 @@ def main(argv: list[str] | None = None, fast_exit: bool = True) -> int:
     except Exception as e:
         log.exception("training failed")
         return _fail(termination_log, 1, f"{type(e).__name__}: {e}")
-    if _writes_termination_log():
-        train.write_outcome(cfg, outcome)
+    report_result(termination_log, outcome.termination())
     log.info("%s: %s", outcome.reason, outcome.message)
-    if fast_exit and outcome.reason == "Preempted":
+    if fast_exit and (outcome.reason == "Preempted" or os.environ.get(RESULT_ENV)):
         _exit_now(0)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if os.environ.get(RESULT_ENV):  # under the supervisor: the result is written, leave now
+        _exit_now(code)
+    sys.exit(code)

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 # can SIGKILL a save in flight. Unset in production.
 SAVE_DELAY_ENV = "FINETUNE_DEBUG_SAVE_DELAY_SECONDS"
 SAVE_DELAY_STEP_ENV = "FINETUNE_DEBUG_SAVE_DELAY_STEP"
+# Test hook: sleep this long before each evaluation batch, so a test can send SIGTERM while an
+# evaluation is in progress. Unset in production.
+EVAL_DELAY_ENV = "FINETUNE_DEBUG_EVAL_DELAY_SECONDS"
 
 
 @dataclass
@@ -45,6 +48,7 @@ class RunState:
     preempted_at: int | None = None
     eval_metrics: dict[str, float] = field(default_factory=dict)
     eval_step: int | None = None
+    eval_abandoned: bool = False
     loss: float | None = None
     learning_rate: float | None = None
     start_time: float = 0.0
@@ -74,20 +78,99 @@ class RunState:
         self.reporter.report(payload, now, force=force)
 
 
+class EvalAbandoned(Exception):
+    """A stop was requested while evaluating: the evaluation is dropped, the save comes first."""
+
+
 class CheckpointingTrainer(Trainer):
     """HF Trainer whose checkpoints follow the contract (tmp dir + fsync + marker + rename).
 
     Everything inside a checkpoint is what the HF Trainer writes (model/adapter, optimizer,
     scheduler, scaler, RNG states, trainer_state.json), so ``train(resume_from_checkpoint=...)``
     restores it exactly; only the directory handling and the retention are ours.
+
+    Two more departures from the HF Trainer, both for the preemption contract and speed:
+
+    * an evaluation checks the stop flag (agreed by all ranks) before every batch; on a stop it
+      is abandoned and, inside the training loop, the checkpoint of this step is saved at once
+      and training stops (SIGTERM never waits for an evaluation);
+    * input tokens are counted on the device without a host sync per micro-batch; the count is
+      summed over the ranks (one collective) only when logging and before a checkpoint.
     """
 
-    def __init__(self, *args: Any, run: RunState, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, run: RunState, flag: StopFlag | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.run = run
+        self.flag = flag
+        self._tokens: Any = None  # device tensor: tokens of this rank since the last flush
+        self._in_train = False
 
     def _barrier(self) -> None:
         self.accelerator.wait_for_everyone()
+
+    # -- token counting without a per-micro-batch sync ----------------------------------------
+
+    def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
+        mask = inputs.get("attention_mask")
+        ids = inputs.get("input_ids")
+        if mask is not None:
+            n = mask.sum()
+        elif ids is not None:
+            pad = getattr(self.processing_class, "pad_token_id", None)
+            n = (ids != pad).sum() if pad is not None else ids.new_tensor(ids.numel())
+        else:
+            return
+        self._tokens = n if self._tokens is None else self._tokens + n
+
+    def flush_tokens(self) -> None:
+        """Add every rank's tokens since the last flush to the state (all ranks call it)."""
+        import torch
+
+        local = self._tokens if self._tokens is not None else torch.zeros(
+            (), dtype=torch.int64, device=self.args.device)
+        total = self.accelerator.reduce(local.to(self.args.device, torch.int64).reshape(1),
+                                        reduction="sum")
+        self.state.num_input_tokens_seen += int(total.item())
+        self._tokens = None
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._in_train:
+            self.flush_tokens()
+        super().log(logs, *args, **kwargs)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self._in_train = True
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._in_train = False
+
+    # -- evaluation that yields to a stop -------------------------------------------------------
+
+    def prediction_step(self, *args: Any, **kwargs: Any) -> Any:
+        delay = os.environ.get(EVAL_DELAY_ENV)
+        if delay:
+            log.warning("debug: evaluation batch at step %d delayed by %ss (%s)",
+                        self.state.global_step, delay, EVAL_DELAY_ENV)
+            _interruptible_sleep(float(delay), self.flag)
+        if self.flag is not None and self.flag.agreed(self.args.device):
+            raise EvalAbandoned()
+        return super().prediction_step(*args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        try:
+            return super().evaluate(*args, **kwargs)
+        except EvalAbandoned:
+            step = int(self.state.global_step)
+            log.warning("evaluation at step %d abandoned: %s received; the checkpoint comes "
+                        "first", step, getattr(self.flag, "signal_name", None) or "stop")
+            self.run.eval_abandoned = True
+            if self._in_train and step < int(self.state.max_steps):
+                self.control.should_save = True
+                self.control.should_training_stop = True
+                self.run.preempted_at = step
+            return {}
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         run = self.run
@@ -95,6 +178,7 @@ class CheckpointingTrainer(Trainer):
         final = ck.final_dir_for(run.ckpt_root, step)
         if ck.is_complete(final, run.job_uid):
             return  # this step is already saved (e.g. SIGTERM on a periodic save step)
+        self.flush_tokens()  # the saved state carries the exact count
         run.report(self.state, "saving", force=True)
         t0 = time.monotonic()
         tmp = ck.tmp_dir_for(run.ckpt_root, step, run.tag)
@@ -130,6 +214,12 @@ class CheckpointingTrainer(Trainer):
         self._barrier()
 
 
+def _interruptible_sleep(seconds: float, flag: StopFlag | None) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not (flag is not None and flag.requested):
+        time.sleep(0.05)
+
+
 def _debug_delay(step: int) -> None:
     delay = os.environ.get(SAVE_DELAY_ENV)
     at = os.environ.get(SAVE_DELAY_STEP_ENV)
@@ -148,6 +238,7 @@ class StopCallback(TrainerCallback):
         if state.global_step < state.max_steps and self.flag.agreed(args.device):
             control.should_save = True
             control.should_training_stop = True
+            control.should_evaluate = False  # the save comes first; no eval on the way out
             self.run.preempted_at = int(state.global_step)
         return control
 

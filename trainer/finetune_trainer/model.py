@@ -96,6 +96,27 @@ def require_bitsandbytes() -> None:
         ) from e
 
 
+def resolve_attention(requested: str, cuda: bool, flash_installed: bool) -> tuple[str, str | None]:
+    """The attention kernel to load the model with and, when it differs from the request, a
+    log line saying why (flash_attention_2 needs a GPU and the flash-attn package)."""
+    if requested != "flash_attention_2":
+        return requested, None
+    if not cuda:
+        return "sdpa", ("spec.training.attnImplementation: flash_attention_2 requested but no "
+                        "CUDA GPU is visible; using sdpa")
+    if not flash_installed:
+        return "sdpa", ("spec.training.attnImplementation: flash_attention_2 requested but the "
+                        "flash-attn package is not installed in this image; using sdpa (install "
+                        "flash-attn in a custom spec.image to use it)")
+    return requested, None
+
+
+def flash_attn_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
 def load_model(cfg: TrainerConfig, precision: str, local_rank: int, cuda: bool,
                deepspeed: bool) -> Any:
     """The base model, in the dtype the method needs (full: fp32 master weights + AMP)."""
@@ -104,6 +125,11 @@ def load_model(cfg: TrainerConfig, precision: str, local_rank: int, cuda: bool,
     where, kw = model_location(cfg)
     method = cfg.spec.method
     kw["dtype"] = torch_dtype("fp32" if method == "full" else precision)
+    attn, note = resolve_attention(cfg.spec.training.attn_implementation, cuda,
+                                   flash_attn_installed())
+    if note:
+        log.warning(note)
+    kw["attn_implementation"] = attn
     if method == "qlora":
         assert cfg.spec.quantization is not None
         if not cuda:
@@ -226,15 +252,3 @@ def deepspeed_config(ds: DeepSpeedSpec, precision: str) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
         "wall_clock_breakdown": False,
     }
-
-
-def merge_adapter(cfg: TrainerConfig, adapter_dir: Path, out_dir: Path, precision: str) -> None:
-    """Merge the adapter into a freshly loaded, unquantized base model and save it."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    where, kw = model_location(cfg)
-    kw["dtype"] = torch_dtype(precision)
-    base = AutoModelForCausalLM.from_pretrained(where, **kw)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(out_dir)

@@ -14,11 +14,13 @@ from typing import Any
 from finetune_operator.api.trainer_config import TrainerConfig
 
 from . import checkpoint as ck
+from . import evaluation
 from .callbacks import CheckpointingTrainer, ReportCallback, RunState, StopCallback
 from .config import Runtime, detect_runtime, resolve_precision
 from .data import Collator, ExampleDataset, build_examples, resolve_dataset_file
-from .model import apply_method, deepspeed_config, load_model, load_tokenizer, merge_adapter
-from .progress import build_reporter, termination_message, write_termination_log
+from .merge import check_merge_memory, merge_and_save, merge_precision
+from .model import apply_method, deepspeed_config, load_model, load_tokenizer
+from .progress import build_reporter, termination_message
 from .stop import StopFlag
 
 log = logging.getLogger(__name__)
@@ -116,10 +118,11 @@ def _export_model(trainer: Any, final: Path, is_main: bool) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def _export_merged(cfg: TrainerConfig, adapter: Path, final: Path, precision: str) -> None:
+def _export_merged(cfg: TrainerConfig, adapter: Path, final: Path, precision: str,
+                   local_rank: int, tokenizer: Any) -> None:
     tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    merge_adapter(cfg, adapter, tmp, precision)
+    merge_and_save(cfg, adapter, tmp, precision, local_rank, tokenizer)
     _seal(tmp, final)
 
 
@@ -200,6 +203,10 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
     args = transformers.TrainingArguments(
         **training_kwargs(cfg, precision, rt, ckpt_root, bool(eval_ex), ds))
     model = load_model(cfg, precision, rt.local_rank, rt.cuda, ds is not None)
+    if run_state.is_main:  # fails now (exit 2), not after training, if the merge cannot fit
+        on_cpu = 0 if rt.cuda else sum(p.numel() * p.element_size() for p in model.parameters())
+        check_merge_memory(cfg, model, merge_precision(precision, rt.cuda), rt.cuda,
+                           rt.local_rank, on_cpu)
     model = apply_method(model, cfg)
     callbacks: list[Any] = [ReportCallback(run_state, resume is not None),
                             StopCallback(flag, run_state)]
@@ -211,7 +218,7 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
         model=model, args=args, train_dataset=ExampleDataset(train_ex),
         eval_dataset=ExampleDataset(eval_ex) if eval_ex else None,
         data_collator=Collator(pad_id=tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=callbacks, run=run_state)
+        callbacks=callbacks, run=run_state, flag=flag)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # we log ourselves
 
     if flag.agreed(args.device):  # stopped while loading: nothing new to save
@@ -223,7 +230,9 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
     if run_state.preempted_at is not None and step < int(trainer.state.max_steps):
         return _preempted(run_state, step, f"by {flag.signal_name}")
 
-    # Completed: evaluation metrics, then the final artefacts.
+    # Training is complete and its last checkpoint saved. Everything after it (evaluation,
+    # export, merge) yields to a SIGTERM: the next attempt resumes at the final step and
+    # redoes only this part.
     run_state.report(trainer.state, "saving", force=True)
     metrics: dict[str, float] = {}
     if out.training_loss and run_state.start_step < step:
@@ -232,6 +241,11 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
         ev = run_state.eval_metrics if run_state.eval_step == step else trainer.evaluate()
         if "eval_loss" in ev:
             metrics["evalLoss"] = float(ev["eval_loss"])
+    if flag.agreed(args.device):
+        return _preempted(run_state, step, f"by {flag.signal_name} after training, before export")
+    metrics.update(evaluation.run(cfg, trainer, tokenizer, flag))  # spec.evaluation (issue 13)
+    if flag.agreed(args.device):
+        return _preempted(run_state, step, f"by {flag.signal_name} during the evaluation")
     adapter_rel = merged_rel = ""
     if spec.method == "full":
         _export_model(trainer, work_dir / MERGED_DIR, run_state.is_main)
@@ -240,11 +254,21 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
         _export_model(trainer, work_dir / ADAPTER_DIR, run_state.is_main)
         adapter_rel = ADAPTER_DIR
         if spec.output.merge_adapter:
-            if run_state.is_main:
-                _export_merged(cfg, work_dir / ADAPTER_DIR, work_dir / MERGED_DIR,
-                               precision if rt.cuda else "fp32")
-            trainer.accelerator.wait_for_everyone()
             merged_rel = MERGED_DIR
+            # Only rank 0 merges; the others are done (no barrier: they exit and wait for
+            # nothing). The training model is released first so the merge gets the memory.
+            if run_state.is_main:
+                if flag.requested:
+                    return _preempted(run_state, step, f"by {flag.signal_name} before the merge")
+                state = trainer.state
+                trainer.accelerator.free_memory()  # drops its model/optimizer/engine refs
+                del trainer, model
+                _export_merged(cfg, work_dir / ADAPTER_DIR, work_dir / MERGED_DIR,
+                               merge_precision(precision, rt.cuda), rt.local_rank, tokenizer)
+                run_state.report(state, "done", force=True)
+                log.info("completed at step %d: %s", step, metrics)
+                return Outcome("Completed", step, f"completed {step} steps", adapter_rel,
+                               merged_rel, metrics, run_state.checkpoint_report())
     run_state.report(trainer.state, "done", force=True)
     log.info("completed at step %d: %s", step, metrics)
     return Outcome("Completed", step, f"completed {step} steps", adapter_rel, merged_rel,
@@ -258,7 +282,3 @@ def _preempted(run_state: RunState, step: int, why: str) -> Outcome:
         f"checkpoint at step {last.step}" if last else "no checkpoint yet (nothing to resume)")
     log.warning(msg)
     return Outcome("Preempted", step, msg, checkpoint=ckpt)
-
-
-def write_outcome(cfg: TrainerConfig, outcome: Outcome) -> None:
-    write_termination_log(cfg.termination_log, outcome.termination())
