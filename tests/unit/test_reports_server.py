@@ -13,6 +13,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -297,3 +298,53 @@ def test_concurrent_reports_are_safe(srv: Srv) -> None:
     # at most max_connections at once: the others are shed, never queued without bound
     assert len(codes) == 12 and set(codes) <= {204, "shed"}
     assert codes.count(204) >= 4 and len(srv.received) == codes.count(204)
+
+
+# ---- the operator's wiring: start_channel + LatestReports ---------------------------------------
+
+def test_start_channel_serves_what_the_trainer_config_says(tmp_path: Path) -> None:
+    from finetune_operator.reports.channel import LatestReports, start_channel
+    from finetune_operator.settings import OperatorSettings
+
+    woke = threading.Event()
+    box = LatestReports(expected=lambda pod: pod.uid == A.uid, wake=woke.set)
+
+    def token_review(token: str, audiences: list[str]) -> dict:
+        pods = {"token-a": ("team-a", "bot-a1-0", "uid-a"), "token-b": ("team-b", "x", "uid-b")}
+        return review(*pods[token], audiences=tuple(audiences)) if token in pods else {}
+
+    settings = OperatorSettings(report_audience="aud.example/reports")
+    channel = start_channel(settings, token_review, box, host="127.0.0.1", port=0)
+    try:
+        assert channel.config.url == f"https://127.0.0.1:{channel.server.port}/v1/reports"
+        client = Srv(channel.server, ssl.create_default_context(cadata=channel.config.ca_pem))
+        assert client.post(b'{"step": 9}') == (204, "")
+        assert woke.is_set() and box.latest(A.uid) == ProgressReport(step=9)
+        before = rejected("unknown-pod")
+        assert client.post(b'{"step": 1}', token="token-b")[0] == 403
+        assert rejected("unknown-pod") == before + 1 and box.latest("uid-b") is None
+        assert list(box.take()) == [A.uid] and box.take() == {}
+        before = rejected("invalid")
+        assert channel.termination("team-a/bot-a1-0", '{"reason": "Nope"}') is None
+        assert rejected("invalid") == before + 1
+        done = channel.termination("team-a/bot-a1-0", '{"reason": "Completed"}')
+        assert done is not None and done.reason == "Completed"
+    finally:
+        channel.stop()
+
+
+def test_a_configured_certificate_and_ca_are_used(tmp_path: Path) -> None:
+    from finetune_operator.reports.channel import serving_cert
+    from finetune_operator.settings import OperatorSettings
+
+    made = tls.generate(["finetune-operator.ops.svc"], tmp_path)
+    ca = tmp_path / "ca.crt"
+    ca.write_text(made.ca_pem)
+    settings = OperatorSettings(report_tls_cert_file=made.cert_file,
+                                report_tls_key_file=made.key_file, report_tls_ca_file=str(ca))
+    got = serving_cert(settings, settings.resolved_report_url("ops"))
+    assert (got.cert_file, got.key_file, got.ca_pem) == (made.cert_file, made.key_file,
+                                                         made.ca_pem)
+    with pytest.raises(OSError, match="FINETUNE_REPORT_TLS_CA_FILE"):
+        serving_cert(settings.model_copy(update={"report_tls_ca_file": str(tmp_path / "no")}),
+                     "https://x/v1/reports")

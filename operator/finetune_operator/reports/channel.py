@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,8 +19,8 @@ from urllib.parse import urlsplit
 from ..api.trainer_config import ReportConfig
 from ..settings import OperatorSettings, env_name
 from . import tls
-from .identity import TokenAuthenticator, TokenReview
-from .model import BadReport, TerminationMessage, parse_termination
+from .identity import PodIdentity, TokenAuthenticator, TokenReview
+from .model import BadReport, ProgressReport, TerminationMessage, parse_termination
 from .rejects import Rejections
 from .server import OnReport, ReportServer
 
@@ -39,6 +41,46 @@ class Channel:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+class LatestReports:
+    """A ready-made ``on_report``: keeps the newest report per pod uid, thread-safe, and calls
+    ``wake()`` (e.g. ``loop.call_soon_threadsafe(event.set)``) after each one.
+
+    ``expected(pod)`` says whether the operator wants reports from that pod (the current
+    attempt's rank 0 of a managed job, matched by uid); others are refused with 403 and
+    counted as ``unknown-pod``. The reconcile loop reads :meth:`latest` (or :meth:`take`) by
+    pod uid and calls :meth:`forget` when a pod is gone."""
+
+    def __init__(self, expected: Callable[[PodIdentity], bool],
+                 wake: Callable[[], None] = lambda: None) -> None:
+        self.expected = expected
+        self.wake = wake
+        self._lock = threading.Lock()
+        self._latest: dict[str, tuple[PodIdentity, ProgressReport]] = {}
+
+    def __call__(self, who: PodIdentity, report: ProgressReport) -> None:
+        if not self.expected(who):
+            raise BadReport("unknown-pod", f"{who.key} (uid {who.uid}) is not a trainer pod "
+                            "this operator expects reports from")
+        with self._lock:
+            self._latest[who.uid] = (who, report)
+        self.wake()
+
+    def latest(self, pod_uid: str) -> ProgressReport | None:
+        with self._lock:
+            hit = self._latest.get(pod_uid)
+        return hit[1] if hit else None
+
+    def take(self) -> dict[str, tuple[PodIdentity, ProgressReport]]:
+        """Everything received since the last take (pod uid -> (pod, newest report))."""
+        with self._lock:
+            out, self._latest = self._latest, {}
+        return out
+
+    def forget(self, pod_uid: str) -> None:
+        with self._lock:
+            self._latest.pop(pod_uid, None)
 
 
 def report_config(settings: OperatorSettings, ca_pem: str,
@@ -86,4 +128,5 @@ def start_channel(settings: OperatorSettings, token_review: TokenReview, on_repo
                    rejections)
 
 
-__all__ = ["BadReport", "Channel", "report_config", "serving_cert", "start_channel"]
+__all__ = ["BadReport", "Channel", "LatestReports", "report_config", "serving_cert",
+           "start_channel"]
