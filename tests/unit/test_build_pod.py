@@ -45,7 +45,8 @@ def test_cpu_job_has_no_gpu_resources_or_gpu_toleration() -> None:
     assert res == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "16Gi"}}
     assert "tolerations" not in pod["spec"]
     assert _container(pod)["command"] == [
-        "python", "-m", "finetune_trainer", "--config", "/etc/finetune/config.yaml",
+        "python", "-m", "finetune_trainer.launch", "--nnodes=1", "--node-rank=0",
+        "--nproc-per-node=1", "--", "--config", "/etc/finetune/config.yaml",
     ]
 
 
@@ -140,13 +141,18 @@ def test_single_node_env() -> None:
     assert all(isinstance(v, (str, dict)) for v in env.values())
 
 
-def test_single_node_multi_gpu_uses_torchrun_standalone() -> None:
-    pod = build_pod(make_job(gpus=4), make_settings(), 1, 0, None, 50.0)
+@pytest.mark.parametrize("gpus,nproc", [(0, 1), (1, 1), (4, 4)])
+def test_one_launch_path_for_every_single_node_shape(gpus: int, nproc: int) -> None:
+    """One process, one GPU (DeepSpeed included) and N GPUs all run the trainer's supervisor;
+    it sets the env:// variables itself (127.0.0.1, a free port), so the pod sets none."""
+    pod = build_pod(make_job(gpus=gpus), make_settings(), 1, 0, None, 50.0)
     cmd = _container(pod)["command"]
-    assert cmd[:2] == ["torchrun", "--standalone"]
-    assert "--nproc-per-node=4" in cmd
-    assert cmd[-4:] == ["-m", "finetune_trainer", "--config", "/etc/finetune/config.yaml"]
-    assert _env(pod)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "180"
+    assert cmd == ["python", "-m", "finetune_trainer.launch", "--nnodes=1", "--node-rank=0",
+                   f"--nproc-per-node={nproc}", "--", "--config", "/etc/finetune/config.yaml"]
+    env = _env(pod)
+    assert not {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"} & set(env)
+    assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT" not in env  # no torchrun agent to configure
+    assert "ports" not in _container(pod)
 
 
 def test_multi_node_pods_env_and_dns() -> None:
@@ -164,11 +170,10 @@ def test_multi_node_pods_env_and_dns() -> None:
         assert pod["spec"]["subdomain"] == "bot-workers"
         assert pod["metadata"]["labels"]["finetune.dev/rank"] == str(rank)
         cmd = _container(pod)["command"]
-        assert cmd[0] == "torchrun"
-        assert f"--node-rank={rank}" in cmd
-        assert "--nnodes=3" in cmd and "--nproc-per-node=8" in cmd
-        assert "--master-addr=bot-a2-0.bot-workers.team-a.svc" in cmd
-        assert "--master-port=29500" in cmd
+        assert cmd == ["python", "-m", "finetune_trainer.launch", "--nnodes=3",
+                       f"--node-rank={rank}", "--nproc-per-node=8",
+                       "--master-addr=bot-a2-0.bot-workers.team-a.svc", "--master-port=29500",
+                       "--", "--config", "/etc/finetune/config.yaml"]
         assert _container(pod)["ports"][0]["containerPort"] == 29500
     cpu_gang = build_pods(make_job(gpus=0, nodes=2), make_settings(), 1, None, None)
     assert _env(cpu_gang[0])["NPROC_PER_NODE"] == "1"

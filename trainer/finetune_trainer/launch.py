@@ -298,8 +298,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    help="processes on this node, one per GPU (default $NPROC_PER_NODE or 1)")
     p.add_argument("--master-addr", default="", help="rank-0 pod address (several nodes)")
     p.add_argument("--master-port", type=int, default=0, help="rendezvous port (several nodes)")
-    p.add_argument("--worker", default="",
-                   help="worker command (default: this interpreter -m finetune_trainer)")
     return p.parse_args(own), rest
 
 
@@ -316,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         write_termination_log(termination_log, error_termination(str(e)))
         log.error("%s", e)
         return EXIT_INVALID
-    command = args.worker.split() if args.worker else [sys.executable, "-m", "finetune_trainer"]
+    command = [sys.executable, "-m", "finetune_trainer"]
     with tempfile.TemporaryDirectory(prefix="finetune-launch-") as tmp:
         sup = Supervisor(topo, [*command, *rest], Path(tmp), env)
         # Signals first: a SIGTERM that lands while the workers start is still forwarded.

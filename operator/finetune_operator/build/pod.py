@@ -1,8 +1,8 @@
 """Trainer Pods of one attempt: ``<job>-a<attempt>-<rank>``, one per node.
 
-Mounts and env follow docs/contracts.md. One process (``python -m finetune_trainer``) when the
-job runs on one node with at most one GPU; ``torchrun`` otherwise (``--standalone`` on one node,
-a static rendezvous on rank 0 through the headless Service for several nodes).
+Mounts and env follow docs/contracts.md. Every job shape runs ``python -m
+finetune_trainer.launch`` (one training process per GPU, at least one); several nodes use a
+static rendezvous on rank 0 of the attempt through the headless Service.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ CONTAINER_NAME = "trainer"
 TERMINATION_LOG = "/dev/termination-log"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 RUN_AS = 1000
-TRAINER_ARGS = ["-m", "finetune_trainer", "--config", CONFIG_PATH]
+TRAINER_ARGS = ["--config", CONFIG_PATH]  # for every training process
 # Lifetime the kubelet is asked for; it rotates the file at 80% of it (the trainer re-reads it).
 REPORT_TOKEN_SECONDS = 3600
 
@@ -68,33 +68,23 @@ def procs_per_node(job: FineTuneJob) -> int:
 
 
 def trainer_command(job: FineTuneJob, attempt: int, rank: int) -> list[str]:
+    """The one launch path of every job shape (docs/contracts.md, "Launch and exit codes"):
+    the trainer's supervisor runs ``nproc-per-node`` training processes with the env://
+    variables (one process too), forwards SIGTERM and maps their outcome to the exit code.
+    Several nodes meet at rank 0 of the attempt through the headless Service."""
     res = job.spec.resources
+    cmd = [
+        "python", "-m", "finetune_trainer.launch",
+        f"--nnodes={res.nodes}",
+        f"--node-rank={rank}",
+        f"--nproc-per-node={procs_per_node(job)}",
+    ]
     if res.nodes > 1:
-        return [
-            "torchrun",
-            f"--nnodes={res.nodes}",
-            f"--node-rank={rank}",
-            f"--nproc-per-node={procs_per_node(job)}",
-            f"--master-addr={master_addr(job, attempt)}",
-            f"--master-port={RENDEZVOUS_PORT}",
-            "--max-restarts=0",
-            *TRAINER_ARGS,
-        ]
-    if res.gpus > 1:
-        return [
-            "torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={res.gpus}",
-            "--max-restarts=0", *TRAINER_ARGS,
-        ]
-    return ["python", *TRAINER_ARGS]
+        cmd += [f"--master-addr={master_addr(job, attempt)}", f"--master-port={RENDEZVOUS_PORT}"]
+    return [*cmd, "--", *TRAINER_ARGS]
 
 
-def uses_torchrun(job: FineTuneJob) -> bool:
-    return job.spec.resources.nodes > 1 or job.spec.resources.gpus > 1
-
-
-def trainer_env(
-    job: FineTuneJob, attempt: int, rank: int, grace_seconds: int
-) -> list[dict[str, Any]]:
+def trainer_env(job: FineTuneJob, attempt: int, rank: int) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "FINETUNE_CONFIG", "value": CONFIG_PATH},
         {"name": "FINETUNE_JOB_UID", "value": job.metadata.uid},
@@ -108,10 +98,6 @@ def trainer_env(
     ]
     if not uses_hub(job):
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
-    if uses_torchrun(job):
-        # torchrun SIGKILLs its workers 30 s after a SIGTERM unless told otherwise; give them
-        # the whole grace period to save a checkpoint.
-        env.append({"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(grace_seconds)})
     res = job.spec.resources
     if res.nodes > 1:
         env += [
@@ -238,7 +224,7 @@ def build_pod(
         "name": CONTAINER_NAME,
         "image": image(job, settings),
         "command": trainer_command(job, attempt, rank),
-        "env": trainer_env(job, attempt, rank, grace),
+        "env": trainer_env(job, attempt, rank),
         "resources": resources(job, settings),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
