@@ -87,8 +87,8 @@ def test_fallback_starts_with_bos_and_ends_each_assistant_turn_with_eos() -> Non
     assert ex.input_ids[0] == tok.bos_token_id
     assert ex.input_ids.count(tok.bos_token_id) == 1, "BOS once, not doubled"
     runs = labeled_runs(ex)
-    assert runs == [text_ids(tok, "Paris.") + [tok.eos_token_id],
-                    text_ids(tok, "Rome.") + [tok.eos_token_id]]
+    assert runs == [[*text_ids(tok, "Paris."), tok.eos_token_id],
+                    [*text_ids(tok, "Rome."), tok.eos_token_id]]
     assert ex.input_ids[-1] == tok.eos_token_id
     # user and system turns carry no loss; EOS appears only where an assistant turn ends
     assert ex.input_ids.count(tok.eos_token_id) == 2
