@@ -216,10 +216,12 @@ def test_malformed_dataset_exits_2_naming_file_line_and_field(tiny_model: Path,
     assert msg.startswith(f"{bad}:3: field 'output' is missing"), msg
 
 
-def test_packing_text_and_merged_output_in_process(tiny_model: Path, tmp_path: Path) -> None:
+def test_packing_text_and_a_merged_model_that_serves(tiny_model: Path, tmp_path: Path) -> None:
+    """output/merged loads on its own (model + tokenizer + generation config) and computes what
+    the base model with the adapter computes."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from finetune_trainer import train
     from finetune_trainer.config import parse_config
@@ -230,12 +232,20 @@ def test_packing_text_and_merged_output_in_process(tiny_model: Path, tmp_path: P
     out = train.run(cfg)
     assert out.reason == "Completed" and out.final_step == 4
     assert out.merged_path == "output/merged" and "evalLoss" in out.metrics
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "w/output/merged").eval()
+    merged_dir = tmp_path / "w/output/merged"
+    assert (merged_dir / "generation_config.json").is_file()
+    assert not list(merged_dir.glob("adapter_*")), "a plain model, not an adapter"
+    tok = AutoTokenizer.from_pretrained(merged_dir)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model),
                                      str(tmp_path / "w/output/adapter")).eval()
-    x = torch.tensor([[5, 6, 7, 8, 9]])
+    x = tok("The capital of France is Paris.", return_tensors="pt")
+    assert x["input_ids"].shape[1] > 3
     with torch.no_grad():
-        assert torch.allclose(merged(x).logits, peft(x).logits, atol=1e-4)
+        a, b = merged(**x).logits, peft(**x).logits
+    assert float((a - b).abs().max()) <= 1e-4
+    assert not torch.allclose(a, AutoModelForCausalLM.from_pretrained(tiny_model)(**x).logits,
+                              atol=1e-4), "the adapter changed something"
 
 
 def test_epochs_and_gradient_accumulation_in_process(tiny_model: Path, tmp_path: Path) -> None:
