@@ -475,6 +475,109 @@ def test_scheduler_preemption_delivers_sigterm(cluster: Cluster, namespace: str,
         cluster.kubectl("delete", "priorityclass", low, high, "--ignore-not-found")
 
 
+# ---------------------------------------------------------------- the report channel's token
+
+REPORT_AUDIENCE = "finetune.dev/operator"
+
+REPORT_CODE = r"""
+import os, sys
+from finetune_operator.api.trainer_config import ReportConfig
+from finetune_trainer.progress import ReportSink
+api_token = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+if os.path.exists(api_token):
+    sys.exit("an API token is mounted although automountServiceAccountToken is false")
+cfg = ReportConfig.model_validate_json(os.environ["REPORT_CONFIG"])
+sink = ReportSink(cfg)
+sink.send({"step": 5, "totalSteps": 10, "state": "training"})
+sink.close(60)
+"""
+
+
+def test_projected_report_token_reaches_the_operator_as_this_pod(
+        cluster: Cluster, namespace: str, agent: AgentProcess) -> None:
+    """The trainer pod's only credential, as the operator builds it: a projected token with
+    the operator's audience (minted by the agent with TokenRequest, bound to the pod), no API
+    token. The pod pushes a report with it; the operator's server verifies it by TokenReview
+    and attributes it to this pod (name and uid)."""
+    from finetune_operator.build.pod import report_token_volume
+    from finetune_operator.k8s import Kube
+    from finetune_operator.reports.channel import start_channel
+    from finetune_operator.settings import OperatorSettings
+
+    settings = OperatorSettings(report_audience=REPORT_AUDIENCE)
+    received: list[tuple[Any, Any]] = []
+    channel = start_channel(settings, Kube(cluster.api).token_review,
+                            lambda who, report: received.append((who, report)),
+                            host="127.0.0.1", port=0)
+    try:
+        volume, mount = report_token_volume(settings)
+        name = "reporter"
+        _create(cluster, namespace, _pod(
+            name, agent.node, REPORT_CODE, automountServiceAccountToken=False,
+            securityContext={"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
+                             "fsGroup": 1000},
+            volumes=[volume, {"name": "tmp", "emptyDir": {}}],
+            container={"env": [{"name": "REPORT_CONFIG",
+                                "value": channel.config.model_dump_json(by_alias=True)},
+                               {"name": "HOME", "value": "/tmp"}],
+                       "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}]}))
+        pod = _wait_phase(cluster, namespace, name, TERMINAL, 90)
+        log = find_log(agent.root, namespace, name, "main")
+        assert pod["status"]["phase"] == "Succeeded", (log and log.read_text(), pod["status"])
+        assert [(w.namespace, w.pod, w.uid) for w, _ in received] == [
+            (namespace, name, pod["metadata"]["uid"])], log and log.read_text()
+        assert received[0][1].to_wire() == {"step": 5, "totalSteps": 10, "state": "training"}
+    finally:
+        channel.stop()
+
+
+def test_projected_token_is_minted_for_the_pod_and_refreshed(
+        cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    """volumes.prepare mints the token with the source's audience and expiry, bound to the
+    pod; refresh_tokens re-mints it past 80% of its life and replaces the file."""
+    import os
+    from datetime import timedelta
+
+    from finetune_operator.devcluster.nodeagent import volumes
+    from finetune_operator.devcluster.nodeagent.agent import utcnow
+    from finetune_operator.devcluster.nodeagent.sources import Objects
+    from finetune_operator.k8s import Kube
+    from finetune_operator.reports.identity import identity_from_review
+
+    made = cluster.core().create_namespaced_pod(namespace, {  # type: ignore[arg-type]
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "parked"},
+        "spec": {"automountServiceAccountToken": False,
+                 "nodeSelector": {"finetune.dev/test-nowhere": "true"},
+                 "containers": [{"name": "main", "image": "ignored.invalid/x:1"}],
+                 "volumes": [{"name": "report-token", "projected": {"sources": [
+                     {"serviceAccountToken": {"audience": REPORT_AUDIENCE,
+                                              "expirationSeconds": 3600,
+                                              "path": "token"}}]}}]}})
+    pod = cluster.api.sanitize_for_serialization(made)
+    now = utcnow()
+    vols = volumes.prepare(cluster.core(), Objects(cluster.core(), namespace), pod,
+                           tmp_path, tmp_path / "root", {}, now)
+    [tok] = vols.tokens
+    assert (tok.expires - now) > timedelta(minutes=59)
+    kube = Kube(cluster.api)
+    first = tok.path.read_text()
+    me = (namespace, "parked", pod["metadata"]["uid"])
+    ident = identity_from_review(kube.token_review(first, [REPORT_AUDIENCE]), REPORT_AUDIENCE)
+    assert ident is not None and (ident.namespace, ident.pod, ident.uid) == me
+    assert identity_from_review(kube.token_review(first, ["other.example"]),
+                                "other.example") is None
+
+    volumes.apply_fs_group(vols, 1000, on_root_mismatch=False)  # as for a pod with fsGroup
+    volumes.refresh_tokens(cluster.core(), pod, vols.tokens, now + timedelta(minutes=30))
+    assert tok.path.read_text() == first  # not due yet
+    volumes.refresh_tokens(cluster.core(), pod, vols.tokens, now + timedelta(minutes=49))
+    second = tok.path.read_text()
+    assert second != first
+    assert os.stat(tok.path).st_gid == 1000  # a non-root pod can still read the new token
+    ident = identity_from_review(kube.token_review(second, [REPORT_AUDIENCE]), REPORT_AUDIENCE)
+    assert ident is not None and (ident.namespace, ident.pod, ident.uid) == me
+
+
 # ---------------------------------------------------------------- agent restart and stop
 
 
