@@ -6,13 +6,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv cluster-bins system-deps lint crd crd-check chart-crd up down status clean
+.PHONY: images test-images demo test venv cluster-bins system-deps lint crd crd-check chart-crd up down status clean
 
-demo: venv cluster-bins ## the main job: local cluster + operator + node agent + three jobs
-	$(BIN)/python -m finetune_operator.demo $(if $(KEEP),--keep)
+demo: venv cluster-bins $(if $(IMAGES),images) ## the main job: local cluster + operator + node agent + three jobs (IMAGES=1: trainers run in the trainer image)
+	$(BIN)/python -m finetune_operator.demo $(if $(KEEP),--keep) $(if $(IMAGES),--images)
 
 test: venv cluster-bins system-deps ## every test: unit, cluster, trainer, e2e (gpu ones skip without a GPU)
 	scripts/run-tests.sh $(PYTEST_ARGS)
+
+images: ## build the operator and trainer images with buildah (no Docker daemon; docs/install.md)
+	scripts/build-images.sh
+
+test-images: venv cluster-bins images ## the image tests (marker image): the built images run under podman
+	scripts/run-tests.sh -m image tests/image $(PYTEST_ARGS)
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml

@@ -23,6 +23,7 @@ from .devcluster.nodeagent import AgentProcess, start_agent
 from .devcluster.workloads import host_work_dir, install_api, prepare_namespace, training_job
 
 NODE = "demo-gpu-node"
+TRAINER_IMAGE = "localhost/finetune-operator/trainer:0.1.0"  # `make images` (IMAGES=1)
 JOBS = (  # namespace, name, priority class, steps, checkpoint interval, submitted when
     ("team-a", "summarizer", "finetune-low", 400, 25, "start"),
     ("team-b", "support-bot", "finetune-normal", 300, 1000, "start"),
@@ -100,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
                    "--timeout=120s")
     say(f"2/5 node agent {NODE} with 2 nvidia.com/gpu (its pods run as local processes), "
         "and the operator")
+    if args.images:  # inherited by the agent and the operator: trainer pods run from the image
+        from .devcluster.nodeagent.container import SWITCH
+
+        os.environ.update({SWITCH: "1", "FINETUNE_TRAINER_IMAGE": TRAINER_IMAGE})
+        print(f"  IMAGES=1: trainer pods run in {TRAINER_IMAGE} under podman")
     agent: AgentProcess = start_agent(NODE, 2, cfg=cfg)
     op = _start_operator(cfg)
     try:
@@ -191,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m finetune_operator.demo", description=__doc__)
     ap.add_argument("--keep", action="store_true", help="leave the cluster and jobs running")
     ap.add_argument("--timeout", type=float, default=480, help="seconds for the scenario")
+    ap.add_argument("--images", action="store_true",
+                    help="run the trainer pods from the trainer image under podman "
+                         "(`make demo IMAGES=1` builds it first)")
     try:
         return run(ap.parse_args(argv))
     except (dc.ClusterError, subprocess.CalledProcessError) as e:

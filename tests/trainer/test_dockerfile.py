@@ -1,4 +1,8 @@
-"""Dockerfile.trainer stays consistent with pyproject (no Docker engine here to build it)."""
+"""The Dockerfiles' supply-chain rules, checked on their text (tests/image runs the built images).
+
+Both: multi-stage, the public base pinned by digest (overridable with BASE_IMAGE, as `make images`
+does with its local Debian base), non-root, no compiler or build tools in the runtime stage, the
+pinned extras CI installs, a .dockerignore that lets only the package sources in."""
 
 from __future__ import annotations
 
@@ -11,33 +15,71 @@ from .helpers import ROOT
 
 pytestmark = pytest.mark.unit
 
-DOCKERFILE = ROOT / "Dockerfile.trainer"
+DOCKERFILES = ["Dockerfile.operator", "Dockerfile.trainer"]
+BUILD_TOOLS = ("gcc", "g++", "build-essential", "make", "clang", "python3-dev", "libc6-dev")
 
 
-def test_multi_stage_non_root_and_pinned_base() -> None:
-    text = DOCKERFILE.read_text()
-    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    assert len(froms) >= 2, "multi-stage"
-    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, re.M)
-    assert base and re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base.group(1)), "pinned base"
-    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+def _stages(name: str) -> tuple[str, str]:
+    text = (ROOT / name).read_text()
+    froms = [m.start() for m in re.finditer(r"^FROM\s", text, re.M)]
+    assert len(froms) == 2, f"{name}: a builder and a runtime stage"
+    return text[froms[0]:froms[1]], text[froms[1]:]
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_base_pinned_by_digest_and_overridable(name: str) -> None:
+    text = (ROOT / name).read_text()
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M)
+    assert base and re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base.group(1))
+    assert re.findall(r"^FROM\s+(\S+)", text, re.M) == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_runtime_stage_is_non_root_without_build_tools(name: str) -> None:
+    builder, runtime = _stages(name)
+    users = re.findall(r"^USER\s+(\S+)", runtime, re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root")
-    assert re.search(r'^ENTRYPOINT \["finetune-trainer"\]', text, re.M)
-    assert "COPY --from=builder /opt/venv /opt/venv" in text
+    assert "COPY --from=builder /opt/venv /opt/venv" in runtime
+    installs = " ".join(re.findall(r"apt-get install([^&\n]*)", runtime))
+    assert not [t for t in BUILD_TOOLS if re.search(rf"(?<![\w-]){re.escape(t)}(?![\w-])",
+                                                    installs)], installs
+    # the host's package-index settings exist in the builder stage only
+    assert "ARG PIP_" in builder and "ARG PIP_" not in runtime
 
 
-def test_installs_the_pinned_extras_ci_installs() -> None:
-    text = DOCKERFILE.read_text()
-    m = re.search(r'pip install "\.\[([a-z,]+)\]"', text)
-    assert m, "installs the project with extras"
-    extras = set(m.group(1).split(","))
-    assert {"trainer", "gpu"} <= extras
+def test_trainer_prebuilds_deepspeed_ops_with_a_compiler_in_the_builder() -> None:
+    builder, runtime = _stages("Dockerfile.trainer")
+    assert re.search(r"apt-get install[^\n]*g\+\+", builder)
+    assert "DS_BUILD_CPU_ADAM=1" in builder and "installed_ops['cpu_adam']" in builder
+    assert "libgomp1" in runtime  # the OpenMP runtime the op links, not a compiler
+    assert re.search(r'^ENTRYPOINT \["finetune-trainer"\]', runtime, re.M)
+
+
+@pytest.mark.parametrize(("name", "extras"), [("Dockerfile.operator", {"operator"}),
+                                              ("Dockerfile.trainer", {"trainer", "gpu"})])
+def test_installs_the_pinned_extras(name: str, extras: set[str]) -> None:
+    builder, _ = _stages(name)
+    m = re.search(r'pip install --no-deps "\.\[([a-z,]+)\]"', builder)
+    assert m and set(m.group(1).split(",")) == extras
+    deps = set(re.findall(r"requirements\.py (?:--extras-only )?([a-z ]+?)\s*>", builder))
+    assert {e for d in deps for e in d.split()} == extras
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    ci = re.search(r"pip install .*-e '\.\[([a-z,]+)\]'", (ROOT / "Makefile").read_text())
-    assert ci and "trainer" in ci.group(1).split(","), "CI installs the same trainer extra"
-    for extra in sorted(extras):
-        for req in project["optional-dependencies"][extra]:
-            assert "==" in req, f"{extra}: {req} is not pinned"
-    for req in project["dependencies"]:
+    for req in project["dependencies"] + [r for e in extras
+                                          for r in project["optional-dependencies"][e]]:
         assert "==" in req, f"{req} is not pinned"
-    assert "finetune-trainer" in project["scripts"]
+    ci = re.search(r"pip install .*-e '\.\[([a-z,]+)\]'", (ROOT / "Makefile").read_text())
+    assert ci and extras - {"gpu"} <= set(ci.group(1).split(",")), "CI installs the same extras"
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerignore_lets_only_the_sources_in(name: str) -> None:
+    lines = [ln for ln in (ROOT / f"{name}.dockerignore").read_text().splitlines()
+             if ln and not ln.startswith("#")]
+    assert lines[0] == "*"
+    allowed = [ln[1:] for ln in lines if ln.startswith("!")]
+    assert not [a for a in allowed if a.startswith(("tests", ".venv", "benchmarks"))]
+    assert {"**/__pycache__", "**/*.pyc"} <= set(lines)
+    text = (ROOT / name).read_text()
+    for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
+        for path in src.split():
+            assert any(path == a.rstrip("/") or path.startswith(a) for a in allowed), path

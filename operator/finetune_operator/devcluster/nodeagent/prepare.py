@@ -45,5 +45,6 @@ def prepare_pod(core: client.CoreV1Api, pod: dict[str, Any], root: Path, pdir: P
             mounts=runner.mounts(c, vols, termination_file(pdir, name), e),
             workdir=c.get("workingDir") or "/", identity=ident,
             log=log_path(root, meta["namespace"], meta["name"], meta["uid"], name),
-            pid_file=pid_file(pdir, name))))
+            pid_file=pid_file(pdir, name), image=c.get("image", ""),
+            read_only_root=bool((c.get("securityContext") or {}).get("readOnlyRootFilesystem")))))
     return launches, vols

@@ -57,6 +57,8 @@ class Launch:
     identity: Identity
     log: Path
     pid_file: Path
+    image: str = ""  # used by the optional container runner (container.py) only
+    read_only_root: bool = False
 
 
 def tool(name: str) -> str:
@@ -200,7 +202,12 @@ def script(launch: Launch) -> str:
 
 
 def start(launch: Launch, node: str) -> subprocess.Popen[bytes]:
-    """Start the container process; pid, start time and node go to launch.pid_file."""
+    """Start the container process; pid, start time and node go to launch.pid_file. With
+    FINETUNE_NODEAGENT_CONTAINERS=1, from its image under podman instead (container.py)."""
+    from . import container
+
+    if container.enabled():
+        return container.start(launch, node)
     launch.log.parent.mkdir(parents=True, exist_ok=True)
     with open(launch.log, "ab") as log:
         proc = subprocess.Popen(
@@ -222,12 +229,20 @@ def start_time(pid: int) -> int | None:
 
 
 def signal_group(pid: int, sig: int) -> None:
+    if sig == signal.SIGKILL:
+        from . import container
+
+        container.remove(pid)  # a container outlives its killed podman client
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
 
 
 def reap_orphans(root: Path, node: str, grace: float = 10.0) -> list[int]:
     """Stop processes a previous agent of `node` left behind (pid files): SIGTERM, grace, KILL."""
+    from . import container
+
+    if container.enabled():
+        container.reap(node)
     alive = []
     for pf in Path(root).glob("pods/*/*.pid"):
         with suppress(ValueError, OSError, IndexError):

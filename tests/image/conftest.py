@@ -1,0 +1,99 @@
+"""Image-test fixtures: the images `make images` built, run with podman (scripts/images/podman.sh,
+the image cache's storage). A missing image is an error that says how to build it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ..conftest import ROOT
+
+PODMAN = ROOT / "scripts" / "images" / "podman.sh"
+TAG = "0.1.0"
+OPERATOR_IMAGE = f"localhost/finetune-operator/operator:{TAG}"
+TRAINER_IMAGE = f"localhost/finetune-operator/trainer:{TAG}"
+SIZES: list[str] = []  # printed in the terminal summary
+
+
+def podman(*args: str, timeout: float = 300, check: bool = True,
+           ) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(PODMAN), *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@dataclass
+class Image:
+    ref: str
+
+    def inspect(self) -> dict[str, Any]:
+        return dict(json.loads(podman("image", "inspect", self.ref).stdout)[0])
+
+    def layers(self) -> list[dict[str, Any]]:
+        return list(json.loads(podman("history", "--format", "json", self.ref).stdout))
+
+    def run(self, *args: str, timeout: float = 300,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`podman run --rm` as the pods run it: uid 1000, read-only root, no capabilities."""
+        return podman("run", "--rm", "--user", "1000:1000", "--read-only",
+                      "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,size=256m",
+                      "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network",
+                      "none", *args, timeout=timeout, check=check)
+
+
+def _image(ref: str) -> Image:
+    if podman("image", "exists", ref, check=False).returncode != 0:
+        raise AssertionError(f"image {ref} is not built: run `make images` (or "
+                             "scripts/build-images.sh) first; `make test-images` does both")
+    return Image(ref)
+
+
+@pytest.fixture(scope="session")
+def operator_image() -> Image:
+    return _image(OPERATOR_IMAGE)
+
+
+@pytest.fixture(scope="session")
+def trainer_image() -> Image:
+    return _image(TRAINER_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def image_agent(cluster) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    """A local node agent that runs its pods' containers from their images under podman, with
+    a read-only root file system (FINETUNE_NODEAGENT_READ_ONLY_ROOT)."""
+    import os
+
+    from finetune_operator.devcluster.nodeagent import start_agent
+    from finetune_operator.devcluster.nodeagent.container import READ_ONLY_SWITCH, SWITCH
+
+    from ..kube import short_id
+
+    saved = {k: os.environ.get(k) for k in (SWITCH, READ_ONLY_SWITCH)}
+    os.environ.update({SWITCH: "1", READ_ONLY_SWITCH: "1"})  # inherited by the agent process
+    try:
+        agent = start_agent(f"img-{short_id()}", gpus=1, cfg=cluster.cfg)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    yield agent
+    agent.stop()
+    cluster.kubectl("delete", "node", agent.node, "--ignore-not-found", "--wait=false")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if SIZES:
+        terminalreporter.section("image sizes")
+        for line in SIZES:
+            terminalreporter.write_line(line)
