@@ -599,3 +599,27 @@ class PluginApi:
         else:
             items = self.core.list_namespaced_resource_quota(namespace).items
         return [self._plain(q) for q in items]
+
+    # ============================================================ FineTuneSweep (cli/sweeps.py) ===
+
+    def get_sweep(self, namespace: str, name: str) -> dict:
+        from .api.sweep import SWEEP_PLURAL
+
+        res: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                            SWEEP_PLURAL, name)
+        return dict(res)
+
+    def list_sweeps(self, namespace: str | None) -> list[dict]:
+        from .api.sweep import SWEEP_PLURAL
+
+        if namespace is None:
+            res: Any = self.custom.list_cluster_custom_object(GROUP, VERSION, SWEEP_PLURAL)
+        else:
+            res = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                            SWEEP_PLURAL)
+        return list(res["items"])
+
+    def list_jobs_labeled(self, namespace: str, label_selector: str) -> list[dict]:
+        res: Any = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                             label_selector=label_selector)
+        return list(res["items"])

@@ -368,3 +368,80 @@ def test_logs_unavailable_message() -> None:
     waiting = logs_unavailable(pod, "trainer", 400, 'container "trainer" is waiting to start: '
                                "ContainerCreating", False)
     assert "has not started its container yet" in waiting
+
+
+# ---- sweep / compare (issue 13) ---------------------------------------------------------------
+
+def _finished(name: str, metrics: dict[str, float], gpus: int = 2, preemptions: int = 0,
+              **spec: Any) -> dict[str, Any]:
+    return job_body(name=name, gpus=gpus, status={
+        "phase": "Succeeded", "preemptions": preemptions,
+        "startTime": "2026-01-01T10:00:00Z", "completionTime": "2026-01-01T11:30:00Z",
+        "output": {"adapterPath": "output/adapter", "metrics": metrics}}, **spec)
+
+
+def test_compare_ranks_by_the_metric_and_shows_the_differing_fields() -> None:
+    from finetune_operator.cli import compare
+
+    jobs = [_finished("a", {"testLoss": 0.9, "testRougeL": 40.0}, training={"learningRate": 1e-4}),
+            _finished("b", {"testLoss": 0.5, "testRougeL": 55.0}, training={"learningRate": 3e-4},
+                      preemptions=2),
+            job_body(name="c", gpus=2, status={"phase": "Running"},
+                     training={"learningRate": 1e-3})]
+    now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    assert compare.differing_fields(jobs) == ["training.learningRate"]
+    assert compare.default_metric(jobs) == "testLoss"
+    rows = compare.compare_rows(jobs, now, "testLoss")
+    assert [(r["rank"], r["name"]) for r in rows] == [(1, "b"), (2, "a"), (None, "c")]
+    assert rows[0]["parameters"] == {"training.learningRate": 3e-4}
+    assert rows[0]["gpuHours"] == 3.0 and rows[0]["preemptions"] == 2  # 2 GPUs x 1.5 h
+    assert rows[2]["gpuHours"] is None  # never started
+    up = compare.compare_rows(jobs, now, "testRougeL")
+    assert [r["name"] for r in up][:2] == ["b", "a"]  # scores: higher is better
+    down = compare.compare_rows(jobs, now, "testRougeL", minimize=True)
+    assert [r["name"] for r in down][:2] == ["a", "b"]
+    table = compare.compare_table(rows).splitlines()
+    assert table[0].split() == ["RANK", "NAME", "PHASE", "LEARNINGRATE", "TESTLOSS",
+                                "TESTROUGEL", "GPU-HOURS", "PREEMPTIONS"]
+    assert table[1].split() == ["1", "b", "Succeeded", "0.0003", "0.5", "55", "3.00", "2"]
+    assert table[3].split()[:3] == ["-", "c", "Running"]
+
+
+def test_trial_parameters_come_from_the_sweep_annotation() -> None:
+    from finetune_operator.cli import compare
+    from finetune_operator.sweep.plan import PARAMETERS_ANNOTATION
+
+    trial = _finished("lr-t0", {"evalLoss": 1.0})
+    trial["metadata"]["annotations"][PARAMETERS_ANNOTATION] = json.dumps({"lora.rank": 8})
+    rows = compare.compare_rows([trial], dt.datetime(2026, 1, 2, tzinfo=dt.UTC), "evalLoss")
+    assert rows[0]["parameters"] == {"lora.rank": 8} and rows[0]["rank"] == 1
+
+
+def test_sweep_list_and_describe_text() -> None:
+    from finetune_operator.cli import compare
+
+    sweep = {"metadata": {"name": "lr", "namespace": "team-a",
+                          "creationTimestamp": "2026-01-01T10:00:00Z"},
+             "spec": {"parameters": [{"path": "lora.rank", "values": [4, 8]}],
+                      "maxParallel": 2, "objective": {"metric": "testLoss"},
+                      "earlyStop": {"afterSteps": 10, "margin": 0.2}},
+             "status": {"phase": "Running", "summary": "1/2", "activeTrials": 1,
+                        "best": {"name": "lr-t0", "metric": "testLoss", "value": 0.5}}}
+    now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    lines = compare.sweep_list_table([sweep], now, False).splitlines()
+    assert lines[0].split() == ["NAME", "PHASE", "TRIALS", "ACTIVE", "METRIC", "BEST", "VALUE",
+                                "AGE"]
+    assert lines[1].split() == ["lr", "Running", "1/2", "1", "testLoss", "lr-t0", "0.5", "120m"]
+    text = compare.sweep_describe_text(sweep, [])
+    assert "minimize testLoss" in text and "lora.rank" in text and "4, 8" in text
+    assert "after 10 steps" in text and "lr-t0 testLoss=0.5" in text
+
+
+def test_sweep_and_compare_arguments() -> None:
+    args = build_parser().parse_args(["sweep", "compare", "lr", "-o", "yaml"])
+    assert (args.command, args.sweep_command, args.name, args.output) == (
+        "sweep", "compare", "lr", "yaml")
+    args = build_parser().parse_args(["compare", "a", "b", "--metric", "testRougeL"])
+    assert args.jobs == ["a", "b"] and args.metric == "testRougeL"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["compare", "a", "--metric", "accuracy"])

@@ -60,6 +60,12 @@ def _run(args: argparse.Namespace, out: IO[str]) -> int:
             return commands.cmd_logs(api, args, namespace, out)
         if cmd == "top":
             return commands.cmd_top(api, args, namespace, out)
+        if cmd in ("sweep", "compare"):
+            from . import sweeps
+
+            if cmd == "sweep":
+                return sweeps.cmd_sweep(api, args, namespace, out)
+            return sweeps.cmd_compare(api, args, namespace, out)
     except urllib3.exceptions.HTTPError as e:  # connection refused, TLS, timeouts
         text = str(e) if len(str(e)) < 200 else str(e)[:200] + "..."
         raise CliError(f"cannot reach the API server at {api.server}: {text}; is the cluster "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, get_args
 
 from .manifest import SubmitOptions
 
@@ -16,7 +17,9 @@ EPILOG = """examples:
   kubectl finetune suspend bot; kubectl finetune resume bot
   kubectl finetune logs bot --tail 50
   kubectl finetune top -A
-docs: docs/cli.md"""
+  kubectl finetune sweep list; kubectl finetune sweep compare lr-sweep -o yaml
+  kubectl finetune compare bot-a bot-b --metric testRougeL
+docs: docs/cli.md, docs/sweeps.md"""
 
 
 def _common(suppress: bool) -> argparse.ArgumentParser:
@@ -115,7 +118,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-A", "--all-namespaces", action="store_true")
     t.add_argument("--gpu-resource", default="nvidia.com/gpu",
                    help="GPU resource of jobs that name none (the operator's default)")
+    _sweep_parsers(sub, common)
     return ap
+
+
+def _sweep_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    from ..api.sweep import ObjectiveMetric
+
+    metrics = get_args(ObjectiveMetric)
+    sw = sub.add_parser("sweep", parents=[common], help="FineTuneSweeps: list, describe, compare",
+                        description="FineTuneSweeps and their trials, ranked by the sweep's "
+                        "objective metric (docs/sweeps.md).")
+    ssub = sw.add_subparsers(dest="sweep_command", metavar="ACTION", required=True)
+    sl = ssub.add_parser("list", aliases=["ls"], parents=[common], help="list FineTuneSweeps")
+    sl.add_argument("-A", "--all-namespaces", action="store_true")
+    for action, text in (("describe", "the sweep's search, status and ranked trials"),
+                         ("compare", "the trials ranked by the objective: parameters, metrics, "
+                                     "GPU-hours, preemptions")):
+        p = ssub.add_parser(action, parents=[common], help=text)
+        p.add_argument("name")
+    c = sub.add_parser("compare", parents=[common], help="rank any FineTuneJobs by a metric",
+                       description="Rank FineTuneJobs by a metric of status.output.metrics; the "
+                       "spec fields that differ among them are shown as parameters.")
+    c.add_argument("jobs", nargs="+", metavar="JOB")
+    c.add_argument("--metric", choices=metrics,
+                   help="default: testLoss, else evalLoss, else trainLoss (what the jobs report)")
+    c.add_argument("--direction", choices=("minimize", "maximize"),
+                   help="default: minimize losses and perplexity, maximize scores")
 
 
 def submit_options(args: argparse.Namespace, namespace: str | None) -> SubmitOptions:
