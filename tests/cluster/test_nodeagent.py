@@ -404,8 +404,9 @@ open("/mnt/na-test/data/who", "w").write(f"{os.getuid()} {os.getgid()} {sorted(o
 
 def test_service_account_token_patches_own_pod_as_non_root(cluster: Cluster, namespace: str,
                                                            agent: AgentProcess) -> None:
-    """The progress channel end to end, under the operator's security context (uid 1000,
-    fsGroup 1000): the in-pod token is the pod's ServiceAccount's and nothing more."""
+    """The agent's default API token (kube-api-access) under the operator's security context
+    (uid 1000, fsGroup 1000): the in-pod token is the pod's ServiceAccount's and nothing more.
+    (Trainer pods no longer mount it: see test_projected_report_token_reaches_the_operator...)"""
     name = "progress"
     rbac = "rbac.authorization.k8s.io/v1"
     cluster.apply([
