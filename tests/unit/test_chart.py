@@ -105,41 +105,102 @@ def grants(docs: list[dict[str, Any]], role: str) -> dict[tuple[str, str], set[s
 
 
 READ = {"get", "list", "watch"}
-CHILD = READ | {"create", "delete", "patch"}
-OPERATOR_GRANTS = {
-    ("finetune.dev", "finetunejobs"): READ | {"patch", "update"},
-    ("finetune.dev", "finetunejobs/status"): {"get", "patch", "update"},
-    ("", "pods"): CHILD,
-    ("", "configmaps"): CHILD,
-    ("", "services"): CHILD,
-    ("", "serviceaccounts"): CHILD,
-    ("", "persistentvolumeclaims"): CHILD,
-    ("rbac.authorization.k8s.io", "roles"): CHILD | {"update"},
-    ("rbac.authorization.k8s.io", "rolebindings"): CHILD | {"update"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-}
-CLUSTER_GRANTS = {
-    ("", "nodes"): READ,
-    ("scheduling.k8s.io", "priorityclasses"): READ,
-    ("apiextensions.k8s.io", "customresourcedefinitions"): READ,
-    ("", "namespaces"): {"list", "watch"},
-    ("", "pods"): {"list"},
-    ("", "resourcequotas"): READ,
-}
 LEADER_RULES = [
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "resourceNames": ["finetune-operator-leader"], "verbs": ["get", "update"]},
 ]
+# Kubernetes' names: a kind or plural as k8s.py counts it -> (API group, resource).
+API_RESOURCES: dict[str, tuple[str, str]] = {
+    "Pod": ("", "pods"), "pods": ("", "pods"), "ConfigMap": ("", "configmaps"),
+    "PersistentVolumeClaim": ("", "persistentvolumeclaims"), "Service": ("", "services"),
+    "ServiceAccount": ("", "serviceaccounts"), "Event": ("", "events"),
+    "nodes": ("", "nodes"), "resourcequotas": ("", "resourcequotas"),
+    "namespaces": ("", "namespaces"),
+    "priorityclasses": ("scheduling.k8s.io", "priorityclasses"),
+    "Role": ("rbac.authorization.k8s.io", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
+    "Lease": ("coordination.k8s.io", "leases"),
+    "FineTuneJob": ("finetune.dev", "finetunejobs"),
+    "finetunejobs": ("finetune.dev", "finetunejobs"),
+    "finetunejobs/status": ("finetune.dev", "finetunejobs/status"),
+    "FineTuneSweep": ("finetune.dev", "finetunesweeps"),
+    "finetunesweeps": ("finetune.dev", "finetunesweeps"),
+    "finetunesweeps/status": ("finetune.dev", "finetunesweeps/status"),
+    "customresourcedefinitions": ("apiextensions.k8s.io", "customresourcedefinitions"),
+    "TokenReview": ("authentication.k8s.io", "tokenreviews"),
+    "tokenreviews": ("authentication.k8s.io", "tokenreviews"),
+    "SubjectAccessReview": ("authorization.k8s.io", "subjectaccessreviews"),
+    "subjectaccessreviews": ("authorization.k8s.io", "subjectaccessreviews"),
+}
+CLUSTER_SCOPED = {"nodes", "namespaces", "priorityclasses", "customresourcedefinitions",
+                  "tokenreviews", "subjectaccessreviews"}
+# What kopf itself calls (it runs the process): watch the resources it has handlers for (those
+# are in k8s's surface too), observe CRDs for its resource discovery and namespaces for
+# namespace patterns, and post Events (core v1) for warnings.
+KOPF_CALLS = {("list", "customresourcedefinitions"), ("watch", "customresourcedefinitions"),
+              ("list", "namespaces"), ("watch", "namespaces"), ("create", "Event")}
 
 
-def test_operator_rbac_is_exactly_least_privilege(
+def operator_calls() -> set[tuple[str, str]]:
+    """Every (verb, resource) the operator's code calls: k8s.py's declared surface (each request
+    is counted as self._count(verb, resource) and checked against it at run time), every
+    literal self._count(...) in k8s.py (so the declaration cannot miss one), plus kopf's own
+    calls while kopf runs the process."""
+    import ast
+
+    from finetune_operator import k8s
+
+    calls = set(k8s.API_SURFACE) | set(getattr(k8s, "EXTRA_SURFACE", set()))
+    tree = ast.parse((ROOT / "operator" / "finetune_operator" / "k8s.py").read_text())
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "_count" and len(node.args) == 2
+                and all(isinstance(a, ast.Constant) for a in node.args)):
+            verb, resource = (a.value for a in node.args)  # type: ignore[attr-defined]
+            assert (verb, resource) in calls, (
+                f"k8s.py line {node.lineno} calls {verb} {resource}, not in k8s.API_SURFACE")
+    main_src = (ROOT / "operator" / "finetune_operator" / "__main__.py").read_text()
+    if "kopf.run(" in main_src:
+        calls |= KOPF_CALLS
+    return calls
+
+
+def rbac_verb(verb: str) -> str:
+    return {"replace": "update"}.get(verb, verb)
+
+
+def needed_grants() -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for verb, resource in operator_calls():
+        assert resource in API_RESOURCES, (
+            f"k8s.py calls {verb} {resource}: add its API group and plural to "
+            "tests/unit/test_chart.py API_RESOURCES, then grant it in the chart's rbac.yaml")
+        out.setdefault(API_RESOURCES[resource], set()).add(rbac_verb(verb))
+    return out
+
+
+def test_operator_rbac_is_exactly_what_the_code_calls(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     docs = rendered["defaults"]
-    assert grants(docs, FULLNAME) == OPERATOR_GRANTS
-    assert grants(docs, f"{FULLNAME}-cluster") == CLUSTER_GRANTS
+    operator_roles = [FULLNAME, f"{FULLNAME}-cluster", f"{FULLNAME}-leader"]
+    granted: dict[tuple[str, str], set[str]] = {}
+    for role in operator_roles:
+        for key, verbs in grants(docs, role).items():
+            granted.setdefault(key, set()).update(verbs)
+    needed = needed_grants()
+    missing = {k: sorted(v - granted.get(k, set())) for k, v in needed.items()
+               if v - granted.get(k, set())}
+    extra = {k: sorted(v - needed.get(k, set())) for k, v in granted.items()
+             if v - needed.get(k, set())}
+    assert not missing and not extra, (
+        "the chart's operator RBAC (templates/rbac.yaml) differs from the calls in k8s.py:\n"
+        f"  missing (the operator would get 403): {missing}\n"
+        f"  granted but never called (remove): {extra}")
+    # cluster-scoped resources can only be granted by the ClusterRoleBinding'd role
+    namespaced = grants(docs, FULLNAME)
+    assert not {res for (_, res) in namespaced} & CLUSTER_SCOPED, namespaced
     leader = one(docs, "Role", f"{FULLNAME}-leader")
     assert leader["metadata"]["namespace"] == NAMESPACE
     assert leader["rules"] == LEADER_RULES
@@ -153,16 +214,35 @@ def test_operator_rbac_is_exactly_least_privilege(
         assert "secrets" not in rule["resources"], rule
 
 
+def test_rbac_diff_catches_a_drift(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The derivation is not vacuous: the operator's calls include its core writes."""
+    needed = needed_grants()
+    assert {"create", "delete"} <= needed[("", "pods")]
+    assert "patch" in needed[("finetune.dev", "finetunejobs/status")]
+    assert {"list", "watch"} <= needed[("", "nodes")]
+    # and nothing in the chart lets the operator write a job's spec
+    assert not {"patch", "update"} & grants(rendered["defaults"], FULLNAME)[
+        ("finetune.dev", "finetunejobs")]
+
+
 def test_user_roles_aggregate(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["defaults"]
     edit = one(docs, "ClusterRole", f"{FULLNAME}-edit")
     view = one(docs, "ClusterRole", f"{FULLNAME}-view")
-    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    # as Kueue: the editor is granted explicitly, not to everyone with the built-in edit role
+    assert "rbac.authorization.k8s.io/aggregate-to-edit" not in edit["metadata"]["labels"]
     assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
-    assert grants(docs, f"{FULLNAME}-edit")[("finetune.dev", "finetunejobs")] == {
-        "create", "update", "patch", "delete", "get", "list", "watch"}
-    assert grants(docs, f"{FULLNAME}-view")[("finetune.dev", "finetunejobs")] == READ
+    assert grants(docs, f"{FULLNAME}-edit") == {
+        ("finetune.dev", "finetunejobs"): {"create", "update", "patch", "delete", "get", "list",
+                                           "watch"},
+        ("finetune.dev", "finetunejobs/status"): {"get"}}
+    assert grants(docs, f"{FULLNAME}-view") == {
+        ("finetune.dev", "finetunejobs"): READ, ("finetune.dev", "finetunejobs/status"): READ}
+    opted = one(render({"rbac": {"aggregateEditToEdit": True, "aggregateEditToAdmin": False}}),
+                "ClusterRole", f"{FULLNAME}-edit")["metadata"]["labels"]
+    assert opted.get("rbac.authorization.k8s.io/aggregate-to-edit") == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-admin" not in opted
     names = {d["metadata"]["name"] for d in of_kind(render({"rbac": {"userRoles": False}}),
                                                       "ClusterRole")}
     assert f"{FULLNAME}-edit" not in names and f"{FULLNAME}-view" not in names
@@ -230,16 +310,25 @@ def test_deployment_single_instance_restricted(
     assert c["command"] == ["finetune-operator"]
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"metrics": 8080, "health": 8081}
+    assert ports == {"metrics": 8080, "health": 8081, "reports": 8443}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"]["port"] == "health"
 
 
 def test_env_is_the_operator_settings_1to1(rendered: dict[str, list[dict[str, Any]]]) -> None:
     env = env_of(rendered["defaults"])
     finetune = {k: v for k, v in env.items() if k.startswith("FINETUNE_")}
     assert set(finetune) == {env_name(f) for f in OperatorSettings.model_fields}
-    # The chart's defaults are the operator's defaults.
-    assert OperatorSettings.from_env(finetune) == OperatorSettings()
+    # The chart's defaults are the operator's defaults, except two on purpose: installed by the
+    # chart, no namespace may use the preempting band until the platform team grants it, and
+    # trainers report to the chart's own Service.
+    chart = OperatorSettings.from_env(finetune)
+    bare = OperatorSettings()
+    assert chart.allowed_priority_classes == [
+        c for c in bare.allowed_priority_classes if c not in bare.preempting_priority_classes]
+    assert chart.report_url == f"https://{FULLNAME}-reports.{NAMESPACE}.svc:8443/v1/reports"
+    assert chart.model_copy(update={"allowed_priority_classes": bare.allowed_priority_classes,
+                                    "report_url": bare.report_url}) == bare
 
 
 def test_env_follows_values() -> None:
@@ -250,12 +339,21 @@ def test_env_follows_values() -> None:
         "defaultPriorityClass": "finetune-low",
         "priorityClasses": {"preempting": ["finetune-critical", "finetune-high"]},
         "queue": {"agingRatePerMinute": 2.5, "agingCap": 1500000,
-                  "maxRunningJobsPerNamespace": 3, "admissionIntervalSeconds": 0.5},
+                  "maxRunningJobsPerNamespace": 3, "admissionIntervalSeconds": 0.5,
+                  "minCycleIntervalSeconds": 0.1, "maxConcurrentWrites": 4,
+                  "progressWriteIntervalSeconds": 7, "queueStatusIntervalSeconds": 11},
         "preemption": {"minRuntimeBeforePreemptionSeconds": 90},
+        "jobs": {"podsReadyTimeoutSeconds": 120, "maxPodsReadyRequeues": 1,
+                 "forceDeleteMarginSeconds": 5, "unschedulableGraceSeconds": 30,
+                 "maxGpusPerNode": 8, "ttlSecondsAfterFinished": 3600, "sweeps": False},
+        "leaderElection": {"leaseDurationSeconds": 30, "renewSeconds": 10, "retrySeconds": 3},
+        "apiTimeoutSeconds": 20,
+        "healthStaleCycles": 4,
         "trainer": {"image": {"repository": "acme/trainer", "tag": "1.2.3"},
                     "gpuResource": "nvidia.com/mig-1g.10gb", "gracePeriodSeconds": 240,
-                    "backoffBaseSeconds": 5},
-        "ports": {"metrics": 9090, "health": 9091},
+                    "backoffBaseSeconds": 5, "serviceAccount": "trainers"},
+        "ports": {"metrics": 9090, "health": 9091, "reports": 9443},
+        "reports": {"audience": "ft.example/reports", "tls": {"secretName": "reports-cert"}},
     }
     docs = render(values)
     env = {k: v for k, v in env_of(docs).items() if k.startswith("FINETUNE_")}
@@ -270,11 +368,31 @@ def test_env_follows_values() -> None:
         admission_interval_seconds=0.5, min_runtime_before_preemption_seconds=90,
         trainer_image="acme/trainer:1.2.3", gpu_resource="nvidia.com/mig-1g.10gb",
         grace_period_seconds=240, backoff_base_seconds=5, metrics_port=9090, health_port=9091,
+        min_cycle_interval_seconds=0.1, max_concurrent_writes=4,
+        progress_write_interval_seconds=7, queue_status_interval_seconds=11,
+        pods_ready_timeout_seconds=120, max_pods_ready_requeues=1,
+        force_delete_margin_seconds=5, unschedulable_grace_seconds=30, max_gpus_per_node=8,
+        ttl_seconds_after_finished=3600, sweeps=False, lease_duration_seconds=30,
+        lease_renew_seconds=10, lease_retry_seconds=3, api_timeout_seconds=20,
+        health_stale_cycles=4, trainer_service_account="trainers", report_port=9443,
+        report_url=f"https://{FULLNAME}-reports.{NAMESPACE}.svc:9443/v1/reports",
+        report_audience="ft.example/reports",
+        report_tls_cert_file="/etc/finetune/reports-tls/tls.crt",
+        report_tls_key_file="/etc/finetune/reports-tls/tls.key",
+        report_tls_ca_file="/etc/finetune/reports-tls/ca.crt",
     )
     ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
-    assert ports == {"metrics": 9090, "health": 9091}
+    assert ports == {"metrics": 9090, "health": 9091, "reports": 9443}
     svc = one(docs, "Service", f"{FULLNAME}-metrics")
     assert svc["spec"]["ports"][0]["port"] == 9090
+    assert one(docs, "Service", f"{FULLNAME}-reports")["spec"]["ports"][0]["port"] == 9443
+    pod = deployment(docs)["spec"]["template"]["spec"]
+    assert {"name": "reports-tls", "secret": {"secretName": "reports-cert"}} in pod["volumes"]
+    assert {"name": "reports-tls", "mountPath": "/etc/finetune/reports-tls",
+            "readOnly": True} in container(docs)["volumeMounts"]
+    url = "https://reports.example:443/v1/reports"
+    other = env_of(render({"reports": {"url": url}}))
+    assert other["FINETUNE_REPORT_URL"] == url
 
 
 def test_images_have_no_registry_host(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -293,9 +411,10 @@ def test_default_priority_classes(rendered: dict[str, list[dict[str, Any]]]) -> 
     pcs = {d["metadata"]["name"]: d for d in of_kind(rendered["defaults"], "PriorityClass")}
     assert list(pcs) == ["finetune-critical", "finetune-high", "finetune-normal", "finetune-low"]
     assert [pc["value"] for pc in pcs.values()] == [10000, 7500, 5000, 2500]
-    assert {n: pc["preemptionPolicy"] for n, pc in pcs.items()} == {
-        "finetune-critical": "PreemptLowerPriority", "finetune-high": "Never",
-        "finetune-normal": "Never", "finetune-low": "Never"}
+    # one preemptor: the kube-scheduler never evicts anything for a FineTuneJob's pod
+    assert {pc["preemptionPolicy"] for pc in pcs.values()} == {"Never"}
+    assert env_of(rendered["defaults"])["FINETUNE_PREEMPTING_PRIORITY_CLASSES"] == \
+        "finetune-critical"
     assert all(pc["globalDefault"] is False for pc in pcs.values())
     # bands leave room for aging: gaps exceed the default aging cap
     values = sorted(pc["value"] for pc in pcs.values())
@@ -306,9 +425,9 @@ def test_custom_priority_classes(rendered: dict[str, list[dict[str, Any]]]) -> N
     docs = rendered["custom-classes"]
     pcs = {d["metadata"]["name"]: d for d in of_kind(docs, "PriorityClass")}
     assert {n: (pc["value"], pc["preemptionPolicy"]) for n, pc in pcs.items()} == {
-        "ft-urgent": (9000, "PreemptLowerPriority"), "ft-batch": (1000, "Never")}
+        "ft-urgent": (9000, "Never"), "ft-batch": (1000, "Never")}
     env = env_of(docs)
-    assert env["FINETUNE_ALLOWED_PRIORITY_CLASSES"] == "ft-urgent,ft-batch"
+    assert env["FINETUNE_ALLOWED_PRIORITY_CLASSES"] == "ft-batch"  # the preempting band: granted
     assert env["FINETUNE_PREEMPTING_PRIORITY_CLASSES"] == "ft-urgent"
     assert env["FINETUNE_DEFAULT_PRIORITY_CLASS"] == "ft-batch"
 
@@ -316,7 +435,8 @@ def test_custom_priority_classes(rendered: dict[str, list[dict[str, Any]]]) -> N
 def test_priority_classes_not_created_when_disabled() -> None:
     docs = render({"priorityClasses": {"create": False}})
     assert of_kind(docs, "PriorityClass") == []
-    assert env_of(docs)["FINETUNE_ALLOWED_PRIORITY_CLASSES"].startswith("finetune-critical,")
+    assert env_of(docs)["FINETUNE_ALLOWED_PRIORITY_CLASSES"] == \
+        "finetune-high,finetune-normal,finetune-low"
 
 
 @pytest.mark.parametrize(
@@ -326,11 +446,126 @@ def test_priority_classes_not_created_when_disabled() -> None:
          "defaultPriorityClass \"system-cluster-critical\" is not in the allowed classes"),
         ({"priorityClasses": {"preempting": ["finetune-urgent"]}},
          "priorityClasses.preempting names \"finetune-urgent\", which is not in"),
-        ({"ports": {"metrics": 8080, "health": 8080}}, "give them different ports"),
+        ({"ports": {"metrics": 8080, "health": 8080, "reports": 8443}},
+         "give each its own port"),
+        ({"ports": {"metrics": 8080, "health": 8081, "reports": 8081}},
+         "give each its own port"),
+        ({"priorityClasses": {"preempting": ["finetune-critical", "finetune-high",
+                                             "finetune-normal", "finetune-low"]}},
+         "is not in the allowed classes"),
     ],
 )
 def test_inconsistent_values_fail_with_reason(values: dict[str, Any], message: str) -> None:
     assert message in render_fails(values)
+
+
+# ---- apply-time policy, network, disruption, helm test ---------------------------------------
+
+def policy_params(docs: list[dict[str, Any]]) -> dict[str, str]:
+    cm = one(docs, "ConfigMap", f"{FULLNAME}-policy")
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    data: dict[str, str] = cm["data"]
+    return data
+
+
+def test_policy_params_default_withhold_the_preempting_band(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["defaults"]
+    params = policy_params(docs)
+    assert params == {
+        "allowedPriorityClasses": "finetune-high,finetune-normal,finetune-low",
+        "imagePrefixes": "finetune-operator/trainer:,finetune-operator/trainer@",
+        "imageFromPodCreators": "true",
+        "tolerationKeys": "nvidia.com/gpu",
+        "nodeSelectorKeys": "kubernetes.io/arch,node.kubernetes.io/instance-type,"
+                            "topology.kubernetes.io/zone,nvidia.com/gpu.product,"
+                            "nvidia.com/gpu.memory",
+    }
+    # the operator enforces the same list
+    assert env_of(docs)["FINETUNE_ALLOWED_PRIORITY_CLASSES"] == params["allowedPriorityClasses"]
+    vap = one(docs, "ValidatingAdmissionPolicy", f"{FULLNAME}-jobs")
+    assert vap["spec"]["failurePolicy"] == "Fail"
+    assert vap["spec"]["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
+    (rule,) = vap["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["finetunejobs"] and set(rule["operations"]) == {"CREATE",
+                                                                                  "UPDATE"}
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", f"{FULLNAME}-jobs")
+    assert binding["spec"]["policyName"] == f"{FULLNAME}-jobs"
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["paramRef"] == {"name": f"{FULLNAME}-policy", "namespace": NAMESPACE,
+                                           "parameterNotFoundAction": "Deny"}
+    assert "matchResources" not in binding["spec"]  # every namespace
+    fields = " ".join(v["messageExpression"] for v in vap["spec"]["validations"])
+    for field in ("spec.priorityClassName", "spec.image", "tokenSecretRef", "claimName",
+                  "spec.resources.tolerations", "spec.resources.nodeSelector"):
+        assert field in " ".join(x["expression"] for x in vap["spec"]["variables"]) + fields
+
+
+def test_policy_params_follow_values() -> None:
+    docs = render({
+        "namespacePriorityClasses": {"team-a": ["finetune-critical", "finetune-normal"]},
+        "watchNamespaces": ["team-a", "team-b"],
+        "trainer": {"image": {"repository": "acme/trainer"}},
+        "policy": {"imagePrefixes": ["registry.example/ml/"], "imageFromPodCreators": False,
+                   "tolerationKeys": [], "nodeSelectorKeys": ["pool"], "enabled": True},
+    })
+    params = policy_params(docs)
+    assert params["ns.team-a"] == "finetune-critical,finetune-normal"
+    assert params["imagePrefixes"] == "registry.example/ml/,acme/trainer:,acme/trainer@"
+    assert params["imageFromPodCreators"] == "false"
+    assert params["tolerationKeys"] == "" and params["nodeSelectorKeys"] == "pool"
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
+    off = render({"policy": {"enabled": False, "imagePrefixes": [], "imageFromPodCreators": True,
+                             "tolerationKeys": [], "nodeSelectorKeys": []}})
+    for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ConfigMap"):
+        assert of_kind(off, kind) == []
+
+
+def test_network_policy_guards_metrics_and_opens_reports(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["defaults"]
+    netpol = one(docs, "NetworkPolicy", FULLNAME)
+    pod_labels = deployment(docs)["spec"]["template"]["metadata"]["labels"]
+    assert netpol["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert netpol["spec"]["policyTypes"] == ["Ingress"]
+    by_port = {r["ports"][0]["port"]: r["from"] for r in netpol["spec"]["ingress"]}
+    assert set(by_port) == {"metrics", "reports"}  # health: nothing (kubelet probes from node)
+    assert by_port["metrics"] == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    assert by_port["reports"] == [{"namespaceSelector": {}}]
+    names = {p["name"] for p in container(docs)["ports"]}
+    assert set(by_port) <= names
+    reports = one(docs, "Service", f"{FULLNAME}-reports")
+    assert reports["spec"]["ports"] == [{"name": "reports", "port": 8443,
+                                         "targetPort": "reports", "protocol": "TCP"}]
+    assert reports["spec"]["selector"].items() <= pod_labels.items()
+    assert of_kind(render({"networkPolicy": {"enabled": False, "prometheus": {
+        "namespace": "monitoring", "podLabels": {}}}}), "NetworkPolicy") == []
+
+
+def test_pdb_and_helm_test_pod(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["defaults"]
+    pdb = one(docs, "PodDisruptionBudget", FULLNAME)
+    pod_labels = deployment(docs)["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+    test_pod = one(docs, "Pod", f"{FULLNAME}-test-api")
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    spec = test_pod["spec"]
+    assert spec["serviceAccountName"] == FULLNAME and spec["restartPolicy"] == "Never"
+    (c,) = spec["containers"]
+    assert c["image"] == container(docs)["image"]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    script = c["command"][-1]
+    compile(script, "helm-test", "exec")  # valid Python
+    assert "finetunejobs.finetune.dev" in script and "list_cluster_custom_object" in script
+    ns_docs = rendered["namespaced"]
+    assert "ns = \"team-a\"" in one(ns_docs, "Pod")["spec"]["containers"][0]["command"][-1]
 
 
 # ---- CRD --------------------------------------------------------------------------------
@@ -362,7 +597,8 @@ def test_crd_rendered_with_keep_policy(rendered: dict[str, list[dict[str, Any]]]
 def test_monitoring_objects_only_when_enabled(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for kind in ("ServiceMonitor", "PrometheusRule"):
         assert of_kind(rendered["defaults"], kind) == []
-    assert of_kind(rendered["defaults"], "ConfigMap") == []
+    assert [c["metadata"]["name"] for c in of_kind(rendered["defaults"], "ConfigMap")] == [
+        f"{FULLNAME}-policy"]
     docs = rendered["monitoring"]
     sm = one(docs, "ServiceMonitor")
     svc = one(docs, "Service", f"{FULLNAME}-metrics")
@@ -400,7 +636,7 @@ def test_dashboard_configmap_for_grafana_sidecar(
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["finetune.json"]) == json.loads(DASHBOARD.read_text())
     other = render({"monitoring": {"dashboard": {"enabled": True, "namespace": "grafana"}}})
-    assert one(other, "ConfigMap")["metadata"]["namespace"] == "grafana"
+    assert one(other, "ConfigMap", f"{FULLNAME}-dashboard")["metadata"]["namespace"] == "grafana"
 
 
 def test_dashboard_queries_use_real_metrics_and_cover_the_topics() -> None:
@@ -431,6 +667,7 @@ MAP_PATHS = {
     "namespacePriorityClasses", "podAnnotations", "podLabels", "nodeSelector",
     "serviceAccount.annotations", "monitoring.serviceMonitor.labels",
     "monitoring.prometheusRule.labels", "monitoring.dashboard.labels", "monitoring.alerts.labels",
+    "networkPolicy.prometheus.podLabels",
 }
 # Kubernetes objects passed through unchanged (validated by the API server).
 PASSTHROUGH_PATHS = {
@@ -485,6 +722,9 @@ def test_values_yaml_keys_are_all_in_the_schema() -> None:
         {"extraEnv": [{"name": "FINETUNE_AGING_CAP", "value": "5"}]},  # settings come from values
         {"queue": {"agingCap": -1}},
         {"image": {"pullPolicy": "Sometimes"}},
+        {"policy": {"imagePrefixes": ["registry.example/ml"]}},  # would match .../ml-evil too
+        {"policy": {"tolerationKeys": [""]}},
+        {"podDisruptionBudget": {"maxUnavailable": 2}},
     ],
 )
 def test_schema_rejects_unknown_or_invalid_values(values: dict[str, Any]) -> None:
@@ -507,13 +747,14 @@ def test_dockerfile_matches_the_chart(rendered: dict[str, list[dict[str, Any]]])
     assert json.loads(stage["ENTRYPOINT"]) == container(rendered["defaults"])["command"]
     exposed = {int(p.split("/")[0]) for p in shlex.split(stage["EXPOSE"])}
     ports = {p["containerPort"] for p in container(rendered["defaults"])["ports"]}
-    assert exposed == ports == {8080, 8081}
+    # EXPOSE is documentation only; every port it names is one the chart opens
+    assert {8080, 8081} <= exposed <= ports == {8080, 8081, 8443}
     uid = int(stage["USER"].split(":")[0])
     pod = deployment(rendered["defaults"])["spec"]["template"]["spec"]
     assert uid == pod["securityContext"]["runAsUser"] == 1000
     text = (ROOT / "Dockerfile.operator").read_text()
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
-    assert 'pip install ".[operator]"' in text
+    assert re.search(r"^ARG (PYTHON|BASE)_IMAGE=python:3\.11-slim", text, re.M), text
+    assert re.search(r'pip install (--no-deps )?"\.\[operator\]"', text), text
     assert text.count("FROM ") >= 2  # multi-stage: build tools stay in the builder
 
 

@@ -53,11 +53,32 @@ app.kubernetes.io/part-of: finetune-operator
 {{- join "," $names }}
 {{- end }}
 
-{{/* FINETUNE_ALLOWED_PRIORITY_CLASSES: the explicit list, else every band. */}}
+{{/* FINETUNE_ALLOWED_PRIORITY_CLASSES: the explicit list, else every band that does not
+preempt (a namespace gets a preempting band only through namespacePriorityClasses). */}}
 {{- define "finetune-operator.allowedClasses" -}}
 {{- if .Values.allowedPriorityClasses }}
 {{- join "," .Values.allowedPriorityClasses }}
 {{- else }}
-{{- include "finetune-operator.bandNames" . }}
+{{- $names := list }}
+{{- range .Values.priorityClasses.bands }}
+{{- if not (has .name $.Values.priorityClasses.preempting) }}{{ $names = append $names .name }}{{ end }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}
+{{- end }}
+
+{{/* Image prefixes a job's spec.image may start with: the values' list plus the default trainer
+repository (tag or digest). Comma-separated. */}}
+{{- define "finetune-operator.imagePrefixes" -}}
+{{- $repo := .Values.trainer.image.repository }}
+{{- join "," (concat .Values.policy.imagePrefixes (list (printf "%s:" $repo) (printf "%s@" $repo)) | uniq) }}
+{{- end }}
+
+{{/* FINETUNE_REPORT_URL: the value, else the chart's reports Service. */}}
+{{- define "finetune-operator.reportUrl" -}}
+{{- if .Values.reports.url }}
+{{- .Values.reports.url }}
+{{- else }}
+{{- printf "https://%s-reports.%s.svc:%d/v1/reports" (include "finetune-operator.fullname" .) .Release.Namespace (int .Values.ports.reports) }}
 {{- end }}
 {{- end }}

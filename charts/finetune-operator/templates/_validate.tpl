@@ -20,7 +20,8 @@ The operator repeats them at start (settings.py), but failing at `helm install` 
 {{- fail (printf "namespacePriorityClasses.%s is empty, which would reject every job in %s; remove the entry to use the global list" $ns $ns) }}
 {{- end }}
 {{- end }}
-{{- if eq (int .Values.ports.metrics) (int .Values.ports.health) }}
-{{- fail (printf "ports.metrics and ports.health are both %v; give them different ports" .Values.ports.metrics) }}
+{{- $ports := list (int .Values.ports.metrics) (int .Values.ports.health) (int .Values.ports.reports) }}
+{{- if ne (len ($ports | uniq)) 3 }}
+{{- fail (printf "ports.metrics (%v), ports.health (%v) and ports.reports (%v) must differ; give each its own port" .Values.ports.metrics .Values.ports.health .Values.ports.reports) }}
 {{- end }}
 {{- end }}

@@ -37,7 +37,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
 from .job import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
-from .spec import FineTuneJobSpec
+from .spec import EDITABLE_PHASES, MUTABLE_AFTER_ADMISSION, FineTuneJobSpec
 from .status import FineTuneJobStatus
 from .sweep import (
     MAX_SWEEP_NAME,
@@ -231,12 +231,40 @@ def _ordered(node: dict[str, Any]) -> dict[str, Any]:
     return {k: node[k] for k in _KEY_ORDER if k in node}
 
 
+def frozen_spec_rules() -> list[dict[str, Any]]:
+    """Root-level CEL transition rules: once a job is admitted, every spec field outside
+    MUTABLE_AFTER_ADMISSION keeps its value. At the root because a rule under ``spec`` cannot see
+    ``status``; one rule per field so the message names it."""
+    phases = ", ".join(f"'{p}'" for p in EDITABLE_PHASES)
+    editable = (f"!has(oldSelf.status) || !has(oldSelf.status.phase) "
+                f"|| oldSelf.status.phase in [{phases}]")
+    names = [f.alias or n for n, f in FineTuneJobSpec.model_fields.items()]
+    allowed = ", ".join(f"spec.{n}" for n in names if n in MUTABLE_AFTER_ADMISSION)
+    rules = []
+    for name in names:
+        if name in MUTABLE_AFTER_ADMISSION:
+            continue
+        new, old = f"self.spec.{name}", f"oldSelf.spec.{name}"
+        same = f"has({new}) == has({old}) && (!has({new}) || {new} == {old})"
+        rules.append({
+            "rule": f"{editable} || ({same})",
+            "messageExpression": (
+                f"'spec.{name} cannot change while the job is ' + oldSelf.status.phase + "
+                f"' (only {allowed} may): set spec.suspend to true, change it once the job is "
+                f"Suspended, then set spec.suspend to false; or delete and recreate the job'"),
+            "fieldPath": f".spec.{name}",
+            "reason": "FieldValueForbidden",
+        })
+    return rules
+
+
 def root_schema() -> dict[str, Any]:
     return _root(FineTuneJobSpec, FineTuneJobStatus,
                  "What to fine-tune, on what data, with which resources.",
                  "An LLM fine-tuning job, queued under its namespace's GPU quota and "
                  "admitted by priority.",
-                 MAX_NAME_LENGTH, "the name is the value of the children's finetune.dev/job label")
+                 MAX_NAME_LENGTH, "the name is the value of the children's finetune.dev/job label",
+                 frozen_spec_rules())
 
 
 def _root(spec_model: type[BaseModel], status_model: type[BaseModel], spec_doc: str, doc: str,
