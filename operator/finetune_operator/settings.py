@@ -128,7 +128,7 @@ class OperatorSettings(BaseModel):
     report_port: Port = Field(default=8443, description="HTTPS port trainers POST reports to")
     report_url: str = Field(
         default="", pattern=r"^(https://[^\s/?#]+(/[^\s?#]*)?)?$", max_length=2048,
-        description="URL trainers POST reports to; empty = https://finetune-operator."
+        description="URL trainers POST reports to; empty = https://finetune-operator-reports."
         "<POD_NAMESPACE>.svc:<report port>/v1/reports, or https://127.0.0.1:<port>/v1/reports "
         "when the operator runs outside a cluster",
     )
@@ -258,7 +258,8 @@ class OperatorSettings(BaseModel):
         if self.report_url:
             return self.report_url
         if pod_namespace:
-            return f"https://finetune-operator.{pod_namespace}.svc:{self.report_port}/v1/reports"
+            return (f"https://finetune-operator-reports.{pod_namespace}.svc:{self.report_port}"
+                    "/v1/reports")
         return f"https://127.0.0.1:{self.report_port}/v1/reports"
 
     def backoff_seconds(self, failures: int) -> float:

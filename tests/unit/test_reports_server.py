@@ -337,12 +337,15 @@ def test_a_configured_certificate_and_ca_are_used(tmp_path: Path) -> None:
     from finetune_operator.reports.channel import serving_cert
     from finetune_operator.settings import OperatorSettings
 
-    made = tls.generate(["finetune-operator.ops.svc"], tmp_path)
+    made = tls.generate(["finetune-operator-reports.ops.svc"], tmp_path)
     ca = tmp_path / "ca.crt"
     ca.write_text(made.ca_pem)
     settings = OperatorSettings(report_tls_cert_file=made.cert_file,
                                 report_tls_key_file=made.key_file, report_tls_ca_file=str(ca))
-    got = serving_cert(settings, settings.resolved_report_url("ops"))
+    url = settings.resolved_report_url("ops")
+    assert url == "https://finetune-operator-reports.ops.svc:8443/v1/reports"
+    assert settings.resolved_report_url(None) == "https://127.0.0.1:8443/v1/reports"
+    got = serving_cert(settings, url)
     assert (got.cert_file, got.key_file, got.ca_pem) == (made.cert_file, made.key_file,
                                                          made.ca_pem)
     with pytest.raises(OSError, match="FINETUNE_REPORT_TLS_CA_FILE"):
