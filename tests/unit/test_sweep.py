@@ -382,3 +382,32 @@ def test_runner_reports_an_unparsable_sweep_once() -> None:
     kube.calls.clear()
     SweepRunner(kube).sync([bad], [], NOW)
     assert kube.calls == []
+
+
+def test_the_example_sweep_is_a_valid_2x2_grid() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "sweep.yaml"
+    docs = list(yaml.safe_load_all(path.read_text()))
+    body = next(d for d in docs if d["kind"] == "FineTuneSweep")
+    body["metadata"].update(namespace="team-a", uid=SWEEP_UID)
+    plan = plan_sweep(FineTuneSweep.from_body(body), [], NOW)
+    assert plan.status["totalTrials"] == 4
+    assert names(plan.creates) == ["lr-rank-t0", "lr-rank-t1"]
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    test_key = body["spec"]["template"]["evaluation"]["dataset"]["source"]["configMap"]["key"]
+    assert len(cm["data"][test_key].splitlines()) == 4
+
+
+def test_the_dashboard_has_sweep_and_evaluation_panels() -> None:
+    from pathlib import Path
+
+    dash = json.loads((Path(__file__).resolve().parents[2] / "charts" / "finetune-operator"
+                       / "dashboards" / "finetune.json").read_text())
+    exprs = {p["title"]: " ".join(t["expr"] for t in p.get("targets", []))
+             for p in dash["panels"]}
+    assert "finetune_sweep_trials" in exprs["Sweep trials by phase"]
+    assert "finetune_sweep_best_value" in exprs["Sweep best trial"]
+    assert "finetune_job_eval_metric" in exprs["Evaluation of finished jobs (test set)"]
