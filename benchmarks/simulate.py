@@ -127,7 +127,9 @@ def generate(seed: int, load: float, jobs: int = 400, cluster: Cluster | None = 
     t, out = 0.0, []
     for i, (gpus, nodes, dur) in enumerate(shapes):
         t += rng.expovariate(rate)
-        est = dur * rng.uniform(*estimate_slack) if rng.random() < estimate_share else None
+        # every draw is made whatever the options, so traces differ only where options do
+        declares, slack = rng.random() < estimate_share, rng.uniform(*estimate_slack)
+        est = dur * slack if declares else None
         out.append(TraceJob(name=f"job-{i:04d}", namespace=rng.choice(sorted(cl.quotas)),
                             submit_s=round(t, 1), gpus=gpus, nodes=nodes,
                             priority_class=rng.choices(band_v, band_w)[0],
@@ -326,6 +328,8 @@ class Sim:
         self.alloc_s = 0.0
         self.wait_time = 0.0
         self.alloc_wait_s = 0.0
+        self.quota_wait_time = 0.0  # while a waiting job has room in its namespace's quota
+        self.alloc_quota_wait_s = 0.0
         self.last_t = 0.0
 
     # --- views for the schedulers --------------------------------------------------------------
@@ -371,6 +375,10 @@ class Sim:
         if self.queue:
             self.wait_time += dt
             self.alloc_wait_s += alloc * dt
+            room = self.quota_free()
+            if any(room.get(j.t.namespace, 1 << 30) >= j.total_gpus for j in self.queue):
+                self.quota_wait_time += dt
+                self.alloc_quota_wait_s += alloc * dt
         for j in self.queue:
             j.waited += dt
         for j in self.running.values():
@@ -433,6 +441,19 @@ class Sim:
             j.started, j.placement, j.attempts = now, placement, j.attempts + 1
             self.running[j.uid] = j
             self._push(self._end_at(j), "end", j.uid)
+        if admits:
+            self.check(now)
+
+    def check(self, now: float) -> None:
+        """No node gives more GPUs than it has, no quota more than its hard limit, gangs on
+        distinct nodes: a scheduler that breaks these is wrong, not fast."""
+        over = {n: f for n, f in self.free_by_node().items() if f < 0}
+        quota = {ns: f for ns, f in self.quota_free().items() if f < 0}
+        split = [j.t.name for j in self.running.values() if len(set(j.placement)) != j.t.nodes]
+        if over or quota or split:
+            raise AssertionError(f"{self.sched.name} at t={now:.0f} s: nodes over capacity "
+                                 f"{over}, quotas over {quota}, gangs not on distinct nodes "
+                                 f"{split}")
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -448,6 +469,7 @@ def _pct(values: list[float], q: float) -> float:
 class Result:
     policy: str
     alloc_while_waiting: float
+    alloc_while_quota_allows: float  # while a waiting job has room in its namespace quota
     alloc: float
     makespan_h: float
     waits: dict[str, tuple[float, float, float]]  # band -> (p50, p95, max) minutes
@@ -473,6 +495,8 @@ def measure(trace: Trace, sched: Scheduler, costs: Costs) -> Result:
         policy=sched.name,
         alloc_while_waiting=sim.alloc_wait_s / (trace.cluster.gpus * sim.wait_time)
         if sim.wait_time else 1.0,
+        alloc_while_quota_allows=sim.alloc_quota_wait_s
+        / (trace.cluster.gpus * sim.quota_wait_time) if sim.quota_wait_time else 1.0,
         alloc=sim.alloc_s / (trace.cluster.gpus * span) if span else 0.0,
         makespan_h=span / 3600,
         waits=waits,
@@ -494,7 +518,8 @@ SCHEDULERS: dict[str, Callable[[], Scheduler]] = {
 
 
 def table(rows: list[tuple[int, float, Result]]) -> list[str]:
-    head = ("| seed | load | policy | alloc while waiting | alloc | makespan h | "
+    head = ("| seed | load | policy | alloc while waiting | ... quota allows | alloc | "
+            "makespan h | "
             + " | ".join(f"{b.removeprefix('finetune-')} wait p50/p95/max min"
                          for b in BAND_ORDER)
             + " | preemptions | overhead GPU-h | waited > 24 h |")
@@ -502,8 +527,8 @@ def table(rows: list[tuple[int, float, Result]]) -> list[str]:
     for seed, load, r in rows:
         waits = " | ".join("{:.0f}/{:.0f}/{:.0f}".format(*r.waits[b]) for b in BAND_ORDER)
         out.append(f"| {seed} | {load} | {r.policy} | {r.alloc_while_waiting:.1%} | "
-                   f"{r.alloc:.1%} | {r.makespan_h:.1f} | {waits} | {r.preemptions} | "
-                   f"{r.overhead_gpu_h:.1f} | {r.starved} |")
+                   f"{r.alloc_while_quota_allows:.1%} | {r.alloc:.1%} | {r.makespan_h:.1f} | "
+                   f"{waits} | {r.preemptions} | {r.overhead_gpu_h:.1f} | {r.starved} |")
     return out
 
 

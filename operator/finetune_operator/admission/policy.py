@@ -2,26 +2,42 @@
 
 Order. Waiting jobs are sorted by effective priority = base priority (the PriorityClass value)
 + min(aging_cap, aging_rate_per_minute * minutes waited), then creation time, then name (then
-namespace and uid, for a total order). Aging is capped, so a job overtakes a higher band only
-when the cap is configured larger than the gap between the bands.
+namespace and uid, for a total order). Minutes waited count from the job's *first* queue entry
+(``QueuedJob.first_queued_at``, default its creation), so a job that was preempted, suspended or
+requeued keeps its place. Aging is capped, so a job overtakes a higher band only when the cap is
+configured larger than the gap between the bands.
 
 Walk. One pass in that order. A job is admitted when its namespace is under
-maxRunningJobsPerNamespace, its namespace's GPU quota has room for gpus * nodes, and the nodes
-have room: every pod (one per node) on a distinct schedulable node that matches its
-nodeSelector/tolerations and has `gpus` free, best fit (fewest free GPUs first). A multi-node
-job is admitted whole or not at all. Admitting takes the GPUs and quota for the rest of the
-walk.
+maxRunningJobsPerNamespace, every ResourceQuota that charges it (its namespace and GPU
+resource, and whose scopes match it: PriorityClass In/NotIn/Exists, NotTerminating, ...) has room
+for gpus * nodes, and the nodes have room: every pod (one per node) on a distinct schedulable
+node that matches its nodeSelector/tolerations and has `gpus` free, best fit (fewest free GPUs
+first). A multi-node job is admitted whole or not at all. Admitting takes the GPUs and quota for
+the rest of the walk.
 
-Backfill with reservations (starvation freedom). A job that does not fit does not stop the walk:
-smaller jobs behind it may use what is left. That alone can starve a big job forever (every GPU
-that frees up is taken by a small job before enough free up together), so a blocked job that has
-waited past its aging bound (``Policy.reserve_threshold_seconds``: by default the time its aging
-takes to reach the cap) *reserves* what it needs: the quota in its namespace, and its gang's worth
-of GPUs on the nodes closest to fitting it. Jobs behind it cannot use reserved GPUs or quota;
-jobs ahead of it still can. Running jobs end, the reserved nodes only gain free GPUs, and the
-job is admitted. The bound: an aged job waits at most for the jobs ahead of it in the order plus
-the running jobs on its reserved nodes; a job of a higher band that keeps arriving stays ahead
-only while its base priority exceeds the aged job's base + cap.
+Reservations (starvation freedom). A job that does not fit does not stop the walk: smaller jobs
+behind it may use what is left. That alone can starve a big job forever (every GPU that frees up
+is taken by a small job before enough free up together), so a blocked job that has waited past
+its aging bound (``Policy.reserve_threshold_seconds``: by default the time its aging takes to
+reach the cap) *reserves* what it needs: its gang's worth of GPUs on the nodes where it can start
+soonest (nodes no other reservation holds, then the earliest time enough GPUs free up there by
+the running jobs' ``expected_end_at``), and the quota that charges it. Jobs ahead of it may still
+use reserved GPUs; jobs behind it may not, except by backfill. The bound: an aged job waits at
+most for the jobs ahead of it in the order plus the running jobs on its reserved nodes; a job of
+a higher band that keeps arriving stays ahead only while its base priority exceeds the aged
+job's base + cap.
+
+Bounded reservations. The first reservation in a GPU pool is always made (it guarantees
+progress); each further one only while all reservations together keep at most
+``Policy.max_reserved_idle_share`` of the pool's free GPUs (at the start of the walk) idle.
+A job refused a reservation waits like any other and may reserve in a later pass.
+
+Backfill. A job behind a reservation may use reserved GPUs (or reserved quota) only when it is
+expected to end before that reservation can start: its ``expected_seconds`` is at most the
+reserved job's expected start on that node. Unknown is conservative on both sides: a queued job
+without ``expected_seconds`` never backfills, and a running job without ``expected_end_at``
+counts as ending now, so a reservation waiting on it starts "now" and nothing backfills there.
+So backfill never delays a reserved job beyond the running jobs' own ETAs.
 
 Preemption. Only for a job whose PriorityClass is in ``Policy.preempting_priority_classes``,
 and only when it cannot fit otherwise. Victims are running jobs of strictly lower *base*
@@ -50,6 +66,7 @@ twice. Jobs whose pods do not exist yet (``counted_in_quota=False``) are added t
 from __future__ import annotations
 
 import math
+from bisect import insort
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
@@ -148,11 +165,19 @@ class _Admitter:
         # there; unknown ends count as "now" (conservative for the jobs waiting on them)
         self.ends: dict[str, dict[str, list[tuple[float, int]]]] = defaultdict(
             lambda: defaultdict(list))
+        self.quota_ends: dict[int, list[tuple[float, int]]] = defaultdict(list)  # per quota
         for r in self.candidates:
             left = (0.0 if r.expected_end_at is None
                     else max(0.0, (r.expected_end_at - now).total_seconds()))
             for node in self.placement_of.get(r.uid, ()):
                 self.ends[r.gpu_resource][node].append((left, r.gpus))
+            for i in self.quota.ids(r):
+                self.quota_ends[i].append((left, r.total_gpus))
+        for per_node in self.ends.values():  # kept sorted: soonest end first
+            for node_ends in per_node.values():
+                node_ends.sort()
+        for quota_ends in self.quota_ends.values():
+            quota_ends.sort()
 
     def pool(self, resource: str) -> Pool:
         if resource not in self.pools:
@@ -198,8 +223,11 @@ class _Admitter:
             if pool is not None:
                 pool.take(placement, job.gpus)
                 self.quota.take(job)
+                left = job.expected_seconds or 0.0
                 for node in placement:
-                    self.ends[res][node].append((job.expected_seconds or 0.0, job.gpus))
+                    insort(self.ends[res][node], (left, job.gpus))
+                for i in self.quota.ids(job):
+                    insort(self.quota_ends[i], (left, job.total_gpus))
             self.running_count[ns] += 1
             self.admitted.append(Admission(job=job, placement=placement, effective_priority=eff))
             return
@@ -301,22 +329,39 @@ class _Admitter:
         threshold = self.policy.reserve_threshold_seconds
         if threshold is None or (self.now - job.waiting_since).total_seconds() < threshold:
             return False
-        start = 0.0  # quota-blocked: it may start whenever quota frees up
+        start = self._quota_start(job)
         if quota_ok:  # capacity is what blocks it: hold GPUs where it can start soonest
+            share = self.policy.max_reserved_idle_share
+            bounded = share is not None and pool.reservations > 0
+            budget = (share or 0.0) * pool.free_initial
+            if bounded and pool.idle_reserved > budget:
+                return False  # bounded: the first reservation alone guarantees progress
             targets = self._reservation_targets(job, pool, sig)
             if len(targets) < job.nodes:
                 return False
             names = tuple(name for _, name in targets)
-            share = self.policy.max_reserved_idle_share
-            if share is not None and pool.reservations and (
-                    pool.idle_reserved + pool.idle_if_reserved(names, job.gpus)
-                    > share * pool.free_initial):
-                return False  # bounded: the first reservation alone guarantees progress
-            start = max(start for start, _ in targets)
+            if bounded and pool.idle_reserved + pool.idle_if_reserved(names, job.gpus) > budget:
+                return False
+            start = max(start, *(at for at, _ in targets))
             pool.hold(names, job.gpus, start)
         # its quota, so jobs behind it in the namespace cannot keep using it up
         self.quota.reserve(job, start=start)
         return True
+
+    def _quota_start(self, job: QueuedJob) -> float:
+        """Seconds until every quota that charges the job has room for it, by the expected
+        ends of the jobs charged to it (0 when it has room now, or an end is unknown)."""
+        book, start = self.quota, 0.0
+        for i in book.ids(job):
+            have = book.free[i] + book.pending[i] - book.reserved[i]
+            at = 0.0 if have >= job.total_gpus else math.inf
+            for left, gpus in self.quota_ends[i] if at else ():
+                have += gpus
+                if have >= job.total_gpus:
+                    at = left
+                    break
+            start = max(start, at)
+        return start
 
     def _reservation_targets(self, job: QueuedJob, pool: Pool,
                              sig: Signature) -> list[tuple[float, str]]:
@@ -324,13 +369,16 @@ class _Admitter:
         no other reservation holds first, then by when enough GPUs free up there (running
         jobs' expected ends), then most available GPUs, then name."""
         ends = self.ends[job.gpu_resource]
+        nodes = list(pool.candidates(job.gpus, sig))
+        free = [n for n in nodes if not n.reserved]
         ranked = []
-        for node in pool.candidates(job.gpus, sig):
+        # held nodes only rank after free ones: look at them only when there are too few
+        for node in free if len(free) >= job.nodes else nodes:
             have, start = node.free + node.pending - node.reserved, math.inf
             if have >= job.gpus:
                 start = 0.0
             else:
-                for left, gpus in sorted(ends.get(node.name, ())):
+                for left, gpus in ends.get(node.name, ()):
                     have += gpus
                     if have >= job.gpus:
                         start = left
