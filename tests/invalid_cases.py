@@ -186,6 +186,44 @@ CASES: list[Case] = [
 ]
 
 
+@dataclass(frozen=True)
+class Transition:
+    """A merge patch of ``spec`` on a stored ``valid_manifest()`` whose status.phase is `phase`:
+    rejected naming `field` (CEL transition rules: spec frozen once admitted), or accepted when
+    `field` is empty."""
+    id: str
+    phase: str
+    spec: dict[str, Any]
+    field: str = ""
+
+
+_ADMITTED = ("Admitted", "Running", "Preempting", "Succeeded", "Failed")
+TRANSITIONS: list[Transition] = [
+    *(Transition(f"gpus-while-{p.lower()}", p, {"resources": {"gpus": 0}}, "spec.resources")
+      for p in _ADMITTED),
+    Transition("priority-while-running", "Running", {"priorityClassName": "finetune-low"},
+               "spec.priorityClassName"),
+    Transition("image-while-running", "Running", {"image": "evil.example/x:1"}, "spec.image"),
+    Transition("model-while-running", "Running", {"model": {"name": "other"}}, "spec.model"),
+    Transition("dataset-while-admitted", "Admitted", {"dataset": {"cutoffLen": 512}},
+               "spec.dataset"),
+    Transition("checkpoint-while-running", "Running", {"checkpoint": {"keep": 5}},
+               "spec.checkpoint"),
+    Transition("lora-removed-while-running", "Running", {"lora": None}, "spec.lora"),
+    Transition("training-while-preempting", "Preempting", {"training": {"epochs": 9}},
+               "spec.training"),
+    # what stays editable once admitted
+    Transition("suspend-while-running", "Running", {"suspend": True}),
+    Transition("deadline-while-running", "Running", {"activeDeadlineSeconds": 3600}),
+    Transition("backoff-while-running", "Running", {"backoffLimit": 7}),
+    # before admission (or parked) everything may change
+    Transition("gpus-while-queued", "Queued", {"resources": {"gpus": 2}}),
+    Transition("gpus-while-suspended", "Suspended", {"resources": {"gpus": 2},
+                                                     "priorityClassName": "finetune-low"}),
+    Transition("gpus-without-status", "", {"resources": {"gpus": 2}}),
+]
+
+
 def _norm(text: str) -> str:
     """`tolerations[0]` -> `tolerations.0`, so server and pydantic paths compare alike."""
     return re.sub(r"\[(\d+)\]", r".\1", text)

@@ -11,7 +11,15 @@ import pytest
 
 from finetune_operator.api import FineTuneJobSpec
 
-from ..invalid_cases import CASES, Case, names_field, server_errors, valid_manifest
+from ..invalid_cases import (
+    CASES,
+    TRANSITIONS,
+    Case,
+    Transition,
+    names_field,
+    server_errors,
+    valid_manifest,
+)
 from ..kube import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -92,3 +100,62 @@ def test_printer_columns_short_name_category_and_status_subresource(
                           "--subresource=status", "--type=merge", "-p",
                           json.dumps({"status": {"phase": "Exploded"}}), check=False)
     assert bad.returncode != 0 and "status.phase" in bad.stderr
+
+
+def patch_spec_in_phase(cluster: Cluster, namespace: str, name: str, phase: str,
+                        spec: dict[str, Any], *as_user: str) -> tuple[Any, dict, dict]:
+    """Set status.phase, then merge-patch `spec` against exactly that object (resourceVersion
+    precondition): an operator running on the shared cluster may rewrite the status in between,
+    and then the patch conflicts and the pair is retried. (proc, before, after)"""
+    seen, proc = "", None
+    for _ in range(20):
+        if phase:
+            cluster.kubectl("patch", "finetunejob", name, "-n", namespace, "--subresource=status",
+                            "--type=merge", "-p", json.dumps({"status": {"phase": phase}}))
+        before = cluster.get("finetunejob", name, namespace)
+        assert before is not None
+        seen = (before.get("status") or {}).get("phase", "")
+        # "" (no status yet): a running operator may have queued the job meanwhile; both are
+        # editable phases, so either tests the same rule
+        if seen != phase and not (phase == "" and seen == "Queued"):
+            continue
+        body = {"metadata": {"resourceVersion": before["metadata"]["resourceVersion"]},
+                "spec": spec}
+        proc = cluster.kubectl(*as_user, "patch", "finetunejob", name, "-n", namespace,
+                               "--type=merge", "-p", json.dumps(body), check=False)
+        if "the object has been modified" in proc.stderr:
+            continue
+        after = cluster.get("finetunejob", name, namespace)
+        assert after is not None
+        return proc, before, after
+    raise AssertionError(f"could not patch {namespace}/{name} while in phase {phase!r} (last "
+                         f"seen {seen!r}, {proc.stderr if proc else ''}): something rewrites "
+                         "its status continuously")
+
+
+@pytest.mark.parametrize("case", TRANSITIONS, ids=lambda c: c.id)
+def test_spec_is_frozen_once_admitted(
+    cluster: Cluster, crd_installed: object, namespace: str, case: Transition
+) -> None:
+    """CEL transition rules at the CRD's root (a spec rule cannot see status): only suspend,
+    activeDeadlineSeconds, backoffLimit and ttlSecondsAfterFinished change once the job is
+    admitted; the message names the field and says to suspend or recreate."""
+    # no GPU quota: an operator running on the shared cluster keeps the job Queued instead of
+    # admitting it (the test sets the phases itself)
+    cluster.kubectl("create", "quota", "gpus", "-n", namespace, "--hard=requests.nvidia.com/gpu=0")
+    assert _apply(cluster, namespace, valid_manifest(namespace=namespace)).returncode == 0
+    proc, before, after = patch_spec_in_phase(cluster, namespace, "support-bot", case.phase,
+                                              case.spec)
+    if not case.field:
+        assert proc.returncode == 0, proc.stderr
+        assert after["spec"] != before["spec"]
+        return
+    assert proc.returncode != 0, f"{case.id}: accepted"
+    assert names_field(server_errors(proc.stderr), case.field), proc.stderr
+    assert f"{case.field} cannot change while the job is {case.phase}" in proc.stderr
+    assert "set spec.suspend to true" in proc.stderr and "recreate" in proc.stderr
+    assert after["spec"] == before["spec"]
+    # the operator's status writes are not spec changes: still accepted
+    cluster.kubectl("patch", "finetunejob", "support-bot", "-n", namespace,
+                    "--subresource=status", "--type=merge", "-p",
+                    json.dumps({"status": {"preemptions": 1}}))
