@@ -349,8 +349,7 @@ FTJ_PATH = "/apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs"
 DONE = {"reason": "Completed", "finalStep": 1}
 
 
-def run_ours(b: Bench) -> dict[str, Any]:
-    res: dict[str, Any] = {}
+def run_ours(b: Bench, res: dict[str, Any]) -> None:
     src, res["source"] = operator_source(b.args.operator_ref, b.work)
     log(f"operator from {res['source']} ({src})")
     api = b.fresh_cluster()
@@ -437,7 +436,6 @@ def run_ours(b: Bench) -> dict[str, Any]:
     finally:
         watch.stop()
         op.stop()
-    return res
 
 
 def memory_phase(b: Bench, res: dict, op: Operator, existing: int) -> None:
@@ -482,8 +480,7 @@ def memory_phase(b: Bench, res: dict, op: Operator, existing: int) -> None:
 KUEUE_JOBS_PATH = "/apis/batch/v1/namespaces/{ns}/jobs"
 
 
-def run_kueue(b: Bench) -> dict[str, Any]:
-    res: dict[str, Any] = {}
+def run_kueue(b: Bench, res: dict[str, Any]) -> None:
     binary, took = kueue.ensure_built()
     res["build_seconds"] = took if took is not None else kueue.recorded_build_seconds()
     res["build_cached"] = took is None
@@ -568,7 +565,6 @@ def run_kueue(b: Bench) -> dict[str, Any]:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-    return res
 
 
 # ---------------------------------------------------------------- report
@@ -638,8 +634,8 @@ def report(b: Bench, command: str) -> list[str]:
         xs = (ours.get(key) or {}).get("apiserver", Counter())
         ys = (kq.get(key) or {}).get("apiserver", Counter())
         f = (lambda c: sum(c.values())) if "requests" in label else _writes
-        x = f(xs) if ours and "error" not in ours else None
-        y = f(ys) if kq and "error" not in kq else None
+        x = f(xs) if key in ours else None
+        y = f(ys) if key in kq else None
         lines.append(f"| {label} | {_num(x)} | {_num(y)} | {_ratio(x, y)} |")
     for label, key in (("controller RSS after fill (VmRSS)", "rss_after_fill"),
                        ("controller peak RSS (VmHWM) after back-fill", "rss_5000")):
@@ -648,7 +644,8 @@ def report(b: Bench, command: str) -> list[str]:
         lines.append(f"| {label} | {_fmt(mx, 'MB')} | {_fmt(my, 'MB')} | {_ratio(mx, my)} |")
     for name, r in (("ours", ours), ("Kueue", kq)):
         if "error" in r:
-            lines += ["", f"The {name} phase failed: {r['error']} (figures above: n/a)."]
+            lines += ["", f"The {name} phase failed: {r['error']} (what it had measured is "
+                      "shown; the rest is n/a)."]
     if kq:
         lines.append("")
         lines.append(f"Kueue: came up: {'yes' if kq.get('came_up') else 'NO'}; built in "
@@ -730,13 +727,13 @@ def main() -> int:
     try:
         for phase in args.phases.split(","):
             log(f"phase {phase}")
+            res = b.results[phase] = {}
             try:
-                b.results[phase] = {"ours": run_ours, "kueue": run_kueue}[phase](b)
-            except Exception as e:  # one phase failing must not lose the other's figures
+                {"ours": run_ours, "kueue": run_kueue}[phase](b, res)
+            except Exception as e:  # a phase failing keeps what it measured, and the other's
                 log(f"phase {phase} failed: {e!r}")
-                b.results[phase] = {"error": repr(e)}
-                if phase == "kueue":
-                    b.results[phase]["came_up"] = False
+                res["error"] = repr(e)
+                res.setdefault("came_up", False)
     finally:
         if not args.keep:
             dc.down(b.cfg)

@@ -61,12 +61,11 @@ def add_nodes(cfg: dc.ClusterConfig, prefix: str, count: int, gpus: int,
         items = []
         for name in names[start:start + 100]:
             node = dc.node_manifest(name, gpus, labels)
+            cap = {**node["status"]["capacity"], "pods": str(pods)}
             if not gpus:
-                for key in ("capacity", "allocatable"):
-                    node["status"][key].pop(dc.GPU_RESOURCE)
+                cap.pop(dc.GPU_RESOURCE)
                 node["metadata"]["labels"].pop("nvidia.com/gpu.present")
-            for key in ("capacity", "allocatable"):
-                node["status"][key]["pods"] = str(pods)
+            node["status"] = {"capacity": cap, "allocatable": cap}
             items.append(node)
         dc.kubectl(cfg, "apply", "-f", "-",
                    input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
