@@ -40,6 +40,8 @@ def test_parameter_paths_are_an_enum_of_the_job_spec_fields() -> None:
     values = param["items"]["properties"]["values"]
     assert values["minItems"] == 1
     assert values["items"] == {"x-kubernetes-preserve-unknown-fields": True}
+    # exactly one of values/range: a property count (CEL cannot type the any-typed values)
+    assert (param["items"]["minProperties"], param["items"]["maxProperties"]) == (2, 2)
 
 
 def test_template_is_the_full_job_spec_schema_with_its_rules() -> None:
@@ -53,4 +55,4 @@ def test_template_is_the_full_job_spec_schema_with_its_rules() -> None:
     assert "template.dataset.validationSplit" in split["x-kubernetes-validations"][0]["message"]
     assert template["x-kubernetes-validations"] == job_spec["x-kubernetes-validations"]
     rules = " ".join(r["rule"] for r in SPEC["x-kubernetes-validations"])
-    assert "exists_one" in rules and "has(p.values)" in rules and "template.evaluation" in rules
+    assert "exists_one" in rules and "has(p.range)" in rules and "template.evaluation" in rules

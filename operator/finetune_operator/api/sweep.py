@@ -101,11 +101,12 @@ class SweepRange(ApiModel):
 
 
 class SweepParameter(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("has(self.values) != has(self.range)",
-         "set exactly one of values (grid or random choice) or range (random search)",
-         ".values"),
-    ))
+    # Exactly one of values/range besides path, as a property count: CEL cannot see `values`
+    # (a list of any-typed items has no CEL type), so the schema says it instead.
+    model_config = ConfigDict(json_schema_extra={
+        "minProperties": 2, "maxProperties": 2,
+        "description": "path plus exactly one of values (grid or random choice) or range "
+        "(random search)"})
     path: Literal[FIELD_PATHS] = Field(  # type: ignore[valid-type]
         description="wire path of a FineTuneJob spec field, e.g. training.learningRate")
     values: list[AnyValue] | None = Field(default=None, min_length=1, max_length=64)
@@ -160,7 +161,7 @@ _SPEC_RULES = cel(
     ("self.parameters.all(p, self.parameters.exists_one(q, q.path == p.path))",
      "parameters: each path may appear only once", ".parameters"),
     ("!has(self.search) || self.search.strategy != 'grid' "
-     "|| self.parameters.all(p, has(p.values))",
+     "|| self.parameters.all(p, !has(p.range))",
      "parameters: a grid search needs values for every parameter (range is for random search)",
      ".parameters"),
     ("!has(self.objective) || !self.objective.metric.startsWith('test') "

@@ -159,9 +159,11 @@ def rank_trials(sweep: FineTuneSweep, trials: list[TrialStatus]) -> list[TrialSt
                                          t.index))
 
 
-def plan_sweep(sweep: FineTuneSweep, jobs: list[dict[str, Any]], now: datetime) -> SweepPlan:
+def plan_sweep(sweep: FineTuneSweep, jobs: list[dict[str, Any]], now: datetime,
+               create: bool = True) -> SweepPlan:
     """The sweep's next step. ``jobs``: FineTuneJob bodies of the sweep's namespace (others are
-    ignored); only those owned by the sweep's uid count as its trials."""
+    ignored); only those owned by the sweep's uid count as its trials. ``create=False``: the
+    status of what exists, planning no creation."""
     m = sweep.metadata
     old = sweep.status.to_wire()
     plan = SweepPlan()
@@ -204,7 +206,7 @@ def plan_sweep(sweep: FineTuneSweep, jobs: list[dict[str, Any]], now: datetime) 
     active = sum(1 for s in statuses if s.phase != "Pending" and not _finished(s.phase))
     if not sweep.metadata.deletion_timestamp:
         for t, s in zip(trials, statuses, strict=True):
-            if active >= sweep.spec.max_parallel:
+            if not create or active >= sweep.spec.max_parallel:
                 break
             if s.phase == "Pending" and s.name not in conflicts:
                 plan.creates.append(trial_body(sweep, t))

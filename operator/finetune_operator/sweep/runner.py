@@ -78,23 +78,33 @@ class SweepRunner:
                     self.kube.patch_sweep_status(meta["namespace"], meta["name"], st)
                     out.status_patched.append(key)
                 continue
-            plan = plan_sweep(sweep, by_ns.get(sweep.metadata.namespace, []), now)
-            out.plans[key] = plan
+            jobs = by_ns.get(sweep.metadata.namespace, [])
+            plan = plan_sweep(sweep, jobs, now)
             seen.append(sweep)
-            self._execute(sweep, plan, out)
+            out.plans[key] = self._execute(sweep, plan, jobs, now, out)
         metrics.observe_sweeps([(s, out.plans[s.key]) for s in seen], job_bodies)
         return out
 
-    def _execute(self, sweep: FineTuneSweep, plan: SweepPlan, out: SyncResult) -> None:
+    def _execute(self, sweep: FineTuneSweep, plan: SweepPlan, jobs: list[dict[str, Any]],
+                 now: datetime, out: SyncResult) -> SweepPlan:
         ns = sweep.metadata.namespace
+        seen: dict[str, dict[str, Any]] = {}
         for body in plan.creates:
             obj, created = self.kube.create_trial(body)
             name = body["metadata"]["name"]
+            seen[name] = obj
             if created:
                 out.created.append(f"{ns}/{name}")
             elif not owned_by(obj, sweep.metadata.uid):
                 log.warning("FineTuneSweep %s: FineTuneJob %s/%s exists and is not its trial; "
                             "not adopting it (delete or rename that job)", sweep.key, ns, name)
+        if seen:
+            # The view may have been stale (a restart, a lagging watch): the status tells what
+            # the creations found (a foreign job is a conflict, not a queued trial); any further
+            # creation waits for the next cycle.
+            known = [j for j in jobs if (j.get("metadata") or {}).get("name") not in seen]
+            status = plan_sweep(sweep, known + list(seen.values()), now, create=False).status
+            plan.status, plan.status_changed = status, status != sweep.status.to_wire()
         for name, uid, why in plan.stops:
             log.info("FineTuneSweep %s: early-stopping trial %s: %s", sweep.key, name, why)
             if self.kube.stop_trial(ns, name, uid, {EARLY_STOP_ANNOTATION: why[:512]}):
@@ -102,4 +112,5 @@ class SweepRunner:
         if plan.status_changed:
             self.kube.patch_sweep_status(ns, sweep.metadata.name, plan.status)
             out.status_patched.append(sweep.key)
+        return plan
 
