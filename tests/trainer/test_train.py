@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from finetune_trainer import checkpoint as ck
-from finetune_trainer.callbacks import EVAL_DELAY_ENV, SAVE_DELAY_ENV, SAVE_DELAY_STEP_ENV
+from finetune_trainer.callbacks import (
+    EVAL_DELAY_ENV,
+    EVAL_DELAY_STEP_ENV,
+    SAVE_DELAY_ENV,
+    SAVE_DELAY_STEP_ENV,
+)
 
 from .helpers import (
     DATA,
@@ -133,7 +138,7 @@ def test_sigterm_during_evaluation_saves_first_then_resumes_exact(
     slow: 300 s per batch) is abandoned, the checkpoint of that step is saved, exit 0."""
     base = baseline("lora")
     r = Run(tmp_path / "eval", tiny_model, METHODS["lora"])
-    proc = start_launcher(r.config, r.log, 1, {EVAL_DELAY_ENV: "300"})
+    proc = start_launcher(r.config, r.log, 1, {EVAL_DELAY_ENV: "300", EVAL_DELAY_STEP_ENV: "5"})
     # step 5 is an evaluation step and a checkpoint step: the evaluation runs first
     wait_until("the evaluation of step 5", lambda: "evaluation batch at step 5 delayed"
                in r.log.read_text(errors="replace"), proc, r.log)
@@ -152,6 +157,34 @@ def test_sigterm_during_evaluation_saves_first_then_resumes_exact(
     assert max_diff(base.work / WEIGHTS["lora"], r.work / WEIGHTS["lora"]) <= 1e-6
     assert r.term()["metrics"]["evalLoss"] == pytest.approx(base.term()["metrics"]["evalLoss"],
                                                             abs=1e-6)
+
+
+def test_sigterm_after_the_last_step_skips_evaluation_and_export(
+        baseline: Callable[[str], Run], tiny_model: Path, tmp_path: Path) -> None:
+    """Training done and saved, the final evaluation in progress: SIGTERM ends the attempt
+    (exit 0, Preempted at the last step); the next attempt only evaluates and exports."""
+    base = baseline("lora")
+    r = Run(tmp_path / "late", tiny_model, METHODS["lora"])
+    proc = start_launcher(r.config, r.log, 1,
+                          {EVAL_DELAY_ENV: "300", EVAL_DELAY_STEP_ENV: str(MAX_STEPS)})
+    wait_until("the evaluation of the last step", lambda: f"evaluation batch at step {MAX_STEPS}"
+               " delayed" in r.log.read_text(errors="replace"), proc, r.log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 0, r.output()
+    term = r.term()
+    assert term["reason"] == "Preempted" and term["finalStep"] == MAX_STEPS, term
+    assert "after training, before export" in term["message"]
+    assert term["checkpoint"]["step"] == MAX_STEPS
+    assert not (r.work / "output/adapter").exists()
+
+    assert r.launch() == 0, r.output()
+    term2 = r.term()
+    assert term2["reason"] == "Completed" and term2["finalStep"] == MAX_STEPS
+    assert r.prog()["resumedFromStep"] == MAX_STEPS, "no step trained twice or added"
+    assert "training already finished at step 14" in r.log.read_text(errors="replace")
+    assert max_diff(base.work / WEIGHTS["lora"], r.work / WEIGHTS["lora"]) <= 1e-6
+    assert term2["metrics"]["evalLoss"] == pytest.approx(base.term()["metrics"]["evalLoss"],
+                                                         abs=1e-6)
 
 
 def test_sigterm_while_loading_exits_0_without_training(tiny_model: Path,

@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 # can SIGKILL a save in flight. Unset in production.
 SAVE_DELAY_ENV = "FINETUNE_DEBUG_SAVE_DELAY_SECONDS"
 SAVE_DELAY_STEP_ENV = "FINETUNE_DEBUG_SAVE_DELAY_STEP"
-# Test hook: sleep this long before each evaluation batch, so a test can send SIGTERM while an
-# evaluation is in progress. Unset in production.
+# Test hook: sleep this long before each evaluation batch (of step FINETUNE_DEBUG_EVAL_DELAY_STEP
+# when set), so a test can send SIGTERM while an evaluation is in progress. Unset in production.
 EVAL_DELAY_ENV = "FINETUNE_DEBUG_EVAL_DELAY_SECONDS"
+EVAL_DELAY_STEP_ENV = "FINETUNE_DEBUG_EVAL_DELAY_STEP"
 
 
 @dataclass
@@ -150,7 +151,8 @@ class CheckpointingTrainer(Trainer):
 
     def prediction_step(self, *args: Any, **kwargs: Any) -> Any:
         delay = os.environ.get(EVAL_DELAY_ENV)
-        if delay:
+        at = os.environ.get(EVAL_DELAY_STEP_ENV)
+        if delay and (at is None or int(at) == self.state.global_step):
             log.warning("debug: evaluation batch at step %d delayed by %ss (%s)",
                         self.state.global_step, delay, EVAL_DELAY_ENV)
             _interruptible_sleep(float(delay), self.flag)

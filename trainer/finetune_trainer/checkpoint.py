@@ -33,6 +33,7 @@ PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-checkpoint-"
 MARKER = "COMPLETE"
 JOB_FILE = "job.json"
+TRAINER_STATE_FILE = "trainer_state.json"  # written by the HF Trainer into every checkpoint
 _STEP_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -88,6 +89,15 @@ def is_complete(path: Path, job_uid: str | None = None) -> bool:
         except OSError:
             return False
     return True
+
+
+def training_finished(path: Path) -> bool:
+    """True when the checkpoint is the last step of its run (its trainer state says so)."""
+    try:
+        state = json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+        return 0 < int(state["max_steps"]) <= int(state["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def list_checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:

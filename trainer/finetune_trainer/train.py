@@ -198,6 +198,12 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
 
     ds_spec = spec.distributed.deepspeed if spec.distributed else None
     ds = deepspeed_config(ds_spec, precision) if ds_spec is not None else None
+    if rt.world_size == 1 and ds is None:
+        # One process without DeepSpeed needs no process group: without these variables the
+        # HF Trainer does not wrap the model in a one-rank DDP (the launcher always sets them,
+        # because DeepSpeed on one GPU needs them to avoid MPI discovery).
+        for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+            os.environ.pop(k, None)
     # TrainingArguments first: with ZeRO-3 it must exist before the model is created, so the
     # weights are partitioned while loading (HfDeepSpeedConfig).
     args = transformers.TrainingArguments(
@@ -225,7 +231,21 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
         return _preempted(run_state, resume.step if resume else 0, "before training started")
 
     run_state.train_called_at = time.monotonic()
-    out = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+    training_loss = 0.0
+    if resume and ck.training_finished(resume.path) and not _zero3(ds):
+        # A previous attempt finished training and was stopped during evaluation or export.
+        # Resuming the HF loop at the last step would train one step more: load the final
+        # weights instead and do only what is left.
+        log.info("training already finished at step %d; evaluating and exporting", resume.step)
+        trainer.state = transformers.TrainerState.load_from_json(
+            str(resume.path / ck.TRAINER_STATE_FILE))
+        trainer._load_from_checkpoint(str(resume.path))
+        run_state.start_step = run_state.resumed_from = resume.step
+        run_state.start_time = run_state.clock()
+        run_state.start_tokens = int(trainer.state.num_input_tokens_seen or 0)
+    else:
+        out = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        training_loss = float(out.training_loss or 0.0)
     step = int(trainer.state.global_step)
     if run_state.preempted_at is not None and step < int(trainer.state.max_steps):
         return _preempted(run_state, step, f"by {flag.signal_name}")
@@ -235,8 +255,8 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
     # redoes only this part.
     run_state.report(trainer.state, "saving", force=True)
     metrics: dict[str, float] = {}
-    if out.training_loss and run_state.start_step < step:
-        metrics["trainLoss"] = float(out.training_loss)
+    if training_loss and run_state.start_step < step:
+        metrics["trainLoss"] = training_loss
     if eval_ex:
         ev = run_state.eval_metrics if run_state.eval_step == step else trainer.evaluate()
         if "eval_loss" in ev:
@@ -273,6 +293,12 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
     log.info("completed at step %d: %s", step, metrics)
     return Outcome("Completed", step, f"completed {step} steps", adapter_rel, merged_rel,
                    metrics, run_state.checkpoint_report())
+
+
+def _zero3(ds: dict[str, Any] | None) -> bool:
+    """ZeRO-3 partitions the weights while loading, so a finished run is resumed through the
+    HF loop (it may take one step more) rather than by loading the final weights."""
+    return bool(ds and ds.get("zero_optimization", {}).get("stage") == 3)
 
 
 def _preempted(run_state: RunState, step: int, why: str) -> Outcome:
