@@ -141,6 +141,9 @@ def test_write_budget_and_idle_zero_writes(cluster, operator, make_namespace,  #
     renew = OperatorSettings.from_env(operator.env).lease_renew_seconds
     allowed_lease = math.ceil(window / renew) + 1
 
+    print(f"write budget: {per_job:.2f} writes per job lifecycle over {JOBS} jobs "
+          f"({show(writes(lifecycle, lease=False))}); idle {window:.0f}s: "
+          f"{show(writes(idle, lease=False))} besides {lease_writes} Lease writes")
     problems = [idle_problem] if idle_problem else []
     if per_job > WRITE_BUDGET_PER_JOB:
         problems.append(f"{per_job:.1f} API writes per job lifecycle (budget "
