@@ -192,10 +192,11 @@ def run_merge(root: Path, model: Path, data: Path) -> Row:
     merged_dir = root / "merge/output/merged"
     tok = AutoTokenizer.from_pretrained(merged_dir)
     x = tok("What is the capital of France?", return_tensors="pt").to("cuda")
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).cuda().eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    merged = merged.to("cuda").eval()
     peft = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
-        str(root / "merge/output/adapter")).cuda().eval()
+        str(root / "merge/output/adapter")).to("cuda").eval()
     with torch.no_grad():
         diff = float((merged(**x).logits - peft(**x).logits).abs().max())
     row.ok = diff <= 5e-2  # merged in bf16 on the GPU, compared in fp32
