@@ -192,7 +192,7 @@ def run_merge(root: Path, model: Path, data: Path) -> Row:
     merged_dir = root / "merge/output/merged"
     tok = AutoTokenizer.from_pretrained(merged_dir)
     x = tok("What is the capital of France?", return_tensors="pt").to("cuda")
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    merged: Any = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
     merged = merged.to("cuda").eval()
     peft = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
