@@ -257,3 +257,63 @@ def test_logs_on_a_local_agent_node_point_at_the_log_file(
                         "--grace-period=0", "--force", "--ignore-not-found")
         agent.stop(60)
         cluster.kubectl("delete", "node", agent.node, "--ignore-not-found", "--wait=false")
+
+
+# ---- sweeps and compare (issue 13) -------------------------------------------------------------
+
+SWEEP_CRD = Path(__file__).resolve().parents[2] / "crds" / "finetunesweeps.finetune.dev.yaml"
+
+
+def test_sweep_list_describe_compare_and_compare_jobs(cluster: Cluster, crd_installed: Path,
+                                                      make_namespace: MakeNamespace) -> None:
+    from datetime import UTC, datetime
+
+    from finetune_operator.k8s import Kube
+    from finetune_operator.sweep import SweepRunner
+
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(SWEEP_CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/finetunesweeps.finetune.dev")
+    ns = make_namespace()
+    template = {"model": {"name": "tiny", "source": {"pvc": {"claimName": "m", "path": "t"}}},
+                "dataset": {"source": {"configMap": {"name": "data", "key": "train.jsonl"}}},
+                "training": {"maxSteps": 10}, "resources": {"gpus": 0},
+                "suspend": True}  # parked: nothing here should run
+    sweep = {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneSweep",
+             "metadata": {"name": "cmp"},
+             "spec": {"template": template, "maxParallel": 2,
+                      "parameters": [{"path": "lora.rank", "values": [4, 8]}],
+                      "objective": {"metric": "evalLoss"}}}
+    cluster.apply(sweep, ns)
+    body = cluster.get("finetunesweep", "cmp", ns)
+    assert body is not None
+    SweepRunner(Kube(cluster.api)).sync([body], [], datetime.now(UTC))
+    # play the operator's part: both trials finished with their metrics
+    for name, loss in (("cmp-t0", 0.8), ("cmp-t1", 0.6)):
+        status = {"phase": "Succeeded", "startTime": "2026-01-01T10:00:00Z",
+                  "completionTime": "2026-01-01T11:00:00Z", "preemptions": 1,
+                  "output": {"adapterPath": "output/adapter",
+                             "metrics": {"evalLoss": loss, "trainLoss": loss + 0.1}}}
+        cluster.kubectl("patch", "finetunejob", name, "-n", ns, "--subresource=status",
+                        "--type=merge", "-p", json.dumps({"status": status}))
+
+    rows = table(ok(cluster, "sweep", "compare", "cmp", "-n", ns))
+    assert [(r["RANK"], r["NAME"], r["LORA.RANK"], r["EVALLOSS"]) for r in rows] == [
+        ("1", "cmp-t1", "8", "0.6"), ("2", "cmp-t0", "4", "0.8")]
+    assert rows[0]["PHASE"] == "Succeeded" and rows[0]["PREEMPTIONS"] == "1"
+    assert rows[0]["GPU-HOURS"] == "0.00"  # a CPU job (0 GPUs) holds no GPU-hours
+    data = json.loads(ok(cluster, "sweep", "compare", "cmp", "-n", ns, "-o", "json"))
+    assert [t["name"] for t in data["trials"]] == ["cmp-t1", "cmp-t0"]
+    assert data["trials"][0]["parameters"] == {"lora.rank": 8}
+    assert yaml.safe_load(ok(cluster, "sweep", "compare", "cmp", "-n", ns, "-o", "yaml"))[
+        "metric"] == "evalLoss"
+    listed = table(ok(cluster, "sweep", "list", "-n", ns))
+    assert [r["NAME"] for r in listed] == ["cmp"]
+    described = ok(cluster, "sweep", "describe", "cmp", "-n", ns)
+    assert "minimize evalLoss" in described and "lora.rank" in described
+    assert described.index("cmp-t1") < described.index("cmp-t0")
+    rows = table(ok(cluster, "compare", "cmp-t0", "cmp-t1", "-n", ns, "--metric", "trainLoss",
+                    "--direction", "maximize"))
+    assert [r["NAME"] for r in rows] == ["cmp-t0", "cmp-t1"]
+    rc, _, err = cli(cluster, "sweep", "compare", "nope", "-n", ns)
+    assert rc == 1 and "FineTuneSweep nope not found" in err and "sweep list" in err

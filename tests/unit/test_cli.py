@@ -415,6 +415,8 @@ def test_trial_parameters_come_from_the_sweep_annotation() -> None:
     trial["metadata"]["annotations"][PARAMETERS_ANNOTATION] = json.dumps({"lora.rank": 8})
     rows = compare.compare_rows([trial], dt.datetime(2026, 1, 2, tzinfo=dt.UTC), "evalLoss")
     assert rows[0]["parameters"] == {"lora.rank": 8} and rows[0]["rank"] == 1
+    # "rank" would clash with the RANK column: the whole path names it
+    assert compare.compare_table(rows).split()[:4] == ["RANK", "NAME", "PHASE", "LORA.RANK"]
 
 
 def test_sweep_list_and_describe_text() -> None:

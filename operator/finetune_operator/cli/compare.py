@@ -122,8 +122,11 @@ def compare_table(rows: Sequence[Mapping[str, Any]]) -> str:
         params += [p for p in r["parameters"] if p not in params]
     present = {k for r in rows for k in r["metrics"]}
     metrics = [metric] + [m for m in METRIC_ORDER if m in present and m != metric]
-    short = [p.rsplit(".", 1)[-1] if [q.rsplit(".", 1)[-1] for q in params].count(
-        p.rsplit(".", 1)[-1]) == 1 else p for p in params]
+    fixed = {"RANK", "NAME", "PHASE", "GPU-HOURS", "PREEMPTIONS", *(m.upper() for m in metrics)}
+    leaves = [p.rsplit(".", 1)[-1] for p in params]
+    # a parameter column is its leaf name, or the whole path where the leaf is ambiguous
+    short = [leaf if leaves.count(leaf) == 1 and leaf.upper() not in fixed else p
+             for p, leaf in zip(params, leaves, strict=True)]
     headers = ["RANK", "NAME", "PHASE", *[s.upper() for s in short],
                *[m.upper() for m in metrics], "GPU-HOURS", "PREEMPTIONS"]
     body = []
