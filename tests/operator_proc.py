@@ -21,6 +21,11 @@ from .kube import Cluster, short_id, wait_for
 
 TEST_ENV = {
     "FINETUNE_ADMISSION_INTERVAL_SECONDS": "0.5",
+    "FINETUNE_MIN_CYCLE_INTERVAL_SECONDS": "0.05",
+    "FINETUNE_PROGRESS_WRITE_INTERVAL_SECONDS": "1",
+    "FINETUNE_QUEUE_STATUS_INTERVAL_SECONDS": "1",
+    "FINETUNE_LEASE_RENEW_SECONDS": "2",
+    "FINETUNE_UNSCHEDULABLE_GRACE_SECONDS": "3",
     "FINETUNE_BACKOFF_BASE_SECONDS": "1",
     "FINETUNE_MIN_RUNTIME_BEFORE_PREEMPTION_SECONDS": "0",
     "FINETUNE_AGING_RATE_PER_MINUTE": "100",
@@ -42,6 +47,8 @@ class OperatorProcess:
         self.env = {**TEST_ENV, "POD_NAME": f"test-operator-{short_id()}", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.report_port = free_port()
         self.log_path = log_dir / f"operator-{short_id()}.log"
 
     def start(self, *, leader: bool = True, **extra_env: str) -> OperatorProcess:
@@ -50,7 +57,8 @@ class OperatorProcess:
         env = {**os.environ, **self.env, **extra_env}
         argv = [sys.executable, "-m", "finetune_operator",
                 f"--kubeconfig={self.cluster.kubeconfig}",
-                f"--metrics-port={self.metrics_port}", f"--health-port={free_port()}"]
+                f"--metrics-port={self.metrics_port}", f"--health-port={self.health_port}",
+                f"--report-port={self.report_port}"]
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
@@ -165,7 +173,45 @@ def complete(cluster: Cluster, ns: str, name: str, step: int = 100) -> None:
                 "metrics": {"evalLoss": 0.5}})
 
 
-def report_progress(cluster: Cluster, ns: str, pod: str, progress: dict) -> None:
-    """What the trainer does through its Role: annotate its own pod."""
-    cluster.kubectl("annotate", "pod", pod, "-n", ns, "--overwrite",
-                    f"finetune.dev/progress={json.dumps(progress)}")
+def report_progress(cluster: Cluster, ns: str, pod: str, progress: dict,
+                    expect: int = 204) -> None:
+    """What the trainer does: POST the report to the operator over HTTPS (the URL and CA from
+    the job's trainer config), with a projected ServiceAccount token bound to its own pod."""
+    import ssl
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    import yaml
+
+    obj = cluster.get("pod", pod, ns)
+    assert obj is not None, f"pod {ns}/{pod} not found"
+    job = obj["metadata"]["labels"]["finetune.dev/job"]
+    cm = cluster.get("configmap", f"{job}-config", ns)
+    assert cm is not None
+    report = yaml.safe_load(cm["data"]["config.yaml"])["report"]
+    token = pod_token(cluster, ns, obj)
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca:
+        ca.write(report["caPem"])
+        ca.flush()
+        ctx = ssl.create_default_context(cafile=ca.name)
+        req = urllib.request.Request(report["url"], data=json.dumps(progress).encode(),
+                                     method="POST", headers={
+                                         "Authorization": f"Bearer {token}",
+                                         "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                code = r.status
+        except urllib.error.HTTPError as e:
+            code = e.code
+    assert code == expect, f"report to {report['url']}: HTTP {code}, expected {expect}"
+
+
+def pod_token(cluster: Cluster, ns: str, pod: dict, audience: str = "finetune.dev/operator"
+              ) -> str:
+    """A projected token as the kubelet mints it for the pod (TokenRequest, bound to it)."""
+    sa = pod["spec"].get("serviceAccountName") or "default"
+    return cluster.kubectl("create", "token", sa, "-n", ns, f"--audience={audience}",
+                           "--bound-object-kind=Pod",
+                           f"--bound-object-name={pod['metadata']['name']}",
+                           f"--bound-object-uid={pod['metadata']['uid']}").stdout.strip()

@@ -20,7 +20,6 @@ import uuid
 from typing import Any
 
 from finetune_operator.api.job import FineTuneJob
-from finetune_operator.api.trainer_config import PROGRESS_ANNOTATION
 from finetune_operator.build.pod import CONTAINER_NAME, build_pod
 from tests.factories import make_settings
 
@@ -29,6 +28,11 @@ STARTED = "2026-01-01T00:00:20Z"
 FINISHED = "2026-01-01T00:10:00Z"
 DELETED = "2026-01-01T00:10:00Z"
 _UNSET: Any = object()
+
+
+# Test-only key: the report the pod's trainer pushed (the report channel is not part of the pod;
+# tests.unit.test_reconcile.Sim hands it to plan() as the channel would).
+REPORTED = "_reported"
 
 
 def make_pod(
@@ -64,9 +68,8 @@ def make_pod(
     if deleting:
         meta["deletionTimestamp"] = DELETED
         meta["deletionGracePeriodSeconds"] = pod["spec"]["terminationGracePeriodSeconds"]
-    if progress is not None:
-        raw = progress if isinstance(progress, str) else json.dumps(progress)
-        meta.setdefault("annotations", {})[PROGRESS_ANNOTATION] = raw
+    if progress is not None:  # what this pod's trainer reported over the report channel
+        pod[REPORTED] = progress
     node_name = f"node-{rank}" if node is _UNSET else node
     if node_name:
         pod["spec"]["nodeName"] = node_name

@@ -30,12 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     from . import handlers, metrics, serve
     from .k8s import Kube, load_client
     from .loop import Controller
+    from .reports.channel import start_channel
 
     kopf.configure(verbose=args.verbose)  # one log handler for kopf's and our loggers
     logging.getLogger("finetune_operator").setLevel(logging.DEBUG if args.verbose
                                                     else logging.INFO)
     kube = Kube(load_client(args.kubeconfig), timeout_seconds=settings.api_timeout_seconds)
     controller = Controller(kube, settings)
+    channel = start_channel(settings, kube.token_review, controller.on_report)
+    controller.report_config = channel.config
+    controller.on_termination = channel.termination
     handlers.install(controller)
     metrics.serve(settings.metrics_port)
     serve.serve(serve.Endpoints(controller.healthy, controller.ready,

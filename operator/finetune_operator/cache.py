@@ -56,9 +56,13 @@ class Store:
             return list(self._items.values())
 
     def put(self, key: str, value: Any) -> None:
-        """Insert/replace (None deletes); notifies when the value changed."""
+        """Insert/replace (None deletes); notifies when the value changed. A value older than
+        the one stored (``resource_version``, e.g. a lagging watch event after the operator
+        stored the response of its own write) is ignored."""
         with self._lock:
             old = self._items.get(key)
+            if value is not None and old is not None and _older(value, old):
+                return
             if value is None:
                 self._items.pop(key, None)
             else:
@@ -76,6 +80,12 @@ class Store:
                 if old.get(key) != items.get(key):
                     self._on_change(self.kind, key, old.get(key), items.get(key))
         self.synced.set()
+
+
+def _older(new: Any, old: Any) -> bool:
+    """Whether ``new`` is an older version than ``old`` (both carry a numeric ``rv``)."""
+    a, b = getattr(new, "rv", None), getattr(old, "rv", None)
+    return bool(a and b and a.isdigit() and b.isdigit() and int(a) < int(b))
 
 
 def object_key(obj: dict) -> str:
@@ -104,6 +114,7 @@ class Reflector:
         self.watch_timeout = watch_timeout_seconds
         self.resource_version = ""
         self.relists = 0
+        self.missing = False
         self._thread = threading.Thread(target=self._run, name=f"watch-{store.kind}",
                                         daemon=True)
 
@@ -155,6 +166,13 @@ class Reflector:
                 delay = 0.5
             except ApiException as e:
                 need_list = need_list or e.status == 410
+                if e.status == 404:  # the API is not installed (e.g. an optional CRD)
+                    if not self.missing:
+                        log.info("%s: not served by the API server; checking every 30s",
+                                 self.store.kind)
+                    self.missing = True
+                    self.stop.wait(30.0)
+                    continue
                 log.warning("%s watch failed: %s %s; retrying in %.1fs", self.store.kind,
                             e.status, e.reason, delay)
                 self.stop.wait(delay)
@@ -245,6 +263,12 @@ def slim_quota(rq: dict) -> dict:
             "spec": {k: spec[k] for k in ("scopes", "scopeSelector") if spec.get(k)},
             "status": {"hard": ext,
                        "used": {k: v for k, v in (st.get("used") or {}).items() if k in ext}}}
+
+
+def slim_object(obj: dict) -> dict:
+    """A small object of our own API group (a FineTuneSweep): everything but managedFields."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return {**obj, "metadata": meta}
 
 
 def priority_value(pc: dict) -> int:

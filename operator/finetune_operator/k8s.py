@@ -35,10 +35,12 @@ PODS_PATH = "/api/v1/pods"
 NODES_PATH = "/api/v1/nodes"
 QUOTAS_PATH = "/api/v1/resourcequotas"
 CLASSES_PATH = "/apis/scheduling.k8s.io/v1/priorityclasses"
-_NAMESPACED = {JOBS_PATH: (f"/apis/{GROUP}/{VERSION}", PLURAL), PODS_PATH: ("/api/v1", "pods"),
-               QUOTAS_PATH: ("/api/v1", "resourcequotas")}
-_RESOURCE = {JOBS_PATH: PLURAL, PODS_PATH: "pods", NODES_PATH: "nodes",
-             QUOTAS_PATH: "resourcequotas", CLASSES_PATH: "priorityclasses"}
+SWEEPS_PATH = f"/apis/{GROUP}/{VERSION}/finetunesweeps"
+_NAMESPACED = {JOBS_PATH: (f"/apis/{GROUP}/{VERSION}", PLURAL),
+               SWEEPS_PATH: (f"/apis/{GROUP}/{VERSION}", "finetunesweeps"),
+               PODS_PATH: ("/api/v1", "pods"), QUOTAS_PATH: ("/api/v1", "resourcequotas")}
+_RESOURCE = {SWEEPS_PATH: "finetunesweeps", JOBS_PATH: PLURAL, PODS_PATH: "pods",
+             NODES_PATH: "nodes", QUOTAS_PATH: "resourcequotas", CLASSES_PATH: "priorityclasses"}
 _KIND_PATH = {"Pod": ("/api/v1", "pods"), "ConfigMap": ("/api/v1", "configmaps"),
               "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
               "Service": ("/api/v1", "services"), "ServiceAccount": ("/api/v1", "serviceaccounts"),

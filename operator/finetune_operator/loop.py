@@ -40,7 +40,8 @@ from .k8s import Kube
 from .reconcile import Ctx, JobDecision, Plan, due_at, plan, wants_admission
 from .settings import OperatorSettings
 from .snapshot import decide, policy_error
-from .status import attempt_of, iso, owner_uid, parse_time, read_progress
+from .status import attempt_of, iso, owner_uid, parse_time, rank_of, terminated_message
+from .sweep.runner import SweepRunner
 from .writes import Change, classify, merge_patch
 
 log = logging.getLogger("finetune_operator")
@@ -70,6 +71,7 @@ class JobEntry:
     error: str | None = None
     raw_meta: dict | None = None
     failed: bool = False
+    sweep_body: dict | None = None  # a sweep's trial: the body the sweep planner reads
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, JobEntry) and (self.uid, self.rv) == (other.uid, other.rv)
@@ -81,8 +83,12 @@ class JobEntry:
 def job_entry(obj: dict) -> JobEntry:
     meta = obj.get("metadata") or {}
     uid, rv = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
+    sweep = None
+    if any(r.get("kind") == "FineTuneSweep" for r in meta.get("ownerReferences") or []):
+        sweep = {"metadata": {k: v for k, v in meta.items() if k != "managedFields"},
+                 "spec": obj.get("spec") or {}, "status": obj.get("status") or {}}
     try:
-        return JobEntry(uid, rv, FineTuneJob.from_body(obj))
+        return JobEntry(uid, rv, FineTuneJob.from_body(obj), sweep_body=sweep)
     except (ValidationError, KeyError, TypeError) as e:
         msg = parse_error(e) if isinstance(e, ValidationError) else f"malformed object: {e}"
         small = {k: meta.get(k) for k in ("name", "namespace", "uid")}
@@ -126,7 +132,14 @@ class Controller:
         self.quotas = cache.Store("quotas", self._changed)
         self.classes = cache.Store("priorityclasses", self._changed)
         self.usage = cache.Store("usage", self._changed)
+        self.sweeps = cache.Store("sweeps", self._changed)
+        self._sweeps_dirty = True
+        self._sweep_runner = SweepRunner(kube)
         self._threads: list[threading.Thread] = []
+        # set by __main__ once the report channel runs: the trainer config's `report` section,
+        # and the strict termination-message check that counts/logs a bad one once per pod
+        self.report_config: Any = None
+        self.on_termination: Any = lambda pod_key, raw: None
         self.reflectors: list[cache.Reflector] = []
         self._pool = ThreadPoolExecutor(settings.max_concurrent_writes,
                                         thread_name_prefix="write")
@@ -150,6 +163,9 @@ class Controller:
                    cache.object_key),
                   # every running pod's GPU use, ours or not, kept as (node, requests) only
                   (self.usage, k8s.PODS_PATH, None, running, cache.slim_usage, _uid_key)]
+        if s.sweeps:
+            feeds += [(self.sweeps, k8s.collection_path(k8s.SWEEPS_PATH, ns), None, None,
+                       cache.slim_object, _uid_key) for ns in nss]
         for store, path, labels, fields, transform, key in feeds:
             r = cache.Reflector(self.kube, cache.Source(path, labels, fields), store, transform,
                                 self._stop, key=key)
@@ -196,6 +212,8 @@ class Controller:
 
     def _changed(self, kind: str, key: str, old: Any, new: Any) -> None:
         with self._lock:
+            if kind == "sweeps" or getattr(new or old, "sweep_body", None) is not None:
+                self._sweeps_dirty = True
             if kind == "jobs":
                 self._dirty.add(key)
                 if new is None:
@@ -210,20 +228,29 @@ class Controller:
                             del self._pods_by_job[uid]
                     else:
                         pods[key] = new
-                        self._remember_report(uid, new)
+                        raw = terminated_message(new)
+                        if raw and raw != terminated_message(old or {"status": {}}):
+                            self.on_termination(f"{new['metadata'].get('namespace')}/"
+                                                f"{new['metadata']['name']}", raw)
                     self._dirty.add(uid)
             else:
                 self._capacity_changed = True
         self._wake.set()
 
-    def _remember_report(self, uid: str, pod: dict) -> None:
-        report = read_progress([pod])
-        if report is None:
-            return
-        attempt, old = attempt_of(pod), self.reports.get(uid)
-        if old is None or old[0] < attempt or (
-                old[0] == attempt and report.get("step", 0) >= old[1].get("step", 0)):
-            self.reports[uid] = (attempt, report)
+    def on_report(self, who: Any, report: Any) -> None:
+        """The report channel's callback (reports/channel.py; server threads): a report from
+        an authenticated pod, already parsed strictly. Only the rank-0 trainer of the current
+        attempt of a job this operator manages is heard; anyone else gets 403 (counted)."""
+        from .reports.model import BadReport
+
+        pod = self.pods.get(who.uid)
+        uid = owner_uid(pod) if pod is not None else None
+        entry = self.jobs.get(uid) if uid else None
+        if pod is None or uid is None or rank_of(pod) != 0 or entry is None \
+                or entry.job is None or attempt_of(pod) != entry.job.status.attempt:
+            raise BadReport("unknown-pod", f"{who.key} is not the rank-0 trainer of the current "
+                            "attempt of a managed job")
+        self.accept_report(uid, attempt_of(pod), report.to_wire())
 
     def accept_report(self, uid: str, attempt: int, report: dict[str, Any]) -> None:
         """A progress report from the report channel (already parsed and authenticated)."""
@@ -355,11 +382,30 @@ class Controller:
         metrics.observe_queue({"jobs": samples, "quotas": decisions.quotas})
         self.queue_view = decisions.queue_view
         self._execute_all(work, now)
+        self._sync_sweeps(entries, now)
+
+    def _sync_sweeps(self, entries: list[JobEntry], now: dt.datetime) -> None:
+        """Sweeps create their trials as ordinary FineTuneJobs (sweep/): only when a sweep or
+        one of its trials changed."""
+        with self._lock:
+            dirty, self._sweeps_dirty = self._sweeps_dirty, False
+        sweeps = self.sweeps.values()
+        if not dirty or not sweeps:
+            return
+        trials = [e.sweep_body for e in entries if e.sweep_body is not None]
+        try:
+            self._sweep_runner.sync(sweeps, trials, now)
+        except (ApiException, OSError) as e:
+            log.warning("sweeps: %s; retrying next cycle", e)
+            with self._lock:
+                self._sweeps_dirty = True
 
     def _timing(self) -> dict[str, float]:
         s = self.settings
         return {"pods_ready_timeout": s.pods_ready_timeout_seconds,
-                "force_delete_margin": s.force_delete_margin_seconds}
+                "force_delete_margin": s.force_delete_margin_seconds,
+                "unschedulable_grace": s.unschedulable_grace_seconds,
+                "ttl": float(s.ttl_seconds_after_finished)}
 
     def _schedule(self, uid: str, at: float) -> None:
         cur = self._due.get(uid)
@@ -385,6 +431,7 @@ class Controller:
                       max_start_requeues=s.max_pods_ready_requeues,
                       force_delete_margin_seconds=s.force_delete_margin_seconds,
                       unschedulable_grace_seconds=s.unschedulable_grace_seconds,
+                      max_gpus_per_node=s.max_gpus_per_node,
                       ttl_seconds_after_finished=s.ttl_seconds_after_finished)
             pl = plan(job, pods, decision, ctx)
             self._plan_errors.pop(uid, None)
@@ -492,7 +539,7 @@ class Controller:
         ck = pl.status.checkpoint
         children = build_children(job, self.settings, attempt,
                                   pl.status.effective_priority_class,
-                                  ck.save_seconds if ck else None)
+                                  ck.save_seconds if ck else None, report=self.report_config)
         for obj in children.all():
             try:
                 got = (k.create_or_patch(obj) if obj["kind"] == "Service"

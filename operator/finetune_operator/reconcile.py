@@ -28,7 +28,6 @@ from .status import (
     output_from,
     parse_time,
     pending_cause,
-    read_progress,
     set_condition,
 )
 
@@ -105,10 +104,10 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
              and x.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
     p.delete_pods.extend(stale)
 
-    report = read_progress(current)
-    seen = ctx.watched_report
-    if seen is not None and (report is None or seen.get("step", 0) > report.get("step", 0)):
-        report = seen
+    report = ctx.watched_report
+    if report is not None and st.progress is not None and st.progress_attempt == st.attempt \
+            and int(report.get("step") or 0) < st.progress.step:
+        report = None  # an older report never rolls the status back
     if report is not None:
         lost = apply_progress(st, report, st.attempt)
         if lost:
@@ -224,14 +223,14 @@ def due_at(job: FineTuneJob, st: FineTuneJobStatus, pods: list[dict],
     if deadline and st.phase in ACTIVE_PHASES:
         times.append(now + dt.timedelta(seconds=deadline - active_seconds(st, now) + 0.5))
     if st.phase == "Queued" and (t := parse_time(st.unschedulable_since)):
-        times.append(t + dt.timedelta(seconds=timing.get("unschedulable_grace", 900.0)))
+        times.append(t + dt.timedelta(seconds=timing["unschedulable_grace"] + 0.1))
     for pod in pods:
         if (t := parse_time(pod["metadata"].get("deletionTimestamp"))):
             times.append(t + dt.timedelta(seconds=timing["force_delete_margin"] + 0.5))
     if st.phase in TERMINAL_PHASES and (t := parse_time(st.completion_time)):
         ttl = job.spec.ttl_seconds_after_finished
         if ttl is None:
-            ttl = int(timing.get("ttl", 0)) or None
+            ttl = int(timing["ttl"]) or None
         if ttl is not None:
             times.append(t + dt.timedelta(seconds=ttl))
     future = [t for t in times if t > now]
@@ -269,8 +268,9 @@ def _reconcile_active(p: Plan, job: FineTuneJob, current: list[dict], decision: 
         set_condition(st, "Running", True, "Running", f"attempt {st.attempt}: "
                       f"{view.expected} pod(s) running", now, gen)
         resume = st.checkpoint.step if st.checkpoint else 0
-        p.events.append(("Normal", "Running", f"attempt {st.attempt} running"
-                         + (f", resuming from checkpoint step {resume}" if resume else "")))
+        if st.attempt > 1 or resume:  # the first start is the Admitted Event + the phase
+            p.events.append(("Normal", "Running", f"attempt {st.attempt} running"
+                             + (f", resuming from checkpoint step {resume}" if resume else "")))
 
 
 def _requeue_start(p: Plan, job: FineTuneJob, view: PodsView, cause: str, ctx: Ctx) -> None:

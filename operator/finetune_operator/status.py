@@ -6,12 +6,11 @@ No API calls: inputs are plain pod dicts as the API server returns them, and `no
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from .api.status import CheckpointStatus, Condition, FineTuneJobStatus, OutputStatus, Progress
-from .api.trainer_config import PROGRESS_ANNOTATION
+from .reports.model import parse_termination
 
 ATTEMPT_LABEL = "finetune.dev/attempt"
 RANK_LABEL = "finetune.dev/rank"
@@ -47,6 +46,11 @@ def rank_of(pod: dict) -> int:
         return 0
 
 
+def terminated_message(pod: dict) -> str:
+    """The raw termination message of the pod's terminated container ("" if none)."""
+    return str((_terminated(pod) or {}).get("message") or "")
+
+
 def _terminated(pod: dict) -> dict | None:
     for cs in pod.get("status", {}).get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
@@ -62,16 +66,19 @@ def owner_uid(pod: dict) -> str | None:
 
 
 def termination_message(pod: dict) -> dict[str, Any]:
-    """The trainer's JSON summary (docs/contracts.md), or {'message': raw text}."""
+    """The trainer's JSON summary (docs/contracts.md), parsed strictly (reports/model.py): a
+    message that breaks the model is dropped ({}); plain text (the log tail a crashed trainer
+    leaves) is kept as {'message': last 512 characters}."""
     term = _terminated(pod) or {}
-    raw = term.get("message") or ""
+    raw = str(term.get("message") or "")
     if not raw:
         return {}
-    try:
-        msg = json.loads(raw)
-        return msg if isinstance(msg, dict) else {"message": raw}
-    except json.JSONDecodeError:
-        return {"message": raw.strip()[-512:]}
+    msg = parse_termination(raw)  # counted and logged once per pod by loop.py
+    if msg is not None:
+        return msg.to_wire()
+    if raw.lstrip().startswith("{"):
+        return {}
+    return {"message": "".join(c for c in raw.strip()[-512:] if c.isprintable() or c == "\n")}
 
 
 def disruption_reason(pod: dict) -> str | None:
@@ -180,20 +187,6 @@ def _failure_cause(pod: dict, term: dict, msg: dict[str, Any]) -> tuple[str, str
 
 
 # ------------------------------------------------------------------------ progress
-
-
-def read_progress(pods: list[dict]) -> dict[str, Any] | None:
-    """The rank-0 trainer's progress annotation (docs/contracts.md), if any."""
-    for p in sorted(pods, key=rank_of):
-        raw = (p["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION)
-        if raw:
-            try:
-                data = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(data, dict):
-                return data
-    return None
 
 
 def _num(d: dict[str, Any], key: str) -> float | None:

@@ -29,14 +29,16 @@ def _ago(seconds: float) -> str:
 
 
 def _age(cluster: Cluster, ns: str, name: str, minutes: float) -> None:
-    """Pretend the job has waited `minutes` (status.queuedSince is what aging counts from).
+    """Pretend the job has waited `minutes` (status.firstQueuedAt is what aging counts from).
     Retried until it sticks: the operator may be writing the status at the same moment."""
     since = _ago(minutes * 60)
 
     def patched() -> bool:
         cluster.kubectl("patch", "finetunejob", name, "-n", ns, "--subresource=status",
-                        "--type=merge", "-p", json.dumps({"status": {"queuedSince": since}}))
-        return all(job_status(cluster, ns, name).get("queuedSince") == since for _ in range(3))
+                        "--type=merge", "-p", json.dumps({"status": {
+                            "queuedSince": since, "firstQueuedAt": since}}))
+        return all(job_status(cluster, ns, name).get("firstQueuedAt") == since
+                   for _ in range(3))
 
     wait_for(f"queuedSince of {ns}/{name} to stick", patched, 20, interval=0.5)
 

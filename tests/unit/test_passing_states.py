@@ -11,7 +11,8 @@ from tests.factories import make_job
 from tests.podfactory import make_pod
 from tests.unit.test_reconcile import DONE, Sim, admitted, cond, running
 
-TIMING = {"pods_ready_timeout": 600.0, "force_delete_margin": 60.0}
+TIMING = {"pods_ready_timeout": 600.0, "force_delete_margin": 60.0, "unschedulable_grace": 900.0,
+          "ttl": 0.0}
 
 
 def pending(sim: Sim, reason: str = "ImagePullBackOff") -> dict:

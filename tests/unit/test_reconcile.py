@@ -17,7 +17,7 @@ from finetune_operator.api.status import Condition, FineTuneJobStatus
 from finetune_operator.reconcile import Ctx, JobDecision, Plan, plan, wants_admission
 from finetune_operator.status import iso, parse_time
 from tests.factories import make_job
-from tests.podfactory import gang, make_pod
+from tests.podfactory import REPORTED, gang, make_pod
 
 pytestmark = pytest.mark.unit
 
@@ -72,11 +72,19 @@ class Sim:
     def __init__(self, job: FineTuneJob, now: dt.datetime = NOW) -> None:
         self.job, self.now = job, now
         self.ctx_extra: dict[str, Any] = {}
+        self.report: dict[str, Any] | None = None
 
     def step(self, pods: Sequence[dict[str, Any]] = (), decision: JobDecision = WAIT,
              backoff: float = 10.0, policy_error: str | None = None) -> Plan:
+        # the newest report a pod of the current attempt pushed (the report channel's role)
+        reported = [x[REPORTED] for x in sorted(pods, key=lambda x: x["metadata"]["name"])
+                    if REPORTED in x and isinstance(x[REPORTED], dict)
+                    and x["metadata"]["labels"].get("finetune.dev/attempt")
+                    == str(max(self.st.attempt, 1)) and x["metadata"]["name"].endswith("-0")]
+        if reported:
+            self.report = reported[0]
         ctx = Ctx(now=self.now, backoff_seconds=backoff, priority_class="finetune-high",
-                  policy_error=policy_error, **self.ctx_extra)
+                  policy_error=policy_error, watched_report=self.report, **self.ctx_extra)
         p = plan(self.job, list(pods), decision, ctx)
         self.job = with_status(self.job, p.status)
         return p
@@ -270,7 +278,7 @@ def test_all_pods_running_sets_running_and_start_time_once() -> None:
     c = cond(st, "Running")
     assert c.status == "True" and c.reason == "Running"
     assert "2 pod(s) running" in c.message
-    assert reasons(p) == ["Running"]
+    assert reasons(p) == []  # a first start: the Admitted Event and the phase say it (budget)
     assert p.create_attempt is None and p.delete_pods == []
     later = sim.tick(600).step(gang(sim.job, 1))
     assert later.status.start_time == st.start_time
@@ -318,9 +326,9 @@ def test_last_report_seen_on_the_watch_counts_when_the_pod_is_already_gone() -> 
     # an older watched report never rolls the status back
     stale = Ctx(now=ctx.now, backoff_seconds=10, priority_class="finetune-high",
                 watched_report={"step": 3, "totalSteps": 20})
-    p2 = plan(sim.job, [make_pod(sim.job, 1, 0, progress={"step": 8, "totalSteps": 20})],
-              WAIT, stale)
-    assert p2.status.progress is not None and p2.status.progress.step == 8
+    sim.job = with_status(sim.job, p.status)
+    p2 = plan(sim.job, [make_pod(sim.job, 1, 0)], WAIT, stale)
+    assert p2.status.progress is not None and p2.status.progress.step == 9
 
 
 # ------------------------------------------------------------------ success

@@ -17,7 +17,6 @@ from finetune_operator.status import (
     output_from,
     parse_time,
     rank_of,
-    read_progress,
     set_condition,
     termination_message,
 )
@@ -259,16 +258,6 @@ def _report(step: int, resumed: int | None = None, ckpt: int | None = None,
                            "savedAt": "2026-01-01T11:58:00Z", "saveSeconds": 1.7}
     r.update(extra)
     return r
-
-
-def test_read_progress_prefers_rank0_and_skips_garbage() -> None:
-    r0 = make_pod(GANG, 1, 0, progress=_report(10))
-    r1 = make_pod(GANG, 1, 1, progress=_report(99))
-    assert read_progress([r1, r0]) == _report(10)
-    bad = make_pod(GANG, 1, 0, progress="{not json")
-    assert read_progress([bad, r1]) == _report(99)
-    assert read_progress([make_pod(GANG, 1, 0, progress="[1]")]) is None
-    assert read_progress([make_pod(JOB)]) is None
 
 
 def test_apply_progress_mirrors_report_and_checkpoint() -> None:
