@@ -578,8 +578,32 @@ def _fmt(v: float | None, unit: str = "s") -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f} {unit}"
 
 
-def _only_writes(c: Counter[tuple[str, str]], verbs: frozenset[str]) -> Counter[tuple[str, str]]:
-    return Counter({k: v for k, v in c.items() if k[0] in verbs})
+def _only_writes(c: Counter[tuple[str, str]], verbs: frozenset[str], leases: bool = True,
+                 ) -> Counter[tuple[str, str]]:
+    return Counter({k: v for k, v in c.items()
+                    if k[0] in verbs and (leases or not measure.is_lease(k[1]))})
+
+
+def targets(ours: dict, kq: dict, idle_writes: int | None, per_job: float | None) -> str:
+    """Issue 9's "done when" figures, each met or missed (n/a where not measured)."""
+    def mark(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+    fo, fk = ours.get("fill_seconds"), kq.get("fill_seconds")
+    rate = fk / fo if fo and fk and not math.isnan(fo) and not math.isnan(fk) else None
+    p99 = (ours.get("latency") or {}).get(99)
+    rss = (ours.get("rss_10000") or (None, None))[1]
+    return ("Targets of issue 9: fill rate >= Kueue's (goal 2x): "
+            f"{'n/a' if rate is None else f'{rate:.2f}x'} "
+            f"{mark(None if rate is None else rate >= 1)}"
+            f"; apply -> Pod p99 <= 2 s: {_fmt(p99)} "
+            f"{mark(None if p99 is None or math.isnan(p99) else p99 <= 2)}"
+            f"; idle writes 0: {_num(idle_writes)} "
+            f"{mark(None if idle_writes is None else idle_writes == 0)}"
+            f"; <= 8 writes per job lifecycle: {'n/a' if per_job is None else f'{per_job:.1f}'} "
+            f"{mark(None if per_job is None else per_job <= 8)}"
+            f"; RSS <= 250 MB at 10,000 jobs: {_fmt(rss, 'MB')} "
+            f"{mark(None if rss is None else rss <= 250)}.")
 
 
 def _num(v: int | None) -> str:
@@ -596,6 +620,18 @@ def _jsonable(o: Any) -> Any:
     return o
 
 
+def _from_json(o: Any, key: str = "") -> Any:
+    """Undo _jsonable: request counts back to Counters keyed (verb, resource)."""
+    if isinstance(o, dict) and key.endswith("_counts"):
+        return {k: Counter({tuple(vr.split(" ", 1)): n for vr, n in c.items()})
+                for k, c in o.items()}
+    if isinstance(o, dict) and key == "latency":
+        return {int(k): v for k, v in o.items()}
+    if isinstance(o, dict):
+        return {k: _from_json(v, k) for k, v in o.items()}
+    return o
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     if not a or not b or math.isnan(a) or math.isnan(b):
         return "n/a"
@@ -609,7 +645,10 @@ def report(b: Bench, command: str) -> list[str]:
              f"one-GPU jobs round-robin over {a.namespaces} namespaces with a {b.quota}-GPU "
              f"quota each, back-fill of {a.backfill}; a fresh local control plane per phase "
              f"(`{command}`; controller-manager and scheduler without client rate limits, kwok "
-             "without its pod-complete stage, pods completed by the benchmark). Ratios are "
+             "without its pod-complete stage, pods completed by the benchmark; the API "
+             "server's counts include every client: this benchmark's creates and pod "
+             "completions, kwok's node heartbeats and pod status, the scheduler's bindings, "
+             "the controller-manager's quota status and Job controller). Ratios are "
              "ours / Kueue (below 1 is better for time, requests and memory); ours is the "
              f"operator at {ours.get('source', '?')}"]
     rows = [("time to fill capacity (first create -> last pod Running)", "fill_seconds", "s"),
@@ -637,6 +676,13 @@ def report(b: Bench, command: str) -> list[str]:
         x = f(xs) if key in ours else None
         y = f(ys) if key in kq else None
         lines.append(f"| {label} | {_num(x)} | {_num(y)} | {_ratio(x, y)} |")
+    for label, key in (("the controller's own API requests during fill", "fill_counts"),
+                       ("the controller's own API writes during fill", "fill_counts")):
+        c = (ours.get(key) or {}).get("operator")
+        f = (lambda c: sum(c.values())) if "requests" in label else (
+            lambda c: measure.writes(c, measure.OPERATOR_WRITES))
+        lines.append(f"| {label} (ours: its finetune_api_requests_total) | "
+                     f"{_num(f(c)) if c else 'n/a'} | not measured | n/a |")
     for label, key in (("controller RSS after fill (VmRSS)", "rss_after_fill"),
                        ("controller peak RSS (VmHWM) after back-fill", "rss_5000")):
         i = 0 if "VmHWM" in label else 1
@@ -666,7 +712,7 @@ def report(b: Bench, command: str) -> list[str]:
             lines.append(f"Ours alone: writes per job lifecycle (apply -> Succeeded, {n} jobs, "
                          f"operator counter): **{w / max(n, 1):.1f}** (+{lease} Lease writes in "
                          f"the window); by call: "
-                         f"{measure.table(_only_writes(oc, measure.OPERATOR_WRITES))}.")
+                         f"{measure.table(_only_writes(oc, measure.OPERATOR_WRITES, False))}.")
             ic = ours.get("idle_counts", {}).get("operator", Counter())
             lines.append(f"Idle window ({a.idle_seconds} s, all running, nothing changing): "
                          f"**{measure.writes(ic, measure.OPERATOR_WRITES, leases=False)}** "
@@ -684,6 +730,14 @@ def report(b: Bench, command: str) -> list[str]:
             iw = _only_writes(ic, measure.APISERVER_WRITES)
             lines.append(f"Idle window ({a.idle_seconds} s): API server writes, all clients: "
                          f"{measure.table(iw) or 'none'}.")
+        oc = lc.get("operator") if ours.get("operator_counter") else None
+        ic = ours.get("idle_counts", {}).get("operator") if oc is not None else None
+        lines.append(targets(
+            ours, kq,
+            measure.writes(ic, measure.OPERATOR_WRITES, leases=False) if ic is not None
+            else None,
+            measure.writes(oc, measure.OPERATOR_WRITES, leases=False) / max(n, 1)
+            if oc is not None and n else None))
         if "rss_10000" in ours:
             hwm, rss = ours["rss_10000"]
             lines.append(f"Memory: operator VmRSS **{rss:.0f} MB** (VmHWM {hwm:.0f} MB) with "
@@ -721,9 +775,20 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="leave the benchmark cluster running")
     ap.add_argument("--markdown", action="store_true", help="write BENCHMARKS.md's Scale section")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument("--report-only", type=Path, metavar="JSON",
+                    help="no run: render the report of a saved --json (pass the run's options)")
     args = ap.parse_args()
     b = Bench(args)
     started = time.monotonic()
+    argv = " ".join(a for a in sys.argv[1:] if a != "--report-only" and
+                    a != str(args.report_only))
+    if args.report_only:
+        b.results = _from_json(json.loads(args.report_only.read_text()))
+        lines = report(b, f".venv/bin/python benchmarks/bench_scale.py {argv}".strip())
+        print("\n".join(lines))
+        if args.markdown:
+            write_section("Scale", f"bench_scale.py {argv}", lines)
+        return 0
     try:
         for phase in args.phases.split(","):
             log(f"phase {phase}")
@@ -737,7 +802,6 @@ def main() -> int:
     finally:
         if not args.keep:
             dc.down(b.cfg)
-    argv = " ".join(sys.argv[1:])
     command = f".venv/bin/python benchmarks/bench_scale.py {argv}".strip()
     lines = report(b, command)
     print("\n".join(lines))
