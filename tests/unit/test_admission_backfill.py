@@ -136,3 +136,15 @@ def test_requeued_job_keeps_its_place_in_the_queue() -> None:
     d = admit(snap([newer, requeued], nodes=[make_node("n1", 1)], aging_rate_per_minute=1.0),
               NOW)
     assert admitted(d) == ["requeued"]
+
+
+def test_no_backfill_on_gpus_a_preemptor_waits_for() -> None:
+    # n1: a stopping victim (6 GPUs) and 2 free: the critical job claims all 8; the aged big
+    # job can only hold n1 as well. A short job must not take the 2 free GPUs from the
+    # preemptor, whatever the aged job's own start is.
+    victim = make_running("victim", gpus=6, on="n1", preempting=True)
+    crit = make_job("crit", gpus=8, priority=10_000, priority_class="finetune-critical")
+    d = admit(snap([crit, big(), small(minutes=1)], running=[victim],
+                   nodes=[make_node("n1", 2)], **AGING), NOW)
+    assert admitted(d) == []
+    assert waiting(d)["crit"][1] == "WaitingForPreemptedJobs"

@@ -190,9 +190,12 @@ class Pool:
         for name in placement:
             self._update(name, free=-gpus)
 
-    def reserve(self, placement: Iterable[str], gpus: int) -> None:
+    def reserve(self, placement: Iterable[str], gpus: int, start: float = 0.0) -> None:
+        """Hold `gpus` on each node for a job expected to start in `start` seconds (0: any
+        moment, e.g. a preemptor waiting for its victims: nothing backfills there)."""
         for name in placement:
             self._update(name, reserved=gpus)
+            self.reserved_start[name] = min(self.reserved_start.get(name, math.inf), start)
 
     def add_pending(self, placement: Iterable[str], gpus: int) -> None:
         for name in placement:
@@ -230,9 +233,7 @@ class Pool:
         placement = tuple(placement)
         self.idle_reserved += self.idle_if_reserved(placement, gpus)
         self.reservations += 1
-        for name in placement:
-            self.reserved_start[name] = min(self.reserved_start.get(name, math.inf), start)
-        self.reserve(placement, gpus)
+        self.reserve(placement, gpus, start)
 
     def place_backfill(self, gpus: int, pods: int, sig: Signature,
                        seconds: float) -> tuple[str, ...] | None:
