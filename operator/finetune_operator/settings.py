@@ -73,6 +73,10 @@ class OperatorSettings(BaseModel):
     aging_rate_per_minute: float = Field(default=10.0, ge=0, allow_inf_nan=False)
     aging_cap: int = Field(default=999, ge=0)
     max_running_jobs_per_namespace: int = Field(default=0, ge=0, description="0 = unlimited")
+    max_reserved_idle_share: float = Field(
+        default=0.5, ge=0, le=1, allow_inf_nan=False,
+        description="reservations for large aged jobs keep at most this share of the free "
+        "GPUs idle while smaller work waits (docs/scheduling.md)")
     min_runtime_before_preemption_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
     trainer_image: str = Field(default="finetune-operator/trainer:0.1.0", min_length=1)
     gpu_resource: ResourceName = "nvidia.com/gpu"
@@ -121,6 +125,7 @@ class OperatorSettings(BaseModel):
     max_gpus_per_node: int = Field(
         default=0, ge=0, description="largest node size in GPUs: a job asking more per node "
         "fails at once; 0 = no static limit (only the grace period applies)")
+    sweeps: bool = Field(default=True, description="run FineTuneSweeps (needs their CRD)")
     ttl_seconds_after_finished: int = Field(
         default=0, ge=0, description="default time a finished job is kept before it is "
         "deleted (spec.ttlSecondsAfterFinished overrides); 0 = keep")

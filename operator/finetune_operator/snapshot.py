@@ -166,8 +166,10 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
         ns = i.job.namespace
         out.by_uid[i.job.uid] = JobDecision(impossible=tenant_words(i.reason, ns, keys))
     res = settings.gpu_resource
+    # the namespace's GPU quota for the dashboard: its unscoped quotas (a scoped one, e.g. per
+    # PriorityClass, limits only some jobs); the tightest when there are several
     for q in snap.quotas:
-        if q.resource == res:
+        if q.resource == res and not q.scopes:
             out.quotas[q.namespace] = min(out.quotas.get(q.namespace, q.hard), q.hard)
     return out
 

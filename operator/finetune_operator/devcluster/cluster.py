@@ -429,3 +429,17 @@ def status(cfg: ClusterConfig) -> dict:
                 for n in json.loads(body)["items"]
             }
     return info
+
+
+def restart_component(cfg: ClusterConfig, name: str, timeout: float = 90) -> None:
+    """Stop one component (SIGTERM, then SIGKILL) and start it again with the same flags: the
+    chaos suite restarts kube-apiserver and etcd under a running operator."""
+    if name not in COMPONENTS:
+        raise ClusterError(f"unknown component {name}; one of {', '.join(COMPONENTS)}")
+    pid = read_state(cfg).get("pids", {}).get(name)
+    if pid:
+        stop_pid(pid, name)
+    argv = dict(_argv(cfg))[name] + cfg.extra_args.get(name, [])
+    _log(f"restarting {name}")
+    new = _start(cfg, name, argv)
+    _wait(cfg, name, new, functools.partial(_component_ready, cfg, name), timeout)
