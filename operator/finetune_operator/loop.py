@@ -36,6 +36,7 @@ from . import cache, k8s, metrics
 from .api.job import FineTuneJob
 from .api.status import FineTuneJobStatus
 from .build import build_children
+from .intern import intern
 from .k8s import Kube
 from .reconcile import Ctx, JobDecision, Plan, due_at, plan, wants_admission
 from .settings import OperatorSettings
@@ -88,7 +89,9 @@ def job_entry(obj: dict) -> JobEntry:
         sweep = {"metadata": {k: v for k, v in meta.items() if k != "managedFields"},
                  "spec": obj.get("spec") or {}, "status": obj.get("status") or {}}
     try:
-        return JobEntry(uid, rv, FineTuneJob.from_body(obj), sweep_body=sweep)
+        job = FineTuneJob.from_body(obj)
+        job = job.model_copy(update={"spec": intern(job.spec)})  # shared between equal specs
+        return JobEntry(uid, rv, job, sweep_body=sweep)
     except (ValidationError, KeyError, TypeError) as e:
         msg = parse_error(e) if isinstance(e, ValidationError) else f"malformed object: {e}"
         small = {k: meta.get(k) for k in ("name", "namespace", "uid")}
