@@ -6,10 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: images test-images demo test venv cluster-bins system-deps lint crd crd-check chart-crd up down status clean
+.PHONY: images test-images demo demo-sweep test venv cluster-bins system-deps lint crd crd-check chart-crd up down status clean
 
 demo: venv cluster-bins $(if $(IMAGES),images) ## the main job: local cluster + operator + node agent + three jobs (IMAGES=1: trainers run in the trainer image)
 	$(BIN)/python -m finetune_operator.demo $(if $(KEEP),--keep) $(if $(IMAGES),--images)
+
+demo-sweep: venv cluster-bins ## examples/sweep.yaml for real (2x2 grid, 2 at a time), then the comparison table
+	$(BIN)/python -m finetune_operator.demo_sweep $(if $(KEEP),--keep)
 
 test: venv cluster-bins system-deps ## every test: unit, cluster, trainer, e2e (gpu ones skip without a GPU)
 	scripts/run-tests.sh $(PYTEST_ARGS)
