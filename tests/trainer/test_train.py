@@ -325,8 +325,8 @@ def test_deepspeed_zero2_run_on_gpu(tiny_model: Path, tmp_path: Path) -> None:
     r = Run(tmp_path / "ds", tiny_model, {
         "distributed": {"deepspeed": {"stage": 2}}, "resources": {"gpus": 1},
         "training": {"maxSteps": 6}})
-    env = {"CUDA_VISIBLE_DEVICES": "0", "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}
-    assert r.run(env) == 0, r.output()
+    # through the pod's launch path, with no RANK/WORLD_SIZE/MASTER_* of our own: the launcher
+    # provides them, so DeepSpeed creates its process group instead of looking for MPI
+    assert r.launch(1, {"CUDA_VISIBLE_DEVICES": "0"}) == 0, r.output()
     assert r.term()["reason"] == "Completed"
     assert (r.work / WEIGHTS["lora"]).exists()
