@@ -11,7 +11,9 @@ full path, or the path of the object it is reported on plus the rest of the path
 from __future__ import annotations
 
 import copy
+import json
 import re
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,6 +224,52 @@ TRANSITIONS: list[Transition] = [
                                                      "priorityClassName": "finetune-low"}),
     Transition("gpus-without-status", "", {"resources": {"gpus": 2}}),
 ]
+
+
+def patch_spec_in_phase(cluster: Any, namespace: str, name: str, phase: str,
+                        spec: dict[str, Any], as_user: str | None = None,
+                        ) -> tuple[subprocess.CompletedProcess[str], dict, dict]:
+    """Set status.phase, then merge-patch `spec` (as `as_user` when given, by impersonation)
+    against exactly that object (resourceVersion precondition). An operator running on the
+    shared cluster may rewrite the status in between: then the patch conflicts and the pair is
+    retried; the calls go through the API client, not kubectl, to keep that window short.
+    `cluster` is tests.kube.Cluster. Returns (proc, before, after), proc as kubectl would
+    report the spec patch (returncode, and the server's message in stderr)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    admin = client.CustomObjectsApi(cluster.api)
+    user = admin
+    if as_user:
+        api = client.ApiClient(cluster.api.configuration)
+        api.set_default_header("Impersonate-User", as_user)
+        user = client.CustomObjectsApi(api)
+    args = ("finetune.dev", "v1alpha1", namespace, "finetunejobs", name)
+    seen, last = "", ""
+    for _ in range(50):
+        if phase:
+            admin.patch_namespaced_custom_object_status(*args, {"status": {"phase": phase}})
+        before: Any = admin.get_namespaced_custom_object(*args)
+        seen = (before.get("status") or {}).get("phase", "")
+        # "" (no status yet): a running operator may have queued the job meanwhile; both are
+        # editable phases, so either tests the same rule
+        if seen != phase and not (phase == "" and seen == "Queued"):
+            continue
+        body = {"metadata": {"resourceVersion": before["metadata"]["resourceVersion"]},
+                "spec": spec}
+        try:
+            user.patch_namespaced_custom_object(*args, body)
+            proc = subprocess.CompletedProcess([], 0, "patched", "")
+        except ApiException as e:
+            message = json.loads(e.body).get("message", "") if e.body else str(e)
+            if e.status == 409:
+                last = message
+                continue
+            proc = subprocess.CompletedProcess([], 1, "", message)
+        after: Any = admin.get_namespaced_custom_object(*args)
+        return proc, before, after
+    raise AssertionError(f"could not patch {namespace}/{name} while in phase {phase!r} (last "
+                         f"seen {seen!r}; {last}): something rewrites its status continuously")
 
 
 def _norm(text: str) -> str:

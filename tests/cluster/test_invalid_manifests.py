@@ -17,6 +17,7 @@ from ..invalid_cases import (
     Case,
     Transition,
     names_field,
+    patch_spec_in_phase,
     server_errors,
     valid_manifest,
 )
@@ -100,37 +101,6 @@ def test_printer_columns_short_name_category_and_status_subresource(
                           "--subresource=status", "--type=merge", "-p",
                           json.dumps({"status": {"phase": "Exploded"}}), check=False)
     assert bad.returncode != 0 and "status.phase" in bad.stderr
-
-
-def patch_spec_in_phase(cluster: Cluster, namespace: str, name: str, phase: str,
-                        spec: dict[str, Any], *as_user: str) -> tuple[Any, dict, dict]:
-    """Set status.phase, then merge-patch `spec` against exactly that object (resourceVersion
-    precondition): an operator running on the shared cluster may rewrite the status in between,
-    and then the patch conflicts and the pair is retried. (proc, before, after)"""
-    seen, proc = "", None
-    for _ in range(20):
-        if phase:
-            cluster.kubectl("patch", "finetunejob", name, "-n", namespace, "--subresource=status",
-                            "--type=merge", "-p", json.dumps({"status": {"phase": phase}}))
-        before = cluster.get("finetunejob", name, namespace)
-        assert before is not None
-        seen = (before.get("status") or {}).get("phase", "")
-        # "" (no status yet): a running operator may have queued the job meanwhile; both are
-        # editable phases, so either tests the same rule
-        if seen != phase and not (phase == "" and seen == "Queued"):
-            continue
-        body = {"metadata": {"resourceVersion": before["metadata"]["resourceVersion"]},
-                "spec": spec}
-        proc = cluster.kubectl(*as_user, "patch", "finetunejob", name, "-n", namespace,
-                               "--type=merge", "-p", json.dumps(body), check=False)
-        if "the object has been modified" in proc.stderr:
-            continue
-        after = cluster.get("finetunejob", name, namespace)
-        assert after is not None
-        return proc, before, after
-    raise AssertionError(f"could not patch {namespace}/{name} while in phase {phase!r} (last "
-                         f"seen {seen!r}, {proc.stderr if proc else ''}): something rewrites "
-                         "its status continuously")
 
 
 @pytest.mark.parametrize("case", TRANSITIONS, ids=lambda c: c.id)

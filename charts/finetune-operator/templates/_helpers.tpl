@@ -82,3 +82,14 @@ repository (tag or digest). Comma-separated. */}}
 {{- printf "https://%s-reports.%s.svc:%d/v1/reports" (include "finetune-operator.fullname" .) .Release.Namespace (int .Values.ports.reports) }}
 {{- end }}
 {{- end }}
+
+{{/* Fields of a FineTuneJob that name an object the trainer pod reads: the chart's policy
+requires the requester's own `get` on it. YAML list of {path, leaf, resource, kind, use}. */}}
+{{- define "finetune-operator.policyRefs" -}}
+- {path: model.source.hub.tokenSecretRef, leaf: name, resource: secrets, kind: Secret, use: read}
+- {path: dataset.source.hub.tokenSecretRef, leaf: name, resource: secrets, kind: Secret, use: read}
+- {path: model.source.pvc, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount}
+- {path: dataset.source.pvc, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount}
+- {path: checkpoint.storage, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount}
+- {path: dataset.source.configMap, leaf: name, resource: configmaps, kind: ConfigMap, use: read}
+{{- end }}
