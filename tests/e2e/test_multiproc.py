@@ -1,0 +1,90 @@
+"""A ``gpus: 2`` job through the operator and a local node agent: the pod runs the trainer's
+launch path with two training processes (the agent's GPUs are not real, so the ranks train on
+the CPU with gloo), is preempted whole, saves, resumes, and ends equal to an uninterrupted
+two-process run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune_operator.api import FineTuneJob
+from finetune_operator.build.configmap import trainer_config
+from finetune_operator.devcluster.nodeagent import find_log
+from finetune_operator.devcluster.workloads import (
+    DATASET,
+    host_work_dir,
+    tiny_model,
+    training_job,
+)
+
+from ..kube import Cluster, short_id, wait_for
+from ..operator_proc import OperatorProcess, job_pods, job_status, wait_phase
+from .test_e2e import RUN, _adapter, _assert_resumed_cleanly, _job, _step_at_least
+
+pytestmark = pytest.mark.e2e
+STEPS = 300
+
+
+@pytest.fixture(scope="module")
+def agent2(cluster) -> Iterator[object]:
+    from finetune_operator.devcluster.nodeagent import start_agent
+
+    a = start_agent(f"e2e2-{short_id()}", gpus=2, cfg=cluster.cfg)
+    yield a
+    a.stop()
+    cluster.kubectl("delete", "node", a.node, "--ignore-not-found", "--wait=false")
+
+
+def _uninterrupted_two_ranks(job: dict, tmp: Path) -> Path:
+    cfg = trainer_config(FineTuneJob.from_body(job))
+    cfg.paths.model = str(tiny_model())
+    cfg.paths.dataset = str(DATASET)
+    cfg.paths.work_dir = str(tmp / "reference")
+    cfg.report = None
+    cfg.termination_log = str(tmp / "reference-termination.log")
+    path = tmp / "reference.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_wire()))
+    subprocess.run([sys.executable, "-m", "finetune_trainer.launch", "--nproc-per-node=2", "--",
+                    "--config", str(path)], check=True, capture_output=True, timeout=2 * RUN,
+                   env={"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+                        "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    return tmp / "reference"
+
+
+def test_two_process_job_is_preempted_whole_and_resumes_exact(
+        cluster: Cluster, operator: OperatorProcess, agent2, train_ns, tmp_path: Path) -> None:
+    ns = train_ns()
+    cluster.apply(training_job("pair", gpus=2, priority_class="finetune-low", node=agent2.node,
+                               max_steps=STEPS, interval_steps=10 * STEPS), ns)
+    _step_at_least(cluster, ns, "pair", 8)
+    pod = job_pods(cluster, ns, "pair")[0]
+    assert pod["spec"]["containers"][0]["command"][:3] == [
+        "python", "-m", "finetune_trainer.launch"]
+    cluster.apply(training_job("urgent", gpus=2, priority_class="finetune-critical",
+                               node=agent2.node, max_steps=5), ns)
+    st = wait_for("pair preempted", lambda: (
+        lambda s: s if s.get("preemptions") == 1 else None)(job_status(cluster, ns, "pair")),
+        RUN)
+    saved = st["checkpoint"]["step"]
+    assert 0 < saved < STEPS
+    log = find_log(agent2.root, ns, pod["metadata"]["name"], "trainer")
+    assert log is not None
+    text = log.read_text(errors="replace")
+    assert "ranks 0-1 of 2" in text and "(Preempted)" in text
+    assert text.count("finetune_trainer.stop: SIGTERM received") == 2, "every rank stopped"
+    wait_phase(cluster, ns, "urgent", "Succeeded", 2 * RUN)
+    st = wait_phase(cluster, ns, "pair", "Succeeded", 2 * RUN)
+    _assert_resumed_cleanly(st, 1)
+    assert st["progress"]["resumedFromStep"] == saved
+    job = _job(cluster, ns, "pair")
+    got = _adapter(host_work_dir(job))
+    want = _adapter(_uninterrupted_two_ranks(job, tmp_path))
+    assert got.keys() == want.keys()
+    worst = max(float((got[k] - want[k]).abs().max()) for k in got)
+    assert worst <= 1e-6, f"adapter differs from the uninterrupted 2-process run by {worst}"
