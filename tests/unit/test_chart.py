@@ -312,7 +312,7 @@ def test_deployment_single_instance_restricted(
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 8080, "health": 8081, "reports": 8443}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert c["readinessProbe"]["httpGet"]["port"] == "health"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
 
 
 def test_env_is_the_operator_settings_1to1(rendered: dict[str, list[dict[str, Any]]]) -> None:
