@@ -296,6 +296,26 @@ def test_early_stop_suspends_trials_worse_than_the_best_by_the_margin() -> None:
     assert after.status["finishedTrials"] == 1
 
 
+def test_early_stop_compares_the_losses_recorded_at_after_steps() -> None:
+    """A finished trial's final (lower) loss is not held against a trial at afterSteps: each
+    trial's loss is recorded once, when it first passes afterSteps, and kept in the status."""
+    s = sweep(max_parallel=4, earlyStop={"afterSteps": 10, "margin": 0.2})
+    creates = plan_sweep(s, [], NOW).creates
+    first = plan_sweep(s, [running(creates[0], 11, 1.0)], NOW)
+    assert first.status["trials"][0]["earlyStopLoss"] == 1.0
+    assert first.status["trials"][0]["earlyStopStep"] == 11
+    stored = sweep(max_parallel=4, earlyStop={"afterSteps": 10, "margin": 0.2},
+                   status=json.loads(json.dumps(first.status)))
+    done = child(creates[0], phase="Succeeded", progress={"step": 20, "loss": 0.2},
+                 metrics={"testLoss": 0.3})
+    later = plan_sweep(stored, [done, running(creates[1], 10, 1.1)], NOW)
+    assert later.stops == []  # 1.1 vs trial 0's 1.0 at step 11, not its final 0.2
+    assert later.status["trials"][0]["earlyStopLoss"] == 1.0
+    worse = plan_sweep(stored, [done, running(creates[1], 10, 1.3)], NOW)
+    assert [n for n, _, _ in worse.stops] == ["lr-t1"]
+    assert "at step 11" in worse.stops[0][2]
+
+
 def test_no_early_stop_without_a_second_trial_past_after_steps_or_without_the_block() -> None:
     s = sweep(max_parallel=4, earlyStop={"afterSteps": 10, "margin": 0.0})
     creates = plan_sweep(s, [], NOW).creates

@@ -150,8 +150,10 @@ class ObjectiveSpec(ApiModel):
 
 
 class EarlyStopSpec(ApiModel):
-    """Stop (suspend) a running trial whose latest reported loss is worse than the best trial's
-    by more than ``margin``, once both have trained at least ``afterSteps`` steps."""
+    """Stop (suspend) a running trial whose loss at ``afterSteps`` is worse than the best
+    trial's loss at ``afterSteps`` by more than ``margin``: each trial's training loss is
+    recorded once, from the first report at or past ``afterSteps`` (``status.trials[].
+    earlyStopLoss``), so trials are compared at the same point of training."""
 
     after_steps: int = Field(ge=1, le=100_000_000)
     margin: float = Field(default=0.0, ge=0.0, le=1000.0)
@@ -220,6 +222,11 @@ class TrialStatus(ApiModel):
         default=None, description="finished trials: GPUs x wall-clock hours from first start to "
         "completion (live step and loss are on the trial FineTuneJob itself)")
     early_stopped: bool = Field(default=False, description="suspended by the sweep's earlyStop")
+    early_stop_step: int | None = Field(
+        default=None, description="the step of the loss recorded for early stop")
+    early_stop_loss: float | None = Field(
+        default=None, description="the training loss the trial reported when it first passed "
+        "earlyStop.afterSteps: what early stop compares")
 
 
 class BestTrial(ApiModel):

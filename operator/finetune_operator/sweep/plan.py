@@ -112,30 +112,46 @@ def _finished(phase: str) -> bool:
     return phase in ("Succeeded", "Failed", "Stopped")
 
 
-def _early_stops(sweep: FineTuneSweep,
-                 jobs: dict[int, FineTuneJob]) -> list[tuple[str, str, str]]:
-    """Running trials whose latest loss is worse than the best trial's by more than the margin,
-    both having trained at least afterSteps steps."""
+def _record_losses(sweep: FineTuneSweep, jobs: dict[int, FineTuneJob],
+                   statuses: list[TrialStatus]) -> None:
+    """Each trial's loss at earlyStop.afterSteps: kept from the stored status once recorded,
+    else taken from the first progress report at or past afterSteps."""
     es = sweep.spec.early_stop
     if es is None:
-        return []
-    seen: list[tuple[float, int, FineTuneJob]] = []
-    for index, job in jobs.items():
-        pr = job.status.progress
-        if pr is not None and pr.loss is not None and pr.step >= es.after_steps:
-            seen.append((pr.loss, index, job))
-    if len(seen) < 2:
-        return []
-    best_loss, best_index, _ = min(seen, key=lambda x: (x[0], x[1]))
-    out = []
-    for loss, index, job in sorted(seen, key=lambda x: x[1]):
-        if index == best_index or _trial_phase(job) != "Running":
+        return
+    before = {t.index: t for t in sweep.status.trials}
+    for s in statuses:
+        prev = before.get(s.index)
+        if prev is not None and prev.early_stop_loss is not None:
+            s.early_stop_step, s.early_stop_loss = prev.early_stop_step, prev.early_stop_loss
             continue
-        if loss > best_loss + es.margin:
-            step = job.status.progress.step if job.status.progress else 0
-            out.append((job.metadata.name, job.metadata.uid,
-                        f"loss {loss:.4g} at step {step} is worse than trial {best_index}'s "
-                        f"{best_loss:.4g} by more than {es.margin:g}"))
+        job = jobs.get(s.index)
+        pr = job.status.progress if job is not None else None
+        if pr is not None and pr.loss is not None and pr.step >= es.after_steps:
+            s.early_stop_step, s.early_stop_loss = pr.step, pr.loss
+
+
+def _early_stops(sweep: FineTuneSweep, jobs: dict[int, FineTuneJob],
+                 statuses: list[TrialStatus]) -> list[tuple[str, str, str]]:
+    """Running trials whose loss at afterSteps is worse than the best trial's by more than the
+    margin."""
+    es = sweep.spec.early_stop
+    seen = [s for s in statuses if s.early_stop_loss is not None]
+    if es is None or len(seen) < 2:
+        return []
+    best = min(seen, key=lambda s: (s.early_stop_loss, s.index))
+    assert best.early_stop_loss is not None
+    out = []
+    for s in seen:
+        job = jobs.get(s.index)
+        if s is best or job is None or _trial_phase(job) != "Running":
+            continue
+        assert s.early_stop_loss is not None
+        if s.early_stop_loss > best.early_stop_loss + es.margin:
+            out.append((s.name, job.metadata.uid,
+                        f"loss {s.early_stop_loss:.4g} at step {s.early_stop_step} is worse than "
+                        f"trial {best.index}'s {best.early_stop_loss:.4g} at step "
+                        f"{best.early_stop_step} by more than {es.margin:g}"))
     return out
 
 
@@ -212,7 +228,8 @@ def plan_sweep(sweep: FineTuneSweep, jobs: list[dict[str, Any]], now: datetime,
                 plan.creates.append(trial_body(sweep, t))
                 s.phase = "Queued"
                 active += 1
-        plan.stops = _early_stops(sweep, children)
+        _record_losses(sweep, children, statuses)
+        plan.stops = _early_stops(sweep, children, statuses)
         for name, _uid, _why in plan.stops:
             for s in statuses:
                 if s.name == name:
