@@ -17,6 +17,7 @@ from finetune_trainer.model import (
     deepspeed_config,
     linear_module_names,
     load_model,
+    resolve_attention,
     resolve_target_modules,
 )
 from finetune_trainer.train import training_kwargs
@@ -160,3 +161,47 @@ def test_heavy_optional_imports_are_lazy() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=trainer_env(),
                          capture_output=True, text=True, timeout=120, check=True)
     assert "bitsandbytes" not in out.stdout and "deepspeed" not in out.stdout
+
+
+@pytest.mark.parametrize(("requested", "cuda", "installed", "want", "why"), [
+    ("sdpa", False, False, "sdpa", None),
+    ("eager", True, True, "eager", None),
+    ("flash_attention_2", True, True, "flash_attention_2", None),
+    ("flash_attention_2", True, False, "sdpa", "flash-attn package is not installed"),
+    ("flash_attention_2", False, True, "sdpa", "no CUDA GPU is visible"),
+])
+def test_attention_implementation(requested: str, cuda: bool, installed: bool, want: str,
+                                  why: str | None) -> None:
+    got, note = resolve_attention(requested, cuda, installed)
+    assert got == want
+    if why is None:
+        assert note is None
+    else:
+        assert note is not None and why in note
+        assert note.startswith("spec.training.attnImplementation: ")
+
+
+def test_attention_option_reaches_the_model(tiny_model: Path, tmp_path: Path) -> None:
+    for requested in ("sdpa", "eager"):
+        cfg = parse_config(config_dict(tiny_model, tmp_path / "w", spec={
+            "training": {"attnImplementation": requested}}))
+        model = load_model(cfg, "fp32", 0, cuda=False, deepspeed=False)
+        assert model.config._attn_implementation == requested
+    assert parse_config(config_dict(tiny_model, tmp_path / "w")).spec.training \
+        .attn_implementation == "sdpa", "the default"
+    with pytest.raises(ConfigError, match=r"flash_attention_2 needs resources\.gpus >= 1"):
+        parse_config(config_dict(tiny_model, tmp_path / "w", spec={
+            "training": {"attnImplementation": "flash_attention_2"}}))
+
+
+def test_logging_steps_default_is_not_every_step(tmp_path: Path) -> None:
+    cfg = parse_config(config_dict(tmp_path, tmp_path / "w"))
+    assert cfg.spec.training.logging_steps == 10
+
+
+def test_the_launcher_does_not_import_torch() -> None:
+    code = ("import sys, finetune_trainer.launch; "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=trainer_env(),
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "False"]
