@@ -100,3 +100,76 @@ def metric_names() -> set[str]:
         else:
             names.add(fam.name)
     return names
+
+
+# ---- the operator's API calls -> the RBAC it needs (tests/unit/test_chart.py diffs the chart
+# with this; tests/cluster/test_rbac_operator.py asks the API server) ----------------------
+
+# Kubernetes' names: a kind or plural as k8s.py counts it -> (API group, resource).
+API_RESOURCES: dict[str, tuple[str, str]] = {
+    "Pod": ("", "pods"), "pods": ("", "pods"), "ConfigMap": ("", "configmaps"),
+    "PersistentVolumeClaim": ("", "persistentvolumeclaims"), "Service": ("", "services"),
+    "ServiceAccount": ("", "serviceaccounts"), "Event": ("", "events"),
+    "nodes": ("", "nodes"), "resourcequotas": ("", "resourcequotas"),
+    "namespaces": ("", "namespaces"),
+    "priorityclasses": ("scheduling.k8s.io", "priorityclasses"),
+    "Role": ("rbac.authorization.k8s.io", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
+    "Lease": ("coordination.k8s.io", "leases"),
+    "FineTuneJob": ("finetune.dev", "finetunejobs"),
+    "finetunejobs": ("finetune.dev", "finetunejobs"),
+    "finetunejobs/status": ("finetune.dev", "finetunejobs/status"),
+    "FineTuneSweep": ("finetune.dev", "finetunesweeps"),
+    "finetunesweeps": ("finetune.dev", "finetunesweeps"),
+    "finetunesweeps/status": ("finetune.dev", "finetunesweeps/status"),
+    "customresourcedefinitions": ("apiextensions.k8s.io", "customresourcedefinitions"),
+    "TokenReview": ("authentication.k8s.io", "tokenreviews"),
+    "tokenreviews": ("authentication.k8s.io", "tokenreviews"),
+    "SubjectAccessReview": ("authorization.k8s.io", "subjectaccessreviews"),
+    "subjectaccessreviews": ("authorization.k8s.io", "subjectaccessreviews"),
+}
+CLUSTER_SCOPED = {"nodes", "namespaces", "priorityclasses", "customresourcedefinitions",
+                  "tokenreviews", "subjectaccessreviews"}
+# What kopf itself calls (it runs the process): watch the resources it has handlers for (those
+# are in k8s's surface too), observe CRDs for its resource discovery and namespaces for
+# namespace patterns, and post Events (core v1) for warnings.
+KOPF_CALLS = {("list", "customresourcedefinitions"), ("watch", "customresourcedefinitions"),
+              ("list", "namespaces"), ("watch", "namespaces"), ("create", "Event")}
+
+
+def operator_calls() -> set[tuple[str, str]]:
+    """Every (verb, resource) the operator's code calls: k8s.py's declared surface (each request
+    is counted as self._count(verb, resource) and checked against it at run time), every
+    literal self._count(...) in k8s.py (so the declaration cannot miss one), plus kopf's own
+    calls while kopf runs the process."""
+    import ast
+
+    from finetune_operator import k8s
+
+    calls = set(k8s.API_SURFACE) | set(getattr(k8s, "EXTRA_SURFACE", set()))
+    tree = ast.parse((ROOT / "operator" / "finetune_operator" / "k8s.py").read_text())
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "_count" and len(node.args) == 2
+                and all(isinstance(a, ast.Constant) for a in node.args)):
+            verb, resource = (a.value for a in node.args)  # type: ignore[attr-defined]
+            assert (verb, resource) in calls, (
+                f"k8s.py line {node.lineno} calls {verb} {resource}, not in k8s.API_SURFACE")
+    main_src = (ROOT / "operator" / "finetune_operator" / "__main__.py").read_text()
+    if "kopf.run(" in main_src:
+        calls |= KOPF_CALLS
+    return calls
+
+
+def rbac_verb(verb: str) -> str:
+    return {"replace": "update"}.get(verb, verb)
+
+
+def needed_grants() -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for verb, resource in operator_calls():
+        assert resource in API_RESOURCES, (
+            f"k8s.py calls {verb} {resource}: add its API group and plural to "
+            "tests/unit/helmchart.py API_RESOURCES, then grant it in the chart's rbac.yaml")
+        out.setdefault(API_RESOURCES[resource], set()).add(rbac_verb(verb))
+    return out
