@@ -127,6 +127,8 @@ class Controller:
         self._due: dict[str, float] = {}            # job uid -> epoch seconds
         self._last_write: dict[tuple[str, Change], float] = {}
         self._create_errors: dict[str, tuple[int, str]] = {}
+        self._failures: dict[str, int] = {}          # consecutive execution errors per job
+        self._sweep_retry_at = 0.0
         self._plan_errors: dict[str, str] = {}
         self.queue_view: dict[str, list[dict[str, Any]]] = {}
         self.jobs = cache.Store("jobs", self._changed)
@@ -271,6 +273,7 @@ class Controller:
         self._due.pop(uid, None)
         self._create_errors.pop(uid, None)
         self._plan_errors.pop(uid, None)
+        self._failures.pop(uid, None)
         for ch in Change:
             self._last_write.pop((uid, ch), None)
         job = getattr(old, "job", None)
@@ -319,8 +322,10 @@ class Controller:
         last_start = 0.0
         while not self._stop.is_set():
             timeout = s.admission_interval_seconds
-            if self._due:
-                timeout = max(0.0, min(timeout, min(self._due.values()) - time.time()))
+            with self._lock:
+                first_due = min(self._due.values(), default=None)
+            if first_due is not None:
+                timeout = max(0.0, min(timeout, first_due - time.time()))
             self._wake.wait(timeout)
             self._wake.clear()
             pause = last_start + s.min_cycle_interval_seconds - time.monotonic()
@@ -355,9 +360,10 @@ class Controller:
         for uid, d in decisions.by_uid.items():
             if self._last_decision.get(uid) != d:
                 todo.add(uid)
-        for uid in [u for u, t in self._due.items() if t <= epoch]:
-            todo.add(uid)
-            del self._due[uid]
+        with self._lock:
+            for uid in [u for u, t in self._due.items() if t <= epoch]:
+                todo.add(uid)
+                del self._due[uid]
         if capacity and self.cycles == 0:
             todo |= {e.uid for e in entries}
         work: list[tuple[FineTuneJob, Plan, Change]] = []
@@ -390,6 +396,8 @@ class Controller:
     def _sync_sweeps(self, entries: list[JobEntry], now: dt.datetime) -> None:
         """Sweeps create their trials as ordinary FineTuneJobs (sweep/): only when a sweep or
         one of its trials changed."""
+        if time.monotonic() < self._sweep_retry_at:
+            return
         with self._lock:
             dirty, self._sweeps_dirty = self._sweeps_dirty, False
         sweeps = self.sweeps.values()
@@ -399,7 +407,9 @@ class Controller:
         try:
             self._sweep_runner.sync(sweeps, trials, now)
         except (ApiException, OSError) as e:
-            log.warning("sweeps: %s; retrying next cycle", e)
+            text = _api_message(e) if isinstance(e, ApiException) else str(e)
+            log.warning("sweeps: %s; retrying in 10s", text or e)
+            self._sweep_retry_at = time.monotonic() + 10.0
             with self._lock:
                 self._sweeps_dirty = True
 
@@ -411,9 +421,18 @@ class Controller:
                 "ttl": float(s.ttl_seconds_after_finished)}
 
     def _schedule(self, uid: str, at: float) -> None:
-        cur = self._due.get(uid)
-        if cur is None or at < cur:
-            self._due[uid] = at
+        with self._lock:
+            cur = self._due.get(uid)
+            if cur is None or at < cur:
+                self._due[uid] = at
+
+    def _retry_later(self, uid: str) -> None:
+        """After an API error or an exception for one job: plan it again with backoff
+        (0.5 s doubling to 60 s), not every cycle; others are not affected."""
+        n = self._failures.get(uid, 0)
+        self._failures[uid] = n + 1
+        self._schedule(uid, time.time() + min(60.0, 0.5 * 2 ** n))
+        self._wake.set()
 
     def _plan(self, job: FineTuneJob, pods: list[dict], decision: JobDecision,
               seen: tuple[int, dict[str, Any]] | None, classes: dict[str, int],
@@ -490,20 +509,27 @@ class Controller:
             with self._lock:
                 self._dirty.add(job.metadata.uid)
             return
+        uid = job.metadata.uid
         try:
             self.execute(job, pl, change, now)
-        except (ApiException, OSError) as e:  # one job's trouble must not stall the others
-            with self._lock:
-                self._dirty.add(job.metadata.uid)
-            status = getattr(e, "status", None)
-            log.warning("FineTuneJob %s: %s %s; retrying next cycle", job.key,
-                        status if status is not None else type(e).__name__,
-                        _api_message(e) if isinstance(e, ApiException) else e)
+            self._failures.pop(uid, None)
+        except ApiException as e:  # one job's trouble must not stall the others
+            if e.status == 409:  # a newer object is on its way through the watch
+                with self._lock:
+                    self._dirty.add(uid)
+                return
+            self._retry_later(uid)
+            log.warning("FineTuneJob %s: %s %s; retrying with backoff", job.key, e.status,
+                        _api_message(e) or e.reason)
+        except OSError as e:
+            self._retry_later(uid)
+            log.warning("FineTuneJob %s: %s; retrying with backoff", job.key, e)
         except Exception:
             metrics.count_cycle_error("job")
-            log.exception("FineTuneJob %s: executing the plan failed; retrying", job.key)
-            with self._lock:
-                self._dirty.add(job.metadata.uid)
+            self._retry_later(uid)
+            if self._failures.get(uid) == 1:
+                log.exception("FineTuneJob %s: executing the plan failed; retrying with "
+                              "backoff", job.key)
 
     def execute(self, job: FineTuneJob, pl: Plan, change: Change, now: dt.datetime) -> None:
         k, ns, name, uid = self.kube, job.metadata.namespace, job.metadata.name, job.metadata.uid

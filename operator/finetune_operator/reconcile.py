@@ -260,6 +260,8 @@ def _reconcile_active(p: Plan, job: FineTuneJob, current: list[dict], decision: 
             (now - admitted).total_seconds() >= ctx.pods_ready_timeout_seconds:
         _requeue_start(p, job, view, f"not running {ctx.pods_ready_timeout_seconds:.0f}s "
                        f"after admission: {pending_cause(current)}", ctx)
+    elif st.attempt < 1:  # a status written by someone else (not an admission): start over
+        _to_queue(p, job, "Requeued", "status said admitted but no attempt was started", now)
     elif not current or len(current) < view.expected:
         p.create_attempt = st.attempt  # admitted but children missing (e.g. operator restart)
     elif view.all_running and st.phase != "Running":
