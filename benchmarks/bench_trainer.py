@@ -1,20 +1,27 @@
-"""Trainer benchmark: a fixed tiny LoRA job through our entrypoint vs a plain HF Trainer + peft
-script doing the same work, and the time to save and to resume a checkpoint.
+"""Trainer benchmark: one fixed tiny LoRA job through our entrypoint, a plain HF Trainer + peft
+script and LLaMA-Factory 0.9.5, side by side in one run; plus the time to save and to resume.
 
     .venv/bin/python benchmarks/bench_trainer.py            # print the figures
     .venv/bin/python benchmarks/bench_trainer.py --markdown # also write BENCHMARKS.md's
                                                             # "Trainer" section
 
-The job: the tiny Llama of ``finetune_trainer.tiny`` (hidden 64, 2 layers), the 24 records of
-``examples/data/messages.jsonl`` (cutoff 128, assistant-only labels), LoRA r=8 alpha=16 dropout
-0.1 on all linear layers, 40 steps of batch 4, lr 0.02 linear with 10% warmup, fp32 on the CPU,
-a checkpoint every 10 steps (2 kept), the final adapter saved.
+The job: the tiny Llama of ``finetune_trainer.tiny`` (hidden 64, 2 layers, ChatML template),
+saved to a directory every runner loads by path; the 24 records of
+``examples/data/messages.jsonl`` (cutoff 128, assistant-only labels); LoRA r=8 alpha=16 dropout
+0.1 on all linear layers; 40 steps of batch 4, lr 0.02 linear with 10% warmup, seed 7, fp32 on
+the CPU; loss logged every 10 steps; a checkpoint every 10 steps (2 kept); the final adapter.
 
 - ours: ``python -m finetune_trainer --config FILE`` in a subprocess (wall time of the process,
   imports included): atomic checkpoints, progress file, TensorBoard logs, termination message.
 - plain: this file with ``--plain`` in a subprocess: the same tokenization (chat template,
   prompt masked), ``get_peft_model`` + ``Trainer`` with ``save_steps``/``save_total_limit`` and a
   final ``save_model``; nothing else.
+- LLaMA-Factory: ``llamafactory-cli train job.yaml`` from its own venv (``LF_VENV``, created with
+  ``python -m venv`` and ``pip install llamafactory==0.9.5``; skipped with the reason when
+  absent), template ``chatml`` (the tiny tokenizer's), the data registered in a local
+  ``dataset_info.json`` as sharegpt-style ``messages``. Its venv resolves its own transformers
+  and peft versions (printed with the figures).
+- Peak RSS: ``ru_maxrss`` of each process (``os.wait4``), children included.
 - save: the save time each checkpoint records in its COMPLETE marker (median), LoRA and full.
 - resume: a real SIGTERM at step 23, then a restart: the time from the signal to the process
   exit (save at the step boundary included), and the time the restart takes to restore weights,
@@ -33,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +49,10 @@ from report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data" / "messages.jsonl"
-STEPS, INTERVAL, BATCH, LR, SEED, CUTOFF = 40, 10, 4, 0.02, 7, 128
+STEPS, INTERVAL, BATCH, LR, SEED, CUTOFF, LOG_STEPS = 40, 10, 4, 0.02, 7, 128, 10
+LF_VERSION = "0.9.5"
+LF_VENV = Path(os.environ.get(
+    "LF_VENV", Path.home() / ".cache" / "finetune-operator" / f"llamafactory-{LF_VERSION}"))
 
 
 def env() -> dict[str, str]:
@@ -59,7 +70,7 @@ def config(model: Path, work: Path, method: str = "lora") -> Path:
         "method": method,
         "training": {"maxSteps": STEPS, "learningRate": LR if method == "lora" else 0.002,
                      "batchSize": BATCH, "lrScheduler": "linear", "warmupRatio": 0.1,
-                     "precision": "fp32", "seed": SEED},
+                     "precision": "fp32", "seed": SEED, "loggingSteps": LOG_STEPS},
         "checkpoint": {"intervalSteps": INTERVAL, "keep": 2},
         "resources": {"gpus": 0},
     }
@@ -74,16 +85,32 @@ def config(model: Path, work: Path, method: str = "lora") -> Path:
     return path
 
 
-def timed_run(cmd: list[str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
-    wall = time.perf_counter() - t0
+@dataclass
+class Run:
+    wall: float
+    cpu: float  # user + system seconds of the process and its children
+    rss_mb: float
+    stderr: str
+
+
+def timed_run(cmd: list[str], extra_env: dict[str, str] | None = None,
+              cwd: Path = ROOT) -> Run:
+    """Run to completion; wall time and the process's own peak RSS (children included)."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, cwd=cwd, env={**env(), **(extra_env or {})},
+                             stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode(errors="replace")
     if p.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return wall, p.stderr
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{text[-3000:]}")
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, text)
 
 
-def ours(model: Path, work: Path, method: str = "lora") -> tuple[float, str]:
+def ours(model: Path, work: Path, method: str = "lora") -> Run:
     return timed_run([sys.executable, "-m", "finetune_trainer", "--config",
                       str(config(model, work, method))])
 
@@ -129,12 +156,70 @@ def plain(model_dir: str, out: str) -> None:
     args = TrainingArguments(
         output_dir=out, max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=LR,
         lr_scheduler_type="linear", warmup_steps=0.1, save_steps=INTERVAL, save_total_limit=2,
-        logging_steps=1, report_to="none", seed=SEED, data_seed=SEED, use_cpu=True,
+        logging_steps=LOG_STEPS, report_to="none", seed=SEED, data_seed=SEED, use_cpu=True,
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=feats,
                       data_collator=collate)
     trainer.train()
     trainer.save_model(str(Path(out) / "final"))
+
+
+def lf_problem() -> str | None:
+    """Why LLaMA-Factory cannot run here, or None."""
+    cli = LF_VENV / "bin" / "llamafactory-cli"
+    if not cli.exists():
+        return (f"no LLaMA-Factory venv at {LF_VENV} (create it: python3 -m venv {LF_VENV} && "
+                f"{LF_VENV}/bin/pip install llamafactory=={LF_VERSION})")
+    p = subprocess.run([str(LF_VENV / "bin" / "python"), "-c",
+                        "import llamafactory, transformers, peft, torch; print("
+                        "llamafactory.__version__, transformers.__version__, peft.__version__, "
+                        "torch.__version__)"], capture_output=True, text=True, env=env())
+    if p.returncode != 0:
+        return f"LLaMA-Factory does not import: {p.stderr.strip().splitlines()[-1:]}"
+    return None
+
+
+def lf_versions() -> str:
+    p = subprocess.run([str(LF_VENV / "bin" / "python"), "-c",
+                        "import llamafactory, transformers, peft, torch; print("
+                        "f'llamafactory {llamafactory.__version__}, transformers "
+                        "{transformers.__version__}, peft {peft.__version__}, "
+                        "torch {torch.__version__}')"],
+                       capture_output=True, text=True, env=env(), check=True)
+    return p.stdout.strip()
+
+
+def lf_job(model: Path, out: Path) -> Path:
+    """The same job as LLaMA-Factory YAML; the data registered in a local dataset_info.json."""
+    data_dir = out.with_name(out.name + "-data")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / DATA.name).write_bytes(DATA.read_bytes())
+    (data_dir / "dataset_info.json").write_text(json.dumps({"bench": {
+        "file_name": DATA.name, "formatting": "sharegpt", "columns": {"messages": "messages"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                 "assistant_tag": "assistant", "system_tag": "system"}}}))
+    job = {
+        "model_name_or_path": str(model), "stage": "sft", "do_train": True,
+        "finetuning_type": "lora", "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.1,
+        "lora_target": "all", "dataset": "bench", "dataset_dir": str(data_dir),
+        "template": "chatml", "cutoff_len": CUTOFF, "overwrite_cache": True,
+        "dataloader_num_workers": 0, "output_dir": str(out), "logging_steps": LOG_STEPS,
+        "save_steps": INTERVAL, "save_total_limit": 2, "plot_loss": False,
+        "overwrite_output_dir": True, "report_to": "none", "per_device_train_batch_size": BATCH,
+        "gradient_accumulation_steps": 1, "learning_rate": LR, "max_steps": STEPS,
+        "lr_scheduler_type": "linear", "warmup_ratio": 0.1, "seed": SEED, "data_seed": SEED,
+        "bf16": False, "fp16": False, "use_cpu": True, "disable_tqdm": True,
+    }
+    path = Path(str(out) + ".yaml")
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def llamafactory(model: Path, out: Path) -> Run:
+    return timed_run([str(LF_VENV / "bin" / "llamafactory-cli"), "train",
+                      str(lf_job(model, out))],
+                     {"DISABLE_VERSION_CHECK": "1", "LLAMAFACTORY_VERBOSITY": "WARN"},
+                     cwd=out.parent)
 
 
 def marker_save_seconds(work: Path) -> list[float]:
@@ -168,7 +253,7 @@ def sigterm_cycle(model: Path, work: Path, method: str, at_step: int) -> dict[st
     stop = time.perf_counter() - t0
     term = json.loads(Path(str(work) + ".termination.json").read_text())
     assert proc.returncode == 0 and term["reason"] == "Preempted", log.read_text()[-2000:]
-    _, err2 = timed_run(cmd)
+    err2 = timed_run(cmd).stderr
     restored = re.search(r"restored in ([0-9.]+)s", err2)
     assert restored, err2[-2000:]
     return {"stop": stop, "save": float(term["checkpoint"]["saveSeconds"]),
@@ -178,6 +263,10 @@ def sigterm_cycle(model: Path, work: Path, method: str, at_step: int) -> dict[st
 def setup_seconds(stderr: str) -> float:
     m = re.search(r"training set up in ([0-9.]+)s", stderr)
     return float(m.group(1)) if m else float("nan")
+
+
+def _runs(xs: list[Run]) -> str:
+    return ", ".join(f"{r.wall:.2f}" for r in xs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,30 +282,60 @@ def main(argv: list[str] | None = None) -> int:
 
     from finetune_trainer.tiny import build_tiny_model
 
+    lf_skip = lf_problem()
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp_s:
         tmp = Path(tmp_s)
         model = build_tiny_model(tmp / "model")
-        ours_t, plain_t, setups, saves = [], [], [], []
-        for i in range(args.repeat):  # alternate, so both see the same machine load
-            w, err = ours(model, tmp / f"ours-{i}")
-            ours_t.append(w)
-            setups.append(setup_seconds(err))
+        ours_r: list[Run] = []
+        plain_r: list[Run] = []
+        lf_r: list[Run] = []
+        setups: list[float] = []
+        saves: list[float] = []
+        for i in range(args.repeat):  # interleaved, so all see the same machine load
+            r = ours(model, tmp / f"ours-{i}")
+            ours_r.append(r)
+            setups.append(setup_seconds(r.stderr))
             saves += marker_save_seconds(tmp / f"ours-{i}")
-            plain_t.append(timed_run(plain_cmd(model, tmp / f"plain-{i}"))[0])
-        _, full_err = ours(model, tmp / "full-0", "full")
+            plain_r.append(timed_run(plain_cmd(model, tmp / f"plain-{i}")))
+            if lf_skip is None:
+                lf_r.append(llamafactory(model, tmp / f"lf-{i}"))
+        full = ours(model, tmp / "full-0", "full")
         full_saves = marker_save_seconds(tmp / "full-0")
         lora_cycle = sigterm_cycle(model, tmp / "cycle-lora", "lora", 23)
         full_cycle = sigterm_cycle(model, tmp / "cycle-full", "full", 23)
 
-    o, b = statistics.median(ours_t), statistics.median(plain_t)
+    def med(xs: list[Run], attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in xs)
+
+    def figures(xs: list[Run]) -> str:
+        return (f"wall {med(xs, 'wall'):.2f} s (runs: {_runs(xs)}), CPU {med(xs, 'cpu'):.2f} s, "
+                f"peak RSS {med(xs, 'rss_mb'):.0f} MiB")
+
+    def ratios(xs: list[Run], ys: list[Run]) -> str:
+        return ", ".join(f"{name} {med(xs, attr) / med(ys, attr):.2f}x" for name, attr in
+                         (("wall", "wall"), ("CPU", "cpu"), ("peak RSS", "rss_mb")))
+
     lines = [
         f"Fixed tiny LoRA job ({STEPS} steps of batch {BATCH}, tiny Llama hidden 64 / 2 layers, "
-        f"{INTERVAL}-step checkpoints, fp32 on the CPU), median of {args.repeat} runs each, "
-        "process wall time including imports",
-        f"- finetune-trainer: {o:.2f} s (runs: {', '.join(f'{x:.2f}' for x in ours_t)})",
-        f"- plain HF Trainer + peft script, same work: {b:.2f} s "
-        f"(runs: {', '.join(f'{x:.2f}' for x in plain_t)})",
-        f"- ratio finetune-trainer / plain: {o / b:.2f}x",
+        f"loss logged every {LOG_STEPS} steps, {INTERVAL}-step checkpoints, fp32 on the CPU), "
+        f"the same job through three trainers in one run, interleaved, median of {args.repeat} "
+        "runs each; wall time of the process including imports, CPU time (user + system) and "
+        "peak RSS (ru_maxrss) of the process and its children. On a shared machine the wall "
+        "times swing with the load; CPU time is the steadier comparison",
+        f"- finetune-trainer: {figures(ours_r)}",
+        f"- plain HF Trainer + peft script, same work: {figures(plain_r)}",
+    ]
+    if lf_r:
+        lines += [
+            f"- LLaMA-Factory {LF_VERSION} (`llamafactory-cli train`, its own venv: "
+            f"{lf_versions()}): {figures(lf_r)}",
+            f"- finetune-trainer / plain: {ratios(ours_r, plain_r)} (target <= 1.02x)",
+            f"- finetune-trainer / LLaMA-Factory: {ratios(ours_r, lf_r)} (target <= 1.0x)",
+        ]
+    else:
+        lines += [f"- LLaMA-Factory {LF_VERSION}: not run: {lf_skip}",
+                  f"- finetune-trainer / plain: {ratios(ours_r, plain_r)} (target <= 1.02x)"]
+    lines += [
         f"- checkpoint save (tmp dir, fsync, marker, rename; weights + optimizer + scheduler + "
         f"RNG): LoRA median {statistics.median(saves) * 1000:.0f} ms over {len(saves)} saves, "
         f"full fine-tuning median {statistics.median(full_saves) * 1000:.0f} ms",
@@ -226,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- resume (weights, optimizer, scheduler restored before the first step): LoRA "
         f"{lora_cycle['restore'] * 1000:.0f} ms, full {full_cycle['restore'] * 1000:.0f} ms; "
         f"the same phase of a fresh start: LoRA {statistics.median(setups) * 1000:.0f} ms, "
-        f"full {setup_seconds(full_err) * 1000:.0f} ms",
+        f"full {setup_seconds(full.stderr) * 1000:.0f} ms",
     ]
     print("\n".join(lines))
     if args.markdown:

@@ -85,7 +85,11 @@ def _apply(tokenizer: Any, msgs: list[dict[str, str]], gen: bool) -> str:
     return out if isinstance(out, str) else str(out)
 
 
-_COMPILED: dict[tuple[int, str], Any] = {}
+_COMPILED: dict[tuple[int, str, str], Any] = {}
+
+
+def _key(tokenizer: Any) -> tuple[int, str, str]:
+    return id(tokenizer), str(tokenizer.chat_template), str(tokenizer.special_tokens_map)
 
 
 def _compiled(tokenizer: Any) -> Any:
@@ -95,8 +99,7 @@ def _compiled(tokenizer: Any) -> Any:
     ``apply_chat_template`` spends about two thirds of its time re-validating and copying its
     inputs; our messages are already plain ``{"role", "content"}`` strings, so the compiled
     template (transformers' own, cached) renders them the same way, three times faster."""
-    template = str(tokenizer.chat_template)
-    key = (id(tokenizer), template)
+    key = _key(tokenizer)
     if key not in _COMPILED:
         fn: Callable[[list[dict[str, str]], bool], str] | None = None
         try:
@@ -127,12 +130,12 @@ def render(tokenizer: Any, msgs: list[dict[str, str]], gen: bool) -> str:
     return fn(msgs, gen) if fn is not None else _apply(tokenizer, msgs, gen)
 
 
-_EOT_CACHE: dict[tuple[int, str], str] = {}
+_EOT_CACHE: dict[tuple[int, str, str], str] = {}
 
 
 def end_of_turn(tokenizer: Any) -> str:
     """The text the template renders right after an assistant message (whitespace trimmed)."""
-    key = (id(tokenizer), str(tokenizer.chat_template))
+    key = _key(tokenizer)
     if key not in _EOT_CACHE:
         eot = ""
         try:
