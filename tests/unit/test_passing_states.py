@@ -92,3 +92,12 @@ def test_timers_name_the_next_instant_a_plan_can_change() -> None:
     assert due_at(sim.job, sim.st, [], TIMING, sim.now) == sim.now + dt.timedelta(seconds=30)
     sim.st.retry_after = None
     assert due_at(sim.job, sim.st, [], TIMING, sim.now) is None  # only events change it
+
+
+def test_an_admitted_status_without_an_attempt_goes_back_to_the_queue() -> None:
+    """A status someone else wrote (phase Admitted, attempt 0): no pod named attempt 0."""
+    sim = Sim(make_job(gpus=1))
+    sim.step()
+    sim.st.phase = "Admitted"
+    p = sim.tick(1).step()
+    assert p.status.phase == "Queued" and p.create_attempt is None
