@@ -153,3 +153,13 @@ def test_direct_rendering_equals_apply_chat_template(tiny_tokenizer: Any) -> Non
         for k in range(1, len(CONV) + 1):
             for gen in (False, True):
                 assert render(t, CONV[:k], gen) == _apply(t, CONV[:k], gen)
+
+
+def test_fallback_without_eos_says_so_and_keeps_the_text_marker(tiny_tokenizer: Any) -> None:
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = None
+    tok.eos_token = None
+    note = ensure_chat_template(tok)
+    assert note and "may not learn to stop" in note
+    full, spans = assistant_spans(tok, CONV[1:3])
+    assert [full[a:b] for a, b in spans] == ["Paris.<|im_end|>\n"]
