@@ -122,13 +122,17 @@ def sigterm_at(config: Path, progress: Path, log: Path, step: int) -> tuple[int,
 
 
 def start_launcher(config: Path, log: Path, nproc: int = 1,
-                   env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                   env: dict[str, str] | None = None,
+                   node: tuple[int, int, int] | None = None) -> subprocess.Popen[bytes]:
     """The pod's launch path: ``python -m finetune_trainer.launch`` supervising ``nproc``
-    trainer processes (gloo on the CPU), as the operator's pods run it."""
+    trainer processes (gloo on the CPU), as the operator's pods run it. ``node`` = (node rank,
+    nodes, rendezvous port) makes it one node of a gang meeting on 127.0.0.1."""
     out = open(log, "ab")  # noqa: SIM115 - closed with the process by the caller
+    gang = [] if node is None else [f"--node-rank={node[0]}", f"--nnodes={node[1]}",
+                                    "--master-addr=127.0.0.1", f"--master-port={node[2]}"]
     return subprocess.Popen(
-        [sys.executable, "-m", "finetune_trainer.launch", f"--nproc-per-node={nproc}", "--",
-         "--config", str(config)],
+        [sys.executable, "-m", "finetune_trainer.launch", f"--nproc-per-node={nproc}", *gang,
+         "--", "--config", str(config)],
         cwd=ROOT, env=trainer_env(env), stdout=out, stderr=subprocess.STDOUT)
 
 

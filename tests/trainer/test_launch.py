@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,6 +105,38 @@ def test_two_processes_sigterm_then_resume_is_exact(baseline2: Callable[[], Run]
                                                          abs=1e-6)
     # tokens are counted without a per-micro-batch sync, and exactly across the preemption
     assert _tokens_seen(r.work, MAX_STEPS) == _tokens_seen(base.work, MAX_STEPS) > 0
+
+
+def test_two_node_gang_sigterm_then_resume_is_exact(baseline2: Callable[[], Run],
+                                                    tiny_model: Path, tmp_path: Path) -> None:
+    """Two supervisors as two nodes of one process each (static rendezvous on node 0, as the
+    pods of a multi-node job meet through the headless Service): the same ranks as one node
+    with two processes, so the same result; SIGTERM to both (the operator stops the whole
+    gang), then resume."""
+    from finetune_trainer.launch import free_port
+
+    base = baseline2()
+    r = Run(tmp_path / "gang", tiny_model, {})
+    logs = [r.root / "node0.log", r.root / "node1.log"]
+
+    def start() -> list[subprocess.Popen[bytes]]:
+        port = free_port()
+        return [start_launcher(r.config, logs[n], 1, node=(n, 2, port)) for n in (0, 1)]
+
+    nodes = start()
+    wait_until("step 7", lambda: progress_step(r.progress) >= 7, nodes[0], logs[0])
+    for p in nodes:
+        p.send_signal(signal.SIGTERM)
+    assert [p.wait(120) for p in nodes] == [0, 0], logs[1].read_text()[-3000:]
+    term = r.term()  # both nodes write the same path here; each pod has its own in a cluster
+    stopped = term["finalStep"]
+    assert term["reason"] == "Preempted" and term["checkpoint"]["step"] == stopped
+    assert "ranks 1-1 of 2, node 1 of 2" in logs[1].read_text()
+
+    nodes = start()
+    assert [p.wait(300) for p in nodes] == [0, 0], logs[0].read_text()[-3000:]
+    assert r.term()["reason"] == "Completed" and r.prog()["resumedFromStep"] == stopped
+    assert max_diff(base.work / ADAPTER, r.work / ADAPTER) <= 1e-6
 
 
 def test_a_killed_rank_ends_the_group_with_the_cause(tiny_model: Path, tmp_path: Path) -> None:
