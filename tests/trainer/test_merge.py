@@ -65,3 +65,22 @@ def test_count_parameters_skips_lora_weights(tiny_model: Path) -> None:
     n = sum(p.numel() for p in base.parameters())
     wrapped = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"]))
     assert merge.count_parameters(wrapped) == n
+
+
+def test_memory_short_at_merge_time_keeps_the_adapter(tiny_model: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enough memory at the start, not at the end (another tenant on the node): the job is
+    Completed with its adapter and says why there is no merged model."""
+    from finetune_trainer import train
+    from finetune_trainer.config import parse_config
+
+    answers = iter([64 * GIB])
+    monkeypatch.setattr(merge, "cpu_available_bytes", lambda: next(answers, 0))
+    cfg = parse_config(config_dict(tiny_model, tmp_path / "w", spec={
+        "training": {"maxSteps": 3}, "output": {"mergeAdapter": True}}))
+    out = train.run(cfg)
+    assert out.reason == "Completed" and out.final_step == 3
+    assert out.adapter_path == "output/adapter" and out.merged_path == ""
+    assert "merge skipped: spec.output.mergeAdapter: " in out.message
+    assert (tmp_path / "w/output/adapter/adapter_model.safetensors").is_file()
+    assert not (tmp_path / "w/output/merged").exists()

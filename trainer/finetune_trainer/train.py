@@ -16,7 +16,7 @@ from finetune_operator.api.trainer_config import TrainerConfig
 from . import checkpoint as ck
 from . import evaluation
 from .callbacks import CheckpointingTrainer, ReportCallback, RunState, StopCallback
-from .config import Runtime, detect_runtime, resolve_precision
+from .config import ConfigError, Runtime, detect_runtime, resolve_precision
 from .data import Collator, ExampleDataset, build_examples, resolve_dataset_file
 from .merge import check_merge_memory, merge_and_save, merge_precision
 from .model import apply_method, deepspeed_config, load_model, load_tokenizer
@@ -283,12 +283,19 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
                 state = trainer.state
                 trainer.accelerator.free_memory()  # drops its model/optimizer/engine refs
                 del trainer, model
-                _export_merged(cfg, work_dir / ADAPTER_DIR, work_dir / MERGED_DIR,
-                               merge_precision(precision, rt.cuda), rt.local_rank, tokenizer)
+                message = f"completed {step} steps"
+                try:
+                    _export_merged(cfg, work_dir / ADAPTER_DIR, work_dir / MERGED_DIR,
+                                   merge_precision(precision, rt.cuda), rt.local_rank, tokenizer)
+                except ConfigError as e:
+                    # Checked before training; memory can still be short now (another tenant
+                    # on the node): the adapter is the result, the job is not failed for it.
+                    log.error("merge skipped: %s", e)
+                    merged_rel, message = "", f"{message}; merge skipped: {e}"
                 run_state.report(state, "done", force=True)
                 log.info("completed at step %d: %s", step, metrics)
-                return Outcome("Completed", step, f"completed {step} steps", adapter_rel,
-                               merged_rel, metrics, run_state.checkpoint_report())
+                return Outcome("Completed", step, message, adapter_rel, merged_rel, metrics,
+                               run_state.checkpoint_report())
     run_state.report(trainer.state, "done", force=True)
     log.info("completed at step %d: %s", step, metrics)
     return Outcome("Completed", step, f"completed {step} steps", adapter_rel, merged_rel,
