@@ -431,6 +431,14 @@ def _queued(p: Plan, job: FineTuneJob, decision: JobDecision, ctx: Ctx) -> None:
         st.queue = QueueStatus(position=None, reason=f"backing off after failure {st.failures}: "
                                f"retry at {st.retry_after}")
         return
+    since = parse_time(st.unschedulable_since)
+    if decision.impossible and since:  # a stable text: the instant it gives up, no countdown
+        until = iso(since + dt.timedelta(seconds=ctx.unschedulable_grace_seconds))
+        why = (f"{decision.impossible}; waiting in case it fits again (quota raised, node "
+               f"back); fails at {until} if it still cannot")
+        st.queue = QueueStatus(position=None, reason=why)
+        set_condition(st, "Admitted", False, "Unschedulable", why, now, gen)
+        return
     if not decision.admit:
         st.queue = QueueStatus(position=decision.position, reason=decision.reason)
         set_condition(st, "Admitted", False, decision.code or _waiting_reason(decision.reason),

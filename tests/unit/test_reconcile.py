@@ -898,6 +898,9 @@ def test_impossible_now_waits_then_fails_after_the_grace_period() -> None:
     sim = queued()
     p = sim.tick(5).step(decision=JobDecision(impossible=why))
     assert p.status.phase == "Queued" and p.status.unschedulable_since is not None
+    waiting = cond(p.status, "Admitted")
+    assert waiting.reason == "Unschedulable" and waiting.message.startswith(why)
+    assert p.status.queue is not None and "fails at" in p.status.queue.reason
     p = sim.tick(899).step(decision=JobDecision(impossible=why))
     assert p.status.phase == "Queued"
     p = sim.tick(2).step(decision=JobDecision(impossible=why))
