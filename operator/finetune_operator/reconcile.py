@@ -371,7 +371,12 @@ def _succeed(p: Plan, job: FineTuneJob, view: PodsView, now: dt.datetime) -> Non
 def _failed_attempt(p: Plan, job: FineTuneJob, view: PodsView, ctx: Ctx) -> None:
     st, now, gen = p.status, ctx.now, job.metadata.generation
     st.failures += 1
-    p.delete_pods.extend(view.deletable)  # a gang restarts whole
+    # a gang restarts whole; its survivors would block in a collective with a dead peer, so
+    # they are deleted at once (grace 0: there is nothing consistent left for them to save)
+    if job.spec.resources.nodes > 1:
+        p.force_delete_pods.extend(view.deletable)
+    else:
+        p.delete_pods.extend(view.deletable)
     p.metrics.append(("failure", {"reason": view.failure_reason}))
     cause = view.failure or "unknown failure"
     limit = job.spec.backoff_limit

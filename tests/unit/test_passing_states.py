@@ -101,3 +101,12 @@ def test_an_admitted_status_without_an_attempt_goes_back_to_the_queue() -> None:
     sim.st.phase = "Admitted"
     p = sim.tick(1).step()
     assert p.status.phase == "Queued" and p.create_attempt is None
+
+
+def test_a_failed_gang_member_ends_its_peers_at_once() -> None:
+    """Rank 1 died: rank 0 would block in a collective; it is deleted with grace 0."""
+    sim = running(make_job(gpus=2, nodes=2))
+    p = sim.tick(60).step([make_pod(sim.job, 1, 0), make_pod(sim.job, 1, 1, exit_code=1)])
+    assert p.status.failures == 1 and p.status.phase == "Queued"
+    assert [x["metadata"]["name"] for x in p.force_delete_pods] == ["bot-a1-0"]
+    assert p.delete_pods == []
