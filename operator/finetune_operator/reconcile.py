@@ -165,7 +165,8 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
     if st.phase == "Queued":
         # e.g. a gang member still running after its peer failed and the operator restarted
         p.delete_pods.extend(x for x in observe(current, job.spec.resources.nodes, False)
-                             .deletable if x not in p.delete_pods)
+                             .deletable if x not in p.delete_pods
+                             and x not in p.force_delete_pods)
         _queued(p, job, decision, ctx)
     if job.status.phase is None and st.phase == "Admitted":  # admitted at first sight:
         p.events = [e for e in p.events if e[1] != "Queued"]  # one Event, not two
