@@ -640,7 +640,7 @@ def test_gang_member_failing_restarts_the_whole_gang() -> None:
     p = sim.tick(60).step(pods)
     assert p.status.phase == "Queued" and p.status.failures == 1
     assert "bot-a1-1" in cond(p.status, "Running").message
-    assert names(p.delete_pods) == ["bot-a1-0"]  # the failed one holds nothing any more
+    assert names(p.force_delete_pods) == ["bot-a1-0"]  # grace 0: it would block on its peer
     p = sim.tick(60).step(decision=ADMIT)
     assert p.create_attempt == 2  # a fresh gang, both ranks
 
