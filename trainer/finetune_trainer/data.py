@@ -51,6 +51,7 @@ from finetune_operator.api.trainer_config import TrainerConfig
 from .data_cache import StoreWriter, TokenStore, build_store, cache_key, cached_store
 from .data_formats import (
     CHAT_ROLES,
+    DATA_SUFFIXES,
     SHAREGPT_ROLES,
     DataError,
     DatasetUnavailable,
@@ -78,9 +79,9 @@ from .templates import (
 __all__ = [
     "CHAT_ROLES", "DATA_CACHE_DIR", "FALLBACK_CHAT_TEMPLATE", "IGNORE", "SHAREGPT_ROLES",
     "Collator", "DataError", "DataStats", "DataStopped", "DatasetUnavailable", "Example",
-    "ExampleDataset", "build_examples", "pack", "pick_split_file", "read_records",
-    "record_to_messages", "resolve_dataset_file", "split_indices", "tokenize_chat",
-    "tokenize_text", "truncate",
+    "ExampleDataset", "build_examples", "fetch_hub_split", "pack", "pick_split_file",
+    "read_records", "record_to_messages", "resolve_dataset_file", "split_indices",
+    "tokenize_chat", "tokenize_text", "truncate",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,16 +107,20 @@ def resolve_dataset_file(cfg: TrainerConfig) -> str:
     hub = cfg.spec.dataset.source.hub
     if hub is None:
         return cfg.paths.dataset
+    return fetch_hub_split(cfg, cfg.paths.dataset, hub.split)
+
+
+def fetch_hub_split(cfg: TrainerConfig, repo: str, split: str) -> str:
+    """Download a hub dataset repo's data files (into the work dir) and pick ``split``'s file."""
     from huggingface_hub import snapshot_download
 
     from .model import read_hub_token
 
     local = snapshot_download(
-        cfg.paths.dataset, repo_type="dataset",
-        allow_patterns=["*.jsonl", "*.json", "*.parquet"],
+        repo, repo_type="dataset", allow_patterns=[f"*{s}" for s in DATA_SUFFIXES],
         token=read_hub_token(cfg.hub_token_file),
         cache_dir=str(Path(cfg.paths.work_dir) / "hub-cache"))
-    return str(pick_split_file(list(Path(local).rglob("*")), hub.split, cfg.paths.dataset))
+    return str(pick_split_file(list(Path(local).rglob("*")), split, repo))
 
 
 # --- tokenization ----------------------------------------------------------------------------
