@@ -51,10 +51,17 @@ class Ports:
         return asdict(self)
 
 
+def default_ports() -> Ports:
+    """The default ports, shifted by FINETUNE_CLUSTER_PORT_OFFSET (a second cluster beside the
+    first: set it with FINETUNE_CLUSTER_DIR)."""
+    offset = int(os.environ.get("FINETUNE_CLUSTER_PORT_OFFSET", "0"))
+    return Ports(**{k: v + offset for k, v in Ports().all().items()})
+
+
 @dataclass
 class ClusterConfig:
     state_dir: Path = field(default_factory=lambda: default_state_dir())
-    ports: Ports = field(default_factory=Ports)
+    ports: Ports = field(default_factory=default_ports)
     nodes: int = 2
     gpus_per_node: int = 8
     host: str = "127.0.0.1"
