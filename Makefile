@@ -14,7 +14,7 @@ demo: venv cluster-bins $(if $(IMAGES),images) ## the main job: local cluster + 
 demo-sweep: venv cluster-bins ## examples/sweep.yaml for real (2x2 grid, 2 at a time), then the comparison table
 	$(BIN)/python -m finetune_operator.demo_sweep $(if $(KEEP),--keep)
 
-test: venv cluster-bins system-deps ## every test: unit, cluster, trainer, e2e (gpu ones skip without a GPU)
+test: venv cluster-bins system-deps images ## every test: unit, cluster, trainer, e2e, image (gpu ones skip without a GPU)
 	scripts/run-tests.sh $(PYTEST_ARGS)
 
 images: ## build the operator and trainer images with buildah (no Docker daemon; docs/install.md)

@@ -7,7 +7,7 @@
 #   scripts/build-images.sh [operator|trainer ...]   (default: both; `make images`)
 #   scripts/build-images.sh --clean                   (drop the image cache)
 #
-# Layers, the pip cache and the base live under $FINETUNE_IMAGES_CACHE
+# Layers, pip's wheel cache and the base live under $FINETUNE_IMAGES_CACHE
 # (~/.cache/finetune-operator/images); a rebuild with unchanged inputs takes seconds. Beside each
 # image: <cache>/out/<name>-<tag>.pip-freeze.txt and .dpkg.txt (its bill of materials) and
 # .size.txt (size and the dominating layer).
@@ -69,11 +69,17 @@ for name in "${targets[@]}"; do
   dockerfile=$root/Dockerfile.$name
   log "building $image from ${dockerfile#"$root"/} (buildah, layers cached under $IMAGES_CACHE) ..."
   start=$SECONDS
+  previous=$(podman_ image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
   # --isolation chroot: RUN steps need no OCI runtime; --layers: every step cached
   buildah_ build --layers --isolation chroot --network host \
     -f "$dockerfile" --ignorefile "$dockerfile.dockerignore" \
     "${build_args[@]}" "${volumes[@]}" -t "$image" "$root" 2>&1 | sed -u 's/^/[images]   /' >&2
   log "built $image in $((SECONDS - start))s"
+  # the image this build replaced (its last layers are gigabytes for the trainer); the cached
+  # build steps stay
+  if [ -n "$previous" ] && [ "$previous" != "$(podman_ image inspect --format '{{.Id}}' "$image")" ]; then
+    podman_ rmi "$previous" >/dev/null 2>&1 || true
+  fi
   report "$name" "$image"
   log "bill of materials: $out/$name-$IMAGE_TAG.pip-freeze.txt, $out/$name-$IMAGE_TAG.dpkg.txt"
 done

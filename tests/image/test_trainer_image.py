@@ -13,10 +13,10 @@ import pytest
 from finetune_operator.api.trainer_config import CHECKPOINT_MOUNT, CONFIG_MOUNT
 from finetune_operator.devcluster.nodeagent import find_log
 from finetune_operator.devcluster.nodeagent.container import LABEL
-from finetune_operator.devcluster.workloads import prepare_namespace, training_job
+from finetune_operator.devcluster.workloads import host_work_dir, prepare_namespace, training_job
 
 from ..kube import Cluster, short_id, wait_for
-from ..operator_proc import OperatorProcess, free_port, job_pods, job_status
+from ..operator_proc import OperatorProcess, job_pods, job_status
 from .conftest import SIZES, TRAINER_IMAGE, Image, podman
 
 pytestmark = pytest.mark.image
@@ -33,12 +33,11 @@ def test_job_trains_in_the_image_saves_on_sigterm_and_exits_0(
         trainer_image: Image, image_agent, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ns = f"img-{short_id()}"
     prepare_namespace(cluster.cfg, ns)
-    reports = free_port()
     # an operator of this namespace only (its own lease), handing out the trainer image
     op = OperatorProcess(cluster, tmp_path, env={
-        "POD_NAMESPACE": ns, "FINETUNE_NAMESPACES": ns, "FINETUNE_TRAINER_IMAGE": TRAINER_IMAGE,
-        "FINETUNE_REPORT_PORT": str(reports),
-        "FINETUNE_REPORT_URL": f"https://127.0.0.1:{reports}/v1/reports"}).start()
+        "POD_NAMESPACE": ns, "FINETUNE_NAMESPACES": ns, "FINETUNE_TRAINER_IMAGE": TRAINER_IMAGE})
+    # the container shares the host network: the operator's loopback report port
+    op.start(FINETUNE_REPORT_URL=f"https://127.0.0.1:{op.report_port}/v1/reports")
     try:
         cluster.apply(training_job("in-image", gpus=1, priority_class="finetune-normal",
                                    node=image_agent.node, max_steps=100000,
@@ -51,7 +50,8 @@ def test_job_trains_in_the_image_saves_on_sigterm_and_exits_0(
         assert c["ImageName"] == TRAINER_IMAGE
         assert c["HostConfig"]["ReadonlyRootfs"] is True
         assert c["Config"]["User"] == "1000:1000"
-        assert set(c["HostConfig"]["CapDrop"] or []) >= {"CAP_SYS_ADMIN", "CAP_CHOWN"}
+        assert not c["EffectiveCaps"] and {"CAP_CHOWN", "CAP_KILL"} <= set(
+            c["HostConfig"]["CapDrop"])  # capabilities: drop: [ALL]
         mounts = {m["Destination"]: m for m in c["Mounts"]}
         assert {CHECKPOINT_MOUNT, CONFIG_MOUNT, "/tmp", "/dev/termination-log"} <= set(mounts)
         assert mounts[CHECKPOINT_MOUNT]["RW"] and not mounts[CONFIG_MOUNT]["RW"]
@@ -61,8 +61,14 @@ def test_job_trains_in_the_image_saves_on_sigterm_and_exits_0(
         st = wait_for("suspended with a checkpoint", lambda: (
             lambda s: s if s.get("phase") == "Suspended" and not job_pods(cluster, ns, "in-image")
             else None)(job_status(cluster, ns, "in-image")), RUN)
-        assert st["checkpoint"]["step"] >= 3  # saved on SIGTERM
         assert (st["failures"], st["preemptions"]) == (0, 0)  # exit code 0: not a failure
+        # saved on SIGTERM: on the checkpoint claim (host side), and in the job's status
+        job = cluster.get("finetunejob", "in-image", ns)
+        assert job is not None
+        saved = sorted((host_work_dir(job) / "checkpoints").glob("checkpoint-*"))
+        assert saved, f"no checkpoint under {host_work_dir(job)}/checkpoints"
+        wait_for("the saved checkpoint in the job's status", lambda: (
+            job_status(cluster, ns, "in-image").get("checkpoint") or {}).get("step", 0) >= 3, 30)
         log = find_log(image_agent.root, ns, pod, "trainer")
         assert log is not None and "Preempted" in log.read_text(errors="replace")
         wait_for("the container removed", lambda: _container(image_agent.node) is None, 60)
