@@ -270,7 +270,7 @@ class Bench:
 
     def idle(self, res: dict, counters: Any, stable: Any) -> None:
         """Wait until nothing the controller writes changes, then count a window."""
-        wait_until("the controller's writes to settle", stable, 120, 0)
+        res["idle_settled"] = wait_until("the controller's writes to settle", stable, 120, 0)
         before = counters()
         time.sleep(self.args.idle_seconds)  # the measurement window itself
         res["idle_counts"] = counters(before)
@@ -714,7 +714,8 @@ def report(b: Bench, command: str) -> list[str]:
                          f"the window); by call: "
                          f"{measure.table(_only_writes(oc, measure.OPERATOR_WRITES, False))}.")
             ic = ours.get("idle_counts", {}).get("operator", Counter())
-            lines.append(f"Idle window ({a.idle_seconds} s, all running, nothing changing): "
+            lines.append(f"Idle window ({a.idle_seconds} s, all running, nothing changing in "
+                         "the cluster): "
                          f"**{measure.writes(ic, measure.OPERATOR_WRITES, leases=False)}** "
                          f"operator writes besides "
                          f"{measure.writes(ic, measure.OPERATOR_WRITES, leases=True)} Lease "
@@ -745,6 +746,13 @@ def report(b: Bench, command: str) -> list[str]:
                          f"({ours.get('rss_jobs_phased', 0):,} with a phase) and "
                          f"{a.foreign_pods:,} foreign pods in the cluster.")
     for name, r in (("ours", ours), ("Kueue", kq)):
+        if "idle_counts" in r:
+            settled = ("after its writes had stopped for 5 s" if r.get("idle_settled", True)
+                       else "although its writes had not stopped after 120 s of waiting")
+            iw = _only_writes(r["idle_counts"]["apiserver"], measure.APISERVER_WRITES)
+            lines.append(f"Idle window, {name} ({a.idle_seconds} s with every capacity pod "
+                         f"Running, {settled}): API server writes, all clients (kwok's node "
+                         f"Leases included): {measure.table(iw, 8) or 'none'}.")
         for key, label in (("fill_counts", "fill"), ("backfill_counts", "back-fill")):
             c = (r.get(key) or {}).get("apiserver")
             if c:
