@@ -783,16 +783,19 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="leave the benchmark cluster running")
     ap.add_argument("--markdown", action="store_true", help="write BENCHMARKS.md's Scale section")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument("--note", action="append", default=[],
+                    help="a sentence for the section's Notes (what the run's logs showed)")
     ap.add_argument("--report-only", type=Path, metavar="JSON",
                     help="no run: render the report of a saved --json (pass the run's options)")
     args = ap.parse_args()
     b = Bench(args)
     started = time.monotonic()
-    argv = " ".join(a for a in sys.argv[1:] if a != "--report-only" and
-                    a != str(args.report_only))
+    drop = {"--report-only", str(args.report_only), "--note", *args.note}
+    argv = " ".join(a for a in sys.argv[1:] if a not in drop)
     if args.report_only:
         b.results = _from_json(json.loads(args.report_only.read_text()))
         lines = report(b, f".venv/bin/python benchmarks/bench_scale.py {argv}".strip())
+        lines += ["", "Notes. " + " ".join(args.note)] if args.note else []
         print("\n".join(lines))
         if args.markdown:
             write_section("Scale", f"bench_scale.py {argv}", lines)
@@ -812,6 +815,7 @@ def main() -> int:
             dc.down(b.cfg)
     command = f".venv/bin/python benchmarks/bench_scale.py {argv}".strip()
     lines = report(b, command)
+    lines += ["", "Notes. " + " ".join(args.note)] if args.note else []
     print("\n".join(lines))
     log(f"run took {time.monotonic() - started:.0f}s on {platform.node()}")
     if args.json:
