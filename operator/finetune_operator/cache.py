@@ -192,6 +192,7 @@ def wait_synced(stores: list[Store], timeout: float) -> bool:
 # ---------------------------------------------------------------- transforms (pure)
 
 _POD_LABELS = ("finetune.dev/attempt", "finetune.dev/rank", "finetune.dev/job")
+MANAGED_BY_KEY, MANAGED_BY_VALUE = "app.kubernetes.io/managed-by", "finetune-operator"
 
 
 def slim_pod(pod: dict) -> dict:
@@ -223,13 +224,22 @@ def slim_pod(pod: dict) -> dict:
         out_st["reason"] = st["reason"]
     if st.get("message"):
         out_st["message"] = str(st["message"])[:512]
-    return {"metadata": out_meta, "spec": {"nodeName": spec.get("nodeName")},
-            "status": out_st}
+    req = pod_requests(pod)
+    out_spec: dict[str, Any] = {"nodeName": spec.get("nodeName")}
+    if req:  # what it takes from its node (the operator's own share of node usage)
+        out_spec["containers"] = [{"resources": {"requests": {k: str(v) for k, v in
+                                                              req.items()}}}]
+    return {"metadata": out_meta, "spec": out_spec, "status": out_st}
 
 
 def slim_usage(pod: dict) -> dict | None:
-    """Any pod (ours or not) as what it takes from a node: only pods bound to a node that
-    request extended resources; everything else is not kept."""
+    """A pod of another workload as what it takes from a node: only pods bound to a node that
+    request extended resources; everything else is not kept. The operator's own pods are
+    counted from the pods store instead (one source with their placement: two watches would
+    see a binding at different moments and a GPU could be handed out twice)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    if labels.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE:
+        return None
     spec = pod.get("spec") or {}
     node = spec.get("nodeName")
     if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):

@@ -353,8 +353,9 @@ class Controller:
         entries = self.jobs.values()
         jobs = [e.job for e in entries if e.job is not None]
         classes = dict(self.classes.items())
+        ours = [p for ps in pods_by_uid.values() for p in ps]
         decisions = decide(jobs, pods_by_uid, classes, s, self.nodes.values(),
-                           self.usage.values(), self.quotas.values(), now)
+                           self.usage.values() + ours, self.quotas.values(), now)
         epoch = now.timestamp()
         todo = set(dirty)
         for uid, d in decisions.by_uid.items():

@@ -2,7 +2,7 @@
 
 A status is written at once when something a user acts on changed (phase, conditions other
 than the waiting message, counters, output). Two kinds of change are coalesced instead:
-progress mirroring (``progress``, ``checkpoint``, ``lostSteps``: at most one write per job per
+progress mirroring (``progress``, ``checkpoint``: at most one write per job per
 ``progress_write_interval_seconds``, newest report wins) and the waiting job's queue text
 (``queue`` and the Admitted=False message: at most one per ``queue_status_interval_seconds``).
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any
 
-PROGRESS_KEYS = ("progress", "checkpoint", "lostSteps", "progressAttempt")
+# lostSteps/progressAttempt change once per attempt (a resume): written at once, so the lost
+# work counted from them is counted once
+PROGRESS_KEYS = ("progress", "checkpoint")
 QUEUE_KEYS = ("queue",)
 
 
