@@ -117,9 +117,18 @@ def test_sweep_2x2_runs_four_real_trials_two_at_a_time_and_names_the_best(
     operator.kill()
     operator.start()
 
-    sweep = wait_for("the sweep to succeed", lambda: (
-        lambda s: s if observe() is not None and (s.get("status") or {}).get("phase")
-        == "Succeeded" else None)(cluster.get("finetunesweep", "grid", ns) or {}), RUN)
+    try:
+        sweep = wait_for("the sweep to succeed", lambda: (
+            lambda s: s if observe() is not None and (s.get("status") or {}).get("phase")
+            == "Succeeded" else None)(cluster.get("finetunesweep", "grid", ns) or {}), RUN)
+    except AssertionError as e:
+        st = (cluster.get("finetunesweep", "grid", ns) or {}).get("status") or {}
+        seen = {t["metadata"]["name"]: (t.get("status") or {}).get("phase")
+                for t in _trials(cluster, ns)}
+        summary = {k: v for k, v in st.items() if k != "trials"}
+        raise AssertionError(f"{e}\nsweep status: {summary}"
+                             f"\ntrial phases (jobs): {seen}\noperator log:\n"
+                             f"{operator.log(tail=3000)}") from None
     trials = observe()
     names = sorted(t["metadata"]["name"] for t in trials)
     assert names == ["grid-t0", "grid-t1", "grid-t2", "grid-t3"]  # no duplicate, none missing
