@@ -330,3 +330,29 @@ def test_deepspeed_zero2_run_on_gpu(tiny_model: Path, tmp_path: Path) -> None:
     assert r.launch(1, {"CUDA_VISIBLE_DEVICES": "0"}) == 0, r.output()
     assert r.term()["reason"] == "Completed"
     assert (r.work / WEIGHTS["lora"]).exists()
+
+
+def test_sigterm_while_tokenizing_a_large_dataset_exits_0_promptly(tiny_model: Path,
+                                                                   tmp_path: Path) -> None:
+    """The whole trainer, not only build_examples: SIGTERM while a 60k-record file is read and
+    tokenized ends the attempt with exit 0 (Preempted), long before tokenizing could finish."""
+    import json as _json
+
+    data = tmp_path / "big.jsonl"
+    with data.open("w", encoding="utf-8") as f:
+        for i in range(60_000):
+            f.write(_json.dumps({"instruction": f"say {i}", "input": "", "output": f"{i} " * 20})
+                    + "\n")
+    work = tmp_path / "tok" / "work"
+    cfg = config_dict(tiny_model, work, "alpaca.jsonl", paths={"dataset": str(data)})
+    (tmp_path / "tok").mkdir()
+    config = write_config(tmp_path / "tok" / "config.yaml", cfg)
+    log = tmp_path / "tok" / "trainer.log"
+    proc = start_trainer(config, log)
+    progress = Path(cfg["progress"]["file"])
+    wait_until("the loading report", lambda: progress.exists(), proc, log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, log.read_text()[-3000:]
+    term = _json.loads(Path(cfg["terminationLog"]).read_text())
+    assert term["reason"] == "Preempted" and term["finalStep"] == 0
+    assert "dataset" in term["message"] or "before training started" in term["message"]

@@ -17,7 +17,14 @@ from . import checkpoint as ck
 from . import evaluation
 from .callbacks import CheckpointingTrainer, ReportCallback, RunState, StopCallback
 from .config import ConfigError, Runtime, detect_runtime, resolve_precision
-from .data import Collator, ExampleDataset, build_examples, resolve_dataset_file
+from .data import (
+    DATA_CACHE_DIR,
+    Collator,
+    DataStopped,
+    ExampleDataset,
+    build_examples,
+    resolve_dataset_file,
+)
 from .merge import check_merge_memory, merge_and_save, merge_precision
 from .model import apply_method, deepspeed_config, load_model, load_tokenizer
 from .progress import build_reporter, termination_message
@@ -187,10 +194,14 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
         log.warning(note)
     transformers.set_seed(spec.training.seed)
     tokenizer = load_tokenizer(cfg)
-    train_ex, eval_ex, stats = build_examples(
-        resolve_dataset_file(cfg), spec.dataset.format, tokenizer, spec.dataset.cutoff_len,
-        spec.dataset.train_on_prompt, spec.dataset.validation_split, spec.training.packing,
-        spec.training.seed)
+    try:  # tokenized once, on local rank 0, cached on the job's volume for later attempts
+        train_ex, eval_ex, stats = build_examples(
+            resolve_dataset_file(cfg), spec.dataset.format, tokenizer, spec.dataset.cutoff_len,
+            spec.dataset.train_on_prompt, spec.dataset.validation_split, spec.training.packing,
+            spec.training.seed, cache_dir=work_dir / DATA_CACHE_DIR, stop=flag)
+    except DataStopped:
+        return _preempted(run_state, resume.step if resume else 0,
+                          f"by {flag.signal_name} while preparing the dataset")
     for n in stats.notes:
         log.warning("dataset: %s", n)
     log.info("dataset: %d records -> %d train / %d eval examples (%d train tokens)",
