@@ -392,7 +392,7 @@ class Controller:
         metrics.observe_queue({"jobs": samples, "quotas": decisions.quotas})
         self.queue_view = decisions.queue_view
         self._execute_all(work, now)
-        self._sync_sweeps(entries, now)
+        self._sync_sweeps(self.jobs.values(), now)  # after this cycle's writes landed
 
     def _sync_sweeps(self, entries: list[JobEntry], now: dt.datetime) -> None:
         """Sweeps create their trials as ordinary FineTuneJobs (sweep/): only when a sweep or

@@ -79,6 +79,9 @@ class OperatorSettings(BaseModel):
         "GPUs idle while smaller work waits (docs/scheduling.md)")
     min_runtime_before_preemption_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
     trainer_image: str = Field(default="finetune-operator/trainer:0.1.0", min_length=1)
+    trainer_image_pull_secrets: list[ClassName] = Field(
+        default_factory=list, description="Secrets (in each job's namespace) trainer pods pull "
+        "their image with")
     gpu_resource: ResourceName = "nvidia.com/gpu"
     grace_period_seconds: int = Field(default=120, ge=1)
     backoff_base_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
@@ -279,6 +282,7 @@ class OperatorSettings(BaseModel):
 
 _LIST_FIELDS = {
     "namespaces", "allowed_priority_classes", "preempting_priority_classes",
+    "trainer_image_pull_secrets",
 }
 _JSON_FIELDS = {"namespace_priority_classes"}
 

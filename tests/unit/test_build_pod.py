@@ -78,7 +78,8 @@ def test_tolerations_node_selector_priority_and_image() -> None:
 
 
 def test_restricted_security_context_and_pod_basics() -> None:
-    pod = build_pod(make_job(), make_settings(), 1, 0, None, None)
+    job = make_job()
+    pod = build_pod(job, make_settings(), 1, 0, None, None)
     spec = pod["spec"]
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] == 1000
@@ -88,6 +89,11 @@ def test_restricted_security_context_and_pod_basics() -> None:
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["runAsNonRoot"] is True
+    assert sc["readOnlyRootFilesystem"] is True  # writes go to /tmp and the volumes
+    assert "imagePullSecrets" not in spec
+    pulled = build_pod(job, make_settings(trainer_image_pull_secrets=["regcred"]), 1, 0, None,
+                       None)
+    assert pulled["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     assert spec["restartPolicy"] == "Never"
     assert spec["serviceAccountName"] == "default"
     assert spec["automountServiceAccountToken"] is False  # its only token: the report one
@@ -96,7 +102,9 @@ def test_restricted_security_context_and_pod_basics() -> None:
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     vols = {v["name"]: v for v in spec["volumes"]}
     assert vols["tmp"] == {"name": "tmp", "emptyDir": {}}
-    assert vols["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+    # shared memory bounded by the job's memory request (issue 11: /dev/shm has a size limit)
+    assert vols["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory",
+                                                    "sizeLimit": job.spec.resources.memory}}
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts["tmp"] == "/tmp" and mounts["dshm"] == "/dev/shm"
     assert mounts["checkpoints"] == "/mnt/checkpoints"

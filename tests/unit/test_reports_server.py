@@ -351,3 +351,16 @@ def test_a_configured_certificate_and_ca_are_used(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="FINETUNE_REPORT_TLS_CA_FILE"):
         serving_cert(settings.model_copy(update={"report_tls_ca_file": str(tmp_path / "no")}),
                      "https://x/v1/reports")
+
+
+def test_a_long_service_name_still_makes_a_certificate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The CN is at most 64 characters; the full name is in the subjectAltName."""
+    from cryptography import x509
+
+    from finetune_operator.reports import tls
+
+    host = "finetune-operator-reports." + "n" * 60 + ".svc"
+    cert = tls.generate([host], tmp_path)
+    parsed = x509.load_pem_x509_certificate(open(cert.cert_file, "rb").read())
+    sans = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert host in sans.get_values_for_type(x509.DNSName)

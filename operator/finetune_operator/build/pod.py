@@ -165,7 +165,9 @@ def volumes_and_mounts(job: FineTuneJob) -> tuple[list[dict[str, Any]], list[dic
         }
         add("hub-token", {"secret": secret}, HUB_TOKEN_MOUNT, True)
     add("tmp", {"emptyDir": {}}, "/tmp", False)
-    add("dshm", {"emptyDir": {"medium": "Memory"}}, "/dev/shm", False)
+    # shared memory for the data loader and NCCL, bounded by the job's own memory request
+    add("dshm", {"emptyDir": {"medium": "Memory", "sizeLimit": job.spec.resources.memory}},
+        "/dev/shm", False)
     return volumes, mounts
 
 
@@ -198,7 +200,7 @@ def container_security_context() -> dict[str, Any]:
         "runAsNonRoot": True,
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": False,
+        "readOnlyRootFilesystem": True,  # HOME, caches and scratch live on /tmp (emptyDir)
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
@@ -245,6 +247,8 @@ def build_pod(
         "containers": [container],
         "volumes": volumes,
     }
+    if settings.trainer_image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": n} for n in settings.trainer_image_pull_secrets]
     if priority_class is not None:
         spec["priorityClassName"] = priority_class
     if job.spec.resources.node_selector:

@@ -61,8 +61,10 @@ def generate(hosts: list[str], directory: str | os.PathLike[str] | None = None,
             names.append(x509.DNSName(h))
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts
-                                                    else "localhost")]))
+        # a CN is at most 64 characters (a long namespace makes the Service name longer);
+        # clients match the subjectAltName, which carries the full names
+        .subject_name(x509.Name([x509.NameAttribute(
+            NameOID.COMMON_NAME, (hosts[0] if hosts else "localhost")[:64])]))
         .issuer_name(ca_name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before).not_valid_after(not_after)
