@@ -355,12 +355,14 @@ def test_a_configured_certificate_and_ca_are_used(tmp_path: Path) -> None:
 
 def test_a_long_service_name_still_makes_a_certificate(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The CN is at most 64 characters; the full name is in the subjectAltName."""
+    from pathlib import Path
+
     from cryptography import x509
 
     from finetune_operator.reports import tls
 
     host = "finetune-operator-reports." + "n" * 60 + ".svc"
     cert = tls.generate([host], tmp_path)
-    parsed = x509.load_pem_x509_certificate(open(cert.cert_file, "rb").read())
+    parsed = x509.load_pem_x509_certificate(Path(cert.cert_file).read_bytes())
     sans = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert host in sans.get_values_for_type(x509.DNSName)
