@@ -42,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     controller.on_termination = channel.termination
     handlers.install(controller)
     metrics.serve(settings.metrics_port)
-    serve.serve(serve.Endpoints(controller.healthy, controller.ready,
-                                lambda: controller.queue_view, kube.may_list_jobs),
-                settings.health_port)
+    endpoints = serve.Endpoints(controller.healthy, controller.ready,
+                                lambda: controller.queue_view, kube.may_list_jobs)
+    serve.serve(endpoints, settings.health_port)  # /healthz, /readyz (plain HTTP: probes)
+    channel.server.on_get = endpoints.visibility  # the queue, over the report port's TLS
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,

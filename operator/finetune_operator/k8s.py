@@ -625,3 +625,35 @@ class PluginApi:
         res: Any = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
                                                              label_selector=label_selector)
         return list(res["items"])
+
+    def queue(self, jobs: list[dict], namespace: str | None) -> list[dict]:
+        """The operator's visibility endpoint (HTTPS, the report port): waiting jobs in queue
+        order. Its URL and CA come from a trainer config in the namespace; the request
+        carries the kubeconfig's bearer token (``FINETUNE_TOKEN`` overrides)."""
+        import os
+        import ssl
+        import tempfile
+        import urllib.request
+
+        import yaml
+
+        ns = jobs[0]["metadata"]["namespace"]
+        cms: Any = self.core.list_namespaced_config_map(ns, label_selector=MANAGED_BY)
+        configs = [c.data["config.yaml"] for c in cms.items if "config.yaml" in (c.data or {})]
+        if not configs:
+            raise ValueError(f"no trainer config in namespace {ns} yet (no job was admitted)")
+        report = yaml.safe_load(configs[0]).get("report") or {}
+        base = str(report["url"]).rsplit("/v1/", 1)[0]
+        url = f"{base}/v1/queue" if namespace is None else f"{base}/v1/namespaces/{namespace}/queue"
+        auth = self.api.configuration.api_key.get("authorization") or ""
+        token = os.environ.get("FINETUNE_TOKEN") or auth.removeprefix("Bearer ").strip()
+        if not token:
+            raise ValueError("your kubeconfig has no bearer token; set FINETUNE_TOKEN")
+        with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca:
+            ca.write(report["caPem"])
+            ca.flush()
+            ctx = ssl.create_default_context(cafile=ca.name)
+            req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                body = json.loads(r.read())
+        return list(body.get("items") or [])

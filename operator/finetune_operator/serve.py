@@ -1,10 +1,11 @@
-"""The operator's small HTTP endpoints on the health port: ``/healthz`` (liveness: fails when
-the leader completed no cycle for ``health_stale_cycles`` intervals), ``/readyz`` (the watch
-caches are synced) and the visibility endpoint ``/v1/namespaces/<ns>/queue`` (exact queue
-positions on demand instead of in every job's status; ``/v1/queue`` for the cluster-wide
-order). Visibility requests carry the caller's bearer token: the operator asks the API server
-who it is (TokenReview) and whether it may list FineTuneJobs there (SubjectAccessReview), so a
-tenant sees its own namespace's queue only, and the cluster-wide view is for admins.
+"""The operator's small HTTP endpoints. On the plain-HTTP health port: ``/healthz`` (liveness:
+fails when the leader completed no cycle for ``health_stale_cycles`` intervals) and ``/readyz``
+(the watch caches are synced). On the HTTPS report port (GET, beside the trainers' POST): the
+visibility endpoint ``/v1/namespaces/<ns>/queue`` (exact queue positions on demand instead of
+in every job's status; ``/v1/queue`` for the cluster-wide order). Visibility requests carry the
+caller's bearer token: the operator asks the API server who it is (TokenReview) and whether it
+may list FineTuneJobs there (SubjectAccessReview), so a tenant sees its own namespace's queue
+only, and the cluster-wide view is for admins.
 
 stdlib ``http.server``: three GET routes do not justify a web framework in the image.
 """
@@ -32,6 +33,7 @@ class Endpoints:
         self.healthy, self.ready, self.queue, self.authorize = healthy, ready, queue, authorize
 
     def handle(self, path: str, token: str) -> tuple[int, dict[str, Any]]:
+        """The plain-HTTP port: probes only (bearer tokens are never accepted in clear)."""
         path = path.split("?", 1)[0]
         if path == "/healthz":
             ok = self.healthy()
@@ -39,6 +41,12 @@ class Endpoints:
         if path == "/readyz":
             ok = self.ready()
             return (200 if ok else 503), {"ready": ok}
+        return 404, {"error": f"no such endpoint: {path}; the queue is served on the HTTPS "
+                     "report port"}
+
+    def visibility(self, path: str, token: str) -> tuple[int, dict[str, Any]]:
+        """The HTTPS report port's GET routes: the queue, per namespace or cluster-wide."""
+        path = path.split("?", 1)[0]
         m = _NS_QUEUE.match(path)
         if m or path.rstrip("/") == "/v1/queue":
             ns = m.group(1) if m else None

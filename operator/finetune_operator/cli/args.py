@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", aliases=["ls"], parents=[common], help="list FineTuneJobs")
     ls.add_argument("-A", "--all-namespaces", action="store_true")
+    ls.add_argument("--queue", action="store_true",
+                    help="exact queue positions from the operator's visibility endpoint (your "
+                    "bearer token; the URL and CA come from a job's trainer config)")
 
     d = sub.add_parser("describe", parents=[common],
                        help="spec summary, status, counters, conditions and events of a job")

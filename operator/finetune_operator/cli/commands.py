@@ -114,6 +114,8 @@ def cmd_list(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[s
     scope = None if args.all_namespaces else namespace
     with api_errors(api, "list", scope):
         jobs = api.list_jobs(scope)
+    if getattr(args, "queue", False) and jobs:
+        _exact_positions(api, jobs, scope, out)
     if _structured(fmt.as_list(jobs), args.output, out):
         return 0
     if not jobs:
@@ -124,6 +126,25 @@ def cmd_list(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[s
     out.write(fmt.list_table(jobs, _now(), all_namespaces=scope is None,
                              wide=args.output == "wide"))
     return 0
+
+
+def _exact_positions(api: PluginApi, jobs: list[dict], scope: str | None,
+                     out: IO[str]) -> None:
+    """Replace the coarse status.queue.position with the operator's exact one (per namespace;
+    cluster-wide with -A, which needs list on FineTuneJobs in every namespace)."""
+    try:
+        entries = api.queue(jobs, scope)
+    except (OSError, ValueError, KeyError) as e:
+        out.write(f"note: exact queue positions unavailable ({e}); showing the coarse ones from "
+                  "the status\n")
+        return
+    where = {(x.get("namespace", scope), x["name"]): x for x in entries}
+    for j in jobs:
+        hit = where.get((j["metadata"]["namespace"], j["metadata"]["name"]))
+        if hit is not None:
+            q = j.setdefault("status", {}).setdefault("queue", {})
+            q["position"] = hit["clusterPosition"] if scope is None else hit["position"]
+            q["reason"] = hit.get("reason", q.get("reason", ""))
 
 
 def job_events(api: PluginApi, job: dict, namespace: str) -> list[dict]:

@@ -16,6 +16,7 @@ body is never read before the token and the rate were checked, and never beyond 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import ssl
@@ -147,9 +148,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def do_GET(self) -> None:
+        """The visibility endpoint (serve.Endpoints) over the same TLS: users' bearer tokens
+        never travel in clear text."""
+        get = self.server.owner.on_get
+        if get is None:
+            self._reply(HTTPStatus.METHOD_NOT_ALLOWED, f"POST {PATH}")
+            return
+        auth = self.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        try:
+            code, payload = get(self.path, token if len(token) <= MAX_TOKEN_BYTES else "")
+        except Exception:
+            log.exception("visibility endpoint %s failed", self.path.split("?", 1)[0][:100])
+            code, payload = 500, {"error": "internal error"}
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_PUT(self) -> None:
         self._reply(HTTPStatus.METHOD_NOT_ALLOWED, f"POST {PATH}")
 
-    do_PUT = do_DELETE = do_PATCH = do_GET
+    do_DELETE = do_PATCH = do_PUT
 
     def log_message(self, format: str, *args: Any) -> None:
         return None  # per-request lines would be a log flood; rejections are logged once
@@ -215,6 +237,8 @@ class ReportServer:
                  rejections: Rejections | None = None) -> None:
         self.authenticate = authenticate
         self.on_report = on_report
+        # GET routes (the visibility endpoint): (path, bearer token) -> (status, JSON body)
+        self.on_get: Callable[[str, str], tuple[int, Any]] | None = None
         self.limiter = RateLimiter(rate, burst)
         self.max_body = max_body
         self.max_connections = max_connections
