@@ -161,9 +161,16 @@ def test_node_registered_ready_and_lease_renewed(cluster: Cluster, agent: AgentP
     assert "kwok.x-k8s.io/node" not in (node["metadata"].get("annotations") or {})
     assert node["status"]["allocatable"]["nvidia.com/gpu"] == "2"
     assert node["status"]["capacity"]["nvidia.com/gpu"] == "2"
-    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "True", ready
-    assert not [t for t in node["spec"].get("taints") or [] if "not-ready" in t["key"]]
+
+    def ready_untainted() -> dict[str, Any] | None:
+        """Ready, and the node lifecycle controller has removed its not-ready taint (it does
+        so asynchronously, some time after the agent reports Ready: wait on it, not a sleep)."""
+        n = raw(core.read_node, agent.node)
+        ready = next(c for c in n["status"]["conditions"] if c["type"] == "Ready")
+        tainted = [t for t in n["spec"].get("taints") or [] if "not-ready" in t["key"]]
+        return n if ready["status"] == "True" and not tainted else None
+
+    wait_for("the node Ready without the not-ready taint", ready_untainted, 60, interval=0.5)
 
     def lease() -> dict[str, Any]:
         return raw(coord.read_namespaced_lease, agent.node, "kube-node-lease")["spec"]
