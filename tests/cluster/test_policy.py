@@ -323,3 +323,32 @@ def test_admitted_job_keeps_priority_and_resources(policy: Policy) -> None:
     allowed(proc)
     assert after["spec"]["resources"]["gpus"] == 2 and after["spec"]["suspend"] is True
     assert after["spec"]["priorityClassName"] == "finetune-normal"
+
+
+# ---- a FineTuneSweep is a way to create jobs: its template and parameters are checked ---------
+
+def sweep(name: str, parameters: list[dict[str, Any]] | None = None, **template: Any
+          ) -> dict[str, Any]:
+    return {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneSweep",
+            "metadata": {"name": name},
+            "spec": {"template": job("t", **template)["spec"],
+                     "parameters": parameters or [{"path": "training.learningRate",
+                                                   "values": [0.0001, 0.0002]}]}}
+
+
+def test_sweep_template_and_parameters_are_checked(policy: Policy) -> None:
+    allowed(policy.apply_as(TENANT, sweep("plain")))
+    denied(policy.apply_as(TENANT, sweep("img", image="evil.example/miner:1")),
+           "spec.template.image: evil.example/miner:1 does not start with an allowed prefix")
+    denied(policy.apply_as(TENANT, sweep("crit", priorityClassName="finetune-critical")),
+           "spec.template.priorityClassName: finetune-critical is not allowed")
+    secret: dict[str, Any] = {"model": {"name": "m", "source": {"hub": {
+        "repo": "org/m", "tokenSecretRef": {"name": "hf", "key": "token"}}}}}
+    denied(policy.apply_as(TENANT, sweep("tok", **secret)),
+           "spec.template.model.source.hub.tokenSecretRef.name names Secret hf")
+    # varying a checked field per trial would escape the check on the template
+    for path, values in (("image", ["finetune-operator/trainer:1", "evil.example/miner:1"]),
+                         ("priorityClassName", ["finetune-low", "finetune-critical"]),
+                         ("checkpoint.storage.claimName", ["a", "b"])):
+        denied(policy.apply_as(TENANT, sweep("vary", [{"path": path, "values": values}])),
+               f"spec.parameters: {path} may not be swept")

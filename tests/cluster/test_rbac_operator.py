@@ -88,8 +88,8 @@ def test_operator_may_make_exactly_its_calls(
     # least privilege: what the code never does is refused
     refused = [
         ("get", "secrets", watched), ("list", "secrets", None),
-        ("patch", "finetunejobs.finetune.dev", watched),
         ("update", "finetunejobs.finetune.dev", watched),
+        ("create", "finetunesweeps.finetune.dev", watched),
         ("delete", "configmaps", watched), ("delete", "persistentvolumeclaims", watched),
         ("patch", "pods", watched), ("create", "pods/exec", watched),
         ("create", "roles.rbac.authorization.k8s.io", watched),

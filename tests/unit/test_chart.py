@@ -152,8 +152,8 @@ def test_rbac_diff_catches_a_drift(rendered: dict[str, list[dict[str, Any]]]) ->
     assert {"create", "delete"} <= needed[("", "pods")]
     assert "patch" in needed[("finetune.dev", "finetunejobs/status")]
     assert {"list", "watch"} <= needed[("", "nodes")]
-    # and nothing in the chart lets the operator write a job's spec
-    assert not {"patch", "update"} & grants(rendered["defaults"], FULLNAME)[
+    # no update (replace) of a job: the operator patches only a sweep's trials (an annotation)
+    assert "update" not in grants(rendered["defaults"], FULLNAME)[
         ("finetune.dev", "finetunejobs")]
 
 
@@ -165,12 +165,14 @@ def test_user_roles_aggregate(rendered: dict[str, list[dict[str, Any]]]) -> None
     assert "rbac.authorization.k8s.io/aggregate-to-edit" not in edit["metadata"]["labels"]
     assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    editor = {"create", "update", "patch", "delete", "get", "list", "watch"}
     assert grants(docs, f"{FULLNAME}-edit") == {
-        ("finetune.dev", "finetunejobs"): {"create", "update", "patch", "delete", "get", "list",
-                                           "watch"},
-        ("finetune.dev", "finetunejobs/status"): {"get"}}
+        ("finetune.dev", "finetunejobs"): editor, ("finetune.dev", "finetunesweeps"): editor,
+        ("finetune.dev", "finetunejobs/status"): {"get"},
+        ("finetune.dev", "finetunesweeps/status"): {"get"}}
     assert grants(docs, f"{FULLNAME}-view") == {
-        ("finetune.dev", "finetunejobs"): READ, ("finetune.dev", "finetunejobs/status"): READ}
+        ("finetune.dev", r): READ for r in ("finetunejobs", "finetunejobs/status",
+                                            "finetunesweeps", "finetunesweeps/status")}
     opted = one(render({"rbac": {"aggregateEditToEdit": True, "aggregateEditToAdmin": False}}),
                 "ClusterRole", f"{FULLNAME}-edit")["metadata"]["labels"]
     assert opted.get("rbac.authorization.k8s.io/aggregate-to-edit") == "true"
@@ -418,7 +420,15 @@ def test_policy_default_withholds_the_preempting_band(
         "nodeSelectorKeys": ["kubernetes.io/arch", "node.kubernetes.io/instance-type",
                              "topology.kubernetes.io/zone", "nvidia.com/gpu.product",
                              "nvidia.com/gpu.memory"],
+        "checkedPaths": [
+            "image", "priorityClassName", "model.source.hub.tokenSecretRef.name",
+            "dataset.source.hub.tokenSecretRef.name", "model.source.pvc.claimName",
+            "dataset.source.pvc.claimName", "checkpoint.storage.claimName",
+            "dataset.source.configMap.name", "evaluation.dataset.source.hub.tokenSecretRef.name",
+            "evaluation.dataset.source.pvc.claimName", "evaluation.dataset.source.configMap.name"],
     }
+    from finetune_operator.api.sweep import FIELD_PATHS  # every checked path can be swept
+    assert set(policy_values(docs)["checkedPaths"]) <= set(FIELD_PATHS)
     # the operator enforces the same list
     assert env_of(docs)["FINETUNE_ALLOWED_PRIORITY_CLASSES"].split(",") == \
         policy_values(docs)["allowedClasses"]
@@ -426,8 +436,10 @@ def test_policy_default_withholds_the_preempting_band(
     assert vap["spec"]["failurePolicy"] == "Fail"
     assert "paramKind" not in vap["spec"]  # see the template: params can get lost upstream
     (rule,) = vap["spec"]["matchConstraints"]["resourceRules"]
-    assert rule["resources"] == ["finetunejobs"] and set(rule["operations"]) == {"CREATE",
-                                                                                  "UPDATE"}
+    assert rule["resources"] == ["finetunejobs", "finetunesweeps"]
+    assert set(rule["operations"]) == {"CREATE", "UPDATE"}
+    (cond,) = vap["spec"]["matchConditions"]  # the operator's own trials were checked as a sweep
+    assert f"system:serviceaccount:{NAMESPACE}:{FULLNAME}'" in cond["expression"]
     binding = one(docs, "ValidatingAdmissionPolicyBinding", f"{FULLNAME}-jobs")
     assert binding["spec"] == {"policyName": f"{FULLNAME}-jobs", "validationActions": ["Deny"]}
     text = json.dumps(vap["spec"])

@@ -92,4 +92,7 @@ requires the requester's own `get` on it. YAML list of {path, leaf, resource, ki
 - {path: dataset.source.pvc, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount}
 - {path: checkpoint.storage, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount}
 - {path: dataset.source.configMap, leaf: name, resource: configmaps, kind: ConfigMap, use: read}
+- {path: evaluation.dataset.source.hub.tokenSecretRef, leaf: name, resource: secrets, kind: Secret, use: read}
+- {path: evaluation.dataset.source.pvc, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount}
+- {path: evaluation.dataset.source.configMap, leaf: name, resource: configmaps, kind: ConfigMap, use: read}
 {{- end }}
