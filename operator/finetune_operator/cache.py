@@ -55,10 +55,11 @@ class Store:
         with self._lock:
             return list(self._items.values())
 
-    def put(self, key: str, value: Any) -> None:
-        """Insert/replace (None deletes); notifies when the value changed. A value older than
-        the one stored (``resource_version``, e.g. a lagging watch event after the operator
-        stored the response of its own write) is ignored."""
+    def put(self, key: str, value: Any, notify: bool = True) -> None:
+        """Insert/replace (None deletes); notifies when the value changed (``notify=False``: the
+        operator's own write, which it planned already). A value older than the one stored
+        (``resource_version``, e.g. a lagging watch event after the operator stored the
+        response of its own write) is ignored."""
         with self._lock:
             old = self._items.get(key)
             if value is not None and old is not None and _older(value, old):
@@ -67,7 +68,7 @@ class Store:
                 self._items.pop(key, None)
             else:
                 self._items[key] = value
-        if old != value and self._on_change is not None:
+        if notify and old != value and self._on_change is not None:
             self._on_change(self.kind, key, old, value)
 
     def replace(self, items: dict[str, Any]) -> None:

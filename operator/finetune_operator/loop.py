@@ -19,6 +19,7 @@ The Lease is renewed on its own timer, never per cycle.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -148,6 +149,9 @@ class Controller:
         self.reflectors: list[cache.Reflector] = []
         self._pool = ThreadPoolExecutor(settings.max_concurrent_writes,
                                         thread_name_prefix="write")
+        self._background = ThreadPoolExecutor(max(1, settings.max_concurrent_writes // 2),
+                                              thread_name_prefix="write-status")
+        self._inflight: set[str] = set()  # jobs with a write in flight
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -187,6 +191,7 @@ class Controller:
         for t in self._threads:
             t.join(timeout=10)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._background.shutdown(wait=True, cancel_futures=True)
         if self.leader:  # hand over at once instead of letting the lease expire (upgrades)
             try:
                 self.kube.release_lease(self.lease_namespace, LEASE_NAME, self.identity)
@@ -346,7 +351,8 @@ class Controller:
     def cycle(self, now: dt.datetime) -> None:
         s = self.settings
         with self._lock:
-            dirty, self._dirty = self._dirty, set()
+            inflight = set(self._inflight)
+            dirty, self._dirty = self._dirty - inflight, self._dirty & inflight
             capacity, self._capacity_changed = self._capacity_changed, False
             pods_by_uid = {uid: list(p.values()) for uid, p in self._pods_by_job.items()}
             reports = dict(self.reports)
@@ -362,9 +368,10 @@ class Controller:
             if self._last_decision.get(uid) != d:
                 todo.add(uid)
         with self._lock:
-            for uid in [u for u, t in self._due.items() if t <= epoch]:
+            for uid in [u for u, t in self._due.items() if t <= epoch and u not in inflight]:
                 todo.add(uid)
                 del self._due[uid]
+        todo -= inflight  # planned again once its write landed (it stays dirty until then)
         if capacity and self.cycles == 0:
             todo |= {e.uid for e in entries}
         work: list[tuple[FineTuneJob, Plan, Change]] = []
@@ -492,17 +499,36 @@ class Controller:
 
     def _execute_all(self, work: list[tuple[FineTuneJob, Plan, Change]],
                      now: dt.datetime) -> None:
-        # admissions and stops first: they free or use GPUs; status-only writes after
-        work.sort(key=lambda w: not (w[1].create_attempt or w[1].delete_pods))
+        """Writes that change who holds GPUs (admissions, stops, deletions, phase changes of
+        running jobs) run now, and the cycle waits for them: the next cycle decides on their
+        result. Status-only writes of waiting jobs (their first Queued status, a new wait
+        reason) go to a background pool and do not hold the next cycle back; a job with a
+        write in flight is not planned again until it lands."""
         futures = []
         for job, pl, change in work:
             if not (change or pl.create_attempt or pl.delete_pods or pl.force_delete_pods
                     or pl.delete_job):
                 self._metrics(job, pl)
                 continue
-            futures.append(self._pool.submit(self._execute_guarded, job, pl, change, now))
+            uid = job.metadata.uid
+            background = (pl.status.phase == "Queued" and not pl.create_attempt
+                          and not pl.delete_pods and not pl.force_delete_pods)
+            with self._lock:
+                self._inflight.add(uid)
+            pool = self._background if background else self._pool
+            fut = pool.submit(self._execute_guarded, job, pl, change, now)
+            fut.add_done_callback(functools.partial(self._landed, uid))
+            if not background:
+                futures.append(fut)
         for f in futures:
             f.result()
+
+    def _landed(self, uid: str, _done: object = None) -> None:
+        with self._lock:
+            self._inflight.discard(uid)
+            again = uid in self._dirty
+        if again:
+            self._wake.set()
 
     def _execute_guarded(self, job: FineTuneJob, pl: Plan, change: Change,
                          now: dt.datetime) -> None:
@@ -542,7 +568,11 @@ class Controller:
                                      entry.rv if entry is not None else None)
             if res is None:
                 return  # deleted meanwhile
-            self.jobs.put(uid, job_entry(res))  # see our own write before the watch does
+            written = job_entry(res)  # see our own write before the watch does; no replan:
+            self.jobs.put(uid, written, notify=False)  # this status is what was planned
+            if written.sweep_body is not None:
+                with self._lock:
+                    self._sweeps_dirty = True
             self._last_write[(uid, change)] = now.timestamp()
             if change == Change.MATERIAL:  # a material write carries progress and queue too
                 self._last_write[(uid, Change.PROGRESS)] = now.timestamp()
