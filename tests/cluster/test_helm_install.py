@@ -191,16 +191,26 @@ def test_helm_install_runs_the_operator_and_brings_a_job_to_running(
 
         # `helm test`: the chart's test pod (operator image, operator ServiceAccount) finds the
         # API served and readable where the operator works
-        tested = helm(cluster, "test", release, "--namespace", release_namespace, "--logs",
-                      "--timeout", "120s")
+        def test_pod_log() -> str:  # on the agent (`--logs` needs a kubelet's log endpoint)
+            found = find_log(agent_node.root, release_namespace,
+                             f"{release}-finetune-operator-test-api", "test")
+            return found.read_text() if found else "(no log)"
+
+        try:
+            tested = helm(cluster, "test", release, "--namespace", release_namespace,
+                          "--timeout", "120s")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\ntest pod log:\n{test_pod_log()}") from None
         assert "Phase:          Succeeded" in tested.stdout, tested.stdout
-        assert f"is served and readable in {jobs_ns}" in tested.stdout, tested.stdout
+        assert f"is served and readable in {jobs_ns}" in test_pod_log()
     finally:
         if installed:
             helm(cluster, "uninstall", release, "--namespace", release_namespace, "--wait",
                  "--timeout", "120s")
+    # (the `helm test` pod stays, as Helm keeps test pods for inspection, until the next test)
     wait_for("the operator pod to go", lambda: not json.loads(cluster.kubectl(
-        "get", "pods", "-n", release_namespace, "-l", f"app.kubernetes.io/instance={release}",
+        "get", "pods", "-n", release_namespace, "-l",
+        f"app.kubernetes.io/instance={release},app.kubernetes.io/component!=test",
         "-o", "json").stdout)["items"], 60)
     assert cluster.get("clusterrole", f"{release}-finetune-operator") is None
     assert cluster.get("crd", "finetunejobs.finetune.dev") is not None  # not the chart's to remove
