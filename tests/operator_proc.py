@@ -26,6 +26,10 @@ TEST_ENV = {
     "FINETUNE_QUEUE_STATUS_INTERVAL_SECONDS": "1",
     "FINETUNE_LEASE_RENEW_SECONDS": "2",
     "FINETUNE_UNSCHEDULABLE_GRACE_SECONDS": "3",
+    # the tests' namespaces are made on the fly: the preempting band is allowed everywhere here
+    # (the default grants it per namespace only)
+    "FINETUNE_ALLOWED_PRIORITY_CLASSES":
+        "finetune-critical,finetune-high,finetune-normal,finetune-low",
     "FINETUNE_BACKOFF_BASE_SECONDS": "1",
     "FINETUNE_MIN_RUNTIME_BEFORE_PREEMPTION_SECONDS": "0",
     "FINETUNE_AGING_RATE_PER_MINUTE": "100",

@@ -77,7 +77,10 @@ def _events(cfg: dc.ClusterConfig, seen: set[str]) -> list[str]:
 def _start_operator(cfg: dc.ClusterConfig) -> subprocess.Popen[bytes]:
     log = cfg.state_dir / "logs" / "operator-demo.log"
     env = {**os.environ, "FINETUNE_ADMISSION_INTERVAL_SECONDS": "1",
-           "FINETUNE_MIN_RUNTIME_BEFORE_PREEMPTION_SECONDS": "5", "POD_NAME": "demo-operator"}
+           "FINETUNE_MIN_RUNTIME_BEFORE_PREEMPTION_SECONDS": "5", "POD_NAME": "demo-operator",
+           # team-a may use the preempting band (the default grants it to no namespace)
+           "FINETUNE_NAMESPACE_PRIORITY_CLASSES": '{"team-a": ["finetune-critical", '
+           '"finetune-high", "finetune-normal", "finetune-low"]}'}
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "finetune_operator",
                                  f"--kubeconfig={cfg.kubeconfig}", "--metrics-port=18080",

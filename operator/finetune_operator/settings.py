@@ -55,11 +55,10 @@ class OperatorSettings(BaseModel):
         default_factory=list, description="namespaces to watch; empty = all"
     )
     allowed_priority_classes: list[ClassName] = Field(
-        default_factory=lambda: [
-            "finetune-critical", "finetune-high", "finetune-normal", "finetune-low",
-        ],
+        default_factory=lambda: ["finetune-high", "finetune-normal", "finetune-low"],
         min_length=1,
-        description="global allow-list of PriorityClasses a job may name",
+        description="global allow-list of PriorityClasses a job may name (the preempting band "
+        "is granted per namespace in namespace_priority_classes)",
     )
     namespace_priority_classes: dict[NamespaceName, list[ClassName]] = Field(
         default_factory=dict,

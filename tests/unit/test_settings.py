@@ -121,7 +121,10 @@ def test_allowed_classes_per_namespace_replace_the_global_list() -> None:
     s = make_settings(namespace_priority_classes={"team-a": ["finetune-high", "finetune-normal"]})
     assert s.allowed_classes("team-a") == ["finetune-high", "finetune-normal"]
     assert s.allowed_classes("team-b") == s.allowed_priority_classes
-    assert "finetune-critical" in s.allowed_classes("team-b")
+    # the preempting band is granted per namespace, never by default (issue 11)
+    assert "finetune-critical" not in s.allowed_classes("team-b")
+    granted = make_settings(namespace_priority_classes={"team-b": ["finetune-critical"]})
+    assert granted.allowed_classes("team-b") == ["finetune-critical"]
 
 
 def test_resolve_priority_class_rejects_classes_outside_the_allowed_set() -> None:

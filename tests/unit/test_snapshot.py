@@ -22,7 +22,8 @@ NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 GPU = "nvidia.com/gpu"
 CLASSES = {"finetune-critical": 100000, "finetune-high": 10000, "finetune-normal": 1000,
            "finetune-low": 100}
-SETTINGS = make_settings(aging_rate_per_minute=0)
+SETTINGS = make_settings(aging_rate_per_minute=0, allowed_priority_classes=[
+    "finetune-critical", "finetune-high", "finetune-normal", "finetune-low"])
 
 
 def ago(seconds: float) -> str:
