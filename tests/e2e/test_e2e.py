@@ -24,7 +24,7 @@ from finetune_operator.devcluster.workloads import (
     training_job,
 )
 
-from ..kube import Cluster, gpu_pod, wait_for
+from ..kube import Cluster, gpu_pod, priority_class, short_id, wait_for
 from ..operator_proc import OperatorProcess, job_pods, job_status, wait_phase
 
 pytestmark = pytest.mark.e2e
@@ -114,8 +114,11 @@ def test_scheduler_preemption_saves_and_resumes(
     cluster.apply(training_job("victim", gpus=1, priority_class="finetune-low",
                                node=agent.node, max_steps=LONG, interval_steps=10 * LONG), ns)
     _step_at_least(cluster, ns, "victim", 8)
-    # not a FineTuneJob: a plain pod of a preempting class, scheduled by the kube-scheduler
-    intruder = gpu_pod("intruder", 1, node=agent.node, priority_class="finetune-critical")
+    # not a FineTuneJob: another workload's pod with a preempting class of its own (the
+    # finetune-* bands never preempt through the scheduler), scheduled by the kube-scheduler
+    cls = f"other-urgent-{short_id()}"
+    cluster.apply(priority_class(cls, 100000))
+    intruder = gpu_pod("intruder", 1, node=agent.node, priority_class=cls)
     intruder["spec"]["containers"][0]["command"] = [
         "python", "-c", "import time; time.sleep(2)"]
     intruder["spec"]["restartPolicy"] = "Never"
@@ -131,6 +134,7 @@ def test_scheduler_preemption_saves_and_resumes(
     st = wait_phase(cluster, ns, "victim", "Succeeded", RUN)
     _assert_resumed_cleanly(st, 1)
     _assert_same_weights(_job(cluster, ns, "victim"), tmp_path)
+    cluster.kubectl("delete", "priorityclass", cls)
 
 
 def test_suspend_saves_and_resume_completes(
