@@ -47,6 +47,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -434,6 +435,12 @@ def run_ours(b: Bench, res: dict[str, Any]) -> None:
         if not b.args.skip_rss:
             memory_phase(b, res, op, len(applied) + n)
     finally:
+        with suppress(OSError):  # the cycle histogram, for the notes on back-fill and latency
+            text = op.metrics()
+            cyc = {n: sum(v for _, v in measure.samples(text, f"finetune_scheduling_cycle_"
+                                                         f"seconds_{n}")) for n in ("sum", "count")}
+            res["cycle_seconds_mean"] = cyc["sum"] / cyc["count"] if cyc["count"] else None
+            res["cycles"] = cyc["count"]
         watch.stop()
         op.stop()
 
@@ -739,6 +746,10 @@ def report(b: Bench, command: str) -> list[str]:
             else None,
             measure.writes(oc, measure.OPERATOR_WRITES, leases=False) / max(n, 1)
             if oc is not None and n else None))
+        if ours.get("cycles"):
+            lines.append(f"The operator's scheduling cycle over the phase: {ours['cycles']:.0f} "
+                         f"cycles, {ours['cycle_seconds_mean']:.1f} s on average "
+                         "(finetune_scheduling_cycle_seconds).")
         if "rss_10000" in ours:
             hwm, rss = ours["rss_10000"]
             lines.append(f"Memory: operator VmRSS **{rss:.0f} MB** (VmHWM {hwm:.0f} MB) with "
