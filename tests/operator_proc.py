@@ -24,6 +24,7 @@ TEST_ENV = {
     "FINETUNE_MIN_CYCLE_INTERVAL_SECONDS": "0.05",
     "FINETUNE_PROGRESS_WRITE_INTERVAL_SECONDS": "1",
     "FINETUNE_QUEUE_STATUS_INTERVAL_SECONDS": "1",
+    "FINETUNE_QUEUE_STATUS_WRITES_PER_SECOND": "100",
     "FINETUNE_LEASE_RENEW_SECONDS": "2",
     "FINETUNE_UNSCHEDULABLE_GRACE_SECONDS": "3",
     # the tests' namespaces are made on the fly: the preempting band is allowed everywhere here

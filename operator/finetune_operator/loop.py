@@ -152,6 +152,9 @@ class Controller:
         self._background = ThreadPoolExecutor(max(1, settings.max_concurrent_writes // 2),
                                               thread_name_prefix="write-status")
         self._inflight: set[str] = set()  # jobs with a write in flight
+        # queue-text writes of all waiting jobs together (a token bucket, 10 s of burst)
+        self._queue_tokens = settings.queue_status_writes_per_second * 10
+        self._queue_tokens_at = time.time()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -493,6 +496,15 @@ class Controller:
         if last is not None and epoch - last < interval:
             self._schedule(uid, last + interval)
             return Change.NONE
+        if change == Change.QUEUE:  # and all waiting jobs together: a token bucket
+            rate = s.queue_status_writes_per_second
+            self._queue_tokens = min(rate * 10, self._queue_tokens
+                                     + (epoch - self._queue_tokens_at) * rate)
+            self._queue_tokens_at = epoch
+            if self._queue_tokens < 1:
+                self._schedule(uid, epoch + max(1.0, 1 / rate) + (hash(uid) % 100) / 100)
+                return Change.NONE
+            self._queue_tokens -= 1
         return change
 
     # ------------------------------------------------------------------ execute

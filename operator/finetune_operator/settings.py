@@ -107,6 +107,9 @@ class OperatorSettings(BaseModel):
     progress_write_interval_seconds: float = Field(
         default=30.0, ge=0, allow_inf_nan=False,
         description="status.progress is mirrored at most this often per job")
+    queue_status_writes_per_second: float = Field(
+        default=5.0, gt=0, allow_inf_nan=False,
+        description="queue-text rewrites of all waiting jobs together, at most this rate")
     queue_status_interval_seconds: float = Field(
         default=60.0, ge=0, allow_inf_nan=False,
         description="a waiting job's queue position/reason is rewritten at most this often")
