@@ -66,22 +66,29 @@ class Endpoints:
         return 404, {"error": f"no such endpoint: {path}"}
 
 
+def answer_json(req: BaseHTTPRequestHandler, route: Callable[[str, str], tuple[int, Any]],
+                max_token: int) -> None:
+    """Answer a GET with ``route(path, bearer token)`` as JSON; an exception in the route is a
+    500 (logged), never a dead server thread. Tokens longer than ``max_token`` are dropped."""
+    auth = req.headers.get("Authorization") or ""
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    try:
+        code, body = route(req.path, token if len(token) <= max_token else "")
+    except Exception:
+        log.exception("endpoint %s failed", req.path.split("?", 1)[0][:100])
+        code, body = 500, {"error": "internal error"}
+    data = json.dumps(body).encode()
+    req.send_response(code)
+    req.send_header("Content-Type", "application/json")
+    req.send_header("Content-Length", str(len(data)))
+    req.end_headers()
+    req.wfile.write(data)
+
+
 def serve(endpoints: Endpoints, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            auth = self.headers.get("Authorization") or ""
-            token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-            try:
-                code, body = endpoints.handle(self.path, token)
-            except Exception:  # never let a request kill the server thread
-                log.exception("endpoint %s failed", self.path)
-                code, body = 500, {"error": "internal error"}
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            answer_json(self, endpoints.handle, max_token=0)  # probes: no token is taken
 
         def log_message(self, fmt: str, *args: Any) -> None:
             return  # probes every few seconds: no access log

@@ -16,7 +16,6 @@ body is never read before the token and the rate were checked, and never beyond 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import socket
 import ssl
@@ -154,19 +153,9 @@ class _Handler(BaseHTTPRequestHandler):
         if get is None:
             self._reply(HTTPStatus.METHOD_NOT_ALLOWED, f"POST {PATH}")
             return
-        auth = self.headers.get("Authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        try:
-            code, payload = get(self.path, token if len(token) <= MAX_TOKEN_BYTES else "")
-        except Exception:
-            log.exception("visibility endpoint %s failed", self.path.split("?", 1)[0][:100])
-            code, payload = 500, {"error": "internal error"}
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        from ..serve import answer_json
+
+        answer_json(self, get, MAX_TOKEN_BYTES)
 
     def do_PUT(self) -> None:
         self._reply(HTTPStatus.METHOD_NOT_ALLOWED, f"POST {PATH}")
