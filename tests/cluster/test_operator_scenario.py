@@ -117,6 +117,8 @@ def test_quota_priority_aging_preemption_and_resume(
         lambda s: s if (s.get("progress") or {}).get("step") == 41 else None)(
         job_status(cluster, team_a, "low-running")), 15)
     assert st["lostSteps"] == 0
+    # the previous attempt's nested fields do not linger (a merge patch would keep them)
+    assert "loss" not in st["progress"] and "etaSeconds" not in st["progress"], st["progress"]
     complete(cluster, team_a, "low-running")
     final = wait_phase(cluster, team_a, "low-running", "Succeeded")
     assert (final["attempt"], final["preemptions"], final["failures"]) == (2, 1, 0)
