@@ -179,7 +179,7 @@ def complete(cluster: Cluster, ns: str, name: str, step: int = 100) -> None:
 
 
 def report_progress(cluster: Cluster, ns: str, pod: str, progress: dict,
-                    expect: int | tuple[int, ...] = 204) -> None:
+                    expect: int | tuple[int, ...] = 204) -> int:
     """What the trainer does: POST the report to the operator over HTTPS (the URL and CA from
     the job's trainer config), with a projected ServiceAccount token bound to its own pod."""
     import ssl
@@ -213,6 +213,7 @@ def report_progress(cluster: Cluster, ns: str, pod: str, progress: dict,
             code = getattr(e, "errno", None) or 0
     allowed = expect if isinstance(expect, tuple) else (expect,)
     assert code in allowed, f"report to {report['url']}: HTTP {code}, expected {expect}"
+    return code
 
 
 def pod_token(cluster: Cluster, ns: str, pod: dict, audience: str = "finetune.dev/operator"
