@@ -28,7 +28,7 @@ from ..operator_proc import OperatorProcess, job_pods, job_status, wait_phase
 from .test_e2e import RUN, _adapter, _assert_resumed_cleanly, _job, _step_at_least
 
 pytestmark = pytest.mark.e2e
-STEPS = 300
+STEPS = 600  # long enough that the preemption lands mid-run on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")

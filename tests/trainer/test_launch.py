@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from finetune_trainer import checkpoint as ck
 from finetune_trainer.launch import (
@@ -118,17 +119,22 @@ def test_two_node_gang_sigterm_then_resume_is_exact(baseline2: Callable[[], Run]
     base = baseline2()
     r = Run(tmp_path / "gang", tiny_model, {})
     logs = [r.root / "node0.log", r.root / "node1.log"]
+    # each pod has its own termination log: node 1 gets its own config pointing at another one
+    cfg1 = yaml.safe_load(r.config.read_text())
+    cfg1["terminationLog"] = str(r.root / "node1.termination.json")
+    config1 = write_config(r.root / "config-node1.yaml", cfg1)
 
     def start() -> list[subprocess.Popen[bytes]]:
         port = free_port()
-        return [start_launcher(r.config, logs[n], 1, node=(n, 2, port)) for n in (0, 1)]
+        return [start_launcher(r.config if n == 0 else config1, logs[n], 1, node=(n, 2, port))
+                for n in (0, 1)]
 
     nodes = start()
     wait_until("step 7", lambda: progress_step(r.progress) >= 7, nodes[0], logs[0])
     for p in nodes:
         p.send_signal(signal.SIGTERM)
     assert [p.wait(120) for p in nodes] == [0, 0], logs[1].read_text()[-3000:]
-    term = r.term()  # both nodes write the same path here; each pod has its own in a cluster
+    term = r.term()  # node 0's (rank 0's) termination message
     stopped = term["finalStep"]
     assert term["reason"] == "Preempted" and term["checkpoint"]["step"] == stopped
     assert "ranks 1-1 of 2, node 1 of 2" in logs[1].read_text()
