@@ -27,7 +27,7 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def op(cluster, crd_installed, priority_classes, tmp_path_factory) -> Iterator[OperatorProcess]:  # type: ignore[no-untyped-def]
     proc = OperatorProcess(cluster, tmp_path_factory.mktemp("passing"), {
-        "FINETUNE_PODS_READY_TIMEOUT_SECONDS": "4",
+        "FINETUNE_PODS_READY_TIMEOUT_SECONDS": "10",  # the scheduler has said why by then
         "FINETUNE_MAX_PODS_READY_REQUEUES": "1",
         "FINETUNE_FORCE_DELETE_MARGIN_SECONDS": "2",
         "FINETUNE_GRACE_PERIOD_SECONDS": "2",
@@ -58,7 +58,7 @@ def test_pods_that_never_start_are_requeued_then_fail_with_the_pods_reason(
     # 1000 CPUs fit no node: the scheduler leaves the pod Pending (Unschedulable)
     cluster.apply(ftj("stuck", 1, "finetune-normal", sel,
                       resources={"gpus": 1, "cpu": "1000", "nodeSelector": sel}), ns)
-    st = wait_phase(cluster, ns, "stuck", "Failed", 60)
+    st = wait_phase(cluster, ns, "stuck", "Failed", 120)
     failed = _cond(st, "Failed")
     assert failed["reason"] == "PodsNotReady", failed
     assert "Unschedulable" in failed["message"] or "Insufficient cpu" in failed["message"]
