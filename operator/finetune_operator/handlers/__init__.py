@@ -1,4 +1,5 @@
-"""kopf runs the process: start-up/clean-up of the Controller, logging and /healthz.
+"""kopf runs the process: start-up/clean-up of the Controller and logging (the probes are
+served by ``serve.py``: /healthz fails when the leader's cycles stop).
 
 The Controller watches what it needs itself (``cache.py``: server-side label selector on pods,
 raw JSON, resourceVersion bookkeeping), so kopf has no resource handlers here: it adds no
@@ -8,7 +9,6 @@ finalizers, stores no state on user objects and streams nothing the operator doe
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import kopf
@@ -38,19 +38,3 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
     _ctl().stop()
-
-
-@kopf.on.probe(id="cycleAgeSeconds")
-def cycle_age(**_: Any) -> float | None:
-    """Seconds since the last completed scheduling cycle; raising makes /healthz fail (the
-    leader is stuck: no cycle for ``health_stale_cycles`` intervals)."""
-    ctl = _ctl()
-    if not ctl.healthy():
-        raise kopf.PermanentError("no scheduling cycle completed recently")
-    last = ctl.last_cycle
-    return None if last is None else round(time.monotonic() - last, 1)
-
-
-@kopf.on.probe(id="leader")
-def leader(**_: Any) -> bool:
-    return _ctl().leader

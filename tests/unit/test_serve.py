@@ -1,0 +1,35 @@
+"""The operator's probe and visibility routes (serve.Endpoints), without a server."""
+
+from __future__ import annotations
+
+from finetune_operator.serve import Endpoints
+
+VIEW = {"team-a": [{"name": "a", "position": 1, "clusterPosition": 2, "reason": "quota"}],
+        "team-b": [{"name": "b", "position": 1, "clusterPosition": 1, "reason": "capacity"}]}
+
+
+def endpoints(healthy: bool = True) -> Endpoints:
+    return Endpoints(lambda: healthy, lambda: True, lambda: VIEW,
+                     lambda token, ns: token == "alice" and ns == "team-a"
+                     or token == "admin")
+
+
+def test_healthz_fails_when_the_leaders_cycles_stopped() -> None:
+    assert endpoints(True).handle("/healthz", "")[0] == 200
+    assert endpoints(False).handle("/healthz", "")[0] == 500
+    assert endpoints().handle("/readyz", "")[0] == 200
+
+
+def test_the_probe_port_never_serves_the_queue() -> None:
+    assert endpoints().handle("/v1/namespaces/team-a/queue", "alice")[0] == 404
+
+
+def test_queue_per_namespace_for_whoever_may_list_there() -> None:
+    e = endpoints()
+    code, body = e.visibility("/v1/namespaces/team-a/queue", "alice")
+    assert code == 200 and body["items"] == [{"name": "a", "position": 1, "reason": "quota"}]
+    assert e.visibility("/v1/namespaces/team-b/queue", "alice")[0] == 403
+    assert e.visibility("/v1/queue", "alice")[0] == 403
+    assert e.visibility("/v1/namespaces/team-a/queue", "")[0] == 401
+    code, body = e.visibility("/v1/queue", "admin")
+    assert [i["name"] for i in body["items"]] == ["b", "a"]  # the cluster-wide order
