@@ -10,7 +10,7 @@ VIEW = {"team-a": [{"name": "a", "position": 1, "clusterPosition": 2, "reason": 
 
 def endpoints(healthy: bool = True) -> Endpoints:
     return Endpoints(lambda: healthy, lambda: True, lambda: VIEW,
-                     lambda token, ns: token == "alice" and ns == "team-a"
+                     lambda token, ns: (token == "alice" and ns == "team-a")
                      or token == "admin")
 
 
