@@ -241,9 +241,11 @@ def slim_usage(pod: dict) -> dict | None:
     labels = (pod.get("metadata") or {}).get("labels") or {}
     if labels.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE:
         return None
-    spec = pod.get("spec") or {}
-    node = spec.get("nodeName")
-    if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    # bound, or nominated by the scheduler after it preempted for it (the GPUs it freed are
+    # spoken for: admitting a job onto them would be preempted again)
+    node = spec.get("nodeName") or status.get("nominatedNodeName")
+    if not node or status.get("phase") in ("Succeeded", "Failed"):
         return None
     req = pod_requests(pod)
     if not req:

@@ -50,3 +50,18 @@ def test_messages_never_name_another_namespaces_job() -> None:
     text = "waiting behind team-b/secret-model and team-a/bot; needs 2 nvidia.com/gpu"
     assert tenant_words(text, "team-a", keys) == (
         "waiting behind a job in another namespace and team-a/bot; needs 2 nvidia.com/gpu")
+
+
+def test_node_usage_counts_a_foreign_pod_the_scheduler_nominated() -> None:
+    from finetune_operator.cache import slim_usage
+
+    pod = {"metadata": {"name": "intruder", "labels": {}},
+           "spec": {"containers": [{"resources": {"requests": {"nvidia.com/gpu": "1"}}}]},
+           "status": {"phase": "Pending", "nominatedNodeName": "node-0"}}
+    assert slim_usage(pod) is not None and slim_usage(pod)["spec"]["nodeName"] == "node-0"
+    pod["status"] = {"phase": "Pending"}  # neither bound nor nominated: takes nothing yet
+    assert slim_usage(pod) is None
+    ours = dict(pod, metadata={"name": "x", "labels": {
+        "app.kubernetes.io/managed-by": "finetune-operator"}}, spec={**pod["spec"],
+                                                                    "nodeName": "node-0"})
+    assert slim_usage(ours) is None  # our own pods are counted from the pods store
