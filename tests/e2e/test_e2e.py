@@ -54,8 +54,8 @@ def _adapter(work_dir: Path) -> dict:
     return load_file(str(files[0]))
 
 
-def _uninterrupted(job: dict, tmp: Path) -> Path:
-    """The same job trained in one go by the trainer itself, on the same inputs."""
+def reference_config(job: dict, tmp: Path) -> Path:
+    """The job's trainer config on the same inputs, writing to ``tmp/reference``."""
     cfg = trainer_config(FineTuneJob.from_body(job))
     cfg.paths.model = str(tiny_model())
     cfg.paths.dataset = str(DATASET)
@@ -64,6 +64,12 @@ def _uninterrupted(job: dict, tmp: Path) -> Path:
     cfg.termination_log = str(tmp / "reference-termination.log")
     path = tmp / "reference.yaml"
     path.write_text(yaml.safe_dump(cfg.to_wire()))
+    return path
+
+
+def _uninterrupted(job: dict, tmp: Path) -> Path:
+    """The same job trained in one go by the trainer itself, on the same inputs."""
+    path = reference_config(job, tmp)
     subprocess.run([sys.executable, "-m", "finetune_trainer", "--config", str(path)],
                    check=True, capture_output=True, timeout=RUN)
     return tmp / "reference"

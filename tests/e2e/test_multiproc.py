@@ -11,21 +11,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from finetune_operator.api import FineTuneJob
-from finetune_operator.build.configmap import trainer_config
 from finetune_operator.devcluster.nodeagent import find_log
 from finetune_operator.devcluster.workloads import (
-    DATASET,
     host_work_dir,
-    tiny_model,
     training_job,
 )
 
 from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import OperatorProcess, job_pods, job_status, wait_phase
-from .test_e2e import RUN, _adapter, _assert_resumed_cleanly, _job, _step_at_least
+from .test_e2e import (
+    RUN,
+    _adapter,
+    _assert_resumed_cleanly,
+    _job,
+    _step_at_least,
+    reference_config,
+)
 
 pytestmark = pytest.mark.e2e
 STEPS = 600  # long enough that the preemption lands mid-run on a loaded 2-core machine
@@ -42,14 +44,7 @@ def agent2(cluster) -> Iterator[object]:
 
 
 def _uninterrupted_two_ranks(job: dict, tmp: Path) -> Path:
-    cfg = trainer_config(FineTuneJob.from_body(job))
-    cfg.paths.model = str(tiny_model())
-    cfg.paths.dataset = str(DATASET)
-    cfg.paths.work_dir = str(tmp / "reference")
-    cfg.report = None
-    cfg.termination_log = str(tmp / "reference-termination.log")
-    path = tmp / "reference.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_wire()))
+    path = reference_config(job, tmp)
     subprocess.run([sys.executable, "-m", "finetune_trainer.launch", "--nproc-per-node=2", "--",
                     "--config", str(path)], check=True, capture_output=True, timeout=2 * RUN,
                    env={"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
