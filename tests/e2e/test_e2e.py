@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 # The local node agent's GPUs are not real: jobs use 1 GPU (one trainer process). A job with
 # gpus > 1 runs torchrun with one process per GPU, which needs real GPUs (tests/gpu).
 RUN = 240  # seconds a training job may take on 2 shared cores
-LONG = 500  # steps: long enough (tens of seconds here) to be interrupted mid-run
+LONG = 3000  # steps: ~30 s here (a step takes ~10 ms), far more than a report + stop round trip
 
 
 def _job(cluster: Cluster, ns: str, name: str) -> dict:

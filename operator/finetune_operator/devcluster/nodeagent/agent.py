@@ -100,7 +100,7 @@ class NodeAgent:
             if reaped:
                 log.warning("stopped %d process(es) left by a previous agent: %s", len(reaped),
                             reaped)
-            self.node_uid = register(self.core, spec, self.since, self.version)
+            self.node_uid = register(self.core, spec)
             heartbeat(self.core, self.coord, spec, self.node_uid, utcnow(), self.since,
                       self.version)
             log.info("node %s registered (%d GPUs), root %s", spec.name, spec.gpus, self.cfg.root)

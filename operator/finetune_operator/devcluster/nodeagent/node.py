@@ -76,8 +76,10 @@ def lease_manifest(name: str, node_uid: str, now: datetime,
                      "renewTime": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}
 
 
-def register(core: client.CoreV1Api, spec: NodeSpec, now: datetime, version: str) -> str:
-    """Create (or adopt) the Node and mark it Ready; returns its uid. A kwok node is refused."""
+def register(core: client.CoreV1Api, spec: NodeSpec) -> str:
+    """Create (or adopt) the Node; returns its uid. A kwok node is refused. The first
+    `heartbeat` then creates the Lease and only after it marks the Node Ready, so a Ready node
+    always has its Lease."""
     body = node_manifest(spec)
     try:
         node = raw(core.create_node, body)
@@ -90,7 +92,6 @@ def register(core: client.CoreV1Api, spec: NodeSpec, now: datetime, version: str
                 f"Node {spec.name} exists and is managed by kwok ({KWOK_ANNOTATION}); pick another "
                 f"--node name or delete it (kubectl delete node {spec.name})") from e
         node = raw(core.patch_node, spec.name, {"metadata": body["metadata"]})
-    core.patch_node_status(spec.name, node_status(spec, now, now, version))
     return str(node["metadata"]["uid"])
 
 
