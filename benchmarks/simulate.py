@@ -575,23 +575,31 @@ def targets(rows: list[tuple[int, float, Result]]) -> list[str]:
 
 
 NOTES = [
-    "Notes. Allocation while work waits stays below 95%; the idle column says where the rest "
-    "goes, as shares of GPU-time while work waits: no waiting job fits the free "
-    "GPUs (8-GPU and 2x8 jobs waiting while free GPUs are spread over nodes; only preempting "
-    "or migrating running work could use them), the jobs that fit are over their quota, and a "
-    "job fits but is held back by the policy (reservations that backfill cannot fill without "
-    "delaying them). Running jobs' ETAs are exact in the simulation (progress-based ETAs of "
-    "fixed-step training are close). The p95 waits of the lower bands "
-    "pay for critical preemptions and aged reservations, so on some seeds they exceed "
-    "greedy's. Over load (1.1) the backlog grows for the whole trace and some jobs wait more "
-    "than 24 h under every priority policy; only FIFO bounds the wait, by making every band "
-    "wait. Default share 0.5: on seeds 1-6 x loads 0.9 and 1.1 with no job declaring its run "
-    "time (`--seeds 1 2 3 4 5 6 --estimate-share 0`), unbounded reservations (`--share -1`) "
-    "let 38 more jobs wait over 24 h than greedy at load 1.1, the bound 25 fewer; with run "
-    "times declared, the unbounded variant allocates about half a point more. "
-    "\"ours, before\" approximates the "
-    "policy before these changes (same code, every aged job reserves, no ETAs, age reset by "
-    "a requeue).",
+    "Notes. Placement: a job with an expected run time goes to the nodes whose expected busy "
+    "time it extends least, then best fit (so nodes empty out whole for 8-GPU jobs); on seeds "
+    "1-40 x both loads (80 runs) this raised ours' allocation while work waits from 90.4% to "
+    "91.2% on average (above greedy's on 76 runs, was 71), every band's p95 <= greedy's on 31 "
+    "runs (was 27), and cut jobs waiting over 24 h from 629 to 554 (greedy 761). The "
+    "simulation binds pods where admit() placed them; the operator leaves binding to the "
+    "kube-scheduler. Allocation while work waits stays below 95%; the idle column says where "
+    "the rest goes, as shares of GPU-time while work waits: no waiting job fits the free GPUs "
+    "(8-GPU and 2x8 jobs waiting while fewer GPUs are free in total, or while the free ones are "
+    "spread over nodes; only preempting or migrating running work could use them), the jobs "
+    "that fit are over their quota, and a job fits but is held back by the policy "
+    "(reservations that backfill cannot fill without delaying them). On seed 2 at 0.9, of "
+    "12.2% idle, 2.2 points are times when fewer GPUs are free in total than any waiting job "
+    "needs and 6.0 times when enough are free but on no single node, so packing alone could "
+    "reach about 93.8% there. Running jobs' ETAs are exact in the simulation (progress-based ETAs "
+    "of fixed-step training are close). The p95 waits of the lower bands pay for critical "
+    "preemptions and aged reservations, so on some seeds they exceed greedy's. Over load (1.1) "
+    "the backlog grows for the whole trace and some jobs wait more than 24 h under every "
+    "priority policy; only FIFO bounds the wait, by making every band wait. Default share 0.5: "
+    "on seeds 1-6 x loads 0.9 and 1.1 with no job declaring its run time (`--seeds 1 2 3 4 5 6 "
+    "--estimate-share 0`), unbounded reservations (`--share -1`) let 33 more jobs wait over "
+    "24 h than greedy at load 1.1, the bound 24 fewer; with run times declared, the unbounded "
+    "variant allocates about half a point more. \"ours, before\" approximates the policy "
+    "before the reservation changes (same code, every aged job reserves, no ETAs, so best-fit "
+    "placement, age reset by a requeue).",
 ]
 
 

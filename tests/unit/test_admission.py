@@ -192,6 +192,56 @@ def test_best_fit_placement_keeps_big_nodes_for_big_jobs() -> None:
         "small-job": ("small",), "big-job": ("big",)}
 
 
+def _busy(node: str, gpus: int, hours: float | None) -> RunningJob:
+    return make_running(f"run-{node}", gpus=gpus, on=node, expected_end_at=None
+                        if hours is None else NOW + timedelta(hours=hours))
+
+
+@pytest.mark.parametrize(("expected_h", "placed"), [
+    (3.0, "n2"),  # ends before n2's job: keeps n2 busy no longer; n1 would stay busy 2.5 h more
+    (None, "n1"),  # no expected run time: plain best fit (the fuller node)
+])
+def test_a_job_with_an_expected_run_time_goes_where_it_extends_the_busy_time_least(
+        expected_h: float | None, placed: str) -> None:
+    # n1: 6 GPUs busy for 30 more minutes (2 free); n2: 4 busy for 5 h (4 free)
+    job = make_job("j", gpus=2, expected_seconds=None if expected_h is None
+                   else expected_h * 3600)
+    d = admit(snap([job], running=[_busy("n1", 6, 0.5), _busy("n2", 4, 5)],
+                   nodes=[make_node("n1", 2), make_node("n2", 4)]), NOW)
+    assert d.admit[0].placement == (placed,)
+
+
+def test_placement_by_expected_ends_keeps_empty_nodes_last_then_best_fit() -> None:
+    # n0 empty; n1 and n2 busy past the job's end: no extension on either, so best fit (n2)
+    job = make_job("j", gpus=2, expected_seconds=3600)
+    d = admit(snap([job], running=[_busy("n1", 2, 2), _busy("n2", 4, 2)],
+                   nodes=[make_node("n0", 8), make_node("n1", 6), make_node("n2", 4)]), NOW)
+    assert d.admit[0].placement == ("n2",)
+    # the same job runs 3 h: it extends n1 and n2 by 1 h and the empty n0 by 3 h
+    d = admit(snap([replace(job, expected_seconds=3 * 3600)],
+                   running=[_busy("n1", 2, 2), _busy("n2", 4, 2)],
+                   nodes=[make_node("n0", 8), make_node("n1", 6), make_node("n2", 4)]), NOW)
+    assert d.admit[0].placement == ("n2",)
+
+
+def test_gang_placement_by_expected_ends() -> None:
+    # a 2-node gang of 4 GPUs for 2 h: n1 (busy 3 h) and n3 (busy 2.5 h) cost nothing; n2's
+    # job ends in 10 min and n0 is empty
+    job = make_job("g", gpus=4, nodes=2, expected_seconds=2 * 3600)
+    running = [_busy("n1", 4, 3), _busy("n2", 4, 1 / 6), _busy("n3", 4, 2.5)]
+    nodes = [make_node("n0", 8), make_node("n1", 4), make_node("n2", 4), make_node("n3", 4)]
+    d = admit(snap([job], running=running, nodes=nodes), NOW)
+    assert d.admit[0].placement == ("n1", "n3")
+
+
+def test_running_job_without_eta_counts_as_ending_now_for_placement() -> None:
+    # n1's job has no ETA (taken as ending now), n2's ends in 5 h: a 1-hour job goes to n2
+    job = make_job("j", gpus=2, expected_seconds=3600)
+    d = admit(snap([job], running=[_busy("n1", 4, None), _busy("n2", 4, 5)],
+                   nodes=[make_node("n1", 4), make_node("n2", 4)]), NOW)
+    assert d.admit[0].placement == ("n2",)
+
+
 def test_backfill_smaller_job_behind_a_blocked_one() -> None:
     jobs = [make_job("big", gpus=4, priority=200), make_job("small", gpus=1)]
     d = admit(snap(jobs, nodes=[make_node("n1", 2)]), NOW)

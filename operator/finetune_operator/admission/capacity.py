@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .model import JobRef, NodeInfo, QueuedJob, Quota, Toleration
 
@@ -171,6 +171,19 @@ class Pool:
                     if len(picked) == pods:
                         return tuple(picked)
         return None
+
+    def place_scored(self, gpus: int, pods: int, sig: Signature,
+                     score: Callable[[str, int], tuple[float, ...]]) -> tuple[str, ...] | None:
+        """The `pods` distinct nodes with available GPUs >= `gpus` of lowest `score(name,
+        available)` (ties by name)."""
+        if not self._keys or self._keys[-1] < gpus:
+            return None
+        eligible = self.eligible(sig)
+        fits = [(score(name, key), name) for key in self._keys[bisect_left(self._keys, gpus):]
+                for name in self._buckets[key] if eligible is None or name in eligible]
+        if len(fits) < pods:
+            return None
+        return (min(fits)[1],) if pods == 1 else tuple(name for _, name in sorted(fits)[:pods])
 
     def largest_available(self, sig: Signature) -> int:
         eligible = self.eligible(sig)

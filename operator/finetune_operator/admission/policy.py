@@ -11,9 +11,16 @@ Walk. One pass in that order. A job is admitted when its namespace is under
 maxRunningJobsPerNamespace, every ResourceQuota that charges it (its namespace and GPU
 resource, and whose scopes match it: PriorityClass In/NotIn/Exists, NotTerminating, ...) has room
 for gpus * nodes, and the nodes have room: every pod (one per node) on a distinct schedulable
-node that matches its nodeSelector/tolerations and has `gpus` free, best fit (fewest free GPUs
-first). A multi-node job is admitted whole or not at all. Admitting takes the GPUs and quota for
-the rest of the walk.
+node that matches its nodeSelector/tolerations and has `gpus` free. A multi-node job is admitted
+whole or not at all. Admitting takes the GPUs and quota for the rest of the walk.
+
+Placement. A job with ``expected_seconds`` goes to the nodes whose expected busy time (the
+latest ``expected_end_at`` of the jobs there, an unknown one counting as now) it extends least,
+then best fit (fewest free GPUs), then name: jobs that end about together share nodes, so nodes
+empty out whole for 8-GPU and multi-node jobs instead of keeping a few GPUs busy long after the
+rest of the node is free, and an empty node (extended by the whole run time) is taken last. A
+job without ``expected_seconds`` gets best fit. (Placement is what admit() counts with; the
+operator does not pin pods to it, see docs/scheduling.md.)
 
 Reservations (starvation freedom). A job that does not fit does not stop the walk: smaller jobs
 behind it may use what is left. That alone can starve a big job forever (every GPU that frees up
@@ -211,6 +218,7 @@ class _Admitter:
         over_limit = bool(limit) and self.running_count[ns] >= limit
         quota_ok = pool is None or self.quota.fits(job)
         placement = () if pool is None else pool.place(job.gpus, job.nodes, sig)
+        backfill = False
         if (pool is not None and not over_limit and job.expected_seconds is not None
                 and (placement is None or not quota_ok)):
             # backfill: GPUs and quota reserved for jobs that cannot start before it ends
@@ -219,7 +227,10 @@ class _Admitter:
             if placement is None and pool.reservations:
                 placement = pool.place_backfill(job.gpus, job.nodes, sig,
                                                 job.expected_seconds)
+                backfill = True
         if not over_limit and quota_ok and placement is not None:
+            if pool is not None and job.expected_seconds is not None and not backfill:
+                placement = self._place_by_ends(job, pool, sig) or placement
             if pool is not None:
                 pool.take(placement, job.gpus)
                 self.quota.take(job)
@@ -260,6 +271,22 @@ class _Admitter:
             if reserved:
                 reason += f"; {res} held for it (waited past the aging bound)"
         self._wait(job, position, eff, code, reason, reserved=reserved)
+
+    def _place_by_ends(self, job: QueuedJob, pool: Pool,
+                       sig: Signature) -> tuple[str, ...] | None:
+        """For a job with an expected run time: the nodes whose expected busy time (the latest
+        expected end of the jobs on them) it extends least, then best fit. A job that ends
+        before the node's other jobs costs nothing; an empty node costs its whole run time, so
+        empty nodes stay last as in best fit."""
+        ends = self.ends[job.gpu_resource]
+        seconds = job.expected_seconds or 0.0
+
+        def cost(name: str, available: int) -> tuple[float, int]:
+            node_ends = ends.get(name)
+            busy_until = node_ends[-1][0] if node_ends else 0.0
+            return max(0.0, seconds - busy_until), available
+
+        return pool.place_scored(job.gpus, job.nodes, sig, cost)
 
     def _wait(self, job: QueuedJob, position: int, eff: float, code: WaitCode, reason: str,
               reserved: bool = False) -> None:
