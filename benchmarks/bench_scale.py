@@ -179,12 +179,15 @@ class Bench:
         return sum(v for (verb, r), v in self.apiserver_counts().items()
                    if verb in measure.APISERVER_WRITES and r.split("/")[0] in resources)
 
-    @staticmethod
-    def quiet(count: Any, seconds: float = 5) -> bool:
-        """True when count() did not change over `seconds`."""
+    def quiet(self, count: Any) -> bool:
+        """True when count() did not change over --settle-seconds (longer than the operator's
+        60 s coalescing interval, so no deferred status write of earlier changes is pending)."""
         first = count()
-        time.sleep(seconds)
+        time.sleep(self.args.settle_seconds)
         return bool(count() == first)
+
+    def settle(self, what: str, stable: Any) -> bool:
+        return wait_until(what, stable, 3 * self.args.settle_seconds + 60, 0)
 
     def namespaces_with_quota(self, extra: list[dict] | None = None) -> None:
         assert self.api
@@ -330,7 +333,7 @@ class Bench:
 
     def idle(self, res: dict, counters: Any, stable: Any) -> None:
         """Wait until nothing the controller writes changes, then count a window."""
-        res["idle_settled"] = wait_until("the controller's writes to settle", stable, 120, 0)
+        res["idle_settled"] = self.settle("the controller's writes to settle", stable)
         before = counters()
         time.sleep(self.args.idle_seconds)  # the measurement window itself
         res["idle_counts"] = counters(before)
@@ -468,8 +471,8 @@ def run_ours(b: Bench, res: dict[str, Any]) -> None:
         return measure.writes(c, measure.OPERATOR_WRITES, leases=False) if c else 0
 
     def stable() -> bool:
-        """No non-Lease operator write in 5 s (its counter; without it, the API server's
-        FineTuneJob and Event writes)."""
+        """No non-Lease operator write in --settle-seconds (its counter; without it, the API
+        server's FineTuneJob and Event writes)."""
         return b.quiet(op_writes if has_counter else
                        lambda: b.apiserver_writes_to("finetunejobs", "events"))
 
@@ -491,7 +494,7 @@ def run_ours(b: Bench, res: dict[str, Any]) -> None:
 
         wait_until(f"{n} lifecycle jobs Succeeded", lambda: succeeded() >= n,
                    b.args.phase_timeout, 2)
-        wait_until("the operator to settle", stable, 60, 0)
+        b.settle("the operator to settle", stable)
         res["lifecycle_jobs"] = n
         res["lifecycle_succeeded"] = succeeded()
         res["lifecycle_counts"] = counters(before)
@@ -502,7 +505,7 @@ def run_ours(b: Bench, res: dict[str, Any]) -> None:
         b.idle(res, counters, stable)
         b.backfill(res, track, DONE, counters)
         res["rss_5000"] = op.rss()
-        wait_until("the operator to settle after the back-fill", stable, 120, 0)
+        b.settle("the operator to settle after the back-fill", stable)
         b.arrivals(res, track, lambda i: ftj(f"a-{i:04d}", "arrivals"), FTJ_PATH,
                    lambda ns, _gpus: claim_and_data(b, ns))
 
@@ -637,7 +640,7 @@ def run_kueue(b: Bench, res: dict[str, Any]) -> None:
         b.idle(res, counters, stable)
         b.backfill(res, track, None, counters)
         res["rss_5000"] = measure.rss_mb(proc.pid)
-        wait_until("Kueue's writes to settle after the back-fill", stable, 120, 0)
+        b.settle("Kueue's writes to settle after the back-fill", stable)
 
         def queues(ns: str, gpus: int) -> None:
             b.kubectl("apply", "-f", "-", input=json.dumps({
@@ -851,8 +854,11 @@ def report(b: Bench, command: str) -> list[str]:
                          f"{a.foreign_pods:,} foreign pods in the cluster.")
     for name, r in (("ours", ours), ("Kueue", kq)):
         if "idle_counts" in r:
-            settled = ("after its writes had stopped for 5 s" if r.get("idle_settled", True)
-                       else "although its writes had not stopped after 120 s of waiting")
+            settle = a.settle_seconds
+            settled = (f"after its writes had stopped for {settle:g} s" if r.get("idle_settled",
+                                                                                True)
+                       else f"although its writes had not stopped for {settle:g} s within "
+                       f"{3 * settle + 60:g} s of waiting")
             iw = _only_writes(r["idle_counts"]["apiserver"], measure.APISERVER_WRITES)
             lines.append(f"Idle window, {name} ({a.idle_seconds} s with every capacity pod "
                          f"Running, {settled}): API server writes, all clients (kwok's node "
@@ -878,6 +884,9 @@ def main() -> int:
     ap.add_argument("--arrival-jobs", type=int, default=80)
     ap.add_argument("--arrival-rate", type=float, default=2.0, help="arrivals per second")
     ap.add_argument("--idle-seconds", type=int, default=30)
+    ap.add_argument("--settle-seconds", type=float, default=65,
+                    help="no controller write for this long before the idle window (and "
+                    "between steps): longer than the operator's 60 s status coalescing")
     ap.add_argument("--rss-jobs", type=int, default=10000)
     ap.add_argument("--foreign-pods", type=int, default=10000)
     ap.add_argument("--skip-rss", action="store_true", help="skip the 10,000-job memory step")

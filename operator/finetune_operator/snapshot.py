@@ -142,6 +142,14 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
     d = admit(snap, now)
     out = DecisionSet()
     keys = {j.key for j in jobs}
+    said: dict[tuple[str, str], str] = {}  # many waiting jobs share a reason: rewrite it once
+
+    def words(text: str, ns: str) -> str:
+        got = said.get((text, ns))
+        if got is None:
+            got = said[(text, ns)] = tenant_words(text, ns, keys)
+        return got
+
     for a in d.admit:
         out.by_uid[a.job.uid] = JobDecision(admit=True)
     for pr in d.preempt:
@@ -154,7 +162,7 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
     for w in d.waiting:
         ns = w.job.namespace
         per_ns[ns] = per_ns.get(ns, 0) + 1
-        reason = tenant_words(w.reason, ns, keys)
+        reason = words(w.reason, ns)
         out.by_uid[w.job.uid] = JobDecision(position=coarse_position(per_ns[ns]), reason=reason,
                                             code=str(w.code))
         out.queue_view.setdefault(ns, []).append({

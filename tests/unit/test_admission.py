@@ -96,7 +96,7 @@ def test_only_as_many_as_fit_are_admitted_in_order() -> None:
     d = admit(snap(jobs, nodes=[make_node("n1", 8)]), NOW)
     assert admitted(d) == ["j3", "j2"]
     assert waiting(d)["j1"][:2] == (1, "WaitingForHigherPriority")
-    assert waiting(d)["j1"][2] == "waiting behind 2 higher-priority job(s)"
+    assert waiting(d)["j1"][2] == "waiting behind higher-priority jobs"
     assert waiting(d)["j0"][:2] == (2, "WaitingForHigherPriority")
 
 

@@ -176,7 +176,7 @@ def test_lower_jobs_cannot_take_gpus_claimed_by_a_preemptor() -> None:
     assert victims(d) == ["r"]
     assert admitted(d) == []  # the 2 free GPUs on n1 are held for urgent
     assert waiting(d)["small"] == (2, "WaitingForHigherPriority",
-                                   "waiting behind 1 higher-priority job(s)")
+                                   "waiting behind higher-priority jobs")
 
 
 def test_a_victim_is_preempted_once_per_round() -> None:

@@ -329,8 +329,11 @@ class _Admitter:
             return (WaitCode.NAMESPACE_LIMIT,
                     f"namespace {ns} already runs {self.running_count[ns]} jobs "
                     "(maxRunningJobsPerNamespace); wait for one to finish")
+        # no count: the jobs ahead may be other tenants' (their number is not this tenant's to
+        # know, and would change the text whenever anyone's job moves); status.queue.position
+        # is the job's place among its own namespace's waiting jobs
         ahead = len(self.admitted) + len(self.waiting)
-        behind = f"waiting behind {ahead} higher-priority job(s)"
+        behind = "waiting behind higher-priority jobs"
         if not quota_ok:
             if ahead and self.quota.fitted_initially(job):
                 return WaitCode.PRIORITY, f"{behind} for quota {ns}"
