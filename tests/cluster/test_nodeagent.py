@@ -586,6 +586,99 @@ def test_projected_token_is_minted_for_the_pod_and_refreshed(
     assert ident is not None and (ident.namespace, ident.pod, ident.uid) == me
 
 
+# ---------------------------------------------------------------- names and ports (network.py)
+
+
+def test_port_translation_and_hosts_file_are_pure() -> None:
+    from finetune_operator.devcluster.nodeagent import network
+
+    ports = {29500: 21234}
+    assert network.translate_argv(["--master-port=29500", "29500", "h:29500", "295001", "x"],
+                                  ports) == ["--master-port=21234", "21234", "h:21234",
+                                             "295001", "x"]
+    assert network.translate_env({"MASTER_PORT": "29500", "N": "2"}, ports) == {
+        "MASTER_PORT": "21234", "N": "2"}
+    pod = {"metadata": {"name": "j-a1-1", "namespace": "ns"},
+           "spec": {"hostname": "j-a1-1", "subdomain": "j-workers",
+                    "hostAliases": [{"ip": "10.0.0.9", "hostnames": ["extra"]}]}}
+    peer = {"metadata": {"name": "j-a1-0"}, "spec": {"hostname": "j-a1-0",
+                                                      "subdomain": "j-workers"}}
+    text = network.hosts_file(pod, [peer, pod], "j-workers", "127.0.0.1 localhost\n")
+    lines = text.splitlines()
+    assert lines[0] == "127.0.0.1 localhost"  # the host's entries come first
+    assert "127.0.0.1\tj-a1-0.j-workers.ns.svc.cluster.local j-a1-0.j-workers.ns.svc " \
+        "j-a1-0.j-workers.ns j-a1-0.j-workers" in lines
+    assert any(ln.startswith("127.0.0.1\tj-a1-1.j-workers.ns.svc.cluster.local") for ln in lines)
+    assert "127.0.0.1\tj-workers.ns.svc.cluster.local j-workers.ns.svc j-workers.ns" in lines
+    assert lines[-1] == "10.0.0.9\textra"
+
+
+def test_port_registry_is_stable_per_key_and_distinct_between_keys(tmp_path: Path) -> None:
+    from finetune_operator.devcluster.nodeagent import network
+
+    a = network.allocate(tmp_path, "ns/svc/uid/attempt-1", [29500, 29501])
+    assert network.allocate(tmp_path, "ns/svc/uid/attempt-1", [29500, 29501]) == a
+    b = network.allocate(tmp_path, "ns/svc/uid/attempt-2", [29500, 29501])
+    assert len({*a.values(), *b.values()}) == 4
+    assert all(network.PORT_RANGE[0] <= p <= network.PORT_RANGE[1] for p in [*a.values(),
+                                                                              *b.values()])
+
+
+RENDEZVOUS_CODE = """
+import os, socket, sys, time
+port = int(sys.argv[1].split("=")[1])
+assert port == int(os.environ["PORT"]), (sys.argv, os.environ["PORT"])
+if os.environ["ROLE"] == "server":
+    srv = socket.create_server(("", port))
+    conn, _ = srv.accept()
+    conn.sendall(os.environ["GANG"].encode())
+    conn.close()
+else:
+    for _ in range(600):
+        try:
+            c = socket.create_connection((os.environ["PEER"], port), 1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    print("GOT", c.recv(100).decode(), port, flush=True)
+"""
+
+
+def test_pods_behind_a_headless_service_meet_by_name_on_a_port_of_their_own(
+        cluster: Cluster, namespace: str, agent: AgentProcess) -> None:
+    """Two gangs at once, each a server and a client behind its own headless Service, both
+    declaring containerPort 9000: each client reaches its server by DNS name, and the two
+    servers do not collide on the one host (each gang gets a host port of its own)."""
+    gangs = ("talk-a", "talk-b")
+    for gang in gangs:
+        cluster.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": gang},
+                       "spec": {"clusterIP": "None", "selector": {"gang": gang},
+                                "publishNotReadyAddresses": True,
+                                "ports": [{"name": "talk", "port": 9000,
+                                           "targetPort": "talk"}]}}, namespace)
+    for role in ("server", "client"):
+        for gang in gangs:
+            env = [{"name": "ROLE", "value": role}, {"name": "GANG", "value": gang},
+                   {"name": "PORT", "value": "9000"},
+                   {"name": "PEER", "value": f"server.{gang}.{namespace}.svc"}]
+            pod = _pod(f"{gang}-{role}", agent.node, RENDEZVOUS_CODE, hostname=role,
+                       subdomain=gang, container={
+                           "env": env, "args": ["--port=$(PORT)"],
+                           "ports": [{"name": "talk", "containerPort": 9000}]})
+            pod["metadata"]["labels"] = {"gang": gang}
+            _create(cluster, namespace, pod)
+    seen = {}
+    for gang in gangs:
+        for role in ("server", "client"):
+            p = _wait_phase(cluster, namespace, f"{gang}-{role}", TERMINAL, 120)
+            log = find_log(agent.root, namespace, f"{gang}-{role}", "main")
+            text = log.read_text() if log else ""
+            assert p["status"]["phase"] == "Succeeded", (text, p["status"])
+        got = text.split("GOT ", 1)[1].split()
+        assert got[0] == gang
+        seen[gang] = int(got[1])
+    assert 9000 not in seen.values() and len(set(seen.values())) == 2, seen
+
 # ---------------------------------------------------------------- agent restart and stop
 
 

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..kube import short_id
+from finetune_operator.devcluster.nodeagent import AgentProcess
+
+from ..kube import Cluster, short_id
 
 
 @pytest.fixture(scope="module")
@@ -14,6 +16,19 @@ def agent(cluster) -> Iterator[object]:  # type: ignore[no-untyped-def]
     from finetune_operator.devcluster.nodeagent import start_agent
 
     a = start_agent(f"e2e-{short_id()}", gpus=1, cfg=cluster.cfg)
+    yield a
+    a.stop()
+    cluster.kubectl("delete", "node", a.node, "--ignore-not-found", "--wait=false")
+
+
+@pytest.fixture(scope="module")
+def agent_b(cluster: Cluster) -> Iterator[AgentProcess]:
+    """A second node agent (1 GPU) beside `agent`, for multi-node gangs. Another node, the same
+    root: PVC directories are shared storage (the models claim `train_ns` fills, the checkpoint
+    directory every rank and every attempt uses) and so is the agents' port registry."""
+    from finetune_operator.devcluster.nodeagent import start_agent
+
+    a = start_agent(f"e2eb-{short_id()}", gpus=1, cfg=cluster.cfg)
     yield a
     a.stop()
     cluster.kubectl("delete", "node", a.node, "--ignore-not-found", "--wait=false")

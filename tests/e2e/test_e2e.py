@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -75,8 +76,12 @@ def _uninterrupted(job: dict, tmp: Path) -> Path:
     return tmp / "reference"
 
 
-def _assert_same_weights(job: dict, tmp: Path) -> None:
-    got, want = _adapter(host_work_dir(job)), _adapter(_uninterrupted(job, tmp))
+def _assert_same_weights(job: dict, tmp: Path,
+                         reference: Callable[[dict, Path], Path] | None = None) -> None:
+    """The job's final adapter equals the uninterrupted reference run's (by default one
+    process) within 1e-6."""
+    got = _adapter(host_work_dir(job))
+    want = _adapter((reference or _uninterrupted)(job, tmp))
     assert got.keys() == want.keys()
     worst = max(float((got[k] - want[k]).abs().max()) for k in got)
     assert worst <= 1e-6, f"adapter differs from the uninterrupted run by {worst}"

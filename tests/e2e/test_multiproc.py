@@ -14,7 +14,6 @@ import pytest
 
 from finetune_operator.devcluster.nodeagent import find_log
 from finetune_operator.devcluster.workloads import (
-    host_work_dir,
     training_job,
 )
 
@@ -22,8 +21,8 @@ from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import OperatorProcess, job_pods, job_status, wait_phase
 from .test_e2e import (
     RUN,
-    _adapter,
     _assert_resumed_cleanly,
+    _assert_same_weights,
     _job,
     _step_at_least,
     reference_config,
@@ -77,9 +76,4 @@ def test_two_process_job_is_preempted_whole_and_resumes_exact(
     st = wait_phase(cluster, ns, "pair", "Succeeded", 2 * RUN)
     _assert_resumed_cleanly(st, 1)
     assert st["progress"]["resumedFromStep"] == saved
-    job = _job(cluster, ns, "pair")
-    got = _adapter(host_work_dir(job))
-    want = _adapter(_uninterrupted_two_ranks(job, tmp_path))
-    assert got.keys() == want.keys()
-    worst = max(float((got[k] - want[k]).abs().max()) for k in got)
-    assert worst <= 1e-6, f"adapter differs from the uninterrupted 2-process run by {worst}"
+    _assert_same_weights(_job(cluster, ns, "pair"), tmp_path, _uninterrupted_two_ranks)

@@ -137,6 +137,8 @@ def test_two_node_gang_sigterm_then_resume_is_exact(baseline2: Callable[[], Run]
     term = r.term()  # node 0's (rank 0's) termination message
     stopped = term["finalStep"]
     assert term["reason"] == "Preempted" and term["checkpoint"]["step"] == stopped
+    term1 = json.loads((r.root / "node1.termination.json").read_text())  # global rank 1's
+    assert term1["reason"] == "Preempted" and term1["checkpoint"]["step"] == stopped, term1
     assert "ranks 1-1 of 2, node 1 of 2" in logs[1].read_text()
 
     nodes = start()

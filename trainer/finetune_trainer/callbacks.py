@@ -214,6 +214,10 @@ class CheckpointingTrainer(Trainer):
             log.info("checkpoint %s saved in %.2fs%s", final.name, info.save_seconds or 0.0,
                      f"; retention deleted steps {deleted}" if deleted else "")
         self._barrier()
+        if not self.args.should_save:  # global rank 0 finalized it (every rank passed the
+            # barrier): the other ranks' termination messages name the same checkpoint
+            run.last_checkpoint = ck.CheckpointInfo(step, final, iso(run.clock()),
+                                                    time.monotonic() - t0)
 
 
 def _interruptible_sleep(seconds: float, flag: StopFlag | None) -> None:

@@ -85,8 +85,9 @@ def identity(pod: dict[str, Any], container: dict[str, Any]) -> Identity:
 
 
 def mounts(container: dict[str, Any], vols: Volumes, term_file: Path,
-           env: dict[str, str]) -> list[Mount]:
-    """volumeMounts (subPath/subPathExpr honoured) + the termination-message file, parents first."""
+           env: dict[str, str], hosts: Path | None = None) -> list[Mount]:
+    """volumeMounts (subPath/subPathExpr honoured) + the termination-message file (+ the pod's
+    /etc/hosts, read-only, when it has one), parents first."""
     out = []
     for m in container.get("volumeMounts") or []:
         if m["name"] not in vols.dirs:
@@ -103,6 +104,8 @@ def mounts(container: dict[str, Any], vols: Volumes, term_file: Path,
         out.append(Mount(src, m["mountPath"], read_only))
     path = container.get("terminationMessagePath") or "/dev/termination-log"
     out.append(Mount(term_file, path, False))
+    if hosts is not None:
+        out.append(Mount(hosts, "/etc/hosts", True))
     return sorted(out, key=lambda m: len(Path(m.target).parts))
 
 
