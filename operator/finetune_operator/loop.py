@@ -611,7 +611,8 @@ class Controller:
         ck = pl.status.checkpoint
         children = build_children(job, self.settings, attempt,
                                   pl.status.effective_priority_class,
-                                  ck.save_seconds if ck else None, report=self.report_config)
+                                  ck.save_seconds if ck else None, report=self.report_config,
+                                  placement=pl.placement)
         for obj in children.all():
             try:
                 got = (k.create_or_patch(obj) if obj["kind"] == "Service"

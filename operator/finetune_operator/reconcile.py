@@ -45,12 +45,14 @@ class JobDecision:
     reason: str = ""
     code: str = ""                  # the policy's wait code: the Admitted=False reason
     impossible: str | None = None   # can never be admitted as configured
+    placement: tuple[str, ...] = ()  # admitted: the node of each pod (rank order) it counted on
 
 
 @dataclass
 class Plan:
     status: FineTuneJobStatus
     create_attempt: int | None = None                 # create (or finish creating) children
+    placement: tuple[str, ...] = ()                   # nodes the pods should prefer, by rank
     delete_pods: list[dict] = field(default_factory=list)
     # stuck terminating past their grace period on a NotReady/deleted node: delete with grace 0
     force_delete_pods: list[dict] = field(default_factory=list)
@@ -453,7 +455,7 @@ def _queued(p: Plan, job: FineTuneJob, decision: JobDecision, ctx: Ctx) -> None:
     queued = parse_time(st.queued_since) or now
     st.attempt += 1
     st.phase, st.queue, st.admitted_at, st.retry_after = "Admitted", None, iso(now), None
-    p.create_attempt = st.attempt
+    p.create_attempt, p.placement = st.attempt, decision.placement
     resume = st.checkpoint.step if st.checkpoint else 0
     msg = (f"attempt {st.attempt} admitted after {(now - queued).total_seconds():.0f}s in queue"
            + (f"; resumes from checkpoint step {resume}" if resume else ""))

@@ -151,7 +151,7 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
         return got
 
     for a in d.admit:
-        out.by_uid[a.job.uid] = JobDecision(admit=True)
+        out.by_uid[a.job.uid] = JobDecision(admit=True, placement=a.placement)
     for pr in d.preempt:
         ns = pr.victim.namespace
         reason = pr.reason if pr.preemptor.namespace == ns else (

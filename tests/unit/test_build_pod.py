@@ -187,6 +187,21 @@ def test_multi_node_pods_env_and_dns() -> None:
     assert _env(cpu_gang[0])["NPROC_PER_NODE"] == "1"
 
 
+def test_each_rank_prefers_the_node_the_policy_placed_it_on() -> None:
+    pods = build_pods(make_job(gpus=8, nodes=2), make_settings(), 1, None, None, ("n7", "n3"))
+    for pod, node in zip(pods, ("n7", "n3"), strict=True):
+        prefs = pod["spec"]["affinity"]["nodeAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"]
+        assert prefs == [{"weight": 100, "preference": {"matchFields": [
+            {"key": "metadata.name", "operator": "In", "values": [node]}]}}]
+        assert "requiredDuringSchedulingIgnoredDuringExecution" not in pod["spec"][
+            "affinity"]["nodeAffinity"]  # a preference: the scheduler may still go elsewhere
+    # no placement, or one that does not name a node per rank: no preference at all
+    for placement in ((), ("n1",)):
+        assert all("affinity" not in p["spec"] for p in build_pods(
+            make_job(gpus=8, nodes=2), make_settings(), 1, None, None, placement))
+
+
 def test_rank_outside_the_gang_is_rejected() -> None:
     with pytest.raises(ValueError, match="rank 2"):
         build_pod(make_job(nodes=2), make_settings(), 1, 2, None, None)

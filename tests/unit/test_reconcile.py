@@ -214,6 +214,14 @@ def test_new_job_admitted_on_its_first_pass() -> None:
     assert p.metrics == [("admission", {"wait": 0.0})]
 
 
+def test_admission_carries_the_policy_placement_to_the_children() -> None:
+    p = Sim(make_job(gpus=2, nodes=2)).step(decision=JobDecision(admit=True,
+                                                                 placement=("n1", "n2")))
+    assert p.create_attempt == 1 and p.placement == ("n1", "n2")
+    again = Sim(make_job(gpus=2, nodes=2)).step(decision=ADMIT)
+    assert again.placement == ()  # unknown (e.g. children recreated after a restart)
+
+
 def test_children_missing_after_admission_are_created_again_idempotently() -> None:
     sim = admitted()
     first = sim.tick(5).step()  # operator restarted before creating anything

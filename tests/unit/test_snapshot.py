@@ -272,8 +272,9 @@ def test_decide_admits_what_fits_and_queues_the_rest() -> None:
     second = job("second", gpus=4, created=ago(60))
     third = job("third", gpus=4, created=ago(30))
     d = decide([third, first, second], {}, CLASSES, SETTINGS, [node("node-0", 8)], [], [], NOW)
-    assert d.by_uid[first.metadata.uid] == JobDecision(admit=True)
-    assert d.by_uid[second.metadata.uid] == JobDecision(admit=True)
+    # admitted with the node the policy counted on (the pods prefer it)
+    assert d.by_uid[first.metadata.uid] == JobDecision(admit=True, placement=("node-0",))
+    assert d.by_uid[second.metadata.uid] == JobDecision(admit=True, placement=("node-0",))
     wait = d.by_uid[third.metadata.uid]
     assert not wait.admit and wait.position == 1 and wait.reason
     assert d.get("unknown", JobDecision(reason="dflt")).reason == "dflt"

@@ -247,7 +247,9 @@ class ImpossibleCode(StrEnum):
 @dataclass(frozen=True, kw_only=True)
 class Admission:
     job: QueuedJob
-    placement: tuple[str, ...]  # node per pod, informational (kube-scheduler binds); () for CPU
+    # node per pod (rank order): the pods prefer it (build/pod.py preferred_node; the
+    # kube-scheduler binds); () for CPU jobs
+    placement: tuple[str, ...]
     effective_priority: float
 
 

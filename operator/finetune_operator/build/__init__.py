@@ -50,20 +50,22 @@ def build_children(
     priority_class: str | None,
     save_seconds: float | None,
     report: ReportConfig | None = None,
+    placement: tuple[str, ...] = (),
 ) -> Children:
     """Children of ``job`` for ``attempt`` (1-based). ``priority_class`` comes from
     ``settings.resolve_priority_class(job)``; ``save_seconds`` is the last measured checkpoint
     save (``status.checkpoint.saveSeconds``) or None; ``report`` is the running report endpoint
     (URL + CA) written into the trainer config, or None (the trainer then pushes nothing).
     Trainer pods need no ServiceAccount, Role or RoleBinding of their own: their only
-    credential is a projected token for the report channel (build/pod.py)."""
+    credential is a projected token for the report channel (build/pod.py). ``placement`` is
+    the node the admission policy counted on for each pod (rank order), or () when unknown."""
     if attempt < 1:
         raise ValueError(f"attempt must be >= 1 (1-based), got {attempt} for {job.key}")
     return Children(
         config_map=build_config_map(job, report),
         pvc=build_pvc(job),
         service=build_service(job, attempt),
-        pods=build_pods(job, settings, attempt, priority_class, save_seconds),
+        pods=build_pods(job, settings, attempt, priority_class, save_seconds, placement),
     )
 
 

@@ -212,8 +212,10 @@ def build_pod(
     rank: int,
     priority_class: str | None,
     save_seconds: float | None,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """The Pod of one rank of one attempt (attempt is 1-based, rank 0-based)."""
+    """The Pod of one rank of one attempt (attempt is 1-based, rank 0-based). ``node``: where
+    the admission policy placed it, as a preference to the kube-scheduler."""
     name = job.metadata.name
     nodes = job.spec.resources.nodes
     if not 0 <= rank < nodes:
@@ -256,6 +258,8 @@ def build_pod(
     tols = tolerations(job, settings)
     if tols:
         spec["tolerations"] = tols
+    if node:
+        spec["affinity"] = preferred_node(node)
     pod_n = pod_name(name, attempt, rank)
     if nodes > 1:
         spec["hostname"] = pod_n
@@ -274,12 +278,27 @@ def build_pods(
     attempt: int,
     priority_class: str | None,
     save_seconds: float | None,
+    placement: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """Every pod of one attempt, rank 0 first (a multi-node gang is created whole)."""
+    """Every pod of one attempt, rank 0 first (a multi-node gang is created whole); rank r
+    prefers ``placement[r]`` when the placement names a node for every rank."""
+    nodes = job.spec.resources.nodes
+    where = placement if len(placement) == nodes else (None,) * nodes
     return [
-        build_pod(job, settings, attempt, rank, priority_class, save_seconds)
-        for rank in range(job.spec.resources.nodes)
+        build_pod(job, settings, attempt, rank, priority_class, save_seconds, where[rank])
+        for rank in range(nodes)
     ]
+
+
+def preferred_node(node: str) -> dict[str, Any]:
+    """Prefer (never require) the node the admission policy counted on: the kube-scheduler's
+    default scoring spreads pods, which would scatter the free GPUs the policy keeps together
+    for big jobs; a preference still lets the scheduler go elsewhere when the node filled up
+    meanwhile. By the node's name (metadata.name), not a label that may differ from it."""
+    return {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "preference": {"matchFields": [
+            {"key": "metadata.name", "operator": "In", "values": [node]}]}}]}}
 
 
 def _pvc(claim: str, read_only: bool) -> dict[str, Any]:
