@@ -55,6 +55,12 @@ LF_VENV = Path(os.environ.get(
     "LF_VENV", Path.home() / ".cache" / "finetune-operator" / f"llamafactory-{LF_VERSION}"))
 
 
+def steps() -> int:
+    """The job's steps: STEPS, or BENCH_TRAINER_STEPS for the long variant (the plain script
+    runs in a subprocess and reads it from its environment)."""
+    return int(os.environ.get("BENCH_TRAINER_STEPS", STEPS))
+
+
 def env() -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
     e.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
@@ -68,7 +74,7 @@ def config(model: Path, work: Path, method: str = "lora") -> Path:
         "dataset": {"source": {"configMap": {"name": "data", "key": "train.jsonl"}},
                     "format": "messages", "cutoffLen": CUTOFF},
         "method": method,
-        "training": {"maxSteps": STEPS, "learningRate": LR if method == "lora" else 0.002,
+        "training": {"maxSteps": steps(), "learningRate": LR if method == "lora" else 0.002,
                      "batchSize": BATCH, "lrScheduler": "linear", "warmupRatio": 0.1,
                      "precision": "fp32", "seed": SEED, "loggingSteps": LOG_STEPS},
         "checkpoint": {"intervalSteps": INTERVAL, "keep": 2},
@@ -154,7 +160,7 @@ def plain(model_dir: str, out: str) -> None:
         r=8, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear",
         task_type="CAUSAL_LM"))
     args = TrainingArguments(
-        output_dir=out, max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=LR,
+        output_dir=out, max_steps=steps(), per_device_train_batch_size=BATCH, learning_rate=LR,
         lr_scheduler_type="linear", warmup_steps=0.1, save_steps=INTERVAL, save_total_limit=2,
         logging_steps=LOG_STEPS, report_to="none", seed=SEED, data_seed=SEED, use_cpu=True,
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
@@ -273,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--long-steps", type=int, default=400,
+                   help="also run ours and plain at this many steps (0: skip)")
     p.add_argument("--markdown", action="store_true", help="write BENCHMARKS.md's section")
     p.add_argument("--plain", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -299,6 +307,16 @@ def main(argv: list[str] | None = None) -> int:
             plain_r.append(timed_run(plain_cmd(model, tmp / f"plain-{i}")))
             if lf_skip is None:
                 lf_r.append(llamafactory(model, tmp / f"lf-{i}"))
+        long_ours: list[Run] = []
+        long_plain: list[Run] = []
+        if args.long_steps:
+            os.environ["BENCH_TRAINER_STEPS"] = str(args.long_steps)
+            try:
+                for i in range(args.repeat):
+                    long_ours.append(ours(model, tmp / f"long-ours-{i}"))
+                    long_plain.append(timed_run(plain_cmd(model, tmp / f"long-plain-{i}")))
+            finally:
+                del os.environ["BENCH_TRAINER_STEPS"]
         full = ours(model, tmp / "full-0", "full")
         full_saves = marker_save_seconds(tmp / "full-0")
         lora_cycle = sigterm_cycle(model, tmp / "cycle-lora", "lora", 23)
@@ -335,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         lines += [f"- LLaMA-Factory {LF_VERSION}: not run: {lf_skip}",
                   f"- finetune-trainer / plain: {ratios(ours_r, plain_r)} (target <= 1.02x)"]
+    if long_ours:
+        lines += [
+            f"- the same job at {args.long_steps} steps (start-up amortized as in a real job; "
+            f"ours / plain only): finetune-trainer {figures(long_ours)}; plain "
+            f"{figures(long_plain)}; finetune-trainer / plain: {ratios(long_ours, long_plain)}"]
     lines += [
         f"- checkpoint save (tmp dir, fsync, marker, rename; weights + optimizer + scheduler + "
         f"RNG): LoRA median {statistics.median(saves) * 1000:.0f} ms over {len(saves)} saves, "
