@@ -19,8 +19,8 @@ latest ``expected_end_at`` of the jobs there, an unknown one counting as now) it
 then best fit (fewest free GPUs), then name: jobs that end about together share nodes, so nodes
 empty out whole for 8-GPU and multi-node jobs instead of keeping a few GPUs busy long after the
 rest of the node is free, and an empty node (extended by the whole run time) is taken last. A
-job without ``expected_seconds`` gets best fit. (Placement is what admit() counts with; the
-operator does not pin pods to it, see docs/scheduling.md.)
+job without ``expected_seconds`` gets best fit. (The kube-scheduler binds; each pod prefers
+the node admit() placed it on, by a preferred node affinity: build/pod.py ``preferred_node``.)
 
 Reservations (starvation freedom). A job that does not fit does not stop the walk: smaller jobs
 behind it may use what is left. That alone can starve a big job forever (every GPU that frees up
