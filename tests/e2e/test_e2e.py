@@ -93,6 +93,30 @@ def _assert_resumed_cleanly(st: dict, preemptions: int) -> None:
     assert st["attempt"] == preemptions + 1
 
 
+def _preempted_by_urgent(cluster: Cluster, ns: str, name: str, node: str, gpus: int,
+                         steps: int) -> int:
+    """A critical job ``urgent`` on ``node`` that needs ``gpus`` preempts ``name`` (of ``steps``
+    steps) once; returns the step of its SIGTERM save, which landed mid-run."""
+    cluster.apply(training_job("urgent", gpus=gpus, priority_class="finetune-critical",
+                               node=node, max_steps=5), ns)
+    st = wait_for(f"{name} preempted", lambda: (
+        lambda s: s if s.get("preemptions") == 1 else None)(job_status(cluster, ns, name)),
+        RUN)
+    saved = int(st["checkpoint"]["step"])
+    assert 0 < saved < steps, "the SIGTERM save holds the step the trainer stopped at"
+    return saved
+
+
+def _resumed_after_urgent(cluster: Cluster, ns: str, name: str, saved: int) -> dict:
+    """``urgent`` and ``name`` both finish; ``name`` resumed once, from ``saved``, losing
+    nothing. Returns its status."""
+    wait_phase(cluster, ns, "urgent", "Succeeded", 2 * RUN)
+    st = wait_phase(cluster, ns, name, "Succeeded", 2 * RUN)
+    _assert_resumed_cleanly(st, 1)
+    assert st["progress"]["resumedFromStep"] == saved
+    return st
+
+
 def test_operator_preemption_saves_resumes_and_matches_uninterrupted(
         cluster: Cluster, operator: OperatorProcess, agent, train_ns, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ns = train_ns()

@@ -17,13 +17,13 @@ from finetune_operator.build.service import RENDEZVOUS_PORT
 from finetune_operator.devcluster.nodeagent import AgentProcess, find_log
 from finetune_operator.devcluster.workloads import training_job
 
-from ..kube import Cluster, short_id, wait_for
-from ..operator_proc import OperatorProcess, job_pods, job_status, wait_phase
+from ..kube import Cluster, short_id
+from ..operator_proc import OperatorProcess, job_pods
 from .test_e2e import (
-    RUN,
-    _assert_resumed_cleanly,
     _assert_same_weights,
     _job,
+    _preempted_by_urgent,
+    _resumed_after_urgent,
     _step_at_least,
 )
 from .test_multiproc import _uninterrupted_two_ranks
@@ -76,21 +76,12 @@ def test_two_node_gang_is_preempted_whole_and_resumes_exact(
     assert seen[0][3] == seen[1][3] != RENDEZVOUS_PORT
 
     # a critical job needs agent's only GPU: the gang is preempted whole (both pods stopped)
-    cluster.apply(training_job("urgent", gpus=1, priority_class="finetune-critical",
-                               node=agent.node, max_steps=5), ns)
-    st = wait_for("gang preempted", lambda: (
-        lambda s: s if s.get("preemptions") == 1 else None)(job_status(cluster, ns, "gang")),
-        RUN)
-    saved = st["checkpoint"]["step"]
-    assert 0 < saved < STEPS, "the SIGTERM save holds the step the ranks stopped at"
+    saved = _preempted_by_urgent(cluster, ns, "gang", agent.node, 1, STEPS)
     for text in logs(1):
         assert "(Preempted)" in text
         assert text.count("finetune_trainer.stop: SIGTERM received") == 1, "every rank stopped"
 
-    wait_phase(cluster, ns, "urgent", "Succeeded", 2 * RUN)
-    st = wait_phase(cluster, ns, "gang", "Succeeded", 2 * RUN)
-    _assert_resumed_cleanly(st, 1)
-    assert st["progress"]["resumedFromStep"] == saved
+    st = _resumed_after_urgent(cluster, ns, "gang", saved)
     assert st["progress"]["step"] == STEPS
     # attempt 2 ran whole too, with a port of its own (a new selector: a new allocation)
     master2 = f"{pod_name('gang', 2, 0)}.{service_name('gang')}.{ns}.svc"

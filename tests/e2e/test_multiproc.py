@@ -17,13 +17,14 @@ from finetune_operator.devcluster.workloads import (
     training_job,
 )
 
-from ..kube import Cluster, short_id, wait_for
-from ..operator_proc import OperatorProcess, job_pods, job_status, wait_phase
+from ..kube import Cluster, short_id
+from ..operator_proc import OperatorProcess, job_pods
 from .test_e2e import (
     RUN,
-    _assert_resumed_cleanly,
     _assert_same_weights,
     _job,
+    _preempted_by_urgent,
+    _resumed_after_urgent,
     _step_at_least,
     reference_config,
 )
@@ -60,20 +61,11 @@ def test_two_process_job_is_preempted_whole_and_resumes_exact(
     pod = job_pods(cluster, ns, "pair")[0]
     assert pod["spec"]["containers"][0]["command"][:3] == [
         "python", "-m", "finetune_trainer.launch"]
-    cluster.apply(training_job("urgent", gpus=2, priority_class="finetune-critical",
-                               node=agent2.node, max_steps=5), ns)
-    st = wait_for("pair preempted", lambda: (
-        lambda s: s if s.get("preemptions") == 1 else None)(job_status(cluster, ns, "pair")),
-        RUN)
-    saved = st["checkpoint"]["step"]
-    assert 0 < saved < STEPS
+    saved = _preempted_by_urgent(cluster, ns, "pair", agent2.node, 2, STEPS)
     log = find_log(agent2.root, ns, pod["metadata"]["name"], "trainer")
     assert log is not None
     text = log.read_text(errors="replace")
     assert "ranks 0-1 of 2" in text and "(Preempted)" in text
     assert text.count("finetune_trainer.stop: SIGTERM received") == 2, "every rank stopped"
-    wait_phase(cluster, ns, "urgent", "Succeeded", 2 * RUN)
-    st = wait_phase(cluster, ns, "pair", "Succeeded", 2 * RUN)
-    _assert_resumed_cleanly(st, 1)
-    assert st["progress"]["resumedFromStep"] == saved
+    _resumed_after_urgent(cluster, ns, "pair", saved)
     _assert_same_weights(_job(cluster, ns, "pair"), tmp_path, _uninterrupted_two_ranks)
