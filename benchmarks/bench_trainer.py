@@ -11,8 +11,9 @@ saved to a directory every runner loads by path; the 24 records of
 0.1 on all linear layers; 40 steps of batch 4, lr 0.02 linear with 10% warmup, seed 7, fp32 on
 the CPU; loss logged every 10 steps; a checkpoint every 10 steps (2 kept); the final adapter.
 
-- ours: ``python -m finetune_trainer --config FILE`` in a subprocess (wall time of the process,
-  imports included): atomic checkpoints, progress file, TensorBoard logs, termination message.
+- ours: ``python -m finetune_trainer.launch -- --config FILE`` in a subprocess, the command every
+  trainer pod runs (the supervisor and its one worker; wall time of both processes, imports
+  included): atomic checkpoints, progress file, TensorBoard logs, termination message.
 - plain: this file with ``--plain`` in a subprocess: the same tokenization (chat template,
   prompt masked), ``get_peft_model`` + ``Trainer`` with ``save_steps``/``save_total_limit`` and a
   final ``save_model``; nothing else.
@@ -22,6 +23,10 @@ the CPU; loss logged every 10 steps; a checkpoint every 10 steps (2 kept); the f
   ``dataset_info.json`` as sharegpt-style ``messages``. Its venv resolves its own transformers
   and peft versions (printed with the figures).
 - Peak RSS: ``ru_maxrss`` of each process (``os.wait4``), children included.
+- Training loop: the HF Trainer's ``train_runtime`` (first step to the end of the last one,
+  checkpoints included), which ours and plain log; it leaves out what differs around the loop
+  (start-up, and the interpreter's teardown, which the trainer skips once its result is written
+  and a plain script pays), so it is the per-step comparison.
 - save: the save time each checkpoint records in its COMPLETE marker (median), LoRA and full.
 - resume: a real SIGTERM at step 23, then a restart: the time from the signal to the process
   exit (save at the step boundary included), and the time the restart takes to restore weights,
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import signal
@@ -98,6 +104,12 @@ class Run:
     rss_mb: float
     stderr: str
 
+    @property
+    def loop(self) -> float:
+        """The training loop's seconds (train_runtime), as ours and plain log it."""
+        m = re.search(r"training loop: ([0-9.]+)s", self.stderr)
+        return float(m.group(1)) if m else float("nan")
+
 
 def timed_run(cmd: list[str], extra_env: dict[str, str] | None = None,
               cwd: Path = ROOT) -> Run:
@@ -117,8 +129,12 @@ def timed_run(cmd: list[str], extra_env: dict[str, str] | None = None,
 
 
 def ours(model: Path, work: Path, method: str = "lora") -> Run:
-    return timed_run([sys.executable, "-m", "finetune_trainer", "--config",
-                      str(config(model, work, method))])
+    return timed_run(launch_cmd(config(model, work, method)))
+
+
+def launch_cmd(cfg: Path) -> list[str]:
+    """What a trainer pod runs: the supervisor, which starts the one worker."""
+    return [sys.executable, "-m", "finetune_trainer.launch", "--", "--config", str(cfg)]
 
 
 def plain_cmd(model: Path, out: Path) -> list[str]:
@@ -166,7 +182,8 @@ def plain(model_dir: str, out: str) -> None:
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=feats,
                       data_collator=collate)
-    trainer.train()
+    metrics = trainer.train().metrics
+    print(f"training loop: {metrics['train_runtime']:.3f}s", file=sys.stderr)
     trainer.save_model(str(Path(out) / "final"))
 
 
@@ -240,7 +257,7 @@ def sigterm_cycle(model: Path, work: Path, method: str, at_step: int) -> dict[st
     data = yaml.safe_load(cfg.read_text())
     data["progress"]["minIntervalSeconds"] = 0
     cfg.write_text(yaml.safe_dump(data))
-    cmd = [sys.executable, "-m", "finetune_trainer", "--config", str(cfg)]
+    cmd = launch_cmd(cfg)
     log = Path(str(work) + ".log")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
                             stderr=log.open("w"))
@@ -326,12 +343,16 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(getattr(r, attr) for r in xs)
 
     def figures(xs: list[Run]) -> str:
+        loop = med(xs, "loop")
         return (f"wall {med(xs, 'wall'):.2f} s (runs: {_runs(xs)}), CPU {med(xs, 'cpu'):.2f} s, "
-                f"peak RSS {med(xs, 'rss_mb'):.0f} MiB")
+                f"peak RSS {med(xs, 'rss_mb'):.0f} MiB"
+                + ("" if math.isnan(loop) else f", training loop {loop:.2f} s"))
 
     def ratios(xs: list[Run], ys: list[Run]) -> str:
         return ", ".join(f"{name} {med(xs, attr) / med(ys, attr):.2f}x" for name, attr in
-                         (("wall", "wall"), ("CPU", "cpu"), ("peak RSS", "rss_mb")))
+                         (("wall", "wall"), ("CPU", "cpu"), ("peak RSS", "rss_mb"),
+                          ("training loop", "loop"))
+                         if not math.isnan(med(xs, attr) / med(ys, attr)))
 
     lines = [
         f"Fixed tiny LoRA job ({STEPS} steps of batch {BATCH}, tiny Llama hidden 64 / 2 layers, "

@@ -98,6 +98,13 @@ def test_training_lowers_the_loss(method: str, baseline: Callable[[str], Run],
     assert [c.step for c in ck.complete_checkpoints(r.work / "checkpoints", "uid-1234")] == [
         10, MAX_STEPS]
     assert term["checkpoint"]["path"] == f"checkpoints/checkpoint-{MAX_STEPS}"
+    # a checkpoint holds what a resume reads; the model card and tokenizer go to the export only
+    last = {f.name for f in (r.work / term["checkpoint"]["path"]).iterdir()}
+    assert {"optimizer.pt", "scheduler.pt", "trainer_state.json", "COMPLETE"} <= last
+    assert not last & {"README.md", "tokenizer.json", "tokenizer_config.json"}, last
+    export = r.work / (term["adapterPath"] or term["mergedPath"])
+    assert (export / "tokenizer.json").exists()
+    assert (export / "README.md").exists() == (method != "full")  # PEFT's card, adapters only
     assert list((r.work / "logs").glob("events.out.tfevents.*"))
     p = r.prog()
     assert p["state"] == "done" and p["step"] == p["totalSteps"] == MAX_STEPS

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from transformers.trainer_callback import ExportableState
 
 from . import checkpoint as ck
 from .progress import ProgressReporter, eta_seconds, iso, progress_payload
+from .sealing import Sealer
 from .stop import StopFlag
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,12 @@ class RunState:
     start_step: int = 0
     start_tokens: int = 0
     train_called_at: float | None = None  # monotonic, set just before trainer.train()
+    checkpoint_changed: bool = False  # a checkpoint was sealed since the last report
+
+    def on_sealed(self, info: ck.CheckpointInfo) -> None:
+        """The sealing thread: ``info`` is complete on disk (reported at the next step)."""
+        self.last_checkpoint = info
+        self.checkpoint_changed = True
 
     def checkpoint_report(self) -> dict[str, Any] | None:
         c = self.last_checkpoint
@@ -106,6 +114,9 @@ class CheckpointingTrainer(Trainer):
         self.flag = flag
         self._tokens: Any = None  # device tensor: tokens of this rank since the last flush
         self._in_train = False
+        self._written: ck.CheckpointInfo | None = None  # the newest written, maybe unsealed
+        self.sealer = Sealer(run.ckpt_root, run.job_uid, run.keep, run.on_sealed) \
+            if self.args.should_save else None
 
     def _barrier(self) -> None:
         self.accelerator.wait_for_everyone()
@@ -143,9 +154,16 @@ class CheckpointingTrainer(Trainer):
     def train(self, *args: Any, **kwargs: Any) -> Any:
         self._in_train = True
         try:
-            return super().train(*args, **kwargs)
+            out = super().train(*args, **kwargs)
+        except BaseException:
+            if self.sealer is not None:  # a checkpoint written before the failure still counts
+                with contextlib.suppress(Exception):
+                    self.sealer.wait()
+            raise
         finally:
             self._in_train = False
+        self.settle()  # training ends with its last checkpoint sealed
+        return out
 
     # -- evaluation that yields to a stop -------------------------------------------------------
 
@@ -178,6 +196,7 @@ class CheckpointingTrainer(Trainer):
         run = self.run
         step = int(self.state.global_step)
         final = ck.final_dir_for(run.ckpt_root, step)
+        self.settle()
         if ck.is_complete(final, run.job_uid):
             return  # this step is already saved (e.g. SIGTERM on a periodic save step)
         self.flush_tokens()  # the saved state carries the exact count
@@ -189,7 +208,8 @@ class CheckpointingTrainer(Trainer):
             tmp.mkdir(parents=True)
         self._barrier()
         self.store_flos()
-        self.save_model(str(tmp), _internal_call=True)
+        with _resume_only(self):
+            self.save_model(str(tmp), _internal_call=True)
         if not self.args.save_only_model:
             self._save_optimizer_and_scheduler(str(tmp))
             self._save_scaler(str(tmp))
@@ -206,18 +226,47 @@ class CheckpointingTrainer(Trainer):
             self.state.save_to_json(str(tmp / TRAINER_STATE_NAME))
         _debug_delay(step)
         self._barrier()
-        if self.args.should_save:
-            info = ck.finalize(tmp, final, step, run.job_uid, iso(run.clock()),
-                               time.monotonic() - t0)
-            run.last_checkpoint = info
-            deleted = ck.apply_retention(run.ckpt_root, run.keep, run.job_uid)
-            log.info("checkpoint %s saved in %.2fs%s", final.name, info.save_seconds or 0.0,
-                     f"; retention deleted steps {deleted}" if deleted else "")
+        self._written = ck.CheckpointInfo(step, final, iso(run.clock()), time.monotonic() - t0)
+        if self.sealer is not None:  # fsync, marker, rename, retention: beside the next steps
+            self.sealer.submit(tmp, final, step, self._written.saved_at, t0)
+
+    def settle(self) -> None:
+        """Until the checkpoint written last is sealed; then every rank names it (all ranks
+        call it: before the next save and when training ends)."""
+        if self.sealer is not None:
+            sealed = self.sealer.wait()
+            if sealed is not None:
+                self.run.last_checkpoint = sealed
         self._barrier()
-        if not self.args.should_save:  # global rank 0 finalized it (every rank passed the
-            # barrier): the other ranks' termination messages name the same checkpoint
-            run.last_checkpoint = ck.CheckpointInfo(step, final, iso(run.clock()),
-                                                    time.monotonic() - t0)
+        if self.sealer is None and self._written is not None:
+            # global rank 0 sealed it (every rank passed the barrier): the other ranks'
+            # termination messages name the same checkpoint
+            self.run.last_checkpoint = self._written
+
+
+@contextlib.contextmanager
+def _resume_only(trainer: Trainer) -> Iterator[None]:
+    """A checkpoint with what a resume reads, no more: without the README model card PEFT writes
+    on every ``save_pretrained`` and without the tokenizer the Trainer saves beside every model.
+
+    PEFT renders the card from a Jinja template through huggingface_hub: 21 of the 30 ms a LoRA
+    checkpoint of the benchmark's job took. The tokenizer (megabytes of tokenizer.json for a real
+    model, in every checkpoint) is loaded from the model's source on resume, never from a
+    checkpoint. The final export (``output/adapter``, ``output/merged``) still has both. Neither
+    library has an option for it: the card method is shadowed on the model instance and the
+    Trainer's ``processing_class`` unset for the save, both restored after it."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    card = hasattr(model, "create_or_update_model_card")
+    tokenizer = trainer.processing_class
+    if card:
+        model.create_or_update_model_card = lambda *_a, **_k: None
+    trainer.processing_class = None
+    try:
+        yield
+    finally:
+        trainer.processing_class = tokenizer
+        if card:
+            del model.create_or_update_model_card
 
 
 def _interruptible_sleep(seconds: float, flag: StopFlag | None) -> None:
@@ -273,7 +322,10 @@ class ReportCallback(TrainerCallback):
         return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if not control.should_log:
+        if self.run.checkpoint_changed:  # sealed beside training: report it now
+            self.run.checkpoint_changed = False
+            self.run.report(state, "training", force=True)
+        elif not control.should_log:
             self.run.report(state, "training")
         return control
 
@@ -289,10 +341,6 @@ class ReportCallback(TrainerCallback):
         if "learning_rate" in logs:
             self.run.learning_rate = float(logs["learning_rate"])
         self.run.report(state, "training")
-        return control
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        self.run.report(state, "training", force=True)
         return control
 
     def on_evaluate(self, args: Any, state: Any, control: Any,

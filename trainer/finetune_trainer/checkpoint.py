@@ -208,15 +208,20 @@ def fsync_tree(path: Path) -> dict[str, int]:
     return sizes
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a small file atomically (tmp + fsync + rename)."""
+def write_atomic(path: Path, text: str, durable: bool = True) -> None:
+    """Write a small file atomically (tmp + rename): readers see the old or the new text, never
+    a part. ``durable`` also fsyncs the file and its directory, so the new text survives a
+    node crash; without it (a progress file, rewritten every few seconds) a crash may keep the
+    old text, and the write costs no disk flush."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def finalize(tmp: Path, final: Path, step: int, job_uid: str, saved_at: str,

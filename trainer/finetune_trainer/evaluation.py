@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any
 from finetune_operator.api.spec import EvaluationSpec
 from finetune_operator.api.trainer_config import TrainerConfig
 
+from .checkpoint import write_atomic
 from .data import (
     IGNORE,
     Collator,
@@ -258,12 +258,7 @@ def evaluate(model: Any, tokenizer: Any, path: str, fmt: str, ev: EvaluationSpec
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def load_results(work_dir: Path, step: int, fp: str) -> dict[str, float] | None:

@@ -55,7 +55,7 @@ class FileSink:
 
     def send(self, payload: dict[str, Any]) -> None:
         try:
-            write_atomic(self.path, json.dumps(payload, sort_keys=True))
+            write_atomic(self.path, json.dumps(payload, sort_keys=True), durable=False)
         except OSError as e:
             if not self._warned:
                 log.warning("progress file %s: cannot write (%s); continuing", self.path, e)

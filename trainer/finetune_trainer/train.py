@@ -29,6 +29,7 @@ from .merge import check_merge_memory, merge_and_save, merge_precision
 from .model import apply_method, deepspeed_config, load_model, load_tokenizer
 from .progress import build_reporter, termination_message
 from .stop import StopFlag
+from .tb_logs import BackgroundTensorBoard
 
 log = logging.getLogger(__name__)
 
@@ -133,17 +134,6 @@ def _export_merged(cfg: TrainerConfig, adapter: Path, final: Path, precision: st
     _seal(tmp, final)
 
 
-def _tensorboard_callback(logs_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
-    except ImportError as e:  # pragma: no cover - tensorboard is a pinned dependency
-        log.warning("TensorBoard unavailable (%s); no logs/ written", e)
-        return None
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(logs_dir)))
-
-
 def run(cfg: TrainerConfig, flag: StopFlag | None = None, rt: Runtime | None = None,
         clock: Callable[[], float] = time.time) -> Outcome:
     """One attempt of the job: resume from the newest complete checkpoint, train, export.
@@ -168,13 +158,18 @@ def run(cfg: TrainerConfig, flag: StopFlag | None = None, rt: Runtime | None = N
     run_state = RunState(work_dir=work_dir, ckpt_root=ckpt_root, job_uid=uid,
                          keep=cfg.spec.checkpoint.keep, tag=_attempt_tag(), reporter=reporter,
                          clock=clock, is_main=is_main)
+    # started now: TensorBoard is imported on its thread while the model loads
+    tb = BackgroundTensorBoard(work_dir / LOGS_DIR) if is_main else None
     try:
-        return _run(cfg, flag, rt, run_state)
+        return _run(cfg, flag, rt, run_state, tb)
     finally:
+        if tb is not None:
+            tb.close()
         reporter.close()
 
 
-def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -> Outcome:
+def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
+         tb: BackgroundTensorBoard | None) -> Outcome:
     import transformers
 
     spec = cfg.spec
@@ -227,10 +222,8 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
     model = apply_method(model, cfg)
     callbacks: list[Any] = [ReportCallback(run_state, resume is not None),
                             StopCallback(flag, run_state)]
-    if run_state.is_main:
-        tb = _tensorboard_callback(work_dir / LOGS_DIR)
-        if tb is not None:
-            callbacks.append(tb)
+    if tb is not None:
+        callbacks.append(tb)
     trainer = CheckpointingTrainer(
         model=model, args=args, train_dataset=ExampleDataset(train_ex),
         eval_dataset=ExampleDataset(eval_ex) if eval_ex else None,
@@ -257,6 +250,9 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState) -
     else:
         out = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
         training_loss = float(out.training_loss or 0.0)
+        if run_state.is_main:
+            log.info("training loop: %.3fs, %s steps from step %d", out.metrics.get(
+                "train_runtime", 0.0), trainer.state.global_step, run_state.start_step)
     step = int(trainer.state.global_step)
     if run_state.preempted_at is not None and step < int(trainer.state.max_steps):
         return _preempted(run_state, step, f"by {flag.signal_name}")
