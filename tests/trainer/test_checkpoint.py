@@ -106,5 +106,7 @@ def test_report_paths_are_relative_to_work_dir(tmp_path: Path) -> None:
     path = make_ckpt(tmp_path / "checkpoints", 5)
     info = ck.newest_complete(path.parent, UID)
     assert info is not None
-    assert info.to_report(tmp_path) == {"step": 5, "path": "checkpoints/checkpoint-5",
-                                        "savedAt": "2026-11-24T12:00:00Z", "saveSeconds": 0.5}
+    report = info.to_report(tmp_path)
+    assert report.pop("saveSeconds") >= 0.5  # the writing, plus the flush of its files
+    assert report == {"step": 5, "path": "checkpoints/checkpoint-5",
+                      "savedAt": "2026-11-24T12:00:00Z"}

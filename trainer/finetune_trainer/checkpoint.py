@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,8 +227,14 @@ def write_atomic(path: Path, text: str, durable: bool = True) -> None:
 
 def finalize(tmp: Path, final: Path, step: int, job_uid: str, saved_at: str,
              save_seconds: float) -> CheckpointInfo:
-    """Seal a fully written temporary checkpoint: fsync, marker, rename into place."""
+    """Seal a fully written temporary checkpoint: fsync, marker, rename into place.
+
+    ``save_seconds`` is the time writing it took; the marker's ``saveSeconds`` adds the flush of
+    its files (the bulk of sealing), so it is what a preemption waits for: the grace period is
+    computed from it."""
+    flushing = time.monotonic()
     sizes = fsync_tree(tmp)
+    save_seconds += time.monotonic() - flushing
     marker = {"step": step, "jobUid": job_uid, "savedAt": saved_at,
               "saveSeconds": round(save_seconds, 3), "files": sizes}
     with open(tmp / MARKER, "w", encoding="utf-8") as f:

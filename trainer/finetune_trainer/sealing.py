@@ -39,7 +39,7 @@ class Sealer:
 
     def submit(self, tmp: Path, final: Path, step: int, saved_at: str, started: float) -> None:
         """Seal ``tmp`` as ``final`` on the thread; ``started`` (monotonic) is when writing it
-        began: the marker's saveSeconds is the time to write it, as before sealing moved here."""
+        began: the marker's saveSeconds is the time to write it and flush its files."""
         self.wait()
         self._thread = threading.Thread(
             target=self._seal, args=(tmp, final, step, saved_at, started),
