@@ -126,6 +126,8 @@ def test_sigterm_then_restart_is_exact(method: str, baseline: Callable[[str], Ru
     assert 7 <= stopped < MAX_STEPS
     assert term["checkpoint"]["step"] == stopped  # saved at the step boundary it stopped on
     assert ck.is_complete(r.work / f"checkpoints/checkpoint-{stopped}", "uid-1234")
+    # the operator learns it from the last progress report, sent once the checkpoint is sealed
+    assert r.prog()["checkpoint"]["step"] == stopped
     assert "SIGTERM received" in r.output()
 
     assert r.run() == 0, r.output()

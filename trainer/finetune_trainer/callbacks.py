@@ -237,6 +237,9 @@ class CheckpointingTrainer(Trainer):
             sealed = self.sealer.wait()
             if sealed is not None:
                 self.run.last_checkpoint = sealed
+            if self.run.checkpoint_changed:  # reported now: a preemption exits right after
+                self.run.checkpoint_changed = False
+                self.run.report(self.state, "training", force=True)
         self._barrier()
         if self.sealer is None and self._written is not None:
             # global rank 0 sealed it (every rank passed the barrier): the other ranks'
