@@ -53,12 +53,13 @@ from typing import Any
 import yaml
 from report import write_section
 
+from finetune_trainer import lf_peer
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data" / "messages.jsonl"
 STEPS, INTERVAL, BATCH, LR, SEED, CUTOFF, LOG_STEPS = 40, 10, 4, 0.02, 7, 128, 10
-LF_VERSION = "0.9.5"
-LF_VENV = Path(os.environ.get(
-    "LF_VENV", Path.home() / ".cache" / "finetune-operator" / f"llamafactory-{LF_VERSION}"))
+LF_VERSION = lf_peer.VERSION
+LF_VENV = lf_peer.default_venv()
 
 
 def steps() -> int:
@@ -187,61 +188,12 @@ def plain(model_dir: str, out: str) -> None:
     trainer.save_model(str(Path(out) / "final"))
 
 
-def lf_problem() -> str | None:
-    """Why LLaMA-Factory cannot run here, or None."""
-    cli = LF_VENV / "bin" / "llamafactory-cli"
-    if not cli.exists():
-        return (f"no LLaMA-Factory venv at {LF_VENV} (create it: python3 -m venv {LF_VENV} && "
-                f"{LF_VENV}/bin/pip install llamafactory=={LF_VERSION})")
-    p = subprocess.run([str(LF_VENV / "bin" / "python"), "-c",
-                        "import llamafactory, transformers, peft, torch; print("
-                        "llamafactory.__version__, transformers.__version__, peft.__version__, "
-                        "torch.__version__)"], capture_output=True, text=True, env=env())
-    if p.returncode != 0:
-        return f"LLaMA-Factory does not import: {p.stderr.strip().splitlines()[-1:]}"
-    return None
-
-
-def lf_versions() -> str:
-    p = subprocess.run([str(LF_VENV / "bin" / "python"), "-c",
-                        "import llamafactory, transformers, peft, torch; print("
-                        "f'llamafactory {llamafactory.__version__}, transformers "
-                        "{transformers.__version__}, peft {peft.__version__}, "
-                        "torch {torch.__version__}')"],
-                       capture_output=True, text=True, env=env(), check=True)
-    return p.stdout.strip()
-
-
-def lf_job(model: Path, out: Path) -> Path:
-    """The same job as LLaMA-Factory YAML; the data registered in a local dataset_info.json."""
-    data_dir = out.with_name(out.name + "-data")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / DATA.name).write_bytes(DATA.read_bytes())
-    (data_dir / "dataset_info.json").write_text(json.dumps({"bench": {
-        "file_name": DATA.name, "formatting": "sharegpt", "columns": {"messages": "messages"},
-        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                 "assistant_tag": "assistant", "system_tag": "system"}}}))
-    job = {
-        "model_name_or_path": str(model), "stage": "sft", "do_train": True,
-        "finetuning_type": "lora", "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.1,
-        "lora_target": "all", "dataset": "bench", "dataset_dir": str(data_dir),
-        "template": "chatml", "cutoff_len": CUTOFF, "overwrite_cache": True,
-        "dataloader_num_workers": 0, "output_dir": str(out), "logging_steps": LOG_STEPS,
-        "save_steps": INTERVAL, "save_total_limit": 2, "plot_loss": False,
-        "overwrite_output_dir": True, "report_to": "none", "per_device_train_batch_size": BATCH,
-        "gradient_accumulation_steps": 1, "learning_rate": LR, "max_steps": STEPS,
-        "lr_scheduler_type": "linear", "warmup_ratio": 0.1, "seed": SEED, "data_seed": SEED,
-        "bf16": False, "fp16": False, "use_cpu": True, "disable_tqdm": True,
-    }
-    path = Path(str(out) + ".yaml")
-    path.write_text(yaml.safe_dump(job))
-    return path
-
-
 def llamafactory(model: Path, out: Path) -> Run:
-    return timed_run([str(LF_VENV / "bin" / "llamafactory-cli"), "train",
-                      str(lf_job(model, out))],
-                     {"DISABLE_VERSION_CHECK": "1", "LLAMAFACTORY_VERBOSITY": "WARN"},
+    job = lf_peer.Job(model=model, data=DATA, data_format="messages", out=out, steps=STEPS,
+                      batch=BATCH, learning_rate=LR, cutoff=CUTOFF, lora_rank=8, lora_alpha=16,
+                      lora_dropout=0.1, seed=SEED, warmup_ratio=0.1, logging_steps=LOG_STEPS,
+                      save_steps=INTERVAL, use_cpu=True)
+    return timed_run(lf_peer.command(LF_VENV, lf_peer.write_job(job)), lf_peer.run_env(),
                      cwd=out.parent)
 
 
@@ -307,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from finetune_trainer.tiny import build_tiny_model
 
-    lf_skip = lf_problem()
+    lf_skip = lf_peer.problem(LF_VENV, env())
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp_s:
         tmp = Path(tmp_s)
         model = build_tiny_model(tmp / "model")
@@ -372,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if lf_r:
         lines += [
             f"- LLaMA-Factory {LF_VERSION} (`llamafactory-cli train`, its own venv: "
-            f"{lf_versions()}): {figures(lf_r)}",
+            f"{lf_peer.versions(LF_VENV, env())}): {figures(lf_r)}",
             f"- finetune-trainer / plain: {ratios(ours_r, plain_r)} (target <= 1.02x)",
             f"- finetune-trainer / LLaMA-Factory: {ratios(ours_r, lf_r)} (target <= 1.0x)",
         ]

@@ -12,6 +12,9 @@ RANK/WORLD_SIZE/MASTER_* in its environment, as in a pod) on a locally built mod
 * ``zero2-offload``: ZeRO-2 with the optimizer offloaded to the CPU (DeepSpeedCPUAdam);
 * ``merge``: LoRA + ``output.mergeAdapter``; ``output/merged`` loaded with AutoModelForCausalLM +
   AutoTokenizer, its logits against the base + adapter (PeftModel);
+* ``vs-llamafactory``: the same LoRA job (no DeepSpeed) through this trainer and LLaMA-Factory
+  0.9.5 from its own venv (``--llamafactory-venv``, default ``$LF_VENV``; see ``lf_peer``), both
+  in bf16 on the GPU: non-padding input tokens per second of each training loop, and the ratio;
 * tokens/s of every run (the trainer's own progress report).
 
 Prints one table; exit 1 when any check failed.
@@ -23,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from . import lf_peer
 
 STEPS = 40
 STOP_AT = 17
@@ -45,6 +51,7 @@ class Row:
     seconds: float
     tokens_per_second: float | None
     note: str
+    skipped: bool = False
 
 
 def dataset(path: Path, n: int = 2000, seed: int = 0) -> Path:
@@ -204,17 +211,62 @@ def run_merge(root: Path, model: Path, data: Path) -> Row:
     return row
 
 
+def loop_tokens_per_second(work: Path, log: Path) -> float | None:
+    """Non-padding input tokens per second of our training loop: the final checkpoint's token
+    count over the loop's time (the trainer logs ``training loop: Ns``), as LLaMA-Factory's is
+    measured (``lf_peer.tokens_per_second``)."""
+    runtimes = re.findall(r"training loop: ([0-9.]+)s", log.read_text(errors="replace"))
+    state = _json(work / "checkpoints" / f"checkpoint-{STEPS}" / "trainer_state.json")
+    tokens = state.get("num_input_tokens_seen")
+    if not runtimes or not isinstance(tokens, int) or float(runtimes[-1]) <= 0:
+        return None
+    return tokens / float(runtimes[-1])
+
+
+def run_vs_llamafactory(root: Path, model: Path, data: Path, venv: Path) -> Row:
+    name = "vs-llamafactory"
+    why = lf_peer.problem(venv)
+    if why is not None:
+        return Row(name, True, 0.0, None, f"not run: {why}", skipped=True)
+    ours = run_simple("lora", root, model, data, {})
+    if not ours.ok:
+        return ours
+    ours_tps = loop_tokens_per_second(root / "lora", root / "lora.log")
+    import torch
+
+    out = root / "llamafactory"
+    cuda = torch.cuda.is_available()  # always, from main(); without, both train in fp32 on CPU
+    job = lf_peer.Job(model=model, data=data, data_format="alpaca", out=out, steps=STEPS,
+                      batch=8, learning_rate=2e-4, cutoff=512, lora_rank=16, lora_alpha=32,
+                      seed=7, bf16=cuda, use_cpu=not cuda)
+    t0 = time.monotonic()
+    with open(root / "llamafactory.log", "ab") as log:
+        rc = subprocess.run(lf_peer.command(venv, lf_peer.write_job(job)), cwd=root,
+                            env={**_env(), **lf_peer.run_env()}, stdout=log,
+                            stderr=subprocess.STDOUT).returncode
+    secs = time.monotonic() - t0
+    lf_tps = lf_peer.tokens_per_second(out)
+    if rc != 0 or lf_tps is None or ours_tps is None:
+        return Row(name, False, ours.seconds + secs, ours_tps,
+                   f"LLaMA-Factory exit {rc}, tokens/s ours {ours_tps} theirs {lf_tps}: "
+                   f"{_tail(root / 'llamafactory.log')}")
+    return Row(name, True, ours.seconds + secs, ours_tps,
+               f"training loop tokens/s: ours {ours_tps:,.0f}, LLaMA-Factory "
+               f"{lf_tps:,.0f} ({lf_peer.versions(venv)}): ours/theirs {ours_tps / lf_tps:.2f}x")
+
+
 def table(rows: list[Row]) -> str:
     head = f"{'check':<26} {'result':<6} {'seconds':>8} {'tokens/s':>10}  note"
     lines = [head, "-" * len(head)]
     for r in rows:
         tps = f"{r.tokens_per_second:,.0f}" if r.tokens_per_second else "-"
-        lines.append(f"{r.check:<26} {'ok' if r.ok else 'FAIL':<6} {r.seconds:>8.1f} "
+        result = "skip" if r.skipped else "ok" if r.ok else "FAIL"
+        lines.append(f"{r.check:<26} {result:<6} {r.seconds:>8.1f} "
                      f"{tps:>10}  {r.note}")
     return "\n".join(lines)
 
 
-CHECKS = ["qlora", "zero2", "zero3", "zero2-offload", "merge"]
+CHECKS = ["qlora", "zero2", "zero3", "zero2-offload", "merge", "vs-llamafactory"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", help="work directory to keep (default: a temporary one)")
     p.add_argument("--hidden-size", type=int, default=1024)
     p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--llamafactory-venv", type=Path, default=lf_peer.default_venv(),
+                   help="LLaMA-Factory's venv for vs-llamafactory (default $LF_VENV)")
     args = p.parse_args(argv)
     import torch
 
@@ -246,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_qlora(root, model, data))
         elif check == "merge":
             rows.append(run_merge(root, model, data))
+        elif check == "vs-llamafactory":
+            rows.append(run_vs_llamafactory(root, model, data, args.llamafactory_venv))
         else:
             rows.append(run_simple(check, root, model, data,
                                    {"distributed": {"deepspeed": ds[check]}}))
