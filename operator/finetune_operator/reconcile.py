@@ -22,6 +22,7 @@ from .api.status import FineTuneJobStatus, QueueStatus
 from .status import (
     PodsView,
     apply_progress,
+    apply_stopped_checkpoint,
     attempt_of,
     iso,
     observe,
@@ -300,6 +301,8 @@ def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobDecision,
           now: dt.datetime) -> None:
     """Graceful stop of the attempt (preemption or suspend); finish when no pod holds GPUs."""
     st, gen = p.status, job.metadata.generation
+    if view.stopped_checkpoint is not None:
+        apply_stopped_checkpoint(st, view.stopped_checkpoint)
     suspending = job.spec.suspend
     unsuspended = not suspending and st.stop_reason == "suspend"  # cleared while stopping
     if suspending and st.phase != "Suspended":

@@ -100,6 +100,7 @@ class PodsView:
     preempted_by: str | None = None        # scheduler | eviction | deleted | trainer
     invalid_input: bool = False            # the trainer exited 2: retrying cannot help
     node_lost: str | None = None           # a pod's node went away: retried, not counted
+    stopped_checkpoint: dict | None = None  # rank 0's termination message, stopped on SIGTERM
     running: int = 0
     active: list[dict] = field(default_factory=list)     # not terminated
     deletable: list[dict] = field(default_factory=list)  # active and not being deleted
@@ -141,6 +142,8 @@ def observe(pods: list[dict], expected: int, ever_ran: bool) -> PodsView:
         code = (term or {}).get("exitCode", 0 if phase == "Succeeded" else 1)
         if code == 0 and msg.get("reason") == "Preempted":
             v.preempted_by = v.preempted_by or "trainer"
+            if rank_of(p) == 0 and isinstance(msg.get("checkpoint"), dict):
+                v.stopped_checkpoint = msg["checkpoint"]
         elif code == 0 and not deleting and rank_of(p) == 0 and v.completed is None:
             v.completed = msg
         elif code != 0 and not v.failure and not v.preempted_by and not v.node_lost:
@@ -214,13 +217,27 @@ def apply_progress(st: FineTuneJobStatus, report: dict[str, Any], attempt: int) 
         updated_at=report.get("updatedAt"),
         resumed_from_step=resumed if isinstance(resumed, int) else None,
     )
-    ck = report.get("checkpoint")
-    if isinstance(ck, dict) and isinstance(ck.get("step"), int):
-        st.checkpoint = CheckpointStatus(step=ck["step"], path=str(ck.get("path", "")),
-                                         saved_at=ck.get("savedAt"),
-                                         save_seconds=_num(ck, "saveSeconds"))
+    ck = _checkpoint(report.get("checkpoint"))
+    if ck is not None:
+        st.checkpoint = ck
     st.lost_steps += lost
     return lost
+
+
+def apply_stopped_checkpoint(st: FineTuneJobStatus, checkpoint: dict) -> None:
+    """The checkpoint a stopped trainer's termination message names, when newer than the one
+    the status holds: the report sent after that save may not have reached this operator (it
+    was restarting, say); the message stays on the pod until the pod is deleted."""
+    ck = _checkpoint(checkpoint)
+    if ck is not None and (st.checkpoint is None or ck.step > st.checkpoint.step):
+        st.checkpoint = ck
+
+
+def _checkpoint(ck: Any) -> CheckpointStatus | None:
+    if not isinstance(ck, dict) or not isinstance(ck.get("step"), int):
+        return None
+    return CheckpointStatus(step=ck["step"], path=str(ck.get("path", "")),
+                            saved_at=ck.get("savedAt"), save_seconds=_num(ck, "saveSeconds"))
 
 
 def output_from(msg: dict[str, Any]) -> OutputStatus:

@@ -1247,3 +1247,32 @@ def test_plan_is_a_function_of_its_inputs(state: str) -> None:
         a, b = plan(sim.job, pods, decision, ctx), plan(sim.job, pods, decision, ctx)
         assert a == b, case
         assert sim.job.model_dump() == before, f"{case}: plan() mutated its input"
+
+
+def test_a_stopped_trainers_checkpoint_counts_when_its_last_report_was_lost() -> None:
+    """The report after the SIGTERM save never arrived (the operator was restarting): the
+    checkpoint named by rank 0's termination message reaches the status, and the resume that
+    starts there loses nothing."""
+    sim = running()
+    sim.tick(30).step([make_pod(sim.job, 1, 0, progress={
+        "step": 100, "checkpoint": {"step": 100, "path": "checkpoints/checkpoint-100"}})])
+    stopped = {**PREEMPTED, "finalStep": 130,
+               "checkpoint": {"step": 130, "path": "checkpoints/checkpoint-130",
+                              "saveSeconds": 2.5}}
+    sim.tick(30).step([make_pod(sim.job, 1, 0, exit_code=0, message=stopped)])
+    assert sim.st.preemptions == 1
+    assert sim.st.checkpoint is not None and sim.st.checkpoint.step == 130
+    assert sim.st.checkpoint.save_seconds == 2.5  # the next attempt's grace period uses it
+    sim.tick(5).step(decision=ADMIT)
+    p = sim.tick(5).step([make_pod(sim.job, 2, 0, progress={"step": 130,
+                                                            "resumedFromStep": 130})])
+    assert p.status.lost_steps == 0
+
+
+def test_a_termination_message_never_moves_the_checkpoint_back() -> None:
+    sim = running()
+    sim.tick(30).step([make_pod(sim.job, 1, 0, progress={
+        "step": 140, "checkpoint": {"step": 140, "path": "checkpoints/checkpoint-140"}})])
+    older = {**PREEMPTED, "checkpoint": {"step": 120, "path": "checkpoints/checkpoint-120"}}
+    sim.tick(30).step([make_pod(sim.job, 1, 0, exit_code=0, message=older)])
+    assert sim.st.checkpoint is not None and sim.st.checkpoint.step == 140
