@@ -251,8 +251,8 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
         out = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
         training_loss = float(out.training_loss or 0.0)
         if run_state.is_main:
-            log.info("training loop: %.3fs, %s steps from step %d", out.metrics.get(
-                "train_runtime", 0.0), trainer.state.global_step, run_state.start_step)
+            log.info("training loop: %.3fs, from step %d to step %d", out.metrics.get(
+                "train_runtime", 0.0), run_state.start_step, trainer.state.global_step)
     step = int(trainer.state.global_step)
     if run_state.preempted_at is not None and step < int(trainer.state.max_steps):
         return _preempted(run_state, step, f"by {flag.signal_name}")
