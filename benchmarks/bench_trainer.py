@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from finetune_trainer.tiny import build_tiny_model
 
-    lf_skip = lf_peer.problem(LF_VENV, env())
+    lf_skip = lf_peer.problem(LF_VENV)
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp_s:
         tmp = Path(tmp_s)
         model = build_tiny_model(tmp / "model")
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if lf_r:
         lines += [
             f"- LLaMA-Factory {LF_VERSION} (`llamafactory-cli train`, its own venv: "
-            f"{lf_peer.versions(LF_VENV, env())}): {figures(lf_r)}",
+            f"{lf_peer.versions(LF_VENV)}): {figures(lf_r)}",
             f"- finetune-trainer / plain: {ratios(ours_r, plain_r)} (target <= 1.02x)",
             f"- finetune-trainer / LLaMA-Factory: {ratios(ours_r, lf_r)} (target <= 1.0x)",
         ]

@@ -65,6 +65,14 @@ class RunState:
         self.last_checkpoint = info
         self.checkpoint_changed = True
 
+    def report_sealed(self, trainer_state: Any) -> bool:
+        """Report now when a checkpoint was sealed since the last report; whether it did."""
+        if not self.checkpoint_changed:
+            return False
+        self.checkpoint_changed = False
+        self.report(trainer_state, "training", force=True)
+        return True
+
     def checkpoint_report(self) -> dict[str, Any] | None:
         c = self.last_checkpoint
         return c.to_report(self.work_dir) if c else None
@@ -237,9 +245,7 @@ class CheckpointingTrainer(Trainer):
             sealed = self.sealer.wait()
             if sealed is not None:
                 self.run.last_checkpoint = sealed
-            if self.run.checkpoint_changed:  # reported now: a preemption exits right after
-                self.run.checkpoint_changed = False
-                self.run.report(self.state, "training", force=True)
+            self.run.report_sealed(self.state)  # now: a preemption exits right after
         self._barrier()
         if self.sealer is None and self._written is not None:
             # global rank 0 sealed it (every rank passed the barrier): the other ranks'
@@ -325,10 +331,7 @@ class ReportCallback(TrainerCallback):
         return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.run.checkpoint_changed:  # sealed beside training: report it now
-            self.run.checkpoint_changed = False
-            self.run.report(state, "training", force=True)
-        elif not control.should_log:
+        if not self.run.report_sealed(state) and not control.should_log:
             self.run.report(state, "training")
         return control
 

@@ -12,6 +12,7 @@ warm-up, seed, precision.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -36,22 +37,27 @@ def cli(venv: Path) -> Path:
     return venv / "bin" / "llamafactory-cli"
 
 
-def problem(venv: Path, env: dict[str, str] | None = None) -> str | None:
+@functools.cache
+def _probe(venv: Path) -> subprocess.CompletedProcess[str]:
+    """Import LLaMA-Factory and its stack in the venv once (seconds: torch) and keep the answer."""
+    return subprocess.run([str(venv / "bin" / "python"), "-c", _PROBE], capture_output=True,
+                          text=True)
+
+
+def problem(venv: Path) -> str | None:
     """Why LLaMA-Factory cannot run from ``venv``, or None."""
     if not cli(venv).exists():
         return (f"no LLaMA-Factory venv at {venv} (create it: python3 -m venv {venv} && "
                 f"{venv}/bin/pip install llamafactory=={VERSION})")
-    p = subprocess.run([str(venv / "bin" / "python"), "-c", _PROBE], capture_output=True,
-                       text=True, env=env)
+    p = _probe(venv)
     if p.returncode != 0:
         return f"LLaMA-Factory does not import: {p.stderr.strip().splitlines()[-1:]}"
     return None
 
 
-def versions(venv: Path, env: dict[str, str] | None = None) -> str:
-    """``llamafactory X, transformers Y, peft Z, torch W`` of the venv."""
-    return subprocess.run([str(venv / "bin" / "python"), "-c", _PROBE], capture_output=True,
-                          text=True, env=env, check=True).stdout.strip()
+def versions(venv: Path) -> str:
+    """``llamafactory X, transformers Y, peft Z, torch W`` of the venv (after ``problem``)."""
+    return _probe(venv).stdout.strip()
 
 
 @dataclass

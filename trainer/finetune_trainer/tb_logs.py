@@ -46,11 +46,8 @@ class BackgroundTensorBoard(TrainerCallback):
         self._queue.put((event, args, snapshot, kwargs))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        model = kwargs.get("model")
-        config = getattr(model, "config", None)
-        # the config's JSON is rendered here: the model keeps training while the thread writes
-        extra = {"model": SimpleNamespace(config=_Rendered(config.to_json_string()))} \
-            if config is not None else {}
+        # the thread reads the model's config (never changed while training) for its text
+        extra = {"model": kwargs["model"]} if "model" in kwargs else {}
         self._put("on_train_begin", args, state, **extra)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
@@ -94,12 +91,3 @@ class BackgroundTensorBoard(TrainerCallback):
         if callback is not None and callback.tb_writer is not None:
             callback.tb_writer.close()
 
-
-class _Rendered:
-    """A model config already rendered to JSON (what TensorBoardCallback reads of it)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def to_json_string(self) -> str:
-        return self.text
