@@ -374,9 +374,32 @@ class Operator:
                           "acquired leadership" in log_path.read_text(errors="replace"), 60):
             self.stop()
             raise RuntimeError(f"the operator did not start; see {log_path}")
+        # /metrics wants a token allowed to get /metrics (docs/metrics.md "Scraping")
+        for args in (("create", "serviceaccount", "bench-metrics", "-n", "default"),
+                     ("create", "clusterrole", "bench-metrics-reader", "--verb=get",
+                      "--non-resource-url=/metrics"),
+                     ("create", "clusterrolebinding", "bench-metrics-reader",
+                      "--clusterrole=bench-metrics-reader",
+                      "--serviceaccount=default:bench-metrics")):
+            dc.kubectl(cfg, *args, check=False)  # AlreadyExists is fine
+        self.token = dc.kubectl(cfg, "create", "token", "bench-metrics", "-n", "default",
+                                "--duration=24h").stdout.strip()
 
     def metrics(self) -> str:
+        """HTTPS with the reader's token (the certificate is made at start: not verified);
+        plain HTTP for an operator from before /metrics needed both."""
+        import ssl
+        import urllib.error
         import urllib.request
+        req = urllib.request.Request(f"https://127.0.0.1:{self.metrics_port}/metrics",
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10,
+                                        context=ssl._create_unverified_context()) as r:
+                return str(r.read().decode())
+        except urllib.error.URLError as e:
+            if not isinstance(e.reason, ssl.SSLError):
+                raise
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
                                     timeout=10) as r:
             return str(r.read().decode())

@@ -31,14 +31,12 @@ def cluster() -> Iterator[object]:
 
 @pytest.fixture
 def namespace(cluster, request) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """A fresh namespace (deleted afterwards, without waiting for finalization)."""
-    from .kube import short_id, wait_for
+    """A fresh namespace enforcing the restricted Pod Security Standard (deleted afterwards,
+    without waiting for finalization)."""
+    from .kube import short_id
 
     base = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
-    name = f"t-{base}-{short_id()}"
-    cluster.kubectl("create", "namespace", name)
-    wait_for(f"default ServiceAccount in {name}",
-             lambda: cluster.get("serviceaccount", "default", name), 30)
+    name = cluster.create_namespace(f"t-{base}-{short_id()}")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
 
@@ -99,17 +97,16 @@ def gpu_nodes(cluster):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def make_namespace(cluster, request):  # type: ignore[no-untyped-def]
-    """make(gpu_quota=None) -> a fresh namespace (with a GPU ResourceQuota when asked)."""
+    """make(gpu_quota=None) -> a fresh namespace enforcing the restricted Pod Security Standard
+    (with a GPU ResourceQuota when asked)."""
     from .kube import short_id, wait_for
 
     made: list[str] = []
 
     def make(gpu_quota: int | None = None) -> str:
         name = f"t-{short_id()}"
-        cluster.kubectl("create", "namespace", name)
         made.append(name)
-        wait_for("default ServiceAccount", lambda: cluster.get("serviceaccount", "default",
-                                                               name), 30)
+        cluster.create_namespace(name)
         cluster.kubectl("create", "configmap", "data", "-n", name,
                         "--from-literal=train.jsonl={}")
         if gpu_quota is not None:

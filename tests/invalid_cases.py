@@ -181,8 +181,17 @@ CASES: list[Case] = [
          _spec(checkpoint={"intervalSteps": 0})),
     Case("backoff-limit-negative", "spec.backoffLimit", _spec(backoffLimit=-1)),
     Case("active-deadline-zero", "spec.activeDeadlineSeconds", _spec(activeDeadlineSeconds=0)),
+    # every number has an upper bound (issue 19: 10**12 seconds overflowed a datetime)
+    Case("active-deadline-over-a-year", "spec.activeDeadlineSeconds",
+         _spec(activeDeadlineSeconds=10**12)),
+    Case("ttl-over-a-year", "spec.ttlSecondsAfterFinished",
+         _spec(ttlSecondsAfterFinished=31536001)),
+    Case("max-grad-norm-huge", "spec.training.maxGradNorm",
+         _spec(training={"maxGradNorm": 1e300})),
     Case("suspend-not-bool", "spec.suspend", _spec(suspend="maybe")),
     Case("image-too-long", "spec.image", _spec(image="r/" + "x" * 1100)),
+    Case("image-not-a-reference", "spec.image", _spec(image="my image:latest")),
+    Case("image-two-tags", "spec.image", _spec(image="registry.example/a:b:c")),
     # metadata (only the API server sees it)
     Case("name-too-long", "metadata.name", {"metadata": {"name": "a" * 64}}, server_only=True),
 ]

@@ -72,14 +72,46 @@ class Cluster:
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api)
 
+    def create_namespace(self, name: str) -> str:
+        """A namespace enforcing the restricted Pod Security Standard (every test namespace)."""
+        from finetune_operator.devcluster.workloads import create_namespace
+
+        create_namespace(self.cfg, name)
+        return name
+
     def gpu_node(self, name: str, gpus: int, labels: dict[str, str] | None = None) -> str:
         dc.apply_gpu_node(self.cfg, name, gpus, labels)
         dc.wait_nodes_ready(self.cfg, [name])
         return name
 
 
+def restricted(pod: dict) -> dict:
+    """The pod, made to meet the restricted Pod Security Standard that every test namespace
+    enforces: the trainer pods' own pod securityContext (uid, gid and fsGroup 1000) unless the
+    pod has one, and in each container no privilege escalation, no capabilities and the
+    runtime's seccomp profile (fields a container already sets are kept)."""
+    from finetune_operator.build.pod import pod_security_context
+
+    spec = pod["spec"]
+    spec.setdefault("securityContext", pod_security_context())
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
+        csc = c.setdefault("securityContext", {})
+        csc.setdefault("allowPrivilegeEscalation", False)
+        csc.setdefault("capabilities", {"drop": ["ALL"]})
+        csc.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+    return pod
+
+
 def gpu_pod(name: str, gpus: int, *, node: str | None = None, priority_class: str | None = None,
             labels: dict[str, str] | None = None) -> dict:
+    """A pod (no node runs it: kwok plays it) that the restricted namespaces admit."""
+    return restricted(plain_gpu_pod(name, gpus, node=node, priority_class=priority_class,
+                                    labels=labels))
+
+
+def plain_gpu_pod(name: str, gpus: int, *, node: str | None = None,
+                  priority_class: str | None = None, labels: dict[str, str] | None = None) -> dict:
+    """A pod with no securityContext at all: the restricted namespaces reject it."""
     res = {"nvidia.com/gpu": str(gpus)} if gpus else {}
     spec: dict[str, Any] = {
         "containers": [{"name": "main", "image": "example.invalid/fake:1",

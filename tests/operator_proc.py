@@ -49,7 +49,13 @@ class OperatorProcess:
         self.cluster, self.log_dir = cluster, log_dir
         # one leader identity per object, kept across its restarts (a restarted leader takes
         # the lease back at once); distinct objects never share it
-        self.env = {**TEST_ENV, "POD_NAME": f"test-operator-{short_id()}", **(env or {})}
+        # /metrics gets a certificate of its own here, so scrapes verify it with its CA
+        from finetune_operator.reports import tls
+
+        self.metrics_tls = tls.generate(["127.0.0.1"], log_dir / f"metrics-tls-{short_id()}")
+        self.env = {**TEST_ENV, "POD_NAME": f"test-operator-{short_id()}",
+                    "FINETUNE_METRICS_TLS_CERT_FILE": self.metrics_tls.cert_file,
+                    "FINETUNE_METRICS_TLS_KEY_FILE": self.metrics_tls.key_file, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = free_port()
         self.health_port = free_port()
@@ -116,11 +122,81 @@ class OperatorProcess:
                 self.kill()
 
     def metrics(self) -> str:
+        """GET /metrics as Prometheus does: HTTPS, and the token of a ServiceAccount bound to
+        the chart's metrics-reader ClusterRole."""
+        code, text = self.get_metrics(metrics_reader_token(self.cluster))
+        assert code == 200, f"GET /metrics: HTTP {code}: {text}"
+        return text
+
+    def get_metrics(self, token: str | None) -> tuple[int, str]:
+        """(HTTP status, body) of GET /metrics with this bearer token (None: no header)."""
+        import ssl
+        import urllib.error
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as r:
-            return str(r.read().decode())
+        ctx = ssl.create_default_context(cadata=self.metrics_tls.ca_pem)
+        req = urllib.request.Request(f"https://127.0.0.1:{self.metrics_port}/metrics",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
+                return int(r.status), str(r.read().decode())
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+
+# ------------------------------------------------------------------ who may scrape /metrics
+
+CHART = Path(__file__).resolve().parent.parent / "charts" / "finetune-operator"
+_TOKENS: dict[tuple[str, str, str], tuple[float, str]] = {}  # (cluster, ns, sa) -> (made, token)
+
+
+def metrics_reader_role(cluster: Cluster) -> str:
+    """Apply the chart's metrics-reader ClusterRole (rendered by helm: one source); its name."""
+    import yaml
+
+    from finetune_operator.devcluster import build
+
+    out = subprocess.run([str(build.binary("helm")), "template", "ft", str(CHART),
+                          "--show-only", "templates/rbac.yaml"],
+                         capture_output=True, text=True, check=True).stdout
+    role = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "ClusterRole"
+                and d["metadata"]["name"].endswith("-metrics-reader"))
+    cluster.apply(role)
+    return str(role["metadata"]["name"])
+
+
+def scraper_token(cluster: Cluster, namespace: str, name: str, reader: bool,
+                  bind: bool = True) -> str:
+    """A token of ServiceAccount namespace/name (made here), bound here to the chart's
+    metrics-reader ClusterRole when ``reader`` and ``bind`` (not ``bind``: an installed chart
+    binds it); waits until RBAC answers accordingly."""
+    sa = f"system:serviceaccount:{namespace}:{name}"
+    cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": name, "namespace": namespace}})
+    if reader and bind:
+        role = metrics_reader_role(cluster)
+        cluster.apply({"apiVersion": "rbac.authorization.k8s.io/v1",
+                       "kind": "ClusterRoleBinding",
+                       "metadata": {"name": f"{role}-{namespace}-{name}"},
+                       "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                   "name": role},
+                       "subjects": [{"kind": "ServiceAccount", "name": name,
+                                     "namespace": namespace}]})
+    want = "yes" if reader else "no"
+    wait_for(f"RBAC to answer {want} for {sa} get /metrics", lambda: cluster.kubectl(
+        "auth", "can-i", "get", "/metrics", f"--as={sa}", check=False).stdout.strip() == want, 30)
+    return cluster.kubectl("create", "token", name, "-n", namespace).stdout.strip()
+
+
+def metrics_reader_token(cluster: Cluster, namespace: str = "default",
+                         name: str = "finetune-metrics-scraper") -> str:
+    """What Prometheus presents: a metrics reader's token, renewed every 30 minutes."""
+    key = (str(cluster.kubeconfig), namespace, name)
+    made, token = _TOKENS.get(key, (0.0, ""))
+    if not token or time.monotonic() - made > 1800:  # monotonic may start near 0 (boot)
+        token = scraper_token(cluster, namespace, name, reader=True)
+        _TOKENS[key] = (time.monotonic(), token)
+    return token
 
 
 # ------------------------------------------------------------------ manifests and kubelet's part
@@ -148,6 +224,16 @@ def wait_phase(cluster: Cluster, ns: str, name: str, phase: str, timeout: float 
     return wait_for(f"{ns}/{name} phase {phase}", lambda: (
         lambda st: st if st.get("phase") == phase else None)(job_status(cluster, ns, name)),
         timeout)
+
+
+def admitted_soon(cluster: Cluster, ns: str, sel: dict[str, str]) -> None:
+    """A fresh 1-GPU job in ``ns`` is admitted within 10 s (then deleted): no other tenant's
+    input stalls the scheduling cycle."""
+    name = f"probe-{short_id()}"
+    cluster.apply(ftj(name, 1, "finetune-normal", sel), ns)
+    wait_for(f"{ns}/{name} admitted within 10 s", lambda: job_status(cluster, ns, name)
+             .get("phase") in ("Admitted", "Running"), 10)
+    cluster.kubectl("delete", "finetunejob", name, "-n", ns, "--wait=false")
 
 
 def job_pods(cluster: Cluster, ns: str, name: str) -> list[dict]:

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf
 
-    from . import handlers, metrics, serve
+    from . import handlers, metrics_server, serve
     from .k8s import Kube, load_client
     from .loop import Controller
     from .reports.channel import start_channel
@@ -41,11 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     controller.report_config = channel.config
     controller.on_termination = channel.termination
     handlers.install(controller)
-    metrics.serve(settings.metrics_port)
+    # /metrics over HTTPS (the report channel's certificate unless it has its own), for
+    # bearer tokens allowed to get /metrics (TokenReview + SubjectAccessReview, cached)
+    metrics_tls = (metrics_server.tls_context(settings.metrics_tls_cert_file,
+                                              settings.metrics_tls_key_file)
+                   if settings.metrics_tls_cert_file else channel.server.context)
+    metrics_server.serve(settings.metrics_port, metrics_tls, metrics_server.ScrapeAuth(
+        lambda token: kube.may_access(token, metrics_server.SCRAPE)))
     endpoints = serve.Endpoints(controller.healthy, controller.ready,
-                                lambda: controller.queue_view, kube.may_list_jobs)
+                                lambda: controller.queue_view,
+                                channel.cached_access(kube.may_list_jobs))
     serve.serve(endpoints, settings.health_port)  # /healthz, /readyz (plain HTTP: probes)
     channel.server.on_get = endpoints.visibility  # the queue, over the report port's TLS
+    channel.server.serving = controller.may_write  # a standby sends clients on to the leader
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,

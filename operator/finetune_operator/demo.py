@@ -87,7 +87,8 @@ def _start_operator(cfg: dc.ClusterConfig) -> subprocess.Popen[bytes]:
                                  "--health-port=18081"], stdout=out, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
     dc.register_extra(cfg, "operator-demo", proc.pid)
-    print(f"  operator pid {proc.pid}; log {log}; metrics http://127.0.0.1:18080/metrics")
+    print(f"  operator pid {proc.pid}; log {log}; metrics https://127.0.0.1:18080/metrics "
+          "(a bearer token allowed to get /metrics: docs/metrics.md)")
     return proc
 
 

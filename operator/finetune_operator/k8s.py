@@ -13,16 +13,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from . import metrics
 from .api import GROUP, PLURAL, VERSION
+from .status import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,25 @@ _KIND_PATH = {"Pod": ("/api/v1", "pods"), "ConfigMap": ("/api/v1", "configmaps")
               "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURAL),
               "Lease": ("/apis/coordination.k8s.io/v1", "leases")}
 MERGE_PATCH = "application/merge-patch+json"
+# Writes that do not change the cluster's state: allowed to every replica (see Kube.fence).
+UNFENCED = frozenset({"Lease", "tokenreviews", "subjectaccessreviews"})
+
+
+class Unreachable(OSError):
+    """The API server gave no answer within the request timeout (or the connection broke):
+    nothing says whether a write landed; the caller retries as after any transport error."""
+
+
+class Fenced(OSError):
+    """A write refused before it was sent: this replica does not hold the leader Lease (any
+    more). The leader that does will plan it again."""
+
+
+def _no_read_retries() -> urllib3.Retry:
+    """A request that timed out is not sent again: one call costs at most the request timeout
+    (urllib3 retries idempotent calls 3 times by default: 4x the timeout), so a paused API
+    server cannot hold the Lease thread past the Lease."""
+    return urllib3.Retry(total=1, read=0, redirect=0, status=0)
 
 
 def load_client(kubeconfig: str | None = None, pool_size: int = 32) -> client.ApiClient:
@@ -59,13 +81,13 @@ def load_client(kubeconfig: str | None = None, pool_size: int = 32) -> client.Ap
         try:
             config.load_incluster_config()
             cfg = client.Configuration.get_default_copy()
-            cfg.connection_pool_maxsize = pool_size
+            cfg.connection_pool_maxsize, cfg.retries = pool_size, _no_read_retries()
             return client.ApiClient(cfg)
         except config.ConfigException:
             pass
     cfg = client.Configuration()
     config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    cfg.connection_pool_maxsize = pool_size
+    cfg.connection_pool_maxsize, cfg.retries = pool_size, _no_read_retries()
     return client.ApiClient(cfg)
 
 
@@ -112,19 +134,20 @@ def _base(path: str) -> str:
     return "/".join(parts)
 
 
-def _parse_micro(s: str | None) -> dt.datetime | None:
-    if not s:
-        return None
-    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-
-
 class Kube:
     def __init__(self, api: client.ApiClient, timeout_seconds: float = 10.0) -> None:
         self.api = api
         self.timeout = timeout_seconds
         self.calls: Counter[str] = Counter()
+        # fencing, checked right before every write but the UNFENCED ones: the Controller sets
+        # it to its may_write, so a deposed leader (paused past its Lease) sends nothing
+        self.fence: Callable[[], bool] = lambda: True
 
     def _count(self, verb: str, resource: str) -> None:
+        """Count a call about to be sent; a write while fenced raises Fenced instead."""
+        if verb in WRITE_VERBS and resource not in UNFENCED and not self.fence():
+            raise Fenced(f"{verb} {resource}: this replica does not hold the leader Lease; "
+                         "the write is left to the leader")
         self.calls[f"{verb} {resource}"] += 1
         metrics.count_api_request(verb, resource)
         if (verb, resource) not in API_SURFACE and not self.extra_surface(verb, resource):
@@ -152,9 +175,13 @@ class Kube:
         _, url, hdrs, _, _ = self.api.param_serialize(
             method, path, query_params=query or [], header_params=headers,
             auth_settings=["BearerToken"])
-        resp = self.api.rest_client.request(
-            method, url, headers=hdrs, body=body,
-            _request_timeout=timeout if timeout is not None else self.timeout)
+        limit = timeout if timeout is not None else self.timeout
+        try:
+            resp = self.api.rest_client.request(method, url, headers=hdrs, body=body,
+                                                _request_timeout=limit)
+        except urllib3.exceptions.HTTPError as e:  # timeout, refused, reset: an OSError
+            raise Unreachable(f"{method} {path}: no answer from the API server (timeout "
+                              f"{limit}s): {e}") from e
         raw = resp.response
         if not 200 <= resp.status <= 299:
             data = raw.data
@@ -306,13 +333,16 @@ class Kube:
                 return False
             raise
 
-    def event(self, job: dict, type_: str, reason: str, message: str, now: dt.datetime) -> None:
-        """A Kubernetes Event on the FineTuneJob (best effort: never fails the reconcile)."""
+    def event(self, job: dict, type_: str, reason: str, message: str, now: dt.datetime,
+              kind: str = "FineTuneJob") -> None:
+        """A Kubernetes Event on the FineTuneJob, or on a Pod with ``kind="Pod"`` (best effort:
+        never fails the reconcile)."""
         meta = job["metadata"]
         ts = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        api_version = "v1" if kind == "Pod" else f"{GROUP}/{VERSION}"
         ev = {"apiVersion": "v1", "kind": "Event",
               "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-              "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob",
+              "involvedObject": {"apiVersion": api_version, "kind": kind,
                                  "name": meta["name"], "namespace": meta["namespace"],
                                  "uid": meta.get("uid")},
               "reason": reason, "message": message[:1024], "type": type_, "count": 1,
@@ -331,23 +361,29 @@ class Kube:
     def may_list_jobs(self, token: str, namespace: str | None) -> bool:
         """Whether the bearer of ``token`` may list FineTuneJobs in ``namespace`` (None:
         cluster-wide): a TokenReview, then a SubjectAccessReview for that user."""
+        attrs: dict[str, Any] = {"verb": "list", "group": GROUP, "resource": PLURAL}
+        if namespace:
+            attrs["namespace"] = namespace
+        return bool(self.may_access(token, {"resourceAttributes": attrs}))
+
+    def may_access(self, token: str, attributes: dict[str, Any]) -> bool | None:
+        """Whether the bearer of ``token`` may do what ``attributes`` (a SubjectAccessReview's
+        ``resourceAttributes`` or ``nonResourceAttributes``) say: a TokenReview (the API
+        server's own audience), then a SubjectAccessReview for that user. None when the token
+        is not authenticated (HTTP 401 for the caller; False is a 403)."""
         self._count("create", "tokenreviews")
         review = self._request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body={
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
             "spec": {"token": token}})
         st = review.get("status") or {}
         if not st.get("authenticated"):
-            return False
+            return None
         user = st.get("user") or {}
-        attrs: dict[str, Any] = {"verb": "list", "group": GROUP, "resource": PLURAL}
-        if namespace:
-            attrs["namespace"] = namespace
         self._count("create", "subjectaccessreviews")
         sar = self._request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body={
             "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
             "spec": {"user": user.get("username"), "groups": user.get("groups") or [],
-                     "uid": user.get("uid"), "extra": user.get("extra") or {},
-                     "resourceAttributes": attrs}})
+                     "uid": user.get("uid"), "extra": user.get("extra") or {}, **attributes}})
         return bool((sar.get("status") or {}).get("allowed"))
 
     # ------------------------------------------------------------------ leader election
@@ -378,7 +414,7 @@ class Kube:
                     raise
         spec = lease.setdefault("spec", {})
         holder = spec.get("holderIdentity")
-        renew = _parse_micro(spec.get("renewTime"))
+        renew = parse_time(spec.get("renewTime"))  # total: a bad value is "never renewed"
         expired = renew is None or (now - renew).total_seconds() > (
             spec.get("leaseDurationSeconds") or duration_s)
         if holder != identity and not expired:
@@ -633,6 +669,7 @@ class PluginApi:
         import os
         import ssl
         import tempfile
+        import urllib.error
         import urllib.request
 
         import yaml
@@ -653,7 +690,15 @@ class PluginApi:
             ca.write(report["caPem"])
             ca.flush()
             ctx = ssl.create_default_context(cafile=ca.name)
-            req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-                body = json.loads(r.read())
+            req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}",
+                                                       "Connection": "close"})
+            for left in range(4, -1, -1):  # a standby replica answers 503: try the next one
+                try:
+                    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                        body = json.loads(r.read())
+                    break
+                except urllib.error.HTTPError as e:
+                    if e.code != 503 or left == 0:
+                        raise
+                    time.sleep(0.5)
         return list(body.get("items") or [])

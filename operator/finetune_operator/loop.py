@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -33,7 +34,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import cache, k8s, metrics
+from . import cache, k8s, metrics, ownership
 from .api.job import FineTuneJob
 from .api.status import FineTuneJobStatus
 from .build import build_children
@@ -41,8 +42,17 @@ from .intern import intern
 from .k8s import Kube
 from .reconcile import Ctx, JobDecision, Plan, due_at, plan, wants_admission
 from .settings import OperatorSettings
-from .snapshot import decide, policy_error
-from .status import attempt_of, iso, owner_uid, parse_time, rank_of, terminated_message
+from .snapshot import decide, policy_error, problem
+from .status import (
+    INVALID_DATA,
+    attempt_of,
+    iso,
+    owner_uid,
+    parse_time,
+    rank_of,
+    set_invalid_data,
+    terminated_message,
+)
 from .sweep.runner import SweepRunner
 from .writes import Change, classify, merge_patch
 
@@ -108,6 +118,7 @@ class Controller:
     def __init__(self, kube: Kube, settings: OperatorSettings, namespace: str | None = None,
                  identity: str | None = None) -> None:
         self.kube, self.settings = kube, settings
+        kube.fence = self.may_write  # every write is checked right before it is sent
         self.lease_namespace = namespace or os.environ.get("POD_NAMESPACE", "default")
         # stable across restarts of the same pod, so a restarted leader re-acquires at once
         self.identity = identity or os.environ.get("POD_NAME") or socket.gethostname()
@@ -121,6 +132,9 @@ class Controller:
         self._dirty: set[str] = set()
         self._capacity_changed = True
         self._pods_by_job: dict[str, dict[str, dict]] = {}
+        # pods naming a job uid not (yet) in the jobs cache: checked when the job arrives
+        self._pods_waiting: dict[str, dict[str, dict]] = {}
+        self._warned_pods: set[str] = set()  # impostor pods already given their Event
         # job uid -> (attempt, newest progress report): the trainer's last report (right
         # after its SIGTERM save) may land just before its pod disappears
         self.reports: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -130,7 +144,10 @@ class Controller:
         self._create_errors: dict[str, tuple[int, str]] = {}
         self._failures: dict[str, int] = {}          # consecutive execution errors per job
         self._sweep_retry_at = 0.0
-        self._plan_errors: dict[str, str] = {}
+        # jobs whose data a per-job step could not process: uid -> (step, problem); after a
+        # step of the plan, the job sits out of the admission policy until it plans again
+        self._invalid: dict[str, tuple[str, str]] = {}
+        self._metric_errors: dict[str, str] = {}  # recording a job's metrics failed: logged once
         self.queue_view: dict[str, list[dict[str, Any]]] = {}
         self.jobs = cache.Store("jobs", self._changed)
         self.pods = cache.Store("pods", self._changed)
@@ -224,6 +241,7 @@ class Controller:
     # ------------------------------------------------------------------ cache -> dirty
 
     def _changed(self, kind: str, key: str, old: Any, new: Any) -> None:
+        impostors: list[dict] = []
         with self._lock:
             if kind == "sweeps" or getattr(new or old, "sweep_body", None) is not None:
                 self._sweeps_dirty = True
@@ -231,24 +249,62 @@ class Controller:
                 self._dirty.add(key)
                 if new is None:
                     self._forget(key, old)
+                elif new.job is not None:  # the pods that named it before it was cached
+                    for pod_key, pod in self._pods_waiting.pop(key, {}).items():
+                        impostors += self._index_pod(pod_key, None, pod)
             elif kind == "pods":
-                uid = owner_uid(new or old)
-                if uid is not None:
-                    pods = self._pods_by_job.setdefault(uid, {})
-                    if new is None:
-                        pods.pop(key, None)
-                        if not pods:
-                            del self._pods_by_job[uid]
-                    else:
-                        pods[key] = new
-                        raw = terminated_message(new)
-                        if raw and raw != terminated_message(old or {"status": {}}):
-                            self.on_termination(f"{new['metadata'].get('namespace')}/"
-                                                f"{new['metadata']['name']}", raw)
-                    self._dirty.add(uid)
+                impostors = self._index_pod(key, old, new)
             else:
                 self._capacity_changed = True
         self._wake.set()
+        for pod in impostors:
+            self._warn_impostor(pod)
+
+    def _index_pod(self, key: str, old: dict | None, new: dict | None) -> list[dict]:
+        """(Under the lock.) A pod counts for the job its owner reference names only when the
+        operator created it for that job (ownership.py); else it is an impostor: not indexed,
+        never deleted, no job dirty. Returns the impostor to warn about, if any."""
+        uids = {u for p in (old, new) if p is not None and (u := owner_uid(p)) is not None}
+        counted = False  # whether a job's view of its pods changes
+        for u in uids:
+            for index in (self._pods_by_job, self._pods_waiting):
+                pods = index.get(u)
+                if pods is not None and pods.pop(key, None) is not None:
+                    counted = counted or index is self._pods_by_job
+                    if not pods:
+                        del index[u]
+        uid = owner_uid(new) if new is not None else None
+        entry = self.jobs.get(uid) if uid is not None else None
+        impostors: list[dict] = []
+        if new is None or uid is None:
+            self._warned_pods.discard(key)
+        elif entry is None or entry.job is None:
+            self._pods_waiting.setdefault(uid, {})[key] = new  # decided once the job is cached
+        elif ownership.belongs(new, entry.job):
+            self._pods_by_job.setdefault(uid, {})[key] = new
+            counted = True
+            raw = terminated_message(new)
+            if raw and raw != terminated_message(old or {"status": {}}):
+                self.on_termination(f"{new['metadata'].get('namespace')}/"
+                                    f"{new['metadata']['name']}", raw)
+        else:
+            impostors.append(new)
+        if counted:
+            self._dirty.update(uids)
+        return impostors
+
+    def _warn_impostor(self, pod: dict) -> None:
+        """A Warning Event on the impostor in its own namespace, once per pod (leader only),
+        naming no job: the job it names may be another tenant's."""
+        meta = pod["metadata"]
+        with self._lock:
+            if not self.may_write() or meta.get("uid") in self._warned_pods:
+                return
+            self._warned_pods.add(meta.get("uid"))
+        log.warning("pod %s/%s is not a trainer pod this operator created for the job its "
+                    "owner reference names; ignored", meta.get("namespace"), meta["name"])
+        self._background.submit(self.kube.event, pod, "Warning", ownership.IMPOSTOR_REASON,
+                                ownership.IMPOSTOR_MESSAGE, _now(), kind="Pod")
 
     def on_report(self, who: Any, report: Any) -> None:
         """The report channel's callback (reports/channel.py; server threads): a report from
@@ -260,7 +316,7 @@ class Controller:
         uid = owner_uid(pod) if pod is not None else None
         entry = self.jobs.get(uid) if uid else None
         if pod is None or uid is None or rank_of(pod) != 0 or entry is None \
-                or entry.job is None or attempt_of(pod) != entry.job.status.attempt:
+                or entry.job is None or not ownership.speaks_for(pod, entry.job):
             raise BadReport("unknown-pod", f"{who.key} is not the rank-0 trainer of the current "
                             "attempt of a managed job")
         self.accept_report(uid, attempt_of(pod), report.to_wire())
@@ -280,7 +336,8 @@ class Controller:
         self._last_decision.pop(uid, None)
         self._due.pop(uid, None)
         self._create_errors.pop(uid, None)
-        self._plan_errors.pop(uid, None)
+        self._invalid.pop(uid, None)
+        self._metric_errors.pop(uid, None)
         self._failures.pop(uid, None)
         for ch in Change:
             self._last_write.pop((uid, ch), None)
@@ -294,17 +351,19 @@ class Controller:
         s, lease = self.settings, None
         while not self._stop.is_set():
             t = time.monotonic()
+            # a Lease that lapsed by our own clock (this process was paused, a renewal timed
+            # out) is read again before any write: another replica may hold it by now
+            known = lease if self.leader and t < self.lease_valid_until else None
             try:
                 held, lease = self.kube.hold_lease(
                     self.lease_namespace, LEASE_NAME, self.identity, s.lease_duration_seconds,
-                    _now(), known=lease if self.leader else None)
-            except (ApiException, OSError, ValueError) as e:
-                log.warning("leader lease: %s; retrying", e)
-                held, lease = False, None
-            if held:
-                self.lease_valid_until = t + s.lease_duration_seconds
-            elif time.monotonic() < self.lease_valid_until:
-                held = self.leader  # a failed renewal: still ours until the lease runs out
+                    _now(), known=known)
+                if held:
+                    self.lease_valid_until = t + s.lease_duration_seconds
+            except Exception as e:  # timeout, API error: the thread lives on, the Lease decides
+                log.warning("leader lease: %s: %s; retrying", type(e).__name__, e)
+                # a failed renewal: still ours until the Lease runs out (may_write stops before)
+                held, lease = self.leader and time.monotonic() < self.lease_valid_until, None
             if held != self.leader:
                 log.warning("%s leadership (%s/%s as %s)", "acquired" if held else "lost",
                             self.lease_namespace, LEASE_NAME, self.identity)
@@ -360,7 +419,10 @@ class Controller:
             pods_by_uid = {uid: list(p.values()) for uid, p in self._pods_by_job.items()}
             reports = dict(self.reports)
         entries = self.jobs.values()
-        jobs = [e.job for e in entries if e.job is not None]
+        with self._lock:  # a job whose plan failed holds no decision that others wait on
+            invalid = dict(self._invalid)
+        held = {uid for uid, (step, _) in invalid.items() if step in HELD_STEPS}
+        jobs = [e.job for e in entries if e.job is not None and e.uid not in held]
         classes = dict(self.classes.items())
         ours = [p for ps in pods_by_uid.values() for p in ps]
         decisions = decide(jobs, pods_by_uid, classes, s, self.nodes.values(),
@@ -384,21 +446,26 @@ class Controller:
                 if e.uid in todo and not e.failed and self.may_write():
                     self._pool.submit(self._reject, e, now)
                 continue
-            job, status = e.job, e.job.status
-            uid = job.metadata.uid
-            if uid in todo:
-                decision = decisions.get(uid, JobDecision())
-                self._last_decision[uid] = decision
-                pl = self._plan(job, pods_by_uid.get(uid, []), decision, reports.get(uid),
-                                classes, now)
-                if pl is not None:
-                    change = self._write_kind(job, pl, epoch)
-                    work.append((job, pl, change))
-                    status = pl.status
-                    due = due_at(job, pl.status, pods_by_uid.get(uid, []), self._timing(), now)
-                    if due is not None:
-                        self._schedule(uid, due.timestamp())
-            samples.append(_sample(job, status))
+            job, uid = e.job, e.uid
+            try:  # every per-job step: a job whose data fails one is left out of this cycle
+                if (bad := decisions.invalid.get(uid)) is not None:
+                    raise JobDataError(*bad)
+                pl, change, sample = self._job_steps(
+                    job, decisions.get(uid, JobDecision()) if uid in todo else None,
+                    pods_by_uid.get(uid, []), reports.get(uid), classes, now)
+            except JobDataError as bad:
+                if (left := self._left_out(job, bad, now)) is not None:
+                    work.append(left)
+                continue
+            if pl is not None:
+                work.append((job, pl, change))
+            if uid in invalid and (pl is not None or uid not in held):  # processed again
+                with self._lock:
+                    self._invalid.pop(uid, None)
+                    if pl is None:  # planned next cycle: its InvalidData condition clears
+                        self._dirty.add(uid)
+                        self._wake.set()
+            samples.append(sample)
         metrics.observe_queue({"jobs": samples, "quotas": decisions.quotas})
         self.queue_view = decisions.queue_view
         self._execute_all(work, now)
@@ -445,38 +512,80 @@ class Controller:
         self._schedule(uid, time.time() + min(60.0, 0.5 * 2 ** n))
         self._wake.set()
 
-    def _plan(self, job: FineTuneJob, pods: list[dict], decision: JobDecision,
-              seen: tuple[int, dict[str, Any]] | None, classes: dict[str, int],
-              now: dt.datetime) -> Plan | None:
-        s, uid = self.settings, job.metadata.uid
+    def _job_steps(self, job: FineTuneJob, decision: JobDecision | None, pods: list[dict],
+                   seen: tuple[int, dict[str, Any]] | None, classes: dict[str, int],
+                   now: dt.datetime) -> tuple[Plan | None, Change, dict[str, Any]]:
+        """One job's part of the cycle (a plan only when ``decision`` is given: the job is
+        due): its plan, which write it needs, its next timer, its metrics sample. Raises
+        JobDataError naming the step that failed; nothing of the job is kept then."""
+        step, pl, change, due, status = "plan", None, Change.NONE, None, job.status
         try:
-            cls, err = policy_error(job, s, classes)
-            check = wants_admission(job, now) or job.status.phase is None
-            create_error = self._create_errors.get(uid)
-            ctx = Ctx(now=now, backoff_seconds=s.backoff_seconds(job.status.failures + 1),
-                      priority_class=cls, policy_error=err if check else None,
-                      watched_report=seen[1] if seen and seen[0] == job.status.attempt
-                      else None,
-                      create_error=create_error[1] if create_error
-                      and create_error[0] == job.status.attempt else None,
-                      node_ready=self._node_ready,
-                      pods_ready_timeout_seconds=s.pods_ready_timeout_seconds,
-                      max_start_requeues=s.max_pods_ready_requeues,
-                      force_delete_margin_seconds=s.force_delete_margin_seconds,
-                      unschedulable_grace_seconds=s.unschedulable_grace_seconds,
-                      max_gpus_per_node=s.max_gpus_per_node,
-                      ttl_seconds_after_finished=s.ttl_seconds_after_finished)
-            pl = plan(job, pods, decision, ctx)
-            self._plan_errors.pop(uid, None)
-            return pl
-        except Exception as e:  # contained: this job waits, every other job goes on
+            if decision is not None:
+                self._last_decision[job.metadata.uid] = decision
+                pl = self._plan(job, pods, decision, seen, classes, now)
+                set_invalid_data(pl.status, None, now, job.metadata.generation)
+                step = "write"
+                change = self._write_kind(job, pl, now.timestamp())
+                step = "deadline"
+                due = due_at(job, pl.status, pods, self._timing(), now)
+                status = pl.status
+            step = "metrics"
+            sample = _sample(job, status)
+        except Exception as e:
+            raise JobDataError(step, problem(step, e)) from e
+        if due is not None:
+            self._schedule(job.metadata.uid, due.timestamp())
+        return pl, change, sample
+
+    def _left_out(self, job: FineTuneJob, bad: JobDataError, now: dt.datetime,
+                  ) -> tuple[FineTuneJob, Plan, Change] | None:
+        """A job whose data a step could not process: counted and logged once per problem,
+        and its InvalidData condition with a Warning Event (written only when the stored
+        condition differs: once per problem, also across restarts)."""
+        uid, step, text = job.metadata.uid, bad.step, bad.problem
+        with self._lock:
+            new = self._invalid.get(uid) != (step, text)
+            self._invalid[uid] = (step, text)
+            self._last_decision.pop(uid, None)  # decided afresh once it can be
+        if new:
+            metrics.count_invalid_data(job.metadata.namespace, step)
             metrics.count_cycle_error("job")
-            text = f"{type(e).__name__}: {str(e)[:200]}"
-            if self._plan_errors.get(uid) != text:
-                self._plan_errors[uid] = text
-                log.exception("FineTuneJob %s: planning failed; the job waits, others go on",
+            log.error("FineTuneJob %s: %s; left out of scheduling until it changes, every "
+                      "other job goes on", job.key, text, exc_info=bad.__cause__)
+        try:
+            st = job.status.model_copy(deep=True)
+            set_invalid_data(st, text, now, job.metadata.generation)
+            said = next(c.message for c in st.conditions if c.type == INVALID_DATA)
+            change = classify(job.status.to_wire(), st.to_wire())
+        except Exception:  # not even the condition can be written: the log says it
+            if new:
+                log.exception("FineTuneJob %s: could not write its InvalidData condition",
                               job.key)
             return None
+        if not change:
+            return None
+        return job, Plan(status=st, events=[("Warning", INVALID_DATA, said)]), change
+
+    def _plan(self, job: FineTuneJob, pods: list[dict], decision: JobDecision,
+              seen: tuple[int, dict[str, Any]] | None, classes: dict[str, int],
+              now: dt.datetime) -> Plan:
+        s, uid = self.settings, job.metadata.uid
+        cls, err = policy_error(job, s, classes)
+        check = wants_admission(job, now) or job.status.phase is None
+        create_error = self._create_errors.get(uid)
+        ctx = Ctx(now=now, backoff_seconds=s.backoff_seconds(job.status.failures + 1),
+                  priority_class=cls, policy_error=err if check else None,
+                  watched_report=seen[1] if seen and seen[0] == job.status.attempt else None,
+                  create_error=create_error[1] if create_error
+                  and create_error[0] == job.status.attempt else None,
+                  node_ready=self._node_ready,
+                  pods_ready_timeout_seconds=s.pods_ready_timeout_seconds,
+                  max_start_requeues=s.max_pods_ready_requeues,
+                  force_delete_margin_seconds=s.force_delete_margin_seconds,
+                  unschedulable_grace_seconds=s.unschedulable_grace_seconds,
+                  max_gpus_per_node=s.max_gpus_per_node,
+                  ttl_seconds_after_finished=s.ttl_seconds_after_finished)
+        return plan(job, pods, decision, ctx)
 
     def _node_ready(self, name: str) -> bool | None:
         node = self.nodes.get(name)
@@ -560,6 +669,9 @@ class Controller:
             self._retry_later(uid)
             log.warning("FineTuneJob %s: %s %s; retrying with backoff", job.key, e.status,
                         _api_message(e) or e.reason)
+        except k8s.Fenced:  # the Lease lapsed mid-plan: whoever leads next plans it again
+            with self._lock:
+                self._dirty.add(uid)
         except OSError as e:
             self._retry_later(uid)
             log.warning("FineTuneJob %s: %s; retrying with backoff", job.key, e)
@@ -663,6 +775,21 @@ class Controller:
             log.warning("could not mark %s Failed: %s", meta.get("name"), ex)
 
     def _metrics(self, job: FineTuneJob, pl: Plan) -> None:
+        """Recorded after the job's writes (and for the no-write plans, in the cycle): a job
+        whose metrics cannot be recorded is counted and logged once; its writes stand."""
+        try:
+            self._record_metrics(job, pl)
+        except Exception as e:
+            text, uid = problem("metrics", e), job.metadata.uid
+            with self._lock:
+                new = self._metric_errors.get(uid) != text
+                self._metric_errors[uid] = text
+            if new:
+                metrics.count_invalid_data(job.metadata.namespace, "metrics")
+                log.error("FineTuneJob %s: %s; its other metrics and writes go on", job.key,
+                          text)
+
+    def _record_metrics(self, job: FineTuneJob, pl: Plan) -> None:
         ns, st = job.metadata.namespace, pl.status
         cls = st.effective_priority_class or ""
         for kind, data in pl.metrics:
@@ -693,6 +820,19 @@ class Controller:
             metrics.forget_job(ns, job.metadata.name)
 
 
+class JobDataError(Exception):
+    """A per-job step of the cycle could not process this job's data."""
+
+    def __init__(self, step: str, problem: str) -> None:
+        super().__init__(problem)
+        self.step, self.problem = step, problem
+
+
+# steps after the admission policy: a job failing one sits out of it until it plans again
+# (the policy and the metrics sample see every job every cycle: their problems clear there)
+HELD_STEPS = frozenset({"plan", "write", "deadline"})
+
+
 def _api_message(e: ApiException) -> str:
     try:
         return str(json.loads(e.body or "{}").get("message", ""))[:300]
@@ -703,11 +843,17 @@ def _api_message(e: ApiException) -> str:
 def failpoint(where: str, phase: str | None) -> None:
     """Crash-test hook: FINETUNE_FAILPOINT=after-status-patch:Admitted makes the process die
     right after patching a status into that phase (before creating/deleting children), so the
-    restart-safety tests can stop the operator at exactly that instant. Unset in production."""
+    restart-safety tests can stop the operator at exactly that instant. With a ``:stop`` suffix
+    the process SIGSTOPs itself there instead, once (the fencing test SIGCONTs it after another
+    replica took over). Unset in production."""
     spec = os.environ.get("FINETUNE_FAILPOINT")
     if spec and spec == f"{where}:{phase}":
         log.error("failpoint %s reached: exiting", spec)
         os._exit(137)
+    if spec and spec == f"{where}:{phase}:stop":
+        log.error("failpoint %s reached: stopping (SIGSTOP)", spec)
+        del os.environ["FINETUNE_FAILPOINT"]
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _sample(job: FineTuneJob, st: FineTuneJobStatus) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Prometheus metrics of the operator (prefix ``finetune_``), on a dedicated registry.
 
-Handlers call the small functions below; nothing here talks to the Kubernetes API.
+Handlers call the small functions below; nothing here talks to the Kubernetes API. The
+registry is served over HTTPS, to authorised scrapers only, by :mod:`.metrics_server`.
 
 - Snapshot gauges (queue depth, GPUs, quota, ``finetune_job_info``, queued-since) are recomputed
   from the latest admission snapshot by :func:`observe_queue` and served atomically by a custom
@@ -20,14 +21,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
 from typing import Any, Final, TypedDict
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .reports.model import REJECT_REASONS
+from .status import parse_time
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 
@@ -98,6 +99,14 @@ CYCLE_ERRORS = Counter(
     "finetune_scheduling_cycle_errors",
     "Scheduling cycles that raised (the next cycle retries), and per-job planning errors.",
     ("scope",), registry=REGISTRY,
+)
+INVALID_DATA_STAGES: Final = ("snapshot", "decision", "plan", "write", "deadline", "metrics")
+INVALID_DATA = Counter(
+    "finetune_invalid_data",
+    "FineTuneJobs whose data a per-job step of the cycle could not process (each distinct "
+    "problem once); the job is left out of scheduling, every other job goes on; stage: "
+    + "|".join(INVALID_DATA_STAGES) + ".",
+    ("namespace", "stage"), registry=REGISTRY,
 )
 CHECKPOINT_SAVE = Histogram(
     "finetune_checkpoint_save_seconds", "Duration of a trainer checkpoint save.",
@@ -241,11 +250,6 @@ _last_checkpoint_seen: dict[tuple[str, str], tuple[Any, Any]] = {}
 _progress_jobs: set[tuple[str, str]] = set()  # jobs with per-job series
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Start the HTTP server for ``/metrics`` on REGISTRY (a daemon thread)."""
-    start_http_server(port, addr=addr, registry=REGISTRY)
-
-
 def observe_queue(snapshot: QueueSnapshot | Mapping[str, Any]) -> None:
     """Replace the snapshot gauges with this snapshot (call after every admission pass).
 
@@ -287,6 +291,12 @@ def observe_cycle(seconds: float) -> None:
 def count_cycle_error(scope: str) -> None:
     """scope: cycle (the whole cycle failed) | job (planning one job failed, contained)."""
     CYCLE_ERRORS.labels(scope).inc()
+
+
+def count_invalid_data(namespace: str, stage: str) -> None:
+    """A job's data failed a per-job step of the cycle (a new problem for that job)."""
+    _check("invalid-data stage", stage, INVALID_DATA_STAGES)
+    INVALID_DATA.labels(namespace, stage).inc()
 
 
 def observe_admission(namespace: str, priority_class: str, wait_seconds: float) -> None:
@@ -392,7 +402,8 @@ def _timestamp(value: Any) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    t = parse_time(value)  # total: a stored string that does not parse is "absent"
+    return t.timestamp() if t else None
 
 
 # ==================================================== evaluation and sweeps (sweep/runner.py) ====

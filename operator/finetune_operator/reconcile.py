@@ -30,6 +30,7 @@ from .status import (
     parse_time,
     pending_cause,
     set_condition,
+    time_after,
 )
 
 ACTIVE_PHASES = ("Admitted", "Running", "Preempting")
@@ -112,7 +113,7 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
             and int(report.get("step") or 0) < st.progress.step:
         report = None  # an older report never rolls the status back
     if report is not None:
-        lost = apply_progress(st, report, st.attempt)
+        lost = apply_progress(st, report, st.attempt, now)
         if lost:
             p.metrics.append(("lost", {"steps": lost}))
 
@@ -222,21 +223,21 @@ def due_at(job: FineTuneJob, st: FineTuneJobStatus, pods: list[dict],
         times.append(t)
     admitted = parse_time(st.admitted_at)
     if st.phase == "Admitted" and admitted:
-        times.append(admitted + dt.timedelta(seconds=timing["pods_ready_timeout"]))
+        times.append(time_after(admitted, timing["pods_ready_timeout"]))
     deadline = job.spec.active_deadline_seconds
     if deadline and st.phase in ACTIVE_PHASES:
-        times.append(now + dt.timedelta(seconds=deadline - active_seconds(st, now) + 0.5))
+        times.append(time_after(now, deadline - active_seconds(st, now) + 0.5))
     if st.phase == "Queued" and (t := parse_time(st.unschedulable_since)):
-        times.append(t + dt.timedelta(seconds=timing["unschedulable_grace"] + 0.1))
+        times.append(time_after(t, timing["unschedulable_grace"] + 0.1))
     for pod in pods:
         if (t := parse_time(pod["metadata"].get("deletionTimestamp"))):
-            times.append(t + dt.timedelta(seconds=timing["force_delete_margin"] + 0.5))
+            times.append(time_after(t, timing["force_delete_margin"] + 0.5))
     if st.phase in TERMINAL_PHASES and (t := parse_time(st.completion_time)):
         ttl = job.spec.ttl_seconds_after_finished
         if ttl is None:
             ttl = int(timing["ttl"]) or None
         if ttl is not None:
-            times.append(t + dt.timedelta(seconds=ttl))
+            times.append(time_after(t, ttl))
     future = [t for t in times if t > now]
     return min(future) if future else None
 
@@ -291,7 +292,7 @@ def _requeue_start(p: Plan, job: FineTuneJob, view: PodsView, cause: str, ctx: C
               "quota) and re-create the job", now)
         return
     _leave_active(st, now)
-    st.retry_after = iso(now + dt.timedelta(seconds=ctx.backoff_seconds))
+    st.retry_after = iso(time_after(now, ctx.backoff_seconds))
     p.events.append(("Warning", "PodsNotReady", f"attempt {st.attempt}: {cause}; back in the "
                      f"queue ({st.start_requeues}/{ctx.max_start_requeues} such requeues)"))
     _to_queue(p, job, "PodsNotReady", cause, now)
@@ -302,7 +303,7 @@ def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobDecision,
     """Graceful stop of the attempt (preemption or suspend); finish when no pod holds GPUs."""
     st, gen = p.status, job.metadata.generation
     if view.stopped_checkpoint is not None:
-        apply_stopped_checkpoint(st, view.stopped_checkpoint)
+        apply_stopped_checkpoint(st, view.stopped_checkpoint, now)
     suspending = job.spec.suspend
     unsuspended = not suspending and st.stop_reason == "suspend"  # cleared while stopping
     if suspending and st.phase != "Suspended":
@@ -397,7 +398,7 @@ def _failed_attempt(p: Plan, job: FineTuneJob, view: PodsView, ctx: Ctx) -> None
               count=False)
         return
     delay = ctx.backoff_seconds
-    st.retry_after = iso(now + dt.timedelta(seconds=delay))
+    st.retry_after = iso(time_after(now, delay))
     set_condition(st, "Running", False, "Failed", f"attempt {st.attempt} failed: {cause}", now,
                   gen)
     p.events.append(("Warning", "AttemptFailed", f"attempt {st.attempt} failed ({st.failures}/"
@@ -444,7 +445,7 @@ def _queued(p: Plan, job: FineTuneJob, decision: JobDecision, ctx: Ctx) -> None:
         return
     since = parse_time(st.unschedulable_since)
     if decision.impossible and since:  # a stable text: the instant it gives up, no countdown
-        until = iso(since + dt.timedelta(seconds=ctx.unschedulable_grace_seconds))
+        until = iso(time_after(since, ctx.unschedulable_grace_seconds))
         why = (f"{decision.impossible}; waiting in case it fits again (quota raised, node "
                f"back); fails at {until} if it still cannot")
         st.queue = QueueStatus(position=None, reason=why)

@@ -5,7 +5,9 @@ visibility endpoint ``/v1/namespaces/<ns>/queue`` (exact queue positions on dema
 in every job's status; ``/v1/queue`` for the cluster-wide order). Visibility requests carry the
 caller's bearer token: the operator asks the API server who it is (TokenReview) and whether it
 may list FineTuneJobs there (SubjectAccessReview), so a tenant sees its own namespace's queue
-only, and the cluster-wide view is for admins.
+only, and the cluster-wide view is for admins. Those answers are cached for a few seconds and
+the reviews spend the report port's shared budget (``reports.limits.CachedAccess``): spent, the
+caller gets 503 with ``Retry-After``.
 
 stdlib ``http.server``: three GET routes do not justify a web framework in the image.
 """
@@ -19,6 +21,8 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from .reports.limits import BudgetSpent
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +73,22 @@ class Endpoints:
 def answer_json(req: BaseHTTPRequestHandler, route: Callable[[str, str], tuple[int, Any]],
                 max_token: int) -> None:
     """Answer a GET with ``route(path, bearer token)`` as JSON; an exception in the route is a
-    500 (logged), never a dead server thread. Tokens longer than ``max_token`` are dropped."""
+    500 (logged), never a dead server thread; a spent review budget is a 503 with
+    ``Retry-After``. Tokens longer than ``max_token`` are dropped."""
     auth = req.headers.get("Authorization") or ""
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    retry_after = None
     try:
         code, body = route(req.path, token if len(token) <= max_token else "")
+    except BudgetSpent as e:
+        code, body, retry_after = 503, {"error": str(e)}, e.retry_after
     except Exception:
         log.exception("endpoint %s failed", req.path.split("?", 1)[0][:100])
         code, body = 500, {"error": "internal error"}
     data = json.dumps(body).encode()
     req.send_response(code)
+    if retry_after is not None:
+        req.send_header("Retry-After", str(retry_after))
     req.send_header("Content-Type", "application/json")
     req.send_header("Content-Length", str(len(data)))
     req.end_headers()

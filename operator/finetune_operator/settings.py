@@ -77,17 +77,28 @@ class OperatorSettings(BaseModel):
         description="reservations for large aged jobs keep at most this share of the free "
         "GPUs idle while smaller work waits (docs/scheduling.md)")
     min_runtime_before_preemption_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
-    trainer_image: str = Field(default="finetune-operator/trainer:0.1.0", min_length=1)
+    trainer_image: str = Field(
+        default="localhost/finetune-operator/trainer:0.1.0", min_length=1,
+        description="default trainer image; fully qualified (registry host first)")
     trainer_image_pull_secrets: list[ClassName] = Field(
         default_factory=list, description="Secrets (in each job's namespace) trainer pods pull "
         "their image with")
     gpu_resource: ResourceName = "nvidia.com/gpu"
     grace_period_seconds: int = Field(default=120, ge=1)
+    max_grace_period_seconds: int = Field(
+        default=600, ge=1, le=86400,
+        description="cap of trainer pods' termination grace period (which grows with the "
+        "save time the trainer reports): how long a stopping pod may keep its GPUs")
     backoff_base_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     admission_interval_seconds: float = Field(
         default=5.0, gt=0, allow_inf_nan=False,
         description="the policy reruns at least this often (aging, timers) without events")
-    metrics_port: Port = 8080
+    metrics_port: Port = Field(default=8080, description="HTTPS port of /metrics (a bearer "
+                               "token allowed to get the non-resource URL /metrics is needed)")
+    metrics_tls_cert_file: str = Field(
+        default="", description="serving certificate of /metrics (PEM); empty = the report "
+        "channel's certificate")
+    metrics_tls_key_file: str = Field(default="", description="its private key (PEM)")
     health_port: Port = 8081
     # ---- the scheduling cycle and its API budget (docs/operator.md) ----------------------
     min_cycle_interval_seconds: float = Field(
@@ -155,6 +166,19 @@ class OperatorSettings(BaseModel):
         default="", description="CA bundle trainers verify the certificate with "
         "(default: the certificate file itself)",
     )
+    report_request_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, allow_inf_nan=False,
+        description="a report-port connection has this long for its TLS handshake and its "
+        "whole request (headers and body), however slowly it sends; then it is closed")
+    report_max_connections_per_address: int = Field(
+        default=8, ge=1, le=1024,
+        description="report-port connections served at once from one source address (32 in "
+        "all); more are closed at once")
+    report_reviews_per_second: float = Field(
+        default=20.0, gt=0, le=10_000, allow_inf_nan=False,
+        description="TokenReviews and SubjectAccessReviews the report port may send, all "
+        "callers together (bursts of 5 seconds' worth); past it a caller gets 503 and "
+        "Retry-After")
     trainer_service_account: Annotated[
         str, StringConstraints(pattern=_DNS_SUBDOMAIN, max_length=253)
     ] = Field(
@@ -165,6 +189,12 @@ class OperatorSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> OperatorSettings:
+        if self.grace_period_seconds > self.max_grace_period_seconds:
+            raise ValueError(
+                f"{env_name('grace_period_seconds')}={self.grace_period_seconds} is more than "
+                f"{env_name('max_grace_period_seconds')}={self.max_grace_period_seconds}; "
+                "lower the first or raise the second"
+            )
         if self.default_priority_class not in self.allowed_priority_classes:
             raise ValueError(
                 f"{env_name('default_priority_class')}={self.default_priority_class} is not in "
@@ -185,11 +215,13 @@ class OperatorSettings(BaseModel):
                         f"{env_name(a)} and {env_name(b)} are both {getattr(self, a)}; "
                         "give them different ports"
                     )
-        if bool(self.report_tls_cert_file) != bool(self.report_tls_key_file):
-            raise ValueError(
-                f"{env_name('report_tls_cert_file')} and {env_name('report_tls_key_file')} "
-                "go together; set both (or neither, for a self-signed certificate)"
-            )
+        for cert, key in (("report_tls_cert_file", "report_tls_key_file"),
+                          ("metrics_tls_cert_file", "metrics_tls_key_file")):
+            if bool(getattr(self, cert)) != bool(getattr(self, key)):
+                raise ValueError(
+                    f"{env_name(cert)} and {env_name(key)} go together; set both (or neither, "
+                    "for the default certificate)"
+                )
         return self
 
     # ---- construction --------------------------------------------------------------------

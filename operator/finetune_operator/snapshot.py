@@ -7,9 +7,10 @@ waiting, which hold GPUs, what nodes and quotas have free, and what admit() deci
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,20 @@ from .settings import OperatorSettings
 from .status import attempt_of, parse_time
 
 HOLDING_PHASES = ("Admitted", "Running", "Preempting")
+# the per-job steps of the cycle, as the InvalidData condition and its metric name them
+STEPS = {"snapshot": "reading its status for admission",
+         "decision": "wording its admission decision",
+         "plan": "planning its next step",
+         "write": "comparing its status for the write",
+         "deadline": "computing its next timer (status.retryAfter, status.admittedAt, "
+                     "spec.activeDeadlineSeconds, spec.ttlSecondsAfterFinished)",
+         "metrics": "computing its metrics"}
+
+
+def problem(step: str, e: Exception) -> str:
+    """What failed for one job, for its InvalidData condition: the step and the error (which
+    names the field where it can). Stable for the same data, so it is written once."""
+    return f"{STEPS[step]}: {type(e).__name__}: {str(e)[:200]}"
 
 
 @dataclass
@@ -36,6 +51,9 @@ class DecisionSet:
     quotas: dict[str, float] = field(default_factory=dict)  # namespace -> hard GPUs (metrics)
     # the visibility endpoint's data: namespace -> waiting jobs in queue order
     queue_view: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # jobs left out of this decision because their data could not be processed:
+    # uid -> (step, problem)
+    invalid: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def get(self, uid: str, default: JobDecision) -> JobDecision:
         return self.by_uid.get(uid, default)
@@ -67,43 +85,70 @@ def holds_gpus(job: FineTuneJob, pods: list[dict]) -> bool:
 def build_snapshot(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
                    classes: Mapping[str, int], settings: OperatorSettings,
                    nodes: list[dict], active_pods: list[dict], quotas: list[dict],
-                   now: dt.datetime) -> Snapshot:
+                   now: dt.datetime, invalid: dict[str, tuple[str, str]] | None = None,
+                   ) -> Snapshot:
+    """``invalid`` (when given) collects the jobs whose entry could not be built: each is left
+    out of the snapshot (not admitted, no victim), every other job is in it as usual."""
     queued, running = [], []
     for job in jobs:
-        cls = job.status.effective_priority_class or settings.resolve_priority_class(job)[0]
-        if cls is None or cls not in classes:
-            continue  # the state machine fails it with the policy error
-        spec, st, pods = job.spec, job.status, pods_by_uid.get(job.metadata.uid, [])
-        common: dict[str, Any] = dict(
-            namespace=job.metadata.namespace, name=job.metadata.name, uid=job.metadata.uid,
-            priority=classes[cls], priority_class=cls, gpus=spec.resources.gpus,
-            nodes=spec.resources.nodes, gpu_resource=_resource(job, settings))
-        if holds_gpus(job, pods):
-            current = _active_current(job, pods)
-            # this attempt's runtime: a resumed job counts from its latest admission
-            times = [t for t in (parse_time(st.start_time), parse_time(st.admitted_at)) if t]
-            started = max(times) if times else now
-            ckpt = parse_time(st.checkpoint.saved_at) if st.checkpoint else None
-            eta = st.progress.eta_seconds if st.progress else None
-            end = now + dt.timedelta(seconds=eta) if eta is not None and math.isfinite(eta) \
-                and 0 <= eta < 10**8 else None
-            running.append(RunningJob(
-                **common, started_at=started, last_checkpoint_at=ckpt,
-                preempting=st.phase in ("Preempting", "Suspended") or spec.suspend,
-                placement=tuple(sorted(p["spec"]["nodeName"] for p in current
-                                       if p.get("spec", {}).get("nodeName"))),
-                counted_in_quota=len(current) >= spec.resources.nodes,
-                expected_end_at=end))
-        elif wants_admission(job, now):
-            queued.append(QueuedJob(
-                **common, created_at=_created(job, now),
-                queued_since=parse_time(st.queued_since) or _created(job, now),
-                first_queued_at=parse_time(st.first_queued_at) or _created(job, now),
-                expected_seconds=_expected_seconds(job),
-                node_selector=dict(spec.resources.node_selector),
-                tolerations=_tolerations(job)))
+        try:
+            entry = snapshot_entry(job, pods_by_uid.get(job.metadata.uid, []), classes,
+                                   settings, now)
+        except Exception as e:  # one job's data stays that job's problem
+            if invalid is not None:
+                invalid[job.metadata.uid] = ("snapshot", problem("snapshot", e))
+            continue
+        if isinstance(entry, RunningJob):
+            running.append(entry)
+        elif entry is not None:
+            queued.append(entry)
     return Snapshot(queued=queued, running=running, nodes=nodes_from_k8s(nodes, active_pods),
                     quotas=quotas_from_k8s(quotas), policy=Policy.from_settings(settings))
+
+
+def snapshot_entry(job: FineTuneJob, pods: list[dict], classes: Mapping[str, int],
+                   settings: OperatorSettings, now: dt.datetime,
+                   ) -> RunningJob | QueuedJob | None:
+    """One job as the admission policy sees it: holding GPUs, waiting, or neither (None)."""
+    cls = job.status.effective_priority_class or settings.resolve_priority_class(job)[0]
+    if cls is None or cls not in classes:
+        return None  # the state machine fails it with the policy error
+    spec, st = job.spec, job.status
+    common: dict[str, Any] = dict(
+        namespace=job.metadata.namespace, name=job.metadata.name, uid=job.metadata.uid,
+        priority=classes[cls], priority_class=cls, gpus=spec.resources.gpus,
+        nodes=spec.resources.nodes, gpu_resource=_resource(job, settings))
+    if holds_gpus(job, pods):
+        current = _active_current(job, pods)
+        # this attempt's runtime: a resumed job counts from its latest admission (never later
+        # than now: a future time would make it look too young to preempt)
+        times = [t for t in (parse_time(st.start_time), parse_time(st.admitted_at)) if t]
+        started = min(max(times), now) if times else now
+        # a checkpoint saved before this attempt started (an earlier attempt's, or a false
+        # savedAt) saves none of this attempt's work, and one "saved" in the future saves no
+        # more than all of it: lost work counts from within [attempt start, now]
+        ckpt = parse_time(st.checkpoint.saved_at) if st.checkpoint else None
+        eta = st.progress.eta_seconds if st.progress else None
+        end = now + dt.timedelta(seconds=eta) if eta is not None and math.isfinite(eta) \
+            and 0 <= eta < 10**8 else None
+        return RunningJob(
+            **common, started_at=started,
+            last_checkpoint_at=min(max(ckpt, started), now) if ckpt else None,
+            preempting=st.phase in ("Preempting", "Suspended") or spec.suspend,
+            placement=tuple(sorted(p["spec"]["nodeName"] for p in current
+                                   if p.get("spec", {}).get("nodeName"))),
+            counted_in_quota=len(current) >= spec.resources.nodes,
+            expected_end_at=end)
+    if not wants_admission(job, now):
+        return None
+    created = _created(job, now)
+    return QueuedJob(
+        **common, created_at=created,
+        queued_since=parse_time(st.queued_since) or created,
+        first_queued_at=parse_time(st.first_queued_at) or created,
+        expected_seconds=_expected_seconds(job),
+        node_selector=dict(spec.resources.node_selector),
+        tolerations=_tolerations(job))
 
 
 def _expected_seconds(job: FineTuneJob) -> float | None:
@@ -138,9 +183,10 @@ def tenant_words(text: str, namespace: str, keys: set[str]) -> str:
 def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
            classes: Mapping[str, int], settings: OperatorSettings, nodes: list[dict],
            active_pods: list[dict], quotas: list[dict], now: dt.datetime) -> DecisionSet:
-    snap = build_snapshot(jobs, pods_by_uid, classes, settings, nodes, active_pods, quotas, now)
-    d = admit(snap, now)
     out = DecisionSet()
+    snap = build_snapshot(jobs, pods_by_uid, classes, settings, nodes, active_pods, quotas, now,
+                          out.invalid)
+    d = admit(snap, now)
     keys = {j.key for j in jobs}
     said: dict[tuple[str, str], str] = {}  # many waiting jobs share a reason: rewrite it once
 
@@ -150,29 +196,40 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
             got = said[(text, ns)] = tenant_words(text, ns, keys)
         return got
 
-    for a in d.admit:
-        out.by_uid[a.job.uid] = JobDecision(admit=True, placement=a.placement)
-    for pr in d.preempt:
+    def preempt(pr: Any) -> JobDecision:
         ns = pr.victim.namespace
         reason = pr.reason if pr.preemptor.namespace == ns else (
             "preempted by a higher-priority job in another namespace "
             f"({pr.preemptor.priority_class})")
-        out.by_uid[pr.victim.uid] = JobDecision(preempt=tenant_words(reason, ns, keys))
+        return JobDecision(preempt=tenant_words(reason, ns, keys))
+
     per_ns: dict[str, int] = {}
-    for w in d.waiting:
+
+    def waiting(w: Any) -> JobDecision:
         ns = w.job.namespace
         per_ns[ns] = per_ns.get(ns, 0) + 1
         reason = words(w.reason, ns)
-        out.by_uid[w.job.uid] = JobDecision(position=coarse_position(per_ns[ns]), reason=reason,
-                                            code=str(w.code))
-        out.queue_view.setdefault(ns, []).append({
-            "name": w.job.name, "position": per_ns[ns], "clusterPosition": w.position,
-            "priorityClass": w.job.priority_class, "gpus": w.job.total_gpus,
-            "effectivePriority": round(w.effective_priority, 1), "reason": reason,
-            "code": str(w.code), "reserved": w.reserved})
-    for i in d.impossible:
-        ns = i.job.namespace
-        out.by_uid[i.job.uid] = JobDecision(impossible=tenant_words(i.reason, ns, keys))
+        row = {"name": w.job.name, "position": per_ns[ns], "clusterPosition": w.position,
+               "priorityClass": w.job.priority_class, "gpus": w.job.total_gpus,
+               "effectivePriority": round(w.effective_priority, 1), "reason": reason,
+               "code": str(w.code), "reserved": w.reserved}
+        out.queue_view.setdefault(ns, []).append(row)
+        return JobDecision(position=coarse_position(per_ns[ns]), reason=reason, code=str(w.code))
+
+    def impossible(i: Any) -> JobDecision:
+        return JobDecision(impossible=tenant_words(i.reason, i.job.namespace, keys))
+
+    each: list[tuple[str, Callable[[], JobDecision]]] = [
+        *((a.job.uid, functools.partial(JobDecision, admit=True, placement=a.placement))
+          for a in d.admit),
+        *((pr.victim.uid, functools.partial(preempt, pr)) for pr in d.preempt),
+        *((w.job.uid, functools.partial(waiting, w)) for w in d.waiting),
+        *((i.job.uid, functools.partial(impossible, i)) for i in d.impossible)]
+    for uid, make in each:
+        try:
+            out.by_uid[uid] = make()
+        except Exception as e:  # this job is left out; every other one is decided
+            out.invalid[uid] = ("decision", problem("decision", e))
     res = settings.gpu_resource
     # the namespace's GPU quota for the dashboard: its unscoped quotas (a scoped one, e.g. per
     # PriorityClass, limits only some jobs); the tightest when there are several

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .api.status import CheckpointStatus, Condition, FineTuneJobStatus, OutputStatus, Progress
-from .reports.model import parse_termination
+from .reports.model import TIME_MAX, TIME_MIN, clamp_time, parse_termination, rfc3339
 
 ATTEMPT_LABEL = "finetune.dev/attempt"
 RANK_LABEL = "finetune.dev/rank"
@@ -23,13 +23,31 @@ INVALID_INPUT_EXIT_CODE = 2
 
 
 def iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Zero-padded RFC 3339 (UTC, whole seconds): how the operator writes every time."""
+    return rfc3339(t)
 
 
-def parse_time(s: str | None) -> dt.datetime | None:
-    if not s:
+def parse_time(s: Any) -> dt.datetime | None:
+    """A stored timestamp -> aware UTC datetime, clamped to a plausible range (reports/model.py
+    TIME_MIN..TIME_MAX) so arithmetic on it cannot overflow. Total: None for anything that is
+    not a date/time (a status written by an older operator or by hand), never an exception."""
+    if not s or not isinstance(s, str) or len(s) > 64:
         return None
-    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    try:
+        return clamp_time(dt.datetime.fromisoformat(s.replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def time_after(t: dt.datetime, seconds: float) -> dt.datetime:
+    """``t`` plus ``seconds``, saturated to the plausible range: never an OverflowError, however
+    large a deadline, TTL or stored duration is (NaN counts as 0)."""
+    try:
+        return clamp_time(t + dt.timedelta(seconds=seconds))
+    except OverflowError:
+        return TIME_MAX if seconds > 0 else TIME_MIN
+    except ValueError:  # NaN
+        return clamp_time(t)
 
 
 def attempt_of(pod: dict) -> int:
@@ -197,13 +215,19 @@ def _num(d: dict[str, Any], key: str) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
-def apply_progress(st: FineTuneJobStatus, report: dict[str, Any], attempt: int) -> int:
-    """Mirror a progress report into the status; returns steps lost by this attempt's resume."""
+def apply_progress(st: FineTuneJobStatus, report: dict[str, Any], attempt: int,
+                   now: dt.datetime | None = None) -> int:
+    """Mirror a progress report into the status; returns steps lost by this attempt's resume.
+
+    Its times are clamped to [this attempt's admission, now] (see :func:`_reported_time`); its
+    checkpoint never replaces a newer one of the same attempt (the stopped trainer's
+    termination message may have named a later save than its last report)."""
     lost = 0
     resumed = report.get("resumedFromStep")
     if "resumedFromStep" in report and resumed is None:
         resumed = 0  # the trainer found no complete checkpoint: it restarted from scratch
-    if st.progress_attempt != attempt:
+    same_attempt = st.progress_attempt == attempt
+    if not same_attempt:
         if st.progress is not None and isinstance(resumed, int):
             lost = max(0, st.progress.step - resumed)
         st.progress_attempt = attempt
@@ -214,30 +238,49 @@ def apply_progress(st: FineTuneJobStatus, report: dict[str, Any], attempt: int) 
         total_steps=int(total) if total else None, epoch=_num(report, "epoch"),
         loss=_num(report, "loss"), learning_rate=_num(report, "learningRate"),
         tokens_per_second=_num(report, "tokensPerSecond"), eta_seconds=_num(report, "etaSeconds"),
-        updated_at=report.get("updatedAt"),
+        updated_at=_reported_time(st, report.get("updatedAt"), now),
         resumed_from_step=resumed if isinstance(resumed, int) else None,
     )
-    ck = _checkpoint(report.get("checkpoint"))
-    if ck is not None:
+    ck = _checkpoint(st, report.get("checkpoint"), now)
+    if ck is not None and not (same_attempt and st.checkpoint and ck.step < st.checkpoint.step):
         st.checkpoint = ck
     st.lost_steps += lost
     return lost
 
 
-def apply_stopped_checkpoint(st: FineTuneJobStatus, checkpoint: dict) -> None:
+def apply_stopped_checkpoint(st: FineTuneJobStatus, checkpoint: dict,
+                             now: dt.datetime | None = None) -> None:
     """The checkpoint a stopped trainer's termination message names, when newer than the one
     the status holds: the report sent after that save may not have reached this operator (it
     was restarting, say); the message stays on the pod until the pod is deleted."""
-    ck = _checkpoint(checkpoint)
+    ck = _checkpoint(st, checkpoint, now)
     if ck is not None and (st.checkpoint is None or ck.step > st.checkpoint.step):
         st.checkpoint = ck
 
 
-def _checkpoint(ck: Any) -> CheckpointStatus | None:
+def _reported_time(st: FineTuneJobStatus, value: Any, now: dt.datetime | None) -> str | None:
+    """A time a pod reported, as the status stores it: zero-padded RFC 3339, clamped to
+    [the current attempt's admission, now] (a pod speaks only for its own attempt: a savedAt
+    in the past would make its job look expensive to preempt, one in the future would last);
+    None when it is not a time."""
+    t = parse_time(value)
+    if t is None:
+        return None
+    return iso(clamp_time(t, parse_time(st.admitted_at) or TIME_MIN, now or TIME_MAX))
+
+
+def _checkpoint(st: FineTuneJobStatus, ck: Any,
+                now: dt.datetime | None) -> CheckpointStatus | None:
     if not isinstance(ck, dict) or not isinstance(ck.get("step"), int):
         return None
-    return CheckpointStatus(step=ck["step"], path=str(ck.get("path", "")),
-                            saved_at=ck.get("savedAt"), save_seconds=_num(ck, "saveSeconds"))
+    path, old = str(ck.get("path", "")), st.checkpoint
+    # the checkpoint the status holds, restated by a later attempt that resumed from it, keeps
+    # the time stored when it was new (clamping it again would move it to this attempt's start)
+    same = old is not None and old.step == ck["step"] and old.path == path and old.saved_at
+    return CheckpointStatus(step=ck["step"], path=path,
+                            saved_at=old.saved_at if same and old is not None
+                            else _reported_time(st, ck.get("savedAt"), now),
+                            save_seconds=_num(ck, "saveSeconds"))
 
 
 def output_from(msg: dict[str, Any]) -> OutputStatus:
@@ -263,3 +306,25 @@ def set_condition(st: FineTuneJobStatus, type_: str, status: bool, reason: str, 
             return
     st.conditions.append(Condition(type=type_, status=value, reason=reason, message=message,
                                    last_transition_time=iso(now), observed_generation=generation))
+
+
+# ------------------------------------------------------------------------ invalid data
+
+INVALID_DATA = "InvalidData"
+
+
+def set_invalid_data(st: FineTuneJobStatus, problem: str | None, now: dt.datetime,
+                     generation: int) -> None:
+    """The InvalidData condition: True naming the problem (a per-job step of the cycle could not
+    process this job's data; it sits out of scheduling), False once it is processed again. A
+    job that never had the problem gets no condition."""
+    if problem is None:
+        if any(c.type == INVALID_DATA and c.status == "True" for c in st.conditions):
+            set_condition(st, INVALID_DATA, False, "Processed",
+                          "the job's data is processed again", now, generation)
+        return
+    set_condition(st, INVALID_DATA, True, INVALID_DATA,
+                  f"the operator could not process this job's data ({problem[:400]}); the job "
+                  "is left out of scheduling (not admitted, not preempted) until it or its "
+                  "trainer's report changes: correct the field named, or delete and recreate "
+                  "the job", now, generation)

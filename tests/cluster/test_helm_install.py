@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import ssl
 import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from finetune_operator.devcluster import build
 from finetune_operator.devcluster.nodeagent import AgentProcess, find_log, start_agent
 
 from ..kube import Cluster, short_id, wait_for
-from ..operator_proc import free_port, ftj, job_pods, wait_phase
+from ..operator_proc import free_port, ftj, job_pods, scraper_token, wait_phase
 
 pytestmark = pytest.mark.cluster
 
@@ -92,7 +93,7 @@ def agent_node(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture
 def release_namespace(cluster: Cluster) -> Iterator[str]:
     ns = f"ft-system-{short_id()}"
-    cluster.kubectl("create", "namespace", ns)
+    cluster.create_namespace(ns)
     yield ns
     cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
 
@@ -132,9 +133,13 @@ def test_helm_install_runs_the_operator_and_brings_a_job_to_running(
         "ports": {"metrics": metrics_port, "health": free_port(), "reports": free_port()},
         "queue": {"admissionIntervalSeconds": 1},
         "extraEnv": [{"name": "HOME", "value": "/tmp"}],
+        # one replica: a second would need the same host ports (test_attack_ha.py runs two)
+        "replicaCount": 1,
         # the job below pins itself to this test's nodes with this key (the chart's policy
         # limits nodeSelector keys; its binding covers watchNamespaces only)
         "policy": {"nodeSelectorKeys": list(sel)},
+        # who may scrape /metrics: the chart binds its metrics-reader role to this account
+        "metrics": {"readers": [{"namespace": release_namespace, "name": "prometheus"}]},
     }
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
@@ -179,8 +184,17 @@ def test_helm_install_runs_the_operator_and_brings_a_job_to_running(
         assert "Admitted" in {e["reason"] for e in events
                               if e["involvedObject"]["name"] == "helm-job"}
 
-        # its /metrics (plain host port: the agent runs pods in the host's network)
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        # its /metrics (host port: the agent runs pods in the host's network), HTTPS with the
+        # report channel's certificate (verified with the CA the trainers got), for the token
+        # of the ServiceAccount the chart made a metrics reader
+        token = scraper_token(cluster, release_namespace, "prometheus", reader=True, bind=False)
+        config = cluster.get("configmap", "helm-job-config", jobs_ns)
+        assert config is not None
+        ca = yaml.safe_load(config["data"]["config.yaml"])["report"]["caPem"]
+        req = urllib.request.Request(f"https://127.0.0.1:{metrics_port}/metrics",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=5, context=ssl.create_default_context(
+                cadata=ca)) as r:
             text = r.read().decode()
         assert (f'finetune_job_info{{job="helm-job",namespace="{jobs_ns}",phase="Running",'
                 f'priority_class="finetune-normal"}} 1.0') in text

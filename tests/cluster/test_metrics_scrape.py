@@ -8,6 +8,10 @@ Scenario (one node with 2 GPUs, so the node is the bottleneck; quota 4):
   admitted again (its wait lands in a bucket above 2 s) -> its new attempt reports
   resumedFromStep 30 after having reached step 40 (10 steps lost) -> low completes (its per-job
   series disappear).
+
+And who may scrape: /metrics is HTTPS, for bearer tokens the real API server authenticates
+(TokenReview) and allows `get` on the non-resource URL /metrics (SubjectAccessReview, granted by
+the chart's metrics-reader ClusterRole).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ..operator_proc import (
     job_pods,
     job_status,
     report_progress,
+    scraper_token,
     wait_phase,
 )
 
@@ -126,7 +131,8 @@ def test_metrics_follow_a_preemption_scenario(
 
     # 2. the trainer reports progress and a checkpoint: per-job gauges and the save histogram
     pod1 = running_pod(cluster, ns, "low", 1)
-    saved_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    # (a time a pod reports counts within [its attempt's start, now]: saved during this attempt)
+    saved_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     report_progress(cluster, ns, pod1, {
         "step": 40, "totalSteps": 100, "epoch": 0.4, "loss": 1.25, "learningRate": 1e-4,
         "tokensPerSecond": 5400.0, "etaSeconds": 60.0, "state": "training",
@@ -225,3 +231,45 @@ def test_metrics_follow_a_preemption_scenario(
     assert s.get("finetune_lost_steps_total", namespace=ns) == 10
     assert s.get("finetune_preemptions_total", **low, reason="operator") == 1
     assert s.get("finetune_gpus_allocated", namespace=ns) == 0
+
+
+def test_only_a_metrics_reader_may_scrape(cluster: Cluster, operator: OperatorProcess,
+                                          namespace: str) -> None:
+    """Real TokenReview and SubjectAccessReview on the real API server: a ServiceAccount bound
+    to the chart's metrics-reader ClusterRole gets 200 and the finetune_ series; one without
+    it 403; no token, a forged one and a trainer's report token (another audience) 401; the
+    answers are cached (the operator's own TokenReview counter does not move while scraping)."""
+    import urllib.error
+    import urllib.request
+
+    reader = scraper_token(cluster, namespace, "prometheus", reader=True)
+    tenant = scraper_token(cluster, namespace, "tenant", reader=False)
+    code, text = operator.get_metrics(reader)
+    assert code == 200, text
+    before = Scrape(text)
+    assert before.total("finetune_api_requests_total", verb="create",
+                        resource="subjectaccessreviews") >= 1
+    report_token = cluster.kubectl("create", "token", "default", "-n", namespace,
+                                   "--audience=finetune.dev/operator").stdout.strip()
+    head, payload, sig = tenant.split(".")
+    forged = f"{head}.{payload}.{sig[:-4]}AAAA"
+    for token, want in ((tenant, 403), (None, 401), ("not-a-token", 401), (forged, 401),
+                        (report_token, 401)):
+        code, text = operator.get_metrics(token)
+        assert code == want, f"token {token and token[:12]}...: HTTP {code} {text}"
+        assert "finetune_" not in text
+    for _ in range(3):  # cached: no TokenReview, no SubjectAccessReview per scrape
+        assert [operator.get_metrics(t)[0] for t in (reader, tenant)] == [200, 403]
+    after = Scrape(operator.get_metrics(reader)[1])
+    reviews = {r: after.total("finetune_api_requests_total", verb="create", resource=r)
+               - before.total("finetune_api_requests_total", verb="create", resource=r)
+               for r in ("tokenreviews", "subjectaccessreviews")}
+    # since `before`: one review each of tenant's token; forged, garbage, report tokens one
+    # TokenReview each (no SubjectAccessReview: not authenticated); nothing for repeats
+    assert reviews == {"tokenreviews": 4, "subjectaccessreviews": 1}, reviews
+    # plain HTTP gets nothing from the metrics port; the probes stay plain HTTP, no token
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5)
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz",
+                                timeout=5) as r:
+        assert r.status == 200

@@ -25,7 +25,7 @@ from finetune_operator.devcluster.nodeagent import (
 from finetune_operator.devcluster.nodeagent.runner import start_time
 from finetune_operator.devcluster.nodeagent.sources import raw
 
-from ..kube import Cluster, priority_class, short_id, wait_for
+from ..kube import Cluster, priority_class, restricted, short_id, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -68,10 +68,10 @@ def _pod(name: str, node: str, code: str, *, grace: int = 10,
     (env, volumeMounts, ...) to its one container, `spec` to the pod spec."""
     main = {"name": "main", "image": "ignored.invalid/by-the-agent:1",
             "command": ["python", "-c", code], **(container or {})}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": grace,
-                     "nodeSelector": {"kubernetes.io/hostname": node},
-                     "containers": [main], **spec}}
+    return restricted({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                       "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": grace,
+                                "nodeSelector": {"kubernetes.io/hostname": node},
+                                "containers": [main], **spec}})
 
 
 def _read(cluster: Cluster, ns: str, name: str) -> dict[str, Any] | None:
@@ -552,7 +552,7 @@ def test_projected_token_is_minted_for_the_pod_and_refreshed(
     from finetune_operator.k8s import Kube
     from finetune_operator.reports.identity import identity_from_review
 
-    made = cluster.core().create_namespaced_pod(namespace, {  # type: ignore[arg-type]
+    made = cluster.core().create_namespaced_pod(namespace, restricted({  # type: ignore[arg-type]
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "parked"},
         "spec": {"automountServiceAccountToken": False,
                  "nodeSelector": {"finetune.dev/test-nowhere": "true"},
@@ -560,7 +560,7 @@ def test_projected_token_is_minted_for_the_pod_and_refreshed(
                  "volumes": [{"name": "report-token", "projected": {"sources": [
                      {"serviceAccountToken": {"audience": REPORT_AUDIENCE,
                                               "expirationSeconds": 3600,
-                                              "path": "token"}}]}}]}})
+                                              "path": "token"}}]}}]}}))
     pod = cluster.api.sanitize_for_serialization(made)
     now = utcnow()
     vols = volumes.prepare(cluster.core(), Objects(cluster.core(), namespace), pod,

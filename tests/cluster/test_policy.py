@@ -114,13 +114,15 @@ def allowed(proc: subprocess.CompletedProcess[str]) -> None:
 
 @pytest.fixture
 def policy(cluster: Cluster, crd_installed: Path, priority_classes: list[str],
-           make_namespace: Callable[..., str]) -> Iterator[Policy]:
+           make_namespace: Callable[..., str], request: pytest.FixtureRequest
+           ) -> Iterator[Policy]:
+    """The chart's policy; indirect parametrization deep-merges more chart values."""
     sid = short_id()
     release, release_ns = f"pol-{sid}", f"ft-pol-{sid}"
     # no GPU quota: an operator running on the shared cluster keeps these jobs Queued
     ns, granted_ns = make_namespace(gpu_quota=0), make_namespace(gpu_quota=0)
-    cluster.kubectl("create", "namespace", release_ns)
-    docs = render_chart(release, release_ns, {
+    cluster.create_namespace(release_ns)
+    docs = render_chart(release, release_ns, patched({
         "crds": {"install": False},
         "priorityClasses": {"create": False},
         "watchNamespaces": [ns, granted_ns],
@@ -129,7 +131,7 @@ def policy(cluster: Cluster, crd_installed: Path, priority_classes: list[str],
         "policy": {"enabled": True, "imagePrefixes": ["registry.example/ml/"],
                    "imageFromPodCreators": True, "tolerationKeys": ["nvidia.com/gpu"],
                    "nodeSelectorKeys": ["pool"]},
-    })
+    }, getattr(request, "param", {})))
     wanted = [d for d in docs if d["kind"] in POLICY_KINDS
               or (d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith(("-edit",
                                                                                  "-view")))]
@@ -228,9 +230,10 @@ def test_preempting_band_only_where_granted(policy: Policy) -> None:
 
 def test_image_only_from_prefixes_or_for_pod_creators(policy: Policy) -> None:
     allowed(policy.apply_as(TENANT, job("ok", image="registry.example/ml/trainer:2")))
-    allowed(policy.apply_as(TENANT, job("default-repo", image="finetune-operator/trainer:9")))
+    allowed(policy.apply_as(TENANT, job("default-repo",
+                                        image="localhost/finetune-operator/trainer:9")))
     for bad in ("evil.example/miner:1", "registry.example/ml-evil/trainer:1",
-                "registry.example/ml", "finetune-operator/trainer-evil:1"):
+                "registry.example/ml", "localhost/finetune-operator/trainer-evil:1"):
         denied(policy.apply_as(TENANT, job("bad", image=bad)), f"spec.image: {bad} does not",
                f"you may not create pods in namespace {policy.ns}", "policy.imagePrefixes")
     # who may create pods could run the image anyway
@@ -280,6 +283,8 @@ def test_existing_claim_and_configmap_need_the_requesters_own_get(policy: Policy
     denied(policy.apply_as(TENANT, job("cm", **cm)),
            "spec.dataset.source.configMap.name names ConfigMap corpus")
     policy.grant(TENANT, "alice-claims", "get", "persistentvolumeclaims", "shared-ckpt")
+    # mounted read-write: update too (tests/cluster/test_attack_editor.py)
+    policy.grant(TENANT, "alice-claims-rw", "update", "persistentvolumeclaims", "shared-ckpt")
     allowed(policy.apply_as(TENANT, job("claim", **ckpt)))
     denied(policy.apply_as(TENANT, job("mpvc", **model_pvc)), "PersistentVolumeClaim models")
 

@@ -33,7 +33,7 @@ def installed_rbac(cluster: Cluster, make_namespace: Callable[..., str]
     sid = short_id()
     release, release_ns = f"rbac-{sid}", f"ft-rbac-{sid}"
     watched, other = make_namespace(), make_namespace()
-    cluster.kubectl("create", "namespace", release_ns)
+    cluster.create_namespace(release_ns)
     proc = subprocess.run(
         [str(build.binary("helm")), "template", release, str(CHART), "--namespace", release_ns,
          "--values", "-"], capture_output=True, text=True, timeout=120,

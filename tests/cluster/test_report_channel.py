@@ -23,7 +23,7 @@ from finetune_operator.reports.identity import PodIdentity
 from finetune_operator.reports.model import BadReport, ProgressReport
 from finetune_operator.settings import OperatorSettings
 
-from ..kube import Cluster, short_id, wait_for
+from ..kube import Cluster, restricted, short_id, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -32,10 +32,10 @@ AUDIENCE = "finetune.dev/operator"
 
 def parked_pod(name: str) -> dict[str, Any]:
     """A pod no node will run (the token only needs the object to exist)."""
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"automountServiceAccountToken": False,
-                     "nodeSelector": {"finetune.dev/test-nowhere": "true"},
-                     "containers": [{"name": "main", "image": "ignored.invalid/x:1"}]}}
+    return restricted({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                       "spec": {"automountServiceAccountToken": False,
+                                "nodeSelector": {"finetune.dev/test-nowhere": "true"},
+                                "containers": [{"name": "main", "image": "ignored.invalid/x:1"}]}})
 
 
 def token_request(cluster: Cluster, ns: str, audience: str | None, pod: dict | None = None,

@@ -6,12 +6,15 @@ and nothing hostile shows in any status or message."""
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 import pytest
 
-from ..kube import Cluster, short_id, wait_for
+from ..kube import Cluster, restricted, wait_for
 from ..operator_proc import (
     OperatorProcess,
+    admitted_soon,
     finish_pod,
     ftj,
     job_pods,
@@ -22,30 +25,41 @@ from ..operator_proc import (
 
 pytestmark = pytest.mark.cluster
 
-HOSTILE: list[tuple[str, object, int | tuple[int, ...]]] = [
-    ("wrong types", {"step": "abc"}, 400),
-    ("bool as int", {"step": True}, 400),
-    ("negative", {"step": -5}, 400),
-    ("huge int", {"step": 2**63}, 400),
-    ("bad time", {"step": 1, "updatedAt": 5}, 400),
-    ("garbage savedAt", {"step": 1, "checkpoint": {"step": 1, "savedAt": "garbage"}}, 400),
-    ("path traversal", {"step": 1, "checkpoint": {"step": 1, "path": "../../other/ckpt"}}, 400),
-    ("absolute path", {"step": 1, "checkpoint": {"step": 1, "path": "/etc/passwd"}}, 400),
-    ("extra keys", {"step": 1, "namespace": "team-b", "job": "victim"}, 400),
-    # refused from its Content-Length, before the body is read: 413, or the connection is
-    # closed while the client is still sending (0)
-    ("huge string", {"step": 1, "state": "x" * 20000}, (413, 0)),
-    ("deep nesting", json.loads("[" * 50 + "]" * 50), 400),
-    ("not an object", [1, 2, 3], 400),
+# (what, body, the status and the rejection reason the parser gives for its content)
+HOSTILE: list[tuple[str, object, int, str]] = [
+    ("wrong types", {"step": "abc"}, 400, "invalid"),
+    ("bool as int", {"step": True}, 400, "invalid"),
+    ("negative", {"step": -5}, 400, "invalid"),
+    ("huge int", {"step": 2**63}, 400, "invalid"),
+    ("bad time", {"step": 1, "updatedAt": 5}, 400, "invalid"),
+    ("garbage savedAt", {"step": 1, "checkpoint": {"step": 1, "savedAt": "garbage"}}, 400,
+     "invalid"),
+    ("path traversal", {"step": 1, "checkpoint": {"step": 1, "path": "../../other/ckpt"}}, 400,
+     "invalid"),
+    ("absolute path", {"step": 1, "checkpoint": {"step": 1, "path": "/etc/passwd"}}, 400,
+     "invalid"),
+    ("extra keys", {"step": 1, "namespace": "team-b", "job": "victim"}, 400, "invalid"),
+    # refused from its Content-Length, never parsed; the server drops the body after its answer
+    ("huge string", {"step": 1, "state": "x" * 20000}, 413, "too-large"),
+    ("deep nesting", json.loads("[" * 50 + "]" * 50), 400, "too-deep"),
+    ("not an object", [1, 2, 3], 400, "not-json"),
 ]
 
 
-def _admitted_soon(cluster: Cluster, ns: str, sel: dict[str, str]) -> None:
-    name = f"probe-{short_id()}"
-    cluster.apply(ftj(name, 1, "finetune-normal", sel), ns)
-    wait_for(f"{ns}/{name} admitted within 10 s", lambda: job_status(cluster, ns, name)
-             .get("phase") in ("Admitted", "Running"), 10)
-    cluster.kubectl("delete", "finetunejob", name, "-n", ns, "--wait=false")
+def _rejected(operator: OperatorProcess, reason: str) -> float:
+    found = re.search(rf'^finetune_report_rejected_total{{reason="{reason}"}} (\S+)$',
+                      operator.metrics(), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _refused_for_its_content(cluster: Cluster, operator: OperatorProcess, ns: str, pod: str,
+                             body: Any, code: int, reason: str) -> None:
+    """Send the report until the per-pod rate limit lets it through (a 429 says nothing about
+    the body), then it must get ``code`` and count once under ``reason``."""
+    before = _rejected(operator, reason)
+    wait_for(f"HTTP {code} past the rate limit", lambda: report_progress(
+        cluster, ns, pod, body, expect=(code, 429)) == code, 60, interval=1)
+    assert _rejected(operator, reason) == before + 1, reason
 
 
 def _all_text(cluster: Cluster, namespaces: list[str]) -> str:
@@ -62,11 +76,9 @@ def test_hostile_reports_are_dropped_and_nobody_stalls(
     cluster.apply(ftj("evil", 1, "finetune-normal", sel), evil)
     wait_phase(cluster, evil, "evil", "Running")
     pod = job_pods(cluster, evil, "evil")[0]["metadata"]["name"]
-    for what, body, code in HOSTILE:
-        # 429: the per-pod rate limit (a burst of 10) may answer first; dropped all the same
-        codes = (*code, 429) if isinstance(code, tuple) else (code, 429)
-        report_progress(cluster, evil, pod, body, expect=codes)  # type: ignore[arg-type]
-        _admitted_soon(cluster, other, sel)
+    for what, body, code, reason in HOSTILE:
+        _refused_for_its_content(cluster, operator, evil, pod, body, code, reason)
+        admitted_soon(cluster, other, sel)
         assert job_status(cluster, evil, "evil")["phase"] == "Running", what
     wait_for("the good report accepted once the rate limit allows", lambda: report_progress(
         cluster, evil, pod, {"step": 3, "totalSteps": 10, "loss": 0.5}, expect=(204, 429))
@@ -86,9 +98,9 @@ def test_hostile_reports_are_dropped_and_nobody_stalls(
 def test_a_pod_that_is_not_a_managed_trainer_cannot_report(
         cluster: Cluster, operator: OperatorProcess, make_namespace, gpu_nodes) -> None:  # type: ignore[no-untyped-def]
     ns = make_namespace()
-    cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "impostor", "labels": {
-        "finetune.dev/job": "nope"}}, "spec": {"containers": [{"name": "c", "image": "x"}],
-                                               "nodeSelector": gpu_nodes(1, 1)}}, ns)
+    cluster.apply(restricted({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "impostor", "labels": {"finetune.dev/job": "nope"}}, "spec": {
+            "containers": [{"name": "c", "image": "x"}], "nodeSelector": gpu_nodes(1, 1)}}), ns)
     cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "nope-config"},
                    "data": {"config.yaml": "{}"}}, ns)
     pod = wait_for("impostor bound", lambda: (lambda p: p if p and p["spec"].get("nodeName")

@@ -6,6 +6,7 @@ capabilities; against the local cluster it takes the leader lease and serves /me
 from __future__ import annotations
 
 import shutil
+import ssl
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -13,15 +14,23 @@ from pathlib import Path
 import pytest
 
 from ..kube import Cluster, short_id, wait_for
-from ..operator_proc import free_port
+from ..operator_proc import free_port, metrics_reader_token
 from .conftest import PODMAN, SIZES, Image, podman
 
 pytestmark = pytest.mark.image
 
 
-def _get(port: int, path: str) -> str | None:
+def _get(port: int, path: str, token: str | None = None) -> str | None:
+    """GET over plain HTTP, or with a token over HTTPS without verifying the certificate (the
+    report channel's, made at start: what the chart's ServiceMonitor does by default)."""
+    scheme, ctx = "http", None
+    if token is not None:
+        scheme, ctx = "https", ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    req = urllib.request.Request(f"{scheme}://127.0.0.1:{port}{path}",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
             return str(r.read().decode())
     except OSError:
         return None
@@ -35,7 +44,7 @@ def test_help_answers(operator_image: Image) -> None:
 def test_runs_as_the_chart_runs_it_and_leads(cluster: Cluster, crd_installed: Path,
                                              operator_image: Image, tmp_path: Path) -> None:
     namespace = f"img-{short_id()}"
-    cluster.kubectl("create", "namespace", namespace)
+    cluster.create_namespace(namespace)
     # the chart mounts a ServiceAccount; here the admin kubeconfig (readable by uid 1000)
     kubeconfig = tmp_path / "kubeconfig"
     shutil.copy(cluster.kubeconfig, kubeconfig)
@@ -65,7 +74,8 @@ def test_runs_as_the_chart_runs_it_and_leads(cluster: Cluster, crd_installed: Pa
         wait_for("the operator in its image to acquire the leader lease", leading, 120)
         lease = cluster.get("lease", "finetune-operator-leader", namespace)
         assert lease is not None and lease["spec"]["holderIdentity"].startswith(name)
-        text = wait_for("/metrics", lambda: _get(metrics, "/metrics"), 30)
+        token = metrics_reader_token(cluster)
+        text = wait_for("/metrics", lambda: _get(metrics, "/metrics", token), 30)
         assert "finetune_" in text
         assert wait_for("/healthz", lambda: _get(health, "/healthz"), 30)
     finally:

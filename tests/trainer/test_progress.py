@@ -20,6 +20,7 @@ from finetune_operator.reports.model import ProgressReport, parse_report, parse_
 from finetune_operator.reports.server import ReportServer
 from finetune_trainer.progress import (
     MESSAGE_LIMIT,
+    STANDBY_TRIES,
     TERMINATION_LIMIT,
     FileSink,
     ProgressReporter,
@@ -186,6 +187,28 @@ def test_the_token_file_is_read_at_every_report(endpoint: Endpoint) -> None:
     sink.close(timeout=10)
     assert endpoint.tokens_seen == [TOKEN, "projected-token-2"]
     assert [rep.step for _, rep in endpoint.received] == [1, 2]
+
+
+def test_a_standby_replica_is_tried_again_until_the_leader_answers(endpoint: Endpoint) -> None:
+    """The Service may give the connection to a standby (503): the same report goes out again
+    on a new connection, so it reaches the leader without waiting for the next report."""
+    answers = iter([False, False, True])
+    endpoint.server.serving = lambda: next(answers, True)
+    sink = ReportSink(endpoint.config)
+    sink.send({"step": 5})
+    sink.close(timeout=10)
+    assert [rep.step for _, rep in endpoint.received] == [5]
+    assert endpoint.tokens_seen == [TOKEN]  # the standby answered before reading the token
+
+
+def test_a_standby_that_stays_one_gives_up_after_a_few_tries(endpoint: Endpoint) -> None:
+    tried: list[bool] = []
+    endpoint.server.serving = lambda: tried.append(False) or False
+    sink = ReportSink(endpoint.config)
+    sink.send({"step": 5})
+    assert sink.flush(timeout=30)
+    sink.close(timeout=10)
+    assert len(tried) == STANDBY_TRIES and endpoint.received == []
 
 
 def test_refusals_log_one_warning_and_training_goes_on(

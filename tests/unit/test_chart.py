@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import re
@@ -143,7 +144,7 @@ def test_operator_rbac_is_exactly_what_the_code_calls(
     assert pod_ns["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     for _, rule in rbac_rules(docs):
         assert not {"bind", "escalate", "impersonate"} & set(rule["verbs"]), rule
-        assert "secrets" not in rule["resources"], rule
+        assert "secrets" not in rule.get("resources", []), rule  # (nonResourceURLs: none)
 
 
 def test_rbac_diff_catches_a_drift(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -185,8 +186,8 @@ def test_user_roles_aggregate(rendered: dict[str, list[dict[str, Any]]]) -> None
 def test_clusterwide_binding(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["defaults"]
     crbs = {d["roleRef"]["name"]: d for d in of_kind(docs, "ClusterRoleBinding")}
-    assert set(crbs) == {FULLNAME, f"{FULLNAME}-cluster"}
-    for crb in crbs.values():
+    assert set(crbs) == {FULLNAME, f"{FULLNAME}-cluster", f"{FULLNAME}-metrics-reader"}
+    for crb in (crbs[FULLNAME], crbs[f"{FULLNAME}-cluster"]):
         assert crb["subjects"] == [
             {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     (leader,) = of_kind(docs, "RoleBinding")
@@ -198,7 +199,7 @@ def test_clusterwide_binding(rendered: dict[str, list[dict[str, Any]]]) -> None:
 def test_namespaced_watch_binds_per_namespace(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["namespaced"]
     assert {d["roleRef"]["name"] for d in of_kind(docs, "ClusterRoleBinding")} == {
-        f"{FULLNAME}-cluster"}
+        f"{FULLNAME}-cluster", f"{FULLNAME}-metrics-reader"}
     rbs = [rb for rb in of_kind(docs, "RoleBinding") if rb["roleRef"]["kind"] == "ClusterRole"]
     assert sorted(rb["metadata"]["namespace"] for rb in rbs) == ["team-a", "team-b"]
     for rb in rbs:
@@ -212,8 +213,8 @@ def test_existing_service_account() -> None:
     docs = render({"serviceAccount": {"create": False, "name": "ops-sa"}})
     assert of_kind(docs, "ServiceAccount") == []
     assert deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
-    assert {s["name"] for d in of_kind(docs, "ClusterRoleBinding") for s in d["subjects"]} == {
-        "ops-sa"}
+    assert {s["name"] for d in of_kind(docs, "ClusterRoleBinding") for s in d["subjects"]
+            if d["roleRef"]["name"] != f"{FULLNAME}-metrics-reader"} == {"ops-sa"}
     assert "serviceAccount.name is required" in render_fails(
         {"serviceAccount": {"create": False}})
 
@@ -221,12 +222,13 @@ def test_existing_service_account() -> None:
 # ---- Deployment -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("combo", list(COMBINATIONS))
-def test_deployment_single_instance_restricted(
+def test_deployment_leader_and_standby_restricted(
     rendered: dict[str, list[dict[str, Any]]], combo: str
 ) -> None:
     dep = deployment(rendered[combo])
-    assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert dep["spec"]["replicas"] == 2  # a leader and a warm standby (the Lease decides)
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = dep["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -253,16 +255,21 @@ def test_env_is_the_operator_settings_1to1(rendered: dict[str, list[dict[str, An
     env = env_of(rendered["defaults"])
     finetune = {k: v for k, v in env.items() if k.startswith("FINETUNE_")}
     assert set(finetune) == {env_name(f) for f in OperatorSettings.model_fields}
-    # The chart's defaults are the operator's defaults, except two on purpose: installed by the
-    # chart, no namespace may use the preempting band until the platform team grants it, and
-    # trainers report to the chart's own Service.
+    # The chart's defaults are the operator's defaults, except three on purpose: installed by
+    # the chart, no namespace may use the preempting band until the platform team grants it,
+    # trainers report to the chart's own Service, with the chart's certificate.
     chart = OperatorSettings.from_env(finetune)
     bare = OperatorSettings()
     assert chart.allowed_priority_classes == [
         c for c in bare.allowed_priority_classes if c not in bare.preempting_priority_classes]
     assert chart.report_url == f"https://{FULLNAME}-reports.{NAMESPACE}.svc:8443/v1/reports"
+    # and every replica serves the chart's report certificate (not one made per process)
+    tls = ("report_tls_cert_file", "report_tls_key_file", "report_tls_ca_file")
+    assert [getattr(chart, f) for f in tls] == [
+        f"/etc/finetune/reports-tls/{f}" for f in ("tls.crt", "tls.key", "ca.crt")]
     assert chart.model_copy(update={"allowed_priority_classes": bare.allowed_priority_classes,
-                                    "report_url": bare.report_url}) == bare
+                                    "report_url": bare.report_url,
+                                    **{f: getattr(bare, f) for f in tls}}) == bare
 
 
 def test_env_follows_values() -> None:
@@ -283,7 +290,7 @@ def test_env_follows_values() -> None:
         "leaderElection": {"leaseDurationSeconds": 30, "renewSeconds": 10, "retrySeconds": 3},
         "apiTimeoutSeconds": 20,
         "healthStaleCycles": 4,
-        "trainer": {"image": {"repository": "acme/trainer", "tag": "1.2.3"},
+        "trainer": {"image": {"repository": "registry.example/acme/trainer", "tag": "1.2.3"},
                     "gpuResource": "nvidia.com/mig-1g.10gb", "gracePeriodSeconds": 240,
                     "backoffBaseSeconds": 5, "serviceAccount": "trainers"},
         "ports": {"metrics": 9090, "health": 9091, "reports": 9443},
@@ -300,7 +307,7 @@ def test_env_follows_values() -> None:
         preempting_priority_classes=["finetune-critical", "finetune-high"],
         aging_rate_per_minute=2.5, aging_cap=1500000, max_running_jobs_per_namespace=3,
         admission_interval_seconds=0.5, min_runtime_before_preemption_seconds=90,
-        trainer_image="acme/trainer:1.2.3", gpu_resource="nvidia.com/mig-1g.10gb",
+        trainer_image="registry.example/acme/trainer:1.2.3", gpu_resource="nvidia.com/mig-1g.10gb",
         grace_period_seconds=240, backoff_base_seconds=5, metrics_port=9090, health_port=9091,
         min_cycle_interval_seconds=0.1, max_concurrent_writes=4,
         progress_write_interval_seconds=7, queue_status_interval_seconds=11,
@@ -329,14 +336,22 @@ def test_env_follows_values() -> None:
     assert other["FINETUNE_REPORT_URL"] == url
 
 
-def test_images_have_no_registry_host(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def registry_host(image: str) -> str | None:
+    """The registry host of an image reference (the first component when it looks like one)."""
+    first, slash, _ = image.partition("/")
+    return first if slash and ("." in first or ":" in first or first == "localhost") else None
+
+
+def test_default_images(rendered: dict[str, list[dict[str, Any]]]) -> None:
     env = env_of(rendered["defaults"])
-    for image in (container(rendered["defaults"])["image"], env["FINETUNE_TRAINER_IMAGE"]):
-        first = image.split("/")[0]
-        assert "/" in image and "." not in first and ":" not in first and first != "localhost", (
-            f"{image} names a registry host")
+    # the operator's own image is the admin's to resolve (the runtime's registries)
     assert container(rendered["defaults"])["image"] == "finetune-operator/operator:0.1.0"
-    assert env["FINETUNE_TRAINER_IMAGE"] == "finetune-operator/trainer:0.1.0"
+    assert registry_host("finetune-operator/operator:0.1.0") is None
+    # the image tenants' jobs run by default (and may name): fully qualified, so no namesake on
+    # another registry (Docker Hub for a short name) can stand in for it
+    assert env["FINETUNE_TRAINER_IMAGE"] == "localhost/finetune-operator/trainer:0.1.0"
+    assert registry_host(env["FINETUNE_TRAINER_IMAGE"]) == "localhost"
+    assert OperatorSettings().trainer_image == env["FINETUNE_TRAINER_IMAGE"]
 
 
 # ---- PriorityClasses ------------------------------------------------------------------------
@@ -382,11 +397,16 @@ def test_priority_classes_not_created_when_disabled() -> None:
          "priorityClasses.preempting names \"finetune-urgent\", which is not in"),
         ({"ports": {"metrics": 8080, "health": 8080, "reports": 8443}},
          "give each its own port"),
+        ({"replicaCount": 2, "podDisruptionBudget": {"minAvailable": 2}},
+         "podDisruptionBudget.minAvailable (2) must be below replicaCount (2)"),
         ({"ports": {"metrics": 8080, "health": 8081, "reports": 8081}},
          "give each its own port"),
         ({"priorityClasses": {"preempting": ["finetune-critical", "finetune-high",
                                              "finetune-normal", "finetune-low"]}},
          "is not in the allowed classes"),
+        ({"trainer": {"image": {"repository": "finetune-operator/trainer"}}},
+         "trainer.image.repository \"finetune-operator/trainer\" does not start with a registry"),
+        ({"trainer": {"image": {"repository": "trainer"}}}, "does not start with a registry host"),
     ],
 )
 def test_inconsistent_values_fail_with_reason(values: dict[str, Any], message: str) -> None:
@@ -414,14 +434,21 @@ def test_policy_default_withholds_the_preempting_band(
     assert policy_values(docs) == {
         "allowedClasses": ["finetune-high", "finetune-normal", "finetune-low"],
         "namespaceClasses": {},
-        "prefixes": ["finetune-operator/trainer:", "finetune-operator/trainer@"],
+        "prefixes": [],
+        "defaultRepository": "localhost/finetune-operator/trainer",
+        "defaultImagePattern": "^localhost/finetune-operator/trainer(:[A-Za-z0-9_][A-Za-z0-9_.-]"
+                               "{0,127}(@sha256:[0-9a-f]{64})?|@sha256:[0-9a-f]{64})$",
         "imageFromPodCreators": True,
         "tolerationKeys": ["nvidia.com/gpu"],
         "nodeSelectorKeys": ["kubernetes.io/arch", "node.kubernetes.io/instance-type",
                              "topology.kubernetes.io/zone", "nvidia.com/gpu.product",
                              "nvidia.com/gpu.memory"],
+        "gpuResources": ["nvidia.com/gpu", "nvidia.com/mig-*"],
+        "maxStorageSize": "1Ti",
+        "storageClasses": [],
         "checkedPaths": [
-            "image", "priorityClassName", "model.source.hub.tokenSecretRef.name",
+            "image", "priorityClassName", "resources.gpuResource", "checkpoint.storage.size",
+            "checkpoint.storage.storageClassName", "model.source.hub.tokenSecretRef.name",
             "dataset.source.hub.tokenSecretRef.name", "model.source.pvc.claimName",
             "dataset.source.pvc.claimName", "checkpoint.storage.claimName",
             "dataset.source.configMap.name", "evaluation.dataset.source.hub.tokenSecretRef.name",
@@ -444,7 +471,9 @@ def test_policy_default_withholds_the_preempting_band(
     assert binding["spec"] == {"policyName": f"{FULLNAME}-jobs", "validationActions": ["Deny"]}
     text = json.dumps(vap["spec"])
     for field in ("spec.priorityClassName", "spec.image", "tokenSecretRef", "claimName",
-                  "configMap", "spec.resources.tolerations", "spec.resources.nodeSelector"):
+                  "configMap", "spec.resources.tolerations", "spec.resources.nodeSelector",
+                  "resources.gpuResource", "checkpoint.storage.size",
+                  "checkpoint.storage.storageClassName"):
         assert field in text, field
 
 
@@ -452,13 +481,20 @@ def test_policy_follows_values() -> None:
     docs = render({
         "namespacePriorityClasses": {"team-a": ["finetune-critical", "finetune-normal"]},
         "watchNamespaces": ["team-a", "team-b"],
-        "trainer": {"image": {"repository": "acme/trainer"}},
+        "trainer": {"image": {"repository": "registry.example/acme/trainer"},
+                    "gpuResource": "example.com/tpu"},
         "policy": {"imagePrefixes": ["registry.example/ml/"], "imageFromPodCreators": False,
-                   "tolerationKeys": [], "nodeSelectorKeys": ["pool"], "enabled": True},
+                   "tolerationKeys": [], "nodeSelectorKeys": ["pool"], "enabled": True,
+                   "gpuResources": ["nvidia.com/mig-*"], "maxCheckpointStorageSize": "",
+                   "checkpointStorageClasses": ["fast-ssd"]},
     })
     vals = policy_values(docs)
     assert vals["namespaceClasses"] == {"team-a": ["finetune-critical", "finetune-normal"]}
-    assert vals["prefixes"] == ["registry.example/ml/", "acme/trainer:", "acme/trainer@"]
+    assert vals["prefixes"] == ["registry.example/ml/"]
+    assert vals["defaultRepository"] == "registry.example/acme/trainer"
+    # the operator's default GPU resource is always allowed
+    assert vals["gpuResources"] == ["nvidia.com/mig-*", "example.com/tpu"]
+    assert vals["maxStorageSize"] == "" and vals["storageClasses"] == ["fast-ssd"]
     assert vals["imageFromPodCreators"] is False
     assert vals["tolerationKeys"] == [] and vals["nodeSelectorKeys"] == ["pool"]
     binding = one(docs, "ValidatingAdmissionPolicyBinding")
@@ -468,6 +504,39 @@ def test_policy_follows_values() -> None:
                              "tolerationKeys": [], "nodeSelectorKeys": []}})
     for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
         assert of_kind(off, kind) == []
+
+
+def test_default_image_is_matched_as_a_whole_reference() -> None:
+    repo = "registry.example/acme/trainer"
+    pattern = policy_values(render({"trainer": {"image": {"repository": repo}}}))[
+        "defaultImagePattern"]
+    digest = "@sha256:" + "a" * 64
+    cases = {
+        f"{repo}:1.2.3": True, f"{repo}{digest}": True, f"{repo}:1.2.3{digest}": True,
+        repo: False,                          # no tag: whatever "latest" is that day
+        f"{repo}-evil:1": False, f"{repo}/evil:1": False, f"{repo}:1/evil": False,
+        "registryXexample/acme/trainer:1": False,   # the dot is a dot
+        f"{repo}:1 evil": False, f"{repo}:-1": False, f"{repo}@sha256:abc": False,
+        f"evil.example/{repo}:1": False,
+    }
+    # RE2 (CEL matches()) and Python agree on this subset: anchors, classes, counted repeats
+    assert {image: re.search(pattern, image) is not None for image in cases} == cases
+
+
+def test_policy_reference_checks(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    vap = one(rendered["defaults"], "ValidatingAdmissionPolicy", f"{FULLNAME}-jobs")
+    refs = {m.group(1): v for v in vap["spec"]["validations"]
+            if (m := re.search(r"'([\w.]+) names ", v["messageExpression"]))}
+    assert len(refs) == 9
+    for path, v in refs.items():
+        verbs = re.findall(r"\.check\('(\w+)'\)", v["expression"])
+        # the checkpoint claim is mounted read-write: get is not enough
+        assert verbs == (["get", "update"] if path == "checkpoint.storage.claimName"
+                         else ["get"]), path
+        # an unchanged reference passes only when the spec did not change at all
+        assert "&& !variables.edited)" in v["expression"], path
+    (edited,) = [var for var in vap["spec"]["variables"] if var["name"] == "edited"]
+    assert edited["expression"] == "!variables.create && object.spec != oldObject.spec"
 
 
 def test_network_policy_guards_metrics_and_opens_reports(
@@ -499,7 +568,7 @@ def test_pdb_and_helm_test_pod(rendered: dict[str, list[dict[str, Any]]]) -> Non
     pdb = one(docs, "PodDisruptionBudget", FULLNAME)
     pod_labels = deployment(docs)["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["minAvailable"] == 1 and "maxUnavailable" not in pdb["spec"]
     test_pod = one(docs, "Pod", f"{FULLNAME}-test-api")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     spec = test_pod["spec"]
@@ -512,6 +581,59 @@ def test_pdb_and_helm_test_pod(rendered: dict[str, list[dict[str, Any]]]) -> Non
     assert "finetunejobs.finetune.dev" in script and "list_cluster_custom_object" in script
     ns_docs = rendered["namespaced"]
     assert "ns = \"team-a\"" in one(ns_docs, "Pod")["spec"]["containers"][0]["command"][-1]
+
+
+def test_replicas_spread_across_nodes_and_keep_one_through_drains(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """High availability: the replicas prefer different nodes (soft: a one-node cluster still
+    runs them all), and a drain evicts one only while another is ready; 1 replica, no PDB."""
+    spec = deployment(rendered["defaults"])["spec"]
+    pod_labels = spec["template"]["metadata"]["labels"]
+    (spread,) = spec["template"]["spec"]["topologySpreadConstraints"]
+    assert (spread["topologyKey"], spread["whenUnsatisfiable"], spread["maxSkew"]) == (
+        "kubernetes.io/hostname", "ScheduleAnyway", 1)
+    assert spread["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert spread["matchLabelKeys"] == ["pod-template-hash"]  # a rollout spreads its own pods
+    three = render({"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}})
+    assert deployment(three)["spec"]["replicas"] == 3
+    assert one(three, "PodDisruptionBudget", FULLNAME)["spec"]["minAvailable"] == 2
+    single = render({"replicaCount": 1})
+    assert deployment(single)["spec"]["replicas"] == 1
+    assert of_kind(single, "PodDisruptionBudget") == []
+
+
+def report_tls_secret(docs: list[dict[str, Any]]) -> dict[str, bytes]:
+    secret = one(docs, "Secret", f"{FULLNAME}-reports-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    return {k: base64.b64decode(v) for k, v in secret["data"].items()}
+
+
+def test_one_report_certificate_for_every_replica(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Every replica serves the chart's certificate, so a trainer configured by one leader
+    still verifies the next one; it names the reports URL's host and its key is the cert's."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    docs = rendered["defaults"]
+    data = report_tls_secret(docs)
+    cert = x509.load_pem_x509_certificate(data["tls.crt"])
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(data["ca.crt"]))
+    key = serialization.load_pem_private_key(data["tls.key"], None)
+    assert key.public_key() == cert.public_key()
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [f"{FULLNAME}-reports.{NAMESPACE}.svc",
+                                                     "localhost"]  # as reports/tls.py makes
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
+    pod = deployment(docs)["spec"]["template"]["spec"]
+    assert {"name": "reports-tls", "secret": {"secretName": f"{FULLNAME}-reports-tls"}} \
+        in pod["volumes"]
+    other = report_tls_secret(render({"reports": {"url": "https://reports.example/v1/r"}}))
+    san = x509.load_pem_x509_certificate(other["tls.crt"]).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["reports.example", "localhost"]
+    named = render({"reports": {"tls": {"secretName": "reports-cert"}}})
+    assert [d for d in of_kind(named, "Secret") if "reports" in d["metadata"]["name"]] == []
 
 
 # ---- CRD --------------------------------------------------------------------------------
@@ -557,6 +679,50 @@ def test_monitoring_objects_only_when_enabled(rendered: dict[str, list[dict[str,
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert alerts == {"FineTuneJobStuckInQueue", "FineTuneCheckpointTooOld",
                       "FineTuneFailureRateHigh"}
+
+
+def test_metrics_are_scraped_over_https_by_bound_readers_only(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """/metrics wants a token allowed to get /metrics: the chart's reader role grants exactly
+    that to metrics.readers, and its ServiceMonitor presents Prometheus's token over HTTPS."""
+    docs = rendered["monitoring"]
+    role = one(docs, "ClusterRole", f"{FULLNAME}-metrics-reader")
+    assert role["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    binding = one(docs, "ClusterRoleBinding", f"{FULLNAME}-metrics-reader")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}]
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert endpoint["tlsConfig"] == {  # the report channel's certificate, verified
+        "ca": {"secret": {"name": f"{FULLNAME}-reports-tls", "key": "ca.crt"}},
+        "serverName": f"{FULLNAME}-reports.{NAMESPACE}.svc"}
+    env = env_of(docs)
+    assert env["FINETUNE_METRICS_TLS_CERT_FILE"] == env["FINETUNE_METRICS_TLS_KEY_FILE"] == ""
+
+    docs = render({**MONITORING_ON, "metrics": {
+        "tls": {"secretName": "metrics-cert"},
+        "readers": [{"namespace": "obs", "name": "prom-a"}, {"namespace": "obs", "name": "b"}]}})
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "metrics-cert", "key": "ca.crt"}},
+        "serverName": f"{FULLNAME}-metrics.{NAMESPACE}.svc"}
+    env = env_of(docs)
+    assert env["FINETUNE_METRICS_TLS_CERT_FILE"] == "/etc/finetune/metrics-tls/tls.crt"
+    assert env["FINETUNE_METRICS_TLS_KEY_FILE"] == "/etc/finetune/metrics-tls/tls.key"
+    pod = deployment(docs)["spec"]["template"]["spec"]
+    assert {"name": "metrics-tls", "secret": {"secretName": "metrics-cert"}} in pod["volumes"]
+    assert {"name": "metrics-tls", "mountPath": "/etc/finetune/metrics-tls",
+            "readOnly": True} in container(docs)["volumeMounts"]
+    assert [s["name"] for s in one(docs, "ClusterRoleBinding", f"{FULLNAME}-metrics-reader")[
+        "subjects"]] == ["prom-a", "b"]
+    # no readers: the role stays (bind it yourself), no binding
+    docs = render({"metrics": {"readers": []}})
+    assert one(docs, "ClusterRole", f"{FULLNAME}-metrics-reader")
+    assert f"{FULLNAME}-metrics-reader" not in {
+        d["metadata"]["name"] for d in of_kind(docs, "ClusterRoleBinding")}
 
 
 def test_monitoring_extra_labels() -> None:
@@ -669,7 +835,13 @@ def test_values_yaml_keys_are_all_in_the_schema() -> None:
         {"image": {"pullPolicy": "Sometimes"}},
         {"policy": {"imagePrefixes": ["registry.example/ml"]}},  # would match .../ml-evil too
         {"policy": {"tolerationKeys": [""]}},
-        {"podDisruptionBudget": {"maxUnavailable": 2}},
+        {"policy": {"gpuResources": ["*"]}},                   # a prefix of every resource
+        {"policy": {"gpuResources": ["nvidia.com/*"]}},
+        {"policy": {"maxCheckpointStorageSize": "lots"}},
+        {"policy": {"checkpointStorageClasses": ["Fast SSD"]}},
+        {"podDisruptionBudget": {"maxUnavailable": 1}},        # minAvailable is the key
+        {"podDisruptionBudget": {"minAvailable": -1}},
+        {"replicaCount": 0},
     ],
 )
 def test_schema_rejects_unknown_or_invalid_values(values: dict[str, Any]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import re
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -196,17 +198,128 @@ def test_set_job_progress_without_checkpoint_uses_start(ns: str) -> None:
                  job="new") == 1234.0
 
 
-def test_serve_exposes_registry(ns: str) -> None:
-    import socket
+# ---- /metrics over HTTPS for allowed tokens (the real API server: tests/cluster) ----------
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+REVIEWS = {"reader": True, "tenant": False}  # token -> allowed; other tokens: not authenticated
+
+
+@pytest.fixture(scope="module")
+def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., tuple[int, str]]]:
+    """scrape(token, path="/metrics") -> (status, body) from a real TLS server on loopback."""
+    import ssl
+
+    from finetune_operator import metrics_server
+    from finetune_operator.reports import tls
+
+    cert = tls.generate(["127.0.0.1"], tmp_path_factory.mktemp("metrics-tls"))
+    server = metrics_server.serve(
+        0, metrics_server.tls_context(cert.cert_file, cert.key_file),
+        metrics_server.ScrapeAuth(REVIEWS.get), host="127.0.0.1")
+    port = server.server_address[1]
+    ctx = ssl.create_default_context(cadata=cert.ca_pem)
+
+    def get(token: str | None, path: str = "/metrics") -> tuple[int, str]:
+        req = urllib.request.Request(f"https://127.0.0.1:{port}{path}", headers={
+            "Authorization": f"Bearer {token}"} if token is not None else {})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    get.port = port  # type: ignore[attr-defined]
+    yield get
+    server.shutdown()
+    server.server_close()
+
+
+def test_serve_exposes_registry_to_allowed_tokens_only(
+        ns: str, scrape: Callable[..., tuple[int, str]]) -> None:
     m.count_completion(ns)
-    m.serve(port, addr="127.0.0.1")
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    code, body = scrape("reader")
+    assert code == 200
     assert f'finetune_completions_total{{namespace="{ns}"}} 1.0' in body
     assert "python_gc_objects_collected_total" not in body  # not the global registry
+    for token, want in ((None, 401), ("", 401), ("forged", 401), ("x" * 9000, 401),
+                        ("tenant", 403)):
+        code, body = scrape(token)
+        assert code == want, (token, code, body)
+        assert "finetune_" not in body
+    assert scrape("reader", "/healthz")[0] == 404
+
+
+def test_plain_http_gets_no_metrics(scrape: Callable[..., tuple[int, str]]) -> None:
+    port = scrape.port  # type: ignore[attr-defined]
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+
+
+def test_a_silent_client_does_not_stall_the_port(scrape: Callable[..., tuple[int, str]]) -> None:
+    """The TLS handshake runs in the connection's own thread: a client that connects and never
+    speaks holds one slot, not the accepting thread."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", scrape.port)):  # type: ignore[attr-defined]
+        assert scrape("reader")[0] == 200
+
+
+def test_scrape_auth_caches_answers_briefly() -> None:
+    from finetune_operator.metrics_server import ScrapeAuth
+
+    now = [0.0]
+    answers: dict[str, bool | None] = {"reader": True, "tenant": False}
+    auth = ScrapeAuth(answers.get, allowed_ttl=60, refused_ttl=10, clock=lambda: now[0])
+    assert [auth("reader"), auth("tenant"), auth("forged")] == [200, 403, 401]
+    assert [auth("reader"), auth("tenant"), auth("forged")] == [200, 403, 401]
+    assert auth.reviews == 3  # the second round came from the cache
+    answers.update(reader=False, tenant=True)  # RBAC changed
+    now[0] = 11  # refusals expired, the allowed answer not yet
+    assert [auth("reader"), auth("tenant")] == [200, 200]
+    assert auth.reviews == 4
+    now[0] = 61
+    assert auth("reader") == 403
+    assert auth("") == 401 and auth.reviews == 5  # no token: no review
+
+
+def test_scrape_auth_api_failure_is_503_and_not_cached() -> None:
+    from finetune_operator.metrics_server import ScrapeAuth
+
+    up = [False]
+
+    def review(token: str) -> bool | None:
+        if not up[0]:
+            raise ConnectionError("API server unreachable")
+        return True
+
+    auth = ScrapeAuth(review)
+    assert auth("reader") == 503
+    up[0] = True
+    assert auth("reader") == 200
+
+
+def test_scrape_auth_cache_is_bounded() -> None:
+    from finetune_operator.metrics_server import ScrapeAuth
+
+    auth = ScrapeAuth(lambda t: None, max_entries=3)
+    for i in range(10):
+        assert auth(f"garbage-{i}") == 401
+    assert len(auth.cache) == 3
+
+
+def test_new_tokens_spend_a_review_budget() -> None:
+    """Garbage tokens cost nothing to make: past the budget they get 503 without a review; a
+    cached answer needs none."""
+    from finetune_operator.metrics_server import ScrapeAuth
+
+    now = [0.0]
+    auth = ScrapeAuth({"reader": True}.get, clock=lambda: now[0])
+    assert auth("reader") == 200
+    codes = [auth(f"garbage-{i}") for i in range(100)]
+    assert codes.count(401) == 9 and codes.count(503) == 91  # 10 review pairs at once
+    assert auth.reviews == 10
+    assert auth("reader") == 200  # cached: no budget needed
+    now[0] = 1.0  # one review pair a second
+    assert auth("garbage-x") == 401 and auth("garbage-y") == 503 and auth.reviews == 11
 
 
 def test_docs_list_every_metric() -> None:
@@ -217,3 +330,11 @@ def test_docs_list_every_metric() -> None:
         names.add(fam.name + ("_total" if fam.type == "counter" else ""))
     assert names <= listed, f"missing from docs/metrics.md: {sorted(names - listed)}"
     assert listed <= names | {n + "_bucket" for n in names}, sorted(listed - names)
+
+
+def test_metrics_certificate_and_key_go_together() -> None:
+    from finetune_operator.settings import OperatorSettings, SettingsError
+
+    with pytest.raises(SettingsError, match="FINETUNE_METRICS_TLS_CERT_FILE and "
+                       "FINETUNE_METRICS_TLS_KEY_FILE go together"):
+        OperatorSettings.from_env({"FINETUNE_METRICS_TLS_CERT_FILE": "/etc/tls/tls.crt"})

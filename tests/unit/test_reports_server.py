@@ -8,9 +8,11 @@ import base64
 import http.client
 import json
 import logging
+import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +28,13 @@ from finetune_operator.reports.identity import (
     identity_from_review,
     token_expiry,
 )
+from finetune_operator.reports.limits import BudgetSpent, CachedAccess, ReviewBudget
 from finetune_operator.reports.model import REJECT_REASONS, BadReport, ProgressReport
 from finetune_operator.reports.rejects import Rejections
 from finetune_operator.reports.server import ReportServer
+from finetune_operator.serve import Endpoints
+
+from ..slow_clients import client_hello
 
 pytestmark = pytest.mark.unit
 
@@ -48,6 +54,7 @@ class Srv:
     received: list[tuple[PodIdentity, ProgressReport]] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)  # pod uids on_report refuses
     crash: bool = False
+    headers: dict[str, str] = field(default_factory=dict)  # of the last answer
 
     def post(self, body: bytes | None, token: str | None = "token-a",
              headers: dict[str, str] | None = None, method: str = "POST",
@@ -66,6 +73,7 @@ class Srv:
                 conn.putheader(k, v)
             conn.endheaders(body)
             resp = conn.getresponse()
+            self.headers = dict(resp.getheaders())
             return resp.status, resp.read().decode()
         finally:
             conn.close()
@@ -101,6 +109,22 @@ def test_a_valid_report_is_accepted_and_handed_over_with_the_pod(srv: Srv) -> No
     assert [(w, r.step) for w, r in srv.received] == [(A, 3), (B, 4)]
 
 
+def test_a_standby_sends_every_client_on_before_any_review(srv: Srv) -> None:
+    """Two replicas behind one Service: the standby's reports would stay in its memory and its
+    queue view is empty, so it answers 503 with Retry-After and reads no token."""
+    reviewed: list[str] = []
+    srv.server.authenticate = lambda token: reviewed.append(token) or TOKENS.get(token)
+    srv.server.on_get = lambda path, token: (200, {"queue": []})
+    srv.server.serving = lambda: False
+    assert srv.post(b'{"step": 3}')[0] == 503
+    assert srv.headers.get("Retry-After") == "1"
+    assert srv.post(None, method="GET", path="/v1/namespaces/team-a/queue")[0] == 503
+    assert reviewed == [] and srv.received == []
+    srv.server.serving = lambda: True  # it became the leader
+    assert srv.post(b'{"step": 3}') == (204, "")
+    assert reviewed == ["token-a"] and [r.step for _, r in srv.received] == [3]
+
+
 @pytest.mark.parametrize("token", [None, "", "garbage", "x" * 20_000])
 def test_no_valid_token_is_401_and_nothing_is_read(srv: Srv, token: str | None) -> None:
     before = rejected("unauthenticated")
@@ -126,7 +150,10 @@ def test_a_1_mib_body_is_refused_from_its_length_alone(srv: Srv) -> None:
     assert srv.post(None, length=1024 * 1024)[0] == 413  # headers only: never read
     assert srv.post(None, length=16 * 1024 + 1)[0] == 413
     assert srv.post(b" " * 16 * 1024)[0] == 400  # at the limit: read, parsed, not JSON
-    assert rejected("too-large") == before + 2
+    # sent whole before the client reads: the server drops the body after its answer, so the
+    # client gets the 413 instead of a connection reset
+    assert srv.post(b" " * 20_000)[0] == 413
+    assert rejected("too-large") == before + 3
 
 
 def test_missing_or_bad_content_length_is_411(srv: Srv) -> None:
@@ -226,8 +253,15 @@ def test_identity_comes_from_the_review_only_when_everything_matches() -> None:
         assert identity_from_review(review(user=bad_user), aud) is None
 
 
-def _jwt(exp: float | None) -> str:
-    claims = {} if exp is None else {"exp": exp}
+def _jwt(exp: float | None, aud: str | list[str] = "finetune.dev/operator", pod: bool = True,
+         jti: str = "") -> str:
+    """A token shaped like a pod-bound projected token (the signature is never checked here)."""
+    claims: dict[str, Any] = {"aud": aud, "jti": jti}
+    if exp is not None:
+        claims["exp"] = exp
+    if pod:
+        claims["kubernetes.io"] = {"namespace": "team-a",
+                                   "pod": {"name": "bot-a1-0", "uid": "uid-a"}}
     body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
     return f"eyJhbGciOiJSUzI1NiJ9.{body}.signature"
 
@@ -238,24 +272,116 @@ def test_verified_tokens_are_cached_until_they_expire() -> None:
 
     def token_review(token: str, audiences: list[str]) -> dict:
         calls.append((token, audiences))
-        return review() if token.startswith("eyJ") else {"authenticated": False}
+        return review() if "forged" not in token_claims(token) else {"authenticated": False}
 
     auth = TokenAuthenticator(token_review, max_ttl=300, negative_ttl=30, clock=lambda: now[0])
     good = _jwt(exp=1100.0)
     assert token_expiry(good) == 1100.0
     assert [auth(good) for _ in range(5)] == [A] * 5
     assert len(calls) == 1 and calls[0][1] == ["finetune.dev/operator"]
-    now[0] = 1100.0  # the token's own expiry: ask again
-    assert auth(good) == A and len(calls) == 2
-    assert auth("garbage") is None and auth("garbage") is None
-    assert len(calls) == 3  # a refusal is cached too (no TokenReview flood)
+    now[0] = 1100.0  # the token's own expiry: refused without asking (the claims say so)
+    assert auth(good) is None and len(calls) == 1
+    forged = _jwt(exp=5000.0, jti="forged")
+    assert auth(forged) is None and auth(forged) is None
+    assert len(calls) == 2  # a refusal is cached too (no TokenReview flood)
     now[0] += 31
-    assert auth("garbage") is None and len(calls) == 4
+    assert auth(forged) is None and len(calls) == 3
     long_lived = _jwt(exp=now[0] + 86400)
     auth(long_lived)
     now[0] += 301  # capped: a deleted pod's token stops working here within max_ttl
     auth(long_lived)
-    assert len(calls) == 6
+    assert len(calls) == 5
+
+
+def token_claims(token: str) -> str:
+    from finetune_operator.reports.identity import unverified_claims
+
+    return json.dumps(unverified_claims(token))
+
+
+def test_tokens_that_cannot_be_a_live_pod_token_cost_no_review() -> None:
+    """The pre-filter reads the unverified claims: garbage, another audience, a token bound to
+    no pod, an expired one never reach the API server; one that looks right is still reviewed."""
+    calls: list[str] = []
+
+    def token_review(token: str, audiences: list[str]) -> dict:
+        calls.append(token)
+        return {"authenticated": False}
+
+    auth = TokenAuthenticator(token_review)
+    soon = time.time() + 3600
+    refused = {
+        "garbage": "not-a-token",
+        "three garbage parts": "a.b.c",
+        "claims not an object": "x." + base64.urlsafe_b64encode(b"[1]").decode() + ".s",
+        "the API server's audience": _jwt(soon, aud="https://kubernetes.default.svc"),
+        "not bound to a pod (a legacy Secret token)": _jwt(soon, pod=False),
+        "expired": _jwt(time.time() - 1),
+        "no expiry": _jwt(None),
+    }
+    assert {what: auth(t) for what, t in refused.items()} == dict.fromkeys(refused)
+    assert calls == [] and auth.prefiltered == len(refused)
+    plausible = _jwt(soon, aud=["other", "finetune.dev/operator"], jti="forged")
+    assert auth(plausible) is None and calls == [plausible]
+
+
+def test_reviews_spend_a_shared_budget() -> None:
+    now = [0.0]
+    budget = ReviewBudget(rate=0.5, burst=2, clock=lambda: now[0])
+    calls: list[str] = []
+
+    def token_review(token: str, audiences: list[str]) -> dict:
+        calls.append(token)
+        return review()
+
+    auth = TokenAuthenticator(token_review, budget=budget)
+    tokens = [_jwt(time.time() + 3600, jti=str(i)) for i in range(4)]
+    assert auth(tokens[0]) == A and auth(tokens[1]) == A
+    with pytest.raises(BudgetSpent) as spent:
+        auth(tokens[2])
+    assert spent.value.retry_after == 2 and len(calls) == 2
+    assert auth(tokens[0]) == A and len(calls) == 2  # a cached answer spends nothing
+    now[0] = 2.0  # one more review's worth
+    assert auth(tokens[2]) == A and len(calls) == 3 and budget.refused == 1
+
+
+def test_a_spent_budget_is_503_with_retry_after(srv: Srv) -> None:
+    srv.server.authenticate = TokenAuthenticator(lambda t, a: review(),
+                                                 budget=ReviewBudget(rate=0.25, burst=1))
+    soon = time.time() + 3600
+    before = rejected("rate-limited")
+    assert srv.post(b'{"step": 1}', token=_jwt(soon, jti="1"))[0] == 204
+    assert srv.post(b'{"step": 1}', token=_jwt(soon, jti="2"))[0] == 503
+    assert srv.headers["Retry-After"] == "4"
+    assert rejected("rate-limited") == before + 1 and len(srv.received) == 1
+
+
+def test_visibility_answers_are_cached_and_share_the_budget(srv: Srv) -> None:
+    """Each visibility GET was a TokenReview plus a SubjectAccessReview: now one pair per
+    (token, namespace) and TTL, allowed or refused, within the port's review budget."""
+    now = [0.0]
+    calls: list[tuple[str, str | None]] = []
+
+    def may_list(token: str, ns: str | None) -> bool:
+        calls.append((token, ns))
+        return token == "alice"
+
+    access = CachedAccess(may_list, ReviewBudget(rate=0.25, burst=6, clock=lambda: now[0]),
+                          ttl=10, clock=lambda: now[0])
+    srv.server.on_get = Endpoints(lambda: True, lambda: True, lambda: {"team-a": []},
+                                  access).visibility
+    path = "/v1/namespaces/team-a/queue"
+    assert [srv.post(None, token="alice", method="GET", path=path)[0] for _ in range(3)] == [
+        200] * 3
+    assert [srv.post(None, token="mallory", method="GET", path=path)[0] for _ in range(3)] == [
+        403] * 3
+    assert srv.post(None, token="alice", method="GET", path="/v1/queue")[0] == 200
+    assert len(calls) == 3  # one per (token, namespace)
+    status, body = srv.post(None, token="eve", method="GET", path=path)
+    assert status == 503 and srv.headers["Retry-After"] == "8" and "budget" in body
+    now[0] = 10.0  # the answers expire (an RBAC change is seen), the budget has refilled
+    assert srv.post(None, token="mallory", method="GET", path=path)[0] == 403
+    assert len(calls) == 4
 
 
 def test_an_unreachable_api_server_refuses_without_caching() -> None:
@@ -267,16 +393,78 @@ def test_an_unreachable_api_server_refuses_without_caching() -> None:
         return review()
 
     auth = TokenAuthenticator(token_review)
-    assert auth(_jwt(None)) is None
+    token = _jwt(time.time() + 3600)
+    assert auth(token) is None
     state["down"] = False
-    assert auth(_jwt(None)) == A
+    assert auth(token) == A
 
 
 def test_the_cache_is_bounded() -> None:
     auth = TokenAuthenticator(lambda t, a: {"authenticated": False}, max_entries=10)
     for i in range(100):
-        auth(f"t{i}")
-    assert len(auth._cache) == 10
+        auth(_jwt(time.time() + 3600, jti=str(i)))
+    assert auth.reviews == 100 and len(auth.cache) == 10
+
+
+# ---- slow and greedy clients -------------------------------------------------------------------
+
+def _bytes_until_closed(sock: socket.socket, data: bytes, every: float) -> int:
+    """Send ``data`` one byte every ``every`` seconds until the server closes the connection:
+    how many bytes went out (``len(data)`` when it never closed)."""
+    sock.settimeout(every)
+    for i in range(len(data)):
+        try:
+            sock.sendall(data[i:i + 1])
+            if not sock.recv(1024):
+                return i + 1
+        except TimeoutError:
+            continue
+        except OSError:  # reset, or the TLS connection ended
+            return i + 1
+    return len(data)
+
+
+@pytest.mark.parametrize("stage", ["handshake", "headers", "body"])
+def test_a_slow_client_has_one_deadline_for_the_whole_request(srv: Srv, stage: str) -> None:
+    """One byte every 0.1 s never lets a per-read timeout of 1 s fire; the deadline of 1 s for
+    the handshake and the whole request closes the connection after about 10 bytes."""
+    srv.server.timeout = 1
+    raw = socket.create_connection(("127.0.0.1", srv.server.port))
+    head = b"POST /v1/reports HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer token-a\r\n"
+    if stage == "handshake":
+        sock, data = raw, client_hello()
+    else:
+        sock = srv.ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        data = head + b"X-Pad: " + b"a" * 100
+        if stage == "body":
+            sock.sendall(head + b"Content-Length: 100\r\n\r\n")
+            data = b'{"step": 1' + b" " * 89 + b"}"
+    with sock:
+        sent = _bytes_until_closed(sock, data[:80], 0.1)
+    assert sent < 40, f"{sent} bytes over {sent / 10:.1f} s and still open"
+    assert srv.received == []
+    assert srv.post(b'{"step": 1}')[0] == 204  # the slot is free again
+
+
+def test_one_address_gets_a_few_connections_and_others_still_get_theirs(srv: Srv) -> None:
+    """4 slots, at most 2 per source address: 5 idle connections from one address keep 2; the
+    other 3 are closed at once (not queued), and a client elsewhere is still served."""
+    srv.server.timeout, srv.server.max_per_address = 60, 2
+    idle = [socket.create_connection(("127.0.0.1", srv.server.port),
+                                     source_address=("127.0.0.2", 0)) for _ in range(5)]
+    try:
+        still = list(idle)
+        for _ in range(50):
+            readable, _, _ = select.select(still, [], [], 0.2)
+            still = [s for s in still if s not in readable or s.recv(1) != b""]
+            if len(still) <= 2:
+                break
+        assert len(still) == 2 and srv.server.shed == 3
+        assert select.select(still, [], [], 0.5)[0] == []  # the two kept are still open
+        assert srv.post(b'{"step": 1}')[0] == 204
+    finally:
+        for s in idle:
+            s.close()
 
 
 def test_concurrent_reports_are_safe(srv: Srv) -> None:
@@ -309,19 +497,25 @@ def test_start_channel_serves_what_the_trainer_config_says(tmp_path: Path) -> No
     woke = threading.Event()
     box = LatestReports(expected=lambda pod: pod.uid == A.uid, wake=woke.set)
 
+    soon = time.time() + 3600
+    token_a, token_b = (_jwt(soon, aud="aud.example/reports", jti=j) for j in "ab")
+
     def token_review(token: str, audiences: list[str]) -> dict:
-        pods = {"token-a": ("team-a", "bot-a1-0", "uid-a"), "token-b": ("team-b", "x", "uid-b")}
+        pods = {token_a: ("team-a", "bot-a1-0", "uid-a"), token_b: ("team-b", "x", "uid-b")}
         return review(*pods[token], audiences=tuple(audiences)) if token in pods else {}
 
-    settings = OperatorSettings(report_audience="aud.example/reports")
+    settings = OperatorSettings(report_audience="aud.example/reports",
+                                report_request_timeout_seconds=3,
+                                report_max_connections_per_address=5)
     channel = start_channel(settings, token_review, box, host="127.0.0.1", port=0)
     try:
         assert channel.config.url == f"https://127.0.0.1:{channel.server.port}/v1/reports"
+        assert (channel.server.timeout, channel.server.max_per_address) == (3, 5)
         client = Srv(channel.server, ssl.create_default_context(cadata=channel.config.ca_pem))
-        assert client.post(b'{"step": 9}') == (204, "")
+        assert client.post(b'{"step": 9}', token=token_a) == (204, "")
         assert woke.is_set() and box.latest(A.uid) == ProgressReport(step=9)
         before = rejected("unknown-pod")
-        assert client.post(b'{"step": 1}', token="token-b")[0] == 403
+        assert client.post(b'{"step": 1}', token=token_b)[0] == 403
         assert rejected("unknown-pod") == before + 1 and box.latest("uid-b") is None
         assert list(box.take()) == [A.uid] and box.take() == {}
         before = rejected("invalid")

@@ -165,6 +165,58 @@ def test_running_job_entry() -> None:
     assert not r.preempting
 
 
+@pytest.mark.parametrize(("saved_at", "counted_from"), [
+    ("1000-01-01T00:00:00Z", 3600),   # a false savedAt, long before this attempt started
+    (ago(7200), 3600),                # an earlier attempt's checkpoint
+    (ago(-3600), 0),                  # "saved" in the future: no more than all of it
+    (ago(120), 120),                  # this attempt's: as it says
+])
+def test_lost_work_counts_from_a_checkpoint_within_this_attempt(
+        saved_at: str, counted_from: float) -> None:
+    """Issue 19 finding 4: a checkpoint savedAt is used only within [attempt start, now]."""
+    j = job(status=running_status(started=3600, checkpoint={
+        "step": 10, "path": "checkpoints/checkpoint-10", "savedAt": saved_at}))
+    r = only_running(snapshot([j], {j.metadata.uid: [make_pod(j, 1, 0)]}))
+    assert r.last_checkpoint_at == NOW - dt.timedelta(seconds=counted_from)
+
+
+def test_a_false_old_checkpoint_does_not_steer_preemption_onto_an_older_job() -> None:
+    """Issue 19 finding 4: the younger job claiming a checkpoint from the year 1000 is the
+    cheaper victim (less work since its start), not the older honest one."""
+    honest = job("honest", gpus=4, priority_class="finetune-low",
+                 status=running_status(started=7200))
+    liar = job("liar", gpus=4, priority_class="finetune-low", status=running_status(
+        started=3600, checkpoint={"step": 1, "path": "checkpoints/checkpoint-1",
+                                  "savedAt": "1000-01-01T00:00:00Z"}))
+    crit = job("urgent", gpus=4, priority_class="finetune-critical", created=ago(5))
+    pods = {j.metadata.uid: [make_pod(j, 1, 0)] for j in (honest, liar)}
+    active = [p for ps in pods.values() for p in ps]
+    d = decide([honest, liar, crit], pods, CLASSES, SETTINGS, [node("node-0", 8)], active, [],
+               NOW)
+    assert d.by_uid[liar.metadata.uid].preempt is not None
+    assert honest.metadata.uid not in d.by_uid
+
+
+def test_a_job_whose_entry_fails_is_left_out_and_the_others_decided(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_operator import snapshot as module
+
+    bad, good = job("bad", created=ago(120)), job("good", created=ago(60))
+    entry = module.snapshot_entry
+
+    def failing(j: FineTuneJob, *args: Any) -> Any:
+        if j is bad:
+            raise OverflowError("date value out of range")
+        return entry(j, *args)
+
+    monkeypatch.setattr(module, "snapshot_entry", failing)
+    d = decide([bad, good], {}, CLASSES, SETTINGS, [node("node-0", 8)], [], [], NOW)
+    assert d.by_uid[good.metadata.uid].admit
+    assert bad.metadata.uid not in d.by_uid
+    step, text = d.invalid[bad.metadata.uid]
+    assert step == "snapshot" and "OverflowError: date value out of range" in text
+
+
 def test_admitted_job_without_pods_holds_its_place_but_not_yet_its_quota() -> None:
     j = job(status={"phase": "Admitted", "attempt": 1, "admittedAt": ago(5)})
     r = only_running(snapshot([j]))

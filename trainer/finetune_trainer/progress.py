@@ -22,6 +22,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -33,6 +34,17 @@ from finetune_operator.api.trainer_config import ReportConfig
 from .checkpoint import write_atomic
 
 log = logging.getLogger(__name__)
+
+STANDBY_TRIES = 5  # with 2 replicas, 1 - 0.5**5 = 97% of reports reach the leader at once
+
+
+def _retry_after(header: str | None) -> float:
+    """Seconds to wait before the next try: the server's Retry-After, within [0.05, 1]."""
+    try:
+        wait = float(header) if header else 0.2
+    except ValueError:
+        wait = 0.2
+    return min(1.0, max(0.05, wait))  # NaN -> 0.05, inf -> 1
 
 TERMINATION_LIMIT = 4096
 MESSAGE_LIMIT = 1024  # the operator keeps at most this much of the message
@@ -106,13 +118,7 @@ class ReportSink:
 
     def _post(self, payload: dict[str, Any]) -> None:
         try:
-            token = self.token_file.read_text(encoding="utf-8").strip()
-            req = urllib.request.Request(
-                self.url, data=json.dumps(payload, sort_keys=True).encode(), method="POST",
-                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-            )
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                resp.read()
+            self._post_once(payload)
         except (urllib.error.URLError, OSError, ValueError) as e:
             if isinstance(e, urllib.error.HTTPError):
                 detail = f"HTTP {e.code}: {e.read().decode(errors='replace').strip()[:200]}"
@@ -126,6 +132,28 @@ class ReportSink:
         if self._failing:
             log.info("progress: the report channel works again")
         self._failing = False
+
+    def _post_once(self, payload: dict[str, Any]) -> None:
+        """One report; a 503 (the replica that took the connection is a standby, or the
+        operator is shedding load) is tried again on a new connection, which the Service may
+        give to the leader, at most STANDBY_TRIES times, waiting Retry-After (<= 1 s)."""
+        body = json.dumps(payload, sort_keys=True).encode()
+        for left in range(STANDBY_TRIES - 1, -1, -1):
+            token = self.token_file.read_text(encoding="utf-8").strip()
+            req = urllib.request.Request(
+                self.url, data=body, method="POST",
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}",
+                         "Connection": "close"},
+            )
+            try:
+                with self._opener.open(req, timeout=self.timeout) as resp:
+                    resp.read()
+                return
+            except urllib.error.HTTPError as e:
+                if e.code != 503 or left == 0:
+                    raise
+                e.read()
+                time.sleep(_retry_after(e.headers.get("Retry-After")))
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s until the newest report went out (or failed)."""

@@ -67,11 +67,11 @@ preempt (a namespace gets a preempting band only through namespacePriorityClasse
 {{- end }}
 {{- end }}
 
-{{/* Image prefixes a job's spec.image may start with: the values' list plus the default trainer
-repository (tag or digest). Comma-separated. */}}
-{{- define "finetune-operator.imagePrefixes" -}}
-{{- $repo := .Values.trainer.image.repository }}
-{{- join "," (concat .Values.policy.imagePrefixes (list (printf "%s:" $repo) (printf "%s@" $repo)) | uniq) }}
+{{/* RE2 pattern of the default trainer repository as a whole image reference: the repository,
+then a tag, a digest, or both. */}}
+{{- define "finetune-operator.defaultImagePattern" -}}
+{{- $digest := "@sha256:[0-9a-f]{64}" }}
+{{- printf "^%s(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(%s)?|%s)$" (regexQuoteMeta .Values.trainer.image.repository) $digest $digest }}
 {{- end }}
 
 {{/* FINETUNE_REPORT_URL: the value, else the chart's reports Service. */}}
@@ -83,16 +83,35 @@ repository (tag or digest). Comma-separated. */}}
 {{- end }}
 {{- end }}
 
-{{/* Fields of a FineTuneJob that name an object the trainer pod reads: the chart's policy
-requires the requester's own `get` on it. YAML list of {path, leaf, resource, kind, use}. */}}
+{{/* CEL for the string at `path` under `root` ('' when any segment is unset), e.g.
+(dict "root" "variables.spec" "path" "resources.gpuResource"). */}}
+{{- define "finetune-operator.celString" -}}
+{{- $has := list }}{{- $acc := "" }}
+{{- range splitList "." .path }}
+{{- $acc = ternary . (printf "%s.%s" $acc .) (eq $acc "") }}
+{{- $has = append $has (printf "has(%s.%s)" $.root $acc) }}
+{{- end }}
+{{- printf "%s ? string(%s.%s) : ''" (join " && " $has) .root .path }}
+{{- end }}
+
+{{/* Fields of a FineTuneJob that name an object the trainer pod reads (or writes): the chart's
+policy requires the requester's own `verbs` on it. YAML list of
+{path, leaf, resource, kind, use, verbs, may}. */}}
 {{- define "finetune-operator.policyRefs" -}}
-- {path: model.source.hub.tokenSecretRef, leaf: name, resource: secrets, kind: Secret, use: read}
-- {path: dataset.source.hub.tokenSecretRef, leaf: name, resource: secrets, kind: Secret, use: read}
-- {path: model.source.pvc, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount}
-- {path: dataset.source.pvc, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount}
-- {path: checkpoint.storage, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount}
-- {path: dataset.source.configMap, leaf: name, resource: configmaps, kind: ConfigMap, use: read}
-- {path: evaluation.dataset.source.hub.tokenSecretRef, leaf: name, resource: secrets, kind: Secret, use: read}
-- {path: evaluation.dataset.source.pvc, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount}
-- {path: evaluation.dataset.source.configMap, leaf: name, resource: configmaps, kind: ConfigMap, use: read}
+- {path: model.source.hub.tokenSecretRef, leaf: name, resource: secrets, kind: Secret, use: read it, verbs: [get], may: read}
+- {path: dataset.source.hub.tokenSecretRef, leaf: name, resource: secrets, kind: Secret, use: read it, verbs: [get], may: read}
+- {path: model.source.pvc, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount it, verbs: [get], may: read}
+- {path: dataset.source.pvc, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount it, verbs: [get], may: read}
+- {path: checkpoint.storage, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount it read-write, verbs: [get, update], may: write}
+- {path: dataset.source.configMap, leaf: name, resource: configmaps, kind: ConfigMap, use: read it, verbs: [get], may: read}
+- {path: evaluation.dataset.source.hub.tokenSecretRef, leaf: name, resource: secrets, kind: Secret, use: read it, verbs: [get], may: read}
+- {path: evaluation.dataset.source.pvc, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount it, verbs: [get], may: read}
+- {path: evaluation.dataset.source.configMap, leaf: name, resource: configmaps, kind: ConfigMap, use: read it, verbs: [get], may: read}
+{{- end }}
+
+{{/* The Secret with the report channel's serving certificate: reports.tls.secretName, else the
+one the chart makes (reports-tls.yaml). Every replica serves the same certificate, so a trainer
+keeps verifying the operator after another replica took over. */}}
+{{- define "finetune-operator.reportsTlsSecret" -}}
+{{- .Values.reports.tls.secretName | default (printf "%s-reports-tls" (include "finetune-operator.fullname" .)) }}
 {{- end }}

@@ -17,6 +17,18 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A container image reference as the container runtime parses it (distribution/reference):
+# [registry[:port]/]path[:tag][@digest], path components lower case.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST_COMPONENT = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+IMAGE_REFERENCE = (
+    rf"^(?:{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*(?::[0-9]+)?/)?"
+    rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,})?$"
+)
+# Upper bound of every duration field of the spec: arithmetic on it cannot overflow.
+MAX_SECONDS = 31536000  # one year
 # Every string and list of the spec is bounded (maxLength/maxItems): the API server estimates
 # the cost of CEL rules from these bounds and rejects a CRD whose rules could cost too much.
 QUANTITY_MAX = 64
@@ -152,7 +164,7 @@ class TrainingSpec(ApiModel):
     ] = "cosine"
     warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
-    max_grad_norm: float = Field(default=1.0, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, ge=0.0, le=1e6)
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     gradient_checkpointing: bool = False
     packing: bool = False
@@ -360,12 +372,15 @@ class FineTuneJobSpec(ApiModel):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     suspend: bool = False
     backoff_limit: int = Field(default=3, ge=0, le=100)
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=MAX_SECONDS)
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, le=31536000,
+        default=None, ge=0, le=MAX_SECONDS,
         description="delete the job (and its children) this long after it finished; "
         "default from the operator setting (0 = at once)")
-    image: str | None = Field(default=None, max_length=1024)
+    image: str | None = Field(
+        default=None, max_length=1024, pattern=IMAGE_REFERENCE,
+        description="trainer image, a reference like registry.example.com/team/trainer:1.2 "
+        "(default from the operator config)")
     output: OutputSpec = Field(default_factory=OutputSpec)
     evaluation: EvaluationSpec | None = None
 

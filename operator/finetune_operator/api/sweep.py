@@ -86,8 +86,8 @@ class SweepRange(ApiModel):
         ("self.min < self.max", "range: min must be less than max", ".min"),
         ("self.scale != 'log' || self.min > 0.0", "range: scale log needs min > 0", ".min"),
     ))
-    min: float
-    max: float
+    min: float = Field(ge=-1e12, le=1e12)
+    max: float = Field(ge=-1e12, le=1e12)
     scale: Literal["linear", "log"] = "linear"
     integer: bool = Field(default=False, description="round to an integer (e.g. a LoRA rank)")
 

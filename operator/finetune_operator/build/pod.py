@@ -37,7 +37,9 @@ REPORT_TOKEN_SECONDS = 3600
 
 
 def grace_period_seconds(settings: OperatorSettings, save_seconds: float | None) -> int:
-    """max(configured minimum, ceil(3 * last measured checkpoint save + 30 s)).
+    """max(configured minimum, ceil(3 * last measured checkpoint save + 30 s)), at most the
+    configured maximum: the save time is the trainer's word, and a pod that ignores SIGTERM
+    keeps its GPUs through preemption, suspend and drain for its whole grace period.
 
     ``save_seconds`` is the last measured save (status.checkpoint.saveSeconds); None, negative
     or non-finite values are ignored.
@@ -45,7 +47,8 @@ def grace_period_seconds(settings: OperatorSettings, save_seconds: float | None)
     minimum = settings.grace_period_seconds
     if save_seconds is None or not math.isfinite(save_seconds) or save_seconds < 0:
         return minimum
-    return max(minimum, math.ceil(3 * save_seconds + 30))
+    wanted = math.ceil(3 * min(save_seconds, 1e9) + 30)
+    return max(minimum, min(wanted, settings.max_grace_period_seconds))
 
 
 def gpu_resource(job: FineTuneJob, settings: OperatorSettings) -> str:

@@ -25,6 +25,9 @@ SWEEP_CRD_FILE = ROOT / "crds" / "finetunesweeps.finetune.dev.yaml"
 CHART = ROOT / "charts" / "finetune-operator"
 DATASET = ROOT / "examples" / "data" / "messages.jsonl"
 MODEL_PATH = "tiny"
+# Pod Security Admission: every namespace made here enforces the strictest profile, so trainer
+# pods (build/pod.py) prove on every run that they need no privilege.
+RESTRICTED_NAMESPACE = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 
 def tiny_model() -> Path:
@@ -60,13 +63,21 @@ def _wait(what: str, fn: Any, timeout: float) -> Any:
     raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def create_namespace(cfg: ClusterConfig, ns: str) -> None:
+    """A namespace that enforces the `restricted` Pod Security Standard (the kube-apiserver
+    rejects any pod of it that is not), once its default ServiceAccount exists."""
+    body = {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "labels": RESTRICTED_NAMESPACE}}
+    kubectl(cfg, "create", "-f", "-", input=json.dumps(body))
+    _wait(f"default ServiceAccount in {ns}", lambda: kubectl(
+        cfg, "get", "serviceaccount", "default", "-n", ns, check=False).returncode == 0, 30)
+
+
 def prepare_namespace(cfg: ClusterConfig, ns: str, gpu_quota: int | None = None,
                       dataset: Path = DATASET, root: Path | None = None) -> None:
     """Namespace + `models` claim holding the tiny model + `data` ConfigMap (+ quota)."""
     root = root or default_root()
-    kubectl(cfg, "create", "namespace", ns)
-    _wait(f"default ServiceAccount in {ns}", lambda: kubectl(
-        cfg, "get", "serviceaccount", "default", "-n", ns, check=False).returncode == 0, 30)
+    create_namespace(cfg, ns)
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
              "spec": {"accessModes": ["ReadOnlyMany", "ReadWriteOnce"],
                       "resources": {"requests": {"storage": "1Gi"}}}}

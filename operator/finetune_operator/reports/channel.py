@@ -20,6 +20,7 @@ from ..api.trainer_config import ReportConfig
 from ..settings import OperatorSettings, env_name
 from . import tls
 from .identity import PodIdentity, TokenAuthenticator, TokenReview
+from .limits import Authorize, CachedAccess, ReviewBudget
 from .model import BadReport, ProgressReport, TerminationMessage, parse_termination
 from .rejects import Rejections
 from .server import OnReport, ReportServer
@@ -33,11 +34,17 @@ class Channel:
     config: ReportConfig  # goes into every trainer config (URL + CA PEM; no secret)
     authenticator: TokenAuthenticator
     rejections: Rejections
+    budget: ReviewBudget  # every TokenReview/SubjectAccessReview of the port spends it
 
     def termination(self, pod_key: str, raw: str) -> TerminationMessage | None:
         """:func:`~.model.parse_termination` whose rejections are counted and logged once
         for ``pod_key`` (``namespace/pod``)."""
         return parse_termination(raw, lambda bad: self.rejections.reject(pod_key, bad))
+
+    def cached_access(self, authorize: Authorize) -> CachedAccess:
+        """``authorize`` (e.g. ``Kube.may_list_jobs``) with a short cache of its answers, its
+        reviews spending this channel's budget."""
+        return CachedAccess(authorize, self.budget)
 
     def stop(self) -> None:
         self.server.stop()
@@ -119,13 +126,17 @@ def start_channel(settings: OperatorSettings, token_review: TokenReview, on_repo
     url = settings.resolved_report_url(pod_namespace)
     cert = serving_cert(settings, url)
     rejections = rejections or Rejections()
-    auth = TokenAuthenticator(token_review, settings.report_audience)
+    rate = settings.report_reviews_per_second
+    budget = ReviewBudget(rate, burst=5 * rate)
+    auth = TokenAuthenticator(token_review, settings.report_audience, budget=budget)
     server = ReportServer(host, settings.report_port if port is None else port, cert.cert_file,
-                          cert.key_file, auth, on_report, rejections=rejections).start()
+                          cert.key_file, auth, on_report, rejections=rejections,
+                          max_per_address=settings.report_max_connections_per_address,
+                          timeout=settings.report_request_timeout_seconds).start()
     if port is not None:  # e.g. 0 in tests: trainers dial the port actually bound
         settings = settings.model_copy(update={"report_port": server.port})
     return Channel(server, report_config(settings, cert.ca_pem, pod_namespace), auth,
-                   rejections)
+                   rejections, budget)
 
 
 __all__ = ["BadReport", "Channel", "LatestReports", "report_config", "serving_cert",

@@ -8,24 +8,27 @@ from the review's ``user.extra`` and the namespace from the ServiceAccount user 
 for another audience (e.g. the pod's default API token), a legacy Secret token (not bound to a
 pod), an expired or forged token is refused.
 
-Verified identities are cached by the token's SHA-256 until the token's own expiry (capped), so
-a pod reporting every 5 s costs one TokenReview per token, not one per report; refusals are
-cached briefly so garbage tokens cannot turn into a TokenReview flood.
+Before any TokenReview, the token's own claims are read without verifying them (a pre-filter,
+never a reason to accept): a token that is not a JWT, not for our audience, not bound to a pod
+(no ``kubernetes.io`` ``pod`` claim) or already expired is refused at once, so garbage costs the
+API server nothing. Verified identities are cached by the token's SHA-256 until the token's own
+expiry (capped), so a pod reporting every 5 s costs one TokenReview per token, not one per
+report; refusals are cached briefly; and every TokenReview spends the port's shared
+:class:`~.limits.ReviewBudget` (spent: :class:`~.limits.BudgetSpent`, a 503 for the caller).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
+
+from .limits import ReviewBudget, TtlCache, digest
 
 log = logging.getLogger(__name__)
 
@@ -71,48 +74,78 @@ def identity_from_review(status: dict[str, Any], audience: str) -> PodIdentity |
     return PodIdentity(namespace, str(pods[0]), str(uids[0]))
 
 
-def token_expiry(token: str) -> float | None:
-    """The ``exp`` claim of a JWT (epoch seconds), read without verifying the signature: call it
-    only for a token the API server has just accepted."""
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT, read without verifying the signature ({} when it is not one): a
+    pre-filter and the cache's expiry, never a reason to trust the token."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
     try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        exp = claims.get("exp") if isinstance(claims, dict) else None
-    except (IndexError, ValueError, binascii.Error, UnicodeDecodeError):
-        return None
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT (epoch seconds), unverified: call it only for a token the API
+    server has just accepted (or to refuse one that is expired anyway)."""
+    exp = unverified_claims(token).get("exp")
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def may_be_pod_token(token: str, audience: str, now: float) -> bool:
+    """Whether the token's unverified claims could be a live pod-bound token for ``audience``:
+    ``aud`` names it, the ``kubernetes.io`` claim names a pod (name and uid), and ``exp`` is in
+    the future. False means refuse without a TokenReview; True proves nothing."""
+    claims = unverified_claims(token)
+    aud = claims.get("aud")
+    k8s = claims.get("kubernetes.io")
+    pod = k8s.get("pod") if isinstance(k8s, dict) else None
+    exp = token_expiry(token)
+    return (audience in (aud if isinstance(aud, list) else [aud])
+            and isinstance(pod, dict) and bool(pod.get("name")) and bool(pod.get("uid"))
+            and exp is not None and exp > now)
 
 
 class TokenAuthenticator:
     """``authenticate(token) -> PodIdentity | None`` with a cache keyed by the token's hash.
 
-    ``review(token, audiences)`` is :meth:`finetune_operator.k8s.Kube.token_review`. A positive
-    answer is kept until the token expires, at most ``max_ttl`` seconds (so a deleted pod's token
-    stops working here within that time even before it expires); a refusal for ``negative_ttl``.
-    ``clock`` is wall time (token expiry is epoch seconds)."""
+    ``review(token, audiences)`` is :meth:`finetune_operator.k8s.Kube.token_review`. A token
+    whose unverified claims cannot be a live pod-bound token for ``audience`` is refused without
+    a review (:attr:`prefiltered`). A positive answer is kept until the token expires, at most
+    ``max_ttl`` seconds (so a deleted pod's token stops working here within that time even
+    before it expires); a refusal for ``negative_ttl``. Each review spends ``budget`` (None: no
+    limit), which raises :class:`~.limits.BudgetSpent` when spent. ``clock`` is wall time (token
+    expiry is epoch seconds)."""
 
     def __init__(self, review: TokenReview, audience: str = DEFAULT_AUDIENCE, *,
                  max_ttl: float = 300.0, negative_ttl: float = 30.0, max_entries: int = 4096,
+                 budget: ReviewBudget | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.review = review
         self.audience = audience
         self.max_ttl = max_ttl
         self.negative_ttl = negative_ttl
-        self.max_entries = max_entries
+        self.budget = budget
         self.clock = clock
         self.reviews = 0  # TokenReviews sent (tests and the docs' cost figures)
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[bytes, tuple[float, PodIdentity | None]] = OrderedDict()
+        self.prefiltered = 0  # tokens refused from their claims alone
+        self.cache: TtlCache[PodIdentity | None] = TtlCache(max_entries, clock)
 
     def __call__(self, token: str) -> PodIdentity | None:
         if not token or len(token) > MAX_TOKEN_BYTES:
             return None
-        key = hashlib.sha256(token.encode()).digest()
         now = self.clock()
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] > now:
-                return hit[1]
+        if not may_be_pod_token(token, self.audience, now):
+            self.prefiltered += 1
+            return None
+        key = digest(token)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit[0]
+        if self.budget is not None:
+            self.budget.spend()
         try:
             identity = self._review(token)
         except Exception as e:  # the API server is down: refuse now, ask again next time
@@ -124,11 +157,7 @@ class TokenAuthenticator:
         else:
             exp = token_expiry(token)
             until = now + self.max_ttl if exp is None else min(exp, now + self.max_ttl)
-        with self._lock:
-            self._cache[key] = (until, identity)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.max_entries:
-                self._cache.popitem(last=False)
+        self.cache.put(key, identity, until)
         return identity
 
     def _review(self, token: str) -> PodIdentity | None:

@@ -5,9 +5,11 @@ A pod runs code the operator does not control (``spec.image`` is the tenant's), 
 are parsed like hostile input, once, at the edge: a size limit before anything is decoded, a
 nesting-depth scan before ``json.loads``, no NaN/Infinity, no duplicate keys, then one pydantic
 model in strict mode (no bool-as-int, no "12" as 12), with bounds on every number, length limits
-on every string and relative, ``..``-free paths. Whatever passes can go to status and metrics
-unchecked; whatever fails raises :class:`BadReport` with a reason from :data:`REJECT_REASONS`
-(a small fixed set: the ``reason`` label of ``finetune_report_rejected_total``).
+on every string and relative, ``..``-free paths; numbers and times that steer the operator (save
+time, ETA, loss, ...) are then clamped to plausible ranges, and times are written zero-padded.
+Whatever passes can go to status and metrics unchecked; whatever fails raises
+:class:`BadReport` with a reason from :data:`REJECT_REASONS` (a small fixed set: the ``reason``
+label of ``finetune_report_rejected_total``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,20 @@ MAX_INT: Final = 2**53 - 1  # exact in every JSON implementation (and in float64
 MAX_PATH: Final = 256
 MAX_MESSAGE: Final = 1024
 MAX_METRICS: Final = 32
+# Numbers that steer the operator are clamped to these ranges (a report that passes the types
+# is kept; its values are made harmless): saveSeconds sizes the next pod's grace period (also
+# capped by the operator setting max_grace_period_seconds), etaSeconds the expected end.
+MAX_SAVE_SECONDS: Final = 86400.0  # one day
+MAX_ETA_SECONDS: Final = 31536000.0  # one year
+MAX_LOSS: Final = 1e6
+MAX_LEARNING_RATE: Final = 10.0
+MAX_EPOCH: Final = 1e6
+MAX_RATE: Final = 1e12  # tokens per second
+MAX_METRIC: Final = 1e15
+# Timestamps a pod reports are clamped to this plausible range when parsed (datetime arithmetic
+# on them cannot overflow), and to [attempt start, now] where they enter a status (status.py).
+TIME_MIN: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+TIME_MAX: Final = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
 
 # The reason label of finetune_report_rejected_total. Fixed: never a tenant-chosen string.
 REJECT_REASONS: Final = (
@@ -69,6 +85,11 @@ class BadReport(ValueError):
 Count = Annotated[int, Field(strict=True, ge=0, le=MAX_INT)]
 Real = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-1e300, le=1e300)]
 NonNegReal = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1e300)]
+
+
+def clamped(low: float, high: float) -> AfterValidator:
+    """Clamp a number that passed its type and bounds to [low, high]."""
+    return AfterValidator(lambda v: min(max(v, low), high))
 
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _RFC3339 = re.compile(
@@ -111,13 +132,32 @@ def _rfc3339(value: Any) -> Any:
         assert digits is not None
         text = f"{head}.{digits.group()[:6].ljust(6, '0')}{tail[digits.end():]}"
     try:
-        return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
-    except (ValueError, OverflowError) as e:
+        return clamp_time(dt.datetime.fromisoformat(text))
+    except ValueError as e:
         raise ValueError(f"not a valid date/time ({e})") from None
 
 
+def clamp_time(t: dt.datetime, low: dt.datetime = TIME_MIN,
+               high: dt.datetime = TIME_MAX) -> dt.datetime:
+    """``t`` in UTC (naive counts as UTC), clamped to [low, high]. Never raises."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    try:
+        t = t.astimezone(dt.UTC)
+    except OverflowError:  # an offset pushed it past year 1 or 9999
+        return low if t.year < 2000 else high
+    return min(max(t, low), high)
+
+
+def rfc3339(t: dt.datetime) -> str:
+    """``t`` as RFC 3339 in UTC, whole seconds, four-digit year (``strftime("%Y")`` writes
+    year 999 as "999", which no RFC 3339 parser reads back)."""
+    t = t.astimezone(dt.UTC)
+    return f"{t.year:04d}-{t:%m-%dT%H:%M:%S}Z"
+
+
 def _rfc3339_text(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if value is None else rfc3339(value)
 
 
 Timestamp = Annotated[
@@ -165,7 +205,7 @@ class CheckpointReport(_Strict):
     step: Count
     path: RelPath
     saved_at: Timestamp = None
-    save_seconds: NonNegReal | None = None
+    save_seconds: Annotated[NonNegReal, clamped(0, MAX_SAVE_SECONDS)] | None = None
 
 
 class ProgressReport(_Strict):
@@ -173,11 +213,11 @@ class ProgressReport(_Strict):
 
     step: Count
     total_steps: Count | None = None
-    epoch: NonNegReal | None = None
-    loss: Real | None = None
-    learning_rate: NonNegReal | None = None
-    tokens_per_second: NonNegReal | None = None
-    eta_seconds: NonNegReal | None = None
+    epoch: Annotated[NonNegReal, clamped(0, MAX_EPOCH)] | None = None
+    loss: Annotated[Real, clamped(-MAX_LOSS, MAX_LOSS)] | None = None
+    learning_rate: Annotated[NonNegReal, clamped(0, MAX_LEARNING_RATE)] | None = None
+    tokens_per_second: Annotated[NonNegReal, clamped(0, MAX_RATE)] | None = None
+    eta_seconds: Annotated[NonNegReal, clamped(0, MAX_ETA_SECONDS)] | None = None
     updated_at: Timestamp = None
     resumed_from_step: Count | None = None
     state: Literal["loading", "training", "saving", "done"] | None = None
@@ -198,7 +238,9 @@ class TerminationMessage(_Strict):
     final_step: Count = 0
     adapter_path: RelPath = ""
     merged_path: RelPath = ""
-    metrics: Annotated[dict[str, Real], BeforeValidator(_metrics)] = Field(default_factory=dict)
+    metrics: Annotated[
+        dict[str, Annotated[Real, clamped(-MAX_METRIC, MAX_METRIC)]], BeforeValidator(_metrics)
+    ] = Field(default_factory=dict)
     checkpoint: CheckpointReport | None = None
 
 

@@ -2,8 +2,17 @@
 
 Request: ``Authorization: Bearer <projected ServiceAccount token>``, ``Content-Type:
 application/json``, a body of at most 16 KiB (``Content-Length`` required). Order of checks, each
-cheaper than the next: token (401), per-pod rate (429), size (413), parse (400), the operator's
-callback (403 when it does not expect reports from that pod), then 204 No Content.
+cheaper than the next: token (401; 503 with ``Retry-After`` when the port's budget of API reviews
+is spent, :mod:`.limits`), per-pod rate (429), size (413), parse (400), the operator's callback
+(403 when it does not expect reports from that pod), then 204 No Content.
+
+Under abuse: a connection has ``timeout`` seconds for its TLS handshake and its whole first
+request (headers and body), however slowly it sends (a per-read timeout would restart with
+every byte, so one byte every few seconds would hold a slot forever); each further request on
+the connection gets ``timeout`` again from the previous answer. At most ``max_connections``
+connections are served at once and at most ``max_per_address`` from one source address; the
+accepting thread closes any beyond either cap at once (never queued), so one client cannot take
+every slot from the others.
 
 Standard library (``http.server`` + ``ssl``) on purpose: one endpoint; no new dependency in the
 operator image; it runs in its own threads so a flood of reports can never stall kopf's asyncio
@@ -16,6 +25,7 @@ body is never read before the token and the rate were checked, and never beyond 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import socket
 import ssl
@@ -27,6 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 from .identity import MAX_TOKEN_BYTES, PodIdentity
+from .limits import BudgetSpent, RateLimiter
 from .model import MAX_REPORT_BYTES, BadReport, ProgressReport, parse_report
 from .rejects import Rejections
 
@@ -37,28 +48,22 @@ Authenticate = Callable[[str], PodIdentity | None]
 OnReport = Callable[[PodIdentity, ProgressReport], None]
 
 
-class RateLimiter:
-    """Token bucket per key: ``burst`` reports at once, then ``rate`` per second."""
+class _UntilDeadline(io.RawIOBase):
+    """The connection's reads, each with the time left until the handler's deadline as its
+    timeout: a client that sends one byte at a time still has one deadline for the request."""
 
-    def __init__(self, rate: float, burst: float, max_keys: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self.max_keys, self.clock = rate, burst, max_keys, clock
-        self._lock = threading.Lock()
-        self._buckets: dict[str, tuple[float, float]] = {}
+    def __init__(self, handler: _Handler) -> None:
+        self.handler = handler
 
-    def allow(self, key: str) -> bool:
-        now = self.clock()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if len(self._buckets) >= self.max_keys and key not in self._buckets:
-                # full buckets carry no information: forget them first
-                self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
-            if tokens < 1:
-                self._buckets[key] = (tokens, now)
-                return False
-            self._buckets[key] = (tokens - 1, now)
-            return True
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        left = self.handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request was not complete by its deadline")
+        self.handler.connection.settimeout(left)
+        return int(self.handler.connection.recv_into(buf))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -67,14 +72,37 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "finetune-operator"
     sys_version = ""
 
+    def __init__(self, request: Any, client_address: Any, server: _Server,
+                 deadline: float | None = None) -> None:
+        # monotonic; the request must be read by then
+        self.deadline = time.monotonic() + server.owner.timeout if deadline is None else deadline
+        super().__init__(request, client_address, server)
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # its per-read timeout restarts with every byte
+        self.rfile = io.BufferedReader(_UntilDeadline(self))
+
+    def handle_one_request(self) -> None:
+        super().handle_one_request()
+        self.deadline = time.monotonic() + self.server.owner.timeout  # the next request's
+
     def do_POST(self) -> None:
         srv = self.server.owner
         if self.path.split("?", 1)[0] != PATH:
             self._reply(HTTPStatus.NOT_FOUND, f"POST {PATH}")
             return
+        if self._standby():
+            return
         auth = self.headers.get("Authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        who = srv.authenticate(token) if token and len(token) <= MAX_TOKEN_BYTES else None
+        try:
+            who = srv.authenticate(token) if token and len(token) <= MAX_TOKEN_BYTES else None
+        except BudgetSpent as e:
+            srv.rejections.reject(None, BadReport("rate-limited", str(e)))
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, str(e),
+                        {"Retry-After": str(e.retry_after)})
+            return
         if who is None:
             srv.rejections.reject(None, BadReport("unauthenticated", "missing or refused token"))
             self._reply(HTTPStatus.UNAUTHORIZED,
@@ -84,7 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
             srv.rejections.reject(who.key, BadReport(
                 "rate-limited", f"more than {srv.limiter.burst:g} reports in a burst"))
             self._reply(HTTPStatus.TOO_MANY_REQUESTS, "too many reports; send fewer",
-                        {"Retry-After": str(max(1, round(1 / srv.limiter.rate)))})
+                        {"Retry-After": str(srv.limiter.retry_after())})
             return
         length = self._length()
         if length is None:
@@ -119,19 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return int(text)
 
-    def _drain(self) -> None:
-        """Read an unread body that is within the limit before closing: closing a socket with
-        unread input resets the connection, and the client may lose the answer with it."""
-        if getattr(self, "_body_read", False):
-            return
-        length = self._length()
-        if length is not None and length <= self.server.owner.max_body:
-            self.rfile.read(length)
-
     def _reply(self, status: HTTPStatus, text: str, headers: dict[str, str] | None = None,
                keep_alive: bool = False) -> None:
-        if not keep_alive:
-            self._drain()
         body = (text + "\n").encode() if text else b""
         self.send_response(status)
         for k, v in (headers or {}).items():
@@ -145,6 +162,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self.wfile.write(body)
+        if not keep_alive:
+            self._linger()
+
+    def _linger(self) -> None:
+        """After an answer that closes the connection, read and drop what the client still
+        sends (an unread body; at most 4 times the limit, for at most a second): closing a
+        socket with unread input resets the connection, and a client that sends its whole body
+        before it reads would lose the answer with it."""
+        if getattr(self, "_body_read", False):
+            return
+        self.deadline = min(self.deadline, time.monotonic() + 1)
+        left = 4 * self.server.owner.max_body
+        with contextlib.suppress(OSError):
+            while left > 0 and (chunk := self.rfile.read1(min(left, 65536))):
+                left -= len(chunk)
 
     def do_GET(self) -> None:
         """The visibility endpoint (serve.Endpoints) over the same TLS: users' bearer tokens
@@ -153,9 +185,22 @@ class _Handler(BaseHTTPRequestHandler):
         if get is None:
             self._reply(HTTPStatus.METHOD_NOT_ALLOWED, f"POST {PATH}")
             return
+        if self._standby():
+            return
         from ..serve import answer_json
 
         answer_json(self, get, MAX_TOKEN_BYTES)
+
+    def _standby(self) -> bool:
+        """A standby replica answers nothing itself (its reports would stay in its memory, its
+        queue view is empty): 503 before any review, so the client's next connection, which
+        the Service may give to the leader, carries it. True when it answered."""
+        if self.server.owner.serving():
+            return False
+        self._reply(HTTPStatus.SERVICE_UNAVAILABLE,
+                    "this operator replica is a standby; try again (the leader answers)",
+                    {"Retry-After": "1"})
+        return True
 
     def do_PUT(self) -> None:
         self._reply(HTTPStatus.METHOD_NOT_ALLOWED, f"POST {PATH}")
@@ -173,33 +218,61 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, owner: ReportServer, address: tuple[str, int]) -> None:
         self.owner = owner
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self._slots = threading.BoundedSemaphore(owner.max_connections)
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}  # source address -> connections being served
+        self._shed_logged = float("-inf")
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):  # all slots busy: shed, do not queue
-            self.shutdown_request(request)
+        host, owner = str(client_address[0]), self.owner
+        with self._lock:
+            mine, total = self._open.get(host, 0), sum(self._open.values())
+            shed = total >= owner.max_connections or mine >= owner.max_per_address
+            if not shed:
+                self._open[host] = mine + 1
+        if shed:  # beyond a cap: close now, never queue
+            self._shed(request, total, mine)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._release(host)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(str(client_address[0]))
+
+    def _release(self, host: str) -> None:
+        with self._lock:
+            left = self._open.pop(host, 1) - 1
+            if left > 0:
+                self._open[host] = left
+
+    def _shed(self, request: Any, total: int, mine: int) -> None:
+        owner = self.owner
+        owner.shed += 1
+        self.shutdown_request(request)
+        now = time.monotonic()
+        if now - self._shed_logged >= 60:  # a flood of these is one line a minute
+            self._shed_logged = now
+            log.warning("report channel: closed a new connection at once (%d of %d connections "
+                        "served, %d of %d from its address; %d closed so far): a client may be "
+                        "holding connections open", total, owner.max_connections, mine,
+                        owner.max_per_address, owner.shed)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
+        deadline = time.monotonic() + self.owner.timeout
+        # the handshake's reads share this one timeout (CPython's SSL handshake has a deadline)
         request.settimeout(self.owner.timeout)
         try:
             tls = self.owner.context.wrap_socket(request, server_side=True)
         except (OSError, ssl.SSLError):
             return  # a failed or slow handshake: nothing to answer
         try:
-            _Handler(tls, client_address, self)
+            _Handler(tls, client_address, self, deadline)
         except OSError:
             pass  # the client went away or timed out mid-request
         finally:
@@ -213,7 +286,8 @@ class _Server(ThreadingHTTPServer):
 class ReportServer:
     """``POST /v1/reports`` over TLS, in background threads. See the module doc for the checks.
 
-    ``authenticate(token)`` returns the pod or None (:class:`.identity.TokenAuthenticator`);
+    ``authenticate(token)`` returns the pod or None (:class:`.identity.TokenAuthenticator`; it
+    may raise :class:`~.limits.BudgetSpent`, a 503);
     ``on_report(pod, report)`` is called with every report that passed, from a server thread
     (it must be thread-safe and quick; it may raise :class:`BadReport` ``("unknown-pod", ...)``
     to refuse a pod the operator does not expect reports from). ``port=0`` picks a free port
@@ -222,16 +296,21 @@ class ReportServer:
     def __init__(self, host: str, port: int, certfile: str, keyfile: str,
                  authenticate: Authenticate, on_report: OnReport, *,
                  rate: float = 0.5, burst: float = 10, max_body: int = MAX_REPORT_BYTES,
-                 max_connections: int = 32, timeout: float = 10.0,
+                 max_connections: int = 32, max_per_address: int = 8, timeout: float = 10.0,
                  rejections: Rejections | None = None) -> None:
         self.authenticate = authenticate
         self.on_report = on_report
         # GET routes (the visibility endpoint): (path, bearer token) -> (status, JSON body)
         self.on_get: Callable[[str, str], tuple[int, Any]] | None = None
+        # False on a standby replica: every request gets 503 (the operator sets the leader's
+        # may_write here)
+        self.serving: Callable[[], bool] = lambda: True
         self.limiter = RateLimiter(rate, burst)
         self.max_body = max_body
         self.max_connections = max_connections
-        self.timeout = timeout
+        self.max_per_address = max_per_address
+        self.timeout = timeout  # seconds for the handshake and a whole request
+        self.shed = 0  # connections closed at once, over a cap
         self.rejections = rejections or Rejections()
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2

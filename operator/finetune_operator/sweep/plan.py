@@ -29,6 +29,7 @@ from ..api.sweep import (
     FineTuneSweepStatus,
     TrialStatus,
 )
+from ..status import parse_time
 from .expand import SweepInvalid, Trial, expand, trial_name
 
 SWEEP_LABEL = "finetune.dev/sweep"
@@ -85,14 +86,8 @@ def _condition(old: list[dict[str, Any]], type_: str, status: str, reason: str, 
             "observedGeneration": generation}
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def _gpu_hours(job: FineTuneJob) -> float | None:
-    start, end = _parse_time(job.status.start_time), _parse_time(job.status.completion_time)
+    start, end = parse_time(job.status.start_time), parse_time(job.status.completion_time)
     if start is None or end is None:
         return None
     return round(job.spec.resources.total_gpus * (end - start).total_seconds() / 3600.0, 4)

@@ -84,6 +84,17 @@ def identity(pod: dict[str, Any], container: dict[str, Any]) -> Identity:
                     csc.get("allowPrivilegeEscalation") is False, "ALL" in drop)
 
 
+def make_sub_path(volume: Path, sub: Path) -> None:
+    """Create a missing subPath as the kubelet does: each new directory gets the volume's own
+    mode (and, by the setgid bit, its group), so what fsGroup made writable stays writable."""
+    mode = volume.stat().st_mode & 0o7777
+    for part in sub.parts:
+        volume = volume / part
+        if not volume.exists():
+            volume.mkdir()
+            volume.chmod(mode)
+
+
 def mounts(container: dict[str, Any], vols: Volumes, term_file: Path,
            env: dict[str, str], hosts: Path | None = None) -> list[Mount]:
     """volumeMounts (subPath/subPathExpr honoured) + the termination-message file (+ the pod's
@@ -97,9 +108,8 @@ def mounts(container: dict[str, Any], vols: Volumes, term_file: Path,
         if sub:
             if Path(sub).is_absolute() or ".." in Path(sub).parts:
                 raise Unsupported(f"subPath {sub!r} must be relative and stay inside the volume")
+            make_sub_path(src, Path(sub))
             src = src / sub
-            if not src.exists():
-                src.mkdir(parents=True)
         read_only = bool(m.get("readOnly")) or m["name"] in vols.read_only
         out.append(Mount(src, m["mountPath"], read_only))
     path = container.get("terminationMessagePath") or "/dev/termination-log"
