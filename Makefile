@@ -40,9 +40,10 @@ system-deps: ## Debian packages the tests need (promtool)
 	  echo "[make] installing promtool (Debian package prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-lint: venv
-	$(BIN)/ruff check operator trainer tests benchmarks
+lint: venv ## ruff, mypy, and every relative link and anchor of the Markdown docs (offline)
+	$(BIN)/ruff check operator trainer tests benchmarks scripts/check-links.py
 	$(BIN)/mypy
+	$(BIN)/python scripts/check-links.py
 
 crd: venv ## regenerate crds/ (FineTuneJob, FineTuneSweep) from the pydantic models
 	$(BIN)/python -m finetune_operator.api.crd --write

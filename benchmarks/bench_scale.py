@@ -705,7 +705,7 @@ def _only_writes(c: Counter[tuple[str, str]], verbs: frozenset[str], leases: boo
 
 
 def targets(ours: dict, kq: dict, idle_writes: int | None, per_job: float | None) -> str:
-    """Issue 9's "done when" figures, each met or missed (n/a where not measured)."""
+    """The scale run's target figures, each met or missed (n/a where not measured)."""
     def mark(ok: bool | None) -> str:
         return "n/a" if ok is None else ("met" if ok else "MISSED")
 
@@ -713,7 +713,7 @@ def targets(ours: dict, kq: dict, idle_writes: int | None, per_job: float | None
     rate = fk / fo if fo and fk and not math.isnan(fo) and not math.isnan(fk) else None
     p99 = (ours.get("arrival_latency") or {}).get(99)
     rss = (ours.get("rss_10000") or (None, None))[1]
-    return ("Targets of issue 9: fill rate >= Kueue's (goal 2x): "
+    return ("Targets of the scale run: fill rate >= Kueue's (goal 2x): "
             f"{'n/a' if rate is None else f'{rate:.2f}x'} "
             f"{mark(None if rate is None else rate >= 1)}"
             f"; apply -> Pod p99 <= 2 s while capacity is free (arrivals): {_fmt(p99)} "

@@ -549,7 +549,7 @@ def table(rows: list[tuple[int, float, Result]]) -> list[str]:
 
 
 def targets(rows: list[tuple[int, float, Result]]) -> list[str]:
-    """Issue 15's targets for "ours", checked per (seed, load)."""
+    """The simulator's targets for "ours", checked per (seed, load)."""
     lines = []
     by_run: dict[tuple[int, float], dict[str, Result]] = defaultdict(dict)
     for seed, load, r in rows:
@@ -663,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(rows)} simulations in {wall:.0f} s. Waits are the total time queued "
                 "(all attempts), in minutes")
         write_section("Scheduling simulator", "simulate.py --markdown",
-                      [lead, *lines, "", "Issue 15's targets for ours:", "", *checks, "",
+                      [lead, *lines, "", "The simulator's targets for ours:", "", *checks, "",
                        *NOTES])
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -587,6 +588,15 @@ class PluginApi:
                                                             name)
         return dict(res)
 
+    def get_claim(self, namespace: str, name: str) -> dict | None:
+        """A PersistentVolumeClaim, or None when there is none of that name."""
+        try:
+            return self._plain(self.core.read_namespaced_persistent_volume_claim(name, namespace))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
     def list_jobs(self, namespace: str | None) -> list[dict]:
         """Jobs of one namespace, or of every namespace (None)."""
         if namespace is None:
@@ -664,13 +674,14 @@ class PluginApi:
 
     def queue(self, jobs: list[dict], namespace: str | None) -> list[dict]:
         """The operator's visibility endpoint (HTTPS, the report port): waiting jobs in queue
-        order. Its URL and CA come from a trainer config in the namespace; the request
-        carries the kubeconfig's bearer token (``FINETUNE_TOKEN`` overrides)."""
+        order. Where it is comes from a trainer config in the namespace. When that names the
+        cluster Service (the chart's default), the request goes through the API server's
+        service proxy (works from a laptop; RBAC on services/proxy decides who reaches it);
+        any other URL is called directly with the config's CA. The operator authorises the
+        caller itself, with the kubeconfig's bearer token (``FINETUNE_TOKEN`` overrides),
+        forwarded in ``X-Finetune-Authorization`` through the proxy (which drops
+        ``Authorization``)."""
         import os
-        import ssl
-        import tempfile
-        import urllib.error
-        import urllib.request
 
         import yaml
 
@@ -680,25 +691,116 @@ class PluginApi:
         if not configs:
             raise ValueError(f"no trainer config in namespace {ns} yet (no job was admitted)")
         report = yaml.safe_load(configs[0]).get("report") or {}
-        base = str(report["url"]).rsplit("/v1/", 1)[0]
-        url = f"{base}/v1/queue" if namespace is None else f"{base}/v1/namespaces/{namespace}/queue"
-        auth = self.api.configuration.api_key.get("authorization") or ""
-        token = os.environ.get("FINETUNE_TOKEN") or auth.removeprefix("Bearer ").strip()
+        route = "/v1/queue" if namespace is None else f"/v1/namespaces/{namespace}/queue"
+        # the kubeconfig's token (static, OIDC or an exec plugin's, refreshed by the hook)
+        auth = self.api.configuration.get_api_key_with_prefix(
+            "BearerToken", alias="authorization") or ""
+        bearer = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+        token = os.environ.get("FINETUNE_TOKEN") or bearer
         if not token:
-            raise ValueError("your kubeconfig has no bearer token; set FINETUNE_TOKEN")
-        with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca:
-            ca.write(report["caPem"])
-            ca.flush()
-            ctx = ssl.create_default_context(cafile=ca.name)
-            req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}",
-                                                       "Connection": "close"})
-            for left in range(4, -1, -1):  # a standby replica answers 503: try the next one
-                try:
-                    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-                        body = json.loads(r.read())
-                    break
-                except urllib.error.HTTPError as e:
-                    if e.code != 503 or left == 0:
-                        raise
-                    time.sleep(0.5)
+            raise ValueError("your kubeconfig has no bearer token (client certificates or an "
+                             "auth plugin): set FINETUNE_TOKEN to one, e.g. the output of "
+                             "kubectl create token <a ServiceAccount of yours>")
+        service = service_of(str(report["url"]))
+        for left in range(4, -1, -1):  # a standby replica answers 503: try the next one
+            try:
+                if service is None:
+                    body = _direct_get(str(report["url"]).rsplit("/v1/", 1)[0] + route,
+                                       report["caPem"], token)
+                else:
+                    body = self._proxied_get(service, route, token)
+                break
+            except _Unavailable:
+                if left == 0:
+                    raise ValueError("every operator replica answered 503 (standby or busy); "
+                                     "try again in a few seconds") from None
+                time.sleep(0.5)
         return list(body.get("items") or [])
+
+    def _proxied_get(self, service: tuple[str, str, str], route: str, token: str) -> dict:
+        """GET ``route`` of the operator through the API server's service proxy, with the
+        kubeconfig's credentials (whatever kind) for the API server."""
+        from .serve import FORWARDED_AUTH
+
+        name, svc_ns, port = service
+        path = f"/api/v1/namespaces/{svc_ns}/services/https:{name}:{port}/proxy{route}"
+        method, url, headers, body, post = self.api.param_serialize(
+            "GET", path, header_params={"Accept": "application/json",
+                                        FORWARDED_AUTH: f"Bearer {token}"},
+            auth_settings=["BearerToken"])
+        try:
+            resp = self.api.call_api(method, url, headers, body, post, _request_timeout=10)
+            status, data = int(resp.status), resp.read()
+        except ApiException as e:
+            status = e.status or 0
+            data = e.body.encode() if isinstance(e.body, str) else bytes(e.body or b"")
+        if status == 503 and b"no endpoints available" not in (data or b""):
+            raise _Unavailable  # an operator standby (a Status from the API server: none up)
+        if status >= 400 or status == 0:
+            raise ValueError(queue_error(status, data, name, svc_ns, port))
+        return dict(json.loads(data))
+
+
+class _Unavailable(Exception):
+    """The queue view answered 503 (a standby replica, or the review budget spent)."""
+
+
+_SERVICE_HOST = re.compile(r"^(?P<name>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\."
+                           r"(?P<ns>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc(\.cluster\.local)?\.?$")
+
+
+def service_of(report_url: str) -> tuple[str, str, str] | None:
+    """(service, namespace, port) when the report URL names a cluster Service
+    (``https://<svc>.<ns>.svc:<port>/...``), else None (an external or loopback URL)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(report_url)
+    m = _SERVICE_HOST.match(url.hostname or "")
+    if url.scheme != "https" or not m:
+        return None
+    return m["name"], m["ns"], str(url.port or 443)
+
+
+def queue_error(status: int, body: Any, name: str, svc_ns: str, port: str) -> str:
+    """Why the queue view through the service proxy failed, and what to do."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    try:
+        parsed = json.loads(text)
+        detail = str(parsed.get("error") or parsed.get("message") or text)
+    except (ValueError, AttributeError):
+        detail = text
+    detail = detail.strip()[:500]
+    if status == 403 and "services/proxy" in detail:
+        return (f"you may not reach the operator's queue view through the API server (get "
+                f"services/proxy on https:{name}:{port} in namespace {svc_ns}): {detail}; ask "
+                "your platform team to add you to the chart's rbac.queueProxy.subjects")
+    if status == 503:
+        return (f"the operator's Service {svc_ns}/{name} has no ready pod behind it: {detail}; "
+                "is the operator running? (kubectl get pods -n " + svc_ns + ")")
+    if status in (401, 403):
+        return (f"the operator refused the queue view (HTTP {status}): {detail}; it needs a "
+                "bearer token (FINETUNE_TOKEN or the kubeconfig's) of a user who may list "
+                "finetunejobs in that namespace")
+    return f"the operator's queue view through the API server failed: HTTP {status}: {detail}"
+
+
+def _direct_get(url: str, ca_pem: str, token: str) -> dict:
+    """GET the visibility endpoint at its own URL, verified with the report channel's CA."""
+    import ssl
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca:
+        ca.write(ca_pem)
+        ca.flush()
+        ctx = ssl.create_default_context(cafile=ca.name)
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}",
+                                                   "Connection": "close"})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                return dict(json.loads(r.read()))
+        except urllib.error.HTTPError as e:
+            if e.code == 503:
+                raise _Unavailable from None
+            raise

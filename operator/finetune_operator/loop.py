@@ -38,6 +38,7 @@ from . import cache, k8s, metrics, ownership
 from .api.job import FineTuneJob
 from .api.status import FineTuneJobStatus
 from .build import build_children
+from .build.pvc import is_own_claim
 from .intern import intern
 from .k8s import Kube
 from .reconcile import Ctx, JobDecision, Plan, due_at, plan, wants_admission
@@ -479,7 +480,10 @@ class Controller:
         with self._lock:
             dirty, self._sweeps_dirty = self._sweeps_dirty, False
         sweeps = self.sweeps.values()
-        if not dirty or not sweeps:
+        if not dirty:
+            return
+        if not sweeps:  # the last sweep is gone: so are its series
+            metrics.observe_sweeps([])
             return
         trials = [e.sweep_body for e in entries if e.sweep_body is not None]
         try:
@@ -493,10 +497,12 @@ class Controller:
 
     def _timing(self) -> dict[str, float]:
         s = self.settings
-        return {"pods_ready_timeout": s.pods_ready_timeout_seconds,
-                "force_delete_margin": s.force_delete_margin_seconds,
-                "unschedulable_grace": s.unschedulable_grace_seconds,
-                "ttl": float(s.ttl_seconds_after_finished)}
+        out = {"pods_ready_timeout": s.pods_ready_timeout_seconds,
+               "force_delete_margin": s.force_delete_margin_seconds,
+               "unschedulable_grace": s.unschedulable_grace_seconds}
+        if s.ttl_seconds_after_finished is not None:  # absent: finished jobs are kept
+            out["ttl"] = float(s.ttl_seconds_after_finished)
+        return out
 
     def _schedule(self, uid: str, at: float) -> None:
         with self._lock:
@@ -738,7 +744,9 @@ class Controller:
                 raise
             owners = {r.get("uid") for r in
                       (got.get("metadata") or {}).get("ownerReferences") or []}
-            if uid not in owners:  # never adopt: someone else's object has this name
+            ours = (is_own_claim(got, job) if obj["kind"] == "PersistentVolumeClaim"
+                    else uid in owners)  # a retained claim (whenDeleted Retain) has no owner
+            if not ours:  # never adopt: someone else's object has this name
                 msg = (f"{obj['kind']} {obj['metadata']['name']} already exists and is not "
                        "owned by this job; it is left untouched: delete or rename it, or "
                        "rename the job")
@@ -862,4 +870,6 @@ def _sample(job: FineTuneJob, st: FineTuneJobStatus) -> dict[str, Any]:
     return {"namespace": job.metadata.namespace, "name": job.metadata.name, "phase": phase,
             "priority_class": st.effective_priority_class or "",
             "gpus": job.spec.resources.total_gpus,
-            "queued_since": since.timestamp() if since else None}
+            "queued_since": since.timestamp() if since else None,
+            "eval": {k: v for k, v in st.output.metrics.items() if k in metrics.EVAL_METRICS}
+            if st.output else {}}

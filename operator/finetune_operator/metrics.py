@@ -156,6 +156,11 @@ _PER_JOB_GAUGES: Final = (
     JOB_CHECKPOINT_INTERVAL,
 )
 
+# The names of status.output.metrics served as finetune_job_eval_metric{metric} (a fixed set: a
+# label value is never a string a tenant chose).
+EVAL_METRICS: Final = ("testLoss", "testPerplexity", "testRouge1", "testRouge2", "testRougeL",
+                       "testBleu4", "testExactMatch", "evalLoss", "trainLoss")
+
 
 class JobSample(TypedDict, total=False):
     """One FineTuneJob as the admission snapshot sees it (required: namespace, name, phase)."""
@@ -166,6 +171,7 @@ class JobSample(TypedDict, total=False):
     priority_class: str  # effective priority class
     gpus: float  # total GPUs of the job: resources.gpus * resources.nodes
     queued_since: float | None  # unix time the job entered its current wait (phase Queued)
+    eval: Mapping[str, float]  # status.output.metrics of a finished job (EVAL_METRICS names)
 
 
 class QueueSnapshot(TypedDict, total=False):
@@ -204,6 +210,10 @@ class _SnapshotCollector(Collector):
             "Unix time a queued FineTuneJob entered its current wait; absent when not queued.",
             labels=list(NS_JOB),
         )
+        evals = GaugeMetricFamily(
+            "finetune_job_eval_metric", "Final metric of a finished job (status.output.metrics): "
+            "test-set loss, perplexity, ROUGE-1/2/L, BLEU-4 (0-100), exact match (0-100), "
+            "validation and training loss", labels=[*NS_JOB, "metric"])
         for j in jobs:
             ns, phase, cls = j["namespace"], j["phase"], j.get("priority_class", "")
             gpus = float(j.get("gpus", 0.0))
@@ -211,6 +221,9 @@ class _SnapshotCollector(Collector):
             allocated.setdefault(ns, 0.0)
             depth.setdefault((ns, cls), 0.0)
             info.add_metric([ns, j["name"], phase, cls], 1.0)
+            for metric, value in sorted((j.get("eval") or {}).items()):
+                if metric in EVAL_METRICS:
+                    evals.add_metric([ns, j["name"], metric], float(value))
             if phase == "Queued":
                 depth[(ns, cls)] += 1
                 since = j.get("queued_since")
@@ -240,6 +253,7 @@ class _SnapshotCollector(Collector):
             yield fam
         yield info
         yield queued_since
+        yield evals
 
 
 _SNAPSHOT: Final = _SnapshotCollector()
@@ -406,19 +420,17 @@ def _timestamp(value: Any) -> float | None:
     return t.timestamp() if t else None
 
 
-# ==================================================== evaluation and sweeps (sweep/runner.py) ====
-# Set once per scheduling cycle by sweep.SweepRunner.sync from the cached jobs and sweeps, and
-# served atomically by one collector (a deleted job or sweep leaves the exposition with it).
+# ================================================================= sweeps (sweep/runner.py) ====
+# Set by sweep.SweepRunner.sync from the cached sweeps (and cleared when the last sweep is gone),
+# served atomically by one collector (a deleted sweep leaves the exposition with it).
 
-EVAL_METRICS: Final = ("testLoss", "testPerplexity", "testRouge1", "testRouge2", "testRougeL",
-                       "testBleu4", "testExactMatch", "evalLoss", "trainLoss")
 SWEEP_TRIAL_PHASES: Final = ("Pending", "Queued", "Admitted", "Running", "Preempting",
                              "Suspended", "Succeeded", "Failed", "Stopped")
 
 
-class _EvalSweepCollector(Collector):
+class _SweepCollector(Collector):
     def __init__(self) -> None:
-        self.families: list[GaugeMetricFamily] = _eval_sweep_families([], [])
+        self.families: list[GaugeMetricFamily] = _sweep_families([])
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []
@@ -427,25 +439,13 @@ class _EvalSweepCollector(Collector):
         return list(self.families)
 
 
-def observe_sweeps(sweeps: Sequence[tuple[Any, Any]], jobs: Sequence[Mapping[str, Any]]) -> None:
-    """Per-job evaluation gauges (``status.output.metrics`` of every job, known names only) and
-    per-sweep gauges: trials by phase and the best trial's objective value. ``sweeps`` holds
-    (FineTuneSweep, SweepPlan) pairs."""
-    _EVAL_SWEEP.families = _eval_sweep_families(sweeps, jobs)
+def observe_sweeps(sweeps: Sequence[tuple[Any, Any]]) -> None:
+    """Per-sweep gauges: trials by phase and the best trial's objective value. ``sweeps`` holds
+    (FineTuneSweep, SweepPlan) pairs; an empty list removes every sweep's series."""
+    _SWEEPS.families = _sweep_families(sweeps)
 
 
-def _eval_sweep_families(sweeps: Sequence[tuple[Any, Any]],
-                         jobs: Sequence[Mapping[str, Any]]) -> list[GaugeMetricFamily]:
-    evals = GaugeMetricFamily(
-        "finetune_job_eval_metric", "Final metric of a finished job (status.output.metrics): "
-        "test-set loss, perplexity, ROUGE-1/2/L, BLEU-4 (0-100), exact match (0-100), "
-        "validation and training loss", labels=["namespace", "job", "metric"])
-    for body in jobs:
-        meta, st = body.get("metadata") or {}, body.get("status") or {}
-        for name, value in ((st.get("output") or {}).get("metrics") or {}).items():
-            if name in EVAL_METRICS and isinstance(value, int | float):
-                evals.add_metric([str(meta.get("namespace")), str(meta.get("name")), name],
-                                 float(value))
+def _sweep_families(sweeps: Sequence[tuple[Any, Any]]) -> list[GaugeMetricFamily]:
     trials = GaugeMetricFamily("finetune_sweep_trials", "Trials of a FineTuneSweep by phase",
                                labels=["namespace", "sweep", "phase"])
     best = GaugeMetricFamily("finetune_sweep_best_value",
@@ -461,8 +461,8 @@ def _eval_sweep_families(sweeps: Sequence[tuple[Any, Any]],
             trials.add_metric([ns, name, phase], float(n))
         if plan.best is not None:
             best.add_metric([ns, name, plan.best.metric, plan.best.name], plan.best.value)
-    return [evals, trials, best]
+    return [trials, best]
 
 
-_EVAL_SWEEP = _EvalSweepCollector()
-REGISTRY.register(_EVAL_SWEEP)
+_SWEEPS = _SweepCollector()
+REGISTRY.register(_SWEEPS)

@@ -19,6 +19,9 @@ from typing import Any
 
 from .api.job import FineTuneJob
 from .api.status import FineTuneJobStatus, QueueStatus
+from .build.names import pod_name
+from .build.output import output_location
+from .build.output import summary as output_summary
 from .status import (
     PodsView,
     apply_progress,
@@ -80,7 +83,7 @@ class Ctx:
     force_delete_margin_seconds: float = 60.0
     unschedulable_grace_seconds: float = 900.0
     max_gpus_per_node: int = 0
-    ttl_seconds_after_finished: int = 0
+    ttl_seconds_after_finished: int | None = None  # the operator setting; None = keep
 
 
 def wants_admission(job: FineTuneJob, now: dt.datetime) -> bool:
@@ -192,10 +195,10 @@ def _leave_active(st: FineTuneJobStatus, now: dt.datetime) -> None:
 
 
 def _ttl(job: FineTuneJob, ctx: Ctx) -> int | None:
+    """Seconds a finished job is kept (0 = delete at once), None = kept: the spec, else the
+    operator setting; both mean the same."""
     ttl = job.spec.ttl_seconds_after_finished
-    if ttl is None:
-        ttl = ctx.ttl_seconds_after_finished or None
-    return ttl
+    return ctx.ttl_seconds_after_finished if ttl is None else ttl
 
 
 def _stuck(pod: dict, ctx: Ctx, now: dt.datetime) -> bool:
@@ -234,8 +237,8 @@ def due_at(job: FineTuneJob, st: FineTuneJobStatus, pods: list[dict],
             times.append(time_after(t, timing["force_delete_margin"] + 0.5))
     if st.phase in TERMINAL_PHASES and (t := parse_time(st.completion_time)):
         ttl = job.spec.ttl_seconds_after_finished
-        if ttl is None:
-            ttl = int(timing["ttl"]) or None
+        if ttl is None and timing.get("ttl") is not None:
+            ttl = int(timing["ttl"])
         if ttl is not None:
             times.append(time_after(t, ttl))
     future = [t for t in times if t > now]
@@ -278,6 +281,18 @@ def _reconcile_active(p: Plan, job: FineTuneJob, current: list[dict], decision: 
         if st.attempt > 1 or resume:  # the first start is the Admitted Event + the phase
             p.events.append(("Normal", "Running", f"attempt {st.attempt} running"
                              + (f", resuming from checkpoint step {resume}" if resume else "")))
+
+
+def _resume_note(job: FineTuneJob, st: FineTuneJobStatus) -> str:
+    """Where the next attempt starts: the newest checkpoint, or from scratch when none was
+    saved yet (a checkpoint is written every checkpoint.intervalSteps steps)."""
+    if st.checkpoint and st.checkpoint.step:
+        return f"will resume from checkpoint step {st.checkpoint.step}"
+    done = st.progress.step if st.progress and st.progress.step else 0
+    return ("no checkpoint was saved yet, so it restarts from scratch (step 0"
+            + (f"; {done} step(s) of work are redone" if done else "")
+            + f"); checkpoints are saved every {job.spec.checkpoint.interval_steps} steps "
+            "(spec.checkpoint.intervalSteps)")
 
 
 def _requeue_start(p: Plan, job: FineTuneJob, view: PodsView, cause: str, ctx: Ctx) -> None:
@@ -350,8 +365,8 @@ def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobDecision,
     set_condition(st, "Preempted", True, "Preempted", f"{reason} (preemption "
                   f"{st.preemptions}; not counted as a failure)", now, gen)
     p.metrics.append(("preemption", {"reason": kind}))
-    p.events.append(("Normal", "Preempted", f"{reason}; back in the queue, will resume from "
-                     f"checkpoint step {st.checkpoint.step if st.checkpoint else 0}"))
+    p.events.append(("Normal", "Preempted",
+                     f"{reason}; back in the queue, {_resume_note(job, st)}"))
     st.stop_reason = None
     _to_queue(p, job, "Preempted", "waiting to resume", now)
 
@@ -366,8 +381,8 @@ def _succeed(p: Plan, job: FineTuneJob, view: PodsView, now: dt.datetime) -> Non
         st.progress.step = msg["finalStep"]
         total = st.progress.total_steps
         st.progress.summary = f"{st.progress.step}/{total}" if total else str(st.progress.step)
-    set_condition(st, "Complete", True, "Completed", f"output in {st.output.adapter_path or '-'}",
-                  now, gen)
+    where = output_location(job, st.output.adapter_path, st.output.merged_path)
+    set_condition(st, "Complete", True, "Completed", output_summary(where), now, gen)
     set_condition(st, "Running", False, "Completed", "training finished", now, gen)
     p.delete_pods.extend(view.deletable)
     p.events.append(("Normal", "Completed", f"training finished after {st.attempt} attempt(s), "
@@ -394,8 +409,8 @@ def _failed_attempt(p: Plan, job: FineTuneJob, view: PodsView, ctx: Ctx) -> None
         return
     if st.failures > limit:
         _fail(p, job, "BackoffLimitExceeded",
-              f"failed {st.failures} time(s), more than backoffLimit={limit}; last: {cause}", now,
-              count=False)
+              f"failed {st.failures} time(s), more than backoffLimit={limit}; last: {cause}; "
+              + _logs_hint(job, st.attempt, view), now, count=False)
         return
     delay = ctx.backoff_seconds
     st.retry_after = iso(time_after(now, delay))
@@ -405,6 +420,16 @@ def _failed_attempt(p: Plan, job: FineTuneJob, view: PodsView, ctx: Ctx) -> None
                      f"{limit} allowed): {cause}; retrying in {delay:.0f}s from the newest "
                      "checkpoint"))
     _to_queue(p, job, "Retrying", f"retry {st.failures} after {delay:.0f}s backoff", now)
+
+
+def _logs_hint(job: FineTuneJob, attempt: int, view: PodsView) -> str:
+    """Where the failed attempt's log is: its pod is kept while the job exists."""
+    m = job.metadata
+    rank = f" --rank {view.failed_rank}" if view.failed_rank else ""
+    pod = view.failed_pod or pod_name(m.name, max(attempt, 1), view.failed_rank)
+    return (f"read why in attempt {attempt}'s log: kubectl finetune logs {m.name} -n "
+            f"{m.namespace} --attempt {attempt}{rank} (or kubectl logs {pod} -n {m.namespace} "
+            "-c trainer)")
 
 
 def _fail(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.datetime,

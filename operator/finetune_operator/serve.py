@@ -27,6 +27,10 @@ from .reports.limits import BudgetSpent
 log = logging.getLogger(__name__)
 
 Authorize = Callable[[str, str | None], bool]  # (token, namespace or None=cluster) -> allowed
+# The caller's bearer token when it comes through the API server's service proxy
+# (`kubectl finetune list --queue` from outside the cluster): the API server authenticates the
+# proxy request with, and then drops, the Authorization header.
+FORWARDED_AUTH = "X-Finetune-Authorization"
 _NS_QUEUE = re.compile(r"^/v1/namespaces/([a-z0-9][-a-z0-9]{0,62})/queue/?$")
 
 
@@ -74,8 +78,10 @@ def answer_json(req: BaseHTTPRequestHandler, route: Callable[[str, str], tuple[i
                 max_token: int) -> None:
     """Answer a GET with ``route(path, bearer token)`` as JSON; an exception in the route is a
     500 (logged), never a dead server thread; a spent review budget is a 503 with
-    ``Retry-After``. Tokens longer than ``max_token`` are dropped."""
-    auth = req.headers.get("Authorization") or ""
+    ``Retry-After``. Tokens longer than ``max_token`` are dropped. The token comes in
+    ``Authorization`` (a direct call) or ``X-Finetune-Authorization`` (through the API server's
+    service proxy, which consumes ``Authorization`` itself); either is reviewed the same way."""
+    auth = req.headers.get("Authorization") or req.headers.get(FORWARDED_AUTH) or ""
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
     retry_after = None
     try:

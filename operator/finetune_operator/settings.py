@@ -142,9 +142,11 @@ class OperatorSettings(BaseModel):
         default=0, ge=0, description="largest node size in GPUs: a job asking more per node "
         "fails at once; 0 = no static limit (only the grace period applies)")
     sweeps: bool = Field(default=True, description="run FineTuneSweeps (needs their CRD)")
-    ttl_seconds_after_finished: int = Field(
-        default=0, ge=0, description="default time a finished job is kept before it is "
-        "deleted (spec.ttlSecondsAfterFinished overrides); 0 = keep")
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, le=31_536_000,
+        description="default seconds a finished job is kept before it is deleted, 0 = at once "
+        "(the meaning of spec.ttlSecondsAfterFinished, which overrides it); empty = keep "
+        "finished jobs")
     # ---- the report channel (trainer -> operator over HTTPS; docs/contracts.md) ----------
     report_port: Port = Field(default=8443, description="HTTPS port trainers POST reports to")
     report_url: str = Field(
@@ -254,6 +256,8 @@ class OperatorSettings(BaseModel):
                 text = ",".join(value)
             elif isinstance(value, dict):
                 text = json.dumps(value, sort_keys=True)
+            elif value is None:
+                text = ""
             else:
                 text = str(value)
             out[env_name(field)] = text
@@ -319,6 +323,8 @@ _LIST_FIELDS = {
     "trainer_image_pull_secrets",
 }
 _JSON_FIELDS = {"namespace_priority_classes"}
+# empty text = None ("not set"), so a unit of 0 keeps its plain meaning
+_OPTIONAL_FIELDS = {"ttl_seconds_after_finished"}
 
 
 def env_name(field: str) -> str:
@@ -350,6 +356,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_text(field: str, text: str, where: str) -> Any:
+    if field in _OPTIONAL_FIELDS and not text.strip():
+        return None
     if field in _LIST_FIELDS:
         return [part.strip() for part in text.split(",") if part.strip()]
     if field in _JSON_FIELDS:

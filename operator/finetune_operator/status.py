@@ -114,6 +114,8 @@ class PodsView:
     present: list[dict] = field(default_factory=list)
     completed: dict | None = None          # rank-0 termination message when it completed
     failure: str | None = None             # cause, when a pod failed
+    failed_pod: str | None = None          # the pod of that failure (its log tells why)
+    failed_rank: int = 0
     failure_reason: str = "exit-code"      # metric label: exit-code | oom-killed | node-lost
     preempted_by: str | None = None        # scheduler | eviction | deleted | trainer
     invalid_input: bool = False            # the trainer exited 2: retrying cannot help
@@ -166,6 +168,7 @@ def observe(pods: list[dict], expected: int, ever_ran: bool) -> PodsView:
             v.completed = msg
         elif code != 0 and not v.failure and not v.preempted_by and not v.node_lost:
             v.failure, v.failure_reason = _failure_cause(p, term or {}, msg)
+            v.failed_pod, v.failed_rank = p["metadata"]["name"], rank_of(p)
             v.invalid_input = code == INVALID_INPUT_EXIT_CODE
     if ever_ran and len(pods) < expected and not v.failure and v.completed is None \
             and not v.node_lost:

@@ -3,11 +3,16 @@
 mints for its pod) and brings a FineTuneJob to Running.
 
 What the test chooses, and why:
-- `crds.install=false` and `priorityClasses.create=false`: the session fixtures already applied
-  the CRD and the PriorityClass bands with kubectl (not owned by a Helm release, so Helm would
-  refuse to import them), and other test modules rely on them staying exactly as they are. The
-  CRD keep policy of a chart-installed CRD is not exercised here: it would mean deleting or
-  re-owning the session's CRD (and every FineTuneJob of concurrently running tests).
+- CRDs on (the chart's default): the chart installs and upgrades both CRDs, FineTuneJob and
+  FineTuneSweep, and `kubectl apply -f examples/sweep.yaml` then works. The session fixtures
+  (and other modules) applied the same generated CRDs with kubectl already, and deleting them
+  would delete every FineTuneJob of concurrently running tests, so the test hands the existing
+  CRDs to this release the way Helm adopts resources (its ownership label and annotations);
+  Helm then applies the chart's CRDs over them: the release's labels on both, `helm get
+  manifest` listing both, an upgrade restoring a label removed by hand, and the keep policy
+  leaving both in place after `helm uninstall` show the chart owns and updates them.
+- `priorityClasses.create=false`: the session fixtures applied the PriorityClass bands with
+  kubectl, and other test modules rely on them staying exactly as they are.
 - `watchNamespaces=[<the job's namespace>]`: the installed operator handles only this test's
   namespace, so it never competes with an operator of another test; it also exercises the
   RoleBinding-per-namespace RBAC variant (plus the cluster-wide read ClusterRoleBinding), and
@@ -40,6 +45,8 @@ from finetune_operator.devcluster.nodeagent import AgentProcess, find_log, start
 
 from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import free_port, ftj, job_pods, scraper_token, wait_phase
+from .test_cli import table
+from .test_user_role import as_user, user_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
@@ -48,6 +55,9 @@ GpuNodes = Callable[[int, int], dict[str, str]]  # conftest.gpu_nodes(count, gpu
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "finetune-operator"
 LEASE = "finetune-operator-leader"
+CRD_DIR = CHART.parents[1] / "crds"
+CRDS = ("finetunejobs.finetune.dev", "finetunesweeps.finetune.dev")
+EXAMPLES = CHART.parents[1] / "examples"
 TAINT = "finetune.dev/helm-test"
 
 
@@ -72,6 +82,24 @@ def lease_holder(cluster: Cluster, namespace: str) -> tuple[str | None, bool]:
     age = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(renew.replace("Z", "+00:00"))
            ).total_seconds()
     return spec.get("holderIdentity"), age <= float(spec.get("leaseDurationSeconds") or 15)
+
+
+def chart_crds(cluster: Cluster, release: str, namespace: str) -> None:
+    """Both CRDs are the release's, as the chart renders them, and served."""
+    manifest = helm(cluster, "get", "manifest", release, "--namespace", namespace).stdout
+    in_release = {d["metadata"]["name"] for d in yaml.safe_load_all(manifest)
+                  if d and d["kind"] == "CustomResourceDefinition"}
+    assert in_release == set(CRDS), in_release
+    for name in CRDS:
+        crd = cluster.get("crd", name)
+        assert crd is not None
+        labels, notes = crd["metadata"]["labels"], crd["metadata"]["annotations"]
+        assert labels["app.kubernetes.io/instance"] == release, labels
+        assert labels["helm.sh/chart"].startswith("finetune-operator-"), labels
+        assert notes["meta.helm.sh/release-name"] == release
+        assert notes["helm.sh/resource-policy"] == "keep"
+        assert {"type": "Established", "status": "True"} in [
+            {k: c[k] for k in ("type", "status")} for c in crd["status"]["conditions"]]
 
 
 @pytest.fixture
@@ -121,8 +149,14 @@ def test_helm_install_runs_the_operator_and_brings_a_job_to_running(
     release = f"ft-{sid}"
     metrics_port = free_port()
     trainer_repo = f"example.invalid/helm-{sid}/trainer"
+    for crd in CRDS:  # the session's CRDs, handed to this release (Helm adopts them)
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
+                        str(CRD_DIR / f"{crd}.yaml"))
+        cluster.kubectl("label", "--overwrite", "crd", crd, "app.kubernetes.io/managed-by=Helm")
+        cluster.kubectl("annotate", "--overwrite", "crd", crd,
+                        f"meta.helm.sh/release-name={release}",
+                        f"meta.helm.sh/release-namespace={release_namespace}")
     values = {
-        "crds": {"install": False},
         "priorityClasses": {"create": False},
         "watchNamespaces": [jobs_ns],
         "image": {"repository": "example.invalid/finetune-operator/operator", "tag": "unused"},
@@ -138,6 +172,9 @@ def test_helm_install_runs_the_operator_and_brings_a_job_to_running(
         # the job below pins itself to this test's nodes with this key (the chart's policy
         # limits nodeSelector keys; its binding covers watchNamespaces only)
         "policy": {"nodeSelectorKeys": list(sel)},
+        # who may reach the queue view through the API server (`list --queue` below)
+        "rbac": {"queueProxy": {"subjects": [{"kind": "ServiceAccount", "name": "alice",
+                                              "namespace": jobs_ns}]}},
         # who may scrape /metrics: the chart binds its metrics-reader role to this account
         "metrics": {"readers": [{"namespace": release_namespace, "name": "prometheus"}]},
     }
@@ -148,6 +185,19 @@ def test_helm_install_runs_the_operator_and_brings_a_job_to_running(
         helm(cluster, "install", release, str(CHART), "--namespace", release_namespace,
              "--values", str(values_file), "--wait", "--timeout", "150s")
         installed = True
+        chart_crds(cluster, release, release_namespace)
+        # every kind the operator serves: the sweep example applies (in a namespace of its
+        # own, which no operator watches: only the API is tested here)
+        sweep_ns = make_namespace()
+        applied = cluster.kubectl("apply", "-n", sweep_ns, "-f", str(EXAMPLES / "sweep.yaml"),
+                                  check=False)
+        assert applied.returncode == 0, applied.stderr
+        assert "finetunesweep.finetune.dev/lr-rank created" in applied.stdout, applied.stdout
+        # an upgrade applies the chart's CRDs again: a label removed by hand comes back
+        cluster.kubectl("label", "crd", CRDS[1], "helm.sh/chart-")
+        helm(cluster, "upgrade", release, str(CHART), "--namespace", release_namespace,
+             "--values", str(values_file), "--wait", "--timeout", "150s")
+        chart_crds(cluster, release, release_namespace)
         pods = json.loads(cluster.kubectl(
             "get", "pods", "-n", release_namespace, "-l", f"app.kubernetes.io/instance={release}",
             "-o", "json").stdout)["items"]
@@ -198,6 +248,42 @@ def test_helm_install_runs_the_operator_and_brings_a_job_to_running(
             text = r.read().decode()
         assert (f'finetune_job_info{{job="helm-job",namespace="{jobs_ns}",phase="Running",'
                 f'priority_class="finetune-normal"}} 1.0') in text
+        # `list --queue` from outside the cluster, as team members bound only to the chart's
+        # user role: through the API server's service proxy to the report Service, which the
+        # chart's queue-proxy Role opens to rbac.queueProxy.subjects (alice here) only
+        cluster.apply(ftj("helm-wait", 2, "finetune-normal", sel), jobs_ns)  # no GPU free
+        wait_phase(cluster, jobs_ns, "helm-wait", "Queued", 60)
+        team: dict[str, Path] = {}
+        for who in ("alice", "mallory"):
+            cluster.kubectl("create", "rolebinding", who, "-n", jobs_ns,
+                            f"--clusterrole={release}-finetune-operator-edit",
+                            f"--serviceaccount={jobs_ns}:{who}")
+            team[who] = user_kubeconfig(cluster, jobs_ns, who, tmp_path / f"{who}.yaml")
+        wait_for("RBAC to let alice through the service proxy", lambda: cluster.kubectl(
+            "auth", "can-i", "get", "services/https:"
+            f"{release}-finetune-operator-reports:reports", "--subresource=proxy", "-n",
+            release_namespace, f"--as=system:serviceaccount:{jobs_ns}:alice",
+            check=False).stdout.strip() == "yes", 30)
+        svc = f"{release}-finetune-operator-reports"
+        code, listed, err = as_user(team["mallory"], "list", "--queue")
+        assert code == 0, err  # the coarse positions, and why not the exact ones
+        assert (f"may not reach the operator's queue view through the API server (get "
+                f"services/proxy on https:{svc}:{values['ports']['reports']} in namespace "
+                f"{release_namespace})") in listed and "rbac.queueProxy.subjects" in listed, \
+            listed
+        code, listed, err = as_user(team["alice"], "list", "--queue")
+        assert code == 0, err
+        # alice passed the API server's RBAC and reached its proxy. This local cluster cannot
+        # go further: every pod's IP is 127.0.0.1, which no Endpoints may name, so the API
+        # server finds no endpoint for the Service (on a real cluster the operator answers;
+        # tests/unit/test_queue_proxy.py covers the proxied request, test_serve.py the
+        # forwarded token the operator reviews)
+        assert "services/proxy" not in listed and "403" not in listed, listed
+        assert f'no endpoints available for service "{svc}"' in listed, listed
+        assert next(r for r in table(listed.split("\n", 1)[1])
+                    if r["NAME"] == "helm-wait")["QUEUE"] == "1", listed
+        cluster.kubectl("delete", "finetunejob", "helm-wait", "-n", jobs_ns)
+
         # the chart's RBAC sufficed: no request of the operator was refused
         output = log.read_text()
         assert "Forbidden" not in output and " 403" not in output, output[-4000:]
@@ -227,7 +313,11 @@ def test_helm_install_runs_the_operator_and_brings_a_job_to_running(
         f"app.kubernetes.io/instance={release},app.kubernetes.io/component!=test",
         "-o", "json").stdout)["items"], 60)
     assert cluster.get("clusterrole", f"{release}-finetune-operator") is None
-    assert cluster.get("crd", "finetunejobs.finetune.dev") is not None  # not the chart's to remove
+    for crd in CRDS:  # crds.keep (the default): uninstalling keeps the CRDs and every object
+        kept = cluster.get("crd", crd)
+        assert kept is not None, f"helm uninstall deleted {crd}"
+        assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert cluster.get("finetunesweep", "lr-rank", sweep_ns) is not None
     # the job and its pod outlive the operator (an uninstall must not stop training)
     assert [p["metadata"]["name"] for p in job_pods(cluster, jobs_ns, "helm-job")] == \
         ["helm-job-a1-0"]

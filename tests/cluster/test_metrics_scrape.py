@@ -27,6 +27,7 @@ from ..kube import Cluster, wait_for
 from ..operator_proc import (
     OperatorProcess,
     complete,
+    finish_pod,
     ftj,
     job_pods,
     job_status,
@@ -231,6 +232,37 @@ def test_metrics_follow_a_preemption_scenario(
     assert s.get("finetune_lost_steps_total", namespace=ns) == 10
     assert s.get("finetune_preemptions_total", **low, reason="operator") == 1
     assert s.get("finetune_gpus_allocated", namespace=ns) == 0
+
+
+def test_eval_metric_of_a_job_outside_any_sweep(
+        cluster: Cluster, operator: OperatorProcess, make_namespace: MakeNamespace,
+        gpu_nodes: GpuNodes) -> None:
+    """finetune_job_eval_metric for a plain FineTuneJob with spec.evaluation (no sweep): the
+    metrics of its completion, known names only, from the scrape; gone with the job."""
+    sel = gpu_nodes(1, 1)
+    ns = make_namespace()
+    evaluation = {"dataset": {"source": {"configMap": {"name": "data", "key": "test.jsonl"}}}}
+    cluster.apply(ftj("scored", 1, "finetune-normal", sel, evaluation=evaluation), ns)
+    wait_phase(cluster, ns, "scored", "Running")
+    job = {"namespace": ns, "job": "scored"}
+    assert scrape(operator).get("finetune_job_eval_metric", **job, metric="testLoss") is None
+    pod = running_pod(cluster, ns, "scored", 1)
+    finish_pod(cluster, ns, pod, 0, "Completed", {
+        "reason": "Completed", "finalStep": 100, "adapterPath": "output/adapter",
+        "metrics": {"testLoss": 1.5, "testPerplexity": 4.48, "testRougeL": 42.0,
+                    "trainLoss": 0.7, "notAMetricWeServe": 3.0}})
+    st = wait_phase(cluster, ns, "scored", "Succeeded")
+    assert st["output"]["metrics"]["testLoss"] == 1.5
+    s = wait_metrics(operator, "scored's evaluation", lambda s: s.get(
+        "finetune_job_eval_metric", **job, metric="testLoss") == 1.5)
+    assert s.get("finetune_job_eval_metric", **job, metric="testPerplexity") == 4.48
+    assert s.get("finetune_job_eval_metric", **job, metric="testRougeL") == 42.0
+    assert s.get("finetune_job_eval_metric", **job, metric="trainLoss") == 0.7
+    assert s.get("finetune_job_eval_metric", **job, metric="notAMetricWeServe") is None
+    assert s.total("finetune_sweep_trials", namespace=ns) == 0  # no sweep was involved
+    cluster.kubectl("delete", "finetunejob", "scored", "-n", ns, "--wait=false")
+    wait_metrics(operator, "scored's evaluation removed with the job", lambda s: s.get(
+        "finetune_job_eval_metric", **job, metric="testLoss") is None)
 
 
 def test_only_a_metrics_reader_may_scrape(cluster: Cluster, operator: OperatorProcess,

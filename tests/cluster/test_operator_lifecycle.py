@@ -48,6 +48,25 @@ def test_jobs_impossible_by_policy_fail_with_a_reason(
         assert job_pods(cluster, ns, name) == []
 
 
+def test_a_gpu_resource_no_node_offers_waits_naming_the_usual_causes(
+        cluster: Cluster, operator: OperatorProcess, make_namespace, gpu_nodes) -> None:  # type: ignore[no-untyped-def]
+    """A fresh install's "Queued forever": no node advertises the job's GPU resource (no device
+    plugin, or another resource name); the wait reason says so and what the nodes offer."""
+    sel = gpu_nodes(1, 2)  # nodes that offer nvidia.com/gpu, not the job's resource
+    ns = make_namespace()
+    cluster.apply(ftj("unplugged", 1, "finetune-normal", sel, resources={
+        "gpus": 1, "gpuResource": "example.com/no-such-gpu", "nodeSelector": sel}), ns)
+    st = wait_for("unplugged waiting with a reason", lambda: (
+        lambda s: s if s.get("phase") == "Queued" and (s.get("queue") or {}).get("reason")
+        else None)(job_status(cluster, ns, "unplugged")), 30)
+    reason = st["queue"]["reason"]
+    assert reason.startswith("no node offers example.com/no-such-gpu (in its status.allocatable)")
+    assert "nvidia.com/gpu" in reason.split("the nodes offer ", 1)[1].split(":", 1)[0]
+    assert "device plugin" in reason and "resources.gpuResource" in reason
+    assert _condition(st, "Admitted")["reason"] == "NoMatchingNodes"
+    assert job_pods(cluster, ns, "unplugged") == []
+
+
 def test_suspend_round_trip(cluster: Cluster, operator: OperatorProcess, make_namespace,
                             gpu_nodes) -> None:  # type: ignore[no-untyped-def]
     sel = gpu_nodes(1, 4)
@@ -94,6 +113,11 @@ def test_failures_retry_with_backoff_then_fail_with_cause(
     assert "exited with code 137 (OOMKilled)" in cond["message"]
     assert "resources.memory" in cond["message"]  # says what to do
     assert (st["failures"], st["preemptions"], st["attempt"]) == (2, 0, 2)
+    # ... and where the failed attempt's log is: that pod is kept while the job exists
+    assert f"kubectl finetune logs flaky -n {ns} --attempt 2 " in cond["message"]
+    assert f"kubectl logs flaky-a2-0 -n {ns} -c trainer" in cond["message"]
+    kept = cluster.get("pod", "flaky-a2-0", ns)
+    assert kept is not None and kept["status"]["phase"] == "Failed"
 
 
 def test_scheduler_preemption_is_not_a_failure(
@@ -145,11 +169,14 @@ def test_delete_removes_children_but_never_an_existing_claim(
     def children_gone() -> bool:
         left = cluster.kubectl("get", "pods,configmaps,serviceaccounts,roles,rolebindings,pvc",
                                "-n", ns, "-o", "name").stdout.split()
-        ours = re.compile(r"/(own-pvc|shared)-(config|checkpoints|trainer|a\d)")
+        ours = re.compile(r"/(own-pvc|shared)-(config|trainer|a\d)")
         return not [x for x in left if ours.search(x)]
 
     wait_for("garbage collection of the jobs' children", children_gone, 60)
     assert cluster.get("pvc", "shared-ckpt", ns) is not None  # the user's claim stays
+    # the claim the operator created holds the output: kept (whenDeleted Retain, the default)
+    assert cluster.get("pvc", "own-pvc-checkpoints", ns) is not None
+    assert cluster.get("pvc", "shared-checkpoints", ns) is None
 
 
 def test_metrics_follow_the_queue(cluster: Cluster, operator: OperatorProcess, make_namespace,

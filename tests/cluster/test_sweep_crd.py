@@ -149,6 +149,40 @@ def _jobs(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
     return list(json.loads(out)["items"])
 
 
+def test_a_sweep_whose_trials_all_failed_is_stored_failed_with_the_counts(
+        cluster: Cluster, sweep_crd: Path, namespace: str) -> None:
+    """Not "Succeeded, 2/2 trials finished": the stored status and kubectl get say Failed, the
+    Complete condition counts succeeded and failed trials and names one to describe."""
+    from finetune_operator.sweep import SweepRunner
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    # no operator here: the test plays its part (a suspended trial would count as Stopped)
+    assert _apply(cluster, namespace, sweep(
+        "doomed", parameters=[{"path": "lora.rank", "values": [4, 8]}])).returncode == 0
+
+    def sync() -> dict[str, Any]:
+        body = cluster.get("finetunesweep", "doomed", namespace)
+        assert body is not None
+        SweepRunner(_kube(cluster)).sync([body], _jobs(cluster, namespace), now)
+        return dict((cluster.get("finetunesweep", "doomed", namespace) or {})["status"])
+
+    first = sync()
+    assert first["phase"] == "Running", first
+    for trial in ("doomed-t0", "doomed-t1"):
+        cluster.kubectl("patch", "finetunejob", trial, "-n", namespace, "--subresource=status",
+                        "--type=merge", "-p", json.dumps({"status": {"phase": "Failed"}}))
+    st = sync()
+    assert (st["phase"], st["finishedTrials"], st.get("best")) == ("Failed", 2, None)
+    complete = next(c for c in st["conditions"] if c["type"] == "Complete")
+    assert complete["reason"] == "NoTrialSucceeded"
+    assert complete["message"].startswith(
+        "2/2 trials finished: 0 succeeded, 2 failed; no trial succeeded, so there is no best")
+    assert f"kubectl finetune describe doomed-t0 -n {namespace}" in complete["message"]
+    row = cluster.kubectl("get", "finetunesweep", "doomed", "-n", namespace,
+                          "--no-headers").stdout.split()
+    assert "Failed" in row and "Succeeded" not in row
+
+
 def test_runner_creates_trials_once_never_adopts_and_trials_go_with_the_sweep(
         cluster: Cluster, sweep_crd: Path, namespace: str) -> None:
     """Robust to an operator of someone else's that watches every namespace of the shared

@@ -251,7 +251,9 @@ def test_backfill_smaller_job_behind_a_blocked_one() -> None:
 
 def test_cordoned_nodes_take_no_pods() -> None:
     d = admit(snap([make_job("j")], nodes=[make_node("n1", unschedulable=True)]), NOW)
-    assert waiting(d)["j"][1] == "NoMatchingNodes"
+    assert waiting(d)["j"][1:] == (
+        "NoMatchingNodes", "no schedulable node offers nvidia.com/gpu: the 1 node(s) that offer "
+        "it are cordoned (kubectl uncordon); wait for nodes")
     assert not d.impossible
 
 
@@ -269,7 +271,8 @@ def test_node_selector_and_taints() -> None:
     assert placed == {"tolerant-a100": ("a100",), "anywhere": ("plain",)}
     assert waiting(d)["a100-job"][1:] == (
         "NoMatchingNodes", "no schedulable node matching resources.nodeSelector/tolerations "
-        "offers nvidia.com/gpu; wait for nodes")
+        "offers nvidia.com/gpu (3 node(s) offer it, with other labels or taints, or cordoned); "
+        "change resources.nodeSelector/tolerations or wait for nodes")
 
 
 def test_exists_toleration_matches_every_taint() -> None:
@@ -370,6 +373,29 @@ def test_cordoned_big_node_still_makes_the_job_possible() -> None:
 def test_unknown_resource_waits_instead_of_failing() -> None:
     d = admit(snap([make_job("j", gpu_resource="amd.com/gpu")]), NOW)
     assert not d.impossible and waiting(d)["j"][1] == "NoMatchingNodes"
+
+
+def test_no_node_offering_the_resource_names_the_usual_causes_of_a_fresh_install() -> None:
+    """No device plugin: no node advertises any GPU resource."""
+    d = admit(snap([make_job("j")], nodes=[NodeInfo(name="cpu", allocatable={}, free={})]), NOW)
+    code, text = waiting(d)["j"][1:]
+    assert code == "NoMatchingNodes"
+    assert text.startswith("no node offers nvidia.com/gpu (in its status.allocatable): ")
+    assert "GPU device plugin (or the GPU Operator) is usually missing" in text
+    assert "resources.gpuResource" in text and "trainer.gpuResource" in text
+    assert "policy.gpuResources" in text and "the nodes offer" not in text
+
+
+def test_no_node_offering_the_resource_names_what_the_nodes_offer_instead() -> None:
+    """A resource-name mismatch: the nodes advertise MIG slices, the job asks nvidia.com/gpu."""
+    mig = "nvidia.com/mig-1g.10gb"
+    nodes = [NodeInfo(name="a", allocatable={mig: 7}, free={mig: 7}),
+             NodeInfo(name="b", allocatable={mig: 7, "example.com/fpga": 0}, free={mig: 7})]
+    d = admit(snap([make_job("j")], nodes=nodes), NOW)
+    text = waiting(d)["j"][2]
+    assert "no node offers nvidia.com/gpu (in its status.allocatable); the nodes offer "\
+        "nvidia.com/mig-1g.10gb: " in text  # each name once; a resource at 0 is not offered
+    assert "set resources.gpuResource" in text
 
 
 def test_impossible_jobs_take_no_queue_position() -> None:

@@ -43,7 +43,7 @@ UTC = dt.UTC
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 ADMITTED = "2026-03-01T11:00:00Z"
 TIMING = {"pods_ready_timeout": 600.0, "unschedulable_grace": 900.0,
-          "force_delete_margin": 60.0, "ttl": 0.0}
+          "force_delete_margin": 60.0}  # no "ttl": finished jobs kept (setting unset)
 
 ODD_TIMES: list[Any] = [
     None, "", " ", "garbage", "999-01-01T00:00:00Z", "0000-01-01T00:00:00Z",

@@ -19,12 +19,14 @@ def _checkpoint_volume(pod: dict[str, Any]) -> dict[str, Any]:
     return next(v for v in pod["spec"]["volumes"] if v["name"] == "checkpoints")
 
 
-def test_created_pvc_is_owned_and_mounted() -> None:
+def test_created_pvc_is_kept_by_default_and_mounted() -> None:
     job = make_job(storage={"size": "50Gi", "storageClassName": "fast"})
     ch = build_children(job, make_settings(), 1, "finetune-high", None)
     assert ch.pvc is not None
     assert ch.pvc["metadata"]["name"] == "bot-checkpoints"
-    assert ch.pvc["metadata"]["ownerReferences"][0]["uid"] == job.metadata.uid
+    # whenDeleted Retain (default): no owner, so deleting the job keeps the model
+    assert "ownerReferences" not in ch.pvc["metadata"]
+    assert ch.pvc["metadata"]["annotations"]["finetune.dev/job-uid"] == job.metadata.uid
     assert ch.pvc["spec"] == {
         "accessModes": ["ReadWriteOnce"],
         "resources": {"requests": {"storage": "50Gi"}},
@@ -127,3 +129,10 @@ def test_children_order_and_determinism() -> None:
 def test_attempt_must_be_one_based() -> None:
     with pytest.raises(ValueError, match="attempt must be >= 1"):
         build_children(make_job(), make_settings(), 0, None, None)
+
+
+def test_created_pvc_with_when_deleted_delete_is_owned_by_the_job() -> None:
+    job = make_job(storage={"size": "50Gi", "whenDeleted": "Delete"})
+    ch = build_children(job, make_settings(), 1, None, None)
+    assert ch.pvc is not None
+    assert ch.pvc["metadata"]["ownerReferences"][0]["uid"] == job.metadata.uid

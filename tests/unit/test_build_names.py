@@ -86,7 +86,8 @@ def test_labels_and_selectors() -> None:
 
 
 def test_owner_reference_and_it_is_on_every_child() -> None:
-    job = make_job(nodes=2)
+    # every child; the checkpoint claim only with whenDeleted Delete (by default it is kept)
+    job = make_job(nodes=2, storage={"size": "20Gi", "whenDeleted": "Delete"})
     ref = n.owner_reference(job)
     assert ref == {
         "apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "name": "bot",

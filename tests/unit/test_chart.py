@@ -167,13 +167,25 @@ def test_user_roles_aggregate(rendered: dict[str, list[dict[str, Any]]]) -> None
     assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     editor = {"create", "update", "patch", "delete", "get", "list", "watch"}
+    # what `kubectl finetune` reads besides the finetune.dev kinds: describe (events, pods),
+    # logs (pods/log), top (resourcequotas), list --queue (the trainer ConfigMap naming the
+    # operator); read-only, in the namespace the role is bound in
+    cli_reads = {("", r): READ for r in ("pods", "events", "resourcequotas", "configmaps")}
+    cli_reads[("", "pods/log")] = {"get"}
     assert grants(docs, f"{FULLNAME}-edit") == {
         ("finetune.dev", "finetunejobs"): editor, ("finetune.dev", "finetunesweeps"): editor,
         ("finetune.dev", "finetunejobs/status"): {"get"},
-        ("finetune.dev", "finetunesweeps/status"): {"get"}}
+        ("finetune.dev", "finetunesweeps/status"): {"get"}, **cli_reads,
+        ("", "persistentvolumeclaims"): {"get", "list"}}  # kubectl finetune output
     assert grants(docs, f"{FULLNAME}-view") == {
-        ("finetune.dev", r): READ for r in ("finetunejobs", "finetunejobs/status",
-                                            "finetunesweeps", "finetunesweeps/status")}
+        **{("finetune.dev", r): READ for r in ("finetunejobs", "finetunejobs/status",
+                                               "finetunesweeps", "finetunesweeps/status")},
+        **cli_reads}
+    for role in (edit, view):  # never secrets, never a write outside finetune.dev
+        for rule in role["rules"]:
+            assert "secrets" not in rule["resources"], rule
+            if rule["apiGroups"] != ["finetune.dev"]:
+                assert set(rule["verbs"]) <= READ, rule
     opted = one(render({"rbac": {"aggregateEditToEdit": True, "aggregateEditToAdmin": False}}),
                 "ClusterRole", f"{FULLNAME}-edit")["metadata"]["labels"]
     assert opted.get("rbac.authorization.k8s.io/aggregate-to-edit") == "true"
@@ -190,10 +202,31 @@ def test_clusterwide_binding(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for crb in (crbs[FULLNAME], crbs[f"{FULLNAME}-cluster"]):
         assert crb["subjects"] == [
             {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
-    (leader,) = of_kind(docs, "RoleBinding")
-    assert leader["roleRef"]["name"] == f"{FULLNAME}-leader"
-    assert leader["metadata"]["namespace"] == NAMESPACE
+    rbs = {d["roleRef"]["name"]: d for d in of_kind(docs, "RoleBinding")}
+    assert set(rbs) == {f"{FULLNAME}-leader", f"{FULLNAME}-queue-proxy"}
+    assert rbs[f"{FULLNAME}-leader"]["metadata"]["namespace"] == NAMESPACE
     assert one(docs, "ServiceAccount", FULLNAME)
+
+
+def test_queue_proxy_reaches_the_report_service_only(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """`list --queue` from a laptop: get services/proxy on the report Service's HTTPS port (by
+    port name and number, as a client may write either), nothing else; the operator authorises
+    each caller per namespace itself."""
+    docs = rendered["defaults"]
+    role = one(docs, "Role", f"{FULLNAME}-queue-proxy")
+    port = one(docs, "Service", f"{FULLNAME}-reports")["spec"]["ports"][0]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [{
+        "apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get"],
+        "resourceNames": [f"https:{FULLNAME}-reports:{port['name']}",
+                          f"https:{FULLNAME}-reports:{port['port']}"]}]
+    binding = one(docs, "RoleBinding", f"{FULLNAME}-queue-proxy")
+    assert binding["subjects"] == [{"kind": "Group", "name": "system:authenticated",
+                                    "apiGroup": "rbac.authorization.k8s.io"}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    off = render({"rbac": {"queueProxy": {"subjects": []}}})
+    assert not [d for d in off if d["metadata"]["name"] == f"{FULLNAME}-queue-proxy"]
 
 
 def test_namespaced_watch_binds_per_namespace(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -547,12 +580,14 @@ def test_network_policy_guards_metrics_and_opens_reports(
     pod_labels = deployment(docs)["spec"]["template"]["metadata"]["labels"]
     assert netpol["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert netpol["spec"]["policyTypes"] == ["Ingress"]
-    by_port = {r["ports"][0]["port"]: r["from"] for r in netpol["spec"]["ingress"]}
+    by_port = {r["ports"][0]["port"]: r.get("from") for r in netpol["spec"]["ingress"]}
     assert set(by_port) == {"metrics", "reports"}  # health: nothing (kubelet probes from node)
     assert by_port["metrics"] == [{
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
-    assert by_port["reports"] == [{"namespaceSelector": {}}]
+    # any source: trainer pods of every namespace and the API server's service proxy (not a
+    # pod: `kubectl finetune list --queue`); the operator authenticates every request itself
+    assert by_port["reports"] is None
     names = {p["name"] for p in container(docs)["ports"]}
     assert set(by_port) <= names
     reports = one(docs, "Service", f"{FULLNAME}-reports")
@@ -638,25 +673,42 @@ def test_one_report_certificate_for_every_replica(
 
 # ---- CRD --------------------------------------------------------------------------------
 
-CRD_SOURCE = ROOT / "crds" / "finetunejobs.finetune.dev.yaml"
-CRD_CHART_COPY = CHART / "files" / "crds" / "finetunejobs.finetune.dev.yaml"
+CRD_SOURCES = sorted((ROOT / "crds").glob("*.yaml"))  # `make crd`: every kind the operator serves
+CRD_COPIES = CHART / "files" / "crds"
 
 
-def test_chart_crd_is_the_generated_crd_byte_for_byte() -> None:
-    assert CRD_SOURCE.is_file(), f"{CRD_SOURCE} missing: run `make crd`"
-    assert CRD_CHART_COPY.is_file(), f"{CRD_CHART_COPY} missing: run scripts/sync-chart-crd.sh"
-    assert CRD_CHART_COPY.read_bytes() == CRD_SOURCE.read_bytes(), (
-        "the chart's CRD differs from crds/: run scripts/sync-chart-crd.sh (make crd does)")
+def test_chart_crds_are_the_generated_crds_byte_for_byte() -> None:
+    from finetune_operator.api.sweep import SWEEP_PLURAL
+    from finetune_operator.k8s import GROUP, PLURAL
+
+    assert [p.name for p in CRD_SOURCES] == [f"{PLURAL}.{GROUP}.yaml",
+                                             f"{SWEEP_PLURAL}.{GROUP}.yaml"]
+    for source in CRD_SOURCES:
+        copy = CRD_COPIES / source.name
+        assert copy.is_file(), f"{copy} missing: run scripts/sync-chart-crd.sh (make crd does)"
+        assert copy.read_bytes() == source.read_bytes(), (
+            f"the chart's {source.name} differs from crds/: run scripts/sync-chart-crd.sh "
+            "(make crd does)")
 
 
-def test_crd_rendered_with_keep_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    crd = one(rendered["defaults"], "CustomResourceDefinition", "finetunejobs.finetune.dev")
-    source = yaml.safe_load(CRD_SOURCE.read_text())
-    assert crd["spec"] == source["spec"]  # copied verbatim
-    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert source["metadata"].get("labels", {}).items() <= crd["metadata"]["labels"].items()
-    unkept = one(render({"crds": {"keep": False}}), "CustomResourceDefinition")
-    assert "helm.sh/resource-policy" not in unkept["metadata"].get("annotations", {})
+def test_every_crd_rendered_with_keep_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The chart installs (and, as a template, upgrades) every CRD in crds/: a sweep applied
+    after `helm install` finds its kind (tests/cluster/test_helm_install.py applies one)."""
+    crds = of_kind(rendered["defaults"], "CustomResourceDefinition")
+    assert sorted(c["metadata"]["name"] for c in crds) == [p.stem for p in CRD_SOURCES]
+    for source in CRD_SOURCES:
+        crd = one(crds, "CustomResourceDefinition", source.stem)
+        generated = yaml.safe_load(source.read_text())
+        assert crd["spec"] == generated["spec"]  # copied verbatim
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert generated["metadata"].get("labels", {}).items() <= \
+            crd["metadata"]["labels"].items()
+        assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    kinds = {c["spec"]["names"]["kind"] for c in crds}
+    assert kinds == {"FineTuneJob", "FineTuneSweep"}
+    for unkept in of_kind(render({"crds": {"keep": False}}), "CustomResourceDefinition"):
+        assert "helm.sh/resource-policy" not in unkept["metadata"].get("annotations", {})
+    assert len(of_kind(render({"crds": {"keep": False}}), "CustomResourceDefinition")) == 2
     assert of_kind(rendered["no-crds"], "CustomResourceDefinition") == []
 
 

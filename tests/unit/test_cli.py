@@ -349,10 +349,40 @@ def test_api_errors_say_what_to_do() -> None:
     forbidden = api_error_message(403, "forbidden", verb="list", namespace=None)
     assert "not allowed to list FineTuneJobs in all namespaces" in forbidden
     assert "-n NAMESPACE instead of -A" in forbidden
+
+
+def test_forbidden_says_which_permission_or_policy_denied_what() -> None:
+    rbac = api_error_message(
+        403, 'pods "bot-a1-0" is forbidden: User "system:serviceaccount:team-a:alice" cannot get '
+        'resource "pods/log" in API group "" in the namespace "team-a"',
+        verb="read logs of", namespace="team-a", name="bot")
+    assert rbac.startswith("system:serviceaccount:team-a:alice may not get pods/log in "
+                           "namespace team-a; "), rbac
+    assert "RoleBinding in namespace team-a" in rbac and "-finetune-operator-edit" in rbac
+    crd = api_error_message(
+        403, 'finetunesweeps.finetune.dev is forbidden: User "bob" cannot list resource '
+        '"finetunesweeps" in API group "finetune.dev" in the namespace "team-b"',
+        verb="list", namespace="team-b")
+    assert crd.startswith("bob may not list finetunesweeps.finetune.dev in namespace team-b"), crd
+    policy = api_error_message(
+        403, 'finetunejobs.finetune.dev "x" is forbidden: ValidatingAdmissionPolicy '
+        "'ft-finetune-operator-jobs' with binding 'ft-finetune-operator-jobs' denied request: "
+        "priorityClassName finetune-high is not allowed in this namespace",
+        verb="create", namespace="team-a", name="x")
+    assert "admission policy ft-finetune-operator-jobs" in policy
+    assert "denied create FineTuneJob x: priorityClassName finetune-high is not allowed" in policy
+    assert "not a missing role" in policy and "RoleBinding" not in policy
     assert "pick another --name or delete it first (kubectl delete finetunejob x -n y)" in \
         api_error_message(409, "exists", verb="create", namespace="y", name="x")
-    assert "fix the field it names" in api_error_message(
-        422, "spec.resources.gpus: Invalid value", verb="create", namespace="y", name="x")
+    assert api_error_message(
+        422, "spec.resources.gpus: Invalid value", verb="create", namespace="y", name="x") == \
+        ("the API server rejected FineTuneJob x: spec.resources.gpus: Invalid value; fix the "
+         "field it names")
+    for nameless in (None, ""):  # never "FineTuneJob : ..."
+        assert api_error_message(422, "metadata.name: Required value", verb="create",
+                                 namespace="y", name=nameless) == (
+            "the API server rejected the FineTuneJob: metadata.name: Required value; fix the "
+            "field it names")
 
 
 def test_logs_unavailable_message() -> None:

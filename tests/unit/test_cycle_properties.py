@@ -32,7 +32,7 @@ CLASSES = {"finetune-critical": 100000, "finetune-high": 10000, "finetune-normal
            "finetune-low": 100}
 SETTINGS = make_settings(allowed_priority_classes=list(CLASSES))
 TIMING = {"pods_ready_timeout": 600.0, "force_delete_margin": 60.0,
-          "unschedulable_grace": 900.0, "ttl": 0.0}
+          "unschedulable_grace": 900.0}  # no "ttl": finished jobs kept (setting unset)
 NODES = [{"metadata": {"name": f"node-{i}", "labels": {}}, "spec": {},
           "status": {"allocatable": {"nvidia.com/gpu": "8"}, "ready": "True"}}
          for i in range(2)]

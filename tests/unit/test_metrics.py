@@ -9,12 +9,15 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import REGISTRY as GLOBAL_REGISTRY
 from prometheus_client import generate_latest
 
 from finetune_operator import metrics as m
+from finetune_operator.loop import _sample
+from tests.factories import make_job
 
 pytestmark = pytest.mark.unit
 
@@ -190,6 +193,46 @@ def test_snapshot_without_the_job_forgets_its_progress(ns: str) -> None:
     m.observe_queue({"jobs": []})
     assert f'namespace="{ns}"' not in "\n".join(
         ln for ln in text().splitlines() if ln.startswith("finetune_job_"))
+
+
+def test_eval_metric_of_every_job_in_the_snapshot_known_names_only(ns: str) -> None:
+    """finetune_job_eval_metric comes from each job's sample (status.output.metrics), not from
+    sweeps: a job outside any sweep has it, and it leaves with the job."""
+    evaluated = {"namespace": ns, "name": "solo", "phase": "Succeeded",
+                 "eval": {"testLoss": 1.25, "testRougeL": 41.5, "tenantChosen": 9.0}}
+    m.observe_queue({"jobs": [evaluated, {"namespace": ns, "name": "plain", "phase": "Running"}]})
+    series = "finetune_job_eval_metric"
+    assert value(series, namespace=ns, job="solo", metric="testLoss") == 1.25
+    assert value(series, namespace=ns, job="solo", metric="testRougeL") == 41.5
+    assert value(series, namespace=ns, job="solo", metric="tenantChosen") is None
+    assert not [ln for ln in text().splitlines()
+                if ln.startswith(series) and 'job="plain"' in ln]  # nothing to report yet
+    m.observe_sweeps([])  # no sweep at all: the job's series stay
+    assert value(series, namespace=ns, job="solo", metric="testLoss") == 1.25
+    m.observe_queue({"jobs": []})
+    assert value(series, namespace=ns, job="solo", metric="testLoss") is None
+
+
+def test_a_finished_jobs_output_metrics_reach_the_eval_gauge(ns: str) -> None:
+    """The operator's per-cycle sample of a job carries its status.output.metrics."""
+    job = make_job("scored", ns, status={"phase": "Succeeded", "output": {
+        "adapterPath": "output/adapter", "metrics": {"testLoss": 0.75, "trainLoss": 0.5}}})
+    sample = _sample(job, job.status)
+    assert sample["eval"] == {"testLoss": 0.75, "trainLoss": 0.5}
+    m.observe_queue({"jobs": [sample]})
+    assert value("finetune_job_eval_metric", namespace=ns, job="scored",
+                 metric="trainLoss") == 0.5
+    assert _sample(make_job("new", ns), make_job("new", ns).status)["eval"] == {}
+
+
+def test_sweep_series_are_removed_with_the_last_sweep(ns: str) -> None:
+    sweep = SimpleNamespace(metadata=SimpleNamespace(namespace=ns, name="lr"))
+    plan = SimpleNamespace(status={"trials": [{"phase": "Failed"}, {"phase": "Succeeded"}]},
+                           best=None)
+    m.observe_sweeps([(sweep, plan)])
+    assert value("finetune_sweep_trials", namespace=ns, sweep="lr", phase="Failed") == 1.0
+    m.observe_sweeps([])
+    assert value("finetune_sweep_trials", namespace=ns, sweep="lr", phase="Failed") is None
 
 
 def test_set_job_progress_without_checkpoint_uses_start(ns: str) -> None:

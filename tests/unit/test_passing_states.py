@@ -11,8 +11,8 @@ from tests.factories import make_job
 from tests.podfactory import make_pod
 from tests.unit.test_reconcile import DONE, Sim, admitted, cond, running
 
-TIMING = {"pods_ready_timeout": 600.0, "force_delete_margin": 60.0, "unschedulable_grace": 900.0,
-          "ttl": 0.0}
+# no "ttl": the operator setting is unset (finished jobs are kept)
+TIMING = {"pods_ready_timeout": 600.0, "force_delete_margin": 60.0, "unschedulable_grace": 900.0}
 
 
 def pending(sim: Sim, reason: str = "ImagePullBackOff") -> dict:
@@ -79,6 +79,26 @@ def test_ttl_after_finished_deletes_the_job() -> None:
     assert sim.st.phase == "Succeeded"
     assert not sim.tick(99).step().delete_job
     assert sim.tick(2).step().delete_job
+
+
+def test_ttl_zero_means_at_once_in_the_spec_and_in_the_operator_setting() -> None:
+    """One meaning (issue 27): 0 deletes at once wherever it is set; unset everywhere keeps."""
+    for job, extra in ((make_job(ttl_seconds_after_finished=0), {}),
+                       (make_job(), {"ttl_seconds_after_finished": 0})):
+        sim = running(job)
+        sim.ctx_extra = extra
+        sim.tick(10).step([make_pod(sim.job, 1, 0, exit_code=0, message=DONE)])
+        assert sim.st.phase == "Succeeded"
+        assert sim.tick(0).step().delete_job, extra
+    sim = running(make_job())
+    sim.tick(10).step([make_pod(sim.job, 1, 0, exit_code=0, message=DONE)])
+    assert not sim.tick(10 ** 7).step().delete_job  # neither set: kept
+    assert due_at(sim.job, sim.st, [], TIMING, sim.now) is None
+    assert due_at(sim.job, sim.st, [], {**TIMING, "ttl": 0.0}, sim.now) is None  # already due
+    finished = parse_time(sim.st.completion_time)
+    assert finished is not None
+    assert due_at(sim.job, sim.st, [], {**TIMING, "ttl": 30.0}, finished) == \
+        finished + dt.timedelta(seconds=30)
 
 
 def test_timers_name_the_next_instant_a_plan_can_change() -> None:

@@ -535,6 +535,28 @@ def test_rank0_completing_while_preempting_is_a_success() -> None:
     assert p.status.phase == "Succeeded"
 
 
+def test_preemption_without_a_checkpoint_says_it_restarts_from_scratch() -> None:
+    sim = running(make_job(gpus=1, checkpoint={"intervalSteps": 50}))
+    p = sim.tick(60).step([make_pod(sim.job, 1, 0, progress={"step": 7})],
+                          decision=JobDecision(preempt=VICTIM))
+    p = sim.tick(10).step([])
+    [text] = [e[2] for e in p.events if e[1] == "Preempted"]
+    assert "checkpoint step 0" not in text and "will resume" not in text
+    assert "no checkpoint was saved yet, so it restarts from scratch" in text
+    assert "7 step(s) of work are redone" in text
+    assert "every 50 steps (spec.checkpoint.intervalSteps)" in text
+
+
+def test_preemption_with_a_checkpoint_says_where_it_resumes() -> None:
+    sim = running()
+    ck = {"step": 12, "path": "checkpoints/checkpoint-12", "savedAt": "2026-01-01T12:01:00Z"}
+    sim.tick(60).step([make_pod(sim.job, 1, 0, progress={"step": 12, "checkpoint": ck})],
+                      decision=JobDecision(preempt=VICTIM))
+    p = sim.tick(10).step([])
+    [text] = [e[2] for e in p.events if e[1] == "Preempted"]
+    assert text.endswith("back in the queue, will resume from checkpoint step 12")
+
+
 def test_readmission_after_preemption_resumes_from_the_checkpoint() -> None:
     sim = running()
     ck = {"step": 12, "path": "checkpoints/checkpoint-12", "savedAt": "2026-01-01T12:01:00Z"}
@@ -614,6 +636,27 @@ def test_oomkilled_past_backoff_limit_fails_with_the_cause() -> None:
     assert cond(st, "Running").status == "False"
     assert ("Warning", "BackoffLimitExceeded") in [e[:2] for e in p.events]
     assert p.create_attempt is None
+
+
+def test_backoff_limit_exceeded_points_to_the_failed_attempts_log() -> None:
+    """The Failed message names the attempt, the pod and a logs command that reads it (the
+    pod of the last attempt is kept while the job exists)."""
+    sim = running(make_job(gpus=1, backoff_limit=0))
+    p = sim.tick(60).step([make_pod(sim.job, 1, 0, exit_code=1)])
+    msg = cond(p.status, "Failed").message
+    assert "kubectl finetune logs bot -n team-a --attempt 1 " in msg
+    assert "kubectl logs bot-a1-0 -n team-a -c trainer" in msg
+    assert "--rank" not in msg
+    assert p.delete_pods == []  # the failed pod and its log stay
+
+
+def test_backoff_limit_exceeded_of_a_gang_names_the_failed_rank() -> None:
+    sim = running(make_job(gpus=1, nodes=2, backoff_limit=0))
+    p = sim.tick(60).step([make_pod(sim.job, 1, 0), make_pod(sim.job, 1, 1, exit_code=3)])
+    msg = cond(p.status, "Failed").message
+    assert "pod bot-a1-1 exited with code 3" in msg
+    assert "kubectl finetune logs bot -n team-a --attempt 1 --rank 1" in msg
+    assert "kubectl logs bot-a1-1 -n team-a" in msg
 
 
 def test_backoff_limit_zero_fails_on_the_first_failure() -> None:

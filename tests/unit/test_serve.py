@@ -33,3 +33,43 @@ def test_queue_per_namespace_for_whoever_may_list_there() -> None:
     assert e.visibility("/v1/namespaces/team-a/queue", "")[0] == 401
     code, body = e.visibility("/v1/queue", "admin")
     assert [i["name"] for i in body["items"]] == ["b", "a"]  # the cluster-wide order
+
+
+def test_the_token_may_come_through_the_api_servers_service_proxy() -> None:
+    """The API server consumes `Authorization` on a service proxy request: the plugin forwards
+    the caller's token in X-Finetune-Authorization, reviewed exactly like a direct one."""
+    import http.client
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from finetune_operator.serve import FORWARDED_AUTH, answer_json
+
+    e = endpoints()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            answer_json(self, e.visibility, max_token=4096)
+
+        def log_message(self, fmt: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def get(headers: dict[str, str]) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5)
+        conn.request("GET", "/v1/namespaces/team-a/queue", headers=headers)
+        r = conn.getresponse()
+        out = r.status, json.loads(r.read())
+        conn.close()
+        return out
+
+    try:
+        assert get({FORWARDED_AUTH: "Bearer alice"})[0] == 200
+        assert get({"Authorization": "Bearer alice"})[0] == 200
+        assert get({FORWARDED_AUTH: "Bearer bob"})[0] == 403
+        assert get({})[0] == 401
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -271,6 +271,33 @@ def test_failed_trials_are_not_ranked_and_the_status_is_written_only_on_change()
     assert again.status["conditions"] == first.status["conditions"]  # transition times kept
 
 
+def test_a_sweep_whose_trials_all_failed_is_failed_and_says_so() -> None:
+    jobs = [child(j, phase="Failed") for j in finished_sweep_jobs([0.9, 0.4, 0.7, 0.5])]
+    plan = plan_sweep(sweep(), jobs, NOW)
+    st = plan.status
+    assert st["phase"] == "Failed" and plan.best is None
+    [complete] = [c for c in st["conditions"] if c["type"] == "Complete"]
+    assert complete["reason"] == "NoTrialSucceeded"
+    assert complete["message"].startswith("4/4 trials finished: 0 succeeded, 4 failed; "
+                                          "no trial succeeded, so there is no best trial")
+    assert "kubectl finetune describe lr-t0 -n team-a" in complete["message"]
+
+
+def test_a_sweep_counts_succeeded_and_failed_trials_while_it_runs_and_when_done() -> None:
+    jobs = finished_sweep_jobs([0.9, 0.4, 0.7, 0.5])
+    jobs[1] = child(jobs[1], phase="Failed")
+    running_plan = plan_sweep(sweep(), jobs[:2], NOW)
+    [c] = [c for c in running_plan.status["conditions"] if c["type"] == "Complete"]
+    assert running_plan.status["phase"] == "Running"
+    assert c["message"].startswith("2/4 trials finished: 1 succeeded, 1 failed; see why with "
+                                   "kubectl finetune describe lr-t1 -n team-a")
+    done = plan_sweep(sweep(), jobs, NOW)
+    [c] = [c for c in done.status["conditions"] if c["type"] == "Complete"]
+    assert done.status["phase"] == "Succeeded" and c["reason"] == "AllTrialsFinished"
+    assert c["message"].startswith("4/4 trials finished: 3 succeeded, 1 failed;")
+    assert c["message"].endswith("best lr-t3 testLoss=0.5")
+
+
 # ---- early stop ------------------------------------------------------------------------------
 
 def running(body: dict[str, Any], step: int, loss: float) -> dict[str, Any]:

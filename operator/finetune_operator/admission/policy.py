@@ -77,6 +77,7 @@ from bisect import insort
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
+from functools import cached_property
 
 from .capacity import Pool, QuotaBook, Signature, signature
 from .model import (
@@ -342,9 +343,7 @@ class _Admitter:
                     f"{self.quota.available(job)} free{_in(self.quota.tightest(job))}; lower "
                     "resources.gpus or wait")
         if not pool.offers(sig):
-            where = "" if pool.eligible(sig) is None else (
-                " matching resources.nodeSelector/tolerations")
-            return WaitCode.NO_NODES, f"no schedulable node{where} offers {res}; wait for nodes"
+            return WaitCode.NO_NODES, self._no_nodes(res, pool, sig)
         if ahead and pool.fitted_initially(job.gpus, job.nodes, sig):
             return WaitCode.PRIORITY, behind
         if job.nodes == 1:
@@ -353,6 +352,30 @@ class _Admitter:
         return (WaitCode.CAPACITY,
                 f"needs {job.nodes} nodes with {job.gpus} {res} free each; "
                 f"{pool.count_available(job.gpus, sig)} node(s) have that")
+
+    @cached_property
+    def _offered(self) -> list[str]:
+        """Every extended resource some node advertises (computed once per admission pass)."""
+        return sorted({r for n in self._nodes for r, v in n.allocatable.items() if v > 0})
+
+    def _no_nodes(self, res: str, pool: Pool, sig: Signature) -> str:
+        """Why no node can take the job: on a fresh install mostly that no node advertises the
+        resource at all (no device plugin, or the GPUs go by another resource name)."""
+        if not pool.nodes:
+            others = [r for r in self._offered if r != res]
+            seen = (f"; the nodes offer {', '.join(others[:4])}"
+                    + (" and more" if len(others) > 4 else "") if others else "")
+            return (f"no node offers {res} (in its status.allocatable){seen}: on a new cluster "
+                    "the GPU device plugin (or the GPU Operator) is usually missing, so install "
+                    "it; if the GPUs go by another resource name, set resources.gpuResource "
+                    "(allowed by the chart's policy.gpuResources) or the chart's "
+                    "trainer.gpuResource; the job waits until a node offers it")
+        if pool.eligible(sig) is not None:
+            return (f"no schedulable node matching resources.nodeSelector/tolerations offers "
+                    f"{res} ({len(pool.nodes)} node(s) offer it, with other labels or taints, "
+                    "or cordoned); change resources.nodeSelector/tolerations or wait for nodes")
+        return (f"no schedulable node offers {res}: the {len(pool.nodes)} node(s) that offer it "
+                "are cordoned (kubectl uncordon); wait for nodes")
 
     def _reserve_if_aged(self, job: QueuedJob, pool: Pool, sig: Signature,
                          quota_ok: bool) -> bool:

@@ -7,7 +7,7 @@ CEL rules (``x-kubernetes-validations``) so bad manifests are rejected at ``kube
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -40,14 +40,20 @@ _REL_PATH_RULE = (
 
 
 class SecretKeyRef(ApiModel):
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
-    key: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+                      description="a Secret in the job's namespace")
+    key: str = Field(min_length=1, max_length=253,
+                     description="the key of that Secret that holds the token")
 
 
 class PvcSource(ApiModel):
     model_config = ConfigDict(json_schema_extra=cel(_REL_PATH_RULE))
-    claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
-    path: str = Field(default="", max_length=1024)
+    claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+                            description="a PersistentVolumeClaim in the job's namespace, "
+                            "mounted read-only")
+    path: str = Field(default="", max_length=1024,
+                      description="relative to the claim's root, no '..': the model directory "
+                      "or the data file (default: the root)")
 
     @model_validator(mode="after")
     def _relative(self) -> PvcSource:
@@ -57,20 +63,39 @@ class PvcSource(ApiModel):
 
 
 class ConfigMapSource(ApiModel):
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
-    key: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+                      description="a ConfigMap in the job's namespace (1 MiB at most: small "
+                      "datasets only)")
+    key: str = Field(min_length=1, max_length=253,
+                     description="the key that holds the data file, e.g. train.jsonl")
+
+
+_HUB_IDS = {"model": "Qwen/Qwen2.5-0.5B-Instruct", "dataset": "yahma/alpaca-cleaned"}
+
+
+def _hub_repo(what: str) -> Any:
+    return Field(min_length=1, max_length=256,
+                 description=f"{what} repository id on the Hugging Face Hub, e.g. {_HUB_IDS[what]} "
+                 "(the pods download it: they need network access)")
+
+
+def _hub_token(what: str) -> Any:
+    return Field(default=None, description="Secret key holding a Hub access token, for gated or "
+                 f"private {what}s (default: anonymous)")
 
 
 class ModelHubSource(ApiModel):
-    repo: str = Field(min_length=1, max_length=256)
-    revision: str = Field(default="main", min_length=1, max_length=256)
-    token_secret_ref: SecretKeyRef | None = None
+    repo: str = _hub_repo("model")
+    revision: str = Field(default="main", min_length=1, max_length=256,
+                          description="branch, tag or commit to download (default main)")
+    token_secret_ref: SecretKeyRef | None = _hub_token("model")
 
 
 class DatasetHubSource(ApiModel):
-    repo: str = Field(min_length=1, max_length=256)
-    split: str = Field(default="train", min_length=1, max_length=256)
-    token_secret_ref: SecretKeyRef | None = None
+    repo: str = _hub_repo("dataset")
+    split: str = Field(default="train", min_length=1, max_length=256,
+                       description="the split to read (default train)")
+    token_secret_ref: SecretKeyRef | None = _hub_token("dataset")
 
 
 def _exactly_one(names: list[str], where: str) -> tuple[str, str]:
@@ -80,8 +105,10 @@ def _exactly_one(names: list[str], where: str) -> tuple[str, str]:
 
 class ModelSource(ApiModel):
     model_config = ConfigDict(json_schema_extra=cel(_exactly_one(["pvc", "hub"], "model.source")))
-    pvc: PvcSource | None = None
-    hub: ModelHubSource | None = None
+    pvc: PvcSource | None = Field(
+        default=None, description="a model directory (save_pretrained layout) on a claim")
+    hub: ModelHubSource | None = Field(
+        default=None, description="a model downloaded from the Hugging Face Hub")
 
     @model_validator(mode="after")
     def _one(self) -> ModelSource:
@@ -94,9 +121,11 @@ class DatasetSource(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel(_exactly_one(["pvc", "configMap", "hub"], "dataset.source"))
     )
-    pvc: PvcSource | None = None
-    config_map: ConfigMapSource | None = None
-    hub: DatasetHubSource | None = None
+    pvc: PvcSource | None = Field(default=None, description="a data file on a claim")
+    config_map: ConfigMapSource | None = Field(
+        default=None, description="a data file in a ConfigMap key (1 MiB at most)")
+    hub: DatasetHubSource | None = Field(
+        default=None, description="a dataset downloaded from the Hugging Face Hub")
 
     @model_validator(mode="after")
     def _one(self) -> DatasetSource:
@@ -106,18 +135,29 @@ class DatasetSource(ApiModel):
 
 
 class ModelSpec(ApiModel):
-    name: str = Field(min_length=1, max_length=256)
-    source: ModelSource
+    name: str = Field(min_length=1, max_length=256,
+                      description="the base model's name: a Hub id or a label of your own")
+    source: ModelSource = Field(
+        description="where the weights come from: exactly one of pvc or hub")
 
 
 DatasetFormat = Literal["alpaca", "sharegpt", "messages", "text"]
 
 
 class DatasetSpec(ApiModel):
-    source: DatasetSource
-    format: DatasetFormat = "messages"
-    validation_split: float = Field(default=0.0, ge=0.0, lt=0.5)
-    cutoff_len: int = Field(default=2048, ge=8, le=1048576)
+    source: DatasetSource = Field(
+        description="where the training data comes from: exactly one of pvc, configMap or hub")
+    format: DatasetFormat = Field(
+        default="messages", description="record layout of the JSON lines: alpaca "
+        "(instruction/input/output), sharegpt (conversations), messages (role/content chat) or "
+        "text (plain text); default messages")
+    validation_split: float = Field(
+        default=0.0, ge=0.0, lt=0.5, description="fraction of the records held out to report "
+        "evalLoss, 0 <= x < 0.5 (default 0: none)")
+    cutoff_len: int = Field(
+        default=2048, ge=8, le=1048576,
+        description="maximum tokens per example, 8-1048576 (default 2048); longer ones are "
+        "truncated")
     train_on_prompt: bool = Field(
         default=False,
         description="chat formats: also compute the loss on system/user tokens "
@@ -129,18 +169,28 @@ Method = Literal["lora", "qlora", "full"]
 
 
 class LoraSpec(ApiModel):
-    rank: int = Field(default=16, ge=1, le=1024)
-    alpha: float = Field(default=32.0, gt=0, le=4096)
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    rank: int = Field(default=16, ge=1, le=1024,
+                      description="rank r of the low-rank update, 1-1024 (default 16)")
+    alpha: float = Field(default=32.0, gt=0, le=4096,
+                         description="scaling: the update is multiplied by alpha/rank, "
+                         "0 < x <= 4096 (default 32)")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0,
+                           description="dropout on the adapter's input, 0 <= x < 1 (default 0.05)")
     target_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
-        default_factory=lambda: ["all-linear"], min_length=1, max_length=64
+        default_factory=lambda: ["all-linear"], min_length=1, max_length=64,
+        description="module names to adapt, e.g. [q_proj, v_proj]; all-linear (default) "
+        "adapts every linear layer of the transformer blocks, not the output head",
     )
 
 
 class QuantizationSpec(ApiModel):
-    bits: Literal[4, 8] = 4
-    type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
+    bits: Literal[4, 8] = Field(
+        default=4, description="bits per weight of the frozen base model, 4 or 8 (default 4)")
+    type: Literal["nf4", "fp4"] = Field(
+        default="nf4", description="4-bit data type: nf4 (default) or fp4")
+    double_quant: bool = Field(
+        default=True, description="also quantize the quantization constants: a little less "
+        "memory (default true)")
 
 
 class TrainingSpec(ApiModel):
@@ -153,22 +203,46 @@ class TrainingSpec(ApiModel):
             )
         )
     )
-    epochs: float = Field(default=3.0, ge=0, le=1000)
-    max_steps: int = Field(default=0, ge=0, le=100_000_000)
-    learning_rate: float = Field(default=2.0e-4, gt=0, le=1.0)
-    batch_size: int = Field(default=4, ge=1, le=4096)
-    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    epochs: float = Field(default=3.0, ge=0, le=1000,
+                          description="passes over the training data, may be fractional, "
+                          "0-1000 (default 3); maxSteps > 0 overrides it")
+    max_steps: int = Field(default=0, ge=0, le=100_000_000,
+                           description="stop after this many optimizer steps (default 0: "
+                           "train for epochs)")
+    learning_rate: float = Field(default=2.0e-4, gt=0, le=1.0,
+                                 description="peak learning rate, 0 < x <= 1 (default 2e-4; "
+                                 "full fine-tunes usually want about 1e-5)")
+    batch_size: int = Field(default=4, ge=1, le=4096,
+                            description="examples per GPU (per process) per micro-batch "
+                            "(default 4); the effective batch is batchSize x "
+                            "gradientAccumulationSteps x GPUs")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=4096, description="micro-batches per optimizer step (default 1)")
     lr_scheduler: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
         "constant_with_warmup", "inverse_sqrt",
-    ] = "cosine"
-    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
-    max_grad_norm: float = Field(default=1.0, ge=0.0, le=1e6)
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
-    gradient_checkpointing: bool = False
-    packing: bool = False
-    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    ] = Field(default="cosine", description="learning-rate schedule after warmup "
+              "(default cosine)")
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0,
+                                description="fraction of the total steps spent ramping the "
+                                "learning rate up from 0, 0 <= x < 1 (default 0)")
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0,
+                                description="AdamW weight decay, 0-1 (default 0)")
+    max_grad_norm: float = Field(default=1.0, ge=0.0, le=1e6,
+                                 description="clip gradients to this global L2 norm "
+                                 "(default 1.0; 0 = no clipping)")
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        default="bf16", description="compute precision: bf16 (default; GPUs since Ampere, and "
+        "CPUs), fp16 (GPUs only) or fp32")
+    gradient_checkpointing: bool = Field(
+        default=False, description="recompute activations in the backward pass: less GPU "
+        "memory, slower steps (default false)")
+    packing: bool = Field(
+        default=False, description="pack several examples into each cutoffLen-token sequence: "
+        "less padding, faster epochs (default false)")
+    seed: int = Field(default=42, ge=0, le=2**31 - 1,
+                      description="random seed of data order, the validation split and adapter "
+                      "initialisation (default 42)")
     logging_steps: int = Field(
         default=10, ge=1, le=100000,
         description="log loss and learning rate every N optimizer steps (each costs a sync)")
@@ -194,9 +268,14 @@ class DeepSpeedSpec(ApiModel):
              "distributed.deepspeed.offloadOptimizer needs stage >= 1", ".offloadOptimizer"),
         )
     )
-    stage: int = Field(default=2, ge=0, le=3)
-    offload_optimizer: bool = False
-    offload_params: bool = False
+    stage: int = Field(default=2, ge=0, le=3,
+                       description="ZeRO stage: 0 off, 1 partitions optimizer states across "
+                       "GPUs, 2 also gradients (default), 3 also parameters")
+    offload_optimizer: bool = Field(
+        default=False, description="keep optimizer states in CPU memory (stage >= 1; default "
+        "false)")
+    offload_params: bool = Field(
+        default=False, description="keep parameters in CPU memory (stage 3 only; default false)")
 
     @model_validator(mode="after")
     def _offload(self) -> DeepSpeedSpec:
@@ -210,7 +289,9 @@ class DeepSpeedSpec(ApiModel):
 
 
 class DistributedSpec(ApiModel):
-    deepspeed: DeepSpeedSpec | None = None
+    deepspeed: DeepSpeedSpec | None = Field(
+        default=None, description="train with DeepSpeed ZeRO (needs resources.gpus >= 1); "
+        "without it several GPUs train with plain data parallelism")
 
 
 class Toleration(ApiModel):
@@ -226,11 +307,19 @@ class Toleration(ApiModel):
              ".tolerationSeconds"),
         )
     )
-    key: str | None = Field(default=None, max_length=317)
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE)
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(default=None, ge=0, le=10**9)
+    key: str | None = Field(default=None, max_length=317,
+                            description="taint key to tolerate; empty only with operator "
+                            "Exists (tolerates every taint)")
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Equal (default): the taint's value must equal value; "
+        "Exists: any value")
+    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE,
+                              description="taint value to match (operator Equal)")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="taint effect to match (default: every effect)")
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, le=10**9, description="effect NoExecute only: seconds the pod "
+        "stays after the taint appears (default: for ever)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Toleration:
@@ -244,25 +333,41 @@ class Toleration(ApiModel):
 
 
 class ResourcesSpec(ApiModel):
-    gpus: int = Field(default=1, ge=0, le=64)
-    nodes: int = Field(default=1, ge=1, le=256)
+    gpus: int = Field(default=1, ge=0, le=64,
+                      description="GPUs per node (per pod), 0-64 (default 1; 0 = a CPU job)")
+    nodes: int = Field(default=1, ge=1, le=256,
+                       description="pods, one per node, admitted and started together as a "
+                       "gang, 1-256 (default 1); more than 1 needs ReadWriteMany checkpoint "
+                       "storage")
     gpu_resource: str | None = Field(
         default=None,
         max_length=253,
         pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9._]*[a-z0-9])?$",
         description="extended resource name of the GPU; default from the operator config",
     )
-    cpu: str = Field(default="2", max_length=QUANTITY_MAX, pattern=QUANTITY)
-    memory: str = Field(default="8Gi", max_length=QUANTITY_MAX, pattern=QUANTITY)
+    cpu: str = Field(default="2", max_length=QUANTITY_MAX, pattern=QUANTITY,
+                     description="CPU request of each pod, a quantity such as 8 or 500m "
+                     "(default 2)")
+    memory: str = Field(default="8Gi", max_length=QUANTITY_MAX, pattern=QUANTITY,
+                        description="memory request and limit of each pod, a quantity such as "
+                        "64Gi (default 8Gi); also the /dev/shm size limit")
     node_selector: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] = Field(
-        default_factory=dict, max_length=64
+        default_factory=dict, max_length=64,
+        description="node labels the pods must match (the chart's policy may restrict the keys)",
     )
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64,
+        description="taints the pods tolerate; one for the GPU resource is added when gpus > 0")
 
     @property
     def total_gpus(self) -> int:
         """GPUs of the whole job: per node x nodes."""
         return self.gpus * self.nodes
+
+
+# What happens to the operator-created checkpoint claim (which holds the output) when its job is
+# deleted; the names follow a StatefulSet's persistentVolumeClaimRetentionPolicy.whenDeleted.
+ClaimRetention = Literal["Retain", "Delete"]
 
 
 class StorageSpec(ApiModel):
@@ -277,11 +382,29 @@ class StorageSpec(ApiModel):
                 "!has(self.claimName) || !has(self.storageClassName)",
                 "checkpoint.storage: storageClassName only applies with size",
             ),
+            (
+                "!has(self.claimName) || !has(self.whenDeleted) || self.whenDeleted == 'Retain'",
+                "checkpoint.storage: whenDeleted Delete only applies with size (the operator "
+                "never deletes an existing claim)",
+            ),
         )
     )
-    size: str | None = Field(default=None, max_length=QUANTITY_MAX, pattern=QUANTITY)
-    storage_class_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
-    claim_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
+    size: str | None = Field(default=None, max_length=QUANTITY_MAX, pattern=QUANTITY,
+                             description="size of a claim the operator creates for the job, "
+                             "a quantity such as 20Gi")
+    storage_class_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN,
+        description="storage class of that claim (default: the cluster's default class); "
+        "multi-node jobs need one that offers ReadWriteMany")
+    claim_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN,
+                                   description="an existing claim instead; the job writes "
+                                   "under a sub-path of its own")
+    when_deleted: ClaimRetention = Field(
+        default="Retain",
+        description="what happens to the claim the operator created (size) when the job is "
+        "deleted (kubectl delete, ttlSecondsAfterFinished, its sweep deleted): Retain (default) "
+        "keeps it, with the trained model and checkpoints, until you delete it; Delete removes "
+        "it with the job. An existing claim (claimName) is never deleted")
 
     @model_validator(mode="after")
     def _one(self) -> StorageSpec:
@@ -289,27 +412,42 @@ class StorageSpec(ApiModel):
             raise ValueError("checkpoint.storage: set exactly one of size or claimName")
         if self.claim_name is not None and self.storage_class_name is not None:
             raise ValueError("checkpoint.storage: storageClassName only applies with size")
+        if self.claim_name is not None and self.when_deleted == "Delete":
+            raise ValueError("checkpoint.storage: whenDeleted Delete only applies with size "
+                             "(the operator never deletes an existing claim)")
         return self
 
 
 class CheckpointSpec(ApiModel):
-    storage: StorageSpec = Field(default_factory=lambda: StorageSpec(size="20Gi"))
-    interval_steps: int = Field(default=200, ge=1, le=10_000_000)
-    keep: int = Field(default=2, ge=1, le=100)
+    storage: StorageSpec = Field(
+        default_factory=lambda: StorageSpec(size="20Gi"),
+        description="where checkpoints and the trained output are written: exactly one of size "
+        "or claimName (default size 20Gi)")
+    interval_steps: int = Field(default=200, ge=1, le=10_000_000,
+                                description="save a checkpoint every N optimizer steps "
+                                "(default 200); suspend and preemption also save one")
+    keep: int = Field(default=2, ge=1, le=100,
+                      description="complete checkpoints kept, 1-100 (default 2); the newest is "
+                      "never deleted")
 
 
 class OutputSpec(ApiModel):
-    merge_adapter: bool = False
+    merge_adapter: bool = Field(
+        default=False, description="lora and qlora: also write the base model with the adapter "
+        "merged in, output/merged (default false)")
 
 
 class EvalDatasetSpec(ApiModel):
-    source: DatasetSource
+    source: DatasetSource = Field(
+        description="where the test data comes from: exactly one of pvc, configMap or hub")
     format: DatasetFormat | None = Field(
         default=None, description="default: the training dataset's format")
 
 
 class GenerationSpec(ApiModel):
-    max_new_tokens: int = Field(default=128, ge=1, le=8192)
+    max_new_tokens: int = Field(default=128, ge=1, le=8192,
+                                description="longest generated answer in tokens, 1-8192 "
+                                "(default 128)")
     temperature: float = Field(
         default=0.0, ge=0.0, le=2.0, description="0 = greedy decoding (deterministic)")
 
@@ -318,11 +456,12 @@ class EvaluationSpec(ApiModel):
     """A held-out test set scored after training (loss and perplexity always; ROUGE-1/2/L,
     BLEU-4 and exact match from generated answers for chat formats)."""
 
-    dataset: EvalDatasetSpec
+    dataset: EvalDatasetSpec = Field(description="the held-out test set")
     generate: bool = Field(
         default=True, description="also generate answers and score ROUGE/BLEU-4/exact match "
         "(chat formats only; text datasets get loss and perplexity)")
-    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    generation: GenerationSpec = Field(default_factory=GenerationSpec,
+                                       description="decoding of the generated answers")
     max_examples: int = Field(default=200, ge=1, le=100000,
                               description="score at most this many test records (the first N)")
 
@@ -357,32 +496,53 @@ _METHOD_RULES = cel(
 class FineTuneJobSpec(ApiModel):
     model_config = ConfigDict(json_schema_extra=_METHOD_RULES)
 
-    model: ModelSpec
-    dataset: DatasetSpec
-    method: Method = "lora"
-    lora: LoraSpec | None = None
-    quantization: QuantizationSpec | None = None
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    distributed: DistributedSpec | None = None
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    model: ModelSpec = Field(description="the base model to fine-tune")
+    dataset: DatasetSpec = Field(description="the training data")
+    method: Method = Field(
+        default="lora", description="lora (default): train low-rank adapters on a frozen model; "
+        "qlora: LoRA on a 4- or 8-bit quantized model (GPUs only); full: update every weight")
+    lora: LoraSpec | None = Field(
+        default=None, description="adapter settings for lora and qlora (defaults when "
+        "omitted); not allowed with method full")
+    quantization: QuantizationSpec | None = Field(
+        default=None, description="required with method qlora, not allowed otherwise")
+    training: TrainingSpec = Field(default_factory=TrainingSpec,
+                                   description="hyper-parameters of the training loop")
+    distributed: DistributedSpec | None = Field(
+        default=None, description="how several GPUs share the model (default: plain data "
+        "parallelism)")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec,
+                                     description="what each pod requests and where it may run")
     priority_class_name: str | None = Field(
         default=None, max_length=253, pattern=DNS_SUBDOMAIN,
         description="must be allowed by the operator; default from the operator config",
     )
-    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
-    suspend: bool = False
-    backoff_limit: int = Field(default=3, ge=0, le=100)
-    active_deadline_seconds: int | None = Field(default=None, ge=1, le=MAX_SECONDS)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec,
+                                       description="checkpoint storage and cadence")
+    suspend: bool = Field(
+        default=False, description="true: save a checkpoint, stop the pods and keep the job; "
+        "false again: queue it and resume from the checkpoint (default false)")
+    backoff_limit: int = Field(
+        default=3, ge=0, le=100, description="failed attempts allowed before the job fails, "
+        "0-100 (default 3); preemptions and suspends do not count")
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, le=MAX_SECONDS,
+        description="fail the job once it has been admitted this many seconds in all, up to a "
+        "year (default: no limit); time queued or suspended does not count")
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, le=MAX_SECONDS,
-        description="delete the job (and its children) this long after it finished; "
-        "default from the operator setting (0 = at once)")
+        description="delete the job (and its pods and ConfigMap) this many seconds after it "
+        "finished, 0 = at once (the same meaning as the operator setting); unset = the operator "
+        "setting, which keeps finished jobs unless the platform set a time. The output claim "
+        "stays unless checkpoint.storage.whenDeleted is Delete")
     image: str | None = Field(
         default=None, max_length=1024, pattern=IMAGE_REFERENCE,
         description="trainer image, a reference like registry.example.com/team/trainer:1.2 "
         "(default from the operator config)")
-    output: OutputSpec = Field(default_factory=OutputSpec)
-    evaluation: EvaluationSpec | None = None
+    output: OutputSpec = Field(default_factory=OutputSpec,
+                               description="what the trained result includes")
+    evaluation: EvaluationSpec | None = Field(
+        default=None, description="a held-out test set scored after training (default: none)")
 
     @model_validator(mode="after")
     def _method(self) -> FineTuneJobSpec:

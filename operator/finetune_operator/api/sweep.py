@@ -86,9 +86,11 @@ class SweepRange(ApiModel):
         ("self.min < self.max", "range: min must be less than max", ".min"),
         ("self.scale != 'log' || self.min > 0.0", "range: scale log needs min > 0", ".min"),
     ))
-    min: float = Field(ge=-1e12, le=1e12)
-    max: float = Field(ge=-1e12, le=1e12)
-    scale: Literal["linear", "log"] = "linear"
+    min: float = Field(ge=-1e12, le=1e12, description="lowest value drawn")
+    max: float = Field(ge=-1e12, le=1e12, description="highest value drawn (greater than min)")
+    scale: Literal["linear", "log"] = Field(
+        default="linear", description="linear (default): uniform between min and max; log: "
+        "uniform in log space, for learning rates (needs min > 0)")
     integer: bool = Field(default=False, description="round to an integer (e.g. a LoRA rank)")
 
     @model_validator(mode="after")
@@ -109,8 +111,12 @@ class SweepParameter(ApiModel):
         "(random search)"})
     path: Literal[FIELD_PATHS] = Field(  # type: ignore[valid-type]
         description="wire path of a FineTuneJob spec field, e.g. training.learningRate")
-    values: list[AnyValue] | None = Field(default=None, min_length=1, max_length=64)
-    range: SweepRange | None = None
+    values: list[AnyValue] | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="1-64 values of the field's type: a grid tries each, a random search draws "
+        "one per trial")
+    range: SweepRange | None = Field(
+        default=None, description="random search only: draw each trial's value from this range")
 
     @model_validator(mode="after")
     def _one(self) -> SweepParameter:
@@ -126,7 +132,9 @@ class SearchSpec(ApiModel):
         ("self.strategy != 'random' || has(self.trials)",
          "search.trials is required with strategy random", ".trials"),
     ))
-    strategy: Literal["grid", "random"] = "grid"
+    strategy: Literal["grid", "random"] = Field(
+        default="grid", description="grid (default): one trial per combination of values; "
+        "random: search.trials draws")
     trials: int | None = Field(default=None, ge=1, le=MAX_TRIALS,
                                description="random search: how many trials to draw")
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="random search: the draw")
@@ -139,7 +147,10 @@ class SearchSpec(ApiModel):
 
 
 class ObjectiveSpec(ApiModel):
-    metric: ObjectiveMetric = "evalLoss"
+    metric: ObjectiveMetric = Field(
+        default="evalLoss", description="the metric that ranks finished trials (default "
+        "evalLoss, which needs dataset.validationSplit > 0; test* metrics need "
+        "template.evaluation)")
     direction: Literal["minimize", "maximize"] | None = Field(
         default=None, description="default: minimize for losses and perplexity, else maximize")
 
@@ -155,8 +166,12 @@ class EarlyStopSpec(ApiModel):
     recorded once, from the first report at or past ``afterSteps`` (``status.trials[].
     earlyStopLoss``), so trials are compared at the same point of training."""
 
-    after_steps: int = Field(ge=1, le=100_000_000)
-    margin: float = Field(default=0.0, ge=0.0, le=1000.0)
+    after_steps: int = Field(ge=1, le=100_000_000,
+                             description="the training step at which trials' losses are "
+                             "compared")
+    margin: float = Field(default=0.0, ge=0.0, le=1000.0,
+                          description="how much worse than the best trial's loss a trial may "
+                          "be before it is stopped, 0-1000 (default 0)")
 
 
 _SPEC_RULES = cel(
@@ -177,12 +192,18 @@ class FineTuneSweepSpec(ApiModel):
     model_config = ConfigDict(json_schema_extra=_SPEC_RULES)
 
     template: FineTuneJobSpec = Field(description="the spec every trial starts from")
-    parameters: list[SweepParameter] = Field(min_length=1, max_length=16)
-    search: SearchSpec = Field(default_factory=SearchSpec)
+    parameters: list[SweepParameter] = Field(
+        min_length=1, max_length=16,
+        description="the template fields to vary, 1-16, each path at most once")
+    search: SearchSpec = Field(default_factory=SearchSpec,
+                               description="how trials are chosen (default: a grid)")
     max_parallel: int = Field(default=1, ge=1, le=64,
                               description="trials that may exist unfinished at once")
-    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
-    early_stop: EarlyStopSpec | None = None
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec,
+                                     description="how finished trials are ranked")
+    early_stop: EarlyStopSpec | None = Field(
+        default=None, description="suspend running trials that fall behind the best one "
+        "(default: off)")
 
     @model_validator(mode="after")
     def _rules(self) -> FineTuneSweepSpec:

@@ -1,9 +1,13 @@
-"""The checkpoint PersistentVolumeClaim.
+"""The checkpoint PersistentVolumeClaim, which also holds the job's output.
 
-``checkpoint.storage.size`` -> the operator creates ``<job>-checkpoints``, owned by the job (deleted
-with it). ``checkpoint.storage.claimName`` -> an existing claim: nothing is created, the pod mounts
-the whole claim and the trainer works in the job's own directory under it; the claim is never
-owned or deleted by the operator.
+``checkpoint.storage.size`` -> the operator creates ``<job>-checkpoints``. With
+``whenDeleted: Retain`` (the default) it carries no owner reference, so the trained model outlives
+the job (kubectl delete, ttlSecondsAfterFinished, its sweep deleted); a later job of the same name
+mounts the same retained claim and works in its own directory on it (keyed by uid). With
+``whenDeleted: Delete`` it is owned by the job and garbage-collected with it.
+``checkpoint.storage.claimName`` -> an existing claim: nothing is created, the pod mounts the whole
+claim and the trainer works in the job's own directory under it; the claim is never owned or
+deleted by the operator.
 """
 
 from __future__ import annotations
@@ -11,7 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..api.job import FineTuneJob
-from .names import metadata, pvc_name
+from .names import (
+    JOB_LABEL,
+    JOB_UID_ANNOTATION,
+    MANAGED_BY_LABEL,
+    MANAGER,
+    label_value,
+    metadata,
+    pvc_name,
+)
 
 
 def creates_pvc(job: FineTuneJob) -> bool:
@@ -39,6 +51,23 @@ def build_pvc(job: FineTuneJob) -> dict[str, Any] | None:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": metadata(job, pvc_name(job.metadata.name)),
+        "metadata": metadata(job, pvc_name(job.metadata.name),
+                             owned=storage.when_deleted == "Delete"),
         "spec": spec,
     }
+
+
+def is_own_claim(claim: dict[str, Any], job: FineTuneJob) -> bool:
+    """Whether an existing claim named ``pvc_name(job)`` may be mounted by ``job``: owned by it
+    (whenDeleted Delete), created for it (the job-uid annotation), or retained from an earlier
+    job of the same name in the namespace (no owner, the operator's labels for this name).
+    A claim owned by anything else (e.g. an earlier job being garbage-collected) is not."""
+    meta = claim.get("metadata") or {}
+    owners = {r.get("uid") for r in meta.get("ownerReferences") or []}
+    if owners:
+        return job.metadata.uid in owners
+    if (meta.get("annotations") or {}).get(JOB_UID_ANNOTATION) == job.metadata.uid:
+        return True
+    labels = meta.get("labels") or {}
+    return (labels.get(MANAGED_BY_LABEL) == MANAGER
+            and labels.get(JOB_LABEL) == label_value(job.metadata.name))

@@ -60,6 +60,10 @@ def _run(args: argparse.Namespace, out: IO[str]) -> int:
             return commands.cmd_logs(api, args, namespace, out)
         if cmd == "top":
             return commands.cmd_top(api, args, namespace, out)
+        if cmd == "output":
+            from .output import cmd_output
+
+            return cmd_output(api, args, namespace, out)
         if cmd in ("sweep", "compare"):
             from . import sweeps
 

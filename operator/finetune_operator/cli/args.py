@@ -16,6 +16,7 @@ EPILOG = """examples:
   kubectl finetune describe bot
   kubectl finetune suspend bot; kubectl finetune resume bot
   kubectl finetune logs bot --tail 50
+  kubectl finetune output bot
   kubectl finetune top -A
   kubectl finetune sweep list; kubectl finetune sweep compare lr-sweep -o yaml
   kubectl finetune compare bot-a bot-b --metric testRougeL
@@ -121,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-A", "--all-namespaces", action="store_true")
     t.add_argument("--gpu-resource", default="nvidia.com/gpu",
                    help="GPU resource of jobs that name none (the operator's default)")
+    from .output import add_parser as add_output_parser
+
+    add_output_parser(sub, common)
     _sweep_parsers(sub, common)
     return ap
 

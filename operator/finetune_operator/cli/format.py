@@ -251,7 +251,9 @@ def spec_summary(job: Job) -> list[tuple[str, str]]:
     storage = ck.get("storage") or {}
     where = (f"existing claim {storage['claimName']}" if storage.get("claimName")
              else f"own PVC {storage.get('size', '20Gi')}"
-             + (f" ({storage['storageClassName']})" if storage.get("storageClassName") else ""))
+             + (f" ({storage['storageClassName']})" if storage.get("storageClassName") else "")
+             + (", deleted with the job" if storage.get("whenDeleted") == "Delete"
+                else ", kept after the job"))
     return [
         ("Model", f"{model.get('name', NONE)} from {_source_text(model.get('source') or {})}"),
         ("Dataset", f"{_source_text(data.get('source') or {})}, format "
@@ -307,6 +309,10 @@ def status_summary(job: Job, now: dt.datetime) -> list[tuple[str, str]]:
                                                                   .items()))
         out.append(("Output", f"adapter {o.get('adapterPath') or NONE}, merged "
                     f"{o.get('mergedPath') or NONE}" + (f", {metrics}" if metrics else "")))
+    from .output import describe_line  # the claim, full path and copy-out command
+
+    if (where := describe_line(job)) is not None:
+        out.append(("Output claim", where))
     return out
 
 

@@ -15,7 +15,7 @@ from ..sweep.plan import SWEEP_LABEL, owned_by
 from . import compare
 from . import format as fmt
 from .commands import _detail, api_errors, get_job
-from .errors import CliError
+from .errors import CliError, forbidden_message
 
 
 def _now() -> dt.datetime:
@@ -33,10 +33,9 @@ def _sweep_error(e: ApiException, api: PluginApi, namespace: str | None,
                         "install the finetune-operator chart (it brings both CRDs) or check "
                         "--context")
     if status == 403:
-        return CliError(f"not allowed to read FineTuneSweeps in "
-                        f"{'namespace ' + namespace if namespace else 'all namespaces'}: "
-                        f"{_detail(e)}; ask your platform team for the finetune-operator view "
-                        "role")
+        return CliError(forbidden_message(
+            _detail(e), verb="read", target=f"FineTuneSweep {name}" if name else "FineTuneSweeps",
+            namespace=namespace))
     return CliError(f"reading FineTuneSweeps failed: HTTP {status}: {_detail(e)}")
 
 

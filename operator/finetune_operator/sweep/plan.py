@@ -238,18 +238,37 @@ def plan_sweep(sweep: FineTuneSweep, jobs: list[dict[str, Any]], now: datetime,
             old.get("conditions", []), "NameConflict", "True", "NameConflict",
             f"FineTuneJob {', '.join(conflicts)} exists and is not owned by this sweep; delete or "
             "rename it (the sweep never adopts a job it did not create)", now, m.generation))
+    succeeded = sum(1 for s in statuses if s.phase == "Succeeded")
+    failed = [s.name for s in statuses if s.phase == "Failed"]
+    none_succeeded = done and not succeeded
     conditions.append(_condition(
         old.get("conditions", []), "Complete", "True" if done else "False",
-        "AllTrialsFinished" if done else "TrialsRemaining",
-        f"{finished}/{len(statuses)} trials finished" + _best_note(plan.best), now, m.generation))
+        ("NoTrialSucceeded" if none_succeeded else "AllTrialsFinished") if done
+        else "TrialsRemaining",
+        _progress_note(statuses, finished, succeeded, failed, m.namespace)
+        + _best_note(plan.best), now, m.generation))
     status = FineTuneSweepStatus(
-        phase="Succeeded" if done else "Running", total_trials=len(statuses),
+        phase=("Failed" if none_succeeded else "Succeeded") if done else "Running",
+        total_trials=len(statuses),
         active_trials=active, finished_trials=finished,
         summary=f"{finished}/{len(statuses)}", trials=statuses, best=plan.best,
         observed_generation=m.generation,
     ).to_wire()
     status["conditions"] = conditions
     return _finish(plan, old, status)
+
+
+def _progress_note(statuses: list[TrialStatus], finished: int, succeeded: int,
+                   failed: list[str], namespace: str) -> str:
+    """``3/4 trials finished: 1 succeeded, 2 failed``; when trials failed, how to read why."""
+    stopped = finished - succeeded - len(failed)
+    text = (f"{finished}/{len(statuses)} trials finished: {succeeded} succeeded, "
+            f"{len(failed)} failed" + (f", {stopped} stopped" if stopped else ""))
+    if finished == len(statuses) and not succeeded:
+        text += "; no trial succeeded, so there is no best trial"
+    if failed:
+        text += f"; see why with kubectl finetune describe {failed[0]} -n {namespace}"
+    return text
 
 
 def _best_note(best: BestTrial | None) -> str:

@@ -82,7 +82,7 @@ class SweepRunner:
             plan = plan_sweep(sweep, jobs, now)
             seen.append(sweep)
             out.plans[key] = self._execute(sweep, plan, jobs, now, out)
-        metrics.observe_sweeps([(s, out.plans[s.key]) for s in seen], job_bodies)
+        metrics.observe_sweeps([(s, out.plans[s.key]) for s in seen])
         return out
 
     def _execute(self, sweep: FineTuneSweep, plan: SweepPlan, jobs: list[dict[str, Any]],
