@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD_FILE = ROOT / "crds" / "finetunejobs.finetune.dev.yaml"
+SWEEP_CRD_FILE = ROOT / "crds" / "finetunesweeps.finetune.dev.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -43,11 +44,19 @@ def namespace(cluster, request) -> Iterator[str]:  # type: ignore[no-untyped-def
 
 @pytest.fixture(scope="session")
 def crd_installed(cluster) -> Path:  # type: ignore[no-untyped-def]
-    """The generated FineTuneJob CRD, applied and Established."""
-    assert CRD_FILE.exists(), f"{CRD_FILE} missing: run `make crd`"
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/finetunejobs.finetune.dev")
+    """The generated CRDs (FineTuneJob and FineTuneSweep: a test may create either, in any
+    order), applied and Established; returns the FineTuneJob one."""
+    from .kube import wait_for
+
+    for crd in (CRD_FILE, SWEEP_CRD_FILE):
+        assert crd.exists(), f"{crd} missing: run `make crd`"
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    for name in ("finetunejobs.finetune.dev", "finetunesweeps.finetune.dev"):
+        # polled: `kubectl wait` fails at once while a new CRD has no conditions yet
+        wait_for(f"CRD {name} Established", lambda name=name: any(
+            c.get("type") == "Established" and c.get("status") == "True"
+            for c in ((cluster.get("crd", name) or {}).get("status") or {}).get(
+                "conditions") or []), 60)
     return CRD_FILE
 
 

@@ -31,6 +31,7 @@ CHART = Path(__file__).resolve().parents[2] / "charts" / "finetune-operator"
 TENANT = "tenant-alice"          # bound to <release>-edit only
 POD_CREATOR = "tenant-bob"       # -edit plus create pods
 VIEWER = "tenant-victor"         # -view only
+JOBS_ONLY = "tenant-jordan"      # a Role on finetunejobs only (tests of reference checks)
 POLICY_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 
 
@@ -184,11 +185,14 @@ def test_editor_role_is_jobs_only_viewer_reads(policy: Policy) -> None:
                              ("patch", "finetunejobs.finetune.dev/status"),
                              ("create", "pods"), ("get", "secrets"), ("get", "configmaps"),
                              ("get", "persistentvolumeclaims"))}
+    # writes: FineTuneJobs only; reads: what the CLI shows (ConfigMaps for list --queue, claims
+    # for `output`), never Secrets; mounting a claim read-write needs `update`, not granted
     assert {k for k, v in can.items() if v == "yes"} == {
         (TENANT, "create", "finetunejobs.finetune.dev"),
         (TENANT, "delete", "finetunejobs.finetune.dev"),
         (TENANT, "get", "finetunejobs.finetune.dev"),
-        (VIEWER, "get", "finetunejobs.finetune.dev")}
+        (TENANT, "get", "configmaps"), (TENANT, "get", "persistentvolumeclaims"),
+        (VIEWER, "get", "finetunejobs.finetune.dev"), (VIEWER, "get", "configmaps")}
     allowed(policy.apply_as(TENANT, job("plain")))
     denied(policy.apply_as(VIEWER, job("viewer-job")), "forbidden")
     # the tenant cannot write a status (e.g. fake "Queued" to unlock a running job's spec)
@@ -268,25 +272,31 @@ def test_secret_reference_needs_the_requesters_own_get(policy: Policy) -> None:
 
 
 def test_existing_claim_and_configmap_need_the_requesters_own_get(policy: Policy) -> None:
+    # a user who may write FineTuneJobs and read nothing else (the chart's -edit role reads
+    # ConfigMaps and claims): what it is refused here, the policy refuses, not RBAC
+    for verb in ("create", "get", "patch"):
+        policy.grant(JOBS_ONLY, f"jobs-only-{verb}", verb, "finetunejobs.finetune.dev")
     ckpt = {"checkpoint": {"storage": {"claimName": "shared-ckpt", "size": DELETE}}}
-    denied(policy.apply_as(TENANT, job("claim", **ckpt)),
+    # the -edit role reads claims but may not update one: no read-write mount either
+    denied(policy.apply_as(TENANT, job("claim-rw", **ckpt)), "PersistentVolumeClaim shared-ckpt")
+    denied(policy.apply_as(JOBS_ONLY, job("claim", **ckpt)),
            "spec.checkpoint.storage.claimName names PersistentVolumeClaim shared-ckpt")
     model_pvc = {"model": {"name": "m", "source": {"pvc": {"claimName": "models"},
                                                    "hub": DELETE}}}
-    denied(policy.apply_as(TENANT, job("mpvc", **model_pvc)),
+    denied(policy.apply_as(JOBS_ONLY, job("mpvc", **model_pvc)),
            "spec.model.source.pvc.claimName names PersistentVolumeClaim models")
     data_pvc = {"dataset": {"source": {"pvc": {"claimName": "data"}, "hub": DELETE}}}
-    denied(policy.apply_as(TENANT, job("dpvc", **data_pvc)),
+    denied(policy.apply_as(JOBS_ONLY, job("dpvc", **data_pvc)),
            "spec.dataset.source.pvc.claimName names PersistentVolumeClaim data")
     cm = {"dataset": {"source": {"configMap": {"name": "corpus", "key": "train.jsonl"},
                                  "hub": DELETE}}}
-    denied(policy.apply_as(TENANT, job("cm", **cm)),
+    denied(policy.apply_as(JOBS_ONLY, job("cm", **cm)),
            "spec.dataset.source.configMap.name names ConfigMap corpus")
-    policy.grant(TENANT, "alice-claims", "get", "persistentvolumeclaims", "shared-ckpt")
+    policy.grant(JOBS_ONLY, "alice-claims", "get", "persistentvolumeclaims", "shared-ckpt")
     # mounted read-write: update too (tests/cluster/test_attack_editor.py)
-    policy.grant(TENANT, "alice-claims-rw", "update", "persistentvolumeclaims", "shared-ckpt")
-    allowed(policy.apply_as(TENANT, job("claim", **ckpt)))
-    denied(policy.apply_as(TENANT, job("mpvc", **model_pvc)), "PersistentVolumeClaim models")
+    policy.grant(JOBS_ONLY, "alice-claims-rw", "update", "persistentvolumeclaims", "shared-ckpt")
+    allowed(policy.apply_as(JOBS_ONLY, job("claim", **ckpt)))
+    denied(policy.apply_as(JOBS_ONLY, job("mpvc", **model_pvc)), "PersistentVolumeClaim models")
 
 
 # ---- placement -------------------------------------------------------------------------------
