@@ -3,16 +3,17 @@ SHELL := /bin/bash
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PYPROJECTS := pyproject.toml api/pyproject.toml operator/pyproject.toml trainer/pyproject.toml dev/pyproject.toml
+STAMP := $(VENV)/.installed-$(shell cat $(PYPROJECTS) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: images test-images demo demo-sweep test venv cluster-bins system-deps lint crd crd-check chart-crd up down status clean
 
 demo: venv cluster-bins $(if $(IMAGES),images) ## the main job: local cluster + operator + node agent + three jobs (IMAGES=1: trainers run in the trainer image)
-	$(BIN)/python -m finetune_operator.demo $(if $(KEEP),--keep) $(if $(IMAGES),--images)
+	$(BIN)/python -m finetune_dev.demo $(if $(KEEP),--keep) $(if $(IMAGES),--images)
 
 demo-sweep: venv cluster-bins ## examples/sweep.yaml for real (2x2 grid, 2 at a time), then the comparison table
-	$(BIN)/python -m finetune_operator.demo_sweep $(if $(KEEP),--keep)
+	$(BIN)/python -m finetune_dev.demo_sweep $(if $(KEEP),--keep)
 
 test: venv cluster-bins system-deps images ## every test: unit, cluster, trainer, e2e, image (gpu ones skip without a GPU)
 	scripts/run-tests.sh $(PYTEST_ARGS)
@@ -24,16 +25,18 @@ test-images: venv cluster-bins images ## the image tests (marker image): the bui
 	scripts/run-tests.sh -m image tests/image $(PYTEST_ARGS)
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): $(PYPROJECTS)
 	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11+) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@echo "[make] installing Python packages (torch brings several GB of CUDA wheels on a cold pip cache)"
-	$(BIN)/pip install --quiet -e '.[operator,trainer,dev]'
+	@# the four distributions, editable (an older single-distribution install is removed first)
+	$(BIN)/pip uninstall --quiet -y finetune-operator >/dev/null 2>&1 || true
+	$(BIN)/pip install --quiet -e ./api -e ./operator -e ./trainer -e './dev[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 cluster-bins: venv ## build etcd, kube-*, kubectl, kwok, helm from the Go module proxy (cached)
-	$(BIN)/python -m finetune_operator.devcluster build
+	$(BIN)/python -m finetune_dev.devcluster build
 
 system-deps: ## Debian packages the tests need (promtool)
 	@command -v promtool >/dev/null || { \
@@ -41,23 +44,23 @@ system-deps: ## Debian packages the tests need (promtool)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 lint: venv ## ruff, mypy, and every relative link and anchor of the Markdown docs (offline)
-	$(BIN)/ruff check operator trainer tests benchmarks scripts/check-links.py
+	$(BIN)/ruff check api operator trainer dev tests benchmarks scripts/check-links.py
 	$(BIN)/mypy
 	$(BIN)/python scripts/check-links.py
 
 crd: venv ## regenerate crds/ (FineTuneJob, FineTuneSweep) from the pydantic models
-	$(BIN)/python -m finetune_operator.api.crd --write
+	$(BIN)/python -m finetune_api.crd --write
 	scripts/sync-chart-crd.sh
 
 crd-check: venv
-	$(BIN)/python -m finetune_operator.api.crd --check
+	$(BIN)/python -m finetune_api.crd --check
 
 up: venv cluster-bins
-	$(BIN)/python -m finetune_operator.devcluster up
+	$(BIN)/python -m finetune_dev.devcluster up
 down:
-	$(BIN)/python -m finetune_operator.devcluster down
+	$(BIN)/python -m finetune_dev.devcluster down
 status:
-	$(BIN)/python -m finetune_operator.devcluster status
+	$(BIN)/python -m finetune_dev.devcluster status
 
 clean: down
 	rm -rf $(VENV)

@@ -84,7 +84,7 @@ def baseline_module() -> Any:
 
 def one(impl: str, path: str, cache: str) -> dict[str, float]:
     """Runs in the measuring subprocess."""
-    from finetune_trainer.tiny import train_tokenizer
+    from finetune_dev.tiny import train_tokenizer
 
     tok: Any = train_tokenizer()
     from finetune_trainer import data

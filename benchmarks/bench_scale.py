@@ -59,9 +59,9 @@ from report import write_section  # benchmarks/ is on sys.path when run as a scr
 from scale import kueue, measure
 from scale.load import Api, Watch
 
-from finetune_operator.devcluster import build
-from finetune_operator.devcluster import cluster as dc
-from finetune_operator.devcluster import scale as sc
+from finetune_dev.devcluster import build
+from finetune_dev.devcluster import cluster as dc
+from finetune_dev.devcluster import scale as sc
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD = ROOT / "crds" / "finetunejobs.finetune.dev.yaml"

@@ -5,7 +5,7 @@ script and LLaMA-Factory 0.9.5, side by side in one run; plus the time to save a
     .venv/bin/python benchmarks/bench_trainer.py --markdown # also write BENCHMARKS.md's
                                                             # "Trainer" section
 
-The job: the tiny Llama of ``finetune_trainer.tiny`` (hidden 64, 2 layers, ChatML template),
+The job: the tiny Llama of ``finetune_dev.tiny`` (hidden 64, 2 layers, ChatML template),
 saved to a directory every runner loads by path; the 24 records of
 ``examples/data/messages.jsonl`` (cutoff 128, assistant-only labels); LoRA r=8 alpha=16 dropout
 0.1 on all linear layers; 40 steps of batch 4, lr 0.02 linear with 10% warmup, seed 7, fp32 on
@@ -53,7 +53,7 @@ from typing import Any
 import yaml
 from report import write_section
 
-from finetune_trainer import lf_peer
+from finetune_dev import lf_peer
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data" / "messages.jsonl"
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         plain(*args.plain)
         return 0
 
-    from finetune_trainer.tiny import build_tiny_model
+    from finetune_dev.tiny import build_tiny_model
 
     lf_skip = lf_peer.problem(LF_VENV)
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp_s:

@@ -23,4 +23,4 @@ PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
-exec "$PY" -m finetune_trainer.gpucheck "$@"
+exec "$PY" -m finetune_dev.gpucheck "$@"

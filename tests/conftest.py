@@ -17,7 +17,7 @@ SWEEP_CRD_FILE = ROOT / "crds" / "finetunesweeps.finetune.dev.yaml"
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[object]:
     """The local control plane: reuse a running one, else start one and stop it at the end."""
-    from finetune_operator.devcluster import cluster as dc
+    from finetune_dev.devcluster import cluster as dc
 
     from .kube import Cluster
 
@@ -65,7 +65,7 @@ def priority_classes(cluster) -> list[str]:  # type: ignore[no-untyped-def]
     """The chart's PriorityClass bands, rendered by helm from the chart (one source)."""
     import subprocess
 
-    from finetune_operator.devcluster import build
+    from finetune_dev.devcluster import build
 
     out = subprocess.run(
         [str(build.binary("helm")), "template", "ft", str(ROOT / "charts" / "finetune-operator"),

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from finetune_operator.api.job import API_VERSION, KIND, FineTuneJob
+from finetune_api.job import API_VERSION, KIND, FineTuneJob
 from finetune_operator.settings import OperatorSettings
 
 DEFAULT_CREATED = "2026-01-01T00:00:00Z"

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client, config
 
-from finetune_operator.devcluster import cluster as dc
+from finetune_dev.devcluster import cluster as dc
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ class Cluster:
 
     def create_namespace(self, name: str) -> str:
         """A namespace enforcing the restricted Pod Security Standard (every test namespace)."""
-        from finetune_operator.devcluster.workloads import create_namespace
+        from finetune_dev.devcluster.workloads import create_namespace
 
         create_namespace(self.cfg, name)
         return name
@@ -90,7 +90,7 @@ def restricted(pod: dict) -> dict:
     enforces: the trainer pods' own pod securityContext (uid, gid and fsGroup 1000) unless the
     pod has one, and in each container no privilege escalation, no capabilities and the
     runtime's seccomp profile (fields a container already sets are kept)."""
-    from finetune_operator.build.pod import pod_security_context
+    from finetune_operator.jobs.build.pod import pod_security_context
 
     spec = pod["spec"]
     spec.setdefault("securityContext", pod_security_context())

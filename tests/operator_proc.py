@@ -50,7 +50,7 @@ class OperatorProcess:
         # one leader identity per object, kept across its restarts (a restarted leader takes
         # the lease back at once); distinct objects never share it
         # /metrics gets a certificate of its own here, so scrapes verify it with its CA
-        from finetune_operator.reports import tls
+        from finetune_operator.http import tls
 
         self.metrics_tls = tls.generate(["127.0.0.1"], log_dir / f"metrics-tls-{short_id()}")
         self.env = {**TEST_ENV, "POD_NAME": f"test-operator-{short_id()}",
@@ -154,7 +154,7 @@ def metrics_reader_role(cluster: Cluster) -> str:
     """Apply the chart's metrics-reader ClusterRole (rendered by helm: one source); its name."""
     import yaml
 
-    from finetune_operator.devcluster import build
+    from finetune_dev.devcluster import build
 
     out = subprocess.run([str(build.binary("helm")), "template", "ft", str(CHART),
                           "--show-only", "templates/rbac.yaml"],

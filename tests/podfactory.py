@@ -19,8 +19,8 @@ import json
 import uuid
 from typing import Any
 
-from finetune_operator.api.job import FineTuneJob
-from finetune_operator.build.pod import CONTAINER_NAME, build_pod
+from finetune_api.job import FineTuneJob
+from finetune_operator.jobs.build.pod import CONTAINER_NAME, build_pod
 from tests.factories import make_settings
 
 POD_CREATED = "2026-01-01T00:00:10Z"

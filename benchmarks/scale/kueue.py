@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.devcluster import versions
+from finetune_dev.devcluster import versions
 
 VERSION = "v0.17.0"
 MODULE = "sigs.k8s.io/kueue"

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .settings import OperatorSettings, SettingsError, add_arguments
+from finetune_operator.settings import OperatorSettings, SettingsError, add_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf
 
-    from . import handlers, metrics_server, serve
-    from .k8s import Kube, load_client
-    from .loop import Controller
-    from .reports.channel import start_channel
+    from finetune_operator import lifecycle as handlers
+    from finetune_operator.http import metrics as metrics_server
+    from finetune_operator.http import server as serve
+    from finetune_operator.jobs.controller import Controller
+    from finetune_operator.kube.client import Kube, load_client
+    from finetune_operator.reports.channel import start_channel
 
     kopf.configure(verbose=args.verbose)  # one log handler for kopf's and our loggers
     logging.getLogger("finetune_operator").setLevel(logging.DEBUG if args.verbose

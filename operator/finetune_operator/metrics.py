@@ -27,8 +27,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .reports.model import REJECT_REASONS
-from .status import parse_time
+from finetune_operator.jobs.pods import parse_time
+from finetune_operator.reports.model import REJECT_REASONS
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 

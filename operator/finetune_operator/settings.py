@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 if TYPE_CHECKING:
-    from .api.job import FineTuneJob
+    from finetune_api.job import FineTuneJob
 
 ENV_PREFIX = "FINETUNE_"
 MAX_BACKOFF_SECONDS = 600.0

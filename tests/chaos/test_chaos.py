@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from finetune_operator.devcluster import cluster as dc
+from finetune_dev.devcluster import cluster as dc
 
 from ..kube import Cluster, wait_for
 from ..operator_proc import OperatorProcess, finish_pod, ftj

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from finetune_operator.devcluster import cluster as dc
-from finetune_operator.k8s import UNFENCED, WRITE_VERBS
-from finetune_operator.loop import LEASE_NAME
+from finetune_dev.devcluster import cluster as dc
+from finetune_operator.jobs.controller import LEASE_NAME
+from finetune_operator.kube.client import UNFENCED, WRITE_VERBS
 
 from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import OperatorProcess, ftj, job_pods, job_status, wait_phase

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from finetune_operator.api.job import FineTuneJob
-from finetune_operator.build import names
+from finetune_api.job import FineTuneJob
+from finetune_operator.jobs.build import names
 
 from ..kube import Cluster, restricted, short_id, wait_for
 from ..operator_proc import (

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from finetune_dev.devcluster import build
+from finetune_dev.nodeagent import start_agent
 from finetune_operator.cli import main
-from finetune_operator.devcluster import build
-from finetune_operator.devcluster.nodeagent import start_agent
 
 from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import OperatorProcess, complete, job_pods, report_progress
@@ -269,7 +269,7 @@ def test_sweep_list_describe_compare_and_compare_jobs(cluster: Cluster, crd_inst
                                                       make_namespace: MakeNamespace) -> None:
     from datetime import UTC, datetime
 
-    from finetune_operator.k8s import Kube
+    from finetune_operator.kube.client import Kube
     from finetune_operator.sweep import SweepRunner
 
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(SWEEP_CRD))

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.api.spec import ConfigMapSource, ResourcesSpec
-from finetune_operator.api.sweep import FineTuneSweepSpec
-from finetune_operator.devcluster.nodeagent.node import AGENT_LABEL
+from finetune_api.spec import ConfigMapSource, ResourcesSpec
+from finetune_api.sweep import FineTuneSweepSpec
+from finetune_dev.nodeagent.node import AGENT_LABEL
 
 from ..kube import Cluster, short_id, wait_for
 from .test_policy import CHART, POLICY_KINDS, render_chart

@@ -40,8 +40,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_operator.devcluster import build
-from finetune_operator.devcluster.nodeagent import AgentProcess, find_log, start_agent
+from finetune_dev.devcluster import build
+from finetune_dev.nodeagent import AgentProcess, find_log, start_agent
 
 from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import free_port, ftj, job_pods, scraper_token, wait_phase

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.api import FineTuneJobSpec
+from finetune_api import FineTuneJobSpec
 
 from ..invalid_cases import (
     CASES,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from finetune_operator.devcluster.nodeagent import (
+from finetune_dev.nodeagent import (
     AGENT_LABEL,
     AgentProcess,
     find_log,
@@ -22,8 +22,8 @@ from finetune_operator.devcluster.nodeagent import (
     pvc_dir,
     start_agent,
 )
-from finetune_operator.devcluster.nodeagent.runner import start_time
-from finetune_operator.devcluster.nodeagent.sources import raw
+from finetune_dev.nodeagent.runner import start_time
+from finetune_dev.nodeagent.sources import raw
 
 from ..kube import Cluster, priority_class, restricted, short_id, wait_for
 
@@ -489,7 +489,7 @@ REPORT_AUDIENCE = "finetune.dev/operator"
 
 REPORT_CODE = r"""
 import os, sys
-from finetune_operator.api.trainer_config import ReportConfig
+from finetune_api.trainer_config import ReportConfig
 from finetune_trainer.progress import ReportSink
 api_token = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 if os.path.exists(api_token):
@@ -507,8 +507,8 @@ def test_projected_report_token_reaches_the_operator_as_this_pod(
     the operator's audience (minted by the agent with TokenRequest, bound to the pod), no API
     token. The pod pushes a report with it; the operator's server verifies it by TokenReview
     and attributes it to this pod (name and uid)."""
-    from finetune_operator.build.pod import report_token_volume
-    from finetune_operator.k8s import Kube
+    from finetune_operator.jobs.build.pod import report_token_volume
+    from finetune_operator.kube.client import Kube
     from finetune_operator.reports.channel import start_channel
     from finetune_operator.settings import OperatorSettings
 
@@ -546,11 +546,11 @@ def test_projected_token_is_minted_for_the_pod_and_refreshed(
     import os
     from datetime import timedelta
 
-    from finetune_operator.devcluster.nodeagent import volumes
-    from finetune_operator.devcluster.nodeagent.agent import utcnow
-    from finetune_operator.devcluster.nodeagent.sources import Objects
-    from finetune_operator.k8s import Kube
-    from finetune_operator.reports.identity import identity_from_review
+    from finetune_dev.nodeagent import volumes
+    from finetune_dev.nodeagent.agent import utcnow
+    from finetune_dev.nodeagent.sources import Objects
+    from finetune_operator.http.identity import identity_from_review
+    from finetune_operator.kube.client import Kube
 
     made = cluster.core().create_namespaced_pod(namespace, restricted({  # type: ignore[arg-type]
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "parked"},
@@ -590,7 +590,7 @@ def test_projected_token_is_minted_for_the_pod_and_refreshed(
 
 
 def test_port_translation_and_hosts_file_are_pure() -> None:
-    from finetune_operator.devcluster.nodeagent import network
+    from finetune_dev.nodeagent import network
 
     ports = {29500: 21234}
     assert network.translate_argv(["--master-port=29500", "29500", "h:29500", "295001", "x"],
@@ -614,7 +614,7 @@ def test_port_translation_and_hosts_file_are_pure() -> None:
 
 
 def test_port_registry_is_stable_per_key_and_distinct_between_keys(tmp_path: Path) -> None:
-    from finetune_operator.devcluster.nodeagent import network
+    from finetune_dev.nodeagent import network
 
     a = network.allocate(tmp_path, "ns/svc/uid/attempt-1", [29500, 29501])
     assert network.allocate(tmp_path, "ns/svc/uid/attempt-1", [29500, 29501]) == a

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_operator.k8s import Kube, load_client
-from finetune_operator.loop import Controller
+from finetune_operator.jobs.controller import Controller
+from finetune_operator.kube.client import Kube, load_client
 from finetune_operator.settings import OperatorSettings
 
 from ..kube import Cluster, short_id, wait_for

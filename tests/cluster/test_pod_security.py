@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.build.names import service_name
-from finetune_operator.devcluster import build
-from finetune_operator.devcluster.workloads import CHART, RESTRICTED_NAMESPACE, SWEEP_CRD_FILE
+from finetune_dev.devcluster import build
+from finetune_dev.devcluster.workloads import CHART, RESTRICTED_NAMESPACE, SWEEP_CRD_FILE
+from finetune_operator.jobs.build.names import service_name
 
 from ..kube import Cluster, gpu_pod, plain_gpu_pod, wait_for
 from ..operator_proc import OperatorProcess, ftj, job_pods, wait_phase

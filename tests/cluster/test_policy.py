@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.devcluster import build
+from finetune_dev.devcluster import build
 
 from ..invalid_cases import DELETE, patch_spec_in_phase, patched
 from ..kube import Cluster, short_id, wait_for

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.devcluster import build
+from finetune_dev.devcluster import build
 
 from ..kube import Cluster, short_id, wait_for
 from ..unit.helmchart import CLUSTER_SCOPED, needed_grants

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import pytest
 from kubernetes import client
 
-from finetune_operator.k8s import Kube
+from finetune_operator.http.identity import PodIdentity
+from finetune_operator.kube.client import Kube
 from finetune_operator.reports.channel import Channel, start_channel
-from finetune_operator.reports.identity import PodIdentity
 from finetune_operator.reports.model import BadReport, ProgressReport
 from finetune_operator.settings import OperatorSettings
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.api.sweep import FineTuneSweepSpec
+from finetune_api.sweep import FineTuneSweepSpec
 
 from ..invalid_cases import names_field, server_errors
 from ..kube import Cluster, wait_for
@@ -139,7 +139,7 @@ def test_valid_sweep_is_stored_with_the_models_defaults(cluster: Cluster, sweep_
 
 
 def _kube(cluster: Cluster) -> Any:
-    from finetune_operator.k8s import Kube
+    from finetune_operator.kube.client import Kube
 
     return Kube(cluster.api)
 

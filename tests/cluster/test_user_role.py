@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_operator.devcluster import build
+from finetune_dev.devcluster import build
 
 from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import OperatorProcess, job_pods

@@ -6,14 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from finetune_operator.devcluster.nodeagent import AgentProcess
+from finetune_dev.nodeagent import AgentProcess
 
 from ..kube import Cluster, short_id
 
 
 @pytest.fixture(scope="module")
 def agent(cluster) -> Iterator[object]:  # type: ignore[no-untyped-def]
-    from finetune_operator.devcluster.nodeagent import start_agent
+    from finetune_dev.nodeagent import start_agent
 
     a = start_agent(f"e2e-{short_id()}", gpus=1, cfg=cluster.cfg)
     yield a
@@ -26,7 +26,7 @@ def agent_b(cluster: Cluster) -> Iterator[AgentProcess]:
     """A second node agent (1 GPU) beside `agent`, for multi-node gangs. Another node, the same
     root: PVC directories are shared storage (the models claim `train_ns` fills, the checkpoint
     directory every rank and every attempt uses) and so is the agents' port registry."""
-    from finetune_operator.devcluster.nodeagent import start_agent
+    from finetune_dev.nodeagent import start_agent
 
     a = start_agent(f"e2eb-{short_id()}", gpus=1, cfg=cluster.cfg)
     yield a
@@ -37,7 +37,7 @@ def agent_b(cluster: Cluster) -> Iterator[AgentProcess]:
 @pytest.fixture
 def train_ns(cluster) -> Iterator[object]:  # type: ignore[no-untyped-def]
     """make(gpu_quota=None) -> a namespace with the tiny model and the dataset."""
-    from finetune_operator.devcluster.workloads import prepare_namespace
+    from finetune_dev.devcluster.workloads import prepare_namespace
 
     made: list[str] = []
 

@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_operator.api import FineTuneJob
-from finetune_operator.build.configmap import trainer_config
-from finetune_operator.devcluster.nodeagent import find_log
-from finetune_operator.devcluster.workloads import (
+from finetune_api import FineTuneJob
+from finetune_dev.devcluster.workloads import (
     DATASET,
     MODEL_PATH,
     host_work_dir,
     tiny_model,
     training_job,
 )
+from finetune_dev.nodeagent import find_log
+from finetune_operator.jobs.build.configmap import trainer_config
 
 from ..kube import Cluster, gpu_pod, priority_class, short_id, wait_for
 from ..operator_proc import OperatorProcess, job_pods, job_status, wait_phase

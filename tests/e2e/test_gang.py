@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from finetune_operator.build.names import pod_name, service_name
-from finetune_operator.build.service import RENDEZVOUS_PORT
-from finetune_operator.devcluster.nodeagent import AgentProcess, find_log
-from finetune_operator.devcluster.workloads import training_job
+from finetune_dev.devcluster.workloads import training_job
+from finetune_dev.nodeagent import AgentProcess, find_log
+from finetune_operator.jobs.build.names import pod_name, service_name
+from finetune_operator.jobs.build.service import RENDEZVOUS_PORT
 
 from ..kube import Cluster, short_id
 from ..operator_proc import OperatorProcess, job_pods

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from finetune_operator.devcluster.nodeagent import find_log
-from finetune_operator.devcluster.workloads import (
+from finetune_dev.devcluster.workloads import (
     training_job,
 )
+from finetune_dev.nodeagent import find_log
 
 from ..kube import Cluster, short_id
 from ..operator_proc import OperatorProcess, job_pods
@@ -35,7 +35,7 @@ STEPS = 1200  # the preemption lands near step 300 here (2 gloo ranks, ~55 steps
 
 @pytest.fixture(scope="module")
 def agent2(cluster) -> Iterator[object]:
-    from finetune_operator.devcluster.nodeagent import start_agent
+    from finetune_dev.nodeagent import start_agent
 
     a = start_agent(f"e2e2-{short_id()}", gpus=2, cfg=cluster.cfg)
     yield a

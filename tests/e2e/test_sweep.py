@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from finetune_dev.devcluster.workloads import training_job
 from finetune_operator.cli import main as cli_main
-from finetune_operator.devcluster.workloads import training_job
 
 from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import OperatorProcess
@@ -36,7 +36,7 @@ TEST_SET = "\n".join(json.dumps({"messages": [
 
 @pytest.fixture(scope="module")
 def agent2(cluster: Cluster) -> Iterator[Any]:
-    from finetune_operator.devcluster.nodeagent import start_agent
+    from finetune_dev.nodeagent import start_agent
 
     a = start_agent(f"e2e-sweep-{short_id()}", gpus=2, cfg=cluster.cfg)
     yield a

@@ -72,8 +72,8 @@ def image_agent(cluster) -> Iterator[object]:  # type: ignore[no-untyped-def]
     a read-only root file system (FINETUNE_NODEAGENT_READ_ONLY_ROOT)."""
     import os
 
-    from finetune_operator.devcluster.nodeagent import start_agent
-    from finetune_operator.devcluster.nodeagent.container import READ_ONLY_SWITCH, SWITCH
+    from finetune_dev.nodeagent import start_agent
+    from finetune_dev.nodeagent.container import READ_ONLY_SWITCH, SWITCH
 
     from ..kube import short_id
 

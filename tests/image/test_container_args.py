@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from finetune_operator.devcluster.nodeagent.container import READ_ONLY_SWITCH, run_args
-from finetune_operator.devcluster.nodeagent.env import SYSTEM_PATH, interpreter_bin
-from finetune_operator.devcluster.nodeagent.runner import Identity, Launch, Mount
+from finetune_dev.nodeagent.container import READ_ONLY_SWITCH, run_args
+from finetune_dev.nodeagent.env import SYSTEM_PATH, interpreter_bin
+from finetune_dev.nodeagent.runner import Identity, Launch, Mount
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune_operator.devcluster.nodeagent import container, runner
-from finetune_operator.devcluster.nodeagent.runner import Identity, Launch
+from finetune_dev.nodeagent import container, runner
+from finetune_dev.nodeagent.runner import Identity, Launch
 
 from ..kube import short_id, wait_for
 from .conftest import Image, podman

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from finetune_operator.api.trainer_config import CHECKPOINT_MOUNT, CONFIG_MOUNT
-from finetune_operator.devcluster.nodeagent import find_log
-from finetune_operator.devcluster.nodeagent.container import LABEL
-from finetune_operator.devcluster.workloads import host_work_dir, prepare_namespace, training_job
+from finetune_api.trainer_config import CHECKPOINT_MOUNT, CONFIG_MOUNT
+from finetune_dev.devcluster.workloads import host_work_dir, prepare_namespace, training_job
+from finetune_dev.nodeagent import find_log
+from finetune_dev.nodeagent.container import LABEL
 
 from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import OperatorProcess, job_pods, job_status

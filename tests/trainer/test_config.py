@@ -93,7 +93,7 @@ def test_job_uid_must_match_the_pod_env(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_config_is_the_crd_schema(tmp_path: Path) -> None:
     """The trainer reads the operator's own model: the spec round-trips through the wire form."""
-    from finetune_operator.api.spec import FineTuneJobSpec
+    from finetune_api.spec import FineTuneJobSpec
 
     c = parse_config(cfg(tmp_path))
     assert isinstance(c.spec, FineTuneJobSpec)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.api.spec import EvaluationSpec
+from finetune_api.spec import EvaluationSpec
 from finetune_trainer.evaluation import (
     RESULTS_FILE,
     evaluate,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.api.spec import DeepSpeedSpec, QuantizationSpec
+from finetune_api.spec import DeepSpeedSpec, QuantizationSpec
 from finetune_trainer.config import ConfigError, Runtime, parse_config
 from finetune_trainer.model import (
     apply_method,

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.api.trainer_config import ReportConfig
-from finetune_operator.reports import tls
-from finetune_operator.reports.identity import PodIdentity
+from finetune_api.trainer_config import ReportConfig
+from finetune_operator.http import tls
+from finetune_operator.http.identity import PodIdentity
+from finetune_operator.http.reports import ReportServer
 from finetune_operator.reports.model import ProgressReport, parse_report, parse_termination
-from finetune_operator.reports.server import ReportServer
 from finetune_trainer.progress import (
     MESSAGE_LIMIT,
     STANDBY_TRIES,

@@ -18,7 +18,7 @@ NAMESPACE = "finetune-system"
 
 
 def helm() -> str:
-    from finetune_operator.devcluster.build import binary
+    from finetune_dev.devcluster.build import binary
 
     path = binary("helm")
     if path.is_file():
@@ -105,7 +105,7 @@ def metric_names() -> set[str]:
 # ---- the operator's API calls -> the RBAC it needs (tests/unit/test_chart.py diffs the chart
 # with this; tests/cluster/test_rbac_operator.py asks the API server) ----------------------
 
-# Kubernetes' names: a kind or plural as k8s.py counts it -> (API group, resource).
+# Kubernetes' names: a kind or plural as kube/client.py counts it -> (API group, resource).
 API_RESOURCES: dict[str, tuple[str, str]] = {
     "Pod": ("", "pods"), "pods": ("", "pods"), "ConfigMap": ("", "configmaps"),
     "PersistentVolumeClaim": ("", "persistentvolumeclaims"), "Service": ("", "services"),
@@ -138,32 +138,32 @@ KOPF_CALLS = {("list", "customresourcedefinitions"), ("watch", "customresourcede
 
 
 def operator_calls() -> set[tuple[str, str]]:
-    """Every (verb, resource) the operator's code calls: k8s.py's declared surface (each request
+    """Every (verb, resource) the operator's code calls: kube/client.py's declared surface (each request
     is counted as self._count(verb, resource) and checked against it at run time), every
-    literal self._count(...) in k8s.py (so the declaration cannot miss one), plus kopf's own
+    literal self._count(...) in kube/client.py (so the declaration cannot miss one), plus kopf's own
     calls while kopf runs the process."""
     import ast
     import importlib
     import pkgutil
 
     import finetune_operator
-    from finetune_operator import k8s
+    from finetune_operator.kube import client as k8s
 
     # sections register their calls in k8s.EXTRA_SURFACE when imported (e.g. sweep.runner):
     # import every module of the operator (dev tooling and the kubectl plugin are not the operator)
     for mod in pkgutil.walk_packages(finetune_operator.__path__, "finetune_operator."):
-        if not mod.name.startswith(("finetune_operator.devcluster", "finetune_operator.cli",
-                                    "finetune_operator.demo")):
+        if not mod.name.startswith(("finetune_dev.devcluster", "finetune_operator.cli",
+                                    "finetune_dev.demo")):
             importlib.import_module(mod.name)
     calls = set(k8s.API_SURFACE) | set(getattr(k8s, "EXTRA_SURFACE", set()))
-    tree = ast.parse((ROOT / "operator" / "finetune_operator" / "k8s.py").read_text())
+    tree = ast.parse((ROOT / "operator" / "finetune_operator" / "kube" / "client.py").read_text())
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr == "_count" and len(node.args) == 2
                 and all(isinstance(a, ast.Constant) for a in node.args)):
             verb, resource = (a.value for a in node.args)  # type: ignore[attr-defined]
             assert (verb, resource) in calls, (
-                f"k8s.py line {node.lineno} calls {verb} {resource}, not in k8s.API_SURFACE")
+                f"kube/client.py line {node.lineno} calls {verb} {resource}, not in k8s.API_SURFACE")
     main_src = (ROOT / "operator" / "finetune_operator" / "__main__.py").read_text()
     if "kopf.run(" in main_src:
         calls |= KOPF_CALLS
@@ -178,7 +178,7 @@ def needed_grants() -> dict[tuple[str, str], set[str]]:
     out: dict[tuple[str, str], set[str]] = {}
     for verb, resource in operator_calls():
         assert resource in API_RESOURCES, (
-            f"k8s.py calls {verb} {resource}: add its API group and plural to "
+            f"kube/client.py calls {verb} {resource}: add its API group and plural to "
             "tests/unit/helmchart.py API_RESOURCES, then grant it in the chart's rbac.yaml")
         out.setdefault(API_RESOURCES[resource], set()).add(rbac_verb(verb))
     return out

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from finetune_operator.api import FineTuneJob, FineTuneJobSpec
-from finetune_operator.api.spec import LoraSpec, StorageSpec, Toleration
+from finetune_api import FineTuneJob, FineTuneJobSpec
+from finetune_api.spec import LoraSpec, StorageSpec, Toleration
 
 from ..invalid_cases import CASES, Case, names_field, valid_manifest
 

@@ -15,10 +15,17 @@ from hypothesis import given
 from hypothesis import strategies as hs
 from pydantic import ValidationError
 
-from finetune_operator.api.status import FineTuneJobStatus
-from finetune_operator.api.sweep import SweepRange
-from finetune_operator.build.pod import build_pod, grace_period_seconds
-from finetune_operator.reconcile import ACTIVE_PHASES, due_at
+from finetune_api.status import FineTuneJobStatus
+from finetune_api.sweep import SweepRange
+from finetune_operator.jobs.build.pod import build_pod, grace_period_seconds
+from finetune_operator.jobs.pods import (
+    apply_progress,
+    apply_stopped_checkpoint,
+    iso,
+    parse_time,
+    time_after,
+)
+from finetune_operator.jobs.reconcile import ACTIVE_PHASES, due_at
 from finetune_operator.reports.model import (
     MAX_ETA_SECONDS,
     MAX_SAVE_SECONDS,
@@ -29,13 +36,6 @@ from finetune_operator.reports.model import (
     parse_report,
 )
 from finetune_operator.settings import OperatorSettings, SettingsError
-from finetune_operator.status import (
-    apply_progress,
-    apply_stopped_checkpoint,
-    iso,
-    parse_time,
-    time_after,
-)
 from tests.factories import make_job, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.api.trainer_config import ReportConfig
-from finetune_operator.build import Children, build_children
+from finetune_api.trainer_config import ReportConfig
+from finetune_operator.jobs.build import Children, build_children
 from tests.factories import make_job, make_settings
 
 pytestmark = pytest.mark.unit

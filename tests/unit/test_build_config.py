@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.api.trainer_config import TrainerConfig
-from finetune_operator.build import build_children
-from finetune_operator.build.configmap import build_config_map, trainer_config
-from finetune_operator.build.pod import build_pod
+from finetune_api.trainer_config import TrainerConfig
+from finetune_operator.jobs.build import build_children
+from finetune_operator.jobs.build.configmap import build_config_map, trainer_config
+from finetune_operator.jobs.build.pod import build_pod
 from tests.factories import make_job, make_settings
 
 pytestmark = pytest.mark.unit

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from finetune_operator.build import build_children
-from finetune_operator.build import names as n
+from finetune_operator.jobs.build import build_children
+from finetune_operator.jobs.build import names as n
 from tests.factories import make_job, make_settings
 
 pytestmark = pytest.mark.unit

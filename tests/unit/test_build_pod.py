@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.build.pod import build_pod, build_pods, grace_period_seconds
+from finetune_operator.jobs.build.pod import build_pod, build_pods, grace_period_seconds
 from tests.factories import make_job, make_settings
 
 pytestmark = pytest.mark.unit

@@ -128,7 +128,7 @@ def test_operator_rbac_is_exactly_what_the_code_calls(
     extra = {k: sorted(v - needed.get(k, set())) for k, v in granted.items()
              if v - needed.get(k, set())}
     assert not missing and not extra, (
-        "the chart's operator RBAC (templates/rbac.yaml) differs from the calls in k8s.py:\n"
+        "the chart's operator RBAC (templates/rbac.yaml) differs from the calls in kube/client.py:\n"
         f"  missing (the operator would get 403): {missing}\n"
         f"  granted but never called (remove): {extra}")
     # cluster-scoped resources can only be granted by the ClusterRoleBinding'd role
@@ -137,7 +137,7 @@ def test_operator_rbac_is_exactly_what_the_code_calls(
     leader = one(docs, "Role", f"{FULLNAME}-leader")
     assert leader["metadata"]["namespace"] == NAMESPACE
     assert leader["rules"] == LEADER_RULES
-    loop_src = (ROOT / "operator" / "finetune_operator" / "loop.py").read_text()
+    loop_src = (ROOT / "operator" / "finetune_operator" / "jobs" / "controller.py").read_text()
     assert f'LEASE_NAME = "{LEADER_RULES[1]["resourceNames"][0]}"' in loop_src
     # the operator takes the Lease's namespace from POD_NAMESPACE (downward API)
     (pod_ns,) = [e for e in container(docs)["env"] if e["name"] == "POD_NAMESPACE"]
@@ -487,7 +487,7 @@ def test_policy_default_withholds_the_preempting_band(
             "dataset.source.configMap.name", "evaluation.dataset.source.hub.tokenSecretRef.name",
             "evaluation.dataset.source.pvc.claimName", "evaluation.dataset.source.configMap.name"],
     }
-    from finetune_operator.api.sweep import FIELD_PATHS  # every checked path can be swept
+    from finetune_api.sweep import FIELD_PATHS  # every checked path can be swept
     assert set(policy_values(docs)["checkedPaths"]) <= set(FIELD_PATHS)
     # the operator enforces the same list
     assert env_of(docs)["FINETUNE_ALLOWED_PRIORITY_CLASSES"].split(",") == \
@@ -678,8 +678,8 @@ CRD_COPIES = CHART / "files" / "crds"
 
 
 def test_chart_crds_are_the_generated_crds_byte_for_byte() -> None:
-    from finetune_operator.api.sweep import SWEEP_PLURAL
-    from finetune_operator.k8s import GROUP, PLURAL
+    from finetune_api.sweep import SWEEP_PLURAL
+    from finetune_operator.kube.client import GROUP, PLURAL
 
     assert [p.name for p in CRD_SOURCES] == [f"{PLURAL}.{GROUP}.yaml",
                                              f"{SWEEP_PLURAL}.{GROUP}.yaml"]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.api.spec import FineTuneJobSpec
+from finetune_api.spec import FineTuneJobSpec
 from finetune_operator.cli import format as fmt
 from finetune_operator.cli import main
 from finetune_operator.cli.args import build_parser, submit_options
@@ -388,15 +388,14 @@ def test_forbidden_says_which_permission_or_policy_denied_what() -> None:
 def test_logs_unavailable_message() -> None:
     pod = {"metadata": {"name": "bot-a2-0", "namespace": "team-a", "uid": "u1"},
            "spec": {"nodeName": "gpu-node-0"}, "status": {"phase": "Running"}}
-    kwok = logs_unavailable(pod, "trainer", 404, "the server could not find it", False)
+    kwok = logs_unavailable(pod, "trainer", 404, "the server could not find it", None)
     assert "the cluster cannot serve the logs of pod team-a/bot-a2-0 (node gpu-node-0" in kwok
     assert "kubelet must be reachable" in kwok
-    agent = logs_unavailable(pod, "trainer", 502, "dial tcp 127.0.0.1:10250: refused", True,
-                             lambda p, c: f"/agent/pods/team-a_{p['metadata']['name']}_u1/{c}.log")
+    agent = logs_unavailable(pod, "trainer", 502, "dial tcp 127.0.0.1:10250: refused", "/agent")
     assert "is a local node agent, which serves no logs" in agent
     assert agent.endswith(": /agent/pods/team-a_bot-a2-0_u1/trainer.log")
     waiting = logs_unavailable(pod, "trainer", 400, 'container "trainer" is waiting to start: '
-                               "ContainerCreating", False)
+                               "ContainerCreating", None)
     assert "has not started its container yet" in waiting
 
 

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from finetune_operator.api import FineTuneJobSpec, FineTuneJobStatus
-from finetune_operator.api import crd as crdmod
-from finetune_operator.api.base import ApiModel, cel
+from finetune_api import FineTuneJobSpec, FineTuneJobStatus
+from finetune_api import crd as crdmod
+from finetune_api.base import ApiModel, cel
 
 from ..invalid_cases import valid_manifest
 
@@ -47,7 +47,7 @@ def walk(node: dict[str, Any], path: str = "",
 # --- the committed file -------------------------------------------------------------------------
 
 def test_committed_crd_is_what_the_models_generate() -> None:
-    assert crdmod.CRD_PATH.exists(), "run `python -m finetune_operator.api.crd --write`"
+    assert crdmod.CRD_PATH.exists(), "run `python -m finetune_api.crd --write`"
     messages: list[str] = []
     assert crdmod.check(out=messages.append), "\n".join(messages)
 

@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
-from finetune_operator import cache, loop, snapshot
-from finetune_operator.api.job import FineTuneJob
-from finetune_operator.loop import Controller, job_entry
+from finetune_api.job import FineTuneJob
+from finetune_operator.jobs import controller as loop
+from finetune_operator.jobs import decide as snapshot
+from finetune_operator.jobs.controller import Controller, job_entry
+from finetune_operator.kube import cache
 from finetune_operator.metrics import REGISTRY
 from tests.factories import _merge, job_body, make_settings
 

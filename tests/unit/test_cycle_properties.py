@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from finetune_operator.api.job import FineTuneJob
-from finetune_operator.api.spec import MAX_SECONDS
-from finetune_operator.loop import _sample
-from finetune_operator.reconcile import Ctx, JobDecision, due_at, plan
+from finetune_api.job import FineTuneJob
+from finetune_api.spec import MAX_SECONDS
+from finetune_operator.jobs.controller import _sample
+from finetune_operator.jobs.decide import decide
+from finetune_operator.jobs.reconcile import Ctx, JobDecision, due_at, plan
+from finetune_operator.jobs.writes import classify
 from finetune_operator.reports.model import BadReport, parse_report
-from finetune_operator.snapshot import decide
-from finetune_operator.writes import classify
 from tests.factories import job_body, make_settings
 from tests.podfactory import make_pod
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from finetune_operator.api import FineTuneJobSpec
-from finetune_operator.api.sweep import FineTuneSweepSpec
+from finetune_api import FineTuneJobSpec
+from finetune_api.sweep import FineTuneSweepSpec
 
 pytestmark = pytest.mark.unit
 

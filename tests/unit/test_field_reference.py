@@ -57,7 +57,7 @@ def test_every_spec_field_has_a_description(path: Path) -> None:
     assert not missing, (
         f"{path.name}: {len(missing)} of {len(fields)} spec fields have no description "
         f"(kubectl explain shows nothing for them): {', '.join(missing)}. Add "
-        "Field(description=...) in operator/finetune_operator/api/ (what it does, units, "
+        "Field(description=...) in api/finetune_api/ (what it does, units, "
         "default, bounds) and run `make crd`.")
     too_long = [f"{p} ({len(node['description'])})" for p, node in fields
                 if len(node["description"]) > MAX_DESCRIPTION]

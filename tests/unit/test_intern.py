@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finetune_operator.intern import intern
+from finetune_operator.kube.intern import intern
 from tests.factories import make_job
 
 

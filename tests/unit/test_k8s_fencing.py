@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_operator.k8s import Fenced, Kube, Unreachable, load_client
+from finetune_operator.kube.client import Fenced, Kube, Unreachable, load_client
 
 pytestmark = pytest.mark.unit
 

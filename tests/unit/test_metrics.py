@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY as GLOBAL_REGISTRY
 from prometheus_client import generate_latest
 
 from finetune_operator import metrics as m
-from finetune_operator.loop import _sample
+from finetune_operator.jobs.controller import _sample
 from tests.factories import make_job
 
 pytestmark = pytest.mark.unit
@@ -251,8 +251,8 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., t
     """scrape(token, path="/metrics") -> (status, body) from a real TLS server on loopback."""
     import ssl
 
-    from finetune_operator import metrics_server
-    from finetune_operator.reports import tls
+    from finetune_operator.http import metrics as metrics_server
+    from finetune_operator.http import tls
 
     cert = tls.generate(["127.0.0.1"], tmp_path_factory.mktemp("metrics-tls"))
     server = metrics_server.serve(
@@ -307,7 +307,7 @@ def test_a_silent_client_does_not_stall_the_port(scrape: Callable[..., tuple[int
 
 
 def test_scrape_auth_caches_answers_briefly() -> None:
-    from finetune_operator.metrics_server import ScrapeAuth
+    from finetune_operator.http.metrics import ScrapeAuth
 
     now = [0.0]
     answers: dict[str, bool | None] = {"reader": True, "tenant": False}
@@ -325,7 +325,7 @@ def test_scrape_auth_caches_answers_briefly() -> None:
 
 
 def test_scrape_auth_api_failure_is_503_and_not_cached() -> None:
-    from finetune_operator.metrics_server import ScrapeAuth
+    from finetune_operator.http.metrics import ScrapeAuth
 
     up = [False]
 
@@ -341,7 +341,7 @@ def test_scrape_auth_api_failure_is_503_and_not_cached() -> None:
 
 
 def test_scrape_auth_cache_is_bounded() -> None:
-    from finetune_operator.metrics_server import ScrapeAuth
+    from finetune_operator.http.metrics import ScrapeAuth
 
     auth = ScrapeAuth(lambda t: None, max_entries=3)
     for i in range(10):
@@ -352,7 +352,7 @@ def test_scrape_auth_cache_is_bounded() -> None:
 def test_new_tokens_spend_a_review_budget() -> None:
     """Garbage tokens cost nothing to make: past the budget they get 503 without a review; a
     cached answer needs none."""
-    from finetune_operator.metrics_server import ScrapeAuth
+    from finetune_operator.http.metrics import ScrapeAuth
 
     now = [0.0]
     auth = ScrapeAuth({"reader": True}.get, clock=lambda: now[0])

@@ -8,12 +8,12 @@ import shlex
 
 import pytest
 
-from finetune_operator.api.spec import StorageSpec
-from finetune_operator.build.output import copy_commands, output_location, summary
-from finetune_operator.build.pvc import build_pvc, is_own_claim
+from finetune_api.spec import StorageSpec
 from finetune_operator.cli import format as fmt
 from finetune_operator.cli.args import build_parser
 from finetune_operator.cli.output import describe_line
+from finetune_operator.jobs.build.output import copy_commands, output_location, summary
+from finetune_operator.jobs.build.pvc import build_pvc, is_own_claim
 from finetune_operator.settings import OperatorSettings, SettingsError
 from tests.factories import make_job
 from tests.podfactory import make_pod

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from finetune_operator import ownership
-from finetune_operator.api.job import FineTuneJob
-from finetune_operator.build import names as n
-from finetune_operator.cache import slim_pod
+from finetune_api.job import FineTuneJob
+from finetune_operator.jobs import ownership
+from finetune_operator.jobs.build import names as n
+from finetune_operator.kube.cache import slim_pod
 from tests.factories import make_job
 from tests.podfactory import make_pod
 

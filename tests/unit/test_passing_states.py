@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from finetune_operator.reconcile import JobDecision, due_at
-from finetune_operator.status import iso, parse_time
+from finetune_operator.jobs.pods import iso, parse_time
+from finetune_operator.jobs.reconcile import JobDecision, due_at
 from tests.factories import make_job
 from tests.podfactory import make_pod
 from tests.unit.test_reconcile import DONE, Sim, admitted, cond, running

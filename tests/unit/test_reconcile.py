@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.api.job import FineTuneJob
-from finetune_operator.api.status import Condition, FineTuneJobStatus
-from finetune_operator.reconcile import Ctx, JobDecision, Plan, plan, wants_admission
-from finetune_operator.status import iso, parse_time
+from finetune_api.job import FineTuneJob
+from finetune_api.status import Condition, FineTuneJobStatus
+from finetune_operator.jobs.pods import iso, parse_time
+from finetune_operator.jobs.reconcile import Ctx, JobDecision, Plan, plan, wants_admission
 from tests.factories import make_job
 from tests.podfactory import REPORTED, gang, make_pod
 

@@ -20,19 +20,19 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.metrics import REGISTRY
-from finetune_operator.reports import tls
-from finetune_operator.reports.identity import (
+from finetune_operator.http import tls
+from finetune_operator.http.identity import (
     PodIdentity,
     TokenAuthenticator,
     identity_from_review,
     token_expiry,
 )
-from finetune_operator.reports.limits import BudgetSpent, CachedAccess, ReviewBudget
+from finetune_operator.http.limits import BudgetSpent, CachedAccess, ReviewBudget
+from finetune_operator.http.reports import ReportServer
+from finetune_operator.http.server import Endpoints
+from finetune_operator.metrics import REGISTRY
 from finetune_operator.reports.model import REJECT_REASONS, BadReport, ProgressReport
 from finetune_operator.reports.rejects import Rejections
-from finetune_operator.reports.server import ReportServer
-from finetune_operator.serve import Endpoints
 
 from ..slow_clients import client_hello
 
@@ -294,7 +294,7 @@ def test_verified_tokens_are_cached_until_they_expire() -> None:
 
 
 def token_claims(token: str) -> str:
-    from finetune_operator.reports.identity import unverified_claims
+    from finetune_operator.http.identity import unverified_claims
 
     return json.dumps(unverified_claims(token))
 
@@ -553,7 +553,7 @@ def test_a_long_service_name_still_makes_a_certificate(tmp_path) -> None:  # typ
 
     from cryptography import x509
 
-    from finetune_operator.reports import tls
+    from finetune_operator.http import tls
 
     host = "finetune-operator-reports." + "n" * 60 + ".svc"
     cert = tls.generate([host], tmp_path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finetune_operator.serve import Endpoints
+from finetune_operator.http.server import Endpoints
 
 VIEW = {"team-a": [{"name": "a", "position": 1, "clusterPosition": 2, "reason": "quota"}],
         "team-b": [{"name": "b", "position": 1, "clusterPosition": 1, "reason": "capacity"}]}
@@ -43,7 +43,7 @@ def test_the_token_may_come_through_the_api_servers_service_proxy() -> None:
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from finetune_operator.serve import FORWARDED_AUTH, answer_json
+    from finetune_operator.http.server import FORWARDED_AUTH, answer_json
 
     e = endpoints()
 

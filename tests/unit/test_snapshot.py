@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from finetune_api.job import FineTuneJob
 from finetune_operator.admission import QueuedJob, RunningJob, Snapshot, Toleration, admit
-from finetune_operator.api.job import FineTuneJob
-from finetune_operator.reconcile import Ctx, JobDecision, plan
+from finetune_operator.jobs.decide import build_snapshot, decide, holds_gpus, policy_error
+from finetune_operator.jobs.pods import iso
+from finetune_operator.jobs.reconcile import Ctx, JobDecision, plan
 from finetune_operator.settings import OperatorSettings
-from finetune_operator.snapshot import build_snapshot, decide, holds_gpus, policy_error
-from finetune_operator.status import iso
 from tests.factories import make_job, make_settings
 from tests.podfactory import gang, make_pod
 
@@ -199,7 +199,7 @@ def test_a_false_old_checkpoint_does_not_steer_preemption_onto_an_older_job() ->
 
 def test_a_job_whose_entry_fails_is_left_out_and_the_others_decided(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from finetune_operator import snapshot as module
+    from finetune_operator.jobs import decide as module
 
     bad, good = job("bad", created=ago(120)), job("good", created=ago(60))
     entry = module.snapshot_entry

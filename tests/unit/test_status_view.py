@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from finetune_operator.api.status import CheckpointStatus, FineTuneJobStatus, Progress
-from finetune_operator.status import (
+from finetune_api.status import CheckpointStatus, FineTuneJobStatus, Progress
+from finetune_operator.jobs.pods import (
     apply_progress,
     attempt_of,
     disruption_reason,

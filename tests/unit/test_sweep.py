@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from finetune_operator.api.sweep import FIELD_PATHS, FineTuneSweep, FineTuneSweepSpec
+from finetune_api.sweep import FIELD_PATHS, FineTuneSweep, FineTuneSweepSpec
 from finetune_operator.sweep import SweepRunner, expand, parameter_sets, plan_sweep, rank_trials
 from finetune_operator.sweep.plan import (
     EARLY_STOP_ANNOTATION,

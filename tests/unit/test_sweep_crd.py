@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_operator.api import crd as crdmod
-from finetune_operator.api.sweep import FIELD_PATHS, MAX_SWEEP_NAME
+from finetune_api import crd as crdmod
+from finetune_api.sweep import FIELD_PATHS, MAX_SWEEP_NAME
 
 pytestmark = pytest.mark.unit
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from finetune_operator.snapshot import coarse_position, tenant_words
-from finetune_operator.writes import Change, classify, merge_patch
+from finetune_operator.jobs.decide import coarse_position, tenant_words
+from finetune_operator.jobs.writes import Change, classify, merge_patch
 
 QUEUED = {"phase": "Queued", "queue": {"position": 3, "reason": "quota team-a has 0 free"},
           "conditions": [{"type": "Admitted", "status": "False", "reason": "QuotaExhausted",
@@ -53,7 +53,7 @@ def test_messages_never_name_another_namespaces_job() -> None:
 
 
 def test_node_usage_counts_a_foreign_pod_the_scheduler_nominated() -> None:
-    from finetune_operator.cache import slim_usage
+    from finetune_operator.kube.cache import slim_usage
 
     pod = {"metadata": {"name": "intruder", "labels": {}},
            "spec": {"containers": [{"resources": {"requests": {"nvidia.com/gpu": "1"}}}]},

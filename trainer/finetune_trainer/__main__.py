@@ -18,10 +18,10 @@ import logging
 import os
 import sys
 
-from .config import ConfigError, load_config
-from .launch import RESULT_ENV
-from .progress import termination_message, write_termination_log
-from .stop import StopFlag
+from finetune_trainer.config import ConfigError, load_config
+from finetune_trainer.launch import RESULT_ENV
+from finetune_trainer.progress import termination_message, write_termination_log
+from finetune_trainer.stop import StopFlag
 
 log = logging.getLogger("finetune_trainer")
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None, fast_exit: bool = True) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from . import train
+    from finetune_trainer import train
 
     hf_logging.set_verbosity_warning()
     hf_logging.disable_progress_bar()

@@ -16,10 +16,10 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 
-from . import checkpoint as ck
-from .progress import ProgressReporter, eta_seconds, iso, progress_payload
-from .sealing import Sealer
-from .stop import StopFlag
+from finetune_trainer import checkpoint as ck
+from finetune_trainer.progress import ProgressReporter, eta_seconds, iso, progress_payload
+from finetune_trainer.sealing import Sealer
+from finetune_trainer.stop import StopFlag
 
 log = logging.getLogger(__name__)
 

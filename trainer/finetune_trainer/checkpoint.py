@@ -256,7 +256,7 @@ def claim_work_dir(work_dir: Path, namespace: str, name: str, uid: str) -> None:
     The operator already keys ``workDir`` by uid; this guards against a reused path, so a stale
     run's checkpoints are never resumed into a new job.
     """
-    from .config import ConfigError
+    from finetune_trainer.config import ConfigError
 
     work_dir.mkdir(parents=True, exist_ok=True)
     job_file = work_dir / JOB_FILE

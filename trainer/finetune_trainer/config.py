@@ -1,6 +1,6 @@
 """Load and validate the trainer config the operator writes (one schema with the CRD).
 
-The schema is ``finetune_operator.api.trainer_config.TrainerConfig``; this module only reads the
+The schema is ``finetune_api.trainer_config.TrainerConfig``; this module only reads the
 YAML, turns pydantic errors into messages naming the field path (``spec.training.learningRate:
 ...``) and adds the checks that only the trainer can make (environment, local paths).
 """
@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from finetune_operator.api.trainer_config import TrainerConfig
+from finetune_api.trainer_config import TrainerConfig
 
 CONFIG_ENV = "FINETUNE_CONFIG"
 

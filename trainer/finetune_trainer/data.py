@@ -46,10 +46,15 @@ from typing import Any, overload
 
 import torch
 
-from finetune_operator.api.trainer_config import TrainerConfig
-
-from .data_cache import StoreWriter, TokenStore, build_store, cache_key, cached_store
-from .data_formats import (
+from finetune_api.trainer_config import TrainerConfig
+from finetune_trainer.data_cache import (
+    StoreWriter,
+    TokenStore,
+    build_store,
+    cache_key,
+    cached_store,
+)
+from finetune_trainer.data_formats import (
     CHAT_ROLES,
     DATA_SUFFIXES,
     SHAREGPT_ROLES,
@@ -64,7 +69,7 @@ from .data_formats import (
     record_to_text,
     where,
 )
-from .templates import (
+from finetune_trainer.templates import (
     FALLBACK_CHAT_TEMPLATE,
     IGNORE,
     Example,
@@ -114,7 +119,7 @@ def fetch_hub_split(cfg: TrainerConfig, repo: str, split: str) -> str:
     """Download a hub dataset repo's data files (into the work dir) and pick ``split``'s file."""
     from huggingface_hub import snapshot_download
 
-    from .model import read_hub_token
+    from finetune_trainer.model import read_hub_token
 
     local = snapshot_download(
         repo, repo_type="dataset", allow_patterns=[f"*{s}" for s in DATA_SUFFIXES],

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .data_formats import DataError, DataStopped
-from .templates import Example
+from finetune_trainer.data_formats import DataError, DataStopped
+from finetune_trainer.templates import Example
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .config import ConfigError
+from finetune_trainer.config import ConfigError
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {

@@ -37,11 +37,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.api.spec import EvaluationSpec
-from finetune_operator.api.trainer_config import TrainerConfig
-
-from .checkpoint import write_atomic
-from .data import (
+from finetune_api.spec import EvaluationSpec
+from finetune_api.trainer_config import TrainerConfig
+from finetune_trainer.checkpoint import write_atomic
+from finetune_trainer.data import (
     IGNORE,
     Collator,
     DataError,
@@ -122,8 +121,8 @@ def test_file(cfg: TrainerConfig) -> str:
         return cfg.paths.eval_dataset
     from huggingface_hub import snapshot_download
 
-    from .data import pick_split_file
-    from .model import read_hub_token
+    from finetune_trainer.data import pick_split_file
+    from finetune_trainer.model import read_hub_token
 
     local = snapshot_download(
         cfg.paths.eval_dataset, repo_type="dataset",

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .progress import termination_message, write_termination_log
+from finetune_trainer.progress import termination_message, write_termination_log
 
 log = logging.getLogger("finetune_trainer.launch")
 

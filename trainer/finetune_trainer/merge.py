@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.api.trainer_config import TrainerConfig
-
-from .config import ConfigError
+from finetune_api.trainer_config import TrainerConfig
+from finetune_trainer.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +173,7 @@ def merge_and_save(cfg: TrainerConfig, adapter_dir: Path, out_dir: Path, precisi
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from .model import model_location, torch_dtype
+    from finetune_trainer.model import model_location, torch_dtype
 
     free_accelerator_memory()
     where, kw = model_location(cfg)

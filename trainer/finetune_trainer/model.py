@@ -9,10 +9,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.api.spec import DeepSpeedSpec, LoraSpec, QuantizationSpec
-from finetune_operator.api.trainer_config import TrainerConfig
-
-from .config import ConfigError
+from finetune_api.spec import DeepSpeedSpec, LoraSpec, QuantizationSpec
+from finetune_api.trainer_config import TrainerConfig
+from finetune_trainer.config import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from finetune_operator.api.trainer_config import ReportConfig
-
-from .checkpoint import write_atomic
+from finetune_api.trainer_config import ReportConfig
+from finetune_trainer.checkpoint import write_atomic
 
 log = logging.getLogger(__name__)
 

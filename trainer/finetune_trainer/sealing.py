@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import checkpoint as ck
+from finetune_trainer import checkpoint as ck
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.api.trainer_config import TrainerConfig
-
-from . import checkpoint as ck
-from . import evaluation
-from .callbacks import CheckpointingTrainer, ReportCallback, RunState, StopCallback
-from .config import ConfigError, Runtime, detect_runtime, resolve_precision
-from .data import (
+from finetune_api.trainer_config import TrainerConfig
+from finetune_trainer import checkpoint as ck
+from finetune_trainer import evaluation
+from finetune_trainer.callbacks import CheckpointingTrainer, ReportCallback, RunState, StopCallback
+from finetune_trainer.config import ConfigError, Runtime, detect_runtime, resolve_precision
+from finetune_trainer.data import (
     DATA_CACHE_DIR,
     Collator,
     DataStopped,
@@ -25,11 +24,11 @@ from .data import (
     build_examples,
     resolve_dataset_file,
 )
-from .merge import check_merge_memory, merge_and_save, merge_precision
-from .model import apply_method, deepspeed_config, load_model, load_tokenizer
-from .progress import build_reporter, termination_message
-from .stop import StopFlag
-from .tb_logs import BackgroundTensorBoard
+from finetune_trainer.merge import check_merge_memory, merge_and_save, merge_precision
+from finetune_trainer.model import apply_method, deepspeed_config, load_model, load_tokenizer
+from finetune_trainer.progress import build_reporter, termination_message
+from finetune_trainer.stop import StopFlag
+from finetune_trainer.tb_logs import BackgroundTensorBoard
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
     decisions = admit(snapshot, now)
 """
 
-from .model import (
+from finetune_operator.admission.model import (
     DEFAULT_GPU_RESOURCE,
     Admission,
     Decisions,
@@ -23,7 +23,12 @@ from .model import (
     WaitCode,
     Waiting,
 )
-from .policy import admit, effective_priority, queue_order, work_since_checkpoint
+from finetune_operator.admission.policy import (
+    admit,
+    effective_priority,
+    queue_order,
+    work_since_checkpoint,
+)
 
 __all__ = [
     "DEFAULT_GPU_RESOURCE", "Admission", "Decisions", "Impossible", "ImpossibleCode", "NodeInfo",

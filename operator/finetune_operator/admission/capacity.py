@@ -7,7 +7,7 @@ import math
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Sequence
 
-from .model import JobRef, NodeInfo, QueuedJob, Quota, Toleration
+from finetune_operator.admission.model import JobRef, NodeInfo, QueuedJob, Quota, Toleration
 
 # (sorted nodeSelector items, tolerations): jobs with the same signature see the same nodes.
 Signature = tuple[tuple[tuple[str, str], ...], tuple[Toleration, ...]]

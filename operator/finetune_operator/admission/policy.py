@@ -79,8 +79,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from functools import cached_property
 
-from .capacity import Pool, QuotaBook, Signature, signature
-from .model import (
+from finetune_operator.admission.capacity import Pool, QuotaBook, Signature, signature
+from finetune_operator.admission.model import (
     Admission,
     Decisions,
     Impossible,

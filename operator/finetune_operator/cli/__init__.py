@@ -11,10 +11,10 @@ import argparse
 import sys
 from typing import IO, TYPE_CHECKING
 
-from .errors import CliError
+from finetune_operator.cli.errors import CliError
 
 if TYPE_CHECKING:
-    from ..k8s import PluginApi
+    from finetune_operator.kube.client import PluginApi
 
 __all__ = ["CliError", "main"]
 
@@ -22,7 +22,7 @@ __all__ = ["CliError", "main"]
 def main(argv: list[str] | None = None, out: IO[str] | None = None,
          err: IO[str] | None = None) -> int:
     """Run one command; returns the exit code (0 ok, 1 error, 2 usage)."""
-    from .args import build_parser
+    from finetune_operator.cli.args import build_parser
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None,
 
 
 def _run(args: argparse.Namespace, out: IO[str]) -> int:
-    from . import commands
+    from finetune_operator.cli import commands
 
     cmd = args.command
     if cmd == "submit" and args.dry_run == "client":
@@ -61,11 +61,11 @@ def _run(args: argparse.Namespace, out: IO[str]) -> int:
         if cmd == "top":
             return commands.cmd_top(api, args, namespace, out)
         if cmd == "output":
-            from .output import cmd_output
+            from finetune_operator.cli.output import cmd_output
 
             return cmd_output(api, args, namespace, out)
         if cmd in ("sweep", "compare"):
-            from . import sweeps
+            from finetune_operator.cli import sweeps
 
             if cmd == "sweep":
                 return sweeps.cmd_sweep(api, args, namespace, out)
@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace, out: IO[str]) -> int:
 def _connect(args: argparse.Namespace) -> tuple[PluginApi, str]:
     from kubernetes.config import ConfigException
 
-    from ..k8s import PluginApi, plugin_client
+    from finetune_operator.kube.client import PluginApi, plugin_client
 
     try:
         client, ctx_namespace = plugin_client(args.kubeconfig, args.context)
@@ -96,7 +96,7 @@ def _namespace_offline(args: argparse.Namespace) -> str | None:
     if args.namespace:
         return str(args.namespace)
     try:
-        from ..k8s import plugin_client
+        from finetune_operator.kube.client import plugin_client
 
         return plugin_client(args.kubeconfig, args.context)[1]
     except Exception:  # no kubeconfig at all: the manifest just names no namespace

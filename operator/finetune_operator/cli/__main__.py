@@ -2,6 +2,6 @@
 
 import sys
 
-from . import main
+from finetune_operator.cli import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, get_args
 
-from .manifest import SubmitOptions
+from finetune_operator.cli.manifest import SubmitOptions
 
 OUTPUTS = ("table", "wide", "json", "yaml")
 
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-A", "--all-namespaces", action="store_true")
     t.add_argument("--gpu-resource", default="nvidia.com/gpu",
                    help="GPU resource of jobs that name none (the operator's default)")
-    from .output import add_parser as add_output_parser
+    from finetune_operator.cli.output import add_parser as add_output_parser
 
     add_output_parser(sub, common)
     _sweep_parsers(sub, common)
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sweep_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    from ..api.sweep import ObjectiveMetric
+    from finetune_api.sweep import ObjectiveMetric
 
     metrics = get_args(ObjectiveMetric)
     sw = sub.add_parser("sweep", parents=[common], help="FineTuneSweeps: list, describe, compare",

@@ -6,20 +6,24 @@ import argparse
 import datetime as dt
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
 from kubernetes.client.exceptions import ApiException
 
-from ..build.names import ATTEMPT_LABEL, RANK_LABEL, job_selector, selector_string
-from ..k8s import PluginApi
-from . import format as fmt
-from .args import submit_options
-from .errors import CliError, api_error_message
-from .manifest import load_manifest, manifest_from_options
-
-AGENT_LABEL = "finetune.dev/local-agent"  # nodes of the local node agent (devcluster)
+from finetune_api.labels import AGENT_LABEL, AGENT_ROOT_ANNOTATION
+from finetune_operator.cli import format as fmt
+from finetune_operator.cli.args import submit_options
+from finetune_operator.cli.errors import CliError, api_error_message
+from finetune_operator.cli.manifest import load_manifest, manifest_from_options
+from finetune_operator.jobs.build.names import (
+    ATTEMPT_LABEL,
+    RANK_LABEL,
+    job_selector,
+    selector_string,
+)
+from finetune_operator.kube.client import PluginApi
 
 
 def _now() -> dt.datetime:
@@ -243,7 +247,7 @@ def cmd_logs(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[s
         resp = api.pod_log(namespace, pod_name, args.container, args.tail, args.follow)
     except ApiException as e:
         raise CliError(logs_unavailable(pod, args.container, e.status or 0, _detail(e),
-                                        _agent_node(api, pod))) from e
+                                        _agent_root(api, pod))) from e
     try:
         if args.output in ("json", "yaml"):
             text = b"".join(resp.stream(4096)).decode(errors="replace")
@@ -258,19 +262,23 @@ def cmd_logs(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[s
     return 0
 
 
-def _agent_node(api: PluginApi, pod: dict) -> bool:
+def _agent_root(api: PluginApi, pod: dict) -> str | None:
+    """The local node agent's root directory when the pod's node is one (the agent annotates
+    its Node with it), "" for an agent node without the annotation, None for any other node."""
     node_name = (pod.get("spec") or {}).get("nodeName")
     if not node_name:
-        return False
+        return None
     node = api.get_node(node_name)
-    return bool(node and ((node.get("metadata") or {}).get("labels") or {})
-                .get(AGENT_LABEL) == "true")
+    meta = (node or {}).get("metadata") or {}
+    if (meta.get("labels") or {}).get(AGENT_LABEL) != "true":
+        return None
+    return str((meta.get("annotations") or {}).get(AGENT_ROOT_ANNOTATION) or "")
 
 
 def logs_unavailable(pod: dict, container: str, status: int, detail: str,
-                     on_agent: bool, agent_log: Callable[[dict, str], str | None] | None = None
-                     ) -> str:
-    """Pure: the message when the API server could not serve a pod's log."""
+                     agent_root: str | None) -> str:
+    """Pure: the message when the API server could not serve a pod's log (``agent_root``: see
+    `_agent_root`)."""
     meta = pod["metadata"]
     node = (pod.get("spec") or {}).get("nodeName") or "(not scheduled)"
     phase = (pod.get("status") or {}).get("phase", "Unknown")
@@ -278,25 +286,11 @@ def logs_unavailable(pod: dict, container: str, status: int, detail: str,
     if status == 400 and ("waiting to start" in detail or "ContainerCreating" in detail):
         return f"{what} has not started its container yet: {detail}; try again in a moment"
     msg = f"the cluster cannot serve the logs of {what}: HTTP {status}: {detail}"
-    if on_agent:
-        path = (agent_log or agent_log_path)(pod, container)
+    if agent_root is not None:
+        # the agent's layout (docs/node-agent.md): <root>/pods/<ns>_<pod>_<uid>/<container>.log
+        path = (f"{agent_root or '<agent root>'}/pods/{meta.get('namespace')}_{meta['name']}_"
+                f"{meta.get('uid', '')}/{container}.log")
         return (msg + f"; node {node} is a local node agent, which serves no logs: read the "
-                "container's log file on the agent's machine"
-                + (f": {path}" if path else " (<agent root>/pods/<namespace>_<pod>_<uid>/"
-                   f"{container}.log)"))
+                f"container's log file on the agent's machine: {path}")
     return msg + ("; the node's kubelet must be reachable from the API server for logs "
                   "(fake kwok nodes have no logs)")
-
-
-def agent_log_path(pod: dict, container: str) -> str | None:
-    """Where the local node agent (devcluster) writes this container's log under its default
-    root; noted as such when the file is not on this machine."""
-    try:
-        from ..devcluster.nodeagent.paths import default_root, log_path
-    except ImportError:  # pragma: no cover - the devcluster tooling is not installed
-        return None
-    meta = pod["metadata"]
-    path = log_path(default_root(), meta["namespace"], meta["name"], meta.get("uid", ""),
-                    container)
-    return str(path) if path.exists() else (f"{path} (with the agent's default --root; "
-                                            "under your --root otherwise)")

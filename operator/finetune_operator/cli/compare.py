@@ -14,9 +14,9 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..api.sweep import FIELD_PATHS, MINIMIZED_METRICS
-from ..sweep.plan import PARAMETERS_ANNOTATION
-from . import format as fmt
+from finetune_api.sweep import FIELD_PATHS, MINIMIZED_METRICS
+from finetune_operator.cli import format as fmt
+from finetune_operator.sweep.plan import PARAMETERS_ANNOTATION
 
 Obj = Mapping[str, Any]
 

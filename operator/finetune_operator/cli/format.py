@@ -309,7 +309,9 @@ def status_summary(job: Job, now: dt.datetime) -> list[tuple[str, str]]:
                                                                   .items()))
         out.append(("Output", f"adapter {o.get('adapterPath') or NONE}, merged "
                     f"{o.get('mergedPath') or NONE}" + (f", {metrics}" if metrics else "")))
-    from .output import describe_line  # the claim, full path and copy-out command
+    from finetune_operator.cli.output import (
+        describe_line,  # the claim, full path and copy-out command
+    )
 
     if (where := describe_line(job)) is not None:
         out.append(("Output claim", where))

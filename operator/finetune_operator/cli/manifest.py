@@ -11,9 +11,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..api.job import API_VERSION, KIND
-from ..api.spec import FineTuneJobSpec
-from .errors import CliError
+from finetune_api.job import API_VERSION, KIND
+from finetune_api.spec import FineTuneJobSpec
+from finetune_operator.cli.errors import CliError
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 MAX_NAME = 63  # the CRD's limit: the name is also the children's finetune.dev/job label

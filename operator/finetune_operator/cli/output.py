@@ -11,14 +11,19 @@ import argparse
 from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
 
-from ..api.job import FineTuneJob
-from ..build.names import JOB_UID_ANNOTATION, pvc_name
-from ..build.output import HELPER_IMAGE, OutputLocation, copy_commands, output_location
-from . import format as fmt
-from .errors import CliError
+from finetune_api.job import FineTuneJob
+from finetune_operator.cli import format as fmt
+from finetune_operator.cli.errors import CliError
+from finetune_operator.jobs.build.names import JOB_UID_ANNOTATION, pvc_name
+from finetune_operator.jobs.build.output import (
+    HELPER_IMAGE,
+    OutputLocation,
+    copy_commands,
+    output_location,
+)
 
 if TYPE_CHECKING:
-    from ..k8s import PluginApi
+    from finetune_operator.kube.client import PluginApi
 
 
 def location_of(job: Mapping[str, Any]) -> OutputLocation | None:
@@ -60,7 +65,7 @@ def _from_claim(claim: dict[str, Any], namespace: str, name: str) -> OutputLocat
 def cmd_output(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[str]) -> int:
     from kubernetes.client.exceptions import ApiException
 
-    from .commands import api_errors
+    from finetune_operator.cli.commands import api_errors
 
     name = args.name
     with api_errors(api, "get", namespace, name):

@@ -16,14 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..api.trainer_config import ReportConfig
-from ..settings import OperatorSettings, env_name
-from . import tls
-from .identity import PodIdentity, TokenAuthenticator, TokenReview
-from .limits import Authorize, CachedAccess, ReviewBudget
-from .model import BadReport, ProgressReport, TerminationMessage, parse_termination
-from .rejects import Rejections
-from .server import OnReport, ReportServer
+from finetune_api.trainer_config import ReportConfig
+from finetune_operator.http import tls
+from finetune_operator.http.identity import PodIdentity, TokenAuthenticator, TokenReview
+from finetune_operator.http.limits import Authorize, CachedAccess, ReviewBudget
+from finetune_operator.http.reports import OnReport, ReportServer
+from finetune_operator.reports.model import (
+    BadReport,
+    ProgressReport,
+    TerminationMessage,
+    parse_termination,
+)
+from finetune_operator.reports.rejects import Rejections
+from finetune_operator.settings import OperatorSettings, env_name
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..metrics import REPORT_REJECTED
-from .model import BadReport
+from finetune_operator.metrics import REPORT_REJECTED
+from finetune_operator.reports.model import BadReport
 
 log = logging.getLogger(__name__)
 

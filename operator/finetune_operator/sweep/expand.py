@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api.spec import FineTuneJobSpec
-from ..api.sweep import MAX_TRIALS, FineTuneSweepSpec, SweepParameter
+from finetune_api.spec import FineTuneJobSpec
+from finetune_api.sweep import MAX_TRIALS, FineTuneSweepSpec, SweepParameter
 
 
 class SweepInvalid(ValueError):

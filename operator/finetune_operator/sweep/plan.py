@@ -21,16 +21,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api.job import API_VERSION, KIND, FineTuneJob
-from ..api.sweep import (
+from finetune_api.job import API_VERSION, KIND, FineTuneJob
+from finetune_api.sweep import (
     SWEEP_KIND,
     BestTrial,
     FineTuneSweep,
     FineTuneSweepStatus,
     TrialStatus,
 )
-from ..status import parse_time
-from .expand import SweepInvalid, Trial, expand, trial_name
+from finetune_operator.jobs.pods import parse_time
+from finetune_operator.sweep.expand import SweepInvalid, Trial, expand, trial_name
 
 SWEEP_LABEL = "finetune.dev/sweep"
 TRIAL_LABEL = "finetune.dev/trial"

@@ -16,10 +16,17 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from .. import k8s, metrics
-from ..api.job import PLURAL
-from ..api.sweep import SWEEP_PLURAL, FineTuneSweep
-from .plan import EARLY_STOP_ANNOTATION, SweepPlan, invalid_status, owned_by, plan_sweep
+from finetune_api.job import PLURAL
+from finetune_api.sweep import SWEEP_PLURAL, FineTuneSweep
+from finetune_operator import metrics
+from finetune_operator.kube import client as k8s
+from finetune_operator.sweep.plan import (
+    EARLY_STOP_ANNOTATION,
+    SweepPlan,
+    invalid_status,
+    owned_by,
+    plan_sweep,
+)
 
 log = logging.getLogger(__name__)
 

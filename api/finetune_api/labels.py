@@ -1,0 +1,27 @@
+"""Every label and annotation key the operator, the trainer, the CLI and the dev tools set or
+read: one place, so a key means one thing everywhere (docs/contracts.md lists them)."""
+
+from __future__ import annotations
+
+GROUP_DOMAIN = "finetune.dev"
+
+# on every object the operator creates
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "finetune-operator"
+MANAGED_BY_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+
+# a job's pods and children
+JOB_LABEL = "finetune.dev/job"
+ATTEMPT_LABEL = "finetune.dev/attempt"
+RANK_LABEL = "finetune.dev/rank"
+JOB_UID_ANNOTATION = "finetune.dev/job-uid"
+
+# a sweep's trials
+SWEEP_LABEL = "finetune.dev/sweep"
+TRIAL_LABEL = "finetune.dev/trial"
+PARAMETERS_ANNOTATION = "finetune.dev/trial-parameters"
+EARLY_STOP_ANNOTATION = "finetune.dev/early-stopped"
+
+# nodes of the local node agent (dev tooling), and where that agent keeps pod logs
+AGENT_LABEL = "finetune.dev/local-agent"
+AGENT_ROOT_ANNOTATION = "finetune.dev/local-agent-root"

@@ -1,0 +1,88 @@
+"""FineTuneJob status: written only by the operator."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from finetune_api.base import ApiModel
+
+Phase = Literal["Queued", "Admitted", "Running", "Preempting", "Suspended", "Succeeded", "Failed"]
+ConditionType = Literal["Admitted", "Running", "Preempted", "Suspended", "Complete", "Failed"]
+
+
+class Condition(ApiModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class QueueStatus(ApiModel):
+    position: int | None = None
+    reason: str = ""
+
+
+class Progress(ApiModel):
+    summary: str = Field(default="", description="step/totalSteps for kubectl get, e.g. 1200/3000")
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+    updated_at: str | None = None
+    resumed_from_step: int | None = None
+
+
+class CheckpointStatus(ApiModel):
+    step: int = 0
+    path: str = ""
+    saved_at: str | None = None
+    save_seconds: float | None = None
+
+
+class OutputStatus(ApiModel):
+    adapter_path: str = ""
+    merged_path: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class FineTuneJobStatus(ApiModel):
+    phase: Phase | None = None
+    queue: QueueStatus | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    progress: Progress | None = None
+    checkpoint: CheckpointStatus | None = None
+    preemptions: int = 0
+    failures: int = 0
+    attempt: int = 0
+    lost_steps: int = 0
+    start_time: str | None = None
+    completion_time: str | None = None
+    admitted_at: str | None = None
+    queued_since: str | None = None
+    effective_priority_class: str | None = None
+    retry_after: str | None = Field(default=None, description="after a failure: not before")
+    stop_reason: str | None = Field(
+        default=None, description="why the running attempt is being stopped (preemption/suspend)"
+    )
+    progress_attempt: int | None = Field(
+        default=None, description="the attempt whose trainer reported status.progress"
+    )
+    start_requeues: int = Field(
+        default=0, description="times an admitted attempt went back to the queue because its "
+        "pods never started (pods-ready timeout, pod creation refused)")
+    unschedulable_since: str | None = Field(
+        default=None, description="since when the job cannot fit the cluster or quota as it is")
+    first_queued_at: str | None = Field(
+        default=None, description="first queue entry: aging counts from here, so a preempted "
+        "or suspended job keeps its place")
+    active_seconds: float = Field(
+        default=0.0, description="time admitted in earlier attempts (activeDeadlineSeconds)")
+    output: OutputStatus | None = None
+    observed_generation: int | None = None

@@ -1,0 +1,345 @@
+"""Pure reading of what a job's pods say: outcome, failure cause, progress, conditions.
+
+No API calls: inputs are plain pod dicts as the API server returns them, and `now`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetune_api.status import (
+    CheckpointStatus,
+    Condition,
+    FineTuneJobStatus,
+    OutputStatus,
+    Progress,
+)
+from finetune_operator.reports.model import (
+    TIME_MAX,
+    TIME_MIN,
+    clamp_time,
+    parse_termination,
+    rfc3339,
+)
+
+ATTEMPT_LABEL = "finetune.dev/attempt"
+RANK_LABEL = "finetune.dev/rank"
+# DisruptionTarget reasons that mean "someone needed the resources" (not a failure)
+PREEMPTION_REASONS = {"PreemptionByScheduler", "EvictionByEvictionAPI"}
+# ... and the ones that mean the node is gone (a failure, retried)
+NODE_LOST_REASONS = {"DeletionByTaintManager", "DeletionByPodGC", "TerminationByKubelet"}
+# the trainer's exit code for an invalid config or malformed data (docs/contracts.md)
+INVALID_INPUT_EXIT_CODE = 2
+
+
+def iso(t: dt.datetime) -> str:
+    """Zero-padded RFC 3339 (UTC, whole seconds): how the operator writes every time."""
+    return rfc3339(t)
+
+
+def parse_time(s: Any) -> dt.datetime | None:
+    """A stored timestamp -> aware UTC datetime, clamped to a plausible range (reports/model.py
+    TIME_MIN..TIME_MAX) so arithmetic on it cannot overflow. Total: None for anything that is
+    not a date/time (a status written by an older operator or by hand), never an exception."""
+    if not s or not isinstance(s, str) or len(s) > 64:
+        return None
+    try:
+        return clamp_time(dt.datetime.fromisoformat(s.replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def time_after(t: dt.datetime, seconds: float) -> dt.datetime:
+    """``t`` plus ``seconds``, saturated to the plausible range: never an OverflowError, however
+    large a deadline, TTL or stored duration is (NaN counts as 0)."""
+    try:
+        return clamp_time(t + dt.timedelta(seconds=seconds))
+    except OverflowError:
+        return TIME_MAX if seconds > 0 else TIME_MIN
+    except ValueError:  # NaN
+        return clamp_time(t)
+
+
+def attempt_of(pod: dict) -> int:
+    try:
+        return int(pod["metadata"].get("labels", {}).get(ATTEMPT_LABEL, "0"))
+    except ValueError:
+        return 0
+
+
+def rank_of(pod: dict) -> int:
+    try:
+        return int(pod["metadata"].get("labels", {}).get(RANK_LABEL, "0"))
+    except ValueError:
+        return 0
+
+
+def terminated_message(pod: dict) -> str:
+    """The raw termination message of the pod's terminated container ("" if none)."""
+    return str((_terminated(pod) or {}).get("message") or "")
+
+
+def _terminated(pod: dict) -> dict | None:
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            return dict(term)
+    return None
+
+
+def owner_uid(pod: dict) -> str | None:
+    """The uid of the FineTuneJob that owns a pod, if any."""
+    return next((r.get("uid") for r in pod["metadata"].get("ownerReferences") or []
+                 if r.get("kind") == "FineTuneJob"), None)
+
+
+def termination_message(pod: dict) -> dict[str, Any]:
+    """The trainer's JSON summary (docs/contracts.md), parsed strictly (reports/model.py): a
+    message that breaks the model is dropped ({}); plain text (the log tail a crashed trainer
+    leaves) is kept as {'message': last 512 characters}."""
+    term = _terminated(pod) or {}
+    raw = str(term.get("message") or "")
+    if not raw:
+        return {}
+    msg = parse_termination(raw)  # counted and logged once per pod by loop.py
+    if msg is not None:
+        return msg.to_wire()
+    if raw.lstrip().startswith("{"):
+        return {}
+    return {"message": "".join(c for c in raw.strip()[-512:] if c.isprintable() or c == "\n")}
+
+
+def disruption_reason(pod: dict) -> str | None:
+    for c in pod.get("status", {}).get("conditions") or []:
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            return str(c.get("reason") or "Disrupted")
+    return None
+
+
+@dataclass
+class PodsView:
+    """What the pods of the current attempt say, in the order the reconcile checks it."""
+
+    expected: int
+    present: list[dict] = field(default_factory=list)
+    completed: dict | None = None          # rank-0 termination message when it completed
+    failure: str | None = None             # cause, when a pod failed
+    failed_pod: str | None = None          # the pod of that failure (its log tells why)
+    failed_rank: int = 0
+    failure_reason: str = "exit-code"      # metric label: exit-code | oom-killed | node-lost
+    preempted_by: str | None = None        # scheduler | eviction | deleted | trainer
+    invalid_input: bool = False            # the trainer exited 2: retrying cannot help
+    node_lost: str | None = None           # a pod's node went away: retried, not counted
+    stopped_checkpoint: dict | None = None  # rank 0's termination message, stopped on SIGTERM
+    running: int = 0
+    active: list[dict] = field(default_factory=list)     # not terminated
+    deletable: list[dict] = field(default_factory=list)  # active and not being deleted
+
+    @property
+    def all_running(self) -> bool:
+        return self.running == self.expected
+
+    @property
+    def gone(self) -> bool:
+        """No pod of the attempt holds resources any more."""
+        return not self.active
+
+
+def observe(pods: list[dict], expected: int, ever_ran: bool) -> PodsView:
+    v = PodsView(expected=expected, present=pods)
+    for p in sorted(pods, key=rank_of):
+        phase = p.get("status", {}).get("phase")
+        deleting = bool(p["metadata"].get("deletionTimestamp"))
+        term = _terminated(p)
+        done = phase in ("Succeeded", "Failed") or term is not None
+        if not done:
+            v.active.append(p)
+            if not deleting:
+                v.deletable.append(p)
+            if phase == "Running":
+                v.running += 1
+        disruption = disruption_reason(p)
+        msg = termination_message(p)
+        if disruption in PREEMPTION_REASONS:
+            v.preempted_by = v.preempted_by or (
+                "scheduler" if disruption == "PreemptionByScheduler" else "eviction")
+        elif disruption in NODE_LOST_REASONS and not v.node_lost:
+            v.node_lost = f"node lost ({disruption}) for pod {p['metadata']['name']}"
+        if not done:
+            if deleting and not v.preempted_by and disruption not in NODE_LOST_REASONS:
+                v.preempted_by = "deleted"
+            continue
+        code = (term or {}).get("exitCode", 0 if phase == "Succeeded" else 1)
+        if code == 0 and msg.get("reason") == "Preempted":
+            v.preempted_by = v.preempted_by or "trainer"
+            if rank_of(p) == 0 and isinstance(msg.get("checkpoint"), dict):
+                v.stopped_checkpoint = msg["checkpoint"]
+        elif code == 0 and not deleting and rank_of(p) == 0 and v.completed is None:
+            v.completed = msg
+        elif code != 0 and not v.failure and not v.preempted_by and not v.node_lost:
+            v.failure, v.failure_reason = _failure_cause(p, term or {}, msg)
+            v.failed_pod, v.failed_rank = p["metadata"]["name"], rank_of(p)
+            v.invalid_input = code == INVALID_INPUT_EXIT_CODE
+    if ever_ran and len(pods) < expected and not v.failure and v.completed is None \
+            and not v.node_lost:
+        v.preempted_by = v.preempted_by or "deleted"
+    return v
+
+
+def pending_cause(pods: list[dict]) -> str:
+    """Why the pods of an attempt are not running: the first waiting container's reason and
+    message (``ImagePullBackOff: ...``), else the scheduler's, else that none exist."""
+    if not pods:
+        return "its pods do not exist"
+    for p in sorted(pods, key=rank_of):
+        name = p["metadata"]["name"]
+        for cs in p.get("status", {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting")
+            if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
+                return (f"{waiting.get('reason')}: {str(waiting.get('message') or '')[:300]}"
+                        f" (pod {name})")
+        for c in p.get("status", {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                return (f"{c.get('reason') or 'Unschedulable'}: "
+                        f"{str(c.get('message') or '')[:300]} (pod {name})")
+    first = sorted(pods, key=rank_of)[0]
+    phase = first.get("status", {}).get("phase") or "Pending"
+    return f"pod {first['metadata']['name']} is still {phase}"
+
+
+def _failure_cause(pod: dict, term: dict, msg: dict[str, Any]) -> tuple[str, str]:
+    code = term.get("exitCode", "unknown")
+    reason = term.get("reason") or pod.get("status", {}).get("reason") or "Error"
+    what = f"pod {pod['metadata']['name']} exited with code {code} ({reason})"
+    detail = msg.get("message")
+    if detail:
+        what += f": {str(detail)[:400]}"
+    label = "oom-killed" if reason == "OOMKilled" else "exit-code"
+    if reason == "OOMKilled":
+        what += "; raise resources.memory or lower training.batchSize / dataset.cutoffLen"
+    return what, label
+
+
+# ------------------------------------------------------------------------ progress
+
+
+def _num(d: dict[str, Any], key: str) -> float | None:
+    v = d.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def apply_progress(st: FineTuneJobStatus, report: dict[str, Any], attempt: int,
+                   now: dt.datetime | None = None) -> int:
+    """Mirror a progress report into the status; returns steps lost by this attempt's resume.
+
+    Its times are clamped to [this attempt's admission, now] (see :func:`_reported_time`); its
+    checkpoint never replaces a newer one of the same attempt (the stopped trainer's
+    termination message may have named a later save than its last report)."""
+    lost = 0
+    resumed = report.get("resumedFromStep")
+    if "resumedFromStep" in report and resumed is None:
+        resumed = 0  # the trainer found no complete checkpoint: it restarted from scratch
+    same_attempt = st.progress_attempt == attempt
+    if not same_attempt:
+        if st.progress is not None and isinstance(resumed, int):
+            lost = max(0, st.progress.step - resumed)
+        st.progress_attempt = attempt
+    step = int(report.get("step") or 0)
+    total = report.get("totalSteps")
+    st.progress = Progress(
+        summary=f"{step}/{total}" if total else str(step), step=step,
+        total_steps=int(total) if total else None, epoch=_num(report, "epoch"),
+        loss=_num(report, "loss"), learning_rate=_num(report, "learningRate"),
+        tokens_per_second=_num(report, "tokensPerSecond"), eta_seconds=_num(report, "etaSeconds"),
+        updated_at=_reported_time(st, report.get("updatedAt"), now),
+        resumed_from_step=resumed if isinstance(resumed, int) else None,
+    )
+    ck = _checkpoint(st, report.get("checkpoint"), now)
+    if ck is not None and not (same_attempt and st.checkpoint and ck.step < st.checkpoint.step):
+        st.checkpoint = ck
+    st.lost_steps += lost
+    return lost
+
+
+def apply_stopped_checkpoint(st: FineTuneJobStatus, checkpoint: dict,
+                             now: dt.datetime | None = None) -> None:
+    """The checkpoint a stopped trainer's termination message names, when newer than the one
+    the status holds: the report sent after that save may not have reached this operator (it
+    was restarting, say); the message stays on the pod until the pod is deleted."""
+    ck = _checkpoint(st, checkpoint, now)
+    if ck is not None and (st.checkpoint is None or ck.step > st.checkpoint.step):
+        st.checkpoint = ck
+
+
+def _reported_time(st: FineTuneJobStatus, value: Any, now: dt.datetime | None) -> str | None:
+    """A time a pod reported, as the status stores it: zero-padded RFC 3339, clamped to
+    [the current attempt's admission, now] (a pod speaks only for its own attempt: a savedAt
+    in the past would make its job look expensive to preempt, one in the future would last);
+    None when it is not a time."""
+    t = parse_time(value)
+    if t is None:
+        return None
+    return iso(clamp_time(t, parse_time(st.admitted_at) or TIME_MIN, now or TIME_MAX))
+
+
+def _checkpoint(st: FineTuneJobStatus, ck: Any,
+                now: dt.datetime | None) -> CheckpointStatus | None:
+    if not isinstance(ck, dict) or not isinstance(ck.get("step"), int):
+        return None
+    path, old = str(ck.get("path", "")), st.checkpoint
+    # the checkpoint the status holds, restated by a later attempt that resumed from it, keeps
+    # the time stored when it was new (clamping it again would move it to this attempt's start)
+    same = old is not None and old.step == ck["step"] and old.path == path and old.saved_at
+    return CheckpointStatus(step=ck["step"], path=path,
+                            saved_at=old.saved_at if same and old is not None
+                            else _reported_time(st, ck.get("savedAt"), now),
+                            save_seconds=_num(ck, "saveSeconds"))
+
+
+def output_from(msg: dict[str, Any]) -> OutputStatus:
+    metrics = {k: float(v) for k, v in (msg.get("metrics") or {}).items()
+               if isinstance(v, int | float) and not isinstance(v, bool)}
+    return OutputStatus(adapter_path=str(msg.get("adapterPath") or ""),
+                        merged_path=str(msg.get("mergedPath") or ""), metrics=metrics)
+
+
+# ------------------------------------------------------------------------ conditions
+
+
+def set_condition(st: FineTuneJobStatus, type_: str, status: bool, reason: str, message: str,
+                  now: dt.datetime, generation: int) -> None:
+    """Upsert a condition; lastTransitionTime changes only when status flips."""
+    value = "True" if status else "False"
+    for c in st.conditions:
+        if c.type == type_:
+            if c.status != value:
+                c.last_transition_time = iso(now)
+            c.status, c.reason, c.message = value, reason, message  # type: ignore[assignment]
+            c.observed_generation = generation
+            return
+    st.conditions.append(Condition(type=type_, status=value, reason=reason, message=message,
+                                   last_transition_time=iso(now), observed_generation=generation))
+
+
+# ------------------------------------------------------------------------ invalid data
+
+INVALID_DATA = "InvalidData"
+
+
+def set_invalid_data(st: FineTuneJobStatus, problem: str | None, now: dt.datetime,
+                     generation: int) -> None:
+    """The InvalidData condition: True naming the problem (a per-job step of the cycle could not
+    process this job's data; it sits out of scheduling), False once it is processed again. A
+    job that never had the problem gets no condition."""
+    if problem is None:
+        if any(c.type == INVALID_DATA and c.status == "True" for c in st.conditions):
+            set_condition(st, INVALID_DATA, False, "Processed",
+                          "the job's data is processed again", now, generation)
+        return
+    set_condition(st, INVALID_DATA, True, INVALID_DATA,
+                  f"the operator could not process this job's data ({problem[:400]}); the job "
+                  "is left out of scheduling (not admitted, not preempted) until it or its "
+                  "trainer's report changes: correct the field named, or delete and recreate "
+                  "the job", now, generation)

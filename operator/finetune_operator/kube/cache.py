@@ -1,0 +1,288 @@
+"""The operator's in-memory view of the cluster, fed by list+watch (no LIST per cycle).
+
+One :class:`Reflector` per watched collection lists it once (paginated), then watches from the
+list's resourceVersion with bookmarks; it relists only when the watch expires (410 Gone) or at
+start-up, and re-watches from the last seen resourceVersion after a dropped connection. Each
+object is reduced by a *transform* to what the operator reads (``slim_*`` below) before it is
+stored, so memory holds neither managedFields nor pods of other workloads: pods not ours are
+kept only as (node, extended-resource requests), and only when they request some.
+
+A store calls ``on_change(kind, key, old, new)`` only when the transformed value changed, so a
+node heartbeat or a status rewrite that changes nothing the operator reads wakes nobody.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from finetune_operator.admission.snapshot import pod_requests
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[dict], Any]
+OnChange = Callable[[str, str, Any, Any], None]
+
+
+class Store:
+    """key -> transformed object; thread-safe; values are treated as immutable."""
+
+    def __init__(self, kind: str, on_change: OnChange | None = None) -> None:
+        self.kind = kind
+        self._items: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._on_change = on_change
+        self.synced = threading.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> Any:
+        return self._items.get(key)
+
+    def items(self) -> list[tuple[str, Any]]:
+        with self._lock:
+            return list(self._items.items())
+
+    def values(self) -> list[Any]:
+        with self._lock:
+            return list(self._items.values())
+
+    def put(self, key: str, value: Any, notify: bool = True) -> None:
+        """Insert/replace (None deletes); notifies when the value changed (``notify=False``: the
+        operator's own write, which it planned already). A value older than the one stored
+        (``resource_version``, e.g. a lagging watch event after the operator stored the
+        response of its own write) is ignored."""
+        with self._lock:
+            old = self._items.get(key)
+            if value is not None and old is not None and _older(value, old):
+                return
+            if value is None:
+                self._items.pop(key, None)
+            else:
+                self._items[key] = value
+        if notify and old != value and self._on_change is not None:
+            self._on_change(self.kind, key, old, value)
+
+    def replace(self, items: dict[str, Any]) -> None:
+        """After a (re)list: the store becomes exactly ``items``; notifies the differences."""
+        with self._lock:
+            old = self._items
+            self._items = dict(items)
+        if self._on_change is not None:
+            for key in old.keys() | items.keys():
+                if old.get(key) != items.get(key):
+                    self._on_change(self.kind, key, old.get(key), items.get(key))
+        self.synced.set()
+
+
+def _older(new: Any, old: Any) -> bool:
+    """Whether ``new`` is an older version than ``old`` (both carry a numeric ``rv``)."""
+    a, b = getattr(new, "rv", None), getattr(old, "rv", None)
+    return bool(a and b and a.isdigit() and b.isdigit() and int(a) < int(b))
+
+
+def object_key(obj: dict) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
+
+
+@dataclass
+class Source:
+    """What one reflector watches: a collection path and optional server-side selectors."""
+
+    path: str
+    label_selector: str | None = None
+    field_selector: str | None = None
+
+
+class Reflector:
+    """list, then watch from the list's resourceVersion; 410 -> relist; errors -> backoff."""
+
+    def __init__(self, kube: Any, source: Source, store: Store, transform: Transform,
+                 stop: threading.Event, key: Callable[[dict], str] = object_key,
+                 watch_timeout_seconds: int = 300) -> None:
+        self.kube, self.source, self.store, self.transform = kube, source, store, transform
+        self.key, self.stop = key, stop
+        self.watch_timeout = watch_timeout_seconds
+        self.resource_version = ""
+        self.relists = 0
+        self.missing = False
+        self._thread = threading.Thread(target=self._run, name=f"watch-{store.kind}",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _slim(self, obj: dict) -> Any:
+        try:
+            return self.transform(obj)
+        except (KeyError, TypeError, ValueError) as e:  # malformed object: skip, never crash
+            log.warning("%s %s: cannot read (%s); ignored", self.store.kind, object_key(obj), e)
+            return None
+
+    def _list(self) -> None:
+        s = self.source
+        items, rv = self.kube.list_raw(s.path, s.label_selector, s.field_selector)
+        self.store.replace({self.key(o): v for o in items if (v := self._slim(o)) is not None})
+        self.resource_version = rv
+        self.relists += 1
+
+    def _events(self) -> Iterator[tuple[str, dict]]:
+        s = self.source
+        return self.kube.watch_raw(s.path, self.resource_version, s.label_selector,
+                                   s.field_selector, self.watch_timeout)
+
+    def _run(self) -> None:
+        delay, need_list = 0.5, True
+        while not self.stop.is_set():
+            try:
+                if need_list:
+                    self._list()
+                    need_list = False
+                for typ, obj in self._events():
+                    if self.stop.is_set():
+                        return
+                    rv = (obj.get("metadata") or {}).get("resourceVersion")
+                    if typ == "ERROR":
+                        code = obj.get("code")
+                        log.info("%s watch: %s (%s); %s", self.store.kind, obj.get("reason"),
+                                 code, "relisting" if code == 410 else "re-watching")
+                        need_list = code == 410
+                        break
+                    if typ == "BOOKMARK":
+                        self.resource_version = rv or self.resource_version
+                        continue
+                    value = None if typ == "DELETED" else self._slim(obj)
+                    self.store.put(self.key(obj), value)
+                    self.resource_version = rv or self.resource_version
+                delay = 0.5
+            except ApiException as e:
+                need_list = need_list or e.status == 410
+                if e.status == 404:  # the API is not installed (e.g. an optional CRD)
+                    if not self.missing:
+                        log.info("%s: not served by the API server; checking every 30s",
+                                 self.store.kind)
+                    self.missing = True
+                    self.stop.wait(30.0)
+                    continue
+                log.warning("%s watch failed: %s %s; retrying in %.1fs", self.store.kind,
+                            e.status, e.reason, delay)
+                self.stop.wait(delay)
+                delay = min(30.0, delay * 2)
+            except Exception as e:  # connection reset, timeout, bad JSON: re-watch
+                log.warning("%s watch interrupted (%s: %s); retrying in %.1fs", self.store.kind,
+                            type(e).__name__, e, delay)
+                self.stop.wait(delay + random.uniform(0, delay / 2))
+                delay = min(30.0, delay * 2)
+
+
+def wait_synced(stores: list[Store], timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    return all(s.synced.wait(max(0.0, end - time.monotonic())) for s in stores)
+
+
+# ---------------------------------------------------------------- transforms (pure)
+
+_POD_LABELS = ("finetune.dev/attempt", "finetune.dev/rank", "finetune.dev/job")
+MANAGED_BY_KEY, MANAGED_BY_VALUE = "app.kubernetes.io/managed-by", "finetune-operator"
+
+
+def slim_pod(pod: dict) -> dict:
+    """What the state machine reads of one of our pods (status.py): identity, attempt/rank
+    labels, owner, deletion, node, phase, conditions, container states."""
+    meta, spec, st = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+    labels = meta.get("labels") or {}
+    out_meta: dict[str, Any] = {
+        "name": meta["name"], "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+        "labels": {k: labels[k] for k in _POD_LABELS if k in labels},
+        "ownerReferences": [{"kind": r.get("kind"), "uid": r.get("uid"),
+                             "controller": r.get("controller")}
+                            for r in meta.get("ownerReferences") or []],
+    }
+    if meta.get("deletionTimestamp"):
+        out_meta["deletionTimestamp"] = meta["deletionTimestamp"]
+        out_meta["deletionGracePeriodSeconds"] = meta.get("deletionGracePeriodSeconds")
+    if meta.get("creationTimestamp"):
+        out_meta["creationTimestamp"] = meta["creationTimestamp"]
+    conds = [{k: c.get(k) for k in ("type", "status", "reason", "message")}
+             for c in st.get("conditions") or []
+             if c.get("type") in ("DisruptionTarget", "PodScheduled", "Ready")]
+    cstats = [{"name": c.get("name"), "state": c.get("state") or {},
+               "restartCount": c.get("restartCount", 0)}
+              for c in st.get("containerStatuses") or []]
+    out_st: dict[str, Any] = {"phase": st.get("phase"), "conditions": conds,
+                              "containerStatuses": cstats}
+    if st.get("reason"):
+        out_st["reason"] = st["reason"]
+    if st.get("message"):
+        out_st["message"] = str(st["message"])[:512]
+    req = pod_requests(pod)
+    out_spec: dict[str, Any] = {"nodeName": spec.get("nodeName")}
+    if req:  # what it takes from its node (the operator's own share of node usage)
+        out_spec["containers"] = [{"resources": {"requests": {k: str(v) for k, v in
+                                                              req.items()}}}]
+    return {"metadata": out_meta, "spec": out_spec, "status": out_st}
+
+
+def slim_usage(pod: dict) -> dict | None:
+    """A pod of another workload as what it takes from a node: only pods bound to a node that
+    request extended resources; everything else is not kept. The operator's own pods are
+    counted from the pods store instead (one source with their placement: two watches would
+    see a binding at different moments and a GPU could be handed out twice)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    if labels.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE:
+        return None
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    # bound, or nominated by the scheduler after it preempted for it (the GPUs it freed are
+    # spoken for: admitting a job onto them would be preempted again)
+    node = spec.get("nodeName") or status.get("nominatedNodeName")
+    if not node or status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    req = pod_requests(pod)
+    if not req:
+        return None
+    return {"spec": {"nodeName": node,
+                     "containers": [{"resources": {"requests": {k: str(v) for k, v in
+                                                                req.items()}}}]},
+            "status": {"phase": "Running"}}
+
+
+def slim_node(node: dict) -> dict:
+    meta, spec, st = node["metadata"], node.get("spec") or {}, node.get("status") or {}
+    ready = next((c.get("status") for c in st.get("conditions") or []
+                  if c.get("type") == "Ready"), "Unknown")
+    return {"metadata": {"name": meta["name"], "labels": dict(meta.get("labels") or {})},
+            "spec": {"taints": [{k: t.get(k) for k in ("key", "value", "effect")}
+                                for t in spec.get("taints") or []],
+                     "unschedulable": bool(spec.get("unschedulable"))},
+            "status": {"allocatable": {k: v for k, v in (st.get("allocatable") or {}).items()
+                                       if "/" in k},
+                       "ready": ready}}
+
+
+def slim_quota(rq: dict) -> dict:
+    meta, spec, st = rq["metadata"], rq.get("spec") or {}, rq.get("status") or {}
+    ext = {k: v for k, v in (st.get("hard") or {}).items() if "/" in k}
+    return {"metadata": {"name": meta["name"], "namespace": meta.get("namespace")},
+            "spec": {k: spec[k] for k in ("scopes", "scopeSelector") if spec.get(k)},
+            "status": {"hard": ext,
+                       "used": {k: v for k, v in (st.get("used") or {}).items() if k in ext}}}
+
+
+def slim_object(obj: dict) -> dict:
+    """A small object of our own API group (a FineTuneSweep): everything but managedFields."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return {**obj, "metadata": meta}
+
+
+def priority_value(pc: dict) -> int:
+    return int(pc.get("value") or 0)

@@ -1,0 +1,806 @@
+"""The only module that talks to the Kubernetes API.
+
+The operator reads the cluster through list+watch streams of raw JSON (``list_raw`` and
+``watch_raw``, fed into the in-memory cache of ``cache.py``) and writes through a few
+idempotent calls: create (409 -> read the existing object, never adopt it), delete that
+tolerates 404, status merge patches guarded by resourceVersion, Events and the leader Lease.
+Every request has a timeout and is counted by verb and resource (``Kube.calls`` and the
+``finetune_api_requests_total`` metric), so tests can hold a job lifecycle to a write budget.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from finetune_api import GROUP, PLURAL, VERSION
+from finetune_operator import metrics
+from finetune_operator.jobs.pods import parse_time
+
+log = logging.getLogger(__name__)
+
+MANAGED_BY = "app.kubernetes.io/managed-by=finetune-operator"
+WRITE_VERBS = frozenset({"create", "patch", "update", "replace", "delete"})
+
+# Collection paths of what the operator watches (cluster-wide, or per namespace).
+JOBS_PATH = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+PODS_PATH = "/api/v1/pods"
+NODES_PATH = "/api/v1/nodes"
+QUOTAS_PATH = "/api/v1/resourcequotas"
+CLASSES_PATH = "/apis/scheduling.k8s.io/v1/priorityclasses"
+SWEEPS_PATH = f"/apis/{GROUP}/{VERSION}/finetunesweeps"
+_NAMESPACED = {JOBS_PATH: (f"/apis/{GROUP}/{VERSION}", PLURAL),
+               SWEEPS_PATH: (f"/apis/{GROUP}/{VERSION}", "finetunesweeps"),
+               PODS_PATH: ("/api/v1", "pods"), QUOTAS_PATH: ("/api/v1", "resourcequotas")}
+_RESOURCE = {SWEEPS_PATH: "finetunesweeps", JOBS_PATH: PLURAL, PODS_PATH: "pods",
+             NODES_PATH: "nodes", QUOTAS_PATH: "resourcequotas", CLASSES_PATH: "priorityclasses"}
+_KIND_PATH = {"Pod": ("/api/v1", "pods"), "ConfigMap": ("/api/v1", "configmaps"),
+              "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
+              "Service": ("/api/v1", "services"), "ServiceAccount": ("/api/v1", "serviceaccounts"),
+              "Event": ("/api/v1", "events"),
+              "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+              "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+              "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+              "Lease": ("/apis/coordination.k8s.io/v1", "leases")}
+MERGE_PATCH = "application/merge-patch+json"
+# Writes that do not change the cluster's state: allowed to every replica (see Kube.fence).
+UNFENCED = frozenset({"Lease", "tokenreviews", "subjectaccessreviews"})
+
+
+class Unreachable(OSError):
+    """The API server gave no answer within the request timeout (or the connection broke):
+    nothing says whether a write landed; the caller retries as after any transport error."""
+
+
+class Fenced(OSError):
+    """A write refused before it was sent: this replica does not hold the leader Lease (any
+    more). The leader that does will plan it again."""
+
+
+def _no_read_retries() -> urllib3.Retry:
+    """A request that timed out is not sent again: one call costs at most the request timeout
+    (urllib3 retries idempotent calls 3 times by default: 4x the timeout), so a paused API
+    server cannot hold the Lease thread past the Lease."""
+    return urllib3.Retry(total=1, read=0, redirect=0, status=0)
+
+
+def load_client(kubeconfig: str | None = None, pool_size: int = 32) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig; a connection pool
+    large enough for the concurrent writes of one cycle plus the watch streams."""
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config()
+            cfg = client.Configuration.get_default_copy()
+            cfg.connection_pool_maxsize, cfg.retries = pool_size, _no_read_retries()
+            return client.ApiClient(cfg)
+        except config.ConfigException:
+            pass
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    cfg.connection_pool_maxsize, cfg.retries = pool_size, _no_read_retries()
+    return client.ApiClient(cfg)
+
+
+def collection_path(path: str, namespace: str | None) -> str:
+    """A watched collection, narrowed to one namespace when given."""
+    if namespace is None or path not in _NAMESPACED:
+        return path
+    prefix, plural = _NAMESPACED[path]
+    return f"{prefix}/namespaces/{quote(namespace)}/{plural}"
+
+
+def object_path(kind: str, namespace: str | None, name: str | None = None) -> str:
+    prefix, plural = _KIND_PATH[kind]
+    base = f"{prefix}/namespaces/{quote(namespace)}/{plural}" if namespace else \
+        f"{prefix}/{plural}"
+    return f"{base}/{quote(name)}" if name else base
+
+
+# Every (verb, resource) the operator calls: the chart's ClusterRole grants exactly these
+# (tests/unit/test_chart.py diffs them); a call outside this set is a bug caught by the tests.
+API_SURFACE: frozenset[tuple[str, str]] = frozenset({
+    ("list", PLURAL), ("watch", PLURAL), ("patch", f"{PLURAL}/status"), ("delete", PLURAL),
+    ("list", "pods"), ("watch", "pods"), ("create", "Pod"), ("get", "Pod"), ("delete", "Pod"),
+    ("list", "nodes"), ("watch", "nodes"),
+    ("list", "resourcequotas"), ("watch", "resourcequotas"),
+    ("list", "priorityclasses"), ("watch", "priorityclasses"),
+    ("create", "ConfigMap"), ("get", "ConfigMap"),
+    ("create", "PersistentVolumeClaim"), ("get", "PersistentVolumeClaim"),
+    ("create", "Service"), ("get", "Service"), ("patch", "Service"),
+    ("create", "Event"),
+    ("get", "Lease"), ("create", "Lease"), ("replace", "Lease"),
+    ("create", "tokenreviews"), ("create", "subjectaccessreviews"),
+})
+
+EXTRA_SURFACE: set[tuple[str, str]] = set()  # sections below add theirs at import
+
+
+def _base(path: str) -> str:
+    """/api/v1/namespaces/x/pods -> /api/v1/pods (the key of _RESOURCE)."""
+    parts = path.split("/")
+    if "namespaces" in parts:
+        i = parts.index("namespaces")
+        parts = parts[:i] + parts[i + 2:]
+    return "/".join(parts)
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient, timeout_seconds: float = 10.0) -> None:
+        self.api = api
+        self.timeout = timeout_seconds
+        self.calls: Counter[str] = Counter()
+        # fencing, checked right before every write but the UNFENCED ones: the Controller sets
+        # it to its may_write, so a deposed leader (paused past its Lease) sends nothing
+        self.fence: Callable[[], bool] = lambda: True
+
+    def _count(self, verb: str, resource: str) -> None:
+        """Count a call about to be sent; a write while fenced raises Fenced instead."""
+        if verb in WRITE_VERBS and resource not in UNFENCED and not self.fence():
+            raise Fenced(f"{verb} {resource}: this replica does not hold the leader Lease; "
+                         "the write is left to the leader")
+        self.calls[f"{verb} {resource}"] += 1
+        metrics.count_api_request(verb, resource)
+        if (verb, resource) not in API_SURFACE and not self.extra_surface(verb, resource):
+            log.error("API call %s %s is not in k8s.API_SURFACE (the chart's RBAC grants "
+                      "only those): add it there and to the chart", verb, resource)
+
+    @staticmethod
+    def extra_surface(verb: str, resource: str) -> bool:
+        """Calls added by sections below (token reviews, sweeps) declare themselves here."""
+        return (verb, resource) in EXTRA_SURFACE
+
+    def writes(self, exclude: tuple[str, ...] = ("Lease",)) -> int:
+        """API writes so far (create/patch/replace/delete), leader-election Lease excluded."""
+        return sum(n for k, n in self.calls.items()
+                   if k.split(" ", 1)[0] in WRITE_VERBS and k.split(" ", 1)[1] not in exclude)
+
+    # ------------------------------------------------------------------ raw JSON requests
+
+    def _request(self, method: str, path: str, query: list[tuple[str, Any]] | None = None,
+                 body: Any = None, content_type: str = "application/json",
+                 timeout: float | tuple[float, float] | None = None, stream: bool = False) -> Any:
+        """One request; returns the decoded JSON body (or the raw response when streaming).
+        Non-2xx raises ApiException with the server's status and message."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        _, url, hdrs, _, _ = self.api.param_serialize(
+            method, path, query_params=query or [], header_params=headers,
+            auth_settings=["BearerToken"])
+        limit = timeout if timeout is not None else self.timeout
+        try:
+            resp = self.api.rest_client.request(method, url, headers=hdrs, body=body,
+                                                _request_timeout=limit)
+        except urllib3.exceptions.HTTPError as e:  # timeout, refused, reset: an OSError
+            raise Unreachable(f"{method} {path}: no answer from the API server (timeout "
+                              f"{limit}s): {e}") from e
+        raw = resp.response
+        if not 200 <= resp.status <= 299:
+            data = raw.data
+            raw.release_conn()
+            exc = ApiException(status=resp.status, reason=resp.reason)
+            exc.body = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+            raise exc
+        if stream:
+            return raw
+        data = raw.data
+        raw.release_conn()
+        return json.loads(data) if data else {}
+
+    def list_raw(self, path: str, label_selector: str | None = None,
+                 field_selector: str | None = None, page: int = 500) -> tuple[list[dict], str]:
+        """Every object of a collection (paginated) and the list's resourceVersion."""
+        items: list[dict] = []
+        cont: str | None = None
+        while True:
+            q: list[tuple[str, Any]] = [("limit", page)]
+            if label_selector:
+                q.append(("labelSelector", label_selector))
+            if field_selector:
+                q.append(("fieldSelector", field_selector))
+            if cont:
+                q.append(("continue", cont))
+            self._count("list", _RESOURCE.get(_base(path), path))
+            res = self._request("GET", path, q, timeout=(self.timeout, 120))
+            items.extend(res.get("items") or [])
+            meta = res.get("metadata") or {}
+            cont = meta.get("continue")
+            if not cont:
+                return items, str(meta.get("resourceVersion") or "")
+
+    def watch_raw(self, path: str, resource_version: str, label_selector: str | None = None,
+                  field_selector: str | None = None, timeout_seconds: int = 300,
+                  ) -> Iterator[tuple[str, dict]]:
+        """(type, object) events from resourceVersion on, with bookmarks; ends when the server
+        closes the stream. An ERROR event carries a Status (410 Gone: relist)."""
+        q: list[tuple[str, Any]] = [("watch", "true"), ("resourceVersion", resource_version),
+                                    ("allowWatchBookmarks", "true"),
+                                    ("timeoutSeconds", timeout_seconds)]
+        if label_selector:
+            q.append(("labelSelector", label_selector))
+        if field_selector:
+            q.append(("fieldSelector", field_selector))
+        self._count("watch", _RESOURCE.get(_base(path), path))
+        raw = self._request("GET", path, q, stream=True,
+                            timeout=(self.timeout, timeout_seconds + 30))
+        try:
+            buf = b""
+            for chunk in raw.stream(64 * 1024, decode_content=True):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        ev = json.loads(line)
+                        yield str(ev.get("type")), ev.get("object") or {}
+        finally:
+            raw.release_conn()
+
+    # ------------------------------------------------------------------ writes
+
+    def patch_job_status(self, namespace: str, name: str, status: dict,
+                         resource_version: str | None = None) -> dict | None:
+        """Merge-patch the status; with resource_version the write fails with 409 when the job
+        changed meanwhile (optimistic concurrency). Returns the updated job, None when gone."""
+        self._count("patch", f"{PLURAL}/status")
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            res: dict = self._request("PATCH", object_path("FineTuneJob", namespace, name)
+                                      + "/status", body=body, content_type=MERGE_PATCH)
+            return res
+        except ApiException as e:
+            if e.status != 404:  # deleted meanwhile: nothing to report on
+                raise
+            return None
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete a finished job (ttlSecondsAfterFinished); its children go by owner reference."""
+        self._count("delete", PLURAL)
+        try:
+            self._request("DELETE", object_path("FineTuneJob", namespace, name), body={
+                "propagationPolicy": "Background", "preconditions": {"uid": uid}})
+            return True
+        except ApiException as e:
+            if e.status in (404, 409):
+                return False
+            raise
+
+    def create(self, obj: dict) -> dict:
+        """Create; raises ApiException (409 when the name exists)."""
+        kind, ns = obj["kind"], obj["metadata"].get("namespace")
+        self._count("create", kind)
+        res: dict = self._request("POST", object_path(kind, ns), body=obj)
+        return res
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict:
+        self._count("get", kind)
+        res: dict = self._request("GET", object_path(kind, namespace, name))
+        return res
+
+    def create_or_get(self, obj: dict) -> dict:
+        """Create; on 409 return the existing object (deterministic names make this
+        idempotent). The caller checks that the existing object is its own (owner uid)."""
+        try:
+            return self.create(obj)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        return self.get(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
+
+    def create_or_patch(self, obj: dict) -> dict:
+        """For children whose content changes per attempt (Service selector): create, or
+        merge-patch the existing one (the caller checked it is its own)."""
+        kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+        try:
+            return self.create(obj)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        existing = self.get(kind, ns, name)
+        owners = {r.get("uid") for r in existing.get("metadata", {}).get("ownerReferences") or []}
+        mine = {r.get("uid") for r in obj["metadata"].get("ownerReferences") or []}
+        if not owners & mine:
+            return existing  # not ours: never patched; the caller reports the conflict
+        self._count("patch", kind)
+        res: dict = self._request("PATCH", object_path(kind, ns, name), body=obj,
+                                  content_type=MERGE_PATCH)
+        return res
+
+    def delete_pod(self, namespace: str, name: str, uid: str | None = None,
+                   grace_seconds: int | None = None) -> bool:
+        """Graceful delete honouring the pod's grace period (grace_seconds=0: force, for a pod
+        stuck Terminating on a lost node); False when already gone."""
+        self._count("delete", "Pod")
+        body: dict[str, Any] = {}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self._request("DELETE", object_path("Pod", namespace, name), body=body or None)
+            return True
+        except ApiException as e:
+            if e.status in (404, 409):
+                return False
+            raise
+
+    def event(self, job: dict, type_: str, reason: str, message: str, now: dt.datetime,
+              kind: str = "FineTuneJob") -> None:
+        """A Kubernetes Event on the FineTuneJob, or on a Pod with ``kind="Pod"`` (best effort:
+        never fails the reconcile)."""
+        meta = job["metadata"]
+        ts = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        api_version = "v1" if kind == "Pod" else f"{GROUP}/{VERSION}"
+        ev = {"apiVersion": "v1", "kind": "Event",
+              "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+              "involvedObject": {"apiVersion": api_version, "kind": kind,
+                                 "name": meta["name"], "namespace": meta["namespace"],
+                                 "uid": meta.get("uid")},
+              "reason": reason, "message": message[:1024], "type": type_, "count": 1,
+              "firstTimestamp": ts, "lastTimestamp": ts,
+              "source": {"component": "finetune-operator"},
+              "reportingComponent": "finetune.dev/operator",
+              "reportingInstance": "finetune-operator"}
+        try:
+            self.create(ev)
+        except ApiException as e:
+            log.warning("could not record event %s on %s/%s: %s", reason, meta["namespace"],
+                        meta["name"], e.reason)
+
+    # ------------------------------------------------------------------ visibility authz
+
+    def may_list_jobs(self, token: str, namespace: str | None) -> bool:
+        """Whether the bearer of ``token`` may list FineTuneJobs in ``namespace`` (None:
+        cluster-wide): a TokenReview, then a SubjectAccessReview for that user."""
+        attrs: dict[str, Any] = {"verb": "list", "group": GROUP, "resource": PLURAL}
+        if namespace:
+            attrs["namespace"] = namespace
+        return bool(self.may_access(token, {"resourceAttributes": attrs}))
+
+    def may_access(self, token: str, attributes: dict[str, Any]) -> bool | None:
+        """Whether the bearer of ``token`` may do what ``attributes`` (a SubjectAccessReview's
+        ``resourceAttributes`` or ``nonResourceAttributes``) say: a TokenReview (the API
+        server's own audience), then a SubjectAccessReview for that user. None when the token
+        is not authenticated (HTTP 401 for the caller; False is a 403)."""
+        self._count("create", "tokenreviews")
+        review = self._request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body={
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token}})
+        st = review.get("status") or {}
+        if not st.get("authenticated"):
+            return None
+        user = st.get("user") or {}
+        self._count("create", "subjectaccessreviews")
+        sar = self._request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body={
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user.get("username"), "groups": user.get("groups") or [],
+                     "uid": user.get("uid"), "extra": user.get("extra") or {}, **attributes}})
+        return bool((sar.get("status") or {}).get("allowed"))
+
+    # ------------------------------------------------------------------ leader election
+
+    def hold_lease(self, namespace: str, name: str, identity: str, duration_s: int,
+                   now: dt.datetime, known: dict | None = None) -> tuple[bool, dict | None]:
+        """Acquire or renew a coordination Lease: (held, the Lease as last written/read).
+        ``known`` is the Lease from the previous call: a renewal is then one PUT guarded by
+        its resourceVersion (a GET only after a conflict)."""
+        micro = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lease = known
+        if lease is None:
+            try:
+                lease = self.get("Lease", namespace, name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": {"name": name, "namespace": namespace},
+                        "spec": {"holderIdentity": identity, "leaseDurationSeconds": duration_s,
+                                 "acquireTime": micro, "renewTime": micro,
+                                 "leaseTransitions": 0}}
+                try:
+                    return True, self.create(body)
+                except ApiException as e2:
+                    if e2.status == 409:
+                        return False, None
+                    raise
+        spec = lease.setdefault("spec", {})
+        holder = spec.get("holderIdentity")
+        renew = parse_time(spec.get("renewTime"))  # total: a bad value is "never renewed"
+        expired = renew is None or (now - renew).total_seconds() > (
+            spec.get("leaseDurationSeconds") or duration_s)
+        if holder != identity and not expired:
+            return False, lease
+        if holder != identity:
+            spec["acquireTime"] = micro
+            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+        spec.update(holderIdentity=identity, renewTime=micro, leaseDurationSeconds=duration_s)
+        self._count("replace", "Lease")
+        try:
+            res: dict = self._request("PUT", object_path("Lease", namespace, name), body=lease)
+            return True, res
+        except ApiException as e:
+            if e.status == 409:  # someone else wrote it: read it fresh next time
+                return False, None
+            raise
+
+    def release_lease(self, namespace: str, name: str, identity: str) -> None:
+        """Give the Lease up (only if still ours) so a standby takes over without waiting."""
+        lease = self.get("Lease", namespace, name)
+        spec = lease.get("spec") or {}
+        if spec.get("holderIdentity") != identity:
+            return
+        spec["holderIdentity"] = None
+        spec["renewTime"] = None
+        lease["spec"] = spec
+        self._count("replace", "Lease")
+        self._request("PUT", object_path("Lease", namespace, name), body=lease)
+
+
+    # ============================================================ FineTuneSweep (sweep/) ====
+    # Used by finetune_operator.sweep.SweepRunner only; additive. Its (verb, resource) pairs are
+    # sweep.runner.SWEEP_SURFACE (registered as extra surface when the sweep package loads).
+
+    def list_sweeps(self, namespaces: list[str]) -> list[dict]:
+        """FineTuneSweeps of the watched namespaces (every namespace when empty)."""
+        from finetune_api.sweep import SWEEP_PLURAL
+
+        api = client.CustomObjectsApi(self.api)
+        self._count("list", SWEEP_PLURAL)
+        if not namespaces:
+            res: Any = api.list_cluster_custom_object(GROUP, VERSION, SWEEP_PLURAL,
+                                                      _request_timeout=30)
+            return list(res["items"])
+        out: list[dict] = []
+        for ns in namespaces:
+            page: Any = api.list_namespaced_custom_object(GROUP, VERSION, ns, SWEEP_PLURAL,
+                                                          _request_timeout=30)
+            out.extend(page["items"])
+        return out
+
+    def create_trial(self, body: dict) -> tuple[dict, bool]:
+        """Create a sweep's trial FineTuneJob; on 409 read the one that exists (the caller
+        checks its owner: a job the sweep does not own is never adopted). (object, created)."""
+        api = client.CustomObjectsApi(self.api)
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        self._count("create", PLURAL)
+        try:
+            res: Any = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body,
+                                                           _request_timeout=30)
+            return dict(res), True
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        self._count("get", PLURAL)
+        got: Any = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
+                                                    _request_timeout=30)
+        return dict(got), False
+
+    def patch_sweep_status(self, namespace: str, name: str, status: dict) -> bool:
+        """Merge-patch a FineTuneSweep's status; False when the sweep is gone."""
+        from finetune_api.sweep import SWEEP_PLURAL
+
+        api = client.CustomObjectsApi(self.api)
+        self._count("patch", f"{SWEEP_PLURAL}/status")
+        try:
+            api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, SWEEP_PLURAL,
+                                                      name, {"status": status},
+                                                      _request_timeout=30)
+            return True
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            return False
+
+    def stop_trial(self, namespace: str, name: str, uid: str, annotations: dict) -> bool:
+        """Early stop: ``spec.suspend: true`` (a graceful, checkpointed stop) plus the given
+        annotations, in one merge patch guarded by the trial's uid; False when it is gone."""
+        api = client.CustomObjectsApi(self.api)
+        self._count("patch", PLURAL)
+        body = {"metadata": {"uid": uid, "annotations": annotations},
+                "spec": {"suspend": True}}
+        try:
+            api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body,
+                                               _request_timeout=30)
+            return True
+        except ApiException as e:
+            if e.status in (404, 409, 422):  # gone, or another job of that name
+                return False
+            raise
+    # ========================================================== end FineTuneSweep (sweep/) ===
+
+
+    # ============================================== report channel (reports/identity.py) ====
+    # Used by finetune_operator.http.identity.TokenAuthenticator only; additive.
+
+    def token_review(self, token: str, audiences: list[str]) -> dict:
+        """TokenReview of a trainer's projected token for ``audiences``: the review's ``status``
+        (``authenticated``, ``audiences``, ``user.username``/``extra`` with the pod's name and
+        uid). Raises ApiException when the API server cannot answer."""
+        self._count("create", "tokenreviews")
+        body: Any = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                     "spec": {"token": token, "audiences": list(audiences)}}
+        res = client.AuthenticationV1Api(self.api).create_token_review(body, _request_timeout=10)
+        out: dict = self.api.sanitize_for_serialization(res).get("status") or {}
+        return out
+    # ========================================== end report channel (reports/identity.py) ===
+
+
+# ---- used by the kubectl plugin (finetune_operator.cli) ------------------------------------
+# Reads and spec patches on behalf of a user, with the user's own credentials. Additive: nothing
+# above uses it. API errors are raised as ApiException; the plugin turns them into messages.
+
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def plugin_client(kubeconfig: str | None = None,
+                  context: str | None = None) -> tuple[client.ApiClient, str]:
+    """(client, default namespace) the way kubectl finds them: ``--kubeconfig``, else
+    ``$KUBECONFIG`` (a ':'-separated list is merged), else in-cluster credentials, else
+    ``~/.kube/config``. The namespace is the context's (``default`` when it names none)."""
+    import os
+    from pathlib import Path
+
+    path = kubeconfig or os.environ.get("KUBECONFIG") or None
+    if path is None and os.environ.get("KUBERNETES_SERVICE_HOST") and context is None:
+        try:
+            config.load_incluster_config()
+            ns_file = Path(SA_DIR, "namespace")
+            ns = ns_file.read_text().strip() if ns_file.exists() else "default"
+            return client.ApiClient(), ns or "default"
+        except config.ConfigException:
+            pass
+    path = path or str(Path("~/.kube/config").expanduser())
+    api = config.new_client_from_config(config_file=path, context=context)
+    contexts, active = config.list_kube_config_contexts(config_file=path)
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    ns = ((chosen or {}).get("context") or {}).get("namespace") or "default"
+    return api, str(ns)
+
+
+class PluginApi:
+    """The calls of ``kubectl finetune``; every result is a plain dict as the API returns it."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    @property
+    def server(self) -> str:
+        return str(self.api.configuration.host)
+
+    def _plain(self, obj: Any) -> dict:
+        out: dict = self.api.sanitize_for_serialization(obj)
+        return out
+
+    def get_job(self, namespace: str, name: str) -> dict:
+        res: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                            name)
+        return dict(res)
+
+    def get_claim(self, namespace: str, name: str) -> dict | None:
+        """A PersistentVolumeClaim, or None when there is none of that name."""
+        try:
+            return self._plain(self.core.read_namespaced_persistent_volume_claim(name, namespace))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list_jobs(self, namespace: str | None) -> list[dict]:
+        """Jobs of one namespace, or of every namespace (None)."""
+        if namespace is None:
+            res: Any = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        else:
+            res = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        return list(res["items"])
+
+    def create_job(self, namespace: str, body: dict, dry_run: bool = False) -> dict:
+        kwargs: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
+        res: Any = self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                               body, **kwargs)
+        return dict(res)
+
+    def patch_job_spec(self, namespace: str, name: str, spec: dict) -> dict:
+        """A merge patch of ``spec`` (e.g. ``{"suspend": True}``)."""
+        res: Any = self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                              name, {"spec": spec})
+        return dict(res)
+
+    def list_events(self, namespace: str, kind: str, name: str) -> list[dict]:
+        sel = f"involvedObject.kind={kind},involvedObject.name={name}"
+        return [self._plain(e) for e in
+                self.core.list_namespaced_event(namespace, field_selector=sel).items]
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict]:
+        return [self._plain(p) for p in
+                self.core.list_namespaced_pod(namespace, label_selector=label_selector).items]
+
+    def pod_log(self, namespace: str, pod: str, container: str, tail: int | None = None,
+                follow: bool = False) -> Any:
+        """The pods/log stream (an urllib3 response: iterate ``.stream()``, then release)."""
+        return self.core.read_namespaced_pod_log(
+            pod, namespace, container=container, tail_lines=tail, follow=follow,
+            _preload_content=False)
+
+    def get_node(self, name: str) -> dict | None:
+        try:
+            return self._plain(self.core.read_node(name))
+        except ApiException as e:
+            if e.status in (403, 404):  # users often may not read nodes: no hint then
+                return None
+            raise
+
+    def list_quotas(self, namespace: str | None) -> list[dict]:
+        if namespace is None:
+            items = self.core.list_resource_quota_for_all_namespaces().items
+        else:
+            items = self.core.list_namespaced_resource_quota(namespace).items
+        return [self._plain(q) for q in items]
+
+    # ============================================================ FineTuneSweep (cli/sweeps.py) ===
+
+    def get_sweep(self, namespace: str, name: str) -> dict:
+        from finetune_api.sweep import SWEEP_PLURAL
+
+        res: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                            SWEEP_PLURAL, name)
+        return dict(res)
+
+    def list_sweeps(self, namespace: str | None) -> list[dict]:
+        from finetune_api.sweep import SWEEP_PLURAL
+
+        if namespace is None:
+            res: Any = self.custom.list_cluster_custom_object(GROUP, VERSION, SWEEP_PLURAL)
+        else:
+            res = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                            SWEEP_PLURAL)
+        return list(res["items"])
+
+    def list_jobs_labeled(self, namespace: str, label_selector: str) -> list[dict]:
+        res: Any = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                             label_selector=label_selector)
+        return list(res["items"])
+
+    def queue(self, jobs: list[dict], namespace: str | None) -> list[dict]:
+        """The operator's visibility endpoint (HTTPS, the report port): waiting jobs in queue
+        order. Where it is comes from a trainer config in the namespace. When that names the
+        cluster Service (the chart's default), the request goes through the API server's
+        service proxy (works from a laptop; RBAC on services/proxy decides who reaches it);
+        any other URL is called directly with the config's CA. The operator authorises the
+        caller itself, with the kubeconfig's bearer token (``FINETUNE_TOKEN`` overrides),
+        forwarded in ``X-Finetune-Authorization`` through the proxy (which drops
+        ``Authorization``)."""
+        import os
+
+        import yaml
+
+        ns = jobs[0]["metadata"]["namespace"]
+        cms: Any = self.core.list_namespaced_config_map(ns, label_selector=MANAGED_BY)
+        configs = [c.data["config.yaml"] for c in cms.items if "config.yaml" in (c.data or {})]
+        if not configs:
+            raise ValueError(f"no trainer config in namespace {ns} yet (no job was admitted)")
+        report = yaml.safe_load(configs[0]).get("report") or {}
+        route = "/v1/queue" if namespace is None else f"/v1/namespaces/{namespace}/queue"
+        # the kubeconfig's token (static, OIDC or an exec plugin's, refreshed by the hook)
+        auth = self.api.configuration.get_api_key_with_prefix(
+            "BearerToken", alias="authorization") or ""
+        bearer = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+        token = os.environ.get("FINETUNE_TOKEN") or bearer
+        if not token:
+            raise ValueError("your kubeconfig has no bearer token (client certificates or an "
+                             "auth plugin): set FINETUNE_TOKEN to one, e.g. the output of "
+                             "kubectl create token <a ServiceAccount of yours>")
+        service = service_of(str(report["url"]))
+        for left in range(4, -1, -1):  # a standby replica answers 503: try the next one
+            try:
+                if service is None:
+                    body = _direct_get(str(report["url"]).rsplit("/v1/", 1)[0] + route,
+                                       report["caPem"], token)
+                else:
+                    body = self._proxied_get(service, route, token)
+                break
+            except _Unavailable:
+                if left == 0:
+                    raise ValueError("every operator replica answered 503 (standby or busy); "
+                                     "try again in a few seconds") from None
+                time.sleep(0.5)
+        return list(body.get("items") or [])
+
+    def _proxied_get(self, service: tuple[str, str, str], route: str, token: str) -> dict:
+        """GET ``route`` of the operator through the API server's service proxy, with the
+        kubeconfig's credentials (whatever kind) for the API server."""
+        from finetune_operator.http.server import FORWARDED_AUTH
+
+        name, svc_ns, port = service
+        path = f"/api/v1/namespaces/{svc_ns}/services/https:{name}:{port}/proxy{route}"
+        method, url, headers, body, post = self.api.param_serialize(
+            "GET", path, header_params={"Accept": "application/json",
+                                        FORWARDED_AUTH: f"Bearer {token}"},
+            auth_settings=["BearerToken"])
+        try:
+            resp = self.api.call_api(method, url, headers, body, post, _request_timeout=10)
+            status, data = int(resp.status), resp.read()
+        except ApiException as e:
+            status = e.status or 0
+            data = e.body.encode() if isinstance(e.body, str) else bytes(e.body or b"")
+        if status == 503 and b"no endpoints available" not in (data or b""):
+            raise _Unavailable  # an operator standby (a Status from the API server: none up)
+        if status >= 400 or status == 0:
+            raise ValueError(queue_error(status, data, name, svc_ns, port))
+        return dict(json.loads(data))
+
+
+class _Unavailable(Exception):
+    """The queue view answered 503 (a standby replica, or the review budget spent)."""
+
+
+_SERVICE_HOST = re.compile(r"^(?P<name>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\."
+                           r"(?P<ns>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc(\.cluster\.local)?\.?$")
+
+
+def service_of(report_url: str) -> tuple[str, str, str] | None:
+    """(service, namespace, port) when the report URL names a cluster Service
+    (``https://<svc>.<ns>.svc:<port>/...``), else None (an external or loopback URL)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(report_url)
+    m = _SERVICE_HOST.match(url.hostname or "")
+    if url.scheme != "https" or not m:
+        return None
+    return m["name"], m["ns"], str(url.port or 443)
+
+
+def queue_error(status: int, body: Any, name: str, svc_ns: str, port: str) -> str:
+    """Why the queue view through the service proxy failed, and what to do."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    try:
+        parsed = json.loads(text)
+        detail = str(parsed.get("error") or parsed.get("message") or text)
+    except (ValueError, AttributeError):
+        detail = text
+    detail = detail.strip()[:500]
+    if status == 403 and "services/proxy" in detail:
+        return (f"you may not reach the operator's queue view through the API server (get "
+                f"services/proxy on https:{name}:{port} in namespace {svc_ns}): {detail}; ask "
+                "your platform team to add you to the chart's rbac.queueProxy.subjects")
+    if status == 503:
+        return (f"the operator's Service {svc_ns}/{name} has no ready pod behind it: {detail}; "
+                "is the operator running? (kubectl get pods -n " + svc_ns + ")")
+    if status in (401, 403):
+        return (f"the operator refused the queue view (HTTP {status}): {detail}; it needs a "
+                "bearer token (FINETUNE_TOKEN or the kubeconfig's) of a user who may list "
+                "finetunejobs in that namespace")
+    return f"the operator's queue view through the API server failed: HTTP {status}: {detail}"
+
+
+def _direct_get(url: str, ca_pem: str, token: str) -> dict:
+    """GET the visibility endpoint at its own URL, verified with the report channel's CA."""
+    import ssl
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca:
+        ca.write(ca_pem)
+        ca.flush()
+        ctx = ssl.create_default_context(cafile=ca.name)
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}",
+                                                   "Connection": "close"})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                return dict(json.loads(r.read()))
+        except urllib.error.HTTPError as e:
+            if e.code == 503:
+                raise _Unavailable from None
+            raise
