@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from finetune_operator.jobs.pods import parse_time
+from finetune_api.times import parse_time
 from finetune_operator.reports.model import REJECT_REASONS
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)

@@ -17,20 +17,16 @@ from pydantic import ValidationError
 
 from finetune_api.status import FineTuneJobStatus
 from finetune_api.sweep import SweepRange
+from finetune_api.times import TIME_MAX, TIME_MIN, parse_time, rfc3339, time_after
 from finetune_operator.jobs.build.pod import build_pod, grace_period_seconds
 from finetune_operator.jobs.pods import (
     apply_progress,
     apply_stopped_checkpoint,
-    iso,
-    parse_time,
-    time_after,
 )
 from finetune_operator.jobs.reconcile import ACTIVE_PHASES, due_at
 from finetune_operator.reports.model import (
     MAX_ETA_SECONDS,
     MAX_SAVE_SECONDS,
-    TIME_MAX,
-    TIME_MIN,
     BadReport,
     check_termination,
     parse_report,
@@ -58,9 +54,9 @@ ODD_TIMES: list[Any] = [
 
 def test_times_are_written_zero_padded_and_read_back() -> None:
     t = dt.datetime(999, 1, 1, tzinfo=UTC)
-    assert iso(t) == "0999-01-01T00:00:00Z"  # strftime("%Y") wrote "999-..."
-    assert parse_time(iso(t)) == TIME_MIN  # read back, clamped to the plausible range
-    assert iso(NOW) == "2026-03-01T12:00:00Z" and parse_time(iso(NOW)) == NOW
+    assert rfc3339(t) == "0999-01-01T00:00:00Z"  # strftime("%Y") wrote "999-..."
+    assert parse_time(rfc3339(t)) == TIME_MIN  # read back, clamped to the plausible range
+    assert rfc3339(NOW) == "2026-03-01T12:00:00Z" and parse_time(rfc3339(NOW)) == NOW
 
 
 @pytest.mark.parametrize("value", ODD_TIMES, ids=repr)

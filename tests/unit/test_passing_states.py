@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from finetune_operator.jobs.pods import iso, parse_time
+from finetune_api.times import parse_time, rfc3339
 from finetune_operator.jobs.reconcile import JobDecision, due_at
 from tests.factories import make_job
 from tests.podfactory import make_pod
@@ -107,7 +107,7 @@ def test_timers_name_the_next_instant_a_plan_can_change() -> None:
     assert admitted_at is not None
     due = due_at(sim.job, sim.st, [], TIMING, sim.now)
     assert due == admitted_at + dt.timedelta(seconds=600)  # pods-ready timeout first
-    sim.st.retry_after = iso(sim.now + dt.timedelta(seconds=30))
+    sim.st.retry_after = rfc3339(sim.now + dt.timedelta(seconds=30))
     sim.st.phase = "Queued"
     assert due_at(sim.job, sim.st, [], TIMING, sim.now) == sim.now + dt.timedelta(seconds=30)
     sim.st.retry_after = None

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from finetune_operator.kube.client import PluginApi, queue_error, service_of
+from finetune_operator.cli.client import PluginApi, queue_error, service_of
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ import pytest
 
 from finetune_api.job import FineTuneJob
 from finetune_api.status import Condition, FineTuneJobStatus
-from finetune_operator.jobs.pods import iso, parse_time
+from finetune_api.times import parse_time, rfc3339
 from finetune_operator.jobs.reconcile import Ctx, JobDecision, Plan, plan, wants_admission
 from tests.factories import make_job
 from tests.podfactory import REPORTED, gang, make_pod
@@ -134,12 +134,12 @@ def test_first_pass_queues_the_job_with_a_created_event() -> None:
     assert st.attempt == 0 and st.preemptions == 0 and st.failures == 0
     assert st.queue is not None and st.queue.position == 3
     assert st.queue.reason.startswith("needs 1 nvidia.com/gpu")
-    assert st.queued_since == iso(NOW)
+    assert st.queued_since == rfc3339(NOW)
     assert st.observed_generation == 4
     assert st.effective_priority_class == "finetune-high"
     admitted_c = cond(st, "Admitted")
     assert admitted_c.status == "False" and admitted_c.reason == "QuotaExhausted"
-    assert admitted_c.last_transition_time == iso(NOW)
+    assert admitted_c.last_transition_time == rfc3339(NOW)
     assert ("Normal", "Queued", "accepted; waiting for admission") in p.events
     assert p.create_attempt is None and p.delete_pods == [] and p.metrics == []
 
@@ -197,10 +197,10 @@ def test_admission_starts_attempt_1_and_asks_for_its_children() -> None:
     assert st.phase == "Admitted"
     assert st.attempt == 1 and p.create_attempt == 1
     assert st.queue is None and st.retry_after is None
-    assert st.admitted_at == iso(at(90))
+    assert st.admitted_at == rfc3339(at(90))
     c = cond(st, "Admitted")
     assert c.status == "True" and c.reason == "Admitted"
-    assert c.last_transition_time == iso(at(90))
+    assert c.last_transition_time == rfc3339(at(90))
     assert "attempt 1 admitted after 90s in queue" in c.message
     assert reasons(p) == ["Admitted"]
     assert p.metrics == [("admission", {"wait": 90.0})]
@@ -282,7 +282,7 @@ def test_all_pods_running_sets_running_and_start_time_once() -> None:
     p = sim.tick(10).step(gang(sim.job, 1))
     st = p.status
     assert st.phase == "Running"
-    assert st.start_time == iso(sim.now)
+    assert st.start_time == rfc3339(sim.now)
     c = cond(st, "Running")
     assert c.status == "True" and c.reason == "Running"
     assert "2 pod(s) running" in c.message
@@ -349,7 +349,7 @@ def test_rank0_exit0_completed_succeeds() -> None:
                                     progress={"step": 19, "totalSteps": 20})])
     st = p.status
     assert st.phase == "Succeeded"
-    assert st.completion_time == iso(sim.now)
+    assert st.completion_time == rfc3339(sim.now)
     assert st.output is not None
     assert st.output.adapter_path == "output/adapter"
     assert st.output.merged_path == "output/merged"
@@ -377,7 +377,7 @@ def test_success_seen_before_running_still_sets_start_time() -> None:
     sim = admitted()
     p = sim.tick(30).step([make_pod(sim.job, 1, 0, exit_code=0, message=DONE)])
     assert p.status.phase == "Succeeded"
-    assert p.status.start_time == iso(sim.now)
+    assert p.status.start_time == rfc3339(sim.now)
 
 
 def test_exit0_of_a_pod_being_deleted_is_not_a_success() -> None:
@@ -433,7 +433,7 @@ def test_scheduler_preemption_waits_for_the_pod_then_requeues() -> None:
     assert st.phase == "Queued"
     assert st.preemptions == 1 and st.failures == 0
     assert st.retry_after is None
-    assert st.queued_since == iso(sim.now)
+    assert st.queued_since == rfc3339(sim.now)
     assert cond(st, "Admitted").status == "False"
     pre = cond(st, "Preempted")
     assert pre.status == "True" and "not counted as a failure" in pre.message
@@ -579,7 +579,7 @@ def test_failure_counts_and_requeues_with_backoff() -> None:
     st = p.status
     assert st.phase == "Queued"
     assert st.failures == 1 and st.preemptions == 0
-    assert st.retry_after == iso(sim.now + dt.timedelta(seconds=40))
+    assert st.retry_after == rfc3339(sim.now + dt.timedelta(seconds=40))
     run_c = cond(st, "Running")
     assert run_c.status == "False" and run_c.reason == "Failed"
     assert "code 1" in run_c.message and "boom" in run_c.message
@@ -613,7 +613,7 @@ def test_backoff_is_respected_before_retry_after() -> None:
 def test_backoff_delay_comes_from_the_context() -> None:
     sim = running()
     p = sim.tick(60).step([make_pod(sim.job, 1, 0, exit_code=1)], backoff=600)
-    assert p.status.retry_after == iso(sim.now + dt.timedelta(seconds=600))
+    assert p.status.retry_after == rfc3339(sim.now + dt.timedelta(seconds=600))
 
 
 def test_oomkilled_past_backoff_limit_fails_with_the_cause() -> None:
@@ -626,7 +626,7 @@ def test_oomkilled_past_backoff_limit_fails_with_the_cause() -> None:
     st = p.status
     assert st.phase == "Failed"
     assert st.failures == 2
-    assert st.completion_time == iso(sim.now)
+    assert st.completion_time == rfc3339(sim.now)
     assert st.queue is None
     failed = cond(st, "Failed")
     assert failed.status == "True" and failed.reason == "BackoffLimitExceeded"
@@ -808,7 +808,7 @@ def test_unsuspend_requeues() -> None:
     assert st.phase == "Queued"
     c = cond(st, "Suspended")
     assert c.status == "False" and c.reason == "Resumed"
-    assert st.queued_since == iso(sim.now)
+    assert st.queued_since == rfc3339(sim.now)
     assert "Resumed" in reasons(p)
     assert st.preemptions == 0
     assert wants_admission(sim.job, sim.now)
@@ -898,7 +898,7 @@ def test_active_deadline_fails_the_job_and_deletes_its_pods() -> None:
     assert failed.reason == "DeadlineExceeded"
     assert "activeDeadlineSeconds=3600" in failed.message
     assert cond(st, "Running").status == "False"
-    assert st.completion_time == iso(sim.now)
+    assert st.completion_time == rfc3339(sim.now)
     assert names(p.delete_pods) == ["bot-a1-0", "bot-a1-1"]
     assert p.metrics == [("failure", {"reason": "deadline"})]
     assert [e[:2] for e in p.events] == [("Warning", "DeadlineExceeded")]

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from finetune_api.job import FineTuneJob
+from finetune_api.times import rfc3339
 from finetune_operator.admission import QueuedJob, RunningJob, Snapshot, Toleration, admit
 from finetune_operator.jobs.decide import build_snapshot, decide, holds_gpus, policy_error
-from finetune_operator.jobs.pods import iso
 from finetune_operator.jobs.reconcile import Ctx, JobDecision, plan
 from finetune_operator.settings import OperatorSettings
 from tests.factories import make_job, make_settings
@@ -27,7 +27,7 @@ SETTINGS = make_settings(aging_rate_per_minute=0, allowed_priority_classes=[
 
 
 def ago(seconds: float) -> str:
-    return iso(NOW - dt.timedelta(seconds=seconds))
+    return rfc3339(NOW - dt.timedelta(seconds=seconds))
 
 
 def node(name: str, gpus: int = 8, **spec: Any) -> dict[str, Any]:

@@ -8,14 +8,13 @@ import json
 import pytest
 
 from finetune_api.status import CheckpointStatus, FineTuneJobStatus, Progress
+from finetune_api.times import parse_time, rfc3339
 from finetune_operator.jobs.pods import (
     apply_progress,
     attempt_of,
     disruption_reason,
-    iso,
     observe,
     output_from,
-    parse_time,
     rank_of,
     set_condition,
     termination_message,
@@ -347,10 +346,10 @@ def test_set_condition_transition_time_changes_only_on_flips() -> None:
     set_condition(st, "Running", True, "Running", "a", t0, 1)
     set_condition(st, "Running", True, "StillRunning", "b", t1, 2)
     (c,) = st.conditions
-    assert c.last_transition_time == iso(t0)
+    assert c.last_transition_time == rfc3339(t0)
     assert (c.reason, c.message, c.observed_generation) == ("StillRunning", "b", 2)
     set_condition(st, "Running", False, "Preempting", "c", t2, 2)
-    assert c.status == "False" and c.last_transition_time == iso(t2)
+    assert c.status == "False" and c.last_transition_time == rfc3339(t2)
 
 
 def test_set_condition_keeps_one_entry_per_type() -> None:
@@ -364,8 +363,8 @@ def test_set_condition_keeps_one_entry_per_type() -> None:
 
 def test_iso_and_parse_time_round_trip_in_utc() -> None:
     local = dt.datetime(2026, 1, 1, 14, 0, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
-    assert iso(local) == "2026-01-01T12:00:05Z"
-    assert parse_time(iso(local)) == local
+    assert rfc3339(local) == "2026-01-01T12:00:05Z"
+    assert parse_time(rfc3339(local)) == local
     assert parse_time(None) is None and parse_time("") is None
 
 

@@ -3,30 +3,14 @@ admission inputs: nodes with free GPUs, and namespace GPU quotas."""
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from decimal import Decimal
 from typing import Any
 
+from finetune_api.quantity import count
 from finetune_operator.admission.model import NodeInfo, Quota, ScopeRequirement, Taint
 
-_SUFFIX = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+)(m|k|[KMGTPE]i|[MGTPE]|)$")
 _DONE = {"Succeeded", "Failed"}
-
-
-def count(quantity: Any) -> int:
-    """An extended-resource quantity as a whole number ("8", 8, "8000m" -> 8); rounds down."""
-    if isinstance(quantity, int):
-        return quantity
-    m = _QUANTITY.match(str(quantity).strip())
-    if not m:
-        raise ValueError(f"not a resource quantity: {quantity!r}")
-    value = Decimal(m.group(1))
-    value = value / 1000 if m.group(2) == "m" else value * _SUFFIX[m.group(2)]
-    return int(value)
 
 
 def pod_requests(pod: Mapping[str, Any]) -> dict[str, int]:

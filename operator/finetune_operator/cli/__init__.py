@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING
 from finetune_operator.cli.errors import CliError
 
 if TYPE_CHECKING:
-    from finetune_operator.kube.client import PluginApi
+    from finetune_operator.cli.client import PluginApi
 
 __all__ = ["CliError", "main"]
 
@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace, out: IO[str]) -> int:
 def _connect(args: argparse.Namespace) -> tuple[PluginApi, str]:
     from kubernetes.config import ConfigException
 
-    from finetune_operator.kube.client import PluginApi, plugin_client
+    from finetune_operator.cli.client import PluginApi, plugin_client
 
     try:
         client, ctx_namespace = plugin_client(args.kubeconfig, args.context)
@@ -96,7 +96,7 @@ def _namespace_offline(args: argparse.Namespace) -> str | None:
     if args.namespace:
         return str(args.namespace)
     try:
-        from finetune_operator.kube.client import plugin_client
+        from finetune_operator.cli.client import plugin_client
 
         return plugin_client(args.kubeconfig, args.context)[1]
     except Exception:  # no kubeconfig at all: the manifest just names no namespace

@@ -15,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from finetune_api.labels import AGENT_LABEL, AGENT_ROOT_ANNOTATION
 from finetune_operator.cli import format as fmt
 from finetune_operator.cli.args import submit_options
+from finetune_operator.cli.client import PluginApi
 from finetune_operator.cli.errors import CliError, api_error_message
 from finetune_operator.cli.manifest import load_manifest, manifest_from_options
 from finetune_operator.jobs.build.names import (
@@ -23,7 +24,6 @@ from finetune_operator.jobs.build.names import (
     job_selector,
     selector_string,
 )
-from finetune_operator.kube.client import PluginApi
 
 
 def _now() -> dt.datetime:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from finetune_api.sweep import FIELD_PATHS, MINIMIZED_METRICS
+from finetune_api.times import parse_time
 from finetune_operator.cli import format as fmt
 from finetune_operator.sweep.plan import PARAMETERS_ANNOTATION
 
@@ -35,10 +36,10 @@ def _get(doc: Any, path: str) -> Any:
 
 def gpu_hours(job: Obj, now: dt.datetime) -> float | None:
     st = job.get("status") or {}
-    start = fmt.parse_time(st.get("startTime"))
+    start = parse_time(st.get("startTime"))
     if start is None:
         return None
-    end = fmt.parse_time(st.get("completionTime")) or now
+    end = parse_time(st.get("completionTime")) or now
     return fmt.total_gpus(job) * max(0.0, (end - start).total_seconds()) / 3600.0
 
 

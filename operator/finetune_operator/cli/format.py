@@ -10,6 +10,9 @@ from typing import Any
 
 import yaml
 
+from finetune_api.quantity import quantity
+from finetune_api.times import parse_time
+
 Job = Mapping[str, Any]
 
 LIST_COLUMNS = ("NAME", "PHASE", "PRIORITY", "GPUS", "QUEUE", "REASON", "PROGRESS", "LOSS",
@@ -19,16 +22,6 @@ NONE = "-"
 
 
 # ------------------------------------------------------------------ small pieces
-
-
-def parse_time(value: Any) -> dt.datetime | None:
-    if not value or not isinstance(value, str):
-        return None
-    try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def human_duration(seconds: float | None) -> str:
@@ -375,11 +368,8 @@ ALLOCATED_PHASES = frozenset({"Admitted", "Running", "Preempting"})
 
 def _quantity(value: Any) -> float | None:
     """A GPU count as ResourceQuota reports it ("4", "4000m"); None when absent/odd."""
-    if value is None:
-        return None
-    text = str(value)
     try:
-        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+        return None if value is None else float(quantity(value))
     except ValueError:
         return None
 

@@ -23,7 +23,7 @@ from finetune_operator.jobs.build.output import (
 )
 
 if TYPE_CHECKING:
-    from finetune_operator.kube.client import PluginApi
+    from finetune_operator.cli.client import PluginApi
 
 
 def location_of(job: Mapping[str, Any]) -> OutputLocation | None:

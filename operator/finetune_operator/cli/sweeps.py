@@ -12,9 +12,9 @@ from kubernetes.client.exceptions import ApiException
 from finetune_api.sweep import FineTuneSweep
 from finetune_operator.cli import compare
 from finetune_operator.cli import format as fmt
+from finetune_operator.cli.client import PluginApi
 from finetune_operator.cli.commands import _detail, api_errors, get_job
 from finetune_operator.cli.errors import CliError, forbidden_message
-from finetune_operator.kube.client import PluginApi
 from finetune_operator.sweep.plan import SWEEP_LABEL, owned_by
 
 

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from finetune_api.job import FineTuneJob
 from finetune_api.status import FineTuneJobStatus
+from finetune_api.times import parse_time, rfc3339
 from finetune_operator import metrics
 from finetune_operator.jobs import ownership
 from finetune_operator.jobs.build import build_children
@@ -44,9 +45,7 @@ from finetune_operator.jobs.decide import decide, policy_error, problem
 from finetune_operator.jobs.pods import (
     INVALID_DATA,
     attempt_of,
-    iso,
     owner_uid,
-    parse_time,
     rank_of,
     set_invalid_data,
     terminated_message,
@@ -780,7 +779,7 @@ class Controller:
             self.kube.patch_job_status(str(meta.get("namespace")), str(meta.get("name")), {
                 "phase": "Failed", "conditions": [{
                     "type": "Failed", "status": "True", "reason": "InvalidSpec",
-                    "message": msg, "lastTransitionTime": iso(now)}]})
+                    "message": msg, "lastTransitionTime": rfc3339(now)}]})
             self.kube.event({"metadata": meta}, "Warning", "InvalidSpec", msg, now)
         except (ApiException, OSError) as ex:
             log.warning("could not mark %s Failed: %s", meta.get("name"), ex)

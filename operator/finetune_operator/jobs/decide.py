@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_api.job import FineTuneJob
+from finetune_api.times import parse_time
 from finetune_operator.admission import (
     Policy,
     QueuedJob,
@@ -24,7 +25,7 @@ from finetune_operator.admission import (
     admit,
 )
 from finetune_operator.admission.snapshot import nodes_from_k8s, quotas_from_k8s
-from finetune_operator.jobs.pods import attempt_of, parse_time
+from finetune_operator.jobs.pods import attempt_of
 from finetune_operator.jobs.reconcile import JobDecision, wants_admission
 from finetune_operator.settings import OperatorSettings
 

@@ -16,13 +16,8 @@ from finetune_api.status import (
     OutputStatus,
     Progress,
 )
-from finetune_operator.reports.model import (
-    TIME_MAX,
-    TIME_MIN,
-    clamp_time,
-    parse_termination,
-    rfc3339,
-)
+from finetune_api.times import TIME_MAX, TIME_MIN, clamp_time, parse_time, rfc3339
+from finetune_operator.reports.model import parse_termination
 
 ATTEMPT_LABEL = "finetune.dev/attempt"
 RANK_LABEL = "finetune.dev/rank"
@@ -32,34 +27,6 @@ PREEMPTION_REASONS = {"PreemptionByScheduler", "EvictionByEvictionAPI"}
 NODE_LOST_REASONS = {"DeletionByTaintManager", "DeletionByPodGC", "TerminationByKubelet"}
 # the trainer's exit code for an invalid config or malformed data (docs/contracts.md)
 INVALID_INPUT_EXIT_CODE = 2
-
-
-def iso(t: dt.datetime) -> str:
-    """Zero-padded RFC 3339 (UTC, whole seconds): how the operator writes every time."""
-    return rfc3339(t)
-
-
-def parse_time(s: Any) -> dt.datetime | None:
-    """A stored timestamp -> aware UTC datetime, clamped to a plausible range (reports/model.py
-    TIME_MIN..TIME_MAX) so arithmetic on it cannot overflow. Total: None for anything that is
-    not a date/time (a status written by an older operator or by hand), never an exception."""
-    if not s or not isinstance(s, str) or len(s) > 64:
-        return None
-    try:
-        return clamp_time(dt.datetime.fromisoformat(s.replace("Z", "+00:00")))
-    except ValueError:
-        return None
-
-
-def time_after(t: dt.datetime, seconds: float) -> dt.datetime:
-    """``t`` plus ``seconds``, saturated to the plausible range: never an OverflowError, however
-    large a deadline, TTL or stored duration is (NaN counts as 0)."""
-    try:
-        return clamp_time(t + dt.timedelta(seconds=seconds))
-    except OverflowError:
-        return TIME_MAX if seconds > 0 else TIME_MIN
-    except ValueError:  # NaN
-        return clamp_time(t)
 
 
 def attempt_of(pod: dict) -> int:
@@ -281,7 +248,7 @@ def _reported_time(st: FineTuneJobStatus, value: Any, now: dt.datetime | None) -
     t = parse_time(value)
     if t is None:
         return None
-    return iso(clamp_time(t, parse_time(st.admitted_at) or TIME_MIN, now or TIME_MAX))
+    return rfc3339(clamp_time(t, parse_time(st.admitted_at) or TIME_MIN, now or TIME_MAX))
 
 
 def _checkpoint(st: FineTuneJobStatus, ck: Any,
@@ -315,12 +282,13 @@ def set_condition(st: FineTuneJobStatus, type_: str, status: bool, reason: str, 
     for c in st.conditions:
         if c.type == type_:
             if c.status != value:
-                c.last_transition_time = iso(now)
+                c.last_transition_time = rfc3339(now)
             c.status, c.reason, c.message = value, reason, message  # type: ignore[assignment]
             c.observed_generation = generation
             return
     st.conditions.append(Condition(type=type_, status=value, reason=reason, message=message,
-                                   last_transition_time=iso(now), observed_generation=generation))
+                                   last_transition_time=rfc3339(now),
+                                   observed_generation=generation))
 
 
 # ------------------------------------------------------------------------ invalid data

@@ -19,6 +19,7 @@ from typing import Any
 
 from finetune_api.job import FineTuneJob
 from finetune_api.status import FineTuneJobStatus, QueueStatus
+from finetune_api.times import parse_time, rfc3339, time_after
 from finetune_operator.jobs.build.names import pod_name
 from finetune_operator.jobs.build.output import output_location
 from finetune_operator.jobs.build.output import summary as output_summary
@@ -27,13 +28,10 @@ from finetune_operator.jobs.pods import (
     apply_progress,
     apply_stopped_checkpoint,
     attempt_of,
-    iso,
     observe,
     output_from,
-    parse_time,
     pending_cause,
     set_condition,
-    time_after,
 )
 
 ACTIVE_PHASES = ("Admitted", "Running", "Preempting")
@@ -142,7 +140,7 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
         return p
     if st.phase == "Queued" and decision.impossible:
         since = parse_time(st.unschedulable_since) or now
-        st.unschedulable_since = iso(since)
+        st.unschedulable_since = rfc3339(since)
         waited = (now - since).total_seconds()
         if waited >= ctx.unschedulable_grace_seconds:
             _fail(p, job, "Unschedulable", f"{decision.impossible} (for {waited:.0f}s, more "
@@ -274,7 +272,7 @@ def _reconcile_active(p: Plan, job: FineTuneJob, current: list[dict], decision: 
         p.create_attempt = st.attempt  # admitted but children missing (e.g. operator restart)
     elif view.all_running and st.phase != "Running":
         st.phase = "Running"
-        st.start_time = st.start_time or iso(now)
+        st.start_time = st.start_time or rfc3339(now)
         set_condition(st, "Running", True, "Running", f"attempt {st.attempt}: "
                       f"{view.expected} pod(s) running", now, gen)
         resume = st.checkpoint.step if st.checkpoint else 0
@@ -307,7 +305,7 @@ def _requeue_start(p: Plan, job: FineTuneJob, view: PodsView, cause: str, ctx: C
               "quota) and re-create the job", now)
         return
     _leave_active(st, now)
-    st.retry_after = iso(time_after(now, ctx.backoff_seconds))
+    st.retry_after = rfc3339(time_after(now, ctx.backoff_seconds))
     p.events.append(("Warning", "PodsNotReady", f"attempt {st.attempt}: {cause}; back in the "
                      f"queue ({st.start_requeues}/{ctx.max_start_requeues} such requeues)"))
     _to_queue(p, job, "PodsNotReady", cause, now)
@@ -375,8 +373,8 @@ def _succeed(p: Plan, job: FineTuneJob, view: PodsView, now: dt.datetime) -> Non
     st, gen = p.status, job.metadata.generation
     msg = view.completed or {}
     _leave_active(st, now)
-    st.phase, st.completion_time, st.output = "Succeeded", iso(now), output_from(msg)
-    st.start_time = st.start_time or iso(now)
+    st.phase, st.completion_time, st.output = "Succeeded", rfc3339(now), output_from(msg)
+    st.start_time = st.start_time or rfc3339(now)
     if isinstance(msg.get("finalStep"), int) and st.progress is not None:
         st.progress.step = msg["finalStep"]
         total = st.progress.total_steps
@@ -413,7 +411,7 @@ def _failed_attempt(p: Plan, job: FineTuneJob, view: PodsView, ctx: Ctx) -> None
               + _logs_hint(job, st.attempt, view), now, count=False)
         return
     delay = ctx.backoff_seconds
-    st.retry_after = iso(time_after(now, delay))
+    st.retry_after = rfc3339(time_after(now, delay))
     set_condition(st, "Running", False, "Failed", f"attempt {st.attempt} failed: {cause}", now,
                   gen)
     p.events.append(("Warning", "AttemptFailed", f"attempt {st.attempt} failed ({st.failures}/"
@@ -437,7 +435,7 @@ def _fail(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.datetime
     """End the job. count=False when the failed attempt was already counted."""
     st, gen = p.status, job.metadata.generation
     _leave_active(st, now)
-    st.phase, st.completion_time, st.queue = "Failed", iso(now), None
+    st.phase, st.completion_time, st.queue = "Failed", rfc3339(now), None
     set_condition(st, "Failed", True, reason, message, now, gen)
     if any(c.type == "Running" for c in st.conditions):
         set_condition(st, "Running", False, reason, message, now, gen)
@@ -453,8 +451,8 @@ def _to_queue(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.date
               first: bool = False) -> None:
     st = p.status
     _leave_active(st, now)
-    st.phase, st.queued_since = "Queued", iso(now)
-    st.first_queued_at = st.first_queued_at or iso(now)  # keeps its place: aging goes on
+    st.phase, st.queued_since = "Queued", rfc3339(now)
+    st.first_queued_at = st.first_queued_at or rfc3339(now)  # keeps its place: aging goes on
     st.queue = QueueStatus(position=None, reason=message)
     set_condition(st, "Admitted", False, reason, message, now, job.metadata.generation)
     if first:
@@ -470,7 +468,7 @@ def _queued(p: Plan, job: FineTuneJob, decision: JobDecision, ctx: Ctx) -> None:
         return
     since = parse_time(st.unschedulable_since)
     if decision.impossible and since:  # a stable text: the instant it gives up, no countdown
-        until = iso(time_after(since, ctx.unschedulable_grace_seconds))
+        until = rfc3339(time_after(since, ctx.unschedulable_grace_seconds))
         why = (f"{decision.impossible}; waiting in case it fits again (quota raised, node "
                f"back); fails at {until} if it still cannot")
         st.queue = QueueStatus(position=None, reason=why)
@@ -483,7 +481,7 @@ def _queued(p: Plan, job: FineTuneJob, decision: JobDecision, ctx: Ctx) -> None:
         return
     queued = parse_time(st.queued_since) or now
     st.attempt += 1
-    st.phase, st.queue, st.admitted_at, st.retry_after = "Admitted", None, iso(now), None
+    st.phase, st.queue, st.admitted_at, st.retry_after = "Admitted", None, rfc3339(now), None
     p.create_attempt, p.placement = st.attempt, decision.placement
     resume = st.checkpoint.step if st.checkpoint else 0
     msg = (f"attempt {st.attempt} admitted after {(now - queued).total_seconds():.0f}s in queue"

@@ -32,6 +32,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from finetune_api.times import parse_rfc3339, rfc3339
+
 MAX_REPORT_BYTES: Final = 16 * 1024
 MAX_TERMINATION_BYTES: Final = 4096  # what the kubelet keeps of a termination message
 MAX_DEPTH: Final = 4  # report -> checkpoint -> value; termination -> metrics/checkpoint -> value
@@ -49,10 +51,6 @@ MAX_LEARNING_RATE: Final = 10.0
 MAX_EPOCH: Final = 1e6
 MAX_RATE: Final = 1e12  # tokens per second
 MAX_METRIC: Final = 1e15
-# Timestamps a pod reports are clamped to this plausible range when parsed (datetime arithmetic
-# on them cannot overflow), and to [attempt start, now] where they enter a status (status.py).
-TIME_MIN: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-TIME_MAX: Final = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
 
 # The reason label of finetune_report_rejected_total. Fixed: never a tenant-chosen string.
 REJECT_REASONS: Final = (
@@ -92,9 +90,6 @@ def clamped(low: float, high: float) -> AfterValidator:
     return AfterValidator(lambda v: min(max(v, low), high))
 
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
-)
 _METRIC_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_./:-]{0,63}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -123,37 +118,7 @@ def _rfc3339(value: Any) -> Any:
         raise ValueError("must be an RFC 3339 timestamp string")
     if value == "":
         return None
-    if len(value) > 40 or not _RFC3339.fullmatch(value):
-        raise ValueError("must be an RFC 3339 timestamp like 2026-11-24T12:00:00Z")
-    text = value.upper().replace("Z", "+00:00")
-    head, _, tail = text.partition(".")
-    if tail:  # fromisoformat keeps at most microseconds
-        digits = re.match(r"\d+", tail)
-        assert digits is not None
-        text = f"{head}.{digits.group()[:6].ljust(6, '0')}{tail[digits.end():]}"
-    try:
-        return clamp_time(dt.datetime.fromisoformat(text))
-    except ValueError as e:
-        raise ValueError(f"not a valid date/time ({e})") from None
-
-
-def clamp_time(t: dt.datetime, low: dt.datetime = TIME_MIN,
-               high: dt.datetime = TIME_MAX) -> dt.datetime:
-    """``t`` in UTC (naive counts as UTC), clamped to [low, high]. Never raises."""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    try:
-        t = t.astimezone(dt.UTC)
-    except OverflowError:  # an offset pushed it past year 1 or 9999
-        return low if t.year < 2000 else high
-    return min(max(t, low), high)
-
-
-def rfc3339(t: dt.datetime) -> str:
-    """``t`` as RFC 3339 in UTC, whole seconds, four-digit year (``strftime("%Y")`` writes
-    year 999 as "999", which no RFC 3339 parser reads back)."""
-    t = t.astimezone(dt.UTC)
-    return f"{t.year:04d}-{t:%m-%dT%H:%M:%S}Z"
+    return parse_rfc3339(value)
 
 
 def _rfc3339_text(value: dt.datetime | None) -> str | None:

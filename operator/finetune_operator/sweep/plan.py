@@ -29,7 +29,7 @@ from finetune_api.sweep import (
     FineTuneSweepStatus,
     TrialStatus,
 )
-from finetune_operator.jobs.pods import parse_time
+from finetune_api.times import parse_time
 from finetune_operator.sweep.expand import SweepInvalid, Trial, expand, trial_name
 
 SWEEP_LABEL = "finetune.dev/sweep"
