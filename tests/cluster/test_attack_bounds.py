@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from ..invalid_cases import names_field, server_errors
+from tests.builders.invalid_cases import names_field, server_errors
+
 from ..kube import Cluster, wait_for
 from ..operator_proc import (
     OperatorProcess,

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from ..invalid_cases import DELETE
+from tests.builders.invalid_cases import DELETE
+
 from ..kube import Cluster
 from . import test_policy as base
 from .test_policy import CHART, TENANT, Policy, allowed, denied, job, sweep

@@ -1,5 +1,5 @@
-"""The generated CRD on the real API server: every manifest of tests/invalid_cases.py is rejected
-by `kubectl apply` with an error naming the field; a valid one is stored with the defaults the
+"""The generated CRD on the real API server: every manifest of tests/builders/invalid_cases.py is
+rejected by `kubectl apply` with an error naming the field; a valid one is stored with the defaults the
 operator's models apply; `kubectl get ftj` prints the api.md columns."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from finetune_api import FineTuneJobSpec
-
-from ..invalid_cases import (
+from tests.builders.invalid_cases import (
     CASES,
     TRANSITIONS,
     Case,
@@ -21,6 +20,7 @@ from ..invalid_cases import (
     server_errors,
     valid_manifest,
 )
+
 from ..kube import Cluster
 
 pytestmark = pytest.mark.cluster

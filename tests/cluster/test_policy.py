@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from finetune_dev.devcluster import build
+from tests.builders.invalid_cases import DELETE, patch_spec_in_phase, patched
 
-from ..invalid_cases import DELETE, patch_spec_in_phase, patched
 from ..kube import Cluster, short_id, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from finetune_api.sweep import FineTuneSweepSpec
+from tests.builders.invalid_cases import names_field, server_errors
 
-from ..invalid_cases import names_field, server_errors
 from ..kube import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -1,5 +1,5 @@
-"""Pydantic validation of the FineTuneJob spec: the table in tests/invalid_cases.py (shared with
-the cluster test against the real API server) and the defaults."""
+"""Pydantic validation of the FineTuneJob spec: the table in tests/builders/invalid_cases.py (shared
+with the cluster test against the real API server) and the defaults."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from pydantic import ValidationError
 
 from finetune_api import FineTuneJob, FineTuneJobSpec
 from finetune_api.spec import LoraSpec, StorageSpec, Toleration
-
-from ..invalid_cases import CASES, Case, names_field, valid_manifest
+from tests.builders.invalid_cases import CASES, Case, names_field, valid_manifest
 
 pytestmark = pytest.mark.unit
 

@@ -32,7 +32,7 @@ from finetune_operator.reports.model import (
     parse_report,
 )
 from finetune_operator.settings import OperatorSettings, SettingsError
-from tests.factories import make_job, make_settings
+from tests.builders.jobs import make_job, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 UTC = dt.UTC

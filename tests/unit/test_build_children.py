@@ -10,7 +10,7 @@ import yaml
 
 from finetune_api.trainer_config import ReportConfig
 from finetune_operator.jobs.build import Children, build_children
-from tests.factories import make_job, make_settings
+from tests.builders.jobs import make_job, make_settings
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ from finetune_api.trainer_config import TrainerConfig
 from finetune_operator.jobs.build import build_children
 from finetune_operator.jobs.build.configmap import build_config_map, trainer_config
 from finetune_operator.jobs.build.pod import build_pod
-from tests.factories import make_job, make_settings
+from tests.builders.jobs import make_job, make_settings
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ import pytest
 
 from finetune_operator.jobs.build import build_children
 from finetune_operator.jobs.build import names as n
-from tests.factories import make_job, make_settings
+from tests.builders.jobs import make_job, make_settings
 
 pytestmark = pytest.mark.unit
 

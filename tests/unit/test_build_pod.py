@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from finetune_operator.jobs.build.pod import build_pod, build_pods, grace_period_seconds
-from tests.factories import make_job, make_settings
+from tests.builders.jobs import make_job, make_settings
 
 pytestmark = pytest.mark.unit
 

@@ -22,8 +22,7 @@ from finetune_operator.cli.manifest import (
     load_manifest,
     manifest_from_options,
 )
-
-from ..factories import job_body
+from tests.builders.jobs import job_body
 
 pytestmark = pytest.mark.unit
 

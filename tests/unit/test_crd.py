@@ -16,8 +16,7 @@ from pydantic import BaseModel
 from finetune_api import FineTuneJobSpec, FineTuneJobStatus
 from finetune_api import crd as crdmod
 from finetune_api.base import ApiModel, cel
-
-from ..invalid_cases import valid_manifest
+from tests.builders.invalid_cases import valid_manifest
 
 pytestmark = pytest.mark.unit
 

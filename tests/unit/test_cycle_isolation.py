@@ -23,7 +23,7 @@ from finetune_operator.jobs import decide as snapshot
 from finetune_operator.jobs.controller import Controller, job_entry
 from finetune_operator.kube import cache
 from finetune_operator.metrics import REGISTRY
-from tests.factories import _merge, job_body, make_settings
+from tests.builders.jobs import _merge, job_body, make_settings
 
 pytestmark = pytest.mark.unit
 

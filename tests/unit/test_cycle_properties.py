@@ -22,8 +22,8 @@ from finetune_operator.jobs.decide import decide
 from finetune_operator.jobs.reconcile import Ctx, JobDecision, due_at, plan
 from finetune_operator.jobs.writes import classify
 from finetune_operator.reports.model import BadReport, parse_report
-from tests.factories import job_body, make_settings
-from tests.podfactory import make_pod
+from tests.builders.jobs import job_body, make_settings
+from tests.builders.pods import make_pod
 
 pytestmark = pytest.mark.unit
 

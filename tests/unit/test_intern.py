@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finetune_operator.kube.intern import intern
-from tests.factories import make_job
+from tests.builders.jobs import make_job
 
 
 def test_equal_specs_and_sub_models_are_shared() -> None:

@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 
 from finetune_operator import metrics as m
 from finetune_operator.jobs.controller import _sample
-from tests.factories import make_job
+from tests.builders.jobs import make_job
 
 pytestmark = pytest.mark.unit
 

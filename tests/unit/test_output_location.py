@@ -15,8 +15,8 @@ from finetune_operator.cli.output import describe_line
 from finetune_operator.jobs.build.output import copy_commands, output_location, summary
 from finetune_operator.jobs.build.pvc import build_pvc, is_own_claim
 from finetune_operator.settings import OperatorSettings, SettingsError
-from tests.factories import make_job
-from tests.podfactory import make_pod
+from tests.builders.jobs import make_job
+from tests.builders.pods import make_pod
 from tests.unit.test_reconcile import DONE, NOW, cond, running
 
 pytestmark = pytest.mark.unit

@@ -12,8 +12,8 @@ from finetune_api.job import FineTuneJob
 from finetune_operator.jobs import ownership
 from finetune_operator.jobs.build import names as n
 from finetune_operator.kube.cache import slim_pod
-from tests.factories import make_job
-from tests.podfactory import make_pod
+from tests.builders.jobs import make_job
+from tests.builders.pods import make_pod
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import datetime as dt
 
 from finetune_api.times import parse_time, rfc3339
 from finetune_operator.jobs.reconcile import JobDecision, due_at
-from tests.factories import make_job
-from tests.podfactory import make_pod
+from tests.builders.jobs import make_job
+from tests.builders.pods import make_pod
 from tests.unit.test_reconcile import DONE, Sim, admitted, cond, running
 
 # no "ttl": the operator setting is unset (finished jobs are kept)

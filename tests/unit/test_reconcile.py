@@ -16,8 +16,8 @@ from finetune_api.job import FineTuneJob
 from finetune_api.status import Condition, FineTuneJobStatus
 from finetune_api.times import parse_time, rfc3339
 from finetune_operator.jobs.reconcile import Ctx, JobDecision, Plan, plan, wants_admission
-from tests.factories import make_job
-from tests.podfactory import REPORTED, gang, make_pod
+from tests.builders.jobs import make_job
+from tests.builders.pods import REPORTED, gang, make_pod
 
 pytestmark = pytest.mark.unit
 

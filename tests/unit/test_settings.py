@@ -14,7 +14,7 @@ from finetune_operator.settings import (
     add_arguments,
     env_name,
 )
-from tests.factories import make_job, make_settings
+from tests.builders.jobs import make_job, make_settings
 
 pytestmark = pytest.mark.unit
 

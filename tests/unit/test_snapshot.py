@@ -13,8 +13,8 @@ from finetune_operator.admission import QueuedJob, RunningJob, Snapshot, Tolerat
 from finetune_operator.jobs.decide import build_snapshot, decide, holds_gpus, policy_error
 from finetune_operator.jobs.reconcile import Ctx, JobDecision, plan
 from finetune_operator.settings import OperatorSettings
-from tests.factories import make_job, make_settings
-from tests.podfactory import gang, make_pod
+from tests.builders.jobs import make_job, make_settings
+from tests.builders.pods import gang, make_pod
 
 pytestmark = pytest.mark.unit
 

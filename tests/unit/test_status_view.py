@@ -19,8 +19,8 @@ from finetune_operator.jobs.pods import (
     set_condition,
     termination_message,
 )
-from tests.factories import make_job
-from tests.podfactory import gang, make_pod
+from tests.builders.jobs import make_job
+from tests.builders.pods import gang, make_pod
 
 pytestmark = pytest.mark.unit
 

@@ -20,8 +20,7 @@ from finetune_operator.sweep.plan import (
     SWEEP_LABEL,
     TRIAL_LABEL,
 )
-
-from ..factories import job_body
+from tests.builders.jobs import job_body
 
 pytestmark = pytest.mark.unit
 

@@ -1,6 +1,6 @@
 """Trainer pods as the API server returns them, for unit tests of the pure core.
 
-    from tests.podfactory import make_pod, gang
+    from tests.builders.pods import make_pod, gang
 
     pod = make_pod(job, 1, 0)                                   # attempt 1, rank 0, Running
     done = make_pod(job, 1, 0, exit_code=0, message={"reason": "Completed", "finalStep": 20})
@@ -21,7 +21,7 @@ from typing import Any
 
 from finetune_api.job import FineTuneJob
 from finetune_operator.jobs.build.pod import CONTAINER_NAME, build_pod
-from tests.factories import make_settings
+from tests.builders.jobs import make_settings
 
 POD_CREATED = "2026-01-01T00:00:10Z"
 STARTED = "2026-01-01T00:00:20Z"

@@ -1,6 +1,6 @@
 """Small factories for unit tests: jobs and settings with sensible defaults.
 
-    from tests.factories import make_job, make_settings
+    from tests.builders.jobs import make_job, make_settings
 
     job = make_job(gpus=2, priority_class="finetune-high", nodes=2,
                    training={"maxSteps": 10}, dataset={"format": "alpaca"})
