@@ -1,6 +1,6 @@
 """The generated CRD on the real API server: every manifest of tests/builders/invalid_cases.py is
-rejected by `kubectl apply` with an error naming the field; a valid one is stored with the defaults the
-operator's models apply; `kubectl get ftj` prints the api.md columns."""
+rejected by `kubectl apply` with an error naming the field; a valid one is stored with the
+defaults the operator's models apply; `kubectl get ftj` prints the api.md columns."""
 
 from __future__ import annotations
 
