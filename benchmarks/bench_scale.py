@@ -352,7 +352,11 @@ def operator_source(ref: str, work: Path) -> tuple[Path, str]:
     dest = work / f"src-{sha}"
     if not dest.exists():
         dest.mkdir(parents=True)
-        archive = subprocess.run(["git", "archive", sha, "operator", "crds", "charts"],
+        top = set(subprocess.run(["git", "ls-tree", "--name-only", sha], cwd=ROOT,
+                                 capture_output=True, text=True, check=True).stdout.split())
+        # the api distribution has its own folder since the restructure (issue 20)
+        paths = [d for d in ("api", "operator", "crds", "charts") if d in top]
+        archive = subprocess.run(["git", "archive", sha, *paths],
                                  cwd=ROOT, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest, f"commit {sha}"
@@ -362,7 +366,9 @@ class Operator:
     def __init__(self, cfg: dc.ClusterConfig, log_path: Path, src: Path) -> None:
         self.metrics_port = free_port()
         env = {**os.environ, "POD_NAME": "bench-operator", "POD_NAMESPACE": "default",
-               "PYTHONPATH": str(src / "operator")}
+               # the api and the operator of that source (older commits have no api/ folder)
+               "PYTHONPATH": os.pathsep.join(str(src / d) for d in ("api", "operator")
+                                             if (src / d).is_dir())}
         env = {k: v for k, v in env.items() if not k.startswith("FINETUNE_")}
         self.log_path = log_path
         with open(log_path, "wb") as out:
