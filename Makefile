@@ -7,7 +7,7 @@ PYPROJECTS := pyproject.toml api/pyproject.toml operator/pyproject.toml trainer/
 STAMP := $(VENV)/.installed-$(shell cat $(PYPROJECTS) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: images test-images demo demo-sweep test venv cluster-bins system-deps lint crd crd-check chart-crd up down status clean
+.PHONY: images test-images demo demo-sweep test test-fast venv cluster-bins system-deps lint lint-strict crd crd-check chart-crd up down status clean
 
 demo: venv cluster-bins $(if $(IMAGES),images) ## the main job: local cluster + operator + node agent + three jobs (IMAGES=1: trainers run in the trainer image)
 	$(BIN)/python -m finetune_dev.demo $(if $(KEEP),--keep) $(if $(IMAGES),--images)
@@ -15,8 +15,11 @@ demo: venv cluster-bins $(if $(IMAGES),images) ## the main job: local cluster + 
 demo-sweep: venv cluster-bins ## examples/sweep.yaml for real (2x2 grid, 2 at a time), then the comparison table
 	$(BIN)/python -m finetune_dev.demo_sweep $(if $(KEEP),--keep)
 
-test: venv cluster-bins system-deps images ## every test: unit, cluster, trainer, e2e, image (gpu ones skip without a GPU)
+test: venv cluster-bins system-deps images ## every test: unit, cluster, trainer, e2e, image, chaos (gpu ones skip without a GPU); ends with the time per tier
 	scripts/run-tests.sh $(PYTEST_ARGS)
+
+test-fast: venv cluster-bins system-deps ## the inner loop: every pure and unit test (tests/unit, the unit tier; no cluster, no training, no images)
+	scripts/run-tests.sh tests/unit $(PYTEST_ARGS)
 
 images: ## build the operator and trainer images with buildah (no Docker daemon; docs/install.md)
 	scripts/build-images.sh
@@ -43,10 +46,18 @@ system-deps: ## Debian packages the tests need (promtool)
 	  echo "[make] installing promtool (Debian package prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-lint: venv ## ruff, mypy, and every relative link and anchor of the Markdown docs (offline)
+# the packages held to mypy --strict (docs/architecture.md); the rest is checked by plain `mypy`
+MYPY_STRICT := $(BIN)/mypy --strict -p finetune_api -p finetune_operator.admission -p finetune_operator.jobs
+
+lint: venv ## ruff, mypy, the import contracts (lint-imports), mypy --strict on the strict packages, every relative link and anchor of the Markdown docs (offline)
 	$(BIN)/ruff check api operator trainer dev tests benchmarks scripts/check-links.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo
+	$(MYPY_STRICT)
 	$(BIN)/python scripts/check-links.py
+
+lint-strict: venv ## mypy --strict on the api, admission and job-controller packages
+	$(MYPY_STRICT)
 
 crd: venv ## regenerate crds/ (FineTuneJob, FineTuneSweep) from the pydantic models
 	$(BIN)/python -m finetune_api.crd --write

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite (the README's `make test` and CI both land here).
+# Runs the test suite (the README's `make test`, `make test-fast` with tests/unit, and CI all land
+# here); pytest ends with the time per tier (tests/conftest.py).
 # pytest exits 5 when nothing was collected: that is an error for the full suite, but fine when
 # the caller filtered by marker (e.g. `make test PYTEST_ARGS="-m gpu"` on a machine without GPU).
 set -uo pipefail

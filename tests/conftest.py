@@ -1,17 +1,119 @@
-"""Shared fixtures: one real local cluster per test session, a fresh namespace per test."""
+"""Shared fixtures: one real local cluster per test session, a fresh namespace per test.
+
+Every test's tier marker comes from its folder (tests/unit -> unit, ...; `gpu` stays an extra
+marker), a module that declares another tier is an error at collection, and every run ends with
+the time spent per tier."""
 
 from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
 CRD_FILE = ROOT / "crds" / "finetunejobs.finetune.dev.yaml"
 SWEEP_CRD_FILE = ROOT / "crds" / "finetunesweeps.finetune.dev.yaml"
+# folder under tests/ -> its tier marker (the folder name is the marker)
+TIERS = ("unit", "cluster", "e2e", "trainer", "image", "chaos")
+
+
+def tier_of(path: Path) -> str | None:
+    """The tier of a test file: the first folder under tests/ (None outside a tier folder)."""
+    try:
+        first = Path(path).resolve().relative_to(TESTS).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return first if first in TIERS else None
+
+
+def misplaced(tier: str | None, declared: set[str]) -> str | None:
+    """Why a test with these declared tier markers cannot live in this tier's folder (None: it
+    can)."""
+    if tier is None:
+        return f"is outside the tier folders (tests/{{{','.join(TIERS)}}}/): move it into one"
+    other = sorted(declared - {tier})
+    if other:
+        return (f"is marked {', '.join(other)} but lives in tests/{tier}/, whose tests are "
+                f"{tier} tests: move it to tests/{other[0]}/ or drop the marker")
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers added here
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    errors: dict[str, str] = {}
+    for item in items:
+        tier = tier_of(item.path)
+        declared = {m.name for m in item.iter_markers() if m.name in TIERS}
+        why = misplaced(tier, declared)
+        if why is not None:
+            errors.setdefault(str(item.path.relative_to(ROOT)), why)
+        elif tier is not None and tier not in declared:
+            item.add_marker(tier)
+    if errors:
+        raise pytest.UsageError("tier markers follow folders:\n" + "\n".join(
+            f"  {path} {why}" for path, why in sorted(errors.items())))
+
+
+@dataclass
+class TierTime:
+    tests: int = 0
+    seconds: float = 0.0  # setup + call + teardown, summed
+    first: float = float("inf")
+    last: float = 0.0
+
+
+@dataclass
+class RunClock:
+    """This run's per-tier times, fed by every test report."""
+    root: Path = ROOT
+    started: float = 0.0
+    tiers: dict[str, TierTime] = field(default_factory=dict)
+
+    def record(self, report: pytest.TestReport) -> None:
+        tier = tier_of(self.root / report.nodeid.split("::", 1)[0]) or "other"
+        t = self.tiers.setdefault(tier, TierTime())
+        t.seconds += report.duration
+        t.first, t.last = min(t.first, report.start), max(t.last, report.stop)
+        if report.when == "setup":
+            t.tests += 1
+
+
+CLOCK = RunClock()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    CLOCK.root, CLOCK.started, CLOCK.tiers = session.config.rootpath, time.time(), {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    CLOCK.record(report)
+
+
+def tier_summary(times: dict[str, TierTime], wall: float) -> list[str]:
+    """Lines of the per-tier table: tests, summed setup+call+teardown, and the wall-clock span
+    from the tier's first test start to its last test end."""
+    order = [*TIERS, "other"]
+    lines = [f"{'tier':<8} {'tests':>6} {'test time':>10} {'span':>9}"]
+    for tier in sorted(times, key=order.index):
+        t = times[tier]
+        lines.append(f"{tier:<8} {t.tests:>6} {t.seconds:>9.1f}s {t.last - t.first:>8.1f}s")
+    lines.append(f"{'all':<8} {sum(t.tests for t in times.values()):>6} "
+                 f"{sum(t.seconds for t in times.values()):>9.1f}s {wall:>8.1f}s wall")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not CLOCK.tiers:
+        return
+    terminalreporter.write_sep("=", "time per tier")
+    for line in tier_summary(CLOCK.tiers, time.time() - CLOCK.started):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

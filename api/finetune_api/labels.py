@@ -5,16 +5,21 @@ from __future__ import annotations
 
 GROUP_DOMAIN = "finetune.dev"
 
-# on every object the operator creates
+# on every object the operator creates (the recommended app.kubernetes.io labels)
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
 MANAGED_BY_VALUE = "finetune-operator"
 MANAGED_BY_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+TRAINER_APP_NAME = "finetune-trainer"  # the NAME_LABEL value of a job's children
 
 # a job's pods and children
 JOB_LABEL = "finetune.dev/job"
 ATTEMPT_LABEL = "finetune.dev/attempt"
 RANK_LABEL = "finetune.dev/rank"
 JOB_UID_ANNOTATION = "finetune.dev/job-uid"
+POD_LABELS = (ATTEMPT_LABEL, RANK_LABEL, JOB_LABEL)  # what the operator reads of its pods
 
 # a sweep's trials
 SWEEP_LABEL = "finetune.dev/sweep"

@@ -18,9 +18,6 @@ CHECKPOINT_MOUNT = "/mnt/checkpoints"
 CONFIG_MOUNT = "/etc/finetune"
 CONFIG_FILE = "config.yaml"
 
-# Annotation on the trainer's own Pod carrying its progress (JSON, camelCase keys).
-PROGRESS_ANNOTATION = "finetune.dev/progress"
-
 # The projected ServiceAccount token trainers authenticate their reports with (build/pod.py).
 REPORT_TOKEN_DIR = "/var/run/secrets/finetune.dev/report"
 REPORT_TOKEN_FILE = f"{REPORT_TOKEN_DIR}/token"

@@ -27,39 +27,49 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf
 
-    from finetune_operator import lifecycle as handlers
+    from finetune_operator import lifecycle
     from finetune_operator.http import metrics as metrics_server
     from finetune_operator.http import server as serve
+    from finetune_operator.http.identity import PodIdentity
     from finetune_operator.jobs.controller import Controller
     from finetune_operator.kube.client import Kube, load_client
     from finetune_operator.reports.channel import start_channel
+    from finetune_operator.reports.model import ProgressReport, parse_termination
+    from finetune_operator.reports.rejects import Rejections
 
     kopf.configure(verbose=args.verbose)  # one log handler for kopf's and our loggers
     logging.getLogger("finetune_operator").setLevel(logging.DEBUG if args.verbose
                                                     else logging.INFO)
-    kube = Kube(load_client(args.kubeconfig), timeout_seconds=settings.api_timeout_seconds)
-    controller = Controller(kube, settings)
-    channel = start_channel(settings, kube.token_review, controller.on_report)
-    controller.report_config = channel.config
-    controller.on_termination = channel.termination
-    handlers.install(controller)
+    kube = Kube(load_client(args.kubeconfig), timeout_seconds=settings.cycle.api_timeout_seconds)
+    rejections = Rejections()  # bad reports and termination messages, counted once per pod
+
+    def termination(pod_key: str, raw: str) -> None:
+        parse_termination(raw, lambda bad: rejections.reject(pod_key, bad))
+
+    def on_report(who: PodIdentity, report: ProgressReport) -> None:
+        controller.feeds.on_report(who, report)  # bound below, before any trainer can exist
+
+    channel = start_channel(settings, kube.token_review, on_report, rejections=rejections)
+    controller = Controller(kube, settings, report_config=channel.config,
+                            on_termination=termination)
+    lifecycle.install(controller)
     # /metrics over HTTPS (the report channel's certificate unless it has its own), for
     # bearer tokens allowed to get /metrics (TokenReview + SubjectAccessReview, cached)
-    metrics_tls = (metrics_server.tls_context(settings.metrics_tls_cert_file,
-                                              settings.metrics_tls_key_file)
-                   if settings.metrics_tls_cert_file else channel.server.context)
-    metrics_server.serve(settings.metrics_port, metrics_tls, metrics_server.ScrapeAuth(
+    metrics_tls = (metrics_server.tls_context(settings.endpoints.metrics_tls_cert_file,
+                                              settings.endpoints.metrics_tls_key_file)
+                   if settings.endpoints.metrics_tls_cert_file else channel.server.context)
+    metrics_server.serve(settings.endpoints.metrics_port, metrics_tls, metrics_server.ScrapeAuth(
         lambda token: kube.may_access(token, metrics_server.SCRAPE)))
     endpoints = serve.Endpoints(controller.healthy, controller.ready,
                                 lambda: controller.queue_view,
                                 channel.cached_access(kube.may_list_jobs))
-    serve.serve(endpoints, settings.health_port)  # /healthz, /readyz (plain HTTP: probes)
+    serve.serve(endpoints, settings.endpoints.health_port)  # /healthz, /readyz (plain HTTP: probes)
     channel.server.on_get = endpoints.visibility  # the queue, over the report port's TLS
     channel.server.serving = controller.may_write  # a standby sends clients on to the leader
     kopf.run(
         standalone=True,
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
+        clusterwide=not settings.admission.namespaces,
+        namespaces=settings.admission.namespaces,
     )
     return 0
 

@@ -1,7 +1,7 @@
 """kopf runs the process: start-up/clean-up of the Controller and logging (the probes are
-served by ``serve.py``: /healthz fails when the leader's cycles stop).
+served by ``http/server.py``: /healthz fails when the leader's cycles stop).
 
-The Controller watches what it needs itself (``cache.py``: server-side label selector on pods,
+The Controller watches what it needs itself (``kube/cache.py``: server-side label selector on pods,
 raw JSON, resourceVersion bookkeeping), so kopf has no resource handlers here: it adds no
 finalizers, stores no state on user objects and streams nothing the operator does not read.
 """

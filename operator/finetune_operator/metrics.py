@@ -1,7 +1,8 @@
 """Prometheus metrics of the operator (prefix ``finetune_``), on a dedicated registry.
 
-Handlers call the small functions below; nothing here talks to the Kubernetes API. The
-registry is served over HTTPS, to authorised scrapers only, by :mod:`.metrics_server`.
+The job controller (``jobs/executor.py``) calls the small functions below; nothing here talks
+to the Kubernetes API. The registry is served over HTTPS, to authorised scrapers only, by
+:mod:`finetune_operator.http.metrics`.
 
 - Snapshot gauges (queue depth, GPUs, quota, ``finetune_job_info``, queued-since) are recomputed
   from the latest admission snapshot by :func:`observe_queue` and served atomically by a custom
@@ -27,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from finetune_api.status import CheckpointStatus, Progress
 from finetune_api.times import parse_time
 from finetune_operator.reports.model import REJECT_REASONS
 
@@ -354,42 +356,42 @@ def observe_checkpoint_save(namespace: str, seconds: float) -> None:
 def set_job_progress(
     namespace: str,
     job: str,
-    progress: Mapping[str, Any],
+    progress: Progress,
+    checkpoint: CheckpointStatus | None = None,
     *,
     checkpoint_interval_steps: int | None = None,
     started_at: float | None = None,
 ) -> None:
-    """Mirror a trainer progress object (docs/contracts.md, camelCase keys) into the job gauges.
+    """Mirror a job's status.progress (and status.checkpoint) into the job gauges.
 
-    ``progress["checkpoint"]`` (when present) sets the last-checkpoint timestamp from ``savedAt``
-    and, the first time that checkpoint is seen, observes ``saveSeconds`` in the save histogram;
-    without a checkpoint the timestamp is ``started_at`` (the attempt's start), so a job that never
-    checkpoints still ages. Keys that are missing or null leave their gauge unchanged.
+    ``checkpoint`` (when given) sets the last-checkpoint timestamp from ``saved_at`` and, the
+    first time that checkpoint is seen, observes ``save_seconds`` in the save histogram; without a
+    checkpoint the timestamp is ``started_at`` (the attempt's start), so a job that never
+    checkpoints still ages. Fields that are None leave their gauge unchanged.
     """
     key = (namespace, job)
-    values = {
-        JOB_STEP: progress.get("step"),
-        JOB_TOTAL_STEPS: progress.get("totalSteps"),
-        JOB_LOSS: progress.get("loss"),
-        JOB_TOKENS_PER_SECOND: progress.get("tokensPerSecond"),
-        JOB_ETA: progress.get("etaSeconds"),
+    values: dict[Gauge, float | None] = {
+        JOB_STEP: progress.step,
+        JOB_TOTAL_STEPS: progress.total_steps,
+        JOB_LOSS: progress.loss,
+        JOB_TOKENS_PER_SECOND: progress.tokens_per_second,
+        JOB_ETA: progress.eta_seconds,
         JOB_CHECKPOINT_INTERVAL: checkpoint_interval_steps,
     }
-    ckpt = progress.get("checkpoint") or {}
-    saved_at = _timestamp(ckpt.get("savedAt"))
+    saved_at = _timestamp(checkpoint.saved_at) if checkpoint is not None else None
     values[JOB_LAST_CHECKPOINT] = saved_at if saved_at is not None else started_at
     with _lock:
         _progress_jobs.add(key)
     for gauge, value in values.items():
         if value is not None:
             gauge.labels(*key).set(float(value))
-    if saved_at is not None:
-        seen = (ckpt.get("step"), ckpt.get("savedAt"))
+    if checkpoint is not None and saved_at is not None:
+        seen = (checkpoint.step, checkpoint.saved_at)
         with _lock:
             new = _last_checkpoint_seen.get(key) != seen
             _last_checkpoint_seen[key] = seen
-        if new and ckpt.get("saveSeconds") is not None:
-            observe_checkpoint_save(namespace, float(ckpt["saveSeconds"]))
+        if new and checkpoint.save_seconds is not None:
+            observe_checkpoint_save(namespace, float(checkpoint.save_seconds))
 
 
 def forget_job(namespace: str, job: str) -> None:

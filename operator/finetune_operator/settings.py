@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 if TYPE_CHECKING:
     from finetune_api.job import FineTuneJob
@@ -48,8 +49,13 @@ class SettingsError(ValueError):
     """A setting has an invalid value; the message names the variable or flag to fix."""
 
 
-class OperatorSettings(BaseModel):
+class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AdmissionSettings(_Section):
+    """Who may run what and in which order: watched namespaces, priority bands, aging, limits,
+    the GPU resource (docs/scheduling.md)."""
 
     namespaces: list[NamespaceName] = Field(
         default_factory=list, description="namespaces to watch; empty = all"
@@ -77,44 +83,48 @@ class OperatorSettings(BaseModel):
         description="reservations for large aged jobs keep at most this share of the free "
         "GPUs idle while smaller work waits (docs/scheduling.md)")
     min_runtime_before_preemption_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    gpu_resource: ResourceName = "nvidia.com/gpu"
+    max_gpus_per_node: int = Field(
+        default=0, ge=0, description="largest node size in GPUs: a job asking more per node "
+        "fails at once; 0 = no static limit (only the grace period applies)")
+
+
+class TrainerSettings(_Section):
+    """The trainer pods the operator creates: image, pull secrets, ServiceAccount, grace period."""
+
     trainer_image: str = Field(
         default="localhost/finetune-operator/trainer:0.1.0", min_length=1,
         description="default trainer image; fully qualified (registry host first)")
     trainer_image_pull_secrets: list[ClassName] = Field(
         default_factory=list, description="Secrets (in each job's namespace) trainer pods pull "
         "their image with")
-    gpu_resource: ResourceName = "nvidia.com/gpu"
+    trainer_service_account: Annotated[
+        str, StringConstraints(pattern=_DNS_SUBDOMAIN, max_length=253)
+    ] = Field(
+        default="default",
+        description="ServiceAccount of trainer pods (needs no RBAC: its token is only "
+        "for the report channel and is not mounted for the API server)",
+    )
     grace_period_seconds: int = Field(default=120, ge=1)
     max_grace_period_seconds: int = Field(
         default=600, ge=1, le=86400,
         description="cap of trainer pods' termination grace period (which grows with the "
         "save time the trainer reports): how long a stopping pod may keep its GPUs")
-    backoff_base_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+
+
+class CycleSettings(_Section):
+    """The scheduling cycle, its API budget and the passing states (docs/operator.md)."""
+
     admission_interval_seconds: float = Field(
         default=5.0, gt=0, allow_inf_nan=False,
         description="the policy reruns at least this often (aging, timers) without events")
-    metrics_port: Port = Field(default=8080, description="HTTPS port of /metrics (a bearer "
-                               "token allowed to get the non-resource URL /metrics is needed)")
-    metrics_tls_cert_file: str = Field(
-        default="", description="serving certificate of /metrics (PEM); empty = the report "
-        "channel's certificate")
-    metrics_tls_key_file: str = Field(default="", description="its private key (PEM)")
-    health_port: Port = 8081
-    # ---- the scheduling cycle and its API budget (docs/operator.md) ----------------------
     min_cycle_interval_seconds: float = Field(
         default=0.2, ge=0, le=60, allow_inf_nan=False,
         description="debounce: a burst of watch events makes one cycle at most this often")
     max_concurrent_writes: int = Field(default=16, ge=1, le=256,
                                        description="API writes of one cycle in flight")
     api_timeout_seconds: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
-    lease_duration_seconds: int = Field(default=15, ge=5, le=600)
-    lease_renew_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False,
-                                       description="leader renews its Lease this often")
-    lease_retry_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False,
-                                       description="a standby tries to acquire this often")
-    health_stale_cycles: int = Field(
-        default=10, ge=1, description="/healthz fails when the leader completed no cycle "
-        "for this many admission intervals (plus 30 s)")
+    backoff_base_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     progress_write_interval_seconds: float = Field(
         default=30.0, ge=0, allow_inf_nan=False,
         description="status.progress is mirrored at most this often per job")
@@ -124,7 +134,6 @@ class OperatorSettings(BaseModel):
     queue_status_interval_seconds: float = Field(
         default=60.0, ge=0, allow_inf_nan=False,
         description="a waiting job's queue position/reason is rewritten at most this often")
-    # ---- passing states (docs/operator.md "When things go wrong") -------------------------
     pods_ready_timeout_seconds: float = Field(
         default=600.0, gt=0, allow_inf_nan=False,
         description="an admitted job whose pods do not all run by then goes back to the queue")
@@ -138,16 +147,42 @@ class OperatorSettings(BaseModel):
         default=900.0, ge=0, allow_inf_nan=False,
         description="a job that cannot fit the cluster/quota as it is now waits this long "
         "before it fails (a quota dip or a node being replaced is a passing state)")
-    max_gpus_per_node: int = Field(
-        default=0, ge=0, description="largest node size in GPUs: a job asking more per node "
-        "fails at once; 0 = no static limit (only the grace period applies)")
-    sweeps: bool = Field(default=True, description="run FineTuneSweeps (needs their CRD)")
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, le=31_536_000,
         description="default seconds a finished job is kept before it is deleted, 0 = at once "
         "(the meaning of spec.ttlSecondsAfterFinished, which overrides it); empty = keep "
         "finished jobs")
-    # ---- the report channel (trainer -> operator over HTTPS; docs/contracts.md) ----------
+    sweeps: bool = Field(default=True, description="run FineTuneSweeps (needs their CRD)")
+
+
+class LeaseSettings(_Section):
+    """Leader election: the Lease the active replica holds (a standby waits)."""
+
+    lease_duration_seconds: int = Field(default=15, ge=5, le=600)
+    lease_renew_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False,
+                                       description="leader renews its Lease this often")
+    lease_retry_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False,
+                                       description="a standby tries to acquire this often")
+
+
+class EndpointSettings(_Section):
+    """The health and metrics listeners."""
+
+    health_port: Port = 8081
+    health_stale_cycles: int = Field(
+        default=10, ge=1, description="/healthz fails when the leader completed no cycle "
+        "for this many admission intervals (plus 30 s)")
+    metrics_port: Port = Field(default=8080, description="HTTPS port of /metrics (a bearer "
+                               "token allowed to get the non-resource URL /metrics is needed)")
+    metrics_tls_cert_file: str = Field(
+        default="", description="serving certificate of /metrics (PEM); empty = the report "
+        "channel's certificate")
+    metrics_tls_key_file: str = Field(default="", description="its private key (PEM)")
+
+
+class ReportSettings(_Section):
+    """The report channel: trainers POST progress over HTTPS (docs/contracts.md)."""
+
     report_port: Port = Field(default=8443, description="HTTPS port trainers POST reports to")
     report_url: str = Field(
         default="", pattern=r"^(https://[^\s/?#]+(/[^\s?#]*)?)?$", max_length=2048,
@@ -181,29 +216,64 @@ class OperatorSettings(BaseModel):
         description="TokenReviews and SubjectAccessReviews the report port may send, all "
         "callers together (bursts of 5 seconds' worth); past it a caller gets 503 and "
         "Retry-After")
-    trainer_service_account: Annotated[
-        str, StringConstraints(pattern=_DNS_SUBDOMAIN, max_length=253)
-    ] = Field(
-        default="default",
-        description="ServiceAccount of trainer pods (needs no RBAC: its token is only "
-        "for the report channel and is not mounted for the API server)",
-    )
+
+
+class OperatorSettings(BaseModel):
+    """Every setting, grouped by the part of the operator that reads it. Each setting keeps its
+    flat name: ``FINETUNE_<NAME>``, ``--<name>``; ``settings.<section>.<name>`` in code."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    cycle: CycleSettings = Field(default_factory=CycleSettings)
+    lease: LeaseSettings = Field(default_factory=LeaseSettings)
+    endpoints: EndpointSettings = Field(default_factory=EndpointSettings)
+    reports: ReportSettings = Field(default_factory=ReportSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest(cls, data: Any) -> Any:
+        """Flat ``{setting: value}`` (the environment, flags, tests) -> sections; a nested
+        ``{section: {...}}`` passes as it is. Unknown names stay at the top and are refused."""
+        if not isinstance(data, Mapping):
+            return data
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            section = SECTION_OF.get(key)
+            if section is None:
+                out[key] = value
+            else:
+                out.setdefault(section, {})[key] = value
+        return out
+
+    def value(self, name: str) -> Any:
+        """A setting by its (flat) name, e.g. ``value("aging_cap")``."""
+        return getattr(getattr(self, SECTION_OF[name]), name)
+
+    def replace(self, **changes: Any) -> OperatorSettings:
+        """A copy with some settings changed, by flat name, validated like the environment."""
+        flat = {name: self.value(name) for name in SECTION_OF}
+        flat.update(changes)
+        return type(self).model_validate(flat)
 
     @model_validator(mode="after")
     def _consistent(self) -> OperatorSettings:
-        if self.grace_period_seconds > self.max_grace_period_seconds:
+        trainer, admission = self.trainer, self.admission
+        if trainer.grace_period_seconds > trainer.max_grace_period_seconds:
             raise ValueError(
-                f"{env_name('grace_period_seconds')}={self.grace_period_seconds} is more than "
-                f"{env_name('max_grace_period_seconds')}={self.max_grace_period_seconds}; "
+                f"{env_name('grace_period_seconds')}={trainer.grace_period_seconds} is more than "
+                f"{env_name('max_grace_period_seconds')}={trainer.max_grace_period_seconds}; "
                 "lower the first or raise the second"
             )
-        if self.default_priority_class not in self.allowed_priority_classes:
+        if admission.default_priority_class not in admission.allowed_priority_classes:
             raise ValueError(
-                f"{env_name('default_priority_class')}={self.default_priority_class} is not in "
-                f"{env_name('allowed_priority_classes')} "
-                f"({', '.join(self.allowed_priority_classes)}); add it there or pick one of these"
+                f"{env_name('default_priority_class')}={admission.default_priority_class} is not "
+                f"in {env_name('allowed_priority_classes')} "
+                f"({', '.join(admission.allowed_priority_classes)}); add it there or pick one of "
+                "these"
             )
-        for ns, classes in self.namespace_priority_classes.items():
+        for ns, classes in admission.namespace_priority_classes.items():
             if not classes:
                 raise ValueError(
                     f"{env_name('namespace_priority_classes')}: namespace {ns} has an empty list, "
@@ -212,14 +282,14 @@ class OperatorSettings(BaseModel):
         ports = ("metrics_port", "health_port", "report_port")
         for i, a in enumerate(ports):
             for b in ports[i + 1:]:
-                if getattr(self, a) == getattr(self, b):
+                if self.value(a) == self.value(b):
                     raise ValueError(
-                        f"{env_name(a)} and {env_name(b)} are both {getattr(self, a)}; "
+                        f"{env_name(a)} and {env_name(b)} are both {self.value(a)}; "
                         "give them different ports"
                     )
         for cert, key in (("report_tls_cert_file", "report_tls_key_file"),
                           ("metrics_tls_cert_file", "metrics_tls_key_file")):
-            if bool(getattr(self, cert)) != bool(getattr(self, key)):
+            if bool(self.value(cert)) != bool(self.value(key)):
                 raise ValueError(
                     f"{env_name(cert)} and {env_name(key)} go together; set both (or neither, "
                     "for the default certificate)"
@@ -240,7 +310,7 @@ class OperatorSettings(BaseModel):
         """Settings from the environment, overridden by the flags of :func:`add_arguments`."""
         raw = _raw_from_env(os.environ if environ is None else environ)
         sources: dict[str, str] = {}
-        for field in cls.model_fields:
+        for field in SECTION_OF:
             value = getattr(args, field, None)
             if value is not None:
                 raw[field] = _parse_text(field, value, flag_name(field))
@@ -250,8 +320,8 @@ class OperatorSettings(BaseModel):
     def as_env(self) -> dict[str, str]:
         """The settings as ``FINETUNE_*`` variables (``from_env(s.as_env()) == s``)."""
         out: dict[str, str] = {}
-        for field in type(self).model_fields:
-            value = getattr(self, field)
+        for field in SECTION_OF:
+            value = self.value(field)
             if isinstance(value, list):
                 text = ",".join(value)
             elif isinstance(value, dict):
@@ -267,15 +337,17 @@ class OperatorSettings(BaseModel):
 
     def watches(self, namespace: str) -> bool:
         """Whether the operator handles jobs in this namespace."""
-        return not self.namespaces or namespace in self.namespaces
+        return not self.admission.namespaces or namespace in self.admission.namespaces
 
     def allowed_classes(self, namespace: str) -> list[str]:
         """PriorityClasses a job in this namespace may name (configured order)."""
-        return list(self.namespace_priority_classes.get(namespace, self.allowed_priority_classes))
+        a = self.admission
+        return list(a.namespace_priority_classes.get(namespace, a.allowed_priority_classes))
 
     def may_preempt(self, priority_class: str | None) -> bool:
         """Whether jobs of this band may preempt lower-priority running jobs."""
-        return priority_class is not None and priority_class in self.preempting_priority_classes
+        return (priority_class is not None
+                and priority_class in self.admission.preempting_priority_classes)
 
     def resolve_priority_class(self, job: FineTuneJob) -> tuple[str | None, str | None]:
         """``(class, None)`` for the class the job's pods get, or ``(None, message)`` when the
@@ -284,10 +356,11 @@ class OperatorSettings(BaseModel):
         allowed = self.allowed_classes(ns)
         wanted = job.spec.priority_class_name
         if wanted is None:
-            if self.default_priority_class in allowed:
-                return self.default_priority_class, None
+            default = self.admission.default_priority_class
+            if default in allowed:
+                return default, None
             return None, (
-                f"no priorityClassName set and the default {self.default_priority_class} is not "
+                f"no priorityClassName set and the default {default} is not "
                 f"allowed in namespace {ns}; allowed: {', '.join(allowed)}; "
                 "set spec.priorityClassName to one of these"
             )
@@ -301,19 +374,41 @@ class OperatorSettings(BaseModel):
     def resolved_report_url(self, pod_namespace: str | None) -> str:
         """The URL trainers POST reports to: the setting, else derived from the operator's
         namespace (in a cluster) or the loopback address (outside one)."""
-        if self.report_url:
-            return self.report_url
+        if self.reports.report_url:
+            return self.reports.report_url
         if pod_namespace:
-            return (f"https://finetune-operator-reports.{pod_namespace}.svc:{self.report_port}"
+            return (f"https://finetune-operator-reports.{pod_namespace}.svc:"
+                    f"{self.reports.report_port}"
                     "/v1/reports")
-        return f"https://127.0.0.1:{self.report_port}/v1/reports"
+        return f"https://127.0.0.1:{self.reports.report_port}/v1/reports"
 
     def backoff_seconds(self, failures: int) -> float:
         """Retry delay after the n-th failure: base * 2^(n-1), at most 10 minutes."""
         if failures <= 0:
             return 0.0
         exponent = min(failures - 1, 32)  # 2^32 * base is far past the cap already
-        return min(self.backoff_base_seconds * math.pow(2, exponent), MAX_BACKOFF_SECONDS)
+        return min(self.cycle.backoff_base_seconds * math.pow(2, exponent), MAX_BACKOFF_SECONDS)
+
+
+# setting name -> its section (flat names are unique across sections)
+SECTIONS: dict[str, type[_Section]] = {
+    "admission": AdmissionSettings,
+    "trainer": TrainerSettings,
+    "cycle": CycleSettings,
+    "lease": LeaseSettings,
+    "endpoints": EndpointSettings,
+    "reports": ReportSettings,
+}
+SECTION_OF: dict[str, str] = {
+    name: section for section, model in SECTIONS.items() for name in model.model_fields
+}
+
+
+
+def setting_fields() -> dict[str, FieldInfo]:
+    """Every setting by its flat name, with its pydantic field (default, description)."""
+    return {name: model.model_fields[name] for model in SECTIONS.values()
+            for name in model.model_fields}
 
 
 # ---- env / flag names and parsing ---------------------------------------------------------
@@ -342,7 +437,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "operator settings", "each flag overrides the FINETUNE_* variable of the same name"
     )
-    for field, info in OperatorSettings.model_fields.items():
+    for field, info in setting_fields().items():
         hint = "LIST" if field in _LIST_FIELDS else "JSON" if field in _JSON_FIELDS else "VALUE"
         default = info.get_default(call_default_factory=True)
         desc = info.description or field.replace("_", " ")
@@ -385,7 +480,7 @@ def _parse_text(field: str, text: str, where: str) -> Any:
 
 def _raw_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     raw: dict[str, Any] = {}
-    for field in OperatorSettings.model_fields:
+    for field in SECTION_OF:
         name = env_name(field)
         if name in environ:
             raw[field] = _parse_text(field, environ[name], name)
@@ -399,6 +494,8 @@ def _build(raw: dict[str, Any], sources: dict[str, str]) -> OperatorSettings:
         problems = []
         for err in e.errors():
             loc = err["loc"]
+            if len(loc) > 1 and loc[0] in SECTIONS:  # (section, setting, ...) -> the setting
+                loc = loc[1:]
             msg = str(err["msg"]).removeprefix("Value error, ")
             if not loc:
                 problems.append(msg)

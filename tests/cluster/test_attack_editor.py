@@ -12,15 +12,14 @@ from typing import Any
 
 import pytest
 
+from tests.builders.chart import CHART
 from tests.builders.invalid_cases import DELETE
+from tests.builders.policy import TENANT, Policy, allowed, denied, job, sweep
 
 from ..kube import Cluster
-from . import test_policy as base
-from .test_policy import CHART, TENANT, Policy, allowed, denied, job, sweep
 
 pytestmark = pytest.mark.cluster
 
-policy = base.policy       # the fixture (indirect parametrization adds chart values)
 MALLORY = "tenant-mallory"  # a second editor in the same namespace: -edit only
 DIGEST = "@sha256:" + "0" * 64
 

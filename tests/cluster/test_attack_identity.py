@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from finetune_api.job import FineTuneJob
+from finetune_api.labels import ATTEMPT_LABEL
 from finetune_operator.jobs.build import names
 
 from ..kube import Cluster, restricted, short_id, wait_for
@@ -103,7 +104,7 @@ def test_an_impostor_of_a_later_attempt_moves_nothing(
         wait_for("the Warning Event on the impostor", lambda: _warnings(cluster, a, fake), 15)
         # seen again (another attempt label): still one Event
         cluster.kubectl("label", "pod", fake, "-n", a, "--overwrite",
-                        f"{names.ATTEMPT_LABEL}=998")
+                        f"{ATTEMPT_LABEL}=998")
         _unharmed(cluster, b, _victim_heard(cluster, b, job, pod, 4), pod)
         _warned_once(cluster, a, fake, job)
     finally:

@@ -4,7 +4,6 @@ list (queue position, reason, progress), top (GPUs vs quota), suspend/resume, de
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ import yaml
 
 from finetune_dev.devcluster import build
 from finetune_dev.nodeagent import start_agent
-from finetune_operator.cli import main
+from tests.builders.cli import SWEEP_CRD, cli, ok, table
 
 from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import OperatorProcess, complete, job_pods, report_progress
@@ -26,37 +25,6 @@ pytestmark = pytest.mark.cluster
 
 MakeNamespace = Callable[..., str]  # conftest.make_namespace(gpu_quota=None)
 GpuNodes = Callable[[int, int], dict[str, str]]  # conftest.gpu_nodes(count, gpus)
-
-
-def cli(cluster: Cluster, *args: str) -> tuple[int, str, str]:
-    """Run the plugin in this process, as `kubectl finetune ARGS` would."""
-    out, err = io.StringIO(), io.StringIO()
-    rc = main(["--kubeconfig", str(cluster.kubeconfig), *args], out, err)
-    return rc, out.getvalue(), err.getvalue()
-
-
-def ok(cluster: Cluster, *args: str) -> str:
-    rc, out, err = cli(cluster, *args)
-    assert rc == 0, f"kubectl finetune {' '.join(args)} failed ({rc}): {err}"
-    return out
-
-
-def table(text: str) -> list[dict[str, str]]:
-    """Parse a plugin table by its header's column offsets."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    header = lines[0]
-    names = header.split("   ")
-    names = [n.strip() for n in names if n.strip()]
-    starts, pos = [], 0
-    for n in names:  # left to right: NAME also occurs inside NAMESPACE
-        pos = header.index(n, pos)
-        starts.append(pos)
-        pos += len(n)
-    rows = []
-    for ln in lines[1:]:
-        cells = [ln[s:e].strip() for s, e in zip(starts, [*starts[1:], None], strict=True)]
-        rows.append(dict(zip(names, cells, strict=True)))
-    return rows
 
 
 def row_of(cluster: Cluster, ns: str, name: str) -> dict[str, str] | None:
@@ -261,9 +229,6 @@ def test_logs_on_a_local_agent_node_point_at_the_log_file(
 
 
 # ---- sweeps and compare (issue 13) -------------------------------------------------------------
-
-SWEEP_CRD = Path(__file__).resolve().parents[2] / "crds" / "finetunesweeps.finetune.dev.yaml"
-
 
 def test_sweep_list_describe_compare_and_compare_jobs(cluster: Cluster, crd_installed: Path,
                                                       make_namespace: MakeNamespace) -> None:

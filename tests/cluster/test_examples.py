@@ -19,9 +19,9 @@ import yaml
 from finetune_api.spec import ConfigMapSource, ResourcesSpec
 from finetune_api.sweep import FineTuneSweepSpec
 from finetune_dev.nodeagent.node import AGENT_LABEL
+from tests.builders.chart import CHART, POLICY_KINDS, render_chart
 
 from ..kube import Cluster, short_id, wait_for
-from .test_policy import CHART, POLICY_KINDS, render_chart
 
 pytestmark = pytest.mark.cluster
 

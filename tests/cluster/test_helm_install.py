@@ -42,11 +42,11 @@ import yaml
 
 from finetune_dev.devcluster import build
 from finetune_dev.nodeagent import AgentProcess, find_log, start_agent
+from tests.builders.cli import table
+from tests.builders.users import as_user, user_kubeconfig
 
 from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import free_port, ftj, job_pods, scraper_token, wait_phase
-from .test_cli import table
-from .test_user_role import as_user, user_kubeconfig
 
 pytestmark = pytest.mark.cluster
 

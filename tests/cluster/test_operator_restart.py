@@ -153,7 +153,7 @@ def test_api_calls_per_job_lifecycle(cluster: Cluster, crd_installed, priority_c
         wait_phase(cluster, ns, "counted", "Running")
         finish_pod(cluster, ns, "counted-a1-0", 0, "Completed", {"reason": "Completed"})
         wait_phase(cluster, ns, "counted", "Succeeded")
-        wait_for("the last writes to land", lambda: ctl.cycles > 0 and not ctl._dirty, 10)
+        wait_for("the last writes to land", lambda: ctl.cycles > 0 and ctl.idle(), 10)
         lifecycle = kube.writes() - before
         writes = {k: v for k, v in kube.calls.items()
                   if k.split()[0] in ("create", "patch", "delete", "replace")}

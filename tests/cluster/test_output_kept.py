@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders.users import GpuNodes, MakeNamespace, allowed, user_kubeconfig, user_role
+
 from ..kube import Cluster, wait_for
 from ..operator_proc import OperatorProcess, complete, ftj, job_pods, wait_phase
-from .test_user_role import GpuNodes, MakeNamespace, allowed, user_kubeconfig, user_role
 
 pytestmark = pytest.mark.cluster
 __all__ = ["user_role"]  # the fixture, imported for this module's tests

@@ -10,74 +10,28 @@ ClusterRole is cluster-wide; the Helm install test creates the chart's under its
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from finetune_dev.devcluster import build
+from tests.builders.cli import SWEEP_CRD, table
+from tests.builders.users import (
+    REFUSED,
+    GpuNodes,
+    MakeNamespace,
+    allowed,
+    as_user,
+    user_kubeconfig,
+    user_role,
+)
 
-from ..kube import Cluster, short_id, wait_for
+from ..kube import Cluster, wait_for
 from ..operator_proc import OperatorProcess, job_pods
-from ..unit.helmchart import RELEASE, one, render
-from .test_cli import SWEEP_CRD, table
 
 pytestmark = pytest.mark.cluster
-
-REFUSED = re.compile(r"\b403\b|forbidden|not allowed to|may not (get|list|watch|create|"
-                     r"update|patch|delete)\b|unavailable", re.I)
-MakeNamespace = Callable[..., str]  # conftest.make_namespace(gpu_quota=None)
-GpuNodes = Callable[[int, int], dict[str, str]]  # conftest.gpu_nodes(count, gpus)
-
-
-@pytest.fixture
-def user_role(cluster: Cluster) -> Iterator[str]:
-    """The chart's -edit ClusterRole, exactly as rendered, under a unique name."""
-    role = one(render(), "ClusterRole", f"{RELEASE}-edit")
-    role["metadata"] = {"name": f"ft-user-{short_id()}"}  # no aggregation labels: bound only
-    cluster.apply(role)
-    yield role["metadata"]["name"]
-    cluster.kubectl("delete", "clusterrole", role["metadata"]["name"], "--ignore-not-found")
-
-
-def user_kubeconfig(cluster: Cluster, ns: str, sa: str, path: Path) -> Path:
-    """A kubeconfig with the cluster's server and CA and ServiceAccount ns/sa's token only."""
-    cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount",
-                   "metadata": {"name": sa, "namespace": ns}})
-    token = cluster.kubectl("create", "token", sa, "-n", ns).stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    ctx = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
-    server = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": sa,
-        "clusters": [server],
-        "users": [{"name": sa, "user": {"token": token}}],
-        "contexts": [{"name": sa, "context": {"cluster": ctx["cluster"], "user": sa,
-                                              "namespace": ns}}]}))
-    return path
-
-
-def as_user(kubeconfig: Path, *args: str) -> tuple[int, str, str]:
-    """`kubectl finetune ARGS` with the user's kubeconfig (the admin's is not consulted)."""
-    import io
-
-    from finetune_operator.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    rc = main(["--kubeconfig", str(kubeconfig), *args], out, err)
-    return rc, out.getvalue(), err.getvalue()
-
-
-def allowed(kubeconfig: Path, *args: str, rc: int = 0) -> str:
-    code, out, err = as_user(kubeconfig, *args)
-    text = out + err
-    assert not REFUSED.search(text), f"kubectl finetune {' '.join(args)} was refused:\n{text}"
-    assert code == rc, f"kubectl finetune {' '.join(args)} exited {code}:\n{text}"
-    return out
-
+__all__ = ["user_role"]  # the fixture, imported for this module's tests
 
 def test_the_user_role_runs_every_command(
         cluster: Cluster, operator: OperatorProcess, make_namespace: MakeNamespace,

@@ -12,9 +12,10 @@ import urllib.request
 import pytest
 import yaml
 
+from tests.builders.cli import cli
+
 from ..kube import Cluster, wait_for
 from ..operator_proc import OperatorProcess, ftj, wait_phase
-from .test_cli import cli
 
 pytestmark = pytest.mark.cluster
 

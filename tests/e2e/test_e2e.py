@@ -5,25 +5,23 @@ saves, and later really resumes; the final adapter equals an uninterrupted run's
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
-from finetune_api import FineTuneJob
 from finetune_dev.devcluster.workloads import (
-    DATASET,
     MODEL_PATH,
-    host_work_dir,
-    tiny_model,
     training_job,
 )
 from finetune_dev.nodeagent import find_log
-from finetune_operator.jobs.build.configmap import trainer_config
+from tests.builders.e2e import (
+    RUN,
+    assert_resumed_cleanly,
+    assert_same_weights,
+    get_job,
+    step_at_least,
+)
 
 from ..kube import Cluster, gpu_pod, priority_class, short_id, wait_for
 from ..operator_proc import OperatorProcess, job_pods, job_status, wait_phase
@@ -31,90 +29,7 @@ from ..operator_proc import OperatorProcess, job_pods, job_status, wait_phase
 pytestmark = pytest.mark.e2e
 # The local node agent's GPUs are not real: jobs use 1 GPU (one trainer process). A job with
 # gpus > 1 runs torchrun with one process per GPU, which needs real GPUs (tests/gpu).
-RUN = 240  # seconds a training job may take on 2 shared cores
 LONG = 3000  # steps: ~30 s here (a step takes ~10 ms), far more than a report + stop round trip
-
-
-def _job(cluster: Cluster, ns: str, name: str) -> dict:
-    job = cluster.get("finetunejob", name, ns)
-    assert job is not None
-    return job
-
-
-def _step_at_least(cluster: Cluster, ns: str, name: str, step: int) -> dict:
-    return wait_for(f"{ns}/{name} at step >= {step}", lambda: (
-        lambda s: s if (s.get("progress") or {}).get("step", 0) >= step else None)(
-        job_status(cluster, ns, name)), RUN)
-
-
-def _adapter(work_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    files = sorted((work_dir / "output" / "adapter").glob("*.safetensors"))
-    assert files, f"no adapter under {work_dir}/output/adapter"
-    return load_file(str(files[0]))
-
-
-def reference_config(job: dict, tmp: Path) -> Path:
-    """The job's trainer config on the same inputs, writing to ``tmp/reference``."""
-    cfg = trainer_config(FineTuneJob.from_body(job))
-    cfg.paths.model = str(tiny_model())
-    cfg.paths.dataset = str(DATASET)
-    cfg.paths.work_dir = str(tmp / "reference")
-    cfg.report = None
-    cfg.termination_log = str(tmp / "reference-termination.log")
-    path = tmp / "reference.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_wire()))
-    return path
-
-
-def _uninterrupted(job: dict, tmp: Path) -> Path:
-    """The same job trained in one go by the trainer itself, on the same inputs."""
-    path = reference_config(job, tmp)
-    subprocess.run([sys.executable, "-m", "finetune_trainer", "--config", str(path)],
-                   check=True, capture_output=True, timeout=RUN)
-    return tmp / "reference"
-
-
-def _assert_same_weights(job: dict, tmp: Path,
-                         reference: Callable[[dict, Path], Path] | None = None) -> None:
-    """The job's final adapter equals the uninterrupted reference run's (by default one
-    process) within 1e-6."""
-    got = _adapter(host_work_dir(job))
-    want = _adapter((reference or _uninterrupted)(job, tmp))
-    assert got.keys() == want.keys()
-    worst = max(float((got[k] - want[k]).abs().max()) for k in got)
-    assert worst <= 1e-6, f"adapter differs from the uninterrupted run by {worst}"
-
-
-def _assert_resumed_cleanly(st: dict, preemptions: int) -> None:
-    assert st["phase"] == "Succeeded"
-    assert (st["preemptions"], st["failures"], st["lostSteps"]) == (preemptions, 0, 0), st
-    assert st["attempt"] == preemptions + 1
-
-
-def _preempted_by_urgent(cluster: Cluster, ns: str, name: str, node: str, gpus: int,
-                         steps: int) -> int:
-    """A critical job ``urgent`` on ``node`` that needs ``gpus`` preempts ``name`` (of ``steps``
-    steps) once; returns the step of its SIGTERM save, which landed mid-run."""
-    cluster.apply(training_job("urgent", gpus=gpus, priority_class="finetune-critical",
-                               node=node, max_steps=5), ns)
-    st = wait_for(f"{name} preempted", lambda: (
-        lambda s: s if s.get("preemptions") == 1 else None)(job_status(cluster, ns, name)),
-        RUN)
-    saved = int(st["checkpoint"]["step"])
-    assert 0 < saved < steps, "the SIGTERM save holds the step the trainer stopped at"
-    return saved
-
-
-def _resumed_after_urgent(cluster: Cluster, ns: str, name: str, saved: int) -> dict:
-    """``urgent`` and ``name`` both finish; ``name`` resumed once, from ``saved``, losing
-    nothing. Returns its status."""
-    wait_phase(cluster, ns, "urgent", "Succeeded", 2 * RUN)
-    st = wait_phase(cluster, ns, name, "Succeeded", 2 * RUN)
-    _assert_resumed_cleanly(st, 1)
-    assert st["progress"]["resumedFromStep"] == saved
-    return st
 
 
 def test_operator_preemption_saves_resumes_and_matches_uninterrupted(
@@ -123,7 +38,7 @@ def test_operator_preemption_saves_resumes_and_matches_uninterrupted(
     # no periodic save before the end (interval > steps): a checkpoint mid-run is the SIGTERM one
     cluster.apply(training_job("low", gpus=1, priority_class="finetune-low", node=agent.node,
                                max_steps=LONG, interval_steps=10 * LONG), ns)
-    _step_at_least(cluster, ns, "low", 8)
+    step_at_least(cluster, ns, "low", 8)
     first_pod = job_pods(cluster, ns, "low")[0]["metadata"]["name"]
     cluster.apply(training_job("urgent", gpus=1, priority_class="finetune-critical",
                                node=agent.node, max_steps=10), ns)
@@ -137,10 +52,10 @@ def test_operator_preemption_saves_resumes_and_matches_uninterrupted(
     assert log is not None and "Preempted" in log.read_text()
     wait_phase(cluster, ns, "urgent", "Succeeded", RUN)
     st = wait_phase(cluster, ns, "low", "Succeeded", RUN)
-    _assert_resumed_cleanly(st, 1)
+    assert_resumed_cleanly(st, 1)
     assert st["progress"]["resumedFromStep"] == saved
     assert st["progress"]["step"] == LONG
-    _assert_same_weights(_job(cluster, ns, "low"), tmp_path)
+    assert_same_weights(get_job(cluster, ns, "low"), tmp_path)
 
 
 def test_scheduler_preemption_saves_and_resumes(
@@ -148,7 +63,7 @@ def test_scheduler_preemption_saves_and_resumes(
     ns = train_ns()
     cluster.apply(training_job("victim", gpus=1, priority_class="finetune-low",
                                node=agent.node, max_steps=LONG, interval_steps=10 * LONG), ns)
-    _step_at_least(cluster, ns, "victim", 8)
+    step_at_least(cluster, ns, "victim", 8)
     # not a FineTuneJob: another workload's pod with a preempting class of its own (the
     # finetune-* bands never preempt through the scheduler), scheduled by the kube-scheduler
     cls = f"other-urgent-{short_id()}"
@@ -167,8 +82,8 @@ def test_scheduler_preemption_saves_and_resumes(
     wait_for("intruder ran", lambda: (cluster.get("pod", "intruder", ns) or {}).get(
         "status", {}).get("phase") == "Succeeded", RUN)
     st = wait_phase(cluster, ns, "victim", "Succeeded", RUN)
-    _assert_resumed_cleanly(st, 1)
-    _assert_same_weights(_job(cluster, ns, "victim"), tmp_path)
+    assert_resumed_cleanly(st, 1)
+    assert_same_weights(get_job(cluster, ns, "victim"), tmp_path)
     cluster.kubectl("delete", "priorityclass", cls)
 
 
@@ -177,7 +92,7 @@ def test_suspend_saves_and_resume_completes(
     ns = train_ns()
     cluster.apply(training_job("pausable", gpus=1, priority_class="finetune-normal",
                                node=agent.node, max_steps=LONG, interval_steps=10 * LONG), ns)
-    _step_at_least(cluster, ns, "pausable", 5)
+    step_at_least(cluster, ns, "pausable", 5)
     cluster.kubectl("patch", "finetunejob", "pausable", "-n", ns, "--type=merge",
                     "-p", '{"spec": {"suspend": true}}')
     st = wait_for("suspended", lambda: (
@@ -210,7 +125,7 @@ def test_delete_stops_the_trainer_within_its_grace_period(
     ns = train_ns()
     cluster.apply(training_job("doomed-run", gpus=1, priority_class="finetune-normal",
                                node=agent.node, max_steps=100000), ns)
-    _step_at_least(cluster, ns, "doomed-run", 3)
+    step_at_least(cluster, ns, "doomed-run", 3)
     pod = job_pods(cluster, ns, "doomed-run")[0]
     grace = pod["spec"]["terminationGracePeriodSeconds"]
     started = time.monotonic()

@@ -16,17 +16,17 @@ from finetune_dev.devcluster.workloads import training_job
 from finetune_dev.nodeagent import AgentProcess, find_log
 from finetune_operator.jobs.build.names import pod_name, service_name
 from finetune_operator.jobs.build.service import RENDEZVOUS_PORT
+from tests.builders.e2e import (
+    assert_same_weights,
+    get_job,
+    preempted_by_urgent,
+    resumed_after_urgent,
+    step_at_least,
+    uninterrupted_two_ranks,
+)
 
 from ..kube import Cluster, short_id
 from ..operator_proc import OperatorProcess, job_pods
-from .test_e2e import (
-    _assert_same_weights,
-    _job,
-    _preempted_by_urgent,
-    _resumed_after_urgent,
-    _step_at_least,
-)
-from .test_multiproc import _uninterrupted_two_ranks
 
 pytestmark = pytest.mark.e2e
 # A 2-rank step over the two pods takes 0.1-0.5 s on 2 loaded cores; the SIGTERM landed 5-43
@@ -60,7 +60,7 @@ def test_two_node_gang_is_preempted_whole_and_resumes_exact(
                         max_steps=STEPS, interval_steps=10 * STEPS)
     gang["spec"]["resources"] |= {"nodes": 2, "nodeSelector": {GANG_LABEL: sid}}
     cluster.apply(gang, ns)
-    _step_at_least(cluster, ns, "gang", 8)  # a step needs both ranks (DDP all-reduce)
+    step_at_least(cluster, ns, "gang", 8)  # a step needs both ranks (DDP all-reduce)
     pods = sorted(job_pods(cluster, ns, "gang"), key=lambda p: p["metadata"]["name"])
     assert [p["metadata"]["name"] for p in pods] == [pod_name("gang", 1, r) for r in (0, 1)]
     assert {p["spec"]["nodeName"] for p in pods} == {agent.node, agent_b.node}
@@ -76,12 +76,12 @@ def test_two_node_gang_is_preempted_whole_and_resumes_exact(
     assert seen[0][3] == seen[1][3] != RENDEZVOUS_PORT
 
     # a critical job needs agent's only GPU: the gang is preempted whole (both pods stopped)
-    saved = _preempted_by_urgent(cluster, ns, "gang", agent.node, 1, STEPS)
+    saved = preempted_by_urgent(cluster, ns, "gang", agent.node, 1, STEPS)
     for text in logs(1):
         assert "(Preempted)" in text
         assert text.count("finetune_trainer.stop: SIGTERM received") == 1, "every rank stopped"
 
-    st = _resumed_after_urgent(cluster, ns, "gang", saved)
+    st = resumed_after_urgent(cluster, ns, "gang", saved)
     assert st["progress"]["step"] == STEPS
     # attempt 2 ran whole too, with a port of its own (a new selector: a new allocation)
     master2 = f"{pod_name('gang', 2, 0)}.{service_name('gang')}.{ns}.svc"
@@ -91,4 +91,4 @@ def test_two_node_gang_is_preempted_whole_and_resumes_exact(
     for text in logs(2):
         assert f"resuming from checkpoint-{saved}" in text  # every rank resumes
 
-    _assert_same_weights(_job(cluster, ns, "gang"), tmp_path, _uninterrupted_two_ranks)
+    assert_same_weights(get_job(cluster, ns, "gang"), tmp_path, uninterrupted_two_ranks)

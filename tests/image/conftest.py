@@ -30,9 +30,53 @@ def podman(*args: str, timeout: float = 300, check: bool = True,
     return proc
 
 
+# Run inside an image: which of argv's top-level modules are importable, the installed
+# distributions as importlib.metadata and `pip list` see them (PEP 503 names), and every
+# directory named finetune_* (a package or its .dist-info) anywhere on the file system.
+_CONTENTS = r"""
+import importlib.metadata as md, importlib.util as iu, json, os, re, subprocess, sys
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+pip = subprocess.run([sys.executable, "-m", "pip", "list", "--format", "json",
+                      "--disable-pip-version-check", "--no-color"],
+                     capture_output=True, text=True, check=True).stdout
+found = []
+for top, dirs, _ in os.walk("/"):
+    if top == "/":
+        dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+    found += [os.path.join(top, d) for d in dirs if d.startswith("finetune_")]
+print(json.dumps({
+    "importable": {m: iu.find_spec(m) is not None for m in sys.argv[1:]},
+    "distributions": sorted({norm(d.metadata["Name"] or "") for d in md.distributions()}),
+    "pip": sorted(norm(p["name"]) for p in json.loads(pip)),
+    "dirs": sorted(found)}))
+"""
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What an image carries: importable top-level modules (of those asked about), installed
+    distributions (PEP 503 names: `finetune-api`), and the finetune_* directories on disk."""
+    importable: dict[str, bool]
+    distributions: frozenset[str]
+    pip: frozenset[str]
+    dirs: tuple[str, ...]
+
+    def packages_on_disk(self) -> set[str]:
+        """finetune_* package names found on disk, with or without their .dist-info."""
+        return {d.rsplit("/", 1)[1].split("-", 1)[0] for d in self.dirs}
+
+
 @dataclass
 class Image:
     ref: str
+
+    def contents(self, *modules: str) -> Contents:
+        """Probe the image as the pods run it (its own python, read-only root)."""
+        out = self.run("-e", "PIP_NO_CACHE_DIR=1", "--entrypoint", "python", self.ref, "-c",
+                       _CONTENTS, *modules).stdout
+        got = json.loads(out.strip().splitlines()[-1])
+        return Contents(got["importable"], frozenset(got["distributions"]),
+                        frozenset(got["pip"]), tuple(got["dirs"]))
 
     def inspect(self) -> dict[str, Any]:
         return dict(json.loads(podman("image", "inspect", self.ref).stdout)[0])

@@ -15,6 +15,7 @@ from finetune_dev.devcluster.workloads import host_work_dir, prepare_namespace, 
 from finetune_dev.nodeagent import find_log
 from finetune_dev.nodeagent.container import LABEL
 
+from ..conftest import ROOT
 from ..kube import Cluster, short_id, wait_for
 from ..operator_proc import OperatorProcess, job_pods, job_status
 from .conftest import SIZES, TRAINER_IMAGE, Image, podman
@@ -75,6 +76,39 @@ def test_job_trains_in_the_image_saves_on_sigterm_and_exits_0(
     finally:
         op.stop()
         cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
+
+
+# The trainer image carries its product and the api only (issue 20): no operator, no
+# Kubernetes client or kopf, no Prometheus client, no dev tooling (tiny model, GPU check).
+NOT_CARRIED = {"kopf": "kopf", "kubernetes": "kubernetes",
+               "prometheus_client": "prometheus-client",
+               "finetune_operator": "finetune-operator", "finetune_dev": "finetune-dev"}
+CARRIED = {"finetune_api": "finetune-api", "finetune_trainer": "finetune-trainer",
+           "torch": "torch", "peft": "peft"}
+
+
+def test_carries_the_trainer_and_the_api_only(trainer_image: Image) -> None:
+    got = trainer_image.contents(*NOT_CARRIED, *CARRIED)
+    for module, dist in CARRIED.items():  # the probe sees what is there
+        assert got.importable[module], f"{module} does not import in {trainer_image.ref}"
+        assert dist in got.distributions and dist in got.pip, (dist, sorted(got.distributions))
+    for module, dist in NOT_CARRIED.items():
+        assert not got.importable[module], f"{trainer_image.ref} carries {module}: rebuild it " \
+            "with `make images` (Dockerfile.trainer installs ./api ./trainer[gpu] only)"
+        assert dist not in got.distributions and dist not in got.pip, (
+            f"{trainer_image.ref} has the distribution {dist} installed")
+    assert got.packages_on_disk() == {"finetune_api", "finetune_trainer"}, got.dirs
+
+
+
+def test_gpu_check_runs_in_the_image_from_a_mounted_dev_tree(trainer_image: Image) -> None:
+    # the image carries no dev package; the GPU check (BENCHMARKS.md) runs in it with the
+    # checkout's dev/ mounted read-only, importing only what the image has besides
+    out = trainer_image.run("-v", f"{ROOT / 'dev'}:/src/dev:ro", "-e", "PYTHONPATH=/src/dev",
+                            "--entrypoint", "python", trainer_image.ref, "-m",
+                            "finetune_dev.gpucheck", "--help", check=False)
+    assert out.returncode == 0 and "usage: python -m finetune_dev.gpucheck" in out.stdout, (
+        out.stdout + out.stderr)
 
 
 GPU_PACKAGES = """

@@ -1,10 +1,8 @@
-"""Helpers for the trainer tests: config factories and real trainer subprocesses."""
+"""Real trainer subprocesses for the trainer tests (their configs come from
+tests/builders/trainer.py)."""
 
 from __future__ import annotations
 
-import copy
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,63 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT / "examples" / "data"
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def config_dict(model: Path, work: Path, dataset: str = "messages.jsonl",
-                **over: Any) -> dict[str, Any]:
-    """A valid trainer config (camelCase, as the operator writes it) with overrides merged."""
-    fmt = dataset.split(".")[0]
-    base: dict[str, Any] = {
-        "job": {"namespace": "team-a", "name": "bot", "uid": "uid-1234"},
-        "spec": {
-            "model": {"name": "tiny", "source": {"pvc": {"claimName": "models", "path": "tiny"}}},
-            "dataset": {"source": {"configMap": {"name": "data", "key": "train.jsonl"}},
-                        "format": fmt, "cutoffLen": 128, "validationSplit": 0.1},
-            "method": "lora",
-            "lora": {"rank": 8, "alpha": 16, "dropout": 0.1},
-            "training": {"maxSteps": 14, "learningRate": 0.02, "batchSize": 4,
-                         "lrScheduler": "linear", "warmupRatio": 0.1, "precision": "bf16",
-                         "seed": 7},
-            "checkpoint": {"intervalSteps": 5, "keep": 2},
-            "resources": {"gpus": 0},
-        },
-        "paths": {"model": str(model), "dataset": str(DATA / dataset), "workDir": str(work)},
-        "progress": {"file": str(work.parent / f"{work.name}.progress.json"),
-                     "minIntervalSeconds": 0},
-        "terminationLog": str(work.parent / f"{work.name}.termination.json"),
-    }
-    return deep_merge(base, over)
-
-
-def write_config(path: Path, data: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def trainer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
-    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""})
-    env.update(extra or {})
-    return env
+from tests.builders.trainer import ROOT, config_dict, read_json, trainer_env, write_config
 
 
 def start_trainer(config: Path, log: Path,

@@ -24,10 +24,9 @@ from finetune_trainer.data import (
     tokenize_chat,
     tokenize_text,
 )
+from tests.builders.trainer import DATA
 
-from .helpers import DATA
-
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.trainer
 
 
 def ids(tok: Any, text: str) -> list[int]:

@@ -16,10 +16,11 @@ import pytest
 
 from finetune_trainer import data_formats
 from finetune_trainer.data import DataError, build_examples, read_records
+from tests.builders.trainer import DATA, ROOT, trainer_env
 
-from .helpers import DATA, ROOT, trainer_env, wait_until
+from .helpers import wait_until
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.trainer
 
 ALPACA = [{"instruction": f"Say {i} in words.", "input": "x" * (i % 7),
            "output": f"The number {i}" + " and more" * (i % 5)} for i in range(60)]

@@ -21,16 +21,9 @@ from finetune_trainer.evaluation import (
     similarity,
     split_prompt,
 )
+from tests.builders.trainer import DATA, config_dict, read_json, write_config
 
-from .helpers import (
-    DATA,
-    config_dict,
-    read_json,
-    run_trainer,
-    start_trainer,
-    wait_until,
-    write_config,
-)
+from .helpers import run_trainer, start_trainer, wait_until
 
 pytestmark = pytest.mark.trainer
 

@@ -24,18 +24,9 @@ from finetune_trainer.launch import (
     termination_log_path,
     topology_from,
 )
+from tests.builders.trainer import config_dict, read_json, write_config
 
-from .helpers import (
-    Run,
-    child_pids,
-    config_dict,
-    max_diff,
-    progress_step,
-    read_json,
-    start_launcher,
-    wait_until,
-    write_config,
-)
+from .helpers import Run, child_pids, max_diff, progress_step, start_launcher, wait_until
 
 pytestmark = pytest.mark.trainer
 

@@ -9,8 +9,7 @@ import pytest
 from finetune_trainer import merge
 from finetune_trainer.config import ConfigError
 from finetune_trainer.merge import CPU_OVERHEAD_BYTES, GIB, plan_merge
-
-from .helpers import config_dict
+from tests.builders.trainer import config_dict
 
 pytestmark = pytest.mark.trainer
 

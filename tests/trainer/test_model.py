@@ -21,10 +21,9 @@ from finetune_trainer.model import (
     resolve_target_modules,
 )
 from finetune_trainer.train import training_kwargs
+from tests.builders.trainer import ROOT, config_dict, trainer_env
 
-from .helpers import ROOT, config_dict, trainer_env
-
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.trainer
 
 
 def tiny(arch: str) -> Any:

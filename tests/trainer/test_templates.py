@@ -19,10 +19,9 @@ from finetune_trainer.templates import (
     render,
     tokenize_chat,
 )
+from tests.builders.trainer import DATA
 
-from .helpers import DATA
-
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.trainer
 
 CONV = [{"role": "system", "content": "Be brief."},
         {"role": "user", "content": "What is the capital of France?"},

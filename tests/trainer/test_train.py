@@ -17,19 +17,16 @@ from finetune_trainer.callbacks import (
     SAVE_DELAY_ENV,
     SAVE_DELAY_STEP_ENV,
 )
+from tests.builders.trainer import DATA, config_dict, read_json, write_config
 
 from .helpers import (
-    DATA,
     Run,
-    config_dict,
     max_diff,
-    read_json,
     run_trainer,
     sigterm_at,
     start_launcher,
     start_trainer,
     wait_until,
-    write_config,
 )
 
 pytestmark = pytest.mark.trainer

@@ -13,8 +13,16 @@ import pytest
 
 from finetune_operator.admission import QueuedJob, RunningJob, admit, queue_order
 from finetune_operator.admission.model import Policy
-
-from .test_admission import NOW, admitted, ago, make_job, make_node, make_running, snap, waiting
+from tests.builders.admission import (
+    NOW,
+    admitted,
+    ago,
+    make_job,
+    make_node,
+    make_running,
+    snap,
+    waiting,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,16 @@ from typing import Any
 import pytest
 
 from finetune_operator.admission import Decisions, QueuedJob, admit
-
-from .test_admission import NOW, admitted, ago, make_job, make_node, make_running, snap, waiting
+from tests.builders.admission import (
+    NOW,
+    admitted,
+    ago,
+    make_job,
+    make_node,
+    make_running,
+    snap,
+    waiting,
+)
 
 pytestmark = pytest.mark.unit
 

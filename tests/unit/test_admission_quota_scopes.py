@@ -20,8 +20,7 @@ from finetune_operator.admission import (
     admit,
 )
 from finetune_operator.admission.snapshot import quotas_from_k8s
-
-from .test_admission import GPU, NOW, admitted, make_job, make_node, make_running, waiting
+from tests.builders.admission import GPU, NOW, admitted, make_job, make_node, make_running, waiting
 
 pytestmark = pytest.mark.unit
 

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from finetune_operator.admission import QueuedJob, RunningJob, admit
-
-from .test_admission import GPU, NOW, make_job, make_node, make_running, snap, waiting
+from tests.builders.admission import GPU, NOW, make_job, make_node, make_running, snap, waiting
 
 pytestmark = pytest.mark.unit
 

@@ -33,6 +33,7 @@ from finetune_operator.reports.model import (
 )
 from finetune_operator.settings import OperatorSettings, SettingsError
 from tests.builders.jobs import make_job, make_settings
+from tests.builders.reports import report
 
 ROOT = Path(__file__).resolve().parents[2]
 UTC = dt.UTC
@@ -144,10 +145,15 @@ def test_steering_numbers_are_clamped_at_parse() -> None:
 def test_reported_times_enter_the_status_within_the_attempt(reported: str,
                                                            stored: str | None) -> None:
     st = FineTuneJobStatus(phase="Running", attempt=2, admitted_at=ADMITTED)
-    apply_progress(st, {"step": 5, "updatedAt": reported,
-                        "checkpoint": {"step": 5, "path": "c/5", "savedAt": reported}}, 2, NOW)
-    assert st.checkpoint is not None and st.checkpoint.saved_at == stored
-    assert st.progress is not None and st.progress.updated_at == stored
+    wire = {"step": 5, "updatedAt": reported,
+            "checkpoint": {"step": 5, "path": "c/5", "savedAt": reported}}
+    if stored is None:  # not a time: such a report never gets past the channel's model
+        with pytest.raises(ValidationError):
+            report(wire)
+    else:
+        apply_progress(st, report(wire), 2, NOW)
+        assert st.checkpoint is not None and st.checkpoint.saved_at == stored
+        assert st.progress is not None and st.progress.updated_at == stored
     st2 = FineTuneJobStatus(phase="Preempting", attempt=2, admitted_at=ADMITTED)
     apply_stopped_checkpoint(st2, {"step": 5, "path": "c/5", "savedAt": reported}, NOW)
     assert st2.checkpoint is not None and st2.checkpoint.saved_at == stored
@@ -157,13 +163,13 @@ def test_a_watched_report_never_rolls_back_the_stopped_trainers_checkpoint() -> 
     """The last report (checkpoint 1) is re-applied on every pass until the next attempt; the
     termination message named a later save (checkpoint 2): the later one stays."""
     st = FineTuneJobStatus(phase="Preempting", attempt=1, admitted_at=ADMITTED)
-    report = {"step": 1, "checkpoint": {"step": 1, "path": "c/1"}}
-    apply_progress(st, report, 1, NOW)
+    last = report({"step": 1, "checkpoint": {"step": 1, "path": "c/1"}})
+    apply_progress(st, last, 1, NOW)
     apply_stopped_checkpoint(st, {"step": 2, "path": "c/2"}, NOW)
-    apply_progress(st, report, 1, NOW)
+    apply_progress(st, last, 1, NOW)
     assert st.checkpoint is not None and st.checkpoint.step == 2
     # the next attempt resumed from an older save (the newer one was incomplete): its word
-    apply_progress(st, report, 2, NOW)
+    apply_progress(st, last, 2, NOW)
     assert st.checkpoint.step == 1
 
 
@@ -173,11 +179,12 @@ def test_a_checkpoint_restated_by_the_next_attempt_keeps_its_stored_time() -> No
     the metrics, and no lost work to count)."""
     st = FineTuneJobStatus(phase="Running", attempt=1, admitted_at="2026-01-01T00:00:00Z")
     ck = {"step": 5, "path": "c/5", "savedAt": "2026-01-01T00:10:00Z"}
-    apply_progress(st, {"step": 5, "checkpoint": ck}, 1, NOW)
+    apply_progress(st, report({"step": 5, "checkpoint": ck}), 1, NOW)
     st.attempt, st.admitted_at = 2, ADMITTED
-    apply_progress(st, {"step": 5, "checkpoint": ck}, 2, NOW)
+    apply_progress(st, report({"step": 5, "checkpoint": ck}), 2, NOW)
     assert st.checkpoint is not None and st.checkpoint.saved_at == "2026-01-01T00:10:00Z"
-    apply_progress(st, {"step": 6, "checkpoint": {**ck, "step": 6, "path": "c/6"}}, 2, NOW)
+    apply_progress(st, report({"step": 6, "checkpoint": {**ck, "step": 6, "path": "c/6"}}), 2,
+                   NOW)
     assert st.checkpoint.saved_at == ADMITTED  # a new save of attempt 2: within attempt 2
 
 
@@ -189,7 +196,7 @@ def test_a_checkpoint_restated_by_the_next_attempt_keeps_its_stored_time() -> No
 ])
 def test_the_grace_period_is_capped(save: float, expected: int) -> None:
     settings = make_settings()
-    assert settings.max_grace_period_seconds == 600
+    assert settings.trainer.max_grace_period_seconds == 600
     assert grace_period_seconds(settings, save) == expected
     pod = build_pod(make_job(), settings, 2, 0, None, save)
     assert pod["spec"]["terminationGracePeriodSeconds"] == expected

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.settings import OperatorSettings, env_name
+from finetune_operator.settings import SECTION_OF, OperatorSettings, env_name
 
 from .helmchart import (
     CHART,
@@ -138,7 +138,7 @@ def test_operator_rbac_is_exactly_what_the_code_calls(
     leader = one(docs, "Role", f"{FULLNAME}-leader")
     assert leader["metadata"]["namespace"] == NAMESPACE
     assert leader["rules"] == LEADER_RULES
-    loop_src = (ROOT / "operator" / "finetune_operator" / "jobs" / "controller.py").read_text()
+    loop_src = (ROOT / "operator" / "finetune_operator" / "jobs" / "lease.py").read_text()
     assert f'LEASE_NAME = "{LEADER_RULES[1]["resourceNames"][0]}"' in loop_src
     # the operator takes the Lease's namespace from POD_NAMESPACE (downward API)
     (pod_ns,) = [e for e in container(docs)["env"] if e["name"] == "POD_NAMESPACE"]
@@ -169,8 +169,9 @@ def test_user_roles_aggregate(rendered: dict[str, list[dict[str, Any]]]) -> None
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     editor = {"create", "update", "patch", "delete", "get", "list", "watch"}
     # what `kubectl finetune` reads besides the finetune.dev kinds: describe (events, pods),
-    # logs (pods/log), top (resourcequotas), list --queue (the trainer ConfigMap naming the
-    # operator); read-only, in the namespace the role is bound in
+    # logs (pods/log), top (resourcequotas), list --queue (without the operator's Service, the
+    # trainer ConfigMap naming an operator run outside the cluster); read-only, in the
+    # namespace the role is bound in
     cli_reads = {("", r): READ for r in ("pods", "events", "resourcequotas", "configmaps")}
     cli_reads[("", "pods/log")] = {"get"}
     assert grants(docs, f"{FULLNAME}-edit") == {
@@ -211,17 +212,31 @@ def test_clusterwide_binding(rendered: dict[str, list[dict[str, Any]]]) -> None:
 
 def test_queue_proxy_reaches_the_report_service_only(
         rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """`list --queue` from a laptop: get services/proxy on the report Service's HTTPS port (by
-    port name and number, as a client may write either), nothing else; the operator authorises
-    each caller per namespace itself."""
+    """`list --queue` from a laptop: get the report Service (the plugin finds it by name before
+    any job was admitted) and services/proxy on its HTTPS port (by port name and number, as a
+    client may write either), nothing else; the operator authorises each caller per namespace
+    itself."""
     docs = rendered["defaults"]
     role = one(docs, "Role", f"{FULLNAME}-queue-proxy")
-    port = one(docs, "Service", f"{FULLNAME}-reports")["spec"]["ports"][0]
+    service = one(docs, "Service", f"{FULLNAME}-reports")
+    port = service["spec"]["ports"][0]
     assert role["metadata"]["namespace"] == NAMESPACE
     assert role["rules"] == [{
+        "apiGroups": [""], "resources": ["services"], "verbs": ["get"],
+        "resourceNames": [f"{FULLNAME}-reports"]}, {
         "apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get"],
         "resourceNames": [f"https:{FULLNAME}-reports:{port['name']}",
                           f"https:{FULLNAME}-reports:{port['port']}"]}]
+    # what the plugin looks the Service up by (cli/endpoint.py): the chart's labels and, for a
+    # release named finetune-operator in finetune-system, its name
+    from finetune_operator.cli import endpoint
+
+    labels = service["metadata"]["labels"]
+    assert dict(kv.split("=") for kv in endpoint.SERVICE_SELECTOR.split(",")).items() <= \
+        labels.items()
+    assert {p["name"] for p in service["spec"]["ports"]} == {endpoint.PORT_NAME}
+    assert endpoint.DEFAULT_NAMESPACE == NAMESPACE
+    assert service["metadata"]["name"] == endpoint.DEFAULT_SERVICE
     binding = one(docs, "RoleBinding", f"{FULLNAME}-queue-proxy")
     assert binding["subjects"] == [{"kind": "Group", "name": "system:authenticated",
                                     "apiGroup": "rbac.authorization.k8s.io"}]
@@ -288,22 +303,23 @@ def test_deployment_leader_and_standby_restricted(
 def test_env_is_the_operator_settings_1to1(rendered: dict[str, list[dict[str, Any]]]) -> None:
     env = env_of(rendered["defaults"])
     finetune = {k: v for k, v in env.items() if k.startswith("FINETUNE_")}
-    assert set(finetune) == {env_name(f) for f in OperatorSettings.model_fields}
+    assert set(finetune) == {env_name(f) for f in SECTION_OF}
     # The chart's defaults are the operator's defaults, except three on purpose: installed by
     # the chart, no namespace may use the preempting band until the platform team grants it,
     # trainers report to the chart's own Service, with the chart's certificate.
     chart = OperatorSettings.from_env(finetune)
     bare = OperatorSettings()
-    assert chart.allowed_priority_classes == [
-        c for c in bare.allowed_priority_classes if c not in bare.preempting_priority_classes]
-    assert chart.report_url == f"https://{FULLNAME}-reports.{NAMESPACE}.svc:8443/v1/reports"
+    assert chart.admission.allowed_priority_classes == [
+        c for c in bare.admission.allowed_priority_classes
+        if c not in bare.admission.preempting_priority_classes]
+    assert chart.reports.report_url == f"https://{FULLNAME}-reports.{NAMESPACE}.svc:8443/v1/reports"
     # and every replica serves the chart's report certificate (not one made per process)
     tls = ("report_tls_cert_file", "report_tls_key_file", "report_tls_ca_file")
-    assert [getattr(chart, f) for f in tls] == [
+    assert [chart.value(f) for f in tls] == [
         f"/etc/finetune/reports-tls/{f}" for f in ("tls.crt", "tls.key", "ca.crt")]
-    assert chart.model_copy(update={"allowed_priority_classes": bare.allowed_priority_classes,
-                                    "report_url": bare.report_url,
-                                    **{f: getattr(bare, f) for f in tls}}) == bare
+    assert chart.replace(allowed_priority_classes=bare.admission.allowed_priority_classes,
+                         report_url=bare.reports.report_url,
+                         **{f: bare.value(f) for f in tls}) == bare
 
 
 def test_env_follows_values() -> None:
@@ -385,7 +401,7 @@ def test_default_images(rendered: dict[str, list[dict[str, Any]]]) -> None:
     # another registry (Docker Hub for a short name) can stand in for it
     assert env["FINETUNE_TRAINER_IMAGE"] == "localhost/finetune-operator/trainer:0.1.0"
     assert registry_host(env["FINETUNE_TRAINER_IMAGE"]) == "localhost"
-    assert OperatorSettings().trainer_image == env["FINETUNE_TRAINER_IMAGE"]
+    assert OperatorSettings().trainer.trainer_image == env["FINETUNE_TRAINER_IMAGE"]
 
 
 # ---- PriorityClasses ------------------------------------------------------------------------

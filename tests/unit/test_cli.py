@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 from finetune_api.spec import FineTuneJobSpec
-from finetune_operator.cli import format as fmt
-from finetune_operator.cli import main
+from finetune_operator.cli import main, render
 from finetune_operator.cli.args import build_parser, submit_options
 from finetune_operator.cli.commands import logs_unavailable
 from finetune_operator.cli.errors import CliError, api_error_message
@@ -22,6 +21,11 @@ from finetune_operator.cli.manifest import (
     load_manifest,
     manifest_from_options,
 )
+from finetune_operator.view import compare, sweeps
+from finetune_operator.view.cells import human_duration
+from finetune_operator.view.describe import describe, describe_object
+from finetune_operator.view.jobs import job_row, job_rows, phase_of, reason_text
+from finetune_operator.view.top import top_rows
 from tests.builders.jobs import job_body
 
 pytestmark = pytest.mark.unit
@@ -43,14 +47,14 @@ def job(name: str = "bot", status: dict[str, Any] | None = None, **kw: Any) -> d
     (-5, "0s"),
 ])
 def test_human_duration(seconds: float | None, text: str) -> None:
-    assert fmt.human_duration(seconds) == text
+    assert human_duration(seconds) == text
 
 
 def test_queued_row_shows_position_reason_and_no_eta() -> None:
     j = job(status={"phase": "Queued", "queue": {"position": 3, "reason":
             "needs 2 nvidia.com/gpu; quota team-a has 0 free"}, "preemptions": 2,
             "progress": {"step": 10, "totalSteps": 40, "loss": 0.8312345, "etaSeconds": 99}})
-    row = fmt.job_row(j, NOW)
+    row = render.list_cells(job_row(j, NOW))
     assert row["PHASE"] == "Queued" and row["QUEUE"] == "3"
     assert row["REASON"] == "needs 2 nvidia.com/gpu; quota team-a has 0 free"
     assert (row["PROGRESS"], row["LOSS"], row["ETA"]) == ("10/40 (25%)", "0.8312", "-")
@@ -63,7 +67,7 @@ def test_running_row_shows_progress_eta_and_multi_node_gpus() -> None:
             status={"phase": "Running", "effectivePriorityClass": "finetune-normal",
                     "progress": {"step": 1200, "totalSteps": 3000, "loss": 0.83,
                                  "etaSeconds": 2100}})
-    row = fmt.job_row(j, NOW)
+    row = render.list_cells(job_row(j, NOW))
     assert (row["QUEUE"], row["REASON"], row["ETA"]) == ("-", "-", "35m")
     assert row["GPUS"] == "8x4" and row["PRIORITY"] == "finetune-normal"
     assert row["PROGRESS"] == "1200/3000 (40%)"
@@ -73,36 +77,36 @@ def test_reason_per_phase() -> None:
     failed = job(status={"phase": "Failed", "conditions": [
         {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
          "message": "failed 4 time(s); last: OOMKilled"}]})
-    assert fmt.reason_text(failed) == "BackoffLimitExceeded: failed 4 time(s); last: OOMKilled"
+    assert reason_text(failed) == "BackoffLimitExceeded: failed 4 time(s); last: OOMKilled"
     susp = job(status={"phase": "Suspended", "conditions": [
         {"type": "Suspended", "status": "True", "reason": "Suspended",
          "message": "stopped with its checkpoint kept; clear spec.suspend to resume"}]})
-    assert "clear spec.suspend" in fmt.reason_text(susp)
-    assert fmt.reason_text(job()) == "not seen by the operator yet"
-    assert fmt.phase_of(job()) == "Pending"
-    assert fmt.reason_text(job(status={"phase": "Succeeded"})) == ""
+    assert "clear spec.suspend" in reason_text(susp)
+    assert reason_text(job()) == "not seen by the operator yet"
+    assert phase_of(job()) == "Pending"
+    assert reason_text(job(status={"phase": "Succeeded"})) == ""
 
 
 def test_long_reason_is_cut_unless_wide() -> None:
     long = "needs 2 nvidia.com/gpu; " + "x" * 200
     j = job(status={"phase": "Queued", "queue": {"position": 1, "reason": long}})
-    assert len(fmt.job_row(j, NOW)["REASON"]) == fmt.REASON_WIDTH
-    assert fmt.job_row(j, NOW)["REASON"].endswith("...")
-    assert fmt.job_row(j, NOW, wide=True)["REASON"] == long
+    assert len(render.list_cells(job_row(j, NOW))["REASON"]) == render.REASON_WIDTH
+    assert render.list_cells(job_row(j, NOW))["REASON"].endswith("...")
+    assert render.list_cells(job_row(j, NOW), wide=True)["REASON"] == long
 
 
 def test_list_table_columns_alignment_and_namespace_column() -> None:
     jobs = [job("b-job", status={"phase": "Running"}),
             job("a-job", namespace="team-b", status={"phase": "Queued",
                                                      "queue": {"position": 1, "reason": "r"}})]
-    text = fmt.list_table(jobs, NOW)
+    text = render.list_table(job_rows(jobs, NOW))
     lines = text.splitlines()
-    assert lines[0].split() == list(fmt.LIST_COLUMNS)
+    assert lines[0].split() == list(render.LIST_COLUMNS)
     assert [ln.split()[0] for ln in lines[1:]] == ["b-job", "a-job"]  # by namespace, then name
     # every column starts at the same offset on every line
     col = lines[0].index("PHASE")
     assert all(ln[col:].split()[0] in ("PHASE", "Running", "Queued") for ln in lines)
-    all_ns = fmt.list_table(jobs, NOW, all_namespaces=True).splitlines()
+    all_ns = render.list_table(job_rows(jobs, NOW), all_namespaces=True).splitlines()
     assert all_ns[0].split()[:2] == ["NAMESPACE", "NAME"]
     assert all_ns[1].split()[:2] == ["team-a", "b-job"]
 
@@ -130,7 +134,7 @@ def test_describe_has_spec_counters_conditions_checkpoint_output_and_events() ->
          "lastTimestamp": "2026-01-01T00:00:05Z", "metadata": {"resourceVersion": "8"},
          "involvedObject": {"kind": "FineTuneJob", "name": "bot"}},
     ]
-    text = fmt.describe_text(j, events, NOW)
+    text = render.describe_text(describe(j, events, NOW))
     assert "Name:         bot" in text and "Namespace:    team-a" in text
     assert "tiny-llama from pvc models:tiny-llama" in text
     assert "lora (rank 8, alpha 32)" in text and "maxSteps 300" in text
@@ -141,8 +145,8 @@ def test_describe_has_spec_counters_conditions_checkpoint_output_and_events() ->
     # events in order (ties on the second broken by resourceVersion)
     assert text.index("accepted") < text.index("attempt 1 admitted") < \
         text.index("training finished")
-    assert fmt.describe_text(job(), [], NOW).count("<none>") == 2
-    obj = fmt.describe_object(j, events)
+    assert render.describe_text(describe(job(), [], NOW)).count("<none>") == 2
+    obj = describe_object(j, events)
     assert [e["reason"] for e in obj["events"]] == ["Queued", "Admitted", "Completed"]
 
 
@@ -163,7 +167,7 @@ def test_top_rows_gpus_held_vs_quota_and_queue_order() -> None:
                           "used": {"requests.nvidia.com/gpu": "7"}}},
               {"metadata": {"namespace": "idle"},
                "status": {"hard": {"requests.nvidia.com/gpu": "4"}, "used": {}}}]
-    rows = fmt.top_rows(jobs, quotas, namespaces=["empty"])
+    rows = top_rows(jobs, quotas, namespaces=["empty"])
     by = {(r["namespace"], r["gpuResource"]): r for r in rows}
     a = by[("team-a", "nvidia.com/gpu")]
     assert (a["allocated"], a["running"], a["quotaHard"], a["quotaUsed"], a["quotaFree"]) == \
@@ -174,18 +178,18 @@ def test_top_rows_gpus_held_vs_quota_and_queue_order() -> None:
     assert by[("team-b", "nvidia.com/gpu")]["quotaHard"] is None
     assert by[("idle", "nvidia.com/gpu")]["quotaFree"] == 4.0
     assert by[("empty", "nvidia.com/gpu")]["allocated"] == 0
-    table = fmt.top_table(rows).splitlines()
+    table = render.top_table(rows).splitlines()
     assert table[0].split()[:4] == ["NAMESPACE", "RESOURCE", "ALLOCATED", "QUOTA"]
     line = next(ln for ln in table if ln.startswith("team-a") and "nvidia.com/gpu " in ln)
     assert line.split() == ["team-a", "nvidia.com/gpu", "6", "8", "7", "1", "2", "2", "5", "q1"]
     assert "none" in next(ln for ln in table if ln.startswith("team-b"))
-    assert "q1, q2" in fmt.top_table(rows, wide=True)
+    assert "q1, q2" in render.top_table(rows, wide=True)
 
 
 def test_structured_output_parses() -> None:
-    data = fmt.as_list([job()])
-    assert json.loads(fmt.dump(data, "json"))["items"][0]["metadata"]["name"] == "bot"
-    assert yaml.safe_load(fmt.dump(data, "yaml"))["kind"] == "List"
+    data = render.as_list([job()])
+    assert json.loads(render.dump(data, "json"))["items"][0]["metadata"]["name"] == "bot"
+    assert yaml.safe_load(render.dump(data, "yaml"))["kind"] == "List"
 
 
 # ------------------------------------------------------------------ submit manifests
@@ -409,8 +413,6 @@ def _finished(name: str, metrics: dict[str, float], gpus: int = 2, preemptions: 
 
 
 def test_compare_ranks_by_the_metric_and_shows_the_differing_fields() -> None:
-    from finetune_operator.cli import compare
-
     jobs = [_finished("a", {"testLoss": 0.9, "testRougeL": 40.0}, training={"learningRate": 1e-4}),
             _finished("b", {"testLoss": 0.5, "testRougeL": 55.0}, training={"learningRate": 3e-4},
                       preemptions=2),
@@ -428,7 +430,7 @@ def test_compare_ranks_by_the_metric_and_shows_the_differing_fields() -> None:
     assert [r["name"] for r in up][:2] == ["b", "a"]  # scores: higher is better
     down = compare.compare_rows(jobs, now, "testRougeL", minimize=True)
     assert [r["name"] for r in down][:2] == ["a", "b"]
-    table = compare.compare_table(rows).splitlines()
+    table = render.compare_table(compare.compare_table(rows)).splitlines()
     assert table[0].split() == ["RANK", "NAME", "PHASE", "LEARNINGRATE", "TESTLOSS",
                                 "TESTROUGEL", "GPU-HOURS", "PREEMPTIONS"]
     assert table[1].split() == ["1", "b", "Succeeded", "0.0003", "0.5", "55", "3.00", "2"]
@@ -436,20 +438,18 @@ def test_compare_ranks_by_the_metric_and_shows_the_differing_fields() -> None:
 
 
 def test_trial_parameters_come_from_the_sweep_annotation() -> None:
-    from finetune_operator.cli import compare
-    from finetune_operator.sweep.plan import PARAMETERS_ANNOTATION
+    from finetune_api.labels import PARAMETERS_ANNOTATION
 
     trial = _finished("lr-t0", {"evalLoss": 1.0})
     trial["metadata"]["annotations"][PARAMETERS_ANNOTATION] = json.dumps({"lora.rank": 8})
     rows = compare.compare_rows([trial], dt.datetime(2026, 1, 2, tzinfo=dt.UTC), "evalLoss")
     assert rows[0]["parameters"] == {"lora.rank": 8} and rows[0]["rank"] == 1
     # "rank" would clash with the RANK column: the whole path names it
-    assert compare.compare_table(rows).split()[:4] == ["RANK", "NAME", "PHASE", "LORA.RANK"]
+    assert render.compare_table(compare.compare_table(rows)).split()[:4] == [
+        "RANK", "NAME", "PHASE", "LORA.RANK"]
 
 
 def test_sweep_list_and_describe_text() -> None:
-    from finetune_operator.cli import compare
-
     sweep = {"metadata": {"name": "lr", "namespace": "team-a",
                           "creationTimestamp": "2026-01-01T10:00:00Z"},
              "spec": {"parameters": [{"path": "lora.rank", "values": [4, 8]}],
@@ -458,11 +458,11 @@ def test_sweep_list_and_describe_text() -> None:
              "status": {"phase": "Running", "summary": "1/2", "activeTrials": 1,
                         "best": {"name": "lr-t0", "metric": "testLoss", "value": 0.5}}}
     now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
-    lines = compare.sweep_list_table([sweep], now, False).splitlines()
+    lines = render.sweep_list_table([sweeps.sweep_row(sweep, now)]).splitlines()
     assert lines[0].split() == ["NAME", "PHASE", "TRIALS", "ACTIVE", "METRIC", "BEST", "VALUE",
                                 "AGE"]
     assert lines[1].split() == ["lr", "Running", "1/2", "1", "testLoss", "lr-t0", "0.5", "120m"]
-    text = compare.sweep_describe_text(sweep, [])
+    text = render.sweep_describe_text(sweeps.describe_sweep(sweep, []))
     assert "minimize testLoss" in text and "lora.rank" in text and "4, 8" in text
     assert "after 10 steps" in text and "lr-t0 testLoss=0.5" in text
 

@@ -1,29 +1,30 @@
-"""loop.py's cycle, failure isolation (issue 19, deliverable 2): a job whose data one per-job step
-cannot process (snapshot entry, decision words, plan, write classification, timers, metrics
-sample) gets an InvalidData condition, an Event and a count, once per problem; it is left out of
-that cycle, and every other job is admitted and executed as usual.
+"""The controller's cycle (jobs/cycle.py), failure isolation (issue 19, deliverable 2): a job
+whose data one per-job step cannot process (snapshot entry, decision words, plan, write
+classification, timers, metrics sample) gets an InvalidData condition, an Event and a count,
+once per problem; it is left out of that cycle, and every other job is admitted and executed
+as usual.
 
-The Controller runs against a recording fake of its Kube client (the real calls are exercised
-on the real control plane in tests/cluster/test_failure_isolation.py)."""
+The Controller runs against a recording fake of its JobKube (tests/builders/jobkube.py; the real
+calls are exercised on the real control plane in tests/cluster/test_failure_isolation.py)."""
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from finetune_api.job import FineTuneJob
-from finetune_operator.jobs import controller as loop
+from finetune_operator.jobs import cycle as cycle_module
 from finetune_operator.jobs import decide as snapshot
-from finetune_operator.jobs.controller import Controller, job_entry
-from finetune_operator.kube import cache
+from finetune_operator.jobs.controller import Controller
+from finetune_operator.jobs.executor import Executor
+from finetune_operator.jobs.feeds import job_entry
 from finetune_operator.metrics import REGISTRY
-from tests.builders.jobs import _merge, job_body, make_settings
+from tests.builders.jobkube import FakeClock, RecordingJobKube, gpu_node, load
+from tests.builders.jobs import job_body, make_settings
 
 pytestmark = pytest.mark.unit
 
@@ -32,93 +33,28 @@ GOOD = (("team-a", "first"), ("team-c", "last"))
 BAD = ("team-b", "bad")
 
 
-class RecordingKube:
-    """The Kube calls the Controller makes, recorded; job statuses are merge-patched in place
-    and every write bumps the resourceVersion, as the API server does."""
-
-    def __init__(self, bodies: list[dict[str, Any]]) -> None:
-        self.jobs = {(b["metadata"]["namespace"], b["metadata"]["name"]): b for b in bodies}
-        self.calls: list[tuple[str, str, str]] = []  # (verb, kind, namespace/name)
-        self.events: list[tuple[str, str, str]] = []  # (namespace/name, reason, message)
-        self._lock = threading.Lock()
-        self._rv = 100
-
-    def _record(self, verb: str, kind: str, ns: str, name: str) -> None:
-        with self._lock:
-            self.calls.append((verb, kind, f"{ns}/{name}"))
-            self._rv += 1
-
-    def patch_job_status(self, namespace: str, name: str, status: dict,
-                         resource_version: str | None = None) -> dict | None:
-        self._record("patch", "FineTuneJob", namespace, name)
-        body = self.jobs[(namespace, name)]
-        body["status"] = _merge(body.get("status") or {}, status)  # RFC 7386
-        body["metadata"]["resourceVersion"] = str(self._rv)
-        return copy.deepcopy(body)
-
-    def create_or_get(self, obj: dict) -> dict:
-        meta = obj["metadata"]
-        self._record("create", obj["kind"], meta["namespace"], meta["name"])
-        return {**obj, "metadata": {**meta, "uid": f"uid-{meta['name']}",
-                                    "resourceVersion": str(self._rv)}}
-
-    create_or_patch = create_or_get
-
-    def delete_pod(self, namespace: str, name: str, uid: str | None = None,
-                   grace_seconds: int | None = None) -> bool:
-        self._record("delete", "Pod", namespace, name)
-        return True
-
-    def delete_job(self, namespace: str, name: str, uid: str) -> bool:
-        self._record("delete", "FineTuneJob", namespace, name)
-        return True
-
-    def event(self, job: dict, type_: str, reason: str, message: str, now: dt.datetime,
-              kind: str = "FineTuneJob") -> None:
-        meta = job["metadata"]
-        self._record("create", "Event", meta["namespace"], meta["name"])
-        with self._lock:
-            self.events.append((f"{meta['namespace']}/{meta['name']}", reason, message))
-
-    def writes(self, key: str) -> list[tuple[str, str, str]]:
-        with self._lock:
-            return [c for c in self.calls if c[2] == key]
-
-
-def _node() -> dict[str, Any]:
-    return {"metadata": {"name": "node-0"},
-            "status": {"allocatable": {"nvidia.com/gpu": "8"},
-                       "conditions": [{"type": "Ready", "status": "True"}]}}
-
-
 @pytest.fixture
-def cluster() -> Iterator[tuple[Controller, RecordingKube]]:
+def cluster() -> Iterator[tuple[Controller, RecordingJobKube]]:
     bodies = [job_body(name, ns, gpus=gpus, created=f"2026-01-02T11:0{i}:00Z")
               for i, (ns, name, gpus) in enumerate(
                   [(*GOOD[0], 1), (*BAD, 1), (*GOOD[1], 1)])]
-    kube = RecordingKube(bodies)
-    ctrl = Controller(kube, make_settings(), namespace="ops", identity="test")  # type: ignore[arg-type]
-    ctrl.leader, ctrl.lease_valid_until = True, time.monotonic() + 3600
-    ctrl.classes.put("finetune-high", 10000)
-    ctrl.nodes.put("node-0", cache.slim_node(_node()))
-    for b in bodies:
-        b["metadata"]["resourceVersion"] = "1"
-        ctrl.jobs.put(b["metadata"]["uid"], job_entry(copy.deepcopy(b)))
+    kube = RecordingJobKube(bodies)
+    ctrl = Controller(kube, make_settings(), namespace="ops", identity="test",
+                      clock=FakeClock(NOW))
+    ctrl.lease.grant(3600)
+    load(ctrl, kube, [gpu_node()], {"finetune-high": 10000})
     yield ctrl, kube
-    ctrl.leader = False
+    ctrl.lease.leader = False
     ctrl.stop()
 
 
 def run_cycle(ctrl: Controller, at: dt.datetime) -> None:
     """One cycle, and its background writes landed (the next cycle sees them)."""
-    ctrl.cycle(at)
-    deadline = time.monotonic() + 10
-    while ctrl._inflight:
-        assert time.monotonic() < deadline, f"writes still in flight: {ctrl._inflight}"
-        time.sleep(0.01)
+    ctrl.run_cycle(at)
+    ctrl.executor.drain()
 
 
-def status(kube: RecordingKube, ns: str, name: str) -> dict[str, Any]:
+def status(kube: RecordingJobKube, ns: str, name: str) -> dict[str, Any]:
     return dict(kube.jobs[(ns, name)].get("status") or {})
 
 
@@ -143,16 +79,16 @@ def failing_for(fn: Callable[..., Any], uid: str) -> Callable[..., Any]:
 # the per-job stage functions of the cycle, each replaced by one that fails for one job
 STAGES: dict[str, tuple[Any, str]] = {
     "snapshot": (snapshot, "snapshot_entry"),
-    "plan": (loop, "plan"),
-    "write": (Controller, "_write_kind"),
-    "deadline": (loop, "due_at"),
-    "metrics": (loop, "_sample"),
+    "plan": (cycle_module, "plan"),
+    "write": (Executor, "write_kind"),
+    "deadline": (cycle_module, "due_at"),
+    "metrics": (cycle_module, "sample"),
 }
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_a_failing_step_leaves_only_that_job_out(
-        stage: str, cluster: tuple[Controller, RecordingKube],
+        stage: str, cluster: tuple[Controller, RecordingJobKube],
         monkeypatch: pytest.MonkeyPatch) -> None:
     ctrl, kube = cluster
     bad_ns, bad_name = BAD
@@ -189,7 +125,7 @@ def test_a_failing_step_leaves_only_that_job_out(
     monkeypatch.undo()
     body = copy.deepcopy(kube.jobs[BAD])
     body["metadata"]["resourceVersion"] = "999"
-    ctrl.jobs.put(bad_uid, job_entry(body))
+    ctrl.feeds.jobs.put(bad_uid, job_entry(body))
     for i in range(4, 7):
         run_cycle(ctrl, NOW + dt.timedelta(seconds=i))
     st = status(kube, bad_ns, bad_name)
@@ -200,14 +136,14 @@ def test_a_failing_step_leaves_only_that_job_out(
 
 
 def test_a_failing_decision_leaves_only_that_job_out(
-        cluster: tuple[Controller, RecordingKube], monkeypatch: pytest.MonkeyPatch) -> None:
+        cluster: tuple[Controller, RecordingJobKube], monkeypatch: pytest.MonkeyPatch) -> None:
     """The decision words (tenant_words) of a job that cannot fit (9 GPUs, the node has 8):
     it is left out, and the jobs created before and after it are admitted."""
     ctrl, kube = cluster
     bad_ns = BAD[0]
     body = kube.jobs[BAD]
     body["spec"]["resources"]["gpus"] = 9
-    ctrl.jobs.put(body["metadata"]["uid"], job_entry(copy.deepcopy(body)))
+    ctrl.feeds.jobs.put(body["metadata"]["uid"], job_entry(copy.deepcopy(body)))
     words = snapshot.tenant_words
 
     def failing(text: str, namespace: str, keys: set[str]) -> str:

@@ -17,11 +17,11 @@ from pydantic import ValidationError
 
 from finetune_api.job import FineTuneJob
 from finetune_api.spec import MAX_SECONDS
-from finetune_operator.jobs.controller import _sample
+from finetune_operator.jobs.cycle import sample as _sample
 from finetune_operator.jobs.decide import decide
 from finetune_operator.jobs.reconcile import Ctx, JobDecision, due_at, plan
 from finetune_operator.jobs.writes import classify
-from finetune_operator.reports.model import BadReport, parse_report
+from finetune_operator.reports.model import BadReport, ProgressReport, parse_report
 from tests.builders.jobs import job_body, make_settings
 from tests.builders.pods import make_pod
 
@@ -100,7 +100,7 @@ def a_job(draw: st.DrawFn, index: int) -> FineTuneJob:
 
 
 @st.composite
-def a_report(draw: st.DrawFn) -> dict[str, Any] | None:
+def a_report(draw: st.DrawFn) -> ProgressReport | None:
     """A report as the channel hands it on: only what parse_report accepts."""
     if draw(st.booleans()):
         return None
@@ -113,7 +113,7 @@ def a_report(draw: st.DrawFn) -> dict[str, Any] | None:
                               "savedAt": draw(TIMES), "saveSeconds": draw(NUMBERS)}
     try:
         return parse_report(json.dumps({k: v for k, v in body.items() if v is not None})
-                            .encode()).to_wire()
+                            .encode())
     except (BadReport, ValueError):
         return None
 
@@ -138,7 +138,7 @@ def its_pods(draw: st.DrawFn, job: FineTuneJob) -> list[dict[str, Any]]:
 
 @st.composite
 def cluster(draw: st.DrawFn) -> tuple[list[FineTuneJob], dict[str, list[dict]],
-                                      dict[str, dict[str, Any] | None]]:
+                                      dict[str, ProgressReport | None]]:
     jobs = [draw(a_job(i)) for i in range(draw(st.integers(1, 3)))]
     pods = {j.metadata.uid: draw(its_pods(j)) for j in jobs}
     reports = {j.metadata.uid: draw(a_report()) for j in jobs}
@@ -149,7 +149,7 @@ def cluster(draw: st.DrawFn) -> tuple[list[FineTuneJob], dict[str, list[dict]],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(cluster())
 def test_the_pure_cycle_never_raises(world: tuple[list[FineTuneJob], dict[str, list[dict]],
-                                                  dict[str, dict[str, Any] | None]]) -> None:
+                                                  dict[str, ProgressReport | None]]) -> None:
     jobs, pods, reports = world
     active = [p for ps in pods.values() for p in ps
               if p["status"]["phase"] not in ("Succeeded", "Failed")]

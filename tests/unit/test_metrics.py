@@ -15,8 +15,9 @@ import pytest
 from prometheus_client import REGISTRY as GLOBAL_REGISTRY
 from prometheus_client import generate_latest
 
+from finetune_api.status import CheckpointStatus, Progress
 from finetune_operator import metrics as m
-from finetune_operator.jobs.controller import _sample
+from finetune_operator.jobs.cycle import sample as _sample
 from tests.builders.jobs import make_job
 
 pytestmark = pytest.mark.unit
@@ -145,17 +146,15 @@ def test_lost_work_rejects_negative(ns: str) -> None:
         m.count_lost_work(ns, steps=-1, gpu_seconds=0)
 
 
-PROGRESS = {
-    "step": 120, "totalSteps": 300, "epoch": 1.2, "loss": 0.83, "learningRate": 1.6e-4,
-    "tokensPerSecond": 5400.0, "etaSeconds": 210.0, "updatedAt": "2026-11-24T12:00:00Z",
-    "state": "training",
-    "checkpoint": {"step": 100, "path": "checkpoints/checkpoint-100",
-                   "savedAt": "2026-11-24T11:59:00Z", "saveSeconds": 1.7},
-}
+PROGRESS = Progress(step=120, total_steps=300, epoch=1.2, loss=0.83, learning_rate=1.6e-4,
+                    tokens_per_second=5400.0, eta_seconds=210.0,
+                    updated_at="2026-11-24T12:00:00Z")
+CHECKPOINT = CheckpointStatus(step=100, path="checkpoints/checkpoint-100",
+                              saved_at="2026-11-24T11:59:00Z", save_seconds=1.7)
 
 
 def test_set_job_progress_and_forget(ns: str) -> None:
-    m.set_job_progress(ns, "bot", PROGRESS, checkpoint_interval_steps=50)
+    m.set_job_progress(ns, "bot", PROGRESS, CHECKPOINT, checkpoint_interval_steps=50)
     assert value("finetune_job_step", namespace=ns, job="bot") == 120
     assert value("finetune_job_total_steps", namespace=ns, job="bot") == 300
     assert value("finetune_job_loss", namespace=ns, job="bot") == pytest.approx(0.83)
@@ -167,13 +166,14 @@ def test_set_job_progress_and_forget(ns: str) -> None:
                  job="bot") == 1795521540.0
     assert value("finetune_checkpoint_save_seconds_count", namespace=ns) == 1
 
-    # the same checkpoint seen again (every pod event re-reads the annotation): no second save
-    m.set_job_progress(ns, "bot", {**PROGRESS, "step": 130, "loss": None})
+    # the same checkpoint seen again (every cycle re-reads the status): no second save
+    m.set_job_progress(ns, "bot", PROGRESS.model_copy(update={"step": 130, "loss": None}),
+                       CHECKPOINT)
     assert value("finetune_job_step", namespace=ns, job="bot") == 130
     assert value("finetune_job_loss", namespace=ns, job="bot") == pytest.approx(0.83)
     assert value("finetune_checkpoint_save_seconds_count", namespace=ns) == 1
-    ck2 = {"step": 150, "savedAt": "2026-11-24T12:01:00Z", "saveSeconds": 2.0}
-    m.set_job_progress(ns, "bot", {**PROGRESS, "checkpoint": ck2})
+    ck2 = CheckpointStatus(step=150, saved_at="2026-11-24T12:01:00Z", save_seconds=2.0)
+    m.set_job_progress(ns, "bot", PROGRESS, ck2)
     assert value("finetune_checkpoint_save_seconds_count", namespace=ns) == 2
     assert value("finetune_checkpoint_save_seconds_sum", namespace=ns) == pytest.approx(3.7)
 
@@ -236,7 +236,7 @@ def test_sweep_series_are_removed_with_the_last_sweep(ns: str) -> None:
 
 
 def test_set_job_progress_without_checkpoint_uses_start(ns: str) -> None:
-    m.set_job_progress(ns, "new", {"step": 0, "state": "loading"}, started_at=1234.0)
+    m.set_job_progress(ns, "new", Progress(step=0), started_at=1234.0)
     assert value("finetune_job_last_checkpoint_timestamp_seconds", namespace=ns,
                  job="new") == 1234.0
 

@@ -9,15 +9,15 @@ import shlex
 import pytest
 
 from finetune_api.spec import StorageSpec
-from finetune_operator.cli import format as fmt
+from finetune_operator.cli import render
 from finetune_operator.cli.args import build_parser
-from finetune_operator.cli.output import describe_line
 from finetune_operator.jobs.build.output import copy_commands, output_location, summary
 from finetune_operator.jobs.build.pvc import build_pvc, is_own_claim
 from finetune_operator.settings import OperatorSettings, SettingsError
+from finetune_operator.view.describe import describe, describe_line
 from tests.builders.jobs import make_job
 from tests.builders.pods import make_pod
-from tests.unit.test_reconcile import DONE, NOW, cond, running
+from tests.builders.reconcile import DONE, NOW, cond, running
 
 pytestmark = pytest.mark.unit
 
@@ -134,7 +134,7 @@ def test_describe_shows_the_output_claim_of_a_succeeded_job() -> None:
     line = describe_line(body)
     assert line is not None and "bot-checkpoints at finetune/team-a/bot/" in line
     assert "kubectl finetune output bot -n team-a" in line
-    text = fmt.describe_text(body, [], NOW)
+    text = render.describe_text(describe(body, [], NOW))
     assert "Output claim:" in text and "output/adapter" in text
     running_body = running().job.model_dump(by_alias=True, mode="json", exclude_none=True)
     assert describe_line(running_body) is None
@@ -147,11 +147,11 @@ def test_output_command_parses() -> None:
 
 
 def test_ttl_setting_empty_keeps_zero_deletes_at_once() -> None:
-    assert OperatorSettings.from_env({}).ttl_seconds_after_finished is None
+    assert OperatorSettings.from_env({}).cycle.ttl_seconds_after_finished is None
     assert OperatorSettings.from_env({"FINETUNE_TTL_SECONDS_AFTER_FINISHED": ""}) \
-        .ttl_seconds_after_finished is None
+        .cycle.ttl_seconds_after_finished is None
     zero = OperatorSettings.from_env({"FINETUNE_TTL_SECONDS_AFTER_FINISHED": "0"})
-    assert zero.ttl_seconds_after_finished == 0
+    assert zero.cycle.ttl_seconds_after_finished == 0
     for s in (OperatorSettings(), zero):
         assert OperatorSettings.from_env(s.as_env()) == s
     with pytest.raises(SettingsError, match="FINETUNE_TTL_SECONDS_AFTER_FINISHED"):

@@ -9,6 +9,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from finetune_api.job import FineTuneJob
+from finetune_api.labels import ATTEMPT_LABEL, JOB_LABEL, RANK_LABEL
 from finetune_operator.jobs import ownership
 from finetune_operator.jobs.build import names as n
 from finetune_operator.kube.cache import slim_pod
@@ -48,17 +49,17 @@ def test_every_pod_the_operator_builds_belongs_to_its_job(job: FineTuneJob) -> N
     ("another job's uid", _pod(ownerReferences=[{"kind": "FineTuneJob", "uid": "other"}])),
     ("no owner", _pod(ownerReferences=[])),
     ("owner of another kind", _pod(ownerReferences=[{"kind": "Job", "uid": JOB.metadata.uid}])),
-    ("attempt label not matching the name", _pod(labels=_labels(**{n.ATTEMPT_LABEL: "999"}))),
-    ("rank label not matching the name", _pod(labels=_labels(**{n.RANK_LABEL: "1"}))),
-    ("another job's label", _pod(labels=_labels(**{n.JOB_LABEL: "other"}))),
-    ("no attempt label", _pod(labels={n.JOB_LABEL: "bot", n.RANK_LABEL: "0"})),
-    ("no rank label", _pod(labels={n.JOB_LABEL: "bot", n.ATTEMPT_LABEL: "2"})),
+    ("attempt label not matching the name", _pod(labels=_labels(**{ATTEMPT_LABEL: "999"}))),
+    ("rank label not matching the name", _pod(labels=_labels(**{RANK_LABEL: "1"}))),
+    ("another job's label", _pod(labels=_labels(**{JOB_LABEL: "other"}))),
+    ("no attempt label", _pod(labels={JOB_LABEL: "bot", RANK_LABEL: "0"})),
+    ("no rank label", _pod(labels={JOB_LABEL: "bot", ATTEMPT_LABEL: "2"})),
     ("a name the builders never give", _pod(name="bot-a999-0",
-                                            labels=_labels(**{n.ATTEMPT_LABEL: "0999"}))),
-    ("attempt 0", _pod(name="bot-a0-0", labels=_labels(**{n.ATTEMPT_LABEL: "0"}))),
-    ("non-ASCII digits", _pod(labels=_labels(**{n.ATTEMPT_LABEL: "\uff12"}))),
+                                            labels=_labels(**{ATTEMPT_LABEL: "0999"}))),
+    ("attempt 0", _pod(name="bot-a0-0", labels=_labels(**{ATTEMPT_LABEL: "0"}))),
+    ("non-ASCII digits", _pod(labels=_labels(**{ATTEMPT_LABEL: "\uff12"}))),
     ("a huge attempt", _pod(name=f"bot-a{'9' * 30}-0",
-                            labels=_labels(**{n.ATTEMPT_LABEL: "9" * 30}))),
+                            labels=_labels(**{ATTEMPT_LABEL: "9" * 30}))),
 ])
 def test_an_impostor_belongs_to_no_job(what: str, pod: dict) -> None:
     assert ownership.belongs(_pod(), JOB)  # the unmodified pod does
@@ -94,7 +95,7 @@ def test_belongs_only_when_everything_matches_the_builders(
         namespace: str, uid: str, attempt: str, rank: str, name: str) -> None:
     pod = _pod(namespace=namespace, name=name,
                ownerReferences=[{"kind": "FineTuneJob", "uid": uid, "controller": True}],
-               labels=_labels(**{n.ATTEMPT_LABEL: attempt, n.RANK_LABEL: rank}))
+               labels=_labels(**{ATTEMPT_LABEL: attempt, RANK_LABEL: rank}))
     built = attempt.isascii() and attempt.isdigit() and rank.isascii() and rank.isdigit() \
         and str(int(attempt)) == attempt and str(int(rank)) == rank and int(attempt) >= 1 \
         and name == n.pod_name("bot", int(attempt), int(rank))

@@ -9,7 +9,7 @@ from finetune_api.times import parse_time, rfc3339
 from finetune_operator.jobs.reconcile import JobDecision, due_at
 from tests.builders.jobs import make_job
 from tests.builders.pods import make_pod
-from tests.unit.test_reconcile import DONE, Sim, admitted, cond, running
+from tests.builders.reconcile import DONE, Sim, admitted, cond, running
 
 # no "ttl": the operator setting is unset (finished jobs are kept)
 TIMING = {"pods_ready_timeout": 600.0, "force_delete_margin": 60.0, "unschedulable_grace": 900.0}

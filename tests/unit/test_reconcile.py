@@ -7,119 +7,40 @@ re-reads it), like the loop does. Pods are whatever the cluster shows at that pa
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from finetune_api.job import FineTuneJob
-from finetune_api.status import Condition, FineTuneJobStatus
+from finetune_api.status import FineTuneJobStatus
 from finetune_api.times import parse_time, rfc3339
-from finetune_operator.jobs.reconcile import Ctx, JobDecision, Plan, plan, wants_admission
+from finetune_operator.admission import JobDecision, WaitCode
+from finetune_operator.jobs.reconcile import Ctx, Outcome, Plan, plan, wants_admission
 from tests.builders.jobs import make_job
-from tests.builders.pods import REPORTED, gang, make_pod
+from tests.builders.pods import gang, make_pod
+from tests.builders.reconcile import (
+    ADMIT,
+    DONE,
+    NOW,
+    PREEMPTED,
+    SCHED,
+    VICTIM,
+    WAIT,
+    Sim,
+    admitted,
+    at,
+    cond,
+    metric_kinds,
+    names,
+    queued,
+    reasons,
+    running,
+    with_spec,
+    with_status,
+)
+from tests.builders.reports import report
 
 pytestmark = pytest.mark.unit
-
-NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
-ADMIT = JobDecision(admit=True)
-WAIT = JobDecision()
-DONE = {"reason": "Completed", "message": "training finished", "finalStep": 20,
-        "adapterPath": "output/adapter", "mergedPath": "output/merged",
-        "metrics": {"evalLoss": 0.91, "trainLoss": 0.8}}
-PREEMPTED = {"reason": "Preempted", "message": "SIGTERM: saved checkpoint-12", "finalStep": 12}
-SCHED = "PreemptionByScheduler"
-VICTIM = "preempted to make room for team-b/urgent (finetune-critical, priority 1000 > 100)"
-
-
-def at(seconds: float) -> dt.datetime:
-    return NOW + dt.timedelta(seconds=seconds)
-
-
-def with_status(job: FineTuneJob, status: FineTuneJobStatus) -> FineTuneJob:
-    """The job as the operator re-reads it after patching ``status`` (wire round trip)."""
-    wire = FineTuneJobStatus.model_validate(status.to_wire())
-    return job.model_copy(update={"status": wire})
-
-
-def with_spec(job: FineTuneJob, **changes: Any) -> FineTuneJob:
-    """A spec edit by the user: new generation, status kept."""
-    meta = job.metadata.model_copy(update={"generation": job.metadata.generation + 1})
-    return job.model_copy(update={"spec": job.spec.model_copy(update=changes), "metadata": meta})
-
-
-def cond(st: FineTuneJobStatus, type_: str) -> Condition:
-    found = [c for c in st.conditions if c.type == type_]
-    assert len(found) == 1, f"expected one {type_} condition in {st.conditions}"
-    return found[0]
-
-
-def reasons(p: Plan) -> list[str]:
-    return [e[1] for e in p.events]
-
-
-def names(pods: Sequence[dict[str, Any]]) -> list[str]:
-    return [p["metadata"]["name"] for p in pods]
-
-
-def metric_kinds(p: Plan) -> list[str]:
-    return [m[0] for m in p.metrics]
-
-
-class Sim:
-    """Drives one job through passes: each pass is plan() on the last status."""
-
-    def __init__(self, job: FineTuneJob, now: dt.datetime = NOW) -> None:
-        self.job, self.now = job, now
-        self.ctx_extra: dict[str, Any] = {}
-        self.report: dict[str, Any] | None = None
-
-    def step(self, pods: Sequence[dict[str, Any]] = (), decision: JobDecision = WAIT,
-             backoff: float = 10.0, policy_error: str | None = None) -> Plan:
-        # the newest report a pod of the current attempt pushed (the report channel's role)
-        reported = [x[REPORTED] for x in sorted(pods, key=lambda x: x["metadata"]["name"])
-                    if REPORTED in x and isinstance(x[REPORTED], dict)
-                    and x["metadata"]["labels"].get("finetune.dev/attempt")
-                    == str(max(self.st.attempt, 1)) and x["metadata"]["name"].endswith("-0")]
-        if reported:
-            self.report = reported[0]
-        ctx = Ctx(now=self.now, backoff_seconds=backoff, priority_class="finetune-high",
-                  policy_error=policy_error, watched_report=self.report, **self.ctx_extra)
-        p = plan(self.job, list(pods), decision, ctx)
-        self.job = with_status(self.job, p.status)
-        return p
-
-    def tick(self, seconds: float) -> Sim:
-        self.now += dt.timedelta(seconds=seconds)
-        return self
-
-    @property
-    def st(self) -> FineTuneJobStatus:
-        return self.job.status
-
-    def edit(self, **changes: Any) -> None:
-        self.job = with_spec(self.job, **changes)
-
-
-def queued(job: FineTuneJob | None = None) -> Sim:
-    sim = Sim(job or make_job(gpus=1))
-    sim.step()
-    assert sim.st.phase == "Queued"
-    return sim
-
-
-def admitted(job: FineTuneJob | None = None) -> Sim:
-    sim = queued(job)
-    sim.tick(30).step(decision=ADMIT)
-    assert sim.st.phase == "Admitted"
-    return sim
-
-
-def running(job: FineTuneJob | None = None) -> Sim:
-    sim = admitted(job)
-    sim.tick(10).step(gang(sim.job, sim.st.attempt))
-    assert sim.st.phase == "Running"
-    return sim
 
 
 # ------------------------------------------------------------------ first pass, queue
@@ -128,7 +49,8 @@ def running(job: FineTuneJob | None = None) -> Sim:
 def test_first_pass_queues_the_job_with_a_created_event() -> None:
     sim = Sim(make_job(gpus=1, generation=4))
     p = sim.step(decision=JobDecision(position=3, reason="needs 1 nvidia.com/gpu; quota team-a "
-                                      "has 0 free; lower resources.gpus or wait"))
+                                      "has 0 free; lower resources.gpus or wait",
+                                      code=WaitCode.QUOTA))
     st = p.status
     assert st.phase == "Queued"
     assert st.attempt == 0 and st.preemptions == 0 and st.failures == 0
@@ -141,7 +63,7 @@ def test_first_pass_queues_the_job_with_a_created_event() -> None:
     assert admitted_c.status == "False" and admitted_c.reason == "QuotaExhausted"
     assert admitted_c.last_transition_time == rfc3339(NOW)
     assert ("Normal", "Queued", "accepted; waiting for admission") in p.events
-    assert p.create_attempt is None and p.delete_pods == [] and p.metrics == []
+    assert p.create_attempt is None and p.delete_pods == [] and p.outcomes == []
 
 
 def test_first_pass_does_not_mutate_the_input_job() -> None:
@@ -154,25 +76,28 @@ def test_first_pass_does_not_mutate_the_input_job() -> None:
 def test_waiting_job_pass_is_quiet() -> None:
     sim = queued()
     decision = JobDecision(position=2, reason="needs 1 nvidia.com/gpu on one node; largest free "
-                           "node has 0")
+                           "node has 0", code=WaitCode.CAPACITY)
     first = sim.tick(5).step(decision=decision)
     assert cond(first.status, "Admitted").reason == "InsufficientCapacity"
     again = sim.tick(5).step(decision=decision)
-    assert again.events == [] and again.metrics == [] and again.create_attempt is None
+    assert again.events == [] and again.outcomes == [] and again.create_attempt is None
     assert again.status == first.status
 
 
-@pytest.mark.parametrize(("text", "reason"), [
+@pytest.mark.parametrize(("text", "code", "reason"), [
     ("needs 4 nvidia.com/gpu; quota team-a has 2 free; lower resources.gpus or wait",
-     "QuotaExhausted"),
+     WaitCode.QUOTA, "QuotaExhausted"),
     ("needs 2 nodes with 4 nvidia.com/gpu free each; 1 node(s) have that",
-     "InsufficientCapacity"),
+     WaitCode.CAPACITY, "InsufficientCapacity"),
     ("namespace team-a already runs 2 jobs (maxRunningJobsPerNamespace); wait for one to finish",
-     "NamespaceLimit"),
-    ("", "Waiting"),
+     WaitCode.NAMESPACE_LIMIT, "NamespaceJobLimit"),
+    # the reason is the admitter's code, never guessed from the text
+    ("quota text, but the code says capacity", WaitCode.CAPACITY, "InsufficientCapacity"),
+    ("", None, "Waiting"),
 ])
-def test_waiting_reason_of_the_admitted_condition(text: str, reason: str) -> None:
-    p = queued().step(decision=JobDecision(position=1, reason=text))
+def test_waiting_reason_of_the_admitted_condition(text: str, code: WaitCode | None,
+                                                  reason: str) -> None:
+    p = queued().step(decision=JobDecision(position=1, reason=text, code=code))
     c = cond(p.status, "Admitted")
     assert c.reason == reason
     assert c.message == (text or "waiting for admission")
@@ -203,7 +128,7 @@ def test_admission_starts_attempt_1_and_asks_for_its_children() -> None:
     assert c.last_transition_time == rfc3339(at(90))
     assert "attempt 1 admitted after 90s in queue" in c.message
     assert reasons(p) == ["Admitted"]
-    assert p.metrics == [("admission", {"wait": 90.0})]
+    assert p.outcomes == [Outcome.admitted(90.0)]
     assert p.delete_pods == []
 
 
@@ -211,7 +136,7 @@ def test_new_job_admitted_on_its_first_pass() -> None:
     p = Sim(make_job(gpus=1)).step(decision=ADMIT)
     assert p.status.phase == "Admitted" and p.create_attempt == 1
     assert reasons(p) == ["Admitted"]  # admitted at first sight: one Event, not two
-    assert p.metrics == [("admission", {"wait": 0.0})]
+    assert p.outcomes == [Outcome.admitted(0.0)]
 
 
 def test_admission_carries_the_policy_placement_to_the_children() -> None:
@@ -227,7 +152,7 @@ def test_children_missing_after_admission_are_created_again_idempotently() -> No
     first = sim.tick(5).step()  # operator restarted before creating anything
     assert first.create_attempt == 1
     assert first.status.phase == "Admitted" and first.status.attempt == 1
-    assert first.events == [] and first.metrics == []
+    assert first.events == [] and first.outcomes == []
     second = sim.tick(5).step()
     assert second.create_attempt == 1
     assert second.status == first.status and second.events == []
@@ -290,7 +215,7 @@ def test_all_pods_running_sets_running_and_start_time_once() -> None:
     assert p.create_attempt is None and p.delete_pods == []
     later = sim.tick(600).step(gang(sim.job, 1))
     assert later.status.start_time == st.start_time
-    assert later.events == [] and later.metrics == []
+    assert later.events == [] and later.outcomes == []
     assert later.status == st
 
 
@@ -300,8 +225,9 @@ def test_start_time_is_kept_across_attempts() -> None:
     sim.tick(100).step(decision=JobDecision(preempt=VICTIM))
     sim.tick(5).step()
     sim.tick(5).step(decision=ADMIT)
-    p = sim.tick(5).step([make_pod(sim.job, 2, 0, progress={"step": 12, "resumedFromStep": 12,
-                                                            "checkpoint": {"step": 12}})])
+    p = sim.tick(5).step([make_pod(sim.job, 2, 0, progress={
+        "step": 12, "resumedFromStep": 12,
+        "checkpoint": {"step": 12, "path": "checkpoints/checkpoint-12"}})])
     assert p.status.phase == "Running" and p.status.attempt == 2
     assert p.status.start_time == first_start
     assert ("Normal", "Running", "attempt 2 running, resuming from checkpoint step 12") in p.events
@@ -309,14 +235,14 @@ def test_start_time_is_kept_across_attempts() -> None:
 
 def test_progress_annotation_is_mirrored() -> None:
     sim = running()
-    report = {"step": 12, "totalSteps": 20, "loss": 0.5, "resumedFromStep": None,
+    wire = {"step": 12, "totalSteps": 20, "loss": 0.5, "resumedFromStep": None,
               "checkpoint": {"step": 10, "path": "checkpoints/checkpoint-10",
                              "savedAt": "2026-01-01T12:00:30Z", "saveSeconds": 2.0}}
-    p = sim.tick(30).step([make_pod(sim.job, 1, 0, progress=report)])
+    p = sim.tick(30).step([make_pod(sim.job, 1, 0, progress=wire)])
     assert p.status.progress is not None and p.status.progress.summary == "12/20"
     assert p.status.checkpoint is not None and p.status.checkpoint.step == 10
     assert p.status.progress_attempt == 1
-    assert p.events == [] and p.metrics == []
+    assert p.events == [] and p.outcomes == []
 
 
 def test_last_report_seen_on_the_watch_counts_when_the_pod_is_already_gone() -> None:
@@ -327,13 +253,13 @@ def test_last_report_seen_on_the_watch_counts_when_the_pod_is_already_gone() -> 
     final = {"step": 9, "totalSteps": 20, "checkpoint": {
         "step": 9, "path": "checkpoints/checkpoint-9", "savedAt": "2026-01-01T12:01:00Z"}}
     ctx = Ctx(now=sim.now + dt.timedelta(seconds=5), backoff_seconds=10,
-              priority_class="finetune-high", watched_report=final)
+              priority_class="finetune-high", watched_report=report(final))
     p = plan(sim.job, [], WAIT, ctx)  # the pod vanished (a preemption)
     assert p.status.checkpoint is not None and p.status.checkpoint.step == 9
     assert p.status.progress is not None and p.status.progress.step == 9
     # an older watched report never rolls the status back
     stale = Ctx(now=ctx.now, backoff_seconds=10, priority_class="finetune-high",
-                watched_report={"step": 3, "totalSteps": 20})
+                watched_report=report({"step": 3, "totalSteps": 20}))
     sim.job = with_status(sim.job, p.status)
     p2 = plan(sim.job, [make_pod(sim.job, 1, 0)], WAIT, stale)
     assert p2.status.progress is not None and p2.status.progress.step == 9
@@ -424,7 +350,7 @@ def test_scheduler_preemption_waits_for_the_pod_then_requeues() -> None:
     assert "kube-scheduler" in running_c.message
     assert reasons(p1) == ["Preempting"]
     assert p1.delete_pods == []  # the scheduler is already deleting it
-    assert p1.metrics == []
+    assert p1.outcomes == []
 
     # the trainer saves and is killed: terminated but the object still exists
     dying = make_pod(sim.job, 1, 0, exit_code=143, disruption=SCHED, deleting=True)
@@ -437,12 +363,12 @@ def test_scheduler_preemption_waits_for_the_pod_then_requeues() -> None:
     assert cond(st, "Admitted").status == "False"
     pre = cond(st, "Preempted")
     assert pre.status == "True" and "not counted as a failure" in pre.message
-    assert p2.metrics == [("preemption", {"reason": "scheduler"})]
+    assert p2.outcomes == [Outcome.preempted("scheduler")]
     assert reasons(p2) == ["Preempted"]
     assert wants_admission(sim.job, sim.now)
 
     p3 = sim.tick(5).step([])
-    assert p3.events == [] and p3.metrics == []
+    assert p3.events == [] and p3.outcomes == []
     assert p3.status.preemptions == 1
 
 
@@ -451,7 +377,7 @@ def test_scheduler_preemption_pod_gone_at_once() -> None:
     sim.tick(60).step([make_pod(sim.job, 1, 0, disruption=SCHED, deleting=True)])
     p = sim.tick(20).step([])
     assert p.status.phase == "Queued" and p.status.preemptions == 1
-    assert p.metrics == [("preemption", {"reason": "scheduler"})]
+    assert p.outcomes == [Outcome.preempted("scheduler")]
 
 
 def test_eviction_api_is_a_preemption() -> None:
@@ -461,7 +387,7 @@ def test_eviction_api_is_a_preemption() -> None:
     assert sim.st.phase == "Preempting"
     p = sim.tick(20).step([])
     assert p.status.preemptions == 1 and p.status.failures == 0
-    assert p.metrics == [("preemption", {"reason": "eviction"})]
+    assert p.outcomes == [Outcome.preempted("eviction")]
 
 
 def test_operator_preemption_deletes_pods_and_requeues_when_gone() -> None:
@@ -476,13 +402,13 @@ def test_operator_preemption_deletes_pods_and_requeues_when_gone() -> None:
     # pods terminating: no new decision, no second delete, no new event
     p2 = sim.tick(5).step(gang(sim.job, 1, deleting=True))
     assert p2.status.phase == "Preempting"
-    assert p2.delete_pods == [] and p2.events == [] and p2.metrics == []
+    assert p2.delete_pods == [] and p2.events == [] and p2.outcomes == []
 
     p3 = sim.tick(30).step([])
     assert p3.status.phase == "Queued"
     assert p3.status.preemptions == 1 and p3.status.failures == 0
     assert p3.status.stop_reason is None
-    assert p3.metrics == [("preemption", {"reason": "operator"})]
+    assert p3.outcomes == [Outcome.preempted("operator")]
     assert cond(p3.status, "Preempted").message.startswith(VICTIM)
 
 
@@ -566,7 +492,7 @@ def test_readmission_after_preemption_resumes_from_the_checkpoint() -> None:
     p = sim.tick(20).step(decision=ADMIT)
     assert p.status.attempt == 2 and p.create_attempt == 2
     assert "resumes from checkpoint step 12" in cond(p.status, "Admitted").message
-    assert p.metrics == [("admission", {"wait": 20.0})]
+    assert p.outcomes == [Outcome.admitted(20.0)]
 
 
 # ------------------------------------------------------------------ failures and retries
@@ -588,7 +514,7 @@ def test_failure_counts_and_requeues_with_backoff() -> None:
     assert st.queue is not None and f"retry at {st.retry_after}" in st.queue.reason
     assert [e[:2] for e in p.events] == [("Warning", "AttemptFailed")]
     assert "(1/3 allowed)" in p.events[0][2]
-    assert p.metrics == [("failure", {"reason": "exit-code"})]
+    assert p.outcomes == [Outcome.failed("exit-code")]
     assert p.delete_pods == [] and p.create_attempt is None
 
 
@@ -672,7 +598,7 @@ def test_final_failure_is_counted_once_in_the_failure_metric() -> None:
     sim = running(make_job(gpus=1, backoff_limit=0))
     p = sim.tick(60).step([make_pod(sim.job, 1, 0, exit_code=137, reason="OOMKilled")])
     assert p.status.phase == "Failed"
-    assert [m for m in p.metrics if m[0] == "failure"] == [("failure", {"reason": "oom-killed"})]
+    assert [m for m in p.outcomes if m.kind == "failure"] == [Outcome.failed("oom-killed")]
 
 
 def test_exit_code_2_invalid_config_is_not_retried() -> None:
@@ -709,7 +635,7 @@ def test_node_lost_is_a_retry_neither_failure_nor_preemption() -> None:
     assert st.phase == "Queued"
     assert cond(st, "Running").reason == "NodeLost"
     assert ("Warning", "NodeLost") in [e[:2] for e in p.events]
-    assert not [m for m in p.metrics if m[0] == "failure"]
+    assert not [m for m in p.outcomes if m.kind == "failure"]
 
 
 def test_node_lost_pod_already_failed_is_a_retry() -> None:
@@ -785,7 +711,7 @@ def test_suspend_while_running_stops_gracefully_without_a_preemption() -> None:
     assert not wants_admission(sim.job, sim.now)
 
     p4 = sim.tick(30).step([])
-    assert p4.events == [] and p4.metrics == [] and p4.status == st
+    assert p4.events == [] and p4.outcomes == [] and p4.status == st
 
 
 def test_suspend_of_an_admitted_job_without_pods() -> None:
@@ -871,7 +797,7 @@ def test_suspended_job_with_a_leftover_terminated_pod_is_quiet_and_resumes_clean
     assert p.status.phase == "Suspended"
     assert cond(p.status, "Suspended").reason == "Suspended"
     again = sim.tick(30).step([failed])
-    assert again.events == [] and again.metrics == []
+    assert again.events == [] and again.outcomes == []
     assert again.status == p.status
     sim.edit(suspend=False)
     p = sim.tick(30).step([failed])
@@ -900,7 +826,7 @@ def test_active_deadline_fails_the_job_and_deletes_its_pods() -> None:
     assert cond(st, "Running").status == "False"
     assert st.completion_time == rfc3339(sim.now)
     assert names(p.delete_pods) == ["bot-a1-0", "bot-a1-1"]
-    assert p.metrics == [("failure", {"reason": "deadline"})]
+    assert p.outcomes == [Outcome.failed("deadline")]
     assert [e[:2] for e in p.events] == [("Warning", "DeadlineExceeded")]
 
 
@@ -940,7 +866,7 @@ def test_policy_error_fails_the_job() -> None:
     assert c.reason == "PolicyViolation" and c.message == err
     assert p.create_attempt is None and st.attempt == 0
     assert ("Warning", "PolicyViolation", err) in p.events
-    assert p.metrics == [("failure", {"reason": "policy"})]
+    assert p.outcomes == [Outcome.failed("policy")]
 
 
 def test_impossible_now_waits_then_fails_after_the_grace_period() -> None:
@@ -1000,7 +926,7 @@ def test_terminal_job_deletes_leftover_active_pods_and_stays_put() -> None:
     p = sim.tick(30).step([done, make_pod(sim.job, 1, 1)], decision=ADMIT)
     assert p.status.phase == "Succeeded"
     assert names(p.delete_pods) == ["bot-a1-1"]
-    assert p.events == [] and p.metrics == [] and p.create_attempt is None
+    assert p.events == [] and p.outcomes == [] and p.create_attempt is None
     assert p.status == status
     p = sim.tick(30).step([done, make_pod(sim.job, 1, 1, deleting=True)])
     assert p.delete_pods == []  # already going
@@ -1058,13 +984,13 @@ def test_lost_steps_counted_once_per_attempt() -> None:
     sim.tick(60).step([make_pod(sim.job, 1, 0, progress={"step": 130, "totalSteps": 300})])
     sim.tick(5).step([])  # vanished before saving: preempted
     sim.tick(5).step(decision=ADMIT)
-    report = {"step": 100, "totalSteps": 300, "resumedFromStep": 100}
-    p = sim.tick(5).step([make_pod(sim.job, 2, 0, progress=report)])
+    wire = {"step": 100, "totalSteps": 300, "resumedFromStep": 100}
+    p = sim.tick(5).step([make_pod(sim.job, 2, 0, progress=wire)])
     assert p.status.lost_steps == 30
-    assert ("lost", {"steps": 30}) in p.metrics
+    assert Outcome.lost_work(30) in p.outcomes
     for _ in range(3):
-        report = {**report, "step": report["step"] + 5}
-        p = sim.tick(5).step([make_pod(sim.job, 2, 0, progress=report)])
+        wire = {**wire, "step": wire["step"] + 5}
+        p = sim.tick(5).step([make_pod(sim.job, 2, 0, progress=wire)])
         assert p.status.lost_steps == 30
         assert "lost" not in metric_kinds(p)
 
@@ -1108,7 +1034,7 @@ def test_plan_does_not_depend_on_pod_order() -> None:
     ctx = Ctx(now=at(600), backoff_seconds=20)
     a = plan(sim.job, pods, WAIT, ctx)
     b = plan(sim.job, list(reversed(pods)), WAIT, ctx)
-    assert a.status == b.status and a.events == b.events and a.metrics == b.metrics
+    assert a.status == b.status and a.events == b.events and a.outcomes == b.outcomes
     assert names(a.delete_pods) == names(b.delete_pods)
 
 
@@ -1197,7 +1123,7 @@ def _pod_sets(job: FineTuneJob, attempt: int) -> dict[str, list[dict[str, Any]]]
 
 
 DECISIONS = {"wait": JobDecision(position=1, reason="needs 1 nvidia.com/gpu; quota team-a has 0 "
-                                 "free"),
+                                 "free", code=WaitCode.QUOTA),
              "admit": ADMIT, "preempt": JobDecision(preempt=VICTIM)}
 
 
@@ -1274,7 +1200,7 @@ def test_plan_converges_when_nothing_changes(state: str) -> None:
         for _ in range(6):
             before = sim.st
             p = sim.step(pods, decision)
-            history.append((p.status == before, bool(p.events or p.metrics),
+            history.append((p.status == before, bool(p.events or p.outcomes),
                             [e[1] for e in p.events], p.status.phase))
         tail = history[-3:]
         if not all(same and not noisy for same, noisy, _, _ in tail):

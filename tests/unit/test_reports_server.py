@@ -488,14 +488,20 @@ def test_concurrent_reports_are_safe(srv: Srv) -> None:
     assert codes.count(204) >= 4 and len(srv.received) == codes.count(204)
 
 
-# ---- the operator's wiring: start_channel + LatestReports ---------------------------------------
+# ---- the operator's wiring: start_channel ------------------------------------------------------
 
 def test_start_channel_serves_what_the_trainer_config_says(tmp_path: Path) -> None:
-    from finetune_operator.reports.channel import LatestReports, start_channel
+    from finetune_operator.reports.channel import start_channel
     from finetune_operator.settings import OperatorSettings
 
-    woke = threading.Event()
-    box = LatestReports(expected=lambda pod: pod.uid == A.uid, wake=woke.set)
+    got: dict[str, ProgressReport] = {}
+
+    def on_report(who: PodIdentity, report: ProgressReport) -> None:
+        """Like the Controller's: reports from the pods it expects, others refused (403)."""
+        if who.uid != A.uid:
+            raise BadReport("unknown-pod", f"{who.key} is not a trainer pod this operator "
+                            "expects reports from")
+        got[who.uid] = report
 
     soon = time.time() + 3600
     token_a, token_b = (_jwt(soon, aud="aud.example/reports", jti=j) for j in "ab")
@@ -507,17 +513,16 @@ def test_start_channel_serves_what_the_trainer_config_says(tmp_path: Path) -> No
     settings = OperatorSettings(report_audience="aud.example/reports",
                                 report_request_timeout_seconds=3,
                                 report_max_connections_per_address=5)
-    channel = start_channel(settings, token_review, box, host="127.0.0.1", port=0)
+    channel = start_channel(settings, token_review, on_report, host="127.0.0.1", port=0)
     try:
         assert channel.config.url == f"https://127.0.0.1:{channel.server.port}/v1/reports"
         assert (channel.server.timeout, channel.server.max_per_address) == (3, 5)
         client = Srv(channel.server, ssl.create_default_context(cadata=channel.config.ca_pem))
         assert client.post(b'{"step": 9}', token=token_a) == (204, "")
-        assert woke.is_set() and box.latest(A.uid) == ProgressReport(step=9)
+        assert got == {A.uid: ProgressReport(step=9)}
         before = rejected("unknown-pod")
         assert client.post(b'{"step": 1}', token=token_b)[0] == 403
-        assert rejected("unknown-pod") == before + 1 and box.latest("uid-b") is None
-        assert list(box.take()) == [A.uid] and box.take() == {}
+        assert rejected("unknown-pod") == before + 1 and list(got) == [A.uid]
         before = rejected("invalid")
         assert channel.termination("team-a/bot-a1-0", '{"reason": "Nope"}') is None
         assert rejected("invalid") == before + 1
@@ -543,7 +548,7 @@ def test_a_configured_certificate_and_ca_are_used(tmp_path: Path) -> None:
     assert (got.cert_file, got.key_file, got.ca_pem) == (made.cert_file, made.key_file,
                                                          made.ca_pem)
     with pytest.raises(OSError, match="FINETUNE_REPORT_TLS_CA_FILE"):
-        serving_cert(settings.model_copy(update={"report_tls_ca_file": str(tmp_path / "no")}),
+        serving_cert(settings.replace(report_tls_ca_file=str(tmp_path / "no")),
                      "https://x/v1/reports")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from finetune_operator.settings import (
+    SECTION_OF,
     OperatorSettings,
     SettingsError,
     add_arguments,
@@ -57,12 +58,12 @@ def test_from_env_reads_every_kind_of_value() -> None:
             "UNRELATED": "ignored",
         }
     )
-    assert s.namespaces == ["team-a", "team-b"]
-    assert s.allowed_priority_classes == ["finetune-high", "finetune-low"]
-    assert s.namespace_priority_classes == {"team-a": ["finetune-high", "x"]}
-    assert s.aging_cap == 50
-    assert s.grace_period_seconds == 300
-    assert s.min_runtime_before_preemption_seconds == 0.5
+    assert s.admission.namespaces == ["team-a", "team-b"]
+    assert s.admission.allowed_priority_classes == ["finetune-high", "finetune-low"]
+    assert s.admission.namespace_priority_classes == {"team-a": ["finetune-high", "x"]}
+    assert s.admission.aging_cap == 50
+    assert s.trainer.grace_period_seconds == 300
+    assert s.admission.min_runtime_before_preemption_seconds == 0.5
     assert OperatorSettings.from_env(s.as_env()) == s
 
 
@@ -100,10 +101,10 @@ def test_flags_override_env_and_are_named_in_errors() -> None:
     args = parser.parse_args(["--aging-cap", "5", "--namespaces", "a,b",
                               "--namespace-priority-classes", '{"a": ["finetune-low"]}'])
     s = OperatorSettings.from_args(args, env)
-    assert s.aging_cap == 5
-    assert s.namespaces == ["a", "b"]
-    assert s.trainer_image == "from-env:1"
-    assert s.namespace_priority_classes == {"a": ["finetune-low"]}
+    assert s.admission.aging_cap == 5
+    assert s.admission.namespaces == ["a", "b"]
+    assert s.trainer.trainer_image == "from-env:1"
+    assert s.admission.namespace_priority_classes == {"a": ["finetune-low"]}
     bad = parser.parse_args(["--grace-period-seconds", "soon"])
     with pytest.raises(SettingsError, match="--grace-period-seconds"):
         OperatorSettings.from_args(bad, {})
@@ -113,14 +114,14 @@ def test_every_setting_has_a_flag() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     dests = {a.dest for a in parser._actions}
-    assert set(OperatorSettings.model_fields) <= dests
+    assert set(SECTION_OF) <= dests
     assert env_name("aging_cap") == "FINETUNE_AGING_CAP"
 
 
 def test_allowed_classes_per_namespace_replace_the_global_list() -> None:
     s = make_settings(namespace_priority_classes={"team-a": ["finetune-high", "finetune-normal"]})
     assert s.allowed_classes("team-a") == ["finetune-high", "finetune-normal"]
-    assert s.allowed_classes("team-b") == s.allowed_priority_classes
+    assert s.allowed_classes("team-b") == s.admission.allowed_priority_classes
     # the preempting band is granted per namespace, never by default (issue 11)
     assert "finetune-critical" not in s.allowed_classes("team-b")
     granted = make_settings(namespace_priority_classes={"team-b": ["finetune-critical"]})

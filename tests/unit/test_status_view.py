@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from finetune_api.status import CheckpointStatus, FineTuneJobStatus, Progress
 from finetune_api.times import parse_time, rfc3339
@@ -19,8 +20,10 @@ from finetune_operator.jobs.pods import (
     set_condition,
     termination_message,
 )
+from finetune_operator.reports.model import ProgressReport
 from tests.builders.jobs import make_job
 from tests.builders.pods import gang, make_pod
+from tests.builders.reports import report
 
 pytestmark = pytest.mark.unit
 
@@ -247,7 +250,7 @@ def test_observe_does_not_depend_on_pod_order() -> None:
 
 
 def _report(step: int, resumed: int | None = None, ckpt: int | None = None,
-            **extra: object) -> dict[str, object]:
+            **extra: object) -> ProgressReport:
     r: dict[str, object] = {"step": step, "totalSteps": 300, "epoch": 1.2, "loss": 0.83,
                             "learningRate": 1.6e-4, "tokensPerSecond": 5400.0,
                             "etaSeconds": 210.0, "updatedAt": "2026-01-01T11:59:00Z",
@@ -256,7 +259,7 @@ def _report(step: int, resumed: int | None = None, ckpt: int | None = None,
         r["checkpoint"] = {"step": ckpt, "path": f"checkpoints/checkpoint-{ckpt}",
                            "savedAt": "2026-01-01T11:58:00Z", "saveSeconds": 1.7}
     r.update(extra)
-    return r
+    return report({k: v for k, v in r.items() if v is not None or k == "resumedFromStep"})
 
 
 def test_apply_progress_mirrors_report_and_checkpoint() -> None:
@@ -278,10 +281,12 @@ def test_apply_progress_mirrors_report_and_checkpoint() -> None:
 
 def test_apply_progress_without_total_and_with_bad_numbers() -> None:
     st = FineTuneJobStatus(attempt=1)
-    apply_progress(st, {"step": 7, "loss": "nan?", "epoch": True}, 1)
+    apply_progress(st, report({"step": 7}), 1)
     assert st.progress is not None
     assert st.progress.summary == "7" and st.progress.total_steps is None
     assert st.progress.loss is None and st.progress.epoch is None
+    with pytest.raises(ValidationError):  # bad numbers never get past the channel's model
+        report({"step": 7, "loss": "nan?", "epoch": True})
 
 
 def test_report_without_checkpoint_keeps_the_last_one() -> None:
@@ -325,7 +330,8 @@ def test_fresh_restart_without_checkpoint_loses_all_previous_steps() -> None:
     """The trainer reports resumedFromStep null when it starts from scratch (no complete
     checkpoint): every step of the previous attempt is redone."""
     st = FineTuneJobStatus(attempt=2, progress=Progress(step=8), progress_attempt=1)
-    lost = apply_progress(st, {"state": "loading", "step": 0, "resumedFromStep": None}, 2)
+    lost = apply_progress(st, report({"state": "loading", "step": 0, "resumedFromStep": None}),
+                          2)
     assert lost == 8
     assert st.lost_steps == 8
 

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from finetune_api.sweep import FIELD_PATHS, FineTuneSweep, FineTuneSweepSpec
-from finetune_operator.sweep import SweepRunner, expand, parameter_sets, plan_sweep, rank_trials
-from finetune_operator.sweep.plan import (
+from finetune_api.labels import (
     EARLY_STOP_ANNOTATION,
     PARAMETERS_ANNOTATION,
     SWEEP_LABEL,
     TRIAL_LABEL,
 )
+from finetune_api.sweep import FIELD_PATHS, FineTuneSweep, FineTuneSweepSpec
+from finetune_operator.sweep import SweepRunner, expand, parameter_sets, plan_sweep, rank_trials
 from tests.builders.jobs import job_body
 
 pytestmark = pytest.mark.unit

@@ -272,7 +272,9 @@ class Pool:
             eligible = self.eligible(sig)
             self._cache[key] = sum(1 for name, avail in (self._initial or {}).items()
                                    if avail >= gpus and (eligible is None or name in eligible))
-        return int(self._cache[key]) >= pods  # type: ignore[call-overload]
+        fitting = self._cache[key]
+        assert isinstance(fitting, int)
+        return fitting >= pods
 
 
 class QuotaBook:

@@ -1,7 +1,8 @@
 """Inputs and outputs of ``admit()``: plain frozen dataclasses, no Kubernetes client types.
 
 The operator builds a ``Snapshot`` from what it reads (jobs, ResourceQuotas, Nodes and bound
-Pods; see ``snapshot.py`` for the Node/ResourceQuota parsing) and applies the ``Decisions``.
+Pods; see ``admission/snapshot.py`` for the Node/ResourceQuota parsing) and applies the
+``Decisions``.
 Times are timezone-aware datetimes; ``now`` is passed to ``admit()`` explicitly.
 """
 
@@ -200,12 +201,12 @@ class Policy:
     def from_settings(cls, settings: Any) -> Policy:
         """From finetune_operator.settings.OperatorSettings (duck-typed: no import cycle)."""
         return cls(
-            aging_rate_per_minute=float(settings.aging_rate_per_minute),
-            aging_cap=float(settings.aging_cap),
-            max_running_jobs_per_namespace=int(settings.max_running_jobs_per_namespace),
-            preempting_priority_classes=frozenset(settings.preempting_priority_classes),
+            aging_rate_per_minute=float(settings.admission.aging_rate_per_minute),
+            aging_cap=float(settings.admission.aging_cap),
+            max_running_jobs_per_namespace=int(settings.admission.max_running_jobs_per_namespace),
+            preempting_priority_classes=frozenset(settings.admission.preempting_priority_classes),
             min_runtime_before_preemption_seconds=float(
-                settings.min_runtime_before_preemption_seconds
+                settings.admission.min_runtime_before_preemption_seconds
             ),
             max_reserved_idle_share=_share(
                 getattr(settings, "max_reserved_idle_share", cls.max_reserved_idle_share)),

@@ -1,5 +1,7 @@
-"""Pure helpers that turn raw Kubernetes objects (dicts, as the API returns them) into the
-admission inputs: nodes with free GPUs, and namespace GPU quotas."""
+"""Pure helpers that turn the cache's slim records of Kubernetes objects (``SlimNode``,
+``SlimPod``, ``SlimUsage``, ``SlimQuota`` of ``finetune_operator.slim``: the API's own shape,
+extended-resource counts already ints) into the admission inputs: nodes with free GPUs, and
+namespace GPU quotas. Raw API objects are read the same way (string quantities are parsed)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,15 @@ from typing import Any
 
 from finetune_api.quantity import count
 from finetune_operator.admission.model import NodeInfo, Quota, ScopeRequirement, Taint
+from finetune_operator.slim import Counts, SlimNode, SlimPod, SlimQuota, SlimUsage
 
 _DONE = {"Succeeded", "Failed"}
 
 
-def pod_requests(pod: Mapping[str, Any]) -> dict[str, int]:
+def pod_requests(pod: Mapping[str, Any]) -> Counts:
     """Extended resources a pod requests (containers summed; init containers: their max).
-    Limits stand in for requests when only limits are set, as the API server defaults them."""
+    Limits stand in for requests when only limits are set, as the API server defaults them.
+    Reads a raw API pod (the cache's transforms call it) or a slim record."""
     spec = pod.get("spec") or {}
 
     def of(container: Mapping[str, Any]) -> dict[str, int]:
@@ -33,8 +37,8 @@ def pod_requests(pod: Mapping[str, Any]) -> dict[str, int]:
     return dict(total)
 
 
-def nodes_from_k8s(nodes: Iterable[Mapping[str, Any]],
-                   pods: Iterable[Mapping[str, Any]]) -> list[NodeInfo]:
+def nodes_from_k8s(nodes: Iterable[SlimNode],
+                   pods: Iterable[SlimPod | SlimUsage]) -> list[NodeInfo]:
     """NodeInfo per Node: allocatable extended resources minus what bound, unfinished pods
     request (every pod, not only the operator's)."""
     used: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -46,17 +50,17 @@ def nodes_from_k8s(nodes: Iterable[Mapping[str, Any]],
             used[node_name][k] += v
     out = []
     for node in nodes:
-        meta, spec = node.get("metadata") or {}, node.get("spec") or {}
+        meta, spec = node["metadata"], node.get("spec") or {}
         name = meta["name"]
-        allocatable = {k: count(v) for k, v in
+        allocatable = {k: count(v) for k, v in  # count: ints pass, raw strings are parsed
                        ((node.get("status") or {}).get("allocatable") or {}).items() if "/" in k}
         out.append(NodeInfo(
             name=name,
             allocatable=allocatable,
             free={k: max(0, v - used[name].get(k, 0)) for k, v in allocatable.items()},
             labels=dict(meta.get("labels") or {}),
-            taints=tuple(Taint(key=t.get("key", ""), value=t.get("value", "") or "",
-                               effect=t.get("effect", "NoSchedule"))
+            taints=tuple(Taint(key=t.get("key") or "", value=t.get("value") or "",
+                               effect=t.get("effect") or "NoSchedule")
                          for t in spec.get("taints") or []),
             unschedulable=bool(spec.get("unschedulable")),
         ))
@@ -74,14 +78,14 @@ def scopes_from_k8s(spec: Mapping[str, Any]) -> tuple[ScopeRequirement, ...]:
     return tuple(out)
 
 
-def quotas_from_k8s(resource_quotas: Iterable[Mapping[str, Any]]) -> list[Quota]:
+def quotas_from_k8s(resource_quotas: Iterable[SlimQuota]) -> list[Quota]:
     """Quota per ResourceQuota and extended resource with a `requests.<resource>` hard limit,
     with the quota's scopes (a job is charged only to the quotas whose scopes match it).
     Uses status (what the quota controller enforces); a quota without status yet is skipped."""
     out = []
     for rq in resource_quotas:
-        meta = rq.get("metadata") or {}
-        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        meta = rq["metadata"]
+        ns, name = meta.get("namespace") or "", meta.get("name") or ""
         scopes = scopes_from_k8s(rq.get("spec") or {})
         status = rq.get("status") or {}
         hard, used = status.get("hard") or {}, status.get("used") or {}

@@ -1,8 +1,9 @@
 """``kubectl finetune``: a kubectl plugin for FineTuneJobs (console script ``kubectl-finetune``).
 
 Layers: ``args`` (command line), ``manifest`` (pure: flags/file -> validated manifest),
-``format`` (pure: job dicts -> tables/text), ``commands`` (API calls through
-``k8s.PluginApi``). See docs/cli.md.
+``commands``, ``sweeps`` and ``output`` (API calls through ``client.PluginApi``), the view layer
+``finetune_operator.view`` (pure: API objects -> view models, shared with the web console) and
+``render`` (view models -> tables, describe text, json/yaml). See docs/cli.md.
 """
 
 from __future__ import annotations

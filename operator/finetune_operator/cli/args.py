@@ -96,7 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("-A", "--all-namespaces", action="store_true")
     ls.add_argument("--queue", action="store_true",
                     help="exact queue positions from the operator's visibility endpoint (your "
-                    "bearer token; the URL and CA come from a job's trainer config)")
+                    "bearer token), reached through the API server's proxy to the chart's "
+                    "reports Service")
+    ls.add_argument("--operator-namespace", metavar="NAMESPACE",
+                    help="where the finetune-operator chart is installed, for --queue (default: "
+                    "$FINETUNE_OPERATOR_NAMESPACE, else finetune-system)")
+    ls.add_argument("--operator-service", metavar="NAME",
+                    help="the chart's reports Service there, for --queue (default: "
+                    "$FINETUNE_OPERATOR_SERVICE, else the one labelled "
+                    "app.kubernetes.io/component=reports, else finetune-operator-reports)")
 
     d = sub.add_parser("describe", parents=[common],
                        help="spec summary, status, counters, conditions and events of a job")

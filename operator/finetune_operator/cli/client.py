@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_api import GROUP, PLURAL, VERSION
 from finetune_api.labels import MANAGED_BY_SELECTOR
+from finetune_operator.cli.endpoint import DirectUrl, Forbidden, ProxiedService, find_operator
 
 log = logging.getLogger(__name__)
 
@@ -153,25 +153,60 @@ class PluginApi:
                                                              label_selector=label_selector)
         return list(res["items"])
 
-    def queue(self, jobs: list[dict], namespace: str | None) -> list[dict]:
+    # ======================================== the operator's queue view (list --queue) ===
+
+    def list_services(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        try:
+            items = self.core.list_namespaced_service(namespace,
+                                                      label_selector=label_selector).items
+        except ApiException as e:
+            if e.status == 403:
+                raise Forbidden(str(e.reason)) from e
+            raise
+        return [self._plain(s) for s in items]
+
+    def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._plain(self.core.read_namespaced_service(name, namespace))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            if e.status == 403:
+                raise Forbidden(str(e.reason)) from e
+            raise
+
+    def trainer_report(self, namespace: str) -> dict[str, Any] | None:
+        import yaml
+
+        try:
+            cms: Any = self.core.list_namespaced_config_map(
+                namespace, label_selector=MANAGED_BY_SELECTOR)
+        except ApiException as e:
+            if e.status == 403:
+                return None
+            raise
+        for c in cms.items:
+            text = (c.data or {}).get("config.yaml")
+            if text:
+                report = (yaml.safe_load(text) or {}).get("report")
+                return dict(report) if isinstance(report, dict) else None
+        return None
+
+    def queue(self, jobs: list[dict], namespace: str | None, *,
+              operator_namespace: str | None = None,
+              operator_service: str | None = None) -> list[dict]:
         """The operator's visibility endpoint (HTTPS, the report port): waiting jobs in queue
-        order. Where it is comes from a trainer config in the namespace. When that names the
-        cluster Service (the chart's default), the request goes through the API server's
-        service proxy (works from a laptop; RBAC on services/proxy decides who reaches it);
-        any other URL is called directly with the config's CA. The operator authorises the
+        order. Where it is: ``cli/endpoint.py`` (the chart's reports Service in the operator's
+        namespace, reached through the API server's service proxy: works from a laptop, RBAC on
+        services/proxy decides who reaches it; else, for an operator outside the cluster, the
+        URL of a trainer config, called directly with its CA). The operator authorises the
         caller itself, with the kubeconfig's bearer token (``FINETUNE_TOKEN`` overrides),
         forwarded in ``X-Finetune-Authorization`` through the proxy (which drops
         ``Authorization``)."""
         import os
 
-        import yaml
-
-        ns = jobs[0]["metadata"]["namespace"]
-        cms: Any = self.core.list_namespaced_config_map(ns, label_selector=MANAGED_BY_SELECTOR)
-        configs = [c.data["config.yaml"] for c in cms.items if "config.yaml" in (c.data or {})]
-        if not configs:
-            raise ValueError(f"no trainer config in namespace {ns} yet (no job was admitted)")
-        report = yaml.safe_load(configs[0]).get("report") or {}
+        where = find_operator(self, jobs[0]["metadata"]["namespace"],
+                              namespace=operator_namespace, service=operator_service)
         route = "/v1/queue" if namespace is None else f"/v1/namespaces/{namespace}/queue"
         # the kubeconfig's token (static, OIDC or an exec plugin's, refreshed by the hook)
         auth = self.api.configuration.get_api_key_with_prefix(
@@ -182,14 +217,12 @@ class PluginApi:
             raise ValueError("your kubeconfig has no bearer token (client certificates or an "
                              "auth plugin): set FINETUNE_TOKEN to one, e.g. the output of "
                              "kubectl create token <a ServiceAccount of yours>")
-        service = service_of(str(report["url"]))
         for left in range(4, -1, -1):  # a standby replica answers 503: try the next one
             try:
-                if service is None:
-                    body = _direct_get(str(report["url"]).rsplit("/v1/", 1)[0] + route,
-                                       report["caPem"], token)
+                if isinstance(where, DirectUrl):
+                    body = _direct_get(where.base + route, where.ca_pem, token)
                 else:
-                    body = self._proxied_get(service, route, token)
+                    body = self._proxied_get(where, route, token)
                 break
             except _Unavailable:
                 if left == 0:
@@ -198,12 +231,12 @@ class PluginApi:
                 time.sleep(0.5)
         return list(body.get("items") or [])
 
-    def _proxied_get(self, service: tuple[str, str, str], route: str, token: str) -> dict:
+    def _proxied_get(self, service: ProxiedService, route: str, token: str) -> dict:
         """GET ``route`` of the operator through the API server's service proxy, with the
         kubeconfig's credentials (whatever kind) for the API server."""
         from finetune_operator.http.server import FORWARDED_AUTH
 
-        name, svc_ns, port = service
+        name, svc_ns, port = service.name, service.namespace, service.port
         path = f"/api/v1/namespaces/{svc_ns}/services/https:{name}:{port}/proxy{route}"
         method, url, headers, body, post = self.api.param_serialize(
             "GET", path, header_params={"Accept": "application/json",
@@ -224,22 +257,6 @@ class PluginApi:
 
 class _Unavailable(Exception):
     """The queue view answered 503 (a standby replica, or the review budget spent)."""
-
-
-_SERVICE_HOST = re.compile(r"^(?P<name>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\."
-                           r"(?P<ns>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc(\.cluster\.local)?\.?$")
-
-
-def service_of(report_url: str) -> tuple[str, str, str] | None:
-    """(service, namespace, port) when the report URL names a cluster Service
-    (``https://<svc>.<ns>.svc:<port>/...``), else None (an external or loopback URL)."""
-    from urllib.parse import urlsplit
-
-    url = urlsplit(report_url)
-    m = _SERVICE_HOST.match(url.hostname or "")
-    if url.scheme != "https" or not m:
-        return None
-    return m["name"], m["ns"], str(url.port or 443)
 
 
 def queue_error(status: int, body: Any, name: str, svc_ns: str, port: str) -> str:

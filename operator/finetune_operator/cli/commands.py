@@ -1,4 +1,5 @@
-"""The subcommands: API calls through k8s.PluginApi, output through the pure format module."""
+"""The subcommands: API calls through cli/client.py's PluginApi; what they show is built by the
+view layer (finetune_operator.view) and printed by cli/render.py."""
 
 from __future__ import annotations
 
@@ -12,18 +13,16 @@ from typing import IO, Any
 
 from kubernetes.client.exceptions import ApiException
 
-from finetune_api.labels import AGENT_LABEL, AGENT_ROOT_ANNOTATION
-from finetune_operator.cli import format as fmt
+from finetune_api.labels import AGENT_LABEL, AGENT_ROOT_ANNOTATION, ATTEMPT_LABEL, RANK_LABEL
+from finetune_operator.cli import render
 from finetune_operator.cli.args import submit_options
 from finetune_operator.cli.client import PluginApi
 from finetune_operator.cli.errors import CliError, api_error_message
 from finetune_operator.cli.manifest import load_manifest, manifest_from_options
-from finetune_operator.jobs.build.names import (
-    ATTEMPT_LABEL,
-    RANK_LABEL,
-    job_selector,
-    selector_string,
-)
+from finetune_operator.jobs.build.names import job_selector, selector_string
+from finetune_operator.view.describe import describe, describe_object
+from finetune_operator.view.jobs import job_rows, phase_of, reason_text
+from finetune_operator.view.top import top_rows
 
 
 def _now() -> dt.datetime:
@@ -51,7 +50,7 @@ def _detail(e: ApiException) -> str:
 
 def _structured(obj: Any, output: str, out: IO[str]) -> bool:
     if output in ("json", "yaml"):
-        out.write(fmt.dump(obj, output))
+        out.write(render.dump(obj, output))
         return True
     return False
 
@@ -88,14 +87,14 @@ def cmd_submit(api: PluginApi | None, args: argparse.Namespace, namespace: str |
     ns = manifest["metadata"].get("namespace") or namespace
     name = manifest["metadata"]["name"]
     if args.dry_run == "client" or api is None:
-        out.write(fmt.dump(manifest, "json" if args.output == "json" else "yaml"))
+        out.write(render.dump(manifest, "json" if args.output == "json" else "yaml"))
         return 0
     if ns is None:
         raise CliError("no namespace: pass -n NAMESPACE")
     with api_errors(api, "create", ns, name):
         created = api.create_job(ns, manifest, dry_run=args.dry_run == "server")
     if args.dry_run == "server":
-        out.write(fmt.dump(created, "json" if args.output == "json" else "yaml"))
+        out.write(render.dump(created, "json" if args.output == "json" else "yaml"))
         return 0
     if not _structured(created, args.output, out):
         out.write(f"finetunejob.finetune.dev/{name} created in namespace {ns}; follow it with "
@@ -119,26 +118,27 @@ def cmd_list(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[s
     with api_errors(api, "list", scope):
         jobs = api.list_jobs(scope)
     if getattr(args, "queue", False) and jobs:
-        _exact_positions(api, jobs, scope, out)
-    if _structured(fmt.as_list(jobs), args.output, out):
+        _exact_positions(api, args, jobs, scope, out)
+    if _structured(render.as_list(jobs), args.output, out):
         return 0
     if not jobs:
         where = "any namespace" if scope is None else f"namespace {scope}"
         out.write(f"No FineTuneJobs in {where}; create one with kubectl finetune submit "
                   "(see kubectl finetune submit --help)\n")
         return 0
-    out.write(fmt.list_table(jobs, _now(), all_namespaces=scope is None,
-                             wide=args.output == "wide"))
+    out.write(render.list_table(job_rows(jobs, _now()), all_namespaces=scope is None,
+                                wide=args.output == "wide"))
     return 0
 
 
-def _exact_positions(api: PluginApi, jobs: list[dict], scope: str | None,
-                     out: IO[str]) -> None:
+def _exact_positions(api: PluginApi, args: argparse.Namespace, jobs: list[dict],
+                     scope: str | None, out: IO[str]) -> None:
     """Replace the coarse status.queue.position with the operator's exact one (per namespace;
     cluster-wide with -A, which needs list on FineTuneJobs in every namespace)."""
     try:
-        entries = api.queue(jobs, scope)
-    except (OSError, ValueError, KeyError) as e:
+        entries = api.queue(jobs, scope, operator_namespace=args.operator_namespace,
+                            operator_service=args.operator_service)
+    except (OSError, ValueError, KeyError, ApiException) as e:
         out.write(f"note: exact queue positions unavailable ({e}); showing the coarse ones from "
                   "the status\n")
         return
@@ -169,8 +169,8 @@ def job_events(api: PluginApi, job: dict, namespace: str) -> list[dict]:
 def cmd_describe(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[str]) -> int:
     job = get_job(api, namespace, args.name)
     events = job_events(api, job, namespace)
-    if not _structured(fmt.describe_object(job, events), args.output, out):
-        out.write(fmt.describe_text(job, events, _now(), max_events=args.events))
+    if not _structured(describe_object(job, events), args.output, out):
+        out.write(render.describe_text(describe(job, events, _now(), max_events=args.events)))
     return 0
 
 
@@ -184,9 +184,9 @@ def cmd_top(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[st
         where = "all namespaces" if scope is None else scope
         raise CliError(f"cannot read ResourceQuotas ({where}): HTTP {e.status}: {_detail(e)}; "
                        "ask for read access to resourcequotas (the view role has it)") from e
-    rows = fmt.top_rows(jobs, quotas, args.gpu_resource, [] if scope is None else [scope])
+    rows = top_rows(jobs, quotas, args.gpu_resource, [] if scope is None else [scope])
     if not _structured(rows, args.output, out):
-        out.write(fmt.top_table(rows, wide=args.output == "wide"))
+        out.write(render.top_table(rows, wide=args.output == "wide"))
     return 0
 
 
@@ -196,7 +196,7 @@ def cmd_top(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[st
 def cmd_suspend(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[str],
                 suspend: bool = True) -> int:
     job = get_job(api, namespace, args.name)
-    phase = fmt.phase_of(job)
+    phase = phase_of(job)
     verb = "suspend" if suspend else "resume"
     if phase in ("Succeeded", "Failed"):
         raise CliError(f"FineTuneJob {args.name} already {phase}; there is nothing to {verb}"
@@ -229,8 +229,8 @@ def cmd_logs(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[s
     st = job.get("status") or {}
     attempt = args.attempt or st.get("attempt") or 0
     if not attempt:
-        raise CliError(f"FineTuneJob {args.name} has no pod yet (phase {fmt.phase_of(job)}: "
-                       f"{fmt.reason_text(job) or 'waiting'}); see kubectl finetune describe "
+        raise CliError(f"FineTuneJob {args.name} has no pod yet (phase {phase_of(job)}: "
+                       f"{reason_text(job) or 'waiting'}); see kubectl finetune describe "
                        f"{args.name} -n {namespace}")
     sel = selector_string({**job_selector(args.name), ATTEMPT_LABEL: str(attempt),
                            RANK_LABEL: str(args.rank)})
@@ -239,7 +239,7 @@ def cmd_logs(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[s
     if not pods:
         raise CliError(f"the pod of attempt {attempt}, rank {args.rank} of FineTuneJob "
                        f"{args.name} does not exist (any more) in namespace {namespace} (phase "
-                       f"{fmt.phase_of(job)}); the operator deletes pods when an attempt ends. "
+                       f"{phase_of(job)}); the operator deletes pods when an attempt ends. "
                        f"See kubectl finetune describe {args.name} -n {namespace}")
     pod = pods[0]
     pod_name = pod["metadata"]["name"]
@@ -251,7 +251,7 @@ def cmd_logs(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[s
     try:
         if args.output in ("json", "yaml"):
             text = b"".join(resp.stream(4096)).decode(errors="replace")
-            out.write(fmt.dump({"pod": pod_name, "namespace": namespace, "attempt": attempt,
+            out.write(render.dump({"pod": pod_name, "namespace": namespace, "attempt": attempt,
                                 "container": args.container, "log": text}, args.output))
         else:
             for chunk in resp.stream(4096):

@@ -8,45 +8,17 @@ It works after the job is gone too: the claim the operator created is kept by de
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
 
-from finetune_api.job import FineTuneJob
-from finetune_operator.cli import format as fmt
+from finetune_api.labels import JOB_UID_ANNOTATION
+from finetune_operator.cli import render
 from finetune_operator.cli.errors import CliError
-from finetune_operator.jobs.build.names import JOB_UID_ANNOTATION, pvc_name
-from finetune_operator.jobs.build.output import (
-    HELPER_IMAGE,
-    OutputLocation,
-    copy_commands,
-    output_location,
-)
+from finetune_operator.jobs.build.names import pvc_name
+from finetune_operator.jobs.build.output import HELPER_IMAGE, OutputLocation, copy_commands
+from finetune_operator.view.describe import location_of
 
 if TYPE_CHECKING:
     from finetune_operator.cli.client import PluginApi
-
-
-def location_of(job: Mapping[str, Any]) -> OutputLocation | None:
-    """The output location of a job as read from the API server; None if it cannot be read."""
-    try:
-        model = FineTuneJob.model_validate(job)
-    except ValueError:
-        return None
-    out = model.status.output
-    return output_location(model, out.adapter_path if out else "",
-                           out.merged_path if out else "")
-
-
-def describe_line(job: Mapping[str, Any]) -> str | None:
-    """``describe``'s "Output claim" line of a succeeded job: claim, full paths, copy command."""
-    if (job.get("status") or {}).get("phase") != "Succeeded":
-        return None
-    loc = location_of(job)
-    if loc is None:
-        return None
-    keep = "kept when the job is deleted" if loc.retained else "deleted with the job"
-    return (f"{loc.claim} at {', '.join(loc.outputs)} ({keep}); copy it out: "
-            f"kubectl finetune output {loc.job} -n {loc.namespace}")
 
 
 def _from_claim(claim: dict[str, Any], namespace: str, name: str) -> OutputLocation:
@@ -98,7 +70,7 @@ def cmd_output(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO
                     "checkpoints are under the same directory")
     cmds = copy_commands(loc, args.to or "", args.image)
     if args.output in ("json", "yaml"):
-        out.write(fmt.dump({"namespace": loc.namespace, "job": loc.job, "phase": phase,
+        out.write(render.dump({"namespace": loc.namespace, "job": loc.job, "phase": phase,
                             "claim": loc.claim, "directory": loc.directory,
                             "outputs": list(loc.outputs), "kept": loc.retained,
                             "commands": cmds}, args.output))

@@ -1,21 +1,30 @@
 """``kubectl finetune sweep list|describe|compare`` and ``kubectl finetune compare JOB...``:
-API calls through k8s.PluginApi, output through the pure compare module."""
+API calls through cli/client.py's PluginApi; the rows and tables come from the view layer
+(view/compare.py, view/sweeps.py), printed by cli/render.py."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-from typing import IO, Any
+from typing import IO
 
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api.labels import SWEEP_LABEL
 from finetune_api.sweep import FineTuneSweep
-from finetune_operator.cli import compare
-from finetune_operator.cli import format as fmt
+from finetune_operator.cli import render
 from finetune_operator.cli.client import PluginApi
 from finetune_operator.cli.commands import _detail, api_errors, get_job
 from finetune_operator.cli.errors import CliError, forbidden_message
-from finetune_operator.sweep.plan import SWEEP_LABEL, owned_by
+from finetune_operator.sweep.plan import owned_by
+from finetune_operator.view.compare import (
+    CompareRow,
+    compare_rows,
+    compare_table,
+    comparison,
+    default_metric,
+)
+from finetune_operator.view.sweeps import describe_sweep, sweep_row
 
 
 def _now() -> dt.datetime:
@@ -50,26 +59,13 @@ def sweep_and_trials(api: PluginApi, namespace: str, name: str) -> tuple[dict, l
     return sweep, [j for j in jobs if owned_by(j, uid)]
 
 
-def _rows(sweep: dict, trials: list[dict]) -> list[dict[str, Any]]:
+def _rows(sweep: dict, trials: list[dict]) -> list[CompareRow]:
     spec = (sweep.get("spec") or {})
     objective = spec.get("objective") or {}
     metric = objective.get("metric") or "evalLoss"
     direction = objective.get("direction")
     minimize = None if direction is None else direction == "minimize"
-    return compare.compare_rows(trials, _now(), metric, minimize)
-
-
-def _result(sweep: dict | None, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if sweep is not None:
-        meta = sweep.get("metadata") or {}
-        out.update(sweep=meta.get("name"), namespace=meta.get("namespace"),
-                   status={k: v for k, v in (sweep.get("status") or {}).items()
-                           if k != "trials"})
-    if rows:
-        out["metric"] = rows[0]["metric"]
-    out["trials"] = rows
-    return out
+    return compare_rows(trials, _now(), metric, minimize)
 
 
 def cmd_sweep(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[str]) -> int:
@@ -81,29 +77,30 @@ def cmd_sweep(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[
         except ApiException as e:
             raise _sweep_error(e, api, scope, None) from e
         if args.output in ("json", "yaml"):
-            out.write(fmt.dump(fmt.as_list(sweeps), args.output))
+            out.write(render.dump(render.as_list(sweeps), args.output))
         elif not sweeps:
             where = "any namespace" if scope is None else f"namespace {scope}"
             out.write(f"No FineTuneSweeps in {where}; create one with kubectl apply -f "
                       "examples/sweep.yaml (see docs/sweeps.md)\n")
         else:
-            out.write(compare.sweep_list_table(sweeps, _now(), scope is None))
+            out.write(render.sweep_list_table([sweep_row(s, _now()) for s in sweeps],
+                                              all_namespaces=scope is None))
         return 0
     sweep, trials = sweep_and_trials(api, namespace, args.name)
     rows = _rows(sweep, trials)
     if args.output in ("json", "yaml"):
-        out.write(fmt.dump(_result(sweep, rows) if action == "compare"
+        out.write(render.dump(comparison(sweep, rows) if action == "compare"
                            else {**sweep, "trials": rows}, args.output))
         return 0
     if action == "describe":
-        out.write(compare.sweep_describe_text(sweep, rows))
+        out.write(render.sweep_describe_text(describe_sweep(sweep, rows)))
         return 0
     if not rows:
         out.write(f"FineTuneSweep {namespace}/{args.name} has no trials yet "
                   f"({(sweep.get('status') or {}).get('phase') or 'Pending'})\n")
         return 0
     _validate_note(sweep, out)
-    out.write(compare.compare_table(rows))
+    out.write(render.compare_table(compare_table(rows)))
     return 0
 
 
@@ -119,11 +116,11 @@ def cmd_compare(api: PluginApi, args: argparse.Namespace, namespace: str, out: I
     if len(args.jobs) < 1:
         raise CliError("name at least one FineTuneJob: kubectl finetune compare JOB [JOB...]")
     jobs = [get_job(api, namespace, n) for n in dict.fromkeys(args.jobs)]
-    metric = args.metric or compare.default_metric(jobs)
+    metric = args.metric or default_metric(jobs)
     minimize = None if args.direction is None else args.direction == "minimize"
-    rows = compare.compare_rows(jobs, _now(), metric, minimize)
+    rows = compare_rows(jobs, _now(), metric, minimize)
     if args.output in ("json", "yaml"):
-        out.write(fmt.dump(_result(None, rows), args.output))
+        out.write(render.dump(comparison(None, rows), args.output))
         return 0
-    out.write(compare.compare_table(rows))
+    out.write(render.compare_table(compare_table(rows)))
     return 0

@@ -10,27 +10,28 @@ ClusterRole grants exactly that ``get`` (docs/metrics.md "Scraping").
 Answers are cached by the token's SHA-256 (allowed for 60 s, refused for 10 s, at most 1024
 tokens): a scrape every 30 s costs one review pair a minute. New tokens spend a budget of their
 own (10 review pairs at once, then one a second; spent: 503), so garbage tokens cannot turn into
-a flood of reviews. The TLS handshake runs in the connection's own thread with a timeout, and at
-most 8 connections are served at once (more are closed), so a slow client cannot stall the
-port. The certificate is the report channel's (reports/tls.py) unless
+a flood of reviews. The listener is the operator's one server (``http/server.py``): the TLS
+handshake runs in the connection's own thread, a request has one deadline, and at most 8
+connections are served at once (more are closed), so a slow client cannot stall the port.
+The certificate is the report channel's (http/tls.py) unless
 ``FINETUNE_METRICS_TLS_CERT_FILE`` names one.
 """
 
 from __future__ import annotations
 
-import contextlib
+import gzip
 import logging
 import ssl
-import threading
 import time
 from collections.abc import Callable
-from http.server import ThreadingHTTPServer
-from typing import Any, Final
+from typing import Final
+from urllib.parse import parse_qs
 
-from prometheus_client.exposition import MetricsHandler
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from finetune_operator.http.identity import MAX_TOKEN_BYTES
 from finetune_operator.http.limits import BudgetSpent, ReviewBudget, TtlCache, digest
+from finetune_operator.http.server import HttpServer, Request, Response, Router
 from finetune_operator.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -92,68 +93,32 @@ _REFUSALS: Final = {
 }
 
 
-class _Handler(MetricsHandler):
-    server: _Server
-    registry = REGISTRY
+def exposition(req: Request) -> Response:
+    """The registry in the format the scraper accepts (``?name[]=`` narrows it; gzip when
+    accepted), as prometheus_client's own handler answers."""
+    encoder, content_type = choose_encoder(req.headers.get("Accept") or "")
+    names = parse_qs(req.query).get("name[]")
+    output = encoder(REGISTRY.restricted_registry(names) if names else REGISTRY)
+    headers = {}
+    if gzip_accepted(req.headers.get("Accept-Encoding") or ""):
+        output, headers = gzip.compress(output), {"Content-Encoding": "gzip"}
+    return Response(200, output, content_type, headers)
 
-    def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] != PATH:
-            self._refuse(404, f"GET {PATH}")
-            return
-        auth = self.headers.get("Authorization") or ""
-        code = self.server.auth(auth[7:].strip() if auth[:7].lower() == "bearer " else "")
+
+def router(auth: ScrapeAuth) -> Router:
+    """``GET /metrics`` for the tokens ``auth`` allows; every other path is a 404."""
+
+    def scrape(req: Request) -> Response:
+        code = auth(req.bearer(MAX_TOKEN_BYTES))
         if code != 200:
-            self._refuse(code, _REFUSALS[code])
-            return
-        super().do_GET()
+            return Response.text(code, _REFUSALS[code],
+                                 {"WWW-Authenticate": "Bearer"} if code == 401 else {})
+        return exposition(req)
 
-    def _refuse(self, code: int, text: str) -> None:
-        body = (text + "\n").encode()
-        self.send_response(code)
-        if code == 401:
-            self.send_header("WWW-Authenticate", "Bearer")
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def elsewhere(req: Request) -> Response:
+        return Response.text(404, f"GET {PATH}")
 
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], context: ssl.SSLContext, auth: ScrapeAuth,
-                 max_connections: int, timeout: float) -> None:
-        self.context, self.auth, self.conn_timeout = context, auth, timeout
-        self._slots = threading.BoundedSemaphore(max_connections)
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):  # all busy: close, never queue
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(self.conn_timeout)  # the handshake too, in this connection's thread
-        try:
-            tls = self.context.wrap_socket(request, server_side=True)
-        except (OSError, ssl.SSLError):
-            return
-        with contextlib.suppress(OSError), contextlib.closing(tls):
-            _Handler(tls, client_address, self)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("/metrics: connection error", exc_info=True)
+    return Router(not_found=elsewhere, method_not_allowed=elsewhere).add("GET", PATH, scrape)
 
 
 def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -164,10 +129,10 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 
 
 def serve(port: int, context: ssl.SSLContext, auth: ScrapeAuth, host: str = "0.0.0.0", *,
-          max_connections: int = 8, timeout: float = 10.0) -> ThreadingHTTPServer:
+          max_connections: int = 8, timeout: float = 10.0) -> HttpServer:
     """Serve ``GET /metrics`` (REGISTRY) over TLS in daemon threads; ``port=0`` picks one."""
-    server = _Server((host, port), context, auth, max_connections, timeout)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    server = HttpServer(host, port, router(auth), name="/metrics", tls=context,
+                        request_timeout=timeout, max_connections=max_connections).start()
     log.info("/metrics: serving https on port %d (bearer token with get on /metrics)",
-             server.server_address[1])
+             server.port)
     return server

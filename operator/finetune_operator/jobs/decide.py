@@ -1,4 +1,5 @@
-"""Pure: the cluster as listed -> admission Snapshot -> one JobDecision per job.
+"""Pure: the native admitter (``admission/seam.py``): the cluster as the caches hold it ->
+admission Snapshot -> one JobDecision per job.
 
 Bridges the state machine (reconcile.py) and the admission policy (admission/): which jobs are
 waiting, which hold GPUs, what nodes and quotas have free, and what admit() decided for each.
@@ -10,24 +11,30 @@ import datetime as dt
 import functools
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from finetune_api.job import FineTuneJob
 from finetune_api.times import parse_time
 from finetune_operator.admission import (
+    ClusterView,
+    DecisionSet,
+    Impossible,
+    JobDecision,
     Policy,
+    Preemption,
     QueuedJob,
     RunningJob,
     Snapshot,
     Toleration,
+    Waiting,
     admit,
 )
 from finetune_operator.admission.snapshot import nodes_from_k8s, quotas_from_k8s
-from finetune_operator.jobs.pods import attempt_of
-from finetune_operator.jobs.reconcile import JobDecision, wants_admission
+from finetune_operator.jobs.pods import Pod, attempt_of
+from finetune_operator.jobs.reconcile import wants_admission
 from finetune_operator.settings import OperatorSettings
+from finetune_operator.slim import SlimNode, SlimPod, SlimQuota, SlimUsage
 
 HOLDING_PHASES = ("Admitted", "Running", "Preempting")
 # the per-job steps of the cycle, as the InvalidData condition and its metric name them
@@ -46,22 +53,8 @@ def problem(step: str, e: Exception) -> str:
     return f"{STEPS[step]}: {type(e).__name__}: {str(e)[:200]}"
 
 
-@dataclass
-class DecisionSet:
-    by_uid: dict[str, JobDecision] = field(default_factory=dict)
-    quotas: dict[str, float] = field(default_factory=dict)  # namespace -> hard GPUs (metrics)
-    # the visibility endpoint's data: namespace -> waiting jobs in queue order
-    queue_view: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    # jobs left out of this decision because their data could not be processed:
-    # uid -> (step, problem)
-    invalid: dict[str, tuple[str, str]] = field(default_factory=dict)
-
-    def get(self, uid: str, default: JobDecision) -> JobDecision:
-        return self.by_uid.get(uid, default)
-
-
 def _resource(job: FineTuneJob, settings: OperatorSettings) -> str:
-    return job.spec.resources.gpu_resource or settings.gpu_resource
+    return job.spec.resources.gpu_resource or settings.admission.gpu_resource
 
 
 def _tolerations(job: FineTuneJob) -> tuple[Toleration, ...]:
@@ -74,18 +67,19 @@ def _created(job: FineTuneJob, now: dt.datetime) -> dt.datetime:
     return parse_time(job.metadata.creation_timestamp) or now
 
 
-def _active_current(job: FineTuneJob, pods: list[dict]) -> list[dict]:
+def _active_current(job: FineTuneJob, pods: list[Pod]) -> list[Pod]:
     return [p for p in pods if attempt_of(p) == job.status.attempt
             and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
 
 
-def holds_gpus(job: FineTuneJob, pods: list[dict]) -> bool:
+def holds_gpus(job: FineTuneJob, pods: list[Pod]) -> bool:
     return job.status.phase in HOLDING_PHASES or bool(_active_current(job, pods))
 
 
-def build_snapshot(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
+def build_snapshot(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[Pod]],
                    classes: Mapping[str, int], settings: OperatorSettings,
-                   nodes: list[dict], active_pods: list[dict], quotas: list[dict],
+                   nodes: Sequence[SlimNode], active_pods: Sequence[SlimPod | SlimUsage],
+                   quotas: Sequence[SlimQuota],
                    now: dt.datetime, invalid: dict[str, tuple[str, str]] | None = None,
                    ) -> Snapshot:
     """``invalid`` (when given) collects the jobs whose entry could not be built: each is left
@@ -107,7 +101,7 @@ def build_snapshot(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]
                     quotas=quotas_from_k8s(quotas), policy=Policy.from_settings(settings))
 
 
-def snapshot_entry(job: FineTuneJob, pods: list[dict], classes: Mapping[str, int],
+def snapshot_entry(job: FineTuneJob, pods: list[Pod], classes: Mapping[str, int],
                    settings: OperatorSettings, now: dt.datetime,
                    ) -> RunningJob | QueuedJob | None:
     """One job as the admission policy sees it: holding GPUs, waiting, or neither (None)."""
@@ -165,7 +159,7 @@ def coarse_position(position: int) -> int:
     moves a few times per decade instead of on every admission ahead of it."""
     if position <= 10:
         return position
-    magnitude = 10 ** (len(str(position)) - 1)
+    magnitude: int = 10 ** (len(str(position)) - 1)
     return -(-position // magnitude) * magnitude
 
 
@@ -181,9 +175,10 @@ def tenant_words(text: str, namespace: str, keys: set[str]) -> str:
                     and m.group(0) in keys else m.group(0), text)
 
 
-def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
-           classes: Mapping[str, int], settings: OperatorSettings, nodes: list[dict],
-           active_pods: list[dict], quotas: list[dict], now: dt.datetime) -> DecisionSet:
+def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[Pod]],
+           classes: Mapping[str, int], settings: OperatorSettings, nodes: Sequence[SlimNode],
+           active_pods: Sequence[SlimPod | SlimUsage], quotas: Sequence[SlimQuota],
+           now: dt.datetime) -> DecisionSet:
     out = DecisionSet()
     snap = build_snapshot(jobs, pods_by_uid, classes, settings, nodes, active_pods, quotas, now,
                           out.invalid)
@@ -197,7 +192,7 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
             got = said[(text, ns)] = tenant_words(text, ns, keys)
         return got
 
-    def preempt(pr: Any) -> JobDecision:
+    def preempt(pr: Preemption) -> JobDecision:
         ns = pr.victim.namespace
         reason = pr.reason if pr.preemptor.namespace == ns else (
             "preempted by a higher-priority job in another namespace "
@@ -206,7 +201,7 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
 
     per_ns: dict[str, int] = {}
 
-    def waiting(w: Any) -> JobDecision:
+    def waiting(w: Waiting) -> JobDecision:
         ns = w.job.namespace
         per_ns[ns] = per_ns.get(ns, 0) + 1
         reason = words(w.reason, ns)
@@ -215,9 +210,9 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
                "effectivePriority": round(w.effective_priority, 1), "reason": reason,
                "code": str(w.code), "reserved": w.reserved}
         out.queue_view.setdefault(ns, []).append(row)
-        return JobDecision(position=coarse_position(per_ns[ns]), reason=reason, code=str(w.code))
+        return JobDecision(position=coarse_position(per_ns[ns]), reason=reason, code=w.code)
 
-    def impossible(i: Any) -> JobDecision:
+    def impossible(i: Impossible) -> JobDecision:
         return JobDecision(impossible=tenant_words(i.reason, i.job.namespace, keys))
 
     each: list[tuple[str, Callable[[], JobDecision]]] = [
@@ -231,7 +226,7 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[dict]],
             out.by_uid[uid] = make()
         except Exception as e:  # this job is left out; every other one is decided
             out.invalid[uid] = ("decision", problem("decision", e))
-    res = settings.gpu_resource
+    res = settings.admission.gpu_resource
     # the namespace's GPU quota for the dashboard: its unscoped quotas (a scoped one, e.g. per
     # PriorityClass, limits only some jobs); the tightest when there are several
     for q in snap.quotas:
@@ -251,3 +246,14 @@ def policy_error(job: FineTuneJob, settings: OperatorSettings,
                      "installs the finetune-* classes with the Helm chart, or pick an existing "
                      "class in spec.priorityClassName")
     return cls, None
+
+
+class NativeAdmitter:
+    """The admitter of ``admission/seam.py`` this operator runs today: its own policy."""
+
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
+
+    def decide(self, view: ClusterView, now: dt.datetime) -> DecisionSet:
+        return decide(list(view.jobs), view.pods_by_uid, view.classes, self.settings,
+                      view.nodes, view.active_pods, view.quotas, now)

@@ -15,14 +15,10 @@ import re
 from typing import Any
 
 from finetune_api.job import FineTuneJob
-from finetune_operator.jobs.build.names import (
-    ATTEMPT_LABEL,
-    JOB_LABEL,
-    RANK_LABEL,
-    label_value,
-    pod_name,
-)
+from finetune_api.labels import ATTEMPT_LABEL, JOB_LABEL, RANK_LABEL
+from finetune_operator.jobs.build.names import label_value, pod_name
 from finetune_operator.jobs.pods import attempt_of, owner_uid
+from finetune_operator.slim import SlimPod
 
 # what str(int) writes for the 1-based attempt / 0-based rank: no sign, no leading zero, and
 # short (a label cannot make the operator build a huge number or name)
@@ -40,11 +36,11 @@ def _number(text: Any) -> int | None:
     return int(text) if isinstance(text, str) and _NUMBER.fullmatch(text) else None
 
 
-def belongs(pod: dict, job: FineTuneJob) -> bool:
+def belongs(pod: SlimPod, job: FineTuneJob) -> bool:
     """Whether ``pod`` is one the operator creates for ``job`` (any attempt: a pod of an
     earlier attempt is the job's too, to be deleted as stale)."""
-    meta = pod.get("metadata") or {}
-    labels = meta.get("labels") or {}
+    meta = pod["metadata"]
+    labels = meta["labels"]
     attempt, rank = _number(labels.get(ATTEMPT_LABEL)), _number(labels.get(RANK_LABEL))
     name = job.metadata.name
     return (attempt is not None and attempt >= 1 and rank is not None
@@ -54,6 +50,6 @@ def belongs(pod: dict, job: FineTuneJob) -> bool:
             and meta.get("name") == pod_name(name, attempt, rank))
 
 
-def speaks_for(pod: dict, job: FineTuneJob) -> bool:
+def speaks_for(pod: SlimPod, job: FineTuneJob) -> bool:
     """Whether ``pod`` may report for ``job`` now: the job's own pod of its current attempt."""
     return belongs(pod, job) and attempt_of(pod) == job.status.attempt

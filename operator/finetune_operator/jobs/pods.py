@@ -6,9 +6,11 @@ No API calls: inputs are plain pod dicts as the API server returns them, and `no
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_api.labels import ATTEMPT_LABEL, RANK_LABEL
 from finetune_api.status import (
     CheckpointStatus,
     Condition,
@@ -17,10 +19,8 @@ from finetune_api.status import (
     Progress,
 )
 from finetune_api.times import TIME_MAX, TIME_MIN, clamp_time, parse_time, rfc3339
-from finetune_operator.reports.model import parse_termination
+from finetune_operator.reports.model import CheckpointReport, ProgressReport, parse_termination
 
-ATTEMPT_LABEL = "finetune.dev/attempt"
-RANK_LABEL = "finetune.dev/rank"
 # DisruptionTarget reasons that mean "someone needed the resources" (not a failure)
 PREEMPTION_REASONS = {"PreemptionByScheduler", "EvictionByEvictionAPI"}
 # ... and the ones that mean the node is gone (a failure, retried)
@@ -28,27 +28,30 @@ NODE_LOST_REASONS = {"DeletionByTaintManager", "DeletionByPodGC", "TerminationBy
 # the trainer's exit code for an invalid config or malformed data (docs/contracts.md)
 INVALID_INPUT_EXIT_CODE = 2
 
+Pod = dict[str, Any]  # a pod as the cache keeps it (kube/cache.py slim_pod)
+PodView = Mapping[str, Any]  # read only: a Pod, or the cache's typed record (slim.SlimPod)
 
-def attempt_of(pod: dict) -> int:
+
+def attempt_of(pod: PodView) -> int:
     try:
         return int(pod["metadata"].get("labels", {}).get(ATTEMPT_LABEL, "0"))
     except ValueError:
         return 0
 
 
-def rank_of(pod: dict) -> int:
+def rank_of(pod: PodView) -> int:
     try:
         return int(pod["metadata"].get("labels", {}).get(RANK_LABEL, "0"))
     except ValueError:
         return 0
 
 
-def terminated_message(pod: dict) -> str:
+def terminated_message(pod: PodView) -> str:
     """The raw termination message of the pod's terminated container ("" if none)."""
     return str((_terminated(pod) or {}).get("message") or "")
 
 
-def _terminated(pod: dict) -> dict | None:
+def _terminated(pod: PodView) -> dict[str, Any] | None:
     for cs in pod.get("status", {}).get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
         if term:
@@ -56,13 +59,13 @@ def _terminated(pod: dict) -> dict | None:
     return None
 
 
-def owner_uid(pod: dict) -> str | None:
+def owner_uid(pod: PodView) -> str | None:
     """The uid of the FineTuneJob that owns a pod, if any."""
     return next((r.get("uid") for r in pod["metadata"].get("ownerReferences") or []
                  if r.get("kind") == "FineTuneJob"), None)
 
 
-def termination_message(pod: dict) -> dict[str, Any]:
+def termination_message(pod: PodView) -> dict[str, Any]:
     """The trainer's JSON summary (docs/contracts.md), parsed strictly (reports/model.py): a
     message that breaks the model is dropped ({}); plain text (the log tail a crashed trainer
     leaves) is kept as {'message': last 512 characters}."""
@@ -70,7 +73,7 @@ def termination_message(pod: dict) -> dict[str, Any]:
     raw = str(term.get("message") or "")
     if not raw:
         return {}
-    msg = parse_termination(raw)  # counted and logged once per pod by loop.py
+    msg = parse_termination(raw)  # counted and logged once per pod by jobs/feeds.py
     if msg is not None:
         return msg.to_wire()
     if raw.lstrip().startswith("{"):
@@ -78,7 +81,7 @@ def termination_message(pod: dict) -> dict[str, Any]:
     return {"message": "".join(c for c in raw.strip()[-512:] if c.isprintable() or c == "\n")}
 
 
-def disruption_reason(pod: dict) -> str | None:
+def disruption_reason(pod: PodView) -> str | None:
     for c in pod.get("status", {}).get("conditions") or []:
         if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
             return str(c.get("reason") or "Disrupted")
@@ -90,8 +93,8 @@ class PodsView:
     """What the pods of the current attempt say, in the order the reconcile checks it."""
 
     expected: int
-    present: list[dict] = field(default_factory=list)
-    completed: dict | None = None          # rank-0 termination message when it completed
+    present: list[Pod] = field(default_factory=list)
+    completed: dict[str, Any] | None = None          # rank-0 termination message when it completed
     failure: str | None = None             # cause, when a pod failed
     failed_pod: str | None = None          # the pod of that failure (its log tells why)
     failed_rank: int = 0
@@ -99,10 +102,10 @@ class PodsView:
     preempted_by: str | None = None        # scheduler | eviction | deleted | trainer
     invalid_input: bool = False            # the trainer exited 2: retrying cannot help
     node_lost: str | None = None           # a pod's node went away: retried, not counted
-    stopped_checkpoint: dict | None = None  # rank 0's termination message, stopped on SIGTERM
+    stopped_checkpoint: dict[str, Any] | None = None  # rank 0: stopped on SIGTERM, its save
     running: int = 0
-    active: list[dict] = field(default_factory=list)     # not terminated
-    deletable: list[dict] = field(default_factory=list)  # active and not being deleted
+    active: list[Pod] = field(default_factory=list)     # not terminated
+    deletable: list[Pod] = field(default_factory=list)  # active and not being deleted
 
     @property
     def all_running(self) -> bool:
@@ -114,7 +117,7 @@ class PodsView:
         return not self.active
 
 
-def observe(pods: list[dict], expected: int, ever_ran: bool) -> PodsView:
+def observe(pods: list[Pod], expected: int, ever_ran: bool) -> PodsView:
     v = PodsView(expected=expected, present=pods)
     for p in sorted(pods, key=rank_of):
         phase = p.get("status", {}).get("phase")
@@ -155,7 +158,7 @@ def observe(pods: list[dict], expected: int, ever_ran: bool) -> PodsView:
     return v
 
 
-def pending_cause(pods: list[dict]) -> str:
+def pending_cause(pods: list[Pod]) -> str:
     """Why the pods of an attempt are not running: the first waiting container's reason and
     message (``ImagePullBackOff: ...``), else the scheduler's, else that none exist."""
     if not pods:
@@ -176,7 +179,7 @@ def pending_cause(pods: list[dict]) -> str:
     return f"pod {first['metadata']['name']} is still {phase}"
 
 
-def _failure_cause(pod: dict, term: dict, msg: dict[str, Any]) -> tuple[str, str]:
+def _failure_cause(pod: Pod, term: dict[str, Any], msg: dict[str, Any]) -> tuple[str, str]:
     code = term.get("exitCode", "unknown")
     reason = term.get("reason") or pod.get("status", {}).get("reason") or "Error"
     what = f"pod {pod['metadata']['name']} exited with code {code} ({reason})"
@@ -197,7 +200,11 @@ def _num(d: dict[str, Any], key: str) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
-def apply_progress(st: FineTuneJobStatus, report: dict[str, Any], attempt: int,
+def _float(v: float | None) -> float | None:
+    return None if v is None else float(v)
+
+
+def apply_progress(st: FineTuneJobStatus, report: ProgressReport, attempt: int,
                    now: dt.datetime | None = None) -> int:
     """Mirror a progress report into the status; returns steps lost by this attempt's resume.
 
@@ -205,32 +212,31 @@ def apply_progress(st: FineTuneJobStatus, report: dict[str, Any], attempt: int,
     checkpoint never replaces a newer one of the same attempt (the stopped trainer's
     termination message may have named a later save than its last report)."""
     lost = 0
-    resumed = report.get("resumedFromStep")
-    if "resumedFromStep" in report and resumed is None:
+    resumed = report.resumed_from_step
+    if resumed is None and "resumed_from_step" in report.model_fields_set:
         resumed = 0  # the trainer found no complete checkpoint: it restarted from scratch
     same_attempt = st.progress_attempt == attempt
     if not same_attempt:
         if st.progress is not None and isinstance(resumed, int):
             lost = max(0, st.progress.step - resumed)
         st.progress_attempt = attempt
-    step = int(report.get("step") or 0)
-    total = report.get("totalSteps")
+    step, total = report.step, report.total_steps
     st.progress = Progress(
         summary=f"{step}/{total}" if total else str(step), step=step,
-        total_steps=int(total) if total else None, epoch=_num(report, "epoch"),
-        loss=_num(report, "loss"), learning_rate=_num(report, "learningRate"),
-        tokens_per_second=_num(report, "tokensPerSecond"), eta_seconds=_num(report, "etaSeconds"),
-        updated_at=_reported_time(st, report.get("updatedAt"), now),
-        resumed_from_step=resumed if isinstance(resumed, int) else None,
+        total_steps=total or None, epoch=_float(report.epoch), loss=_float(report.loss),
+        learning_rate=_float(report.learning_rate),
+        tokens_per_second=_float(report.tokens_per_second),
+        eta_seconds=_float(report.eta_seconds),
+        updated_at=_reported_time(st, report.updated_at, now), resumed_from_step=resumed,
     )
-    ck = _checkpoint(st, report.get("checkpoint"), now)
+    ck = _checkpoint(st, report.checkpoint, now)
     if ck is not None and not (same_attempt and st.checkpoint and ck.step < st.checkpoint.step):
         st.checkpoint = ck
     st.lost_steps += lost
     return lost
 
 
-def apply_stopped_checkpoint(st: FineTuneJobStatus, checkpoint: dict,
+def apply_stopped_checkpoint(st: FineTuneJobStatus, checkpoint: dict[str, Any],
                              now: dt.datetime | None = None) -> None:
     """The checkpoint a stopped trainer's termination message names, when newer than the one
     the status holds: the report sent after that save may not have reached this operator (it
@@ -245,14 +251,18 @@ def _reported_time(st: FineTuneJobStatus, value: Any, now: dt.datetime | None) -
     [the current attempt's admission, now] (a pod speaks only for its own attempt: a savedAt
     in the past would make its job look expensive to preempt, one in the future would last);
     None when it is not a time."""
-    t = parse_time(value)
+    t = value if isinstance(value, dt.datetime) else parse_time(value)
     if t is None:
         return None
     return rfc3339(clamp_time(t, parse_time(st.admitted_at) or TIME_MIN, now or TIME_MAX))
 
 
-def _checkpoint(st: FineTuneJobStatus, ck: Any,
+def _checkpoint(st: FineTuneJobStatus, ck: CheckpointReport | dict[str, Any] | None,
                 now: dt.datetime | None) -> CheckpointStatus | None:
+    """A reported checkpoint (a progress report's, typed, or a termination message's)."""
+    if isinstance(ck, CheckpointReport):
+        ck = {"step": ck.step, "path": ck.path, "savedAt": ck.saved_at,
+              "saveSeconds": ck.save_seconds}
     if not isinstance(ck, dict) or not isinstance(ck.get("step"), int):
         return None
     path, old = str(ck.get("path", "")), st.checkpoint

@@ -1,7 +1,7 @@
 """The job state machine, pure: (job, its pods, the admission decision, now) -> Plan.
 
 Level-based: everything is recomputed from the job's status and its pods, so an operator that
-restarts at any instant picks up where it was. The shell (loop.py) executes a Plan in this
+restarts at any instant picks up where it was. The shell (executor.py) executes a Plan in this
 order: status patch first, then creations, then deletions — so a crash between the two leaves
 a status that tells the next pass what to finish (e.g. phase Admitted with no pods: create them;
 phase Preempting: keep deleting).
@@ -15,15 +15,17 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
 
 from finetune_api.job import FineTuneJob
 from finetune_api.status import FineTuneJobStatus, QueueStatus
 from finetune_api.times import parse_time, rfc3339, time_after
+from finetune_operator.admission.seam import JobDecision
 from finetune_operator.jobs.build.names import pod_name
 from finetune_operator.jobs.build.output import output_location
 from finetune_operator.jobs.build.output import summary as output_summary
 from finetune_operator.jobs.pods import (
+    Pod,
     PodsView,
     apply_progress,
     apply_stopped_checkpoint,
@@ -33,22 +35,51 @@ from finetune_operator.jobs.pods import (
     pending_cause,
     set_condition,
 )
+from finetune_operator.reports.model import ProgressReport
 
 ACTIVE_PHASES = ("Admitted", "Running", "Preempting")
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
-@dataclass
-class JobDecision:
-    """What the admission policy says about one job this pass."""
+class OutcomeKind(StrEnum):
+    ADMISSION = "admission"
+    PREEMPTION = "preemption"
+    FAILURE = "failure"
+    COMPLETION = "completion"
+    LOST_WORK = "lost"
 
-    admit: bool = False
-    preempt: str | None = None      # reason, when a running job must make room
-    position: int | None = None
+
+@dataclass(frozen=True)
+class Outcome:
+    """Something that happened to the job in this pass, for the metrics (executor.py records
+    it once the plan's writes landed)."""
+
+    kind: OutcomeKind
+    # preemption: scheduler | eviction | operator; failure: exit-code | oom-killed | deadline |
+    # policy (the metric's reason label)
     reason: str = ""
-    code: str = ""                  # the policy's wait code: the Admitted=False reason
-    impossible: str | None = None   # can never be admitted as configured
-    placement: tuple[str, ...] = ()  # admitted: the node of each pod (rank order) it counted on
+    wait_seconds: float = 0.0  # admission: time in the queue
+    steps: int = 0             # lost work: steps redone by this resume
+
+    @classmethod
+    def admitted(cls, wait_seconds: float) -> Outcome:
+        return cls(OutcomeKind.ADMISSION, wait_seconds=wait_seconds)
+
+    @classmethod
+    def preempted(cls, reason: str) -> Outcome:
+        return cls(OutcomeKind.PREEMPTION, reason=reason)
+
+    @classmethod
+    def failed(cls, reason: str) -> Outcome:
+        return cls(OutcomeKind.FAILURE, reason=reason)
+
+    @classmethod
+    def completed(cls) -> Outcome:
+        return cls(OutcomeKind.COMPLETION)
+
+    @classmethod
+    def lost_work(cls, steps: int) -> Outcome:
+        return cls(OutcomeKind.LOST_WORK, steps=steps)
 
 
 @dataclass
@@ -56,12 +87,12 @@ class Plan:
     status: FineTuneJobStatus
     create_attempt: int | None = None                 # create (or finish creating) children
     placement: tuple[str, ...] = ()                   # nodes the pods should prefer, by rank
-    delete_pods: list[dict] = field(default_factory=list)
+    delete_pods: list[Pod] = field(default_factory=list)
     # stuck terminating past their grace period on a NotReady/deleted node: delete with grace 0
-    force_delete_pods: list[dict] = field(default_factory=list)
+    force_delete_pods: list[Pod] = field(default_factory=list)
     delete_job: bool = False                          # ttlSecondsAfterFinished has passed
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
-    metrics: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
 
 
 @dataclass
@@ -72,7 +103,7 @@ class Ctx:
     policy_error: str | None = None       # e.g. a priority class the namespace may not use
     # the newest progress report of the current attempt seen on the pod watch: the trainer's
     # last report (right after its SIGTERM save) may land just before its pod disappears
-    watched_report: dict[str, Any] | None = None
+    watched_report: ProgressReport | None = None
     # why creating this attempt's children was refused (quota, webhook, a name taken)
     create_error: str | None = None
     node_ready: Callable[[str], bool | None] | None = None  # None: the node is gone
@@ -93,7 +124,7 @@ def wants_admission(job: FineTuneJob, now: dt.datetime) -> bool:
     return retry is None or retry <= now
 
 
-def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) -> Plan:
+def plan(job: FineTuneJob, pods: list[Pod], decision: JobDecision, ctx: Ctx) -> Plan:
     st = job.status.model_copy(deep=True)
     p = Plan(status=st)
     gen, now = job.metadata.generation, ctx.now
@@ -111,12 +142,12 @@ def plan(job: FineTuneJob, pods: list[dict], decision: JobDecision, ctx: Ctx) ->
 
     report = ctx.watched_report
     if report is not None and st.progress is not None and st.progress_attempt == st.attempt \
-            and int(report.get("step") or 0) < st.progress.step:
+            and report.step < st.progress.step:
         report = None  # an older report never rolls the status back
     if report is not None:
         lost = apply_progress(st, report, st.attempt, now)
         if lost:
-            p.metrics.append(("lost", {"steps": lost}))
+            p.outcomes.append(Outcome.lost_work(lost))
 
     _force_stuck(p, pods, ctx)
     if st.phase in TERMINAL_PHASES:
@@ -199,7 +230,7 @@ def _ttl(job: FineTuneJob, ctx: Ctx) -> int | None:
     return ctx.ttl_seconds_after_finished if ttl is None else ttl
 
 
-def _stuck(pod: dict, ctx: Ctx, now: dt.datetime) -> bool:
+def _stuck(pod: Pod, ctx: Ctx, now: dt.datetime) -> bool:
     """Terminating past its deadline plus a margin, on a node that is NotReady or gone."""
     gone_by = parse_time(pod["metadata"].get("deletionTimestamp"))
     if gone_by is None or ctx.node_ready is None:
@@ -210,11 +241,11 @@ def _stuck(pod: dict, ctx: Ctx, now: dt.datetime) -> bool:
     return not node or ctx.node_ready(node) is not True
 
 
-def _force_stuck(p: Plan, pods: list[dict], ctx: Ctx) -> None:
+def _force_stuck(p: Plan, pods: list[Pod], ctx: Ctx) -> None:
     p.force_delete_pods.extend(x for x in pods if _stuck(x, ctx, ctx.now))
 
 
-def due_at(job: FineTuneJob, st: FineTuneJobStatus, pods: list[dict],
+def due_at(job: FineTuneJob, st: FineTuneJobStatus, pods: list[Pod],
            timing: dict[str, float], now: dt.datetime) -> dt.datetime | None:
     """The next instant at which this job's plan may change with nothing else happening:
     a retry delay ending, the pods-ready timeout, the deadline, the unschedulable grace, a pod
@@ -243,7 +274,7 @@ def due_at(job: FineTuneJob, st: FineTuneJobStatus, pods: list[dict],
     return min(future) if future else None
 
 
-def _reconcile_active(p: Plan, job: FineTuneJob, current: list[dict], decision: JobDecision,
+def _reconcile_active(p: Plan, job: FineTuneJob, current: list[Pod], decision: JobDecision,
                       ctx: Ctx) -> None:
     st, now, gen = p.status, ctx.now, job.metadata.generation
     # pods missing while the attempt is only Admitted means "not created yet" (create them);
@@ -362,7 +393,7 @@ def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobDecision,
         "eviction" if "Eviction" in reason else "operator")
     set_condition(st, "Preempted", True, "Preempted", f"{reason} (preemption "
                   f"{st.preemptions}; not counted as a failure)", now, gen)
-    p.metrics.append(("preemption", {"reason": kind}))
+    p.outcomes.append(Outcome.preempted(kind))
     p.events.append(("Normal", "Preempted",
                      f"{reason}; back in the queue, {_resume_note(job, st)}"))
     st.stop_reason = None
@@ -385,7 +416,7 @@ def _succeed(p: Plan, job: FineTuneJob, view: PodsView, now: dt.datetime) -> Non
     p.delete_pods.extend(view.deletable)
     p.events.append(("Normal", "Completed", f"training finished after {st.attempt} attempt(s), "
                      f"{st.preemptions} preemption(s), {st.failures} failure(s)"))
-    p.metrics.append(("completion", {}))
+    p.outcomes.append(Outcome.completed())
 
 
 def _failed_attempt(p: Plan, job: FineTuneJob, view: PodsView, ctx: Ctx) -> None:
@@ -397,7 +428,7 @@ def _failed_attempt(p: Plan, job: FineTuneJob, view: PodsView, ctx: Ctx) -> None
         p.force_delete_pods.extend(view.deletable)
     else:
         p.delete_pods.extend(view.deletable)
-    p.metrics.append(("failure", {"reason": view.failure_reason}))
+    p.outcomes.append(Outcome.failed(view.failure_reason))
     cause = view.failure or "unknown failure"
     limit = job.spec.backoff_limit
     if view.invalid_input:
@@ -431,7 +462,7 @@ def _logs_hint(job: FineTuneJob, attempt: int, view: PodsView) -> str:
 
 
 def _fail(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.datetime,
-          current: list[dict] | None = None, count: bool = True) -> None:
+          current: list[Pod] | None = None, count: bool = True) -> None:
     """End the job. count=False when the failed attempt was already counted."""
     st, gen = p.status, job.metadata.generation
     _leave_active(st, now)
@@ -443,8 +474,8 @@ def _fail(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.datetime
         p.delete_pods.extend(observe(current, job.spec.resources.nodes, True).deletable)
     p.events.append(("Warning", reason, message))
     if count:
-        p.metrics.append(("failure", {"reason": "deadline" if reason == "DeadlineExceeded"
-                                      else "policy"}))
+        p.outcomes.append(Outcome.failed("deadline" if reason == "DeadlineExceeded"
+                                         else "policy"))
 
 
 def _to_queue(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.datetime,
@@ -476,7 +507,7 @@ def _queued(p: Plan, job: FineTuneJob, decision: JobDecision, ctx: Ctx) -> None:
         return
     if not decision.admit:
         st.queue = QueueStatus(position=decision.position, reason=decision.reason)
-        set_condition(st, "Admitted", False, decision.code or _waiting_reason(decision.reason),
+        set_condition(st, "Admitted", False, str(decision.code or "Waiting"),
                       decision.reason or "waiting for admission", now, gen)
         return
     queued = parse_time(st.queued_since) or now
@@ -488,15 +519,5 @@ def _queued(p: Plan, job: FineTuneJob, decision: JobDecision, ctx: Ctx) -> None:
            + (f"; resumes from checkpoint step {resume}" if resume else ""))
     set_condition(st, "Admitted", True, "Admitted", msg, now, gen)
     p.events.append(("Normal", "Admitted", msg))
-    p.metrics.append(("admission", {"wait": (now - queued).total_seconds()}))
+    p.outcomes.append(Outcome.admitted((now - queued).total_seconds()))
 
-
-def _waiting_reason(reason: str) -> str:
-    r = reason.lower()
-    if "quota" in r:
-        return "QuotaExhausted"
-    if "node" in r or "capacity" in r or "free" in r:
-        return "InsufficientCapacity"
-    if "maxrunningjobs" in r or "already runs" in r:
-        return "NamespaceLimit"
-    return "Waiting"

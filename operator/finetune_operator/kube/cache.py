@@ -5,7 +5,9 @@ list's resourceVersion with bookmarks; it relists only when the watch expires (4
 start-up, and re-watches from the last seen resourceVersion after a dropped connection. Each
 object is reduced by a *transform* to what the operator reads (``slim_*`` below) before it is
 stored, so memory holds neither managedFields nor pods of other workloads: pods not ours are
-kept only as (node, extended-resource requests), and only when they request some.
+kept only as (node, extended-resource requests), and only when they request some. The slim
+records are typed (``finetune_operator.slim``: ``SlimPod``, ``SlimUsage``, ``SlimNode``,
+``SlimQuota``); extended-resource counts in them are ints, parsed once here.
 
 A store calls ``on_change(kind, key, old, new)`` only when the transformed value changed, so a
 node heartbeat or a status rewrite that changes nothing the operator reads wakes nobody.
@@ -17,17 +19,33 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api.labels import MANAGED_BY_LABEL, MANAGED_BY_VALUE, POD_LABELS
+from finetune_api.quantity import count
 from finetune_operator.admission.snapshot import pod_requests
+from finetune_operator.slim import (
+    Counts,
+    SlimCondition,
+    SlimContainer,
+    SlimContainerStatus,
+    SlimNode,
+    SlimPod,
+    SlimPodMeta,
+    SlimPodSpec,
+    SlimPodStatus,
+    SlimQuota,
+    SlimQuotaSpec,
+    SlimUsage,
+)
 
 log = logging.getLogger(__name__)
 
-Transform = Callable[[dict], Any]
+Transform = Callable[[dict[str, Any]], Any]
 OnChange = Callable[[str, str, Any, Any], None]
 
 
@@ -89,7 +107,7 @@ def _older(new: Any, old: Any) -> bool:
     return bool(a and b and a.isdigit() and b.isdigit() and int(a) < int(b))
 
 
-def object_key(obj: dict) -> str:
+def object_key(obj: dict[str, Any]) -> str:
     meta = obj.get("metadata") or {}
     ns = meta.get("namespace")
     return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
@@ -108,7 +126,7 @@ class Reflector:
     """list, then watch from the list's resourceVersion; 410 -> relist; errors -> backoff."""
 
     def __init__(self, kube: Any, source: Source, store: Store, transform: Transform,
-                 stop: threading.Event, key: Callable[[dict], str] = object_key,
+                 stop: threading.Event, key: Callable[[dict[str, Any]], str] = object_key,
                  watch_timeout_seconds: int = 300) -> None:
         self.kube, self.source, self.store, self.transform = kube, source, store, transform
         self.key, self.stop = key, stop
@@ -122,7 +140,7 @@ class Reflector:
     def start(self) -> None:
         self._thread.start()
 
-    def _slim(self, obj: dict) -> Any:
+    def _slim(self, obj: dict[str, Any]) -> Any:
         try:
             return self.transform(obj)
         except (KeyError, TypeError, ValueError) as e:  # malformed object: skip, never crash
@@ -136,10 +154,11 @@ class Reflector:
         self.resource_version = rv
         self.relists += 1
 
-    def _events(self) -> Iterator[tuple[str, dict]]:
+    def _events(self) -> Iterator[tuple[str, dict[str, Any]]]:
         s = self.source
-        return self.kube.watch_raw(s.path, self.resource_version, s.label_selector,
-                                   s.field_selector, self.watch_timeout)
+        events: Iterator[tuple[str, dict[str, Any]]] = self.kube.watch_raw(
+            s.path, self.resource_version, s.label_selector, s.field_selector, self.watch_timeout)
+        return events
 
     def _run(self) -> None:
         delay, need_list = 0.5, True
@@ -191,19 +210,30 @@ def wait_synced(stores: list[Store], timeout: float) -> bool:
 
 
 # ---------------------------------------------------------------- transforms (pure)
+# Each returns a typed slim record (finetune_operator.slim); extended-resource quantities are
+# parsed here, once, and kept as int.
 
-_POD_LABELS = ("finetune.dev/attempt", "finetune.dev/rank", "finetune.dev/job")
-MANAGED_BY_KEY, MANAGED_BY_VALUE = "app.kubernetes.io/managed-by", "finetune-operator"
+
+def _counts(quantities: Mapping[str, Any]) -> Counts:
+    """The extended resources (names with a "/") of a quantity map, as whole counts."""
+    return {k: count(v) for k, v in quantities.items() if "/" in k}
 
 
-def slim_pod(pod: dict) -> dict:
-    """What the state machine reads of one of our pods (status.py): identity, attempt/rank
-    labels, owner, deletion, node, phase, conditions, container states."""
+def _requests(pod: Mapping[str, Any]) -> list[SlimContainer]:
+    """What a pod takes from its node, as one container's requests (empty: nothing)."""
+    req = pod_requests(pod)
+    return [{"resources": {"requests": req}}] if req else []
+
+
+def slim_pod(pod: dict[str, Any]) -> SlimPod:
+    """What the state machine reads of one of our pods (jobs/pods.py): identity, attempt/rank
+    labels, owner, deletion, node, phase, conditions, container states, and what it takes from
+    its node (the operator's own share of node usage)."""
     meta, spec, st = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
     labels = meta.get("labels") or {}
-    out_meta: dict[str, Any] = {
+    out_meta: SlimPodMeta = {
         "name": meta["name"], "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-        "labels": {k: labels[k] for k in _POD_LABELS if k in labels},
+        "labels": {k: labels[k] for k in POD_LABELS if k in labels},
         "ownerReferences": [{"kind": r.get("kind"), "uid": r.get("uid"),
                              "controller": r.get("controller")}
                             for r in meta.get("ownerReferences") or []],
@@ -213,33 +243,34 @@ def slim_pod(pod: dict) -> dict:
         out_meta["deletionGracePeriodSeconds"] = meta.get("deletionGracePeriodSeconds")
     if meta.get("creationTimestamp"):
         out_meta["creationTimestamp"] = meta["creationTimestamp"]
-    conds = [{k: c.get(k) for k in ("type", "status", "reason", "message")}
-             for c in st.get("conditions") or []
-             if c.get("type") in ("DisruptionTarget", "PodScheduled", "Ready")]
-    cstats = [{"name": c.get("name"), "state": c.get("state") or {},
-               "restartCount": c.get("restartCount", 0)}
-              for c in st.get("containerStatuses") or []]
-    out_st: dict[str, Any] = {"phase": st.get("phase"), "conditions": conds,
-                              "containerStatuses": cstats}
+    conds: list[SlimCondition] = [
+        {"type": c.get("type"), "status": c.get("status"), "reason": c.get("reason"),
+         "message": c.get("message")}
+        for c in st.get("conditions") or []
+        if c.get("type") in ("DisruptionTarget", "PodScheduled", "Ready")]
+    cstats: list[SlimContainerStatus] = [
+        {"name": c.get("name"), "state": c.get("state") or {},
+         "restartCount": c.get("restartCount", 0)}
+        for c in st.get("containerStatuses") or []]
+    out_st: SlimPodStatus = {"phase": st.get("phase"), "conditions": conds,
+                             "containerStatuses": cstats}
     if st.get("reason"):
         out_st["reason"] = st["reason"]
     if st.get("message"):
         out_st["message"] = str(st["message"])[:512]
-    req = pod_requests(pod)
-    out_spec: dict[str, Any] = {"nodeName": spec.get("nodeName")}
-    if req:  # what it takes from its node (the operator's own share of node usage)
-        out_spec["containers"] = [{"resources": {"requests": {k: str(v) for k, v in
-                                                              req.items()}}}]
+    out_spec: SlimPodSpec = {"nodeName": spec.get("nodeName")}
+    if containers := _requests(pod):
+        out_spec["containers"] = containers
     return {"metadata": out_meta, "spec": out_spec, "status": out_st}
 
 
-def slim_usage(pod: dict) -> dict | None:
+def slim_usage(pod: dict[str, Any]) -> SlimUsage | None:
     """A pod of another workload as what it takes from a node: only pods bound to a node that
     request extended resources; everything else is not kept. The operator's own pods are
     counted from the pods store instead (one source with their placement: two watches would
     see a binding at different moments and a GPU could be handed out twice)."""
     labels = (pod.get("metadata") or {}).get("labels") or {}
-    if labels.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE:
+    if labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE:
         return None
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
     # bound, or nominated by the scheduler after it preempted for it (the GPUs it freed are
@@ -247,42 +278,50 @@ def slim_usage(pod: dict) -> dict | None:
     node = spec.get("nodeName") or status.get("nominatedNodeName")
     if not node or status.get("phase") in ("Succeeded", "Failed"):
         return None
-    req = pod_requests(pod)
-    if not req:
+    containers = _requests(pod)
+    if not containers:
         return None
-    return {"spec": {"nodeName": node,
-                     "containers": [{"resources": {"requests": {k: str(v) for k, v in
-                                                                req.items()}}}]},
+    return {"spec": {"nodeName": str(node), "containers": containers},
             "status": {"phase": "Running"}}
 
 
-def slim_node(node: dict) -> dict:
+def slim_node(node: dict[str, Any]) -> SlimNode:
     meta, spec, st = node["metadata"], node.get("spec") or {}, node.get("status") or {}
     ready = next((c.get("status") for c in st.get("conditions") or []
                   if c.get("type") == "Ready"), "Unknown")
     return {"metadata": {"name": meta["name"], "labels": dict(meta.get("labels") or {})},
-            "spec": {"taints": [{k: t.get(k) for k in ("key", "value", "effect")}
+            "spec": {"taints": [{"key": t.get("key"), "value": t.get("value"),
+                                 "effect": t.get("effect")}
                                 for t in spec.get("taints") or []],
                      "unschedulable": bool(spec.get("unschedulable"))},
-            "status": {"allocatable": {k: v for k, v in (st.get("allocatable") or {}).items()
-                                       if "/" in k},
-                       "ready": ready}}
+            "status": {"allocatable": _counts(st.get("allocatable") or {}), "ready": ready}}
 
 
-def slim_quota(rq: dict) -> dict:
+def slim_quota(rq: dict[str, Any]) -> SlimQuota:
     meta, spec, st = rq["metadata"], rq.get("spec") or {}, rq.get("status") or {}
-    ext = {k: v for k, v in (st.get("hard") or {}).items() if "/" in k}
+    hard = _counts(st.get("hard") or {})
+    used = {k: v for k, v in _counts(st.get("used") or {}).items() if k in hard}
+    out_spec: SlimQuotaSpec = {}
+    if spec.get("scopes"):
+        out_spec["scopes"] = list(spec["scopes"])
+    if spec.get("scopeSelector"):
+        out_spec["scopeSelector"] = spec["scopeSelector"]
     return {"metadata": {"name": meta["name"], "namespace": meta.get("namespace")},
-            "spec": {k: spec[k] for k in ("scopes", "scopeSelector") if spec.get(k)},
-            "status": {"hard": ext,
-                       "used": {k: v for k, v in (st.get("used") or {}).items() if k in ext}}}
+            "spec": out_spec, "status": {"hard": hard, "used": used}}
 
 
-def slim_object(obj: dict) -> dict:
+def slim_object(obj: dict[str, Any]) -> dict[str, Any]:
     """A small object of our own API group (a FineTuneSweep): everything but managedFields."""
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
     return {**obj, "metadata": meta}
 
 
-def priority_value(pc: dict) -> int:
+def priority_value(pc: dict[str, Any]) -> int:
     return int(pc.get("value") or 0)
+
+
+__all__ = [
+    "Counts", "OnChange", "Reflector", "SlimNode", "SlimPod", "SlimQuota", "SlimUsage", "Source",
+    "Store", "Transform", "object_key", "priority_value", "slim_node", "slim_object",
+    "slim_pod", "slim_quota", "slim_usage", "wait_synced",
+]

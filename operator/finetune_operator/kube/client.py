@@ -23,13 +23,12 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from finetune_api import GROUP, PLURAL, VERSION
-from finetune_api.labels import MANAGED_BY_SELECTOR
+from finetune_api.sweep import SWEEP_PLURAL
 from finetune_api.times import parse_time
 from finetune_operator import metrics
 
 log = logging.getLogger(__name__)
 
-MANAGED_BY = MANAGED_BY_SELECTOR
 WRITE_VERBS = frozenset({"create", "patch", "update", "replace", "delete"})
 
 # Collection paths of what the operator watches (cluster-wide, or per namespace).
@@ -38,11 +37,11 @@ PODS_PATH = "/api/v1/pods"
 NODES_PATH = "/api/v1/nodes"
 QUOTAS_PATH = "/api/v1/resourcequotas"
 CLASSES_PATH = "/apis/scheduling.k8s.io/v1/priorityclasses"
-SWEEPS_PATH = f"/apis/{GROUP}/{VERSION}/finetunesweeps"
+SWEEPS_PATH = f"/apis/{GROUP}/{VERSION}/{SWEEP_PLURAL}"
 _NAMESPACED = {JOBS_PATH: (f"/apis/{GROUP}/{VERSION}", PLURAL),
-               SWEEPS_PATH: (f"/apis/{GROUP}/{VERSION}", "finetunesweeps"),
+               SWEEPS_PATH: (f"/apis/{GROUP}/{VERSION}", SWEEP_PLURAL),
                PODS_PATH: ("/api/v1", "pods"), QUOTAS_PATH: ("/api/v1", "resourcequotas")}
-_RESOURCE = {SWEEPS_PATH: "finetunesweeps", JOBS_PATH: PLURAL, PODS_PATH: "pods",
+_RESOURCE = {SWEEPS_PATH: SWEEP_PLURAL, JOBS_PATH: PLURAL, PODS_PATH: "pods",
              NODES_PATH: "nodes", QUOTAS_PATH: "resourcequotas", CLASSES_PATH: "priorityclasses"}
 _KIND_PATH = {"Pod": ("/api/v1", "pods"), "ConfigMap": ("/api/v1", "configmaps"),
               "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
@@ -79,14 +78,14 @@ def load_client(kubeconfig: str | None = None, pool_size: int = 32) -> client.Ap
     large enough for the concurrent writes of one cycle plus the watch streams."""
     if kubeconfig is None:
         try:
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call, unused-ignore]
             cfg = client.Configuration.get_default_copy()
             cfg.connection_pool_maxsize, cfg.retries = pool_size, _no_read_retries()
             return client.ApiClient(cfg)
         except config.ConfigException:
             pass
     cfg = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call, unused-ignore]
     cfg.connection_pool_maxsize, cfg.retries = pool_size, _no_read_retries()
     return client.ApiClient(cfg)
 
@@ -106,9 +105,10 @@ def object_path(kind: str, namespace: str | None, name: str | None = None) -> st
     return f"{base}/{quote(name)}" if name else base
 
 
-# Every (verb, resource) the operator calls: the chart's ClusterRole grants exactly these
-# (tests/unit/test_chart.py diffs them); a call outside this set is a bug caught by the tests.
-API_SURFACE: frozenset[tuple[str, str]] = frozenset({
+# Every (verb, resource) the operator calls, declared here and nowhere else: the chart's
+# ClusterRole grants exactly these (tests/unit/test_chart.py diffs them); a call outside this
+# set is logged as an error at run time and caught by the tests.
+JOB_SURFACE: frozenset[tuple[str, str]] = frozenset({
     ("list", PLURAL), ("watch", PLURAL), ("patch", f"{PLURAL}/status"), ("delete", PLURAL),
     ("list", "pods"), ("watch", "pods"), ("create", "Pod"), ("get", "Pod"), ("delete", "Pod"),
     ("list", "nodes"), ("watch", "nodes"),
@@ -121,8 +121,12 @@ API_SURFACE: frozenset[tuple[str, str]] = frozenset({
     ("get", "Lease"), ("create", "Lease"), ("replace", "Lease"),
     ("create", "tokenreviews"), ("create", "subjectaccessreviews"),
 })
-
-EXTRA_SURFACE: set[tuple[str, str]] = set()  # sections below add theirs at import
+# the FineTuneSweep controller (sweep/): its sweeps, and the trial FineTuneJobs it creates/stops
+SWEEP_SURFACE: frozenset[tuple[str, str]] = frozenset({
+    ("list", SWEEP_PLURAL), ("watch", SWEEP_PLURAL), ("patch", f"{SWEEP_PLURAL}/status"),
+    ("create", PLURAL), ("get", PLURAL), ("patch", PLURAL),
+})
+API_SURFACE: frozenset[tuple[str, str]] = JOB_SURFACE | SWEEP_SURFACE
 
 
 def _base(path: str) -> str:
@@ -150,14 +154,9 @@ class Kube:
                          "the write is left to the leader")
         self.calls[f"{verb} {resource}"] += 1
         metrics.count_api_request(verb, resource)
-        if (verb, resource) not in API_SURFACE and not self.extra_surface(verb, resource):
-            log.error("API call %s %s is not in k8s.API_SURFACE (the chart's RBAC grants "
-                      "only those): add it there and to the chart", verb, resource)
-
-    @staticmethod
-    def extra_surface(verb: str, resource: str) -> bool:
-        """Calls added by sections below (token reviews, sweeps) declare themselves here."""
-        return (verb, resource) in EXTRA_SURFACE
+        if (verb, resource) not in API_SURFACE:
+            log.error("API call %s %s is not in kube.client.API_SURFACE (the chart's RBAC "
+                      "grants only those): add it there and to the chart", verb, resource)
 
     def writes(self, exclude: tuple[str, ...] = ("Lease",)) -> int:
         """API writes so far (create/patch/replace/delete), leader-election Lease excluded."""
@@ -177,8 +176,8 @@ class Kube:
             auth_settings=["BearerToken"])
         limit = timeout if timeout is not None else self.timeout
         try:
-            resp = self.api.rest_client.request(method, url, headers=hdrs, body=body,
-                                                _request_timeout=limit)
+            resp = self.api.rest_client.request(  # type: ignore[no-untyped-call, unused-ignore]
+                method, url, headers=hdrs, body=body, _request_timeout=limit)
         except urllib3.exceptions.HTTPError as e:  # timeout, refused, reset: an OSError
             raise Unreachable(f"{method} {path}: no answer from the API server (timeout "
                               f"{limit}s): {e}") from e
@@ -196,9 +195,10 @@ class Kube:
         return json.loads(data) if data else {}
 
     def list_raw(self, path: str, label_selector: str | None = None,
-                 field_selector: str | None = None, page: int = 500) -> tuple[list[dict], str]:
+                 field_selector: str | None = None,
+                 page: int = 500) -> tuple[list[dict[str, Any]], str]:
         """Every object of a collection (paginated) and the list's resourceVersion."""
-        items: list[dict] = []
+        items: list[dict[str, Any]] = []
         cont: str | None = None
         while True:
             q: list[tuple[str, Any]] = [("limit", page)]
@@ -218,7 +218,7 @@ class Kube:
 
     def watch_raw(self, path: str, resource_version: str, label_selector: str | None = None,
                   field_selector: str | None = None, timeout_seconds: int = 300,
-                  ) -> Iterator[tuple[str, dict]]:
+                  ) -> Iterator[tuple[str, dict[str, Any]]]:
         """(type, object) events from resourceVersion on, with bookmarks; ends when the server
         closes the stream. An ERROR event carries a Status (410 Gone: relist)."""
         q: list[tuple[str, Any]] = [("watch", "true"), ("resourceVersion", resource_version),
@@ -245,8 +245,8 @@ class Kube:
 
     # ------------------------------------------------------------------ writes
 
-    def patch_job_status(self, namespace: str, name: str, status: dict,
-                         resource_version: str | None = None) -> dict | None:
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any],
+                         resource_version: str | None = None) -> dict[str, Any] | None:
         """Merge-patch the status; with resource_version the write fails with 409 when the job
         changed meanwhile (optimistic concurrency). Returns the updated job, None when gone."""
         self._count("patch", f"{PLURAL}/status")
@@ -254,7 +254,7 @@ class Kube:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         try:
-            res: dict = self._request("PATCH", object_path("FineTuneJob", namespace, name)
+            res: dict[str, Any] = self._request("PATCH", object_path("FineTuneJob", namespace, name)
                                       + "/status", body=body, content_type=MERGE_PATCH)
             return res
         except ApiException as e:
@@ -274,19 +274,19 @@ class Kube:
                 return False
             raise
 
-    def create(self, obj: dict) -> dict:
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create; raises ApiException (409 when the name exists)."""
         kind, ns = obj["kind"], obj["metadata"].get("namespace")
         self._count("create", kind)
-        res: dict = self._request("POST", object_path(kind, ns), body=obj)
+        res: dict[str, Any] = self._request("POST", object_path(kind, ns), body=obj)
         return res
 
-    def get(self, kind: str, namespace: str | None, name: str) -> dict:
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
         self._count("get", kind)
-        res: dict = self._request("GET", object_path(kind, namespace, name))
+        res: dict[str, Any] = self._request("GET", object_path(kind, namespace, name))
         return res
 
-    def create_or_get(self, obj: dict) -> dict:
+    def create_or_get(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create; on 409 return the existing object (deterministic names make this
         idempotent). The caller checks that the existing object is its own (owner uid)."""
         try:
@@ -296,7 +296,7 @@ class Kube:
                 raise
         return self.get(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
 
-    def create_or_patch(self, obj: dict) -> dict:
+    def create_or_patch(self, obj: dict[str, Any]) -> dict[str, Any]:
         """For children whose content changes per attempt (Service selector): create, or
         merge-patch the existing one (the caller checked it is its own)."""
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
@@ -311,7 +311,7 @@ class Kube:
         if not owners & mine:
             return existing  # not ours: never patched; the caller reports the conflict
         self._count("patch", kind)
-        res: dict = self._request("PATCH", object_path(kind, ns, name), body=obj,
+        res: dict[str, Any] = self._request("PATCH", object_path(kind, ns, name), body=obj,
                                   content_type=MERGE_PATCH)
         return res
 
@@ -333,7 +333,7 @@ class Kube:
                 return False
             raise
 
-    def event(self, job: dict, type_: str, reason: str, message: str, now: dt.datetime,
+    def event(self, job: dict[str, Any], type_: str, reason: str, message: str, now: dt.datetime,
               kind: str = "FineTuneJob") -> None:
         """A Kubernetes Event on the FineTuneJob, or on a Pod with ``kind="Pod"`` (best effort:
         never fails the reconcile)."""
@@ -389,7 +389,8 @@ class Kube:
     # ------------------------------------------------------------------ leader election
 
     def hold_lease(self, namespace: str, name: str, identity: str, duration_s: int,
-                   now: dt.datetime, known: dict | None = None) -> tuple[bool, dict | None]:
+                   now: dt.datetime, known: dict[str, Any] | None = None
+                   ) -> tuple[bool, dict[str, Any] | None]:
         """Acquire or renew a coordination Lease: (held, the Lease as last written/read).
         ``known`` is the Lease from the previous call: a renewal is then one PUT guarded by
         its resourceVersion (a GET only after a conflict)."""
@@ -425,7 +426,8 @@ class Kube:
         spec.update(holderIdentity=identity, renewTime=micro, leaseDurationSeconds=duration_s)
         self._count("replace", "Lease")
         try:
-            res: dict = self._request("PUT", object_path("Lease", namespace, name), body=lease)
+            res: dict[str, Any] = self._request("PUT", object_path("Lease", namespace, name),
+                                                body=lease)
             return True, res
         except ApiException as e:
             if e.status == 409:  # someone else wrote it: read it fresh next time
@@ -447,26 +449,24 @@ class Kube:
 
     # ============================================================ FineTuneSweep (sweep/) ====
     # Used by finetune_operator.sweep.SweepRunner only; additive. Its (verb, resource) pairs are
-    # sweep.runner.SWEEP_SURFACE (registered as extra surface when the sweep package loads).
+    # SWEEP_SURFACE above.
 
-    def list_sweeps(self, namespaces: list[str]) -> list[dict]:
+    def list_sweeps(self, namespaces: list[str]) -> list[dict[str, Any]]:
         """FineTuneSweeps of the watched namespaces (every namespace when empty)."""
-        from finetune_api.sweep import SWEEP_PLURAL
-
         api = client.CustomObjectsApi(self.api)
         self._count("list", SWEEP_PLURAL)
         if not namespaces:
             res: Any = api.list_cluster_custom_object(GROUP, VERSION, SWEEP_PLURAL,
                                                       _request_timeout=30)
             return list(res["items"])
-        out: list[dict] = []
+        out: list[dict[str, Any]] = []
         for ns in namespaces:
             page: Any = api.list_namespaced_custom_object(GROUP, VERSION, ns, SWEEP_PLURAL,
                                                           _request_timeout=30)
             out.extend(page["items"])
         return out
 
-    def create_trial(self, body: dict) -> tuple[dict, bool]:
+    def create_trial(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create a sweep's trial FineTuneJob; on 409 read the one that exists (the caller
         checks its owner: a job the sweep does not own is never adopted). (object, created)."""
         api = client.CustomObjectsApi(self.api)
@@ -484,10 +484,8 @@ class Kube:
                                                     _request_timeout=30)
         return dict(got), False
 
-    def patch_sweep_status(self, namespace: str, name: str, status: dict) -> bool:
+    def patch_sweep_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge-patch a FineTuneSweep's status; False when the sweep is gone."""
-        from finetune_api.sweep import SWEEP_PLURAL
-
         api = client.CustomObjectsApi(self.api)
         self._count("patch", f"{SWEEP_PLURAL}/status")
         try:
@@ -500,7 +498,7 @@ class Kube:
                 raise
             return False
 
-    def stop_trial(self, namespace: str, name: str, uid: str, annotations: dict) -> bool:
+    def stop_trial(self, namespace: str, name: str, uid: str, annotations: dict[str, Any]) -> bool:
         """Early stop: ``spec.suspend: true`` (a graceful, checkpointed stop) plus the given
         annotations, in one merge patch guarded by the trial's uid; False when it is gone."""
         api = client.CustomObjectsApi(self.api)
@@ -518,10 +516,10 @@ class Kube:
     # ========================================================== end FineTuneSweep (sweep/) ===
 
 
-    # ============================================== report channel (reports/identity.py) ====
+    # ============================================== report channel (http/identity.py) =======
     # Used by finetune_operator.http.identity.TokenAuthenticator only; additive.
 
-    def token_review(self, token: str, audiences: list[str]) -> dict:
+    def token_review(self, token: str, audiences: list[str]) -> dict[str, Any]:
         """TokenReview of a trainer's projected token for ``audiences``: the review's ``status``
         (``authenticated``, ``audiences``, ``user.username``/``extra`` with the pod's name and
         uid). Raises ApiException when the API server cannot answer."""
@@ -529,6 +527,6 @@ class Kube:
         body: Any = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                      "spec": {"token": token, "audiences": list(audiences)}}
         res = client.AuthenticationV1Api(self.api).create_token_review(body, _request_timeout=10)
-        out: dict = self.api.sanitize_for_serialization(res).get("status") or {}
+        out: dict[str, Any] = self.api.sanitize_for_serialization(res).get("status") or {}  # type: ignore[no-untyped-call, unused-ignore]
         return out
-    # ========================================== end report channel (reports/identity.py) ===
+    # ========================================== end report channel (http/identity.py) =======

@@ -1,7 +1,7 @@
-"""The report channel: trainer pods push progress to the operator over HTTPS (docs/contracts.md
-"Progress channel"). ``model`` (pure, shared with the trainer) parses what a pod reports;
-``identity`` maps a projected ServiceAccount token to its pod (TokenReview); ``server`` is the
-endpoint; ``rejects`` counts and logs dropped reports; ``tls`` makes a dev serving certificate.
+"""The report channel's data: trainer pods push progress to the operator over HTTPS
+(docs/contracts.md "Progress channel"). ``model`` (pure) parses and bounds what a pod reports;
+``rejects`` counts and logs dropped reports; ``channel`` starts the endpoint (``http/reports.py``,
+with ``http/identity.py`` for the pod's token and ``http/tls.py`` for a dev certificate) and
+builds the trainer config's ``report`` section.
 
-Nothing here is imported by this ``__init__``: the trainer imports ``model`` without pulling in
-the operator's dependencies (prometheus_client, kubernetes)."""
+Nothing here is imported by this ``__init__``, so importing ``model`` pulls in no server code."""

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from finetune_api.trainer_config import ReportConfig
 from finetune_operator.http import tls
-from finetune_operator.http.identity import PodIdentity, TokenAuthenticator, TokenReview
+from finetune_operator.http.identity import TokenAuthenticator, TokenReview
 from finetune_operator.http.limits import Authorize, CachedAccess, ReviewBudget
 from finetune_operator.http.reports import OnReport, ReportServer
 from finetune_operator.reports.model import (
     BadReport,
-    ProgressReport,
     TerminationMessage,
     parse_termination,
 )
@@ -55,46 +52,6 @@ class Channel:
         self.server.stop()
 
 
-class LatestReports:
-    """A ready-made ``on_report``: keeps the newest report per pod uid, thread-safe, and calls
-    ``wake()`` (e.g. ``loop.call_soon_threadsafe(event.set)``) after each one.
-
-    ``expected(pod)`` says whether the operator wants reports from that pod (the current
-    attempt's rank 0 of a managed job, matched by uid); others are refused with 403 and
-    counted as ``unknown-pod``. The reconcile loop reads :meth:`latest` (or :meth:`take`) by
-    pod uid and calls :meth:`forget` when a pod is gone."""
-
-    def __init__(self, expected: Callable[[PodIdentity], bool],
-                 wake: Callable[[], None] = lambda: None) -> None:
-        self.expected = expected
-        self.wake = wake
-        self._lock = threading.Lock()
-        self._latest: dict[str, tuple[PodIdentity, ProgressReport]] = {}
-
-    def __call__(self, who: PodIdentity, report: ProgressReport) -> None:
-        if not self.expected(who):
-            raise BadReport("unknown-pod", f"{who.key} (uid {who.uid}) is not a trainer pod "
-                            "this operator expects reports from")
-        with self._lock:
-            self._latest[who.uid] = (who, report)
-        self.wake()
-
-    def latest(self, pod_uid: str) -> ProgressReport | None:
-        with self._lock:
-            hit = self._latest.get(pod_uid)
-        return hit[1] if hit else None
-
-    def take(self) -> dict[str, tuple[PodIdentity, ProgressReport]]:
-        """Everything received since the last take (pod uid -> (pod, newest report))."""
-        with self._lock:
-            out, self._latest = self._latest, {}
-        return out
-
-    def forget(self, pod_uid: str) -> None:
-        with self._lock:
-            self._latest.pop(pod_uid, None)
-
-
 def report_config(settings: OperatorSettings, ca_pem: str,
                   pod_namespace: str | None) -> ReportConfig:
     """The trainer config's ``report`` section (pure)."""
@@ -103,15 +60,15 @@ def report_config(settings: OperatorSettings, ca_pem: str,
 
 def serving_cert(settings: OperatorSettings, url: str) -> tls.ServingCert:
     """The configured certificate (and CA), or a new self-signed one for the URL's host."""
-    if settings.report_tls_cert_file:
-        ca_file = settings.report_tls_ca_file or settings.report_tls_cert_file
+    if settings.reports.report_tls_cert_file:
+        ca_file = settings.reports.report_tls_ca_file or settings.reports.report_tls_cert_file
         try:
             ca_pem = Path(ca_file).read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as e:
             raise OSError(f"{env_name('report_tls_ca_file')}: cannot read {ca_file} ({e}); "
                           "mount the CA the trainers should trust there") from None
-        return tls.ServingCert(settings.report_tls_cert_file, settings.report_tls_key_file,
-                               ca_pem)
+        return tls.ServingCert(settings.reports.report_tls_cert_file,
+                               settings.reports.report_tls_key_file, ca_pem)
     host = urlsplit(url).hostname or "localhost"
     log.info("report channel: no %s set; using a self-signed CA made now for %s (fine for "
              "local development; set a certificate in a cluster)",
@@ -131,18 +88,17 @@ def start_channel(settings: OperatorSettings, token_review: TokenReview, on_repo
     url = settings.resolved_report_url(pod_namespace)
     cert = serving_cert(settings, url)
     rejections = rejections or Rejections()
-    rate = settings.report_reviews_per_second
+    rate = settings.reports.report_reviews_per_second
     budget = ReviewBudget(rate, burst=5 * rate)
-    auth = TokenAuthenticator(token_review, settings.report_audience, budget=budget)
-    server = ReportServer(host, settings.report_port if port is None else port, cert.cert_file,
-                          cert.key_file, auth, on_report, rejections=rejections,
-                          max_per_address=settings.report_max_connections_per_address,
-                          timeout=settings.report_request_timeout_seconds).start()
+    auth = TokenAuthenticator(token_review, settings.reports.report_audience, budget=budget)
+    server = ReportServer(host, settings.reports.report_port if port is None else port,
+                          cert.cert_file, cert.key_file, auth, on_report, rejections=rejections,
+                          max_per_address=settings.reports.report_max_connections_per_address,
+                          timeout=settings.reports.report_request_timeout_seconds).start()
     if port is not None:  # e.g. 0 in tests: trainers dial the port actually bound
-        settings = settings.model_copy(update={"report_port": server.port})
+        settings = settings.replace(report_port=server.port)
     return Channel(server, report_config(settings, cert.ca_pem, pod_namespace), auth,
                    rejections, budget)
 
 
-__all__ = ["BadReport", "Channel", "LatestReports", "report_config", "serving_cert",
-           "start_channel"]
+__all__ = ["BadReport", "Channel", "report_config", "serving_cert", "start_channel"]

@@ -3,9 +3,9 @@
 
 from finetune_operator.sweep.expand import SweepInvalid, Trial, expand, parameter_sets, trial_name
 from finetune_operator.sweep.plan import SweepPlan, plan_sweep, rank_trials
-from finetune_operator.sweep.runner import SWEEP_SURFACE, SweepRunner, SyncResult
+from finetune_operator.sweep.runner import SweepRunner, SyncResult
 
 __all__ = [
-    "SWEEP_SURFACE", "SweepInvalid", "SweepPlan", "SweepRunner", "SyncResult", "Trial", "expand",
+    "SweepInvalid", "SweepPlan", "SweepRunner", "SyncResult", "Trial", "expand",
     "parameter_sets", "plan_sweep", "rank_trials", "trial_name",
 ]

@@ -22,6 +22,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_api.job import API_VERSION, KIND, FineTuneJob
+from finetune_api.labels import (
+    EARLY_STOP_ANNOTATION,
+    MANAGED_BY_VALUE,
+    PARAMETERS_ANNOTATION,
+    PART_OF_LABEL,
+    SWEEP_LABEL,
+    TRIAL_LABEL,
+)
 from finetune_api.sweep import (
     SWEEP_KIND,
     BestTrial,
@@ -32,10 +40,6 @@ from finetune_api.sweep import (
 from finetune_api.times import parse_time
 from finetune_operator.sweep.expand import SweepInvalid, Trial, expand, trial_name
 
-SWEEP_LABEL = "finetune.dev/sweep"
-TRIAL_LABEL = "finetune.dev/trial"
-PARAMETERS_ANNOTATION = "finetune.dev/trial-parameters"
-EARLY_STOP_ANNOTATION = "finetune.dev/early-stopped"
 FINISHED_JOB_PHASES = frozenset({"Succeeded", "Failed"})
 
 
@@ -68,7 +72,7 @@ def trial_body(sweep: FineTuneSweep, trial: Trial) -> dict[str, Any]:
             "name": trial_name(m.name, trial.index),
             "namespace": m.namespace,
             "labels": {SWEEP_LABEL: m.name, TRIAL_LABEL: str(trial.index),
-                       "app.kubernetes.io/part-of": "finetune-operator"},
+                       PART_OF_LABEL: MANAGED_BY_VALUE},
             "annotations": {PARAMETERS_ANNOTATION: json.dumps(trial.parameters,
                                                               sort_keys=True)},
             "ownerReferences": [owner_reference(sweep)],
@@ -86,7 +90,9 @@ def _condition(old: list[dict[str, Any]], type_: str, status: str, reason: str, 
             "observedGeneration": generation}
 
 
-def _gpu_hours(job: FineTuneJob) -> float | None:
+def _gpu_hours_start_to_completion(job: FineTuneJob) -> float | None:
+    """A finished trial's GPUs x wall-clock hours from its first start to its completion
+    (preempted and re-queued spells included: what it spanned, not what it computed)."""
     start, end = parse_time(job.status.start_time), parse_time(job.status.completion_time)
     if start is None or end is None:
         return None
@@ -211,7 +217,8 @@ def plan_sweep(sweep: FineTuneSweep, jobs: list[dict[str, Any]], now: datetime,
             phase=phase,
             metrics=metrics, objective=metrics.get(sweep.spec.objective.metric),
             preemptions=job.status.preemptions if job else 0,
-            gpu_hours=_gpu_hours(job) if job and phase in ("Succeeded", "Failed") else None,
+            gpu_hours=(_gpu_hours_start_to_completion(job)
+                       if job and phase in ("Succeeded", "Failed") else None),
             early_stopped=bool(job and phase == "Stopped"
                                and job.metadata.annotations.get(EARLY_STOP_ANNOTATION))))
     active = sum(1 for s in statuses if s.phase != "Pending" and not _finished(s.phase))

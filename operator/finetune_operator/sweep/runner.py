@@ -16,12 +16,10 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from finetune_api.job import PLURAL
-from finetune_api.sweep import SWEEP_PLURAL, FineTuneSweep
+from finetune_api.labels import EARLY_STOP_ANNOTATION
+from finetune_api.sweep import FineTuneSweep
 from finetune_operator import metrics
-from finetune_operator.kube import client as k8s
 from finetune_operator.sweep.plan import (
-    EARLY_STOP_ANNOTATION,
     SweepPlan,
     invalid_status,
     owned_by,
@@ -30,20 +28,13 @@ from finetune_operator.sweep.plan import (
 
 log = logging.getLogger(__name__)
 
-# The API calls of this package (the chart's RBAC must grant them).
-SWEEP_SURFACE: frozenset[tuple[str, str]] = frozenset({
-    ("list", SWEEP_PLURAL), ("watch", SWEEP_PLURAL), ("patch", f"{SWEEP_PLURAL}/status"),
-    ("create", PLURAL), ("get", PLURAL), ("patch", PLURAL),
-})
-_extra = getattr(k8s, "EXTRA_SURFACE", None)
-if isinstance(_extra, set):
-    _extra.update(SWEEP_SURFACE)
-
-
 class SweepKube(Protocol):
-    def create_trial(self, body: dict) -> tuple[dict, bool]: ...
-    def patch_sweep_status(self, namespace: str, name: str, status: dict) -> bool: ...
-    def stop_trial(self, namespace: str, name: str, uid: str, annotations: dict) -> bool: ...
+    """What the runner calls (kube.client.Kube; its API surface is kube.client.SWEEP_SURFACE)."""
+
+    def create_trial(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
+    def patch_sweep_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool: ...
+    def stop_trial(self, namespace: str, name: str, uid: str,
+                   annotations: dict[str, Any]) -> bool: ...
 
 
 @dataclass
@@ -51,7 +42,7 @@ class SyncResult:
     created: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     status_patched: list[str] = field(default_factory=list)
-    plans: dict[str, SweepPlan] = field(default_factory=dict)
+    plans: dict[str, SweepPlan] = field(default_factory=dict[str, Any])
 
 
 def _format_error(e: ValidationError) -> str:

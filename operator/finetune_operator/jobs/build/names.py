@@ -13,23 +13,21 @@ import re
 from typing import Any
 
 from finetune_api.job import API_VERSION, KIND, FineTuneJob
+from finetune_api.labels import (
+    ATTEMPT_LABEL,
+    INSTANCE_LABEL,
+    JOB_LABEL,
+    JOB_UID_ANNOTATION,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    NAME_LABEL,
+    PART_OF_LABEL,
+    RANK_LABEL,
+    TRAINER_APP_NAME,
+)
 
 MAX_NAME = 63
 HASH_LEN = 8
-
-# Label keys.
-NAME_LABEL = "app.kubernetes.io/name"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-PART_OF_LABEL = "app.kubernetes.io/part-of"
-JOB_LABEL = "finetune.dev/job"
-ATTEMPT_LABEL = "finetune.dev/attempt"
-RANK_LABEL = "finetune.dev/rank"
-# Annotation keys.
-JOB_UID_ANNOTATION = "finetune.dev/job-uid"
-
-APP_NAME = "finetune-trainer"
-MANAGER = "finetune-operator"
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -92,10 +90,10 @@ def labels(job: FineTuneJob, attempt: int | None = None, rank: int | None = None
     """Labels of every child; pods add their attempt and rank."""
     value = label_value(job.metadata.name)
     out = {
-        NAME_LABEL: APP_NAME,
+        NAME_LABEL: TRAINER_APP_NAME,
         INSTANCE_LABEL: value,
-        MANAGED_BY_LABEL: MANAGER,
-        PART_OF_LABEL: MANAGER,
+        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+        PART_OF_LABEL: MANAGED_BY_VALUE,
         JOB_LABEL: value,
     }
     if attempt is not None:
@@ -107,7 +105,7 @@ def labels(job: FineTuneJob, attempt: int | None = None, rank: int | None = None
 
 def job_selector(job_name: str) -> dict[str, str]:
     """matchLabels of every child (pods of every attempt) of this job."""
-    return {MANAGED_BY_LABEL: MANAGER, JOB_LABEL: label_value(job_name)}
+    return {MANAGED_BY_LABEL: MANAGED_BY_VALUE, JOB_LABEL: label_value(job_name)}
 
 
 def attempt_selector(job_name: str, attempt: int) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
+from typing import Any
 
 from finetune_api.job import FineTuneJob
 from finetune_api.trainer_config import CHECKPOINT_MOUNT
@@ -55,7 +56,7 @@ def output_location(job: FineTuneJob, adapter_path: str = "", merged_path: str =
         outputs=tuple(f"{directory}/{p}" for p in rel), retained=retained)
 
 
-def helper_overrides(loc: OutputLocation, image: str = HELPER_IMAGE) -> dict:
+def helper_overrides(loc: OutputLocation, image: str = HELPER_IMAGE) -> dict[str, Any]:
     """The pod spec of the copy helper: mounts the claim read-only, sleeps, runs as the
     trainer's user under the restricted Pod Security profile."""
     return {"apiVersion": "v1", "spec": {

@@ -35,7 +35,6 @@ from finetune_operator.settings import OperatorSettings
 
 CONTAINER_NAME = "trainer"
 TERMINATION_LOG = "/dev/termination-log"
-GPU_TAINT_KEY = "nvidia.com/gpu"
 RUN_AS = 1000
 TRAINER_ARGS = ["--config", CONFIG_PATH]  # for every training process
 # Lifetime the kubelet is asked for; it rotates the file at 80% of it (the trainer re-reads it).
@@ -50,20 +49,20 @@ def grace_period_seconds(settings: OperatorSettings, save_seconds: float | None)
     ``save_seconds`` is the last measured save (status.checkpoint.saveSeconds); None, negative
     or non-finite values are ignored.
     """
-    minimum = settings.grace_period_seconds
+    minimum = settings.trainer.grace_period_seconds
     if save_seconds is None or not math.isfinite(save_seconds) or save_seconds < 0:
         return minimum
     wanted = math.ceil(3 * min(save_seconds, 1e9) + 30)
-    return max(minimum, min(wanted, settings.max_grace_period_seconds))
+    return max(minimum, min(wanted, settings.trainer.max_grace_period_seconds))
 
 
 def gpu_resource(job: FineTuneJob, settings: OperatorSettings) -> str:
     """The extended resource the job's GPUs are requested as."""
-    return job.spec.resources.gpu_resource or settings.gpu_resource
+    return job.spec.resources.gpu_resource or settings.admission.gpu_resource
 
 
 def image(job: FineTuneJob, settings: OperatorSettings) -> str:
-    return job.spec.image or settings.trainer_image
+    return job.spec.image or settings.trainer.trainer_image
 
 
 def master_addr(job: FineTuneJob, attempt: int) -> str:
@@ -131,10 +130,12 @@ def resources(job: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
 
 
 def tolerations(job: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]]:
-    """The job's tolerations, plus ``<gpu taint>:NoSchedule`` Exists when it uses GPUs."""
+    """The job's tolerations, plus ``<resource>:NoSchedule`` Exists when it uses GPUs, for the
+    cluster's GPU resource (``settings.admission.gpu_resource``: GPU nodes are tainted with its
+    name, MIG slices included) and the job's own ``resources.gpuResource``."""
     out = [t.to_wire() for t in job.spec.resources.tolerations]
     if job.spec.resources.gpus > 0:
-        for key in dict.fromkeys([GPU_TAINT_KEY, gpu_resource(job, settings)]):
+        for key in dict.fromkeys([settings.admission.gpu_resource, gpu_resource(job, settings)]):
             extra = {"key": key, "operator": "Exists", "effect": "NoSchedule"}
             if extra not in out:
                 out.append(extra)
@@ -185,7 +186,7 @@ def report_token_volume(settings: OperatorSettings) -> tuple[dict[str, Any], dic
     the operator (so the API server itself refuses it), bound to the pod by the kubelet, one
     hour, rotated. The pod mounts no API token (``automountServiceAccountToken: false``)."""
     source = {"serviceAccountToken": {
-        "audience": settings.report_audience,
+        "audience": settings.reports.report_audience,
         "expirationSeconds": REPORT_TOKEN_SECONDS,
         "path": REPORT_TOKEN_FILE.rsplit("/", 1)[1],
     }}
@@ -250,7 +251,7 @@ def build_pod(
         ]
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "serviceAccountName": settings.trainer_service_account,
+        "serviceAccountName": settings.trainer.trainer_service_account,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": grace,
@@ -258,8 +259,8 @@ def build_pod(
         "containers": [container],
         "volumes": volumes,
     }
-    if settings.trainer_image_pull_secrets:
-        spec["imagePullSecrets"] = [{"name": n} for n in settings.trainer_image_pull_secrets]
+    if pull_secrets := settings.trainer.trainer_image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
     if priority_class is not None:
         spec["priorityClassName"] = priority_class
     if job.spec.resources.node_selector:

@@ -15,15 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from finetune_api.job import FineTuneJob
-from finetune_operator.jobs.build.names import (
-    JOB_LABEL,
-    JOB_UID_ANNOTATION,
-    MANAGED_BY_LABEL,
-    MANAGER,
-    label_value,
-    metadata,
-    pvc_name,
-)
+from finetune_api.labels import JOB_LABEL, JOB_UID_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from finetune_operator.jobs.build.names import label_value, metadata, pvc_name
 
 
 def creates_pvc(job: FineTuneJob) -> bool:
@@ -69,5 +62,5 @@ def is_own_claim(claim: dict[str, Any], job: FineTuneJob) -> bool:
     if (meta.get("annotations") or {}).get(JOB_UID_ANNOTATION) == job.metadata.uid:
         return True
     labels = meta.get("labels") or {}
-    return (labels.get(MANAGED_BY_LABEL) == MANAGER
+    return (labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
             and labels.get(JOB_LABEL) == label_value(job.metadata.name))

@@ -18,8 +18,7 @@ from finetune_trainer.config import (
     parse_config,
     resolve_precision,
 )
-
-from .helpers import ROOT, config_dict, trainer_env, write_config
+from tests.builders.trainer import ROOT, config_dict, trainer_env, write_config
 
 pytestmark = pytest.mark.unit
 

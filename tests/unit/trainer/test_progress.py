@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +13,7 @@ import pytest
 
 from finetune_api.trainer_config import ReportConfig
 from finetune_operator.http import tls
-from finetune_operator.http.identity import PodIdentity
-from finetune_operator.http.reports import ReportServer
-from finetune_operator.reports.model import ProgressReport, parse_report, parse_termination
+from finetune_operator.reports.model import parse_report, parse_termination
 from finetune_trainer.progress import (
     MESSAGE_LIMIT,
     STANDBY_TRIES,
@@ -31,6 +27,7 @@ from finetune_trainer.progress import (
     termination_message,
     write_termination_log,
 )
+from tests.builders.trainer import POD, TOKEN, Endpoint, report_endpoint
 
 pytestmark = pytest.mark.unit
 
@@ -126,44 +123,10 @@ def test_termination_log_write_failure_is_not_fatal(tmp_path: Path) -> None:
 
 # --- the report channel against the operator's ReportServer ----------------------------------
 
-TOKEN = "projected-token-1"
-POD = PodIdentity("team-a", "bot-a1-0", "uid-1")
-
-
-@dataclass
-class Endpoint:
-    server: ReportServer
-    config: ReportConfig
-    token_file: Path
-    received: list[tuple[PodIdentity, ProgressReport]] = field(default_factory=list)
-    tokens_seen: list[str] = field(default_factory=list)
-    arrived: threading.Event = field(default_factory=threading.Event)
-
-
 @pytest.fixture
 def endpoint(tmp_path: Path) -> Iterator[Endpoint]:
-    """The operator's real report server with a self-made CA; authentication accepts any
-    token that starts with 'projected-token' (the cluster test covers TokenReview)."""
-    cert = tls.generate(["127.0.0.1"], tmp_path / "tls")
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
-    holder: list[Endpoint] = []
-
-    def authenticate(token: str) -> PodIdentity | None:
-        holder[0].tokens_seen.append(token)
-        return POD if token.startswith("projected-token") else None
-
-    def on_report(who: PodIdentity, report: ProgressReport) -> None:
-        holder[0].received.append((who, report))
-        holder[0].arrived.set()
-
-    server = ReportServer("127.0.0.1", 0, cert.cert_file, cert.key_file, authenticate,
-                          on_report, rate=1000, burst=1000)
-    config = ReportConfig(url=f"https://127.0.0.1:{server.port}/v1/reports",
-                          ca_pem=cert.ca_pem, token_file=str(token_file))
-    holder.append(Endpoint(server, config, token_file))
-    with server:
-        yield holder[0]
+    with report_endpoint(tmp_path) as e:
+        yield e
 
 
 def test_reports_reach_the_operator_with_the_projected_token(endpoint: Endpoint) -> None:
@@ -254,35 +217,3 @@ def test_a_bad_ca_pem_turns_the_channel_off_not_training(
         r = build_reporter(None, bad, 0.0)
     assert r.sinks == []
     assert any("report channel off" in rec.getMessage() for rec in caplog.records)
-
-
-@pytest.mark.trainer
-def test_a_real_training_run_reports_only_what_the_strict_model_accepts(
-        endpoint: Endpoint, tiny_model: Path, tmp_path: Path) -> None:
-    """The trainer's real reports (loading, training, after each checkpoint, done) all pass the
-    operator's strict parsing: no rejection is counted, checkpoint paths are relative."""
-    from finetune_operator.metrics import REGISTRY
-    from finetune_operator.reports.model import REJECT_REASONS
-
-    from .helpers import config_dict, run_trainer, write_config
-
-    def rejections() -> dict[str, float]:
-        return {r: REGISTRY.get_sample_value("finetune_report_rejected_total", {"reason": r})
-                or 0.0 for r in REJECT_REASONS}
-
-    before = rejections()
-    work = tmp_path / "work"
-    cfg = config_dict(tiny_model, work, report=endpoint.config.to_wire())
-    config = write_config(tmp_path / "config.yaml", cfg)
-    assert run_trainer(config, tmp_path / "trainer.log") == 0, (
-        (tmp_path / "trainer.log").read_text()[-3000:])
-    reports = [r for _, r in endpoint.received]
-    assert reports, (tmp_path / "trainer.log").read_text()[-3000:]
-    assert rejections() == before
-    assert reports[0].state == "loading" and reports[-1].state == "done"
-    assert reports[-1].step == reports[-1].total_steps == 14
-    steps = [r.step for r in reports]
-    assert steps == sorted(steps)
-    saved = {r.checkpoint.path for r in reports if r.checkpoint is not None}
-    assert "checkpoints/checkpoint-10" in saved, saved
-    assert {who for who, _ in endpoint.received} == {POD}

@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from .helpers import ROOT
+from tests.builders.trainer import ROOT
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,73 @@
+"""The admission seam: how the job controller asks who runs.
+
+Every cycle (``jobs/cycle.py``) hands an :class:`Admitter` the cluster as the watch caches hold
+it (:class:`ClusterView`) and gets one :class:`JobDecision` per job back (a
+:class:`DecisionSet`): admit (on which nodes), preempt (why), wait (position, reason, code) or
+impossible (why). The job state machine (``jobs/reconcile.py``) acts on those decisions; it
+never asks how they were made.
+
+Today the one implementation is the native policy, ``jobs/decide.py`` ``NativeAdmitter``: the
+pure queue/quota/gang/preemption policy of this package (``admit()``) over a ``Snapshot`` built
+from the view. A Kueue-driven admitter (issue 25) plugs in here too: it reads the Workloads
+Kueue admitted for the same jobs and answers with the same decisions, so the state machine,
+the writes and the tests of the paths after admission stay as they are.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from finetune_api.job import FineTuneJob
+from finetune_operator.admission.model import WaitCode
+from finetune_operator.slim import SlimNode, SlimPod, SlimQuota, SlimUsage
+
+
+@dataclass
+class JobDecision:
+    """What the admitter says about one job this cycle."""
+
+    admit: bool = False
+    preempt: str | None = None      # reason, when a running job must make room
+    position: int | None = None
+    reason: str = ""
+    code: WaitCode | None = None    # why it waits: the reason of its Admitted=False condition
+    impossible: str | None = None   # can never be admitted as configured
+    placement: tuple[str, ...] = ()  # admitted: the node of each pod (rank order) it counted on
+
+
+@dataclass
+class DecisionSet:
+    """One cycle's decisions, and what the dashboards and the visibility endpoint show."""
+
+    by_uid: dict[str, JobDecision] = field(default_factory=dict)
+    quotas: dict[str, float] = field(default_factory=dict)  # namespace -> hard GPUs (metrics)
+    # the visibility endpoint's data: namespace -> waiting jobs in queue order
+    queue_view: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # jobs left out of this decision because their data could not be processed:
+    # uid -> (step, problem)
+    invalid: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def get(self, uid: str, default: JobDecision) -> JobDecision:
+        return self.by_uid.get(uid, default)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """The cluster as the watch caches hold it at the start of a cycle (no API reads)."""
+
+    jobs: Sequence[FineTuneJob]
+    pods_by_uid: Mapping[str, list[dict[str, Any]]]  # our pods, by the uid of their job
+    classes: Mapping[str, int]                        # PriorityClass name -> value
+    nodes: Sequence[SlimNode]
+    active_pods: Sequence[SlimPod | SlimUsage]        # every pod holding GPUs, ours or not
+    quotas: Sequence[SlimQuota]
+
+
+class Admitter(Protocol):
+    """Decides admission for one cycle. Must not raise for one job's bad data: such a job goes
+    to ``DecisionSet.invalid`` and every other job is decided."""
+
+    def decide(self, view: ClusterView, now: dt.datetime) -> DecisionSet: ...

@@ -1,0 +1,255 @@
+"""One scheduling cycle (leader only): the caches' view -> the admitter's decisions -> for each
+job that is due, its steps in guards (plan, write kind, next timer, metrics sample) -> the
+plans, handed to the executor. Also the queue view the visibility endpoint serves.
+
+1. the admitter (``admission/seam.py``; the native policy today) decides over the cached view;
+2. ``reconcile.plan()`` (the pure state machine) runs for the jobs that are dirty, whose
+   decision changed, or whose timer is due (retry, pods-ready timeout, deadline, a coalesced
+   write);
+3. the executor runs the plans' writes (``executor.py``).
+
+A job whose data one per-job step cannot process gets an InvalidData condition and sits out
+of scheduling until it changes; every other job goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from finetune_api.job import FineTuneJob
+from finetune_api.status import FineTuneJobStatus
+from finetune_api.times import parse_time
+from finetune_operator import metrics
+from finetune_operator.admission import Admitter, ClusterView, JobDecision
+from finetune_operator.jobs.children import Children, api_message
+from finetune_operator.jobs.decide import policy_error, problem
+from finetune_operator.jobs.executor import Executor, Timers, Work
+from finetune_operator.jobs.feeds import Feeds, JobEntry, Pod
+from finetune_operator.jobs.pods import INVALID_DATA, set_invalid_data
+from finetune_operator.jobs.ports import Clock
+from finetune_operator.jobs.reconcile import Ctx, Plan, due_at, plan, wants_admission
+from finetune_operator.jobs.writes import Change, classify
+from finetune_operator.reports.model import ProgressReport
+from finetune_operator.settings import OperatorSettings
+from finetune_operator.sweep.runner import SweepRunner
+
+log = logging.getLogger("finetune_operator")
+
+
+class JobDataError(Exception):
+    """A per-job step of the cycle could not process this job's data."""
+
+    def __init__(self, step: str, problem: str) -> None:
+        super().__init__(problem)
+        self.step, self.problem = step, problem
+
+
+# steps after the admission policy: a job failing one sits out of it until it plans again
+# (the policy and the metrics sample see every job every cycle: their problems clear there)
+HELD_STEPS = frozenset({"plan", "write", "deadline"})
+
+
+def sample(job: FineTuneJob, st: FineTuneJobStatus) -> dict[str, Any]:
+    """One job's row of the queue metrics (metrics.observe_queue)."""
+    phase = st.phase or "Queued"
+    since = parse_time(st.queued_since) if phase == "Queued" else None
+    return {"namespace": job.metadata.namespace, "name": job.metadata.name, "phase": phase,
+            "priority_class": st.effective_priority_class or "",
+            "gpus": job.spec.resources.total_gpus,
+            "queued_since": since.timestamp() if since else None,
+            "eval": {k: v for k, v in st.output.metrics.items() if k in metrics.EVAL_METRICS}
+            if st.output else {}}
+
+
+class Cycle:
+    def __init__(self, settings: OperatorSettings, clock: Clock, feeds: Feeds,
+                 admitter: Admitter, executor: Executor, children: Children, timers: Timers,
+                 sweeps: SweepRunner, may_write: Callable[[], bool],
+                 wake: Callable[[], None]) -> None:
+        self.settings, self.clock, self.feeds, self.admitter = settings, clock, feeds, admitter
+        self.executor, self.children, self.timers = executor, children, timers
+        self.sweeps, self.may_write, self.wake = sweeps, may_write, wake
+        self._lock = threading.Lock()
+        self.count = 0  # cycles completed
+        self._last_decision: dict[str, JobDecision] = {}
+        # jobs whose data a per-job step could not process: uid -> (step, problem); after a
+        # step of the plan, the job sits out of the admission policy until it plans again
+        self._invalid: dict[str, tuple[str, str]] = {}
+        self._sweep_retry_at = 0.0
+        self.queue_view: dict[str, list[dict[str, Any]]] = {}
+
+    def _forget(self, uid: str) -> None:
+        self._last_decision.pop(uid, None)
+        with self._lock:
+            self._invalid.pop(uid, None)
+        self.timers.forget(uid)
+        self.children.forget(uid)
+        self.executor.forget(uid)
+
+    def run(self, now: dt.datetime) -> None:
+        """One cycle at ``now``: decide, plan what is due, execute (the writes that move GPUs
+        landed when it returns; status-only writes may still be in flight)."""
+        feeds = self.feeds
+        inflight = self.executor.inflight()
+        got = feeds.take(inflight)
+        for uid in got.gone:
+            self._forget(uid)
+        entries = feeds.jobs.values()
+        with self._lock:  # a job whose plan failed holds no decision that others wait on
+            invalid = dict(self._invalid)
+        held = {uid for uid, (step, _) in invalid.items() if step in HELD_STEPS}
+        jobs = [e.job for e in entries if e.job is not None and e.uid not in held]
+        classes = dict(feeds.classes.items())
+        ours = [p for ps in got.pods_by_uid.values() for p in ps]
+        decisions = self.admitter.decide(ClusterView(
+            jobs=jobs, pods_by_uid=got.pods_by_uid, classes=classes, nodes=feeds.nodes.values(),
+            active_pods=feeds.usage.values() + ours, quotas=feeds.quotas.values()), now)
+        epoch = now.timestamp()
+        todo = set(got.dirty)
+        for uid, d in decisions.by_uid.items():
+            if self._last_decision.get(uid) != d:
+                todo.add(uid)
+        todo |= self.timers.take_due(epoch, inflight)
+        todo -= inflight  # planned again once its write landed (it stays dirty until then)
+        if got.capacity_changed and self.count == 0:
+            todo |= {e.uid for e in entries}
+        work: list[Work] = []
+        samples: list[dict[str, Any]] = []
+        for e in entries:
+            if e.job is None:
+                if e.uid in todo and not e.failed:
+                    self.executor.reject(e, now)
+                continue
+            job, uid = e.job, e.uid
+            try:  # every per-job step: a job whose data fails one is left out of this cycle
+                if (bad := decisions.invalid.get(uid)) is not None:
+                    raise JobDataError(*bad)
+                pl, change, row = self._job_steps(
+                    job, decisions.get(uid, JobDecision()) if uid in todo else None,
+                    got.pods_by_uid.get(uid, []), got.reports.get(uid), classes, now)
+            except JobDataError as bad:
+                if (left := self._left_out(job, bad, now)) is not None:
+                    work.append(left)
+                continue
+            if pl is not None:
+                work.append((job, pl, change))
+            if uid in invalid and (pl is not None or uid not in held):  # processed again
+                with self._lock:
+                    self._invalid.pop(uid, None)
+                if pl is None:  # planned next cycle: its InvalidData condition clears
+                    feeds.mark_dirty(uid)
+                    self.wake()
+            samples.append(row)
+        metrics.observe_queue({"jobs": samples, "quotas": decisions.quotas})
+        self.queue_view = decisions.queue_view
+        self.executor.execute_all(work, now)
+        self._sync_sweeps(feeds.jobs.values(), now)  # after this cycle's writes landed
+        self.count += 1
+
+    def _sync_sweeps(self, entries: list[JobEntry], now: dt.datetime) -> None:
+        """Sweeps create their trials as ordinary FineTuneJobs (sweep/): only when a sweep or
+        one of its trials changed."""
+        if self.clock.monotonic() < self._sweep_retry_at:
+            return
+        dirty = self.feeds.take_sweeps_dirty()
+        sweeps = self.feeds.sweeps.values()
+        if not dirty:
+            return
+        if not sweeps:  # the last sweep is gone: so are its series
+            metrics.observe_sweeps([])
+            return
+        trials = [e.sweep_body for e in entries if e.sweep_body is not None]
+        try:
+            self.sweeps.sync(sweeps, trials, now)
+        except (ApiException, OSError) as e:
+            text = api_message(e) if isinstance(e, ApiException) else str(e)
+            log.warning("sweeps: %s; retrying in 10s", text or e)
+            self._sweep_retry_at = self.clock.monotonic() + 10.0
+            self.feeds.mark_sweeps_dirty()
+
+    def _timing(self) -> dict[str, float]:
+        s = self.settings
+        out = {"pods_ready_timeout": s.cycle.pods_ready_timeout_seconds,
+               "force_delete_margin": s.cycle.force_delete_margin_seconds,
+               "unschedulable_grace": s.cycle.unschedulable_grace_seconds}
+        if s.cycle.ttl_seconds_after_finished is not None:  # absent: finished jobs are kept
+            out["ttl"] = float(s.cycle.ttl_seconds_after_finished)
+        return out
+
+    def _job_steps(self, job: FineTuneJob, decision: JobDecision | None, pods: list[Pod],
+                   seen: tuple[int, ProgressReport] | None, classes: dict[str, int],
+                   now: dt.datetime) -> tuple[Plan | None, Change, dict[str, Any]]:
+        """One job's part of the cycle (a plan only when ``decision`` is given: the job is
+        due): its plan, which write it needs, its next timer, its metrics sample. Raises
+        JobDataError naming the step that failed; nothing of the job is kept then."""
+        step, pl, change, due, status = "plan", None, Change.NONE, None, job.status
+        try:
+            if decision is not None:
+                self._last_decision[job.metadata.uid] = decision
+                pl = self._plan(job, pods, decision, seen, classes, now)
+                set_invalid_data(pl.status, None, now, job.metadata.generation)
+                step = "write"
+                change = self.executor.write_kind(job, pl, now.timestamp())
+                step = "deadline"
+                due = due_at(job, pl.status, pods, self._timing(), now)
+                status = pl.status
+            step = "metrics"
+            row = sample(job, status)
+        except Exception as e:
+            raise JobDataError(step, problem(step, e)) from e
+        if due is not None:
+            self.timers.schedule(job.metadata.uid, due.timestamp())
+        return pl, change, row
+
+    def _left_out(self, job: FineTuneJob, bad: JobDataError, now: dt.datetime) -> Work | None:
+        """A job whose data a step could not process: counted and logged once per problem,
+        and its InvalidData condition with a Warning Event (written only when the stored
+        condition differs: once per problem, also across restarts)."""
+        uid, step, text = job.metadata.uid, bad.step, bad.problem
+        with self._lock:
+            new = self._invalid.get(uid) != (step, text)
+            self._invalid[uid] = (step, text)
+        self._last_decision.pop(uid, None)  # decided afresh once it can be
+        if new:
+            metrics.count_invalid_data(job.metadata.namespace, step)
+            metrics.count_cycle_error("job")
+            log.error("FineTuneJob %s: %s; left out of scheduling until it changes, every "
+                      "other job goes on", job.key, text, exc_info=bad.__cause__)
+        try:
+            st = job.status.model_copy(deep=True)
+            set_invalid_data(st, text, now, job.metadata.generation)
+            said = next(c.message for c in st.conditions if c.type == INVALID_DATA)
+            change = classify(job.status.to_wire(), st.to_wire())
+        except Exception:  # not even the condition can be written: the log says it
+            if new:
+                log.exception("FineTuneJob %s: could not write its InvalidData condition",
+                              job.key)
+            return None
+        if not change:
+            return None
+        return job, Plan(status=st, events=[("Warning", INVALID_DATA, said)]), change
+
+    def _plan(self, job: FineTuneJob, pods: list[Pod], decision: JobDecision,
+              seen: tuple[int, ProgressReport] | None, classes: dict[str, int],
+              now: dt.datetime) -> Plan:
+        s = self.settings
+        cls, err = policy_error(job, s, classes)
+        check = wants_admission(job, now) or job.status.phase is None
+        ctx = Ctx(now=now, backoff_seconds=s.backoff_seconds(job.status.failures + 1),
+                  priority_class=cls, policy_error=err if check else None,
+                  watched_report=seen[1] if seen and seen[0] == job.status.attempt else None,
+                  create_error=self.children.create_error(job.metadata.uid, job.status.attempt),
+                  node_ready=self.feeds.node_ready,
+                  pods_ready_timeout_seconds=s.cycle.pods_ready_timeout_seconds,
+                  max_start_requeues=s.cycle.max_pods_ready_requeues,
+                  force_delete_margin_seconds=s.cycle.force_delete_margin_seconds,
+                  unschedulable_grace_seconds=s.cycle.unschedulable_grace_seconds,
+                  max_gpus_per_node=s.admission.max_gpus_per_node,
+                  ttl_seconds_after_finished=s.cycle.ttl_seconds_after_finished)
+        return plan(job, pods, decision, ctx)

@@ -1,0 +1,319 @@
+"""The controller's inputs: the watch-fed caches (``kube/cache.py`` Stores and Reflectors), the
+index of our pods by job, which jobs changed since the last cycle (dirty tracking), whether
+capacity changed, and the progress reports the report channel hands in.
+
+A change the operator reads marks the jobs it concerns dirty and wakes the cycle; a change
+of nodes, quotas, priority classes or GPU usage marks capacity changed instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from pydantic import ValidationError
+
+from finetune_api.job import FineTuneJob
+from finetune_api.labels import MANAGED_BY_SELECTOR
+from finetune_operator import metrics
+from finetune_operator.jobs import ownership
+from finetune_operator.jobs.pods import attempt_of, owner_uid, rank_of, terminated_message
+from finetune_operator.jobs.ports import JobKube
+from finetune_operator.kube import cache
+from finetune_operator.kube import client as k8s
+from finetune_operator.kube.intern import intern
+from finetune_operator.reports.model import BadReport, ProgressReport
+from finetune_operator.settings import OperatorSettings
+from finetune_operator.slim import SlimPod
+
+log = logging.getLogger("finetune_operator")
+
+Pod = dict[str, Any]
+# the report channel's strict termination-message check, which counts and logs a bad message
+# once per pod (``namespace/pod``, the raw message)
+OnTermination = Callable[[str, str], object]
+
+
+def parse_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:5]:
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True, eq=False)
+class JobEntry:
+    """A cached FineTuneJob: parsed once per resourceVersion (or the parse error)."""
+
+    uid: str
+    rv: str
+    job: FineTuneJob | None
+    error: str | None = None
+    raw_meta: dict[str, Any] | None = None
+    failed: bool = False
+    sweep_body: dict[str, Any] | None = None  # a sweep's trial: the body the sweep planner reads
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobEntry) and (self.uid, self.rv) == (other.uid, other.rv)
+
+    def __hash__(self) -> int:
+        return hash((self.uid, self.rv))
+
+
+def job_entry(obj: dict[str, Any]) -> JobEntry:
+    meta = obj.get("metadata") or {}
+    uid, rv = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
+    sweep = None
+    if any(r.get("kind") == "FineTuneSweep" for r in meta.get("ownerReferences") or []):
+        sweep = {"metadata": {k: v for k, v in meta.items() if k != "managedFields"},
+                 "spec": obj.get("spec") or {}, "status": obj.get("status") or {}}
+    try:
+        job = FineTuneJob.from_body(obj)
+        job = job.model_copy(update={"spec": intern(job.spec)})  # shared between equal specs
+        return JobEntry(uid, rv, job, sweep_body=sweep)
+    except (ValidationError, KeyError, TypeError) as e:
+        msg = parse_error(e) if isinstance(e, ValidationError) else f"malformed object: {e}"
+        small = {k: meta.get(k) for k in ("name", "namespace", "uid")}
+        phase = (obj.get("status") or {}).get("phase")
+        return JobEntry(uid, rv, None, msg, small, phase == "Failed")
+
+
+def uid_key(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or cache.object_key(obj))
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What one cycle reads of the feeds, taken together under the lock."""
+
+    dirty: set[str]
+    capacity_changed: bool
+    pods_by_uid: dict[str, list[Pod]]
+    # job uid -> (attempt, newest progress report of that attempt)
+    reports: dict[str, tuple[int, ProgressReport]]
+    gone: set[str] = field(default_factory=set)  # jobs deleted since: forget what is kept
+
+
+class Feeds:
+    """The Stores and their Reflectors, the pod index, dirty tracking and report intake.
+    ``wake`` wakes the cycle; ``on_termination`` checks a pod's new termination message;
+    ``on_impostor`` is told, once per pod and only while ``may_write`` (the leader), about a
+    pod naming a job it was not created for."""
+
+    def __init__(self, kube: JobKube, settings: OperatorSettings, wake: Callable[[], None],
+                 on_termination: OnTermination,
+                 on_impostor: Callable[[Pod], None] = lambda pod: None,
+                 may_write: Callable[[], bool] = lambda: True) -> None:
+        self.kube, self.settings = kube, settings
+        self.wake, self.on_termination, self.on_impostor = wake, on_termination, on_impostor
+        self.may_write = may_write
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self._dirty: set[str] = set()
+        self._gone: set[str] = set()
+        self._capacity_changed = True
+        self._sweeps_dirty = True
+        self._pods_by_job: dict[str, dict[str, Pod]] = {}
+        # pods naming a job uid not (yet) in the jobs cache: checked when the job arrives
+        self._pods_waiting: dict[str, dict[str, Pod]] = {}
+        self._warned_pods: set[str] = set()  # impostor pods already told about
+        # job uid -> (attempt, newest progress report): the trainer's last report (right
+        # after its SIGTERM save) may land just before its pod disappears
+        self._reports: dict[str, tuple[int, ProgressReport]] = {}
+        self.jobs = cache.Store("jobs", self._changed)
+        self.pods = cache.Store("pods", self._changed)
+        self.nodes = cache.Store("nodes", self._changed)
+        self.quotas = cache.Store("quotas", self._changed)
+        self.classes = cache.Store("priorityclasses", self._changed)
+        self.usage = cache.Store("usage", self._changed)
+        self.sweeps = cache.Store("sweeps", self._changed)
+        self.reflectors: list[cache.Reflector] = []
+
+    # ------------------------------------------------------------------ watches
+
+    def start(self) -> None:
+        """One Reflector per watched collection (threads; ``stop_event`` ends them)."""
+        s = self.settings
+        nss: list[str | None] = list(s.admission.namespaces) or [None]
+        running = "status.phase!=Succeeded,status.phase!=Failed"
+        feeds: list[tuple[cache.Store, str, str | None, str | None, Any,
+                          Callable[[dict[str, Any]], str]]] = []
+        for ns in nss:
+            feeds += [(self.jobs, k8s.collection_path(k8s.JOBS_PATH, ns), None, None,
+                       job_entry, uid_key),
+                      (self.pods, k8s.collection_path(k8s.PODS_PATH, ns), MANAGED_BY_SELECTOR, None,
+                       cache.slim_pod, uid_key),
+                      (self.quotas, k8s.collection_path(k8s.QUOTAS_PATH, ns), None, None,
+                       cache.slim_quota, cache.object_key)]
+        feeds += [(self.nodes, k8s.NODES_PATH, None, None, cache.slim_node, cache.object_key),
+                  (self.classes, k8s.CLASSES_PATH, None, None, cache.priority_value,
+                   cache.object_key),
+                  # every running pod's GPU use, ours or not, kept as (node, requests) only
+                  (self.usage, k8s.PODS_PATH, None, running, cache.slim_usage, uid_key)]
+        if s.cycle.sweeps:
+            feeds += [(self.sweeps, k8s.collection_path(k8s.SWEEPS_PATH, ns), None, None,
+                       cache.slim_object, uid_key) for ns in nss]
+        for store, path, labels, fields, transform, key in feeds:
+            r = cache.Reflector(self.kube, cache.Source(path, labels, fields), store, transform,
+                                self.stop_event, key=key)
+            self.reflectors.append(r)
+            r.start()
+
+    def scheduling_stores(self) -> list[cache.Store]:
+        return [self.jobs, self.pods, self.nodes, self.quotas, self.classes, self.usage]
+
+    def synced(self) -> bool:
+        """Every watch cache is filled (after its first list)."""
+        return bool(self.reflectors) and all(r.store.synced.is_set() for r in self.reflectors)
+
+    # ------------------------------------------------------------------ cache -> dirty
+
+    def _changed(self, kind: str, key: str, old: Any, new: Any) -> None:
+        impostors: list[Pod] = []
+        with self.lock:
+            if kind == "sweeps" or getattr(new or old, "sweep_body", None) is not None:
+                self._sweeps_dirty = True
+            if kind == "jobs":
+                self._dirty.add(key)
+                if new is None:
+                    self._forget(key, old)
+                elif new.job is not None:  # the pods that named it before it was cached
+                    for pod_key, pod in self._pods_waiting.pop(key, {}).items():
+                        impostors += self._index_pod(pod_key, None, pod)
+            elif kind == "pods":
+                impostors = self._index_pod(key, old, new)
+            else:
+                self._capacity_changed = True
+        self.wake()
+        for pod in impostors:
+            self._warn_impostor(pod)
+
+    def _index_pod(self, key: str, old: Pod | None, new: Pod | None) -> list[Pod]:
+        """(Under the lock.) A pod counts for the job its owner reference names only when the
+        operator created it for that job (ownership.py); else it is an impostor: not indexed,
+        never deleted, no job dirty. Returns the impostor to warn about, if any."""
+        uids = {u for p in (old, new) if p is not None and (u := owner_uid(p)) is not None}
+        counted = False  # whether a job's view of its pods changes
+        for u in uids:
+            for index in (self._pods_by_job, self._pods_waiting):
+                pods = index.get(u)
+                if pods is not None and pods.pop(key, None) is not None:
+                    counted = counted or index is self._pods_by_job
+                    if not pods:
+                        del index[u]
+        uid = owner_uid(new) if new is not None else None
+        entry = self.jobs.get(uid) if uid is not None else None
+        impostors: list[Pod] = []
+        if new is None or uid is None:
+            self._warned_pods.discard(key)
+        elif entry is None or entry.job is None:
+            self._pods_waiting.setdefault(uid, {})[key] = new  # decided once the job is cached
+        elif ownership.belongs(cast(SlimPod, new), entry.job):  # the pods store's records
+            self._pods_by_job.setdefault(uid, {})[key] = new
+            counted = True
+            raw = terminated_message(new)
+            if raw and raw != terminated_message(old or {"status": {}}):
+                self.on_termination(f"{new['metadata'].get('namespace')}/"
+                                    f"{new['metadata']['name']}", raw)
+        else:
+            impostors.append(new)
+        if counted:
+            self._dirty.update(uids)
+        return impostors
+
+    def _warn_impostor(self, pod: Pod) -> None:
+        """Once per pod: the pod names a job it was not created for."""
+        uid = str(pod["metadata"].get("uid"))
+        with self.lock:
+            if uid in self._warned_pods:
+                return
+            if not self.may_write():
+                return
+            self._warned_pods.add(uid)
+        self.on_impostor(pod)
+
+    def _forget(self, uid: str, old: Any) -> None:
+        """(Under the lock.) A deleted job: its report and series go; the cycle forgets the
+        rest when it next runs (``Inputs.gone``)."""
+        self._reports.pop(uid, None)
+        self._gone.add(uid)
+        job = getattr(old, "job", None)
+        if job is not None:
+            metrics.forget_job(job.metadata.namespace, job.metadata.name)
+
+    # ------------------------------------------------------------------ report intake
+
+    def on_report(self, who: Any, report: ProgressReport) -> None:
+        """The report channel's callback (reports/channel.py; server threads): a report from
+        an authenticated pod, already parsed strictly. Only the rank-0 trainer of the current
+        attempt of a job this operator manages is heard; anyone else gets 403 (counted)."""
+        pod = self.pods.get(who.uid)
+        uid = owner_uid(pod) if pod is not None else None
+        entry = self.jobs.get(uid) if uid else None
+        if pod is None or uid is None or rank_of(pod) != 0 or entry is None \
+                or entry.job is None or not ownership.speaks_for(pod, entry.job):
+            raise BadReport("unknown-pod", f"{who.key} is not the rank-0 trainer of the current "
+                            "attempt of a managed job")
+        self.accept_report(uid, attempt_of(pod), report)
+
+    def accept_report(self, uid: str, attempt: int, report: ProgressReport) -> None:
+        """A progress report from the report channel (already parsed and authenticated): kept
+        when it is the newest of the newest attempt."""
+        with self.lock:
+            old = self._reports.get(uid)
+            if old is None or old[0] < attempt or (
+                    old[0] == attempt and report.step >= old[1].step):
+                self._reports[uid] = (attempt, report)
+                self._dirty.add(uid)
+        self.wake()
+
+    # ------------------------------------------------------------------ the cycle's view
+
+    def take(self, inflight: set[str]) -> Inputs:
+        """The cycle's inputs; the dirty jobs with a write in flight stay dirty."""
+        with self.lock:
+            dirty, self._dirty = self._dirty - inflight, self._dirty & inflight
+            capacity, self._capacity_changed = self._capacity_changed, False
+            gone, self._gone = self._gone, set()
+            return Inputs(dirty=dirty, capacity_changed=capacity,
+                          pods_by_uid={uid: list(p.values())
+                                       for uid, p in self._pods_by_job.items()},
+                          reports=dict(self._reports), gone=gone)
+
+    def mark_dirty(self, uid: str) -> None:
+        with self.lock:
+            self._dirty.add(uid)
+
+    def is_dirty(self, uid: str) -> bool:
+        with self.lock:
+            return uid in self._dirty
+
+    @property
+    def pending(self) -> bool:
+        """Some job changed and is not planned yet."""
+        with self.lock:
+            return bool(self._dirty)
+
+    def mark_capacity_changed(self) -> None:
+        with self.lock:
+            self._capacity_changed = True
+
+    def mark_sweeps_dirty(self) -> None:
+        with self.lock:
+            self._sweeps_dirty = True
+
+    def take_sweeps_dirty(self) -> bool:
+        with self.lock:
+            dirty, self._sweeps_dirty = self._sweeps_dirty, False
+            return dirty
+
+    def node_ready(self, name: str) -> bool | None:
+        """None: the node is gone."""
+        node = self.nodes.get(name)
+        if node is None:
+            return None
+        return bool(node["status"].get("ready") == "True")

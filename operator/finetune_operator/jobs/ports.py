@@ -1,0 +1,82 @@
+"""What the job controller needs from the outside world: the Kubernetes calls it makes
+(``JobKube``, implemented by ``kube.client.Kube`` and, in unit tests, by
+``tests/builders/jobkube.py``'s ``RecordingJobKube``) and the clock (``Clock``).
+
+Every module of ``jobs/`` gets both injected; none reads the time or talks to the API server
+another way, so a test drives the whole controller with a recording fake and a fake clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from finetune_operator.sweep.runner import SweepKube
+
+
+class JobKube(SweepKube, Protocol):
+    """Exactly the API calls the job controller makes (its watches, its writes, its Lease),
+    plus the sweep runner's (``SweepKube``), which it drives."""
+
+    # checked right before every write is sent: False raises ``kube.client.Fenced``
+    fence: Callable[[], bool]
+
+    def list_raw(self, path: str, label_selector: str | None = None,
+                 field_selector: str | None = None, page: int = 500,
+                 ) -> tuple[list[dict[str, Any]], str]: ...
+
+    def watch_raw(self, path: str, resource_version: str, label_selector: str | None = None,
+                  field_selector: str | None = None, timeout_seconds: int = 300,
+                  ) -> Iterator[tuple[str, dict[str, Any]]]: ...
+
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any],
+                         resource_version: str | None = None) -> dict[str, Any] | None: ...
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> bool: ...
+
+    def create_or_get(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    def create_or_patch(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    def delete_pod(self, namespace: str, name: str, uid: str | None = None,
+                   grace_seconds: int | None = None) -> bool: ...
+
+    def event(self, job: dict[str, Any], type_: str, reason: str, message: str,
+              now: dt.datetime, kind: str = "FineTuneJob") -> None: ...
+
+    def hold_lease(self, namespace: str, name: str, identity: str, duration_s: int,
+                   now: dt.datetime, known: dict[str, Any] | None = None,
+                   ) -> tuple[bool, dict[str, Any] | None]: ...
+
+    def release_lease(self, namespace: str, name: str, identity: str) -> None: ...
+
+
+class Clock(Protocol):
+    """The three clocks the controller reads."""
+
+    def now(self) -> dt.datetime:
+        """Wall time, timezone-aware UTC: what statuses, Events and the policy see."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps: the Lease's validity, debounce, health."""
+        ...
+
+    def time(self) -> float:
+        """Wall time in epoch seconds: the per-job timers (retries, coalesced writes)."""
+        ...
+
+
+class SystemClock:
+    """The real clocks (the only place in ``jobs/`` that reads them)."""
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()

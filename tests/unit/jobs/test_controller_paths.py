@@ -1,0 +1,200 @@
+"""The job controller end to end without a cluster: a Controller on a recording fake of its
+JobKube (tests/builders/jobkube.py) and a fake clock, its cycle driven by hand (no threads
+but the write pools, drained after each cycle). Each test follows one path of a job's life
+through the real feeds, admitter, state machine and executor, and asserts the API writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from finetune_operator.jobs.controller import Controller
+from tests.builders.jobkube import FakeClock, RecordingJobKube, Write, gpu_node, load, sync
+from tests.builders.jobs import job_body, make_settings
+
+pytestmark = pytest.mark.unit
+
+CLASSES = ["finetune-critical", "finetune-high", "finetune-normal", "finetune-low"]
+
+
+class World:
+    def __init__(self, bodies: list[dict[str, Any]], gpus: int = 8) -> None:
+        self.kube = RecordingJobKube(bodies)
+        self.clock = FakeClock()
+        self.settings = make_settings(allowed_priority_classes=CLASSES,
+                                      min_runtime_before_preemption_seconds=60)
+        self.nodes = [gpu_node("node-0", gpus)]
+        self.ctrl = self.controller()
+
+    def controller(self) -> Controller:
+        """A Controller (a new one: an operator restart) on caches filled from the fake."""
+        ctrl = Controller(self.kube, self.settings, namespace="ops", identity="test",
+                          clock=self.clock)
+        ctrl.lease.grant(10**6)
+        load(ctrl, self.kube, self.nodes)
+        return ctrl
+
+    def cycle(self, seconds: float = 1.0) -> None:
+        """Time passes, the watches deliver what changed, one cycle runs and its writes land."""
+        self.clock.advance(seconds)
+        sync(self.ctrl, self.kube)
+        self.ctrl.run_cycle(self.clock.now())
+        self.ctrl.executor.drain()
+        sync(self.ctrl, self.kube)
+
+    def status(self, name: str, ns: str = "team-a") -> dict[str, Any]:
+        return dict(self.kube.jobs[(ns, name)].get("status") or {})
+
+    def pod(self, name: str, ns: str = "team-a") -> dict[str, Any]:
+        return self.kube.objects[("Pod", ns, name)]
+
+    def run_pod(self, name: str) -> None:
+        pod = self.pod(name)
+        pod.setdefault("spec", {})["nodeName"] = "node-0"
+        pod["status"] = {"phase": "Running", "containerStatuses": [
+            {"name": "trainer", "state": {"running": {}}}]}
+
+    def fail_pod(self, name: str, exit_code: int = 1) -> None:
+        self.pod(name)["status"] = {"phase": "Failed", "containerStatuses": [
+            {"name": "trainer", "state": {"terminated": {"exitCode": exit_code,
+                                                         "reason": "Error"}}}]}
+
+    def gone(self, name: str) -> None:
+        """The pod finished terminating (after the delete the operator sent)."""
+        self.kube.objects.pop(("Pod", "team-a", name), None)
+
+    def new_writes(self, since: int) -> list[Write]:
+        return self.kube.writes()[since:]
+
+    def edit_spec(self, name: str, **spec: Any) -> None:
+        body = self.kube.jobs[("team-a", name)]
+        body["spec"].update(spec)
+        body["metadata"]["generation"] += 1
+        body["metadata"]["resourceVersion"] = str(int(body["metadata"]["resourceVersion"]) + 1)
+
+
+@pytest.fixture
+def worlds() -> Iterator[list[World]]:
+    made: list[World] = []
+    yield made
+    for w in made:
+        w.ctrl.stop()
+
+
+def running_world(worlds: list[World], *bodies: dict[str, Any]) -> World:
+    """``bodies[0]`` admitted and Running on node-0 (the others only in the fake)."""
+    w = World([bodies[0]])
+    worlds.append(w)
+    name = bodies[0]["metadata"]["name"]
+    w.cycle()
+    w.run_pod(f"{name}-a1-0")
+    w.cycle()
+    assert w.status(name)["phase"] == "Running"
+    for b in bodies[1:]:
+        w.kube.jobs[(b["metadata"]["namespace"], b["metadata"]["name"])] = b
+    return w
+
+
+def test_a_queued_job_that_fits_is_admitted_and_its_pods_created(worlds: list[World]) -> None:
+    w = World([job_body("bot", gpus=2)])
+    worlds.append(w)
+    w.cycle()
+    st = w.status("bot")
+    assert st["phase"] == "Admitted" and st["attempt"] == 1
+    writes = w.kube.writes("team-a/bot-a1-0")
+    assert writes == [("create", "Pod", "team-a/bot-a1-0")]
+    assert w.kube.writes("team-a/bot")[0] == ("patch", "FineTuneJob", "team-a/bot")
+    assert [e[1] for e in w.kube.events] == ["Admitted"]
+    # the pod runs: the job is Running, with one status write
+    w.run_pod("bot-a1-0")
+    before = len(w.kube.writes())
+    w.cycle()
+    assert w.status("bot")["phase"] == "Running"
+    assert w.new_writes(before) == [("patch", "FineTuneJob", "team-a/bot")]
+
+
+def test_a_higher_priority_job_preempts_when_the_gpus_are_full(worlds: list[World]) -> None:
+    low = job_body("low", gpus=8, priority_class="finetune-low")
+    urgent = job_body("urgent", gpus=8, priority_class="finetune-critical",
+                      created="2026-01-02T12:00:00Z")
+    w = running_world(worlds, low, urgent)
+    w.clock.advance(120)  # past min_runtime_before_preemption_seconds
+    w.cycle()
+    st = w.status("low")
+    assert st["phase"] == "Preempting", st
+    # deleted gracefully: the pod's own grace period (the trainer saves a checkpoint)
+    assert ("delete", "Pod", "team-a/low-a1-0") in w.kube.writes()
+    assert w.kube.graces["team-a/low-a1-0"] is None
+    assert w.status("urgent")["phase"] == "Queued"
+    assert w.kube.writes().count(("create", "Pod", "team-a/low-a1-0")) == 1  # not recreated
+    # the victim's pod is gone: it is back in the queue, the preemption counted; the
+    # preemptor is admitted onto the GPUs it freed
+    w.gone("low-a1-0")
+    w.cycle()
+    st = w.status("low")
+    assert st["phase"] == "Queued" and st["preemptions"] == 1 and st.get("failures", 0) == 0
+    assert "Preempted" in [e[1] for e in w.kube.events if e[0] == "team-a/low"]
+    w.cycle()
+    assert w.status("urgent")["phase"] == "Admitted"
+    assert ("create", "Pod", "team-a/urgent-a1-0") in w.kube.writes()
+
+
+def test_suspend_stops_the_pods_and_parks_the_job(worlds: list[World]) -> None:
+    w = running_world(worlds, job_body("bot", gpus=2))
+    w.edit_spec("bot", suspend=True)
+    w.cycle()
+    assert w.status("bot")["phase"] == "Suspended"
+    assert ("delete", "Pod", "team-a/bot-a1-0") in w.kube.writes()
+    assert w.kube.graces["team-a/bot-a1-0"] is None  # graceful: a checkpoint is saved
+    w.gone("bot-a1-0")
+    w.cycle()
+    st = w.status("bot")
+    assert st["phase"] == "Suspended"
+    assert st.get("failures", 0) == 0 and st.get("preemptions", 0) == 0
+    cond = next(c for c in st["conditions"] if c["type"] == "Suspended")
+    assert cond["status"] == "True" and cond["reason"] == "Suspended"
+    # parked: nothing more is written
+    before = len(w.kube.writes())
+    w.cycle(30)
+    assert w.new_writes(before) == []
+
+
+def test_a_failed_pod_retries_with_backoff_then_fails_the_job(worlds: list[World]) -> None:
+    w = running_world(worlds, job_body("bot", gpus=2, backoffLimit=1))
+    w.fail_pod("bot-a1-0")
+    w.cycle()
+    st = w.status("bot")
+    assert st["phase"] == "Queued" and st["failures"] == 1 and st.get("retryAfter")
+    assert "AttemptFailed" in [e[1] for e in w.kube.events]
+    # waits out its backoff: not admitted before retryAfter
+    w.cycle()
+    assert w.status("bot")["phase"] == "Queued"
+    assert ("create", "Pod", "team-a/bot-a2-0") not in w.kube.writes()
+    w.cycle(w.settings.backoff_seconds(1) + 1)
+    assert w.status("bot")["phase"] == "Admitted" and w.status("bot")["attempt"] == 2
+    assert ("create", "Pod", "team-a/bot-a2-0") in w.kube.writes()
+    w.run_pod("bot-a2-0")
+    w.cycle()
+    w.fail_pod("bot-a2-0")
+    w.cycle()
+    st = w.status("bot")
+    assert st["phase"] == "Failed" and st["failures"] == 2
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+
+
+def test_a_restarted_operator_with_running_jobs_writes_nothing(worlds: list[World]) -> None:
+    w = running_world(worlds, job_body("one", gpus=2))
+    w.kube.jobs[("team-a", "two")] = job_body("two", gpus=2, created="2026-01-02T11:00:00Z")
+    w.cycle()
+    w.run_pod("two-a1-0")
+    w.cycle()
+    assert [w.status(n)["phase"] for n in ("one", "two")] == ["Running", "Running"]
+    w.ctrl.stop()
+    w.ctrl = w.controller()  # a new process: caches filled by the watches' first lists
+    before = len(w.kube.writes())
+    for _ in range(5):
+        w.cycle(10)
+    assert w.new_writes(before) == []
