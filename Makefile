@@ -47,7 +47,7 @@ system-deps: ## Debian packages the tests need (promtool)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 # the packages held to mypy --strict (docs/architecture.md); the rest is checked by plain `mypy`
-MYPY_STRICT := $(BIN)/mypy --strict -p finetune_api -p finetune_operator.admission -p finetune_operator.jobs
+MYPY_STRICT := $(BIN)/mypy --strict -p finetune_api -p finetune_operator.admission -p finetune_operator.jobs -p finetune_operator.view
 
 lint: venv ## ruff, mypy, the import contracts (lint-imports), mypy --strict on the strict packages, every relative link and anchor of the Markdown docs (offline)
 	$(BIN)/ruff check api operator trainer dev tests benchmarks scripts/check-links.py
@@ -56,7 +56,7 @@ lint: venv ## ruff, mypy, the import contracts (lint-imports), mypy --strict on 
 	$(MYPY_STRICT)
 	$(BIN)/python scripts/check-links.py
 
-lint-strict: venv ## mypy --strict on the api, admission and job-controller packages
+lint-strict: venv ## mypy --strict on the api, admission, job-controller and view packages
 	$(MYPY_STRICT)
 
 crd: venv ## regenerate crds/ (FineTuneJob, FineTuneSweep) from the pydantic models

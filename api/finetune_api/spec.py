@@ -332,6 +332,11 @@ class Toleration(ApiModel):
         return self
 
 
+# The GPU resource a job that names no resources.gpuResource requests, unless the operator is set
+# otherwise (FINETUNE_GPU_RESOURCE, chart value trainer.gpuResource): the one definition of it.
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+
+
 class ResourcesSpec(ApiModel):
     gpus: int = Field(default=1, ge=0, le=64,
                       description="GPUs per node (per pod), 0-64 (default 1; 0 = a CPU job)")

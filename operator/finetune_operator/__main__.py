@@ -31,27 +31,32 @@ def main(argv: list[str] | None = None) -> int:
     from finetune_operator.http import metrics as metrics_server
     from finetune_operator.http import server as serve
     from finetune_operator.http.identity import PodIdentity
-    from finetune_operator.jobs.controller import Controller
+    from finetune_operator.jobs.controller import Controller, Fence
+    from finetune_operator.jobs.ports import SystemClock
     from finetune_operator.kube.client import Kube, load_client
     from finetune_operator.reports.channel import start_channel
-    from finetune_operator.reports.model import ProgressReport, parse_termination
+    from finetune_operator.reports.model import ProgressReport
     from finetune_operator.reports.rejects import Rejections
 
     kopf.configure(verbose=args.verbose)  # one log handler for kopf's and our loggers
     logging.getLogger("finetune_operator").setLevel(logging.DEBUG if args.verbose
                                                     else logging.INFO)
-    kube = Kube(load_client(args.kubeconfig), timeout_seconds=settings.cycle.api_timeout_seconds)
+    clock = SystemClock()
+    fence = Fence(clock)  # the Lease moves it; every write is checked against it
+    kube = Kube(load_client(args.kubeconfig), timeout_seconds=settings.cycle.api_timeout_seconds,
+                fence=fence.may_write)
     rejections = Rejections()  # bad reports and termination messages, counted once per pod
 
-    def termination(pod_key: str, raw: str) -> None:
-        parse_termination(raw, lambda bad: rejections.reject(pod_key, bad))
-
     def on_report(who: PodIdentity, report: ProgressReport) -> None:
-        controller.feeds.on_report(who, report)  # bound below, before any trainer can exist
+        controller.feeds.on_report(who, report)
 
-    channel = start_channel(settings, kube.token_review, on_report, rejections=rejections)
-    controller = Controller(kube, settings, report_config=channel.config,
-                            on_termination=termination)
+    # bound, not answering yet: the trainer config names its port and CA, and the Controller
+    # that hears its reports is built next; it listens from then on
+    channel = start_channel(settings, kube.token_review, on_report, rejections=rejections,
+                            listen=False)
+    controller = Controller(kube, settings, clock=clock, fence=fence,
+                            report_config=channel.config, on_termination=rejections.reject)
+    channel.listen()
     lifecycle.install(controller)
     # /metrics over HTTPS (the report channel's certificate unless it has its own), for
     # bearer tokens allowed to get /metrics (TokenReview + SubjectAccessReview, cached)

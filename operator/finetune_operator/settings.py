@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from finetune_api.spec import DEFAULT_GPU_RESOURCE
+
 if TYPE_CHECKING:
     from finetune_api.job import FineTuneJob
 
@@ -83,7 +85,7 @@ class AdmissionSettings(_Section):
         description="reservations for large aged jobs keep at most this share of the free "
         "GPUs idle while smaller work waits (docs/scheduling.md)")
     min_runtime_before_preemption_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
-    gpu_resource: ResourceName = "nvidia.com/gpu"
+    gpu_resource: ResourceName = DEFAULT_GPU_RESOURCE
     max_gpus_per_node: int = Field(
         default=0, ge=0, description="largest node size in GPUs: a job asking more per node "
         "fails at once; 0 = no static limit (only the grace period applies)")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
+from finetune_operator.reports.model import RejectReason, TerminationMessage
+
 Counts = dict[str, int]  # extended resource name -> whole count
 
 
@@ -65,12 +67,23 @@ class SlimContainerStatus(TypedDict):
     restartCount: int
 
 
+class SlimTermination(TypedDict):
+    """The terminated container's termination message, parsed once, when the cache stores the
+    pod (``kube/cache.py`` ``slim_pod``): the raw text is not kept."""
+
+    parsed: TerminationMessage | None  # the trainer's JSON summary (docs/contracts.md)
+    logTail: str  # plain text instead (a crashed trainer's log tail): its last 512 characters
+    rejected: tuple[RejectReason, str] | None  # JSON breaking the model: (reason, detail)
+
+
 class SlimPodStatus(TypedDict):
     phase: str | None
     conditions: list[SlimCondition]  # DisruptionTarget, PodScheduled and Ready only
+    # the terminated state keeps exitCode and reason; its message is in ``termination``
     containerStatuses: list[SlimContainerStatus]
     reason: NotRequired[str]
     message: NotRequired[str]  # at most 512 characters
+    termination: NotRequired[SlimTermination]  # present when a container left a message
 
 
 class SlimPod(TypedDict):
@@ -154,6 +167,6 @@ __all__ = [
     "Counts", "SlimCondition", "SlimContainer", "SlimContainerStatus", "SlimNode",
     "SlimNodeMeta", "SlimNodeSpec", "SlimNodeStatus", "SlimOwnerReference", "SlimPod",
     "SlimPodMeta", "SlimPodSpec", "SlimPodStatus", "SlimQuota", "SlimQuotaMeta", "SlimQuotaSpec",
-    "SlimQuotaStatus", "SlimResources", "SlimTaint", "SlimUsage", "SlimUsageSpec",
-    "SlimUsageStatus",
+    "SlimQuotaStatus", "SlimResources", "SlimTaint", "SlimTermination", "SlimUsage",
+    "SlimUsageSpec", "SlimUsageStatus",
 ]

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from finetune_operator.admission import (
-    Decisions,
     NodeInfo,
     Policy,
+    PolicyResult,
     QueuedJob,
     Quota,
     RunningJob,
@@ -60,9 +60,9 @@ def snap(queued: list[QueuedJob], running: list[RunningJob] | None = None,
     )
 
 
-def admitted(d: Decisions) -> list[str]:
+def admitted(d: PolicyResult) -> list[str]:
     return [a.job.name for a in d.admit]
 
 
-def waiting(d: Decisions) -> dict[str, tuple[int, str, str]]:
+def waiting(d: PolicyResult) -> dict[str, tuple[int, str, str]]:
     return {w.job.name: (w.position, w.code.value, w.reason) for w in d.waiting}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from finetune_operator.jobs.controller import Controller
@@ -65,7 +65,6 @@ class RecordingJobKube:
         self.calls: list[Write] = []
         self.events: list[tuple[str, str, str]] = []  # (namespace/name, reason, message)
         self.graces: dict[str, int | None] = {}       # deleted pod -> grace seconds given
-        self.fence: Callable[[], bool] = lambda: True
         self._lock = threading.Lock()
         self._rv = 100
 
@@ -114,6 +113,7 @@ class RecordingJobKube:
         return copy.deepcopy(got)
 
     create_or_patch = create_or_get
+    create_child = create_or_get
 
     def delete_pod(self, namespace: str, name: str, uid: str | None = None,
                    grace_seconds: int | None = None) -> bool:
@@ -125,7 +125,7 @@ class RecordingJobKube:
         self._record("delete", "FineTuneJob", namespace, name)
         return self.jobs.pop((namespace, name), None) is not None
 
-    def event(self, job: dict[str, Any], type_: str, reason: str, message: str,
+    def event(self, job: Mapping[str, Any], type_: str, reason: str, message: str,
               now: dt.datetime, kind: str = "FineTuneJob") -> None:
         meta = job["metadata"]
         self._record("create", "Event", meta["namespace"], meta["name"])

@@ -15,16 +15,18 @@ from typing import Any
 
 from finetune_api.job import FineTuneJob
 from finetune_api.status import Condition, FineTuneJobStatus
-from finetune_operator.admission import JobDecision
+from finetune_operator.admission import JobVerdict
 from finetune_operator.jobs.reconcile import Ctx, Plan, plan
+from finetune_operator.kube.cache import slim_pod
 from finetune_operator.reports.model import ProgressReport
+from finetune_operator.slim import SlimPod
 from tests.builders.jobs import make_job
 from tests.builders.pods import REPORTED, gang
 from tests.builders.reports import report
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
-ADMIT = JobDecision(admit=True)
-WAIT = JobDecision()
+ADMIT = JobVerdict(admit=True)
+WAIT = JobVerdict()
 DONE = {"reason": "Completed", "message": "training finished", "finalStep": 20,
         "adapterPath": "output/adapter", "mergedPath": "output/merged",
         "metrics": {"evalLoss": 0.91, "trainLoss": 0.8}}
@@ -63,6 +65,12 @@ def names(pods: Sequence[dict[str, Any]]) -> list[str]:
     return [p["metadata"]["name"] for p in pods]
 
 
+def cached(pods: Sequence[Any]) -> list[SlimPod]:
+    """Pods as the operator's cache keeps them (``kube/cache.py`` ``slim_pod``: termination
+    message parsed), whether given as the API server returns them or already cached."""
+    return [slim_pod(p) if "resourceVersion" in p["metadata"] else p for p in pods]
+
+
 def metric_kinds(p: Plan) -> list[str]:
     return [o.kind for o in p.outcomes]
 
@@ -75,7 +83,7 @@ class Sim:
         self.ctx_extra: dict[str, Any] = {}
         self.report: ProgressReport | None = None
 
-    def step(self, pods: Sequence[dict[str, Any]] = (), decision: JobDecision = WAIT,
+    def step(self, pods: Sequence[dict[str, Any]] = (), decision: JobVerdict = WAIT,
              backoff: float = 10.0, policy_error: str | None = None) -> Plan:
         # the newest report a pod of the current attempt pushed (the report channel's role)
         reported = [x[REPORTED] for x in sorted(pods, key=lambda x: x["metadata"]["name"])
@@ -86,7 +94,7 @@ class Sim:
             self.report = report(reported[0])
         ctx = Ctx(now=self.now, backoff_seconds=backoff, priority_class="finetune-high",
                   policy_error=policy_error, watched_report=self.report, **self.ctx_extra)
-        p = plan(self.job, list(pods), decision, ctx)
+        p = plan(self.job, cached(pods), decision, ctx)
         self.job = with_status(self.job, p.status)
         return p
 

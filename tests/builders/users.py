@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from finetune_operator.cli import main
+from tests.builders.chart import RELEASE, one, render
 from tests.kube import Cluster, short_id
-from tests.unit.helmchart import RELEASE, one, render
 
 # A refusal in the plugin's words (RBAC, a policy, or an operator that may not be reached).
 REFUSED = re.compile(r"\b403\b|forbidden|not allowed to|may not (get|list|watch|create|"

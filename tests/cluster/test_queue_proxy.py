@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders.chart import RELEASE, one, render
 from tests.builders.users import MakeNamespace, as_user, user_kubeconfig, user_role
-from tests.unit.helmchart import RELEASE, one, render
 
 from ..kube import Cluster, wait_for
 

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from finetune_dev.devcluster import build
+from tests.builders.chart import CLUSTER_SCOPED, needed_grants
 
 from ..kube import Cluster, short_id, wait_for
-from ..unit.helmchart import CLUSTER_SCOPED, needed_grants
 
 pytestmark = pytest.mark.cluster
 

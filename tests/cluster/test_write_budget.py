@@ -143,7 +143,7 @@ def test_write_budget_and_idle_zero_writes(cluster, operator, make_namespace,  #
     lifecycle = delta(window_start, before_apply) + delta(after, window_end)
     per_job = sum(writes(lifecycle, lease=False).values()) / JOBS
     lease_writes = sum(writes(idle, lease=True).values())
-    renew = OperatorSettings.from_env(operator.env).lease_renew_seconds
+    renew = OperatorSettings.from_env(operator.env).lease.lease_renew_seconds
     allowed_lease = math.ceil(window / renew) + 1
 
     print(f"write budget: {per_job:.2f} writes per job lifecycle over {JOBS} jobs "

@@ -10,10 +10,10 @@ from datetime import timedelta
 import pytest
 
 from finetune_operator.admission import (
-    Decisions,
     ImpossibleCode,
     NodeInfo,
     Policy,
+    PolicyResult,
     Quota,
     RunningJob,
     Taint,
@@ -397,7 +397,7 @@ def test_every_queued_job_is_accounted_for_once() -> None:
 def test_a_queued_job_already_running_is_ignored() -> None:
     run = make_running("j")
     d = admit(snap([make_job("j")], running=[run]), NOW)
-    assert d == Decisions()
+    assert d == PolicyResult()
 
 
 def test_wait_codes_are_condition_reasons() -> None:

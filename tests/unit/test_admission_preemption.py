@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.admission import Decisions, QueuedJob, admit
+from finetune_operator.admission import PolicyResult, QueuedJob, admit
 from tests.builders.admission import (
     NOW,
     admitted,
@@ -28,7 +28,7 @@ def urgent(gpus: int = 4, namespace: str = "team-b", **kw: Any) -> QueuedJob:
                     priority_class=CRIT, **kw)
 
 
-def victims(d: Decisions) -> list[str]:
+def victims(d: PolicyResult) -> list[str]:
     return [p.victim.name for p in d.preempt]
 
 

@@ -83,13 +83,17 @@ def test_policy_from_operator_settings() -> None:
     settings = OperatorSettings(aging_rate_per_minute=5, aging_cap=300,
                                 max_running_jobs_per_namespace=2,
                                 preempting_priority_classes=["finetune-critical", "finetune-high"],
-                                min_runtime_before_preemption_seconds=60)
+                                min_runtime_before_preemption_seconds=60,
+                                max_reserved_idle_share=0.25)
     policy = Policy.from_settings(settings)
+    # every policy setting is carried, none left at its default (a sectioned settings object
+    # once dropped max_reserved_idle_share silently)
     assert policy == Policy(aging_rate_per_minute=5.0, aging_cap=300.0,
                             max_running_jobs_per_namespace=2,
                             preempting_priority_classes=frozenset({"finetune-critical",
                                                                    "finetune-high"}),
-                            min_runtime_before_preemption_seconds=60.0)
+                            min_runtime_before_preemption_seconds=60.0,
+                            max_reserved_idle_share=0.25)
     assert policy.reserve_threshold_seconds == 300 / 5 * 60
 
 

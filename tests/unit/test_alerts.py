@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .helmchart import CHART, ROOT, metric_names, rules_file_text
+from tests.builders.chart import CHART, ROOT, metric_names, rules_file_text
 
 pytestmark = pytest.mark.unit
 

@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 from finetune_operator.settings import SECTION_OF, OperatorSettings, env_name
-
-from .helmchart import (
+from tests.builders.chart import (
     CHART,
     CLUSTER_SCOPED,
     NAMESPACE,
@@ -27,6 +26,7 @@ from .helmchart import (
     render,
     render_fails,
     run_helm,
+    value_args,
 )
 
 pytestmark = pytest.mark.unit
@@ -72,8 +72,6 @@ def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
 
 @pytest.mark.parametrize("combo", ["defaults", "monitoring", "namespaced"])
 def test_helm_lint_strict_clean(combo: str) -> None:
-    from .helmchart import value_args
-
     proc = run_helm("lint", "--strict", str(CHART), *value_args(COMBINATIONS[combo]))
     assert "0 chart(s) failed" in proc.stdout
     assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout

@@ -14,7 +14,7 @@ import yaml
 from finetune_api.spec import FineTuneJobSpec
 from finetune_operator.cli import main, render
 from finetune_operator.cli.args import build_parser, submit_options
-from finetune_operator.cli.commands import logs_unavailable
+from finetune_operator.cli.commands import cmd_top, logs_unavailable
 from finetune_operator.cli.errors import CliError, api_error_message
 from finetune_operator.cli.manifest import (
     SubmitOptions,
@@ -184,6 +184,46 @@ def test_top_rows_gpus_held_vs_quota_and_queue_order() -> None:
     assert line.split() == ["team-a", "nvidia.com/gpu", "6", "8", "7", "1", "2", "2", "5", "q1"]
     assert "none" in next(ln for ln in table if ln.startswith("team-b"))
     assert "q1, q2" in render.top_table(rows, wide=True)
+
+
+class TopApi:
+    """What ``kubectl finetune top`` reads: jobs and ResourceQuotas, recorded per scope."""
+
+    server = "https://test:6443"
+
+    def __init__(self, jobs: list[dict[str, Any]], quotas: list[dict[str, Any]]) -> None:
+        self.jobs, self.quotas = jobs, quotas
+        self.calls: list[tuple[str, str | None]] = []
+
+    def list_jobs(self, namespace: str | None) -> list[dict[str, Any]]:
+        self.calls.append(("jobs", namespace))
+        return self.jobs
+
+    def list_quotas(self, namespace: str | None) -> list[dict[str, Any]]:
+        self.calls.append(("quotas", namespace))
+        return self.quotas
+
+
+def test_top_shows_the_resource_a_quota_names_without_a_flag() -> None:
+    api = TopApi([job("run", gpus=2, status={"phase": "Running"}),
+                  job("q1", gpus=4, status={"phase": "Queued", "queue": {"position": 1}})],
+                 [{"metadata": {"namespace": "team-a"},
+                   "status": {"hard": {"requests.amd.com/gpu": "8"},
+                              "used": {"requests.amd.com/gpu": "2"}}}])
+    args = build_parser().parse_args(["top", "-n", "team-a"])
+    assert args.gpu_resource is None  # nothing hard-coded: derived from what top reads
+    out = io.StringIO()
+    assert cmd_top(api, args, "team-a", out) == 0  # type: ignore[arg-type]
+    assert api.calls == [("jobs", "team-a"), ("quotas", "team-a")]
+    table = out.getvalue().splitlines()
+    assert len(table) == 2, table  # the header and one row: no nvidia.com/gpu row
+    assert table[1].split() == ["team-a", "amd.com/gpu", "2", "8", "2", "6", "1", "1", "4", "q1"]
+    # a flag still wins: the jobs then count under it, beside the quota's own row
+    flagged = io.StringIO()
+    args = build_parser().parse_args(["top", "--gpu-resource", "nvidia.com/gpu"])
+    assert cmd_top(api, args, "team-a", flagged) == 0  # type: ignore[arg-type]
+    assert [ln.split()[1] for ln in flagged.getvalue().splitlines()[1:]] == \
+        ["amd.com/gpu", "nvidia.com/gpu"]
 
 
 def test_structured_output_parses() -> None:

@@ -19,7 +19,7 @@ from finetune_api.job import FineTuneJob
 from finetune_api.spec import MAX_SECONDS
 from finetune_operator.jobs.cycle import sample as _sample
 from finetune_operator.jobs.decide import decide
-from finetune_operator.jobs.reconcile import Ctx, JobDecision, due_at, plan
+from finetune_operator.jobs.reconcile import Ctx, JobVerdict, due_at, plan
 from finetune_operator.jobs.writes import classify
 from finetune_operator.reports.model import BadReport, ProgressReport, parse_report
 from tests.builders.jobs import job_body, make_settings
@@ -160,7 +160,7 @@ def test_the_pure_cycle_never_raises(world: tuple[list[FineTuneJob], dict[str, l
         ctx = Ctx(now=NOW, backoff_seconds=SETTINGS.backoff_seconds(job.status.failures + 1),
                   priority_class=job.spec.priority_class_name,
                   watched_report=reports[uid])
-        pl = plan(job, pods[uid], decisions.get(uid, JobDecision()), ctx)
+        pl = plan(job, pods[uid], decisions.get(uid, JobVerdict()), ctx)
         due_at(job, pl.status, pods[uid], TIMING, NOW)
         classify(job.status.to_wire(), pl.status.to_wire())
         _sample(job, pl.status)

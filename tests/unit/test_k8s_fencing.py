@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,7 +52,7 @@ def silent() -> Iterator[Silent]:
     server.close()
 
 
-def kube(server: Silent, tmp_path: Path) -> Kube:
+def kube(server: Silent, tmp_path: Path, fence: Callable[[], bool] = lambda: True) -> Kube:
     """The operator's client as __main__ makes it (load_client), for the silent server."""
     cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.port}"}}],
@@ -60,7 +60,7 @@ def kube(server: Silent, tmp_path: Path) -> Kube:
            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(cfg))
-    return Kube(load_client(str(path)), timeout_seconds=0.3)
+    return Kube(load_client(str(path)), timeout_seconds=0.3, fence=fence)
 
 
 @pytest.mark.parametrize("verb", ["get", "replace"])  # idempotent: urllib3 would retry them
@@ -78,8 +78,7 @@ def test_a_timed_out_request_is_sent_once_and_is_an_oserror(
 
 
 def test_a_fenced_write_is_never_sent(silent: Silent, tmp_path: Path) -> None:
-    k = kube(silent, tmp_path)
-    k.fence = lambda: False  # this replica does not hold the Lease
+    k = kube(silent, tmp_path, fence=lambda: False)  # this replica does not hold the Lease
     pod = {"kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}}
     for write in (lambda: k.create(pod), lambda: k.delete_pod("ns", "p"),
                   lambda: k.patch_job_status("ns", "j", {"phase": "Running"})):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from finetune_api.times import parse_time, rfc3339
-from finetune_operator.jobs.reconcile import JobDecision, due_at
+from finetune_operator.jobs.reconcile import JobVerdict, due_at
 from tests.builders.jobs import make_job
 from tests.builders.pods import make_pod
 from tests.builders.reconcile import DONE, Sim, admitted, cond, running
@@ -41,7 +41,7 @@ def test_pods_never_ready_fail_the_job_after_the_bounded_requeues() -> None:
     sim.ctx_extra = {"max_start_requeues": 1}
     sim.tick(601).step([pending(sim)])
     assert sim.st.phase == "Queued"
-    sim.tick(60).step(decision=JobDecision(admit=True))
+    sim.tick(60).step(decision=JobVerdict(admit=True))
     assert sim.st.phase == "Admitted" and sim.st.attempt == 2
     p = sim.tick(601).step([pending(sim)])
     assert p.status.phase == "Failed"

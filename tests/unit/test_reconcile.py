@@ -14,7 +14,7 @@ import pytest
 from finetune_api.job import FineTuneJob
 from finetune_api.status import FineTuneJobStatus
 from finetune_api.times import parse_time, rfc3339
-from finetune_operator.admission import JobDecision, WaitCode
+from finetune_operator.admission import JobVerdict, WaitCode
 from finetune_operator.jobs.reconcile import Ctx, Outcome, Plan, plan, wants_admission
 from tests.builders.jobs import make_job
 from tests.builders.pods import gang, make_pod
@@ -29,6 +29,7 @@ from tests.builders.reconcile import (
     Sim,
     admitted,
     at,
+    cached,
     cond,
     metric_kinds,
     names,
@@ -48,7 +49,7 @@ pytestmark = pytest.mark.unit
 
 def test_first_pass_queues_the_job_with_a_created_event() -> None:
     sim = Sim(make_job(gpus=1, generation=4))
-    p = sim.step(decision=JobDecision(position=3, reason="needs 1 nvidia.com/gpu; quota team-a "
+    p = sim.step(decision=JobVerdict(position=3, reason="needs 1 nvidia.com/gpu; quota team-a "
                                       "has 0 free; lower resources.gpus or wait",
                                       code=WaitCode.QUOTA))
     st = p.status
@@ -75,7 +76,7 @@ def test_first_pass_does_not_mutate_the_input_job() -> None:
 
 def test_waiting_job_pass_is_quiet() -> None:
     sim = queued()
-    decision = JobDecision(position=2, reason="needs 1 nvidia.com/gpu on one node; largest free "
+    decision = JobVerdict(position=2, reason="needs 1 nvidia.com/gpu on one node; largest free "
                            "node has 0", code=WaitCode.CAPACITY)
     first = sim.tick(5).step(decision=decision)
     assert cond(first.status, "Admitted").reason == "InsufficientCapacity"
@@ -97,7 +98,7 @@ def test_waiting_job_pass_is_quiet() -> None:
 ])
 def test_waiting_reason_of_the_admitted_condition(text: str, code: WaitCode | None,
                                                   reason: str) -> None:
-    p = queued().step(decision=JobDecision(position=1, reason=text, code=code))
+    p = queued().step(decision=JobVerdict(position=1, reason=text, code=code))
     c = cond(p.status, "Admitted")
     assert c.reason == reason
     assert c.message == (text or "waiting for admission")
@@ -140,7 +141,7 @@ def test_new_job_admitted_on_its_first_pass() -> None:
 
 
 def test_admission_carries_the_policy_placement_to_the_children() -> None:
-    p = Sim(make_job(gpus=2, nodes=2)).step(decision=JobDecision(admit=True,
+    p = Sim(make_job(gpus=2, nodes=2)).step(decision=JobVerdict(admit=True,
                                                                  placement=("n1", "n2")))
     assert p.create_attempt == 1 and p.placement == ("n1", "n2")
     again = Sim(make_job(gpus=2, nodes=2)).step(decision=ADMIT)
@@ -178,7 +179,7 @@ def test_readmitted_job_with_children_missing_creates_them_not_a_preemption() ->
     operator restarts before creating its pods. The missing pods of an attempt that never ran
     must be created, not taken for a preemption."""
     sim = running()
-    sim.tick(60).step(decision=JobDecision(preempt=VICTIM))
+    sim.tick(60).step(decision=JobVerdict(preempt=VICTIM))
     sim.tick(5).step()  # pods gone -> Queued, preemptions 1
     assert sim.st.phase == "Queued" and sim.st.preemptions == 1
     sim.tick(30).step(decision=ADMIT)
@@ -191,7 +192,7 @@ def test_readmitted_job_with_children_missing_creates_them_not_a_preemption() ->
 
 def test_readmitted_gang_partly_created_is_completed_not_preempted() -> None:
     sim = running(make_job(gpus=2, nodes=2))
-    sim.tick(60).step(decision=JobDecision(preempt=VICTIM))
+    sim.tick(60).step(decision=JobVerdict(preempt=VICTIM))
     sim.tick(5).step()
     sim.tick(30).step(decision=ADMIT)
     p = sim.tick(2).step([make_pod(sim.job, 2, 0, phase="Pending", node=None)])
@@ -222,7 +223,7 @@ def test_all_pods_running_sets_running_and_start_time_once() -> None:
 def test_start_time_is_kept_across_attempts() -> None:
     sim = running()
     first_start = sim.st.start_time
-    sim.tick(100).step(decision=JobDecision(preempt=VICTIM))
+    sim.tick(100).step(decision=JobVerdict(preempt=VICTIM))
     sim.tick(5).step()
     sim.tick(5).step(decision=ADMIT)
     p = sim.tick(5).step([make_pod(sim.job, 2, 0, progress={
@@ -392,7 +393,7 @@ def test_eviction_api_is_a_preemption() -> None:
 
 def test_operator_preemption_deletes_pods_and_requeues_when_gone() -> None:
     sim = running(make_job(gpus=2, nodes=2))
-    p1 = sim.tick(60).step(gang(sim.job, 1), decision=JobDecision(preempt=VICTIM))
+    p1 = sim.tick(60).step(gang(sim.job, 1), decision=JobVerdict(preempt=VICTIM))
     assert p1.status.phase == "Preempting"
     assert p1.status.stop_reason == VICTIM
     assert names(p1.delete_pods) == ["bot-a1-0", "bot-a1-1"]
@@ -414,7 +415,7 @@ def test_operator_preemption_deletes_pods_and_requeues_when_gone() -> None:
 
 def test_preempting_job_keeps_deleting_pods_that_are_still_there() -> None:
     sim = running()
-    sim.tick(60).step(decision=JobDecision(preempt=VICTIM), pods=[make_pod(sim.job, 1, 0)])
+    sim.tick(60).step(decision=JobVerdict(preempt=VICTIM), pods=[make_pod(sim.job, 1, 0)])
     p = sim.tick(5).step([make_pod(sim.job, 1, 0)])  # the delete did not happen (crash)
     assert p.status.phase == "Preempting"
     assert names(p.delete_pods) == ["bot-a1-0"]
@@ -423,7 +424,7 @@ def test_preempting_job_keeps_deleting_pods_that_are_still_there() -> None:
 
 def test_preemption_of_an_admitted_job_without_pods() -> None:
     sim = admitted()
-    p = sim.tick(5).step(decision=JobDecision(preempt=VICTIM))
+    p = sim.tick(5).step(decision=JobVerdict(preempt=VICTIM))
     assert p.status.phase == "Queued" and p.status.preemptions == 1
     assert p.create_attempt is None
 
@@ -448,7 +449,7 @@ def test_pod_deleted_by_a_user_while_running_is_a_preemption() -> None:
 
 def test_nonzero_exit_while_preempting_is_not_a_failure() -> None:
     sim = running()
-    sim.tick(60).step([make_pod(sim.job, 1, 0)], decision=JobDecision(preempt=VICTIM))
+    sim.tick(60).step([make_pod(sim.job, 1, 0)], decision=JobVerdict(preempt=VICTIM))
     p = sim.tick(30).step([make_pod(sim.job, 1, 0, exit_code=137, deleting=True)])
     assert p.status.phase == "Queued"
     assert p.status.failures == 0 and p.status.preemptions == 1
@@ -456,7 +457,7 @@ def test_nonzero_exit_while_preempting_is_not_a_failure() -> None:
 
 def test_rank0_completing_while_preempting_is_a_success() -> None:
     sim = running()
-    sim.tick(60).step([make_pod(sim.job, 1, 0)], decision=JobDecision(preempt=VICTIM))
+    sim.tick(60).step([make_pod(sim.job, 1, 0)], decision=JobVerdict(preempt=VICTIM))
     p = sim.tick(30).step([make_pod(sim.job, 1, 0, exit_code=0, message=DONE)])
     assert p.status.phase == "Succeeded"
 
@@ -464,7 +465,7 @@ def test_rank0_completing_while_preempting_is_a_success() -> None:
 def test_preemption_without_a_checkpoint_says_it_restarts_from_scratch() -> None:
     sim = running(make_job(gpus=1, checkpoint={"intervalSteps": 50}))
     p = sim.tick(60).step([make_pod(sim.job, 1, 0, progress={"step": 7})],
-                          decision=JobDecision(preempt=VICTIM))
+                          decision=JobVerdict(preempt=VICTIM))
     p = sim.tick(10).step([])
     [text] = [e[2] for e in p.events if e[1] == "Preempted"]
     assert "checkpoint step 0" not in text and "will resume" not in text
@@ -477,7 +478,7 @@ def test_preemption_with_a_checkpoint_says_where_it_resumes() -> None:
     sim = running()
     ck = {"step": 12, "path": "checkpoints/checkpoint-12", "savedAt": "2026-01-01T12:01:00Z"}
     sim.tick(60).step([make_pod(sim.job, 1, 0, progress={"step": 12, "checkpoint": ck})],
-                      decision=JobDecision(preempt=VICTIM))
+                      decision=JobVerdict(preempt=VICTIM))
     p = sim.tick(10).step([])
     [text] = [e[2] for e in p.events if e[1] == "Preempted"]
     assert text.endswith("back in the queue, will resume from checkpoint step 12")
@@ -487,7 +488,7 @@ def test_readmission_after_preemption_resumes_from_the_checkpoint() -> None:
     sim = running()
     ck = {"step": 12, "path": "checkpoints/checkpoint-12", "savedAt": "2026-01-01T12:01:00Z"}
     sim.tick(60).step([make_pod(sim.job, 1, 0, progress={"step": 12, "checkpoint": ck})],
-                      decision=JobDecision(preempt=VICTIM))
+                      decision=JobVerdict(preempt=VICTIM))
     sim.tick(10).step([])
     p = sim.tick(20).step(decision=ADMIT)
     assert p.status.attempt == 2 and p.create_attempt == 2
@@ -663,7 +664,7 @@ def test_queued_after_failure_still_deletes_the_attempts_leftover_pods() -> None
 def test_suspend_while_queued() -> None:
     sim = queued()
     sim.edit(suspend=True)
-    p = sim.tick(5).step(decision=JobDecision(position=1, reason="x"))
+    p = sim.tick(5).step(decision=JobVerdict(position=1, reason="x"))
     st = p.status
     assert st.phase == "Suspended" and st.queue is None
     c = cond(st, "Suspended")
@@ -837,7 +838,7 @@ def test_deadline_pauses_while_queued_after_a_preemption() -> None:
     admitted = parse_time(sim.st.admitted_at)
     assert admitted is not None
     sim.now = admitted + dt.timedelta(seconds=3000)
-    sim.step(decision=JobDecision(preempt=VICTIM))
+    sim.step(decision=JobVerdict(preempt=VICTIM))
     sim.tick(1).step()
     assert sim.st.phase == "Queued" and 3000 <= sim.st.active_seconds <= 3002
     sim.tick(7200).step(decision=ADMIT)
@@ -873,14 +874,14 @@ def test_impossible_now_waits_then_fails_after_the_grace_period() -> None:
     """Issue 10: "cannot be admitted now" is a waiting reason; only a grace period ends it."""
     why = ("needs 16 nvidia.com/gpu per pod but the largest node has 8; lower resources.gpus")
     sim = queued()
-    p = sim.tick(5).step(decision=JobDecision(impossible=why))
+    p = sim.tick(5).step(decision=JobVerdict(impossible=why))
     assert p.status.phase == "Queued" and p.status.unschedulable_since is not None
     waiting = cond(p.status, "Admitted")
     assert waiting.reason == "Unschedulable" and waiting.message.startswith(why)
     assert p.status.queue is not None and "fails at" in p.status.queue.reason
-    p = sim.tick(899).step(decision=JobDecision(impossible=why))
+    p = sim.tick(899).step(decision=JobVerdict(impossible=why))
     assert p.status.phase == "Queued"
-    p = sim.tick(2).step(decision=JobDecision(impossible=why))
+    p = sim.tick(2).step(decision=JobVerdict(impossible=why))
     st = p.status
     assert st.phase == "Failed"
     c = cond(st, "Failed")
@@ -892,9 +893,9 @@ def test_impossible_now_waits_then_fails_after_the_grace_period() -> None:
 def test_impossible_clears_when_it_fits_again() -> None:
     """A quota dip: impossible for a while, then admissible again: it runs."""
     sim = queued()
-    sim.tick(5).step(decision=JobDecision(impossible="quota 4 < 8"))
+    sim.tick(5).step(decision=JobVerdict(impossible="quota 4 < 8"))
     assert sim.st.unschedulable_since is not None
-    p = sim.tick(600).step(decision=JobDecision(position=1, reason="waiting"))
+    p = sim.tick(600).step(decision=JobVerdict(position=1, reason="waiting"))
     assert p.status.unschedulable_since is None and p.status.phase == "Queued"
     p = sim.tick(5).step(decision=ADMIT)
     assert p.status.phase == "Admitted"
@@ -909,7 +910,7 @@ def test_more_gpus_per_node_than_the_largest_node_fails_at_once() -> None:
 
 def test_impossible_is_ignored_for_a_job_that_holds_pods() -> None:
     sim = running()
-    p = sim.tick(5).step([make_pod(sim.job, 1, 0)], decision=JobDecision(impossible="x"))
+    p = sim.tick(5).step([make_pod(sim.job, 1, 0)], decision=JobVerdict(impossible="x"))
     assert p.status.phase == "Running"
 
 
@@ -947,10 +948,10 @@ def test_stale_pods_of_older_attempts_are_deleted() -> None:
     sim = running()
     sim.tick(60).step([])  # vanished: preempted
     sim.tick(5).step(decision=ADMIT)
-    pods = [make_pod(sim.job, 1, 0),                                   # stale, active
-            make_pod(sim.job, 1, 0, deleting=True),                    # stale, going
-            make_pod(sim.job, 1, 0, exit_code=1),                      # stale, terminated
-            make_pod(sim.job, 2, 0)]                                   # current
+    pods = cached([make_pod(sim.job, 1, 0),                            # stale, active
+                   make_pod(sim.job, 1, 0, deleting=True),             # stale, going
+                   make_pod(sim.job, 1, 0, exit_code=1),               # stale, terminated
+                   make_pod(sim.job, 2, 0)])                           # current
     p = sim.tick(5).step(pods)
     assert names(p.delete_pods) == ["bot-a1-0"]
     assert p.delete_pods[0] is pods[0]
@@ -1011,11 +1012,11 @@ def test_no_lost_steps_when_the_trainer_saved_on_sigterm() -> None:
 # ------------------------------------------------------------------ determinism
 
 
-def _all_inputs() -> list[tuple[FineTuneJob, list[dict[str, Any]], JobDecision]]:
+def _all_inputs() -> list[tuple[FineTuneJob, list[dict[str, Any]], JobVerdict]]:
     sim = running(make_job(gpus=2, nodes=2))
     pods = [make_pod(sim.job, 1, 0, progress={"step": 3}), make_pod(sim.job, 1, 1, exit_code=1)]
-    return [(sim.job, pods, WAIT), (sim.job, gang(sim.job, 1), JobDecision(preempt=VICTIM)),
-            (queued().job, [], ADMIT), (make_job(), [], JobDecision(position=1, reason="q"))]
+    return [(sim.job, pods, WAIT), (sim.job, gang(sim.job, 1), JobVerdict(preempt=VICTIM)),
+            (queued().job, [], ADMIT), (make_job(), [], JobVerdict(position=1, reason="q"))]
 
 
 @pytest.mark.parametrize("case", range(4))
@@ -1052,7 +1053,7 @@ def _base_states() -> dict[str, Sim]:
         return s
 
     def preempting(s: Sim) -> Sim:
-        s.tick(60).step(gang(s.job, 1), decision=JobDecision(preempt=VICTIM))
+        s.tick(60).step(gang(s.job, 1), decision=JobVerdict(preempt=VICTIM))
         return s
 
     def stopping(s: Sim) -> Sim:
@@ -1122,12 +1123,12 @@ def _pod_sets(job: FineTuneJob, attempt: int) -> dict[str, list[dict[str, Any]]]
     return sets
 
 
-DECISIONS = {"wait": JobDecision(position=1, reason="needs 1 nvidia.com/gpu; quota team-a has 0 "
+DECISIONS = {"wait": JobVerdict(position=1, reason="needs 1 nvidia.com/gpu; quota team-a has 0 "
                                  "free", code=WaitCode.QUOTA),
-             "admit": ADMIT, "preempt": JobDecision(preempt=VICTIM)}
+             "admit": ADMIT, "preempt": JobVerdict(preempt=VICTIM)}
 
 
-def _cases(state: str) -> list[tuple[str, Sim, list[dict[str, Any]], JobDecision]]:
+def _cases(state: str) -> list[tuple[str, Sim, list[dict[str, Any]], JobVerdict]]:
     base = _base_states()[state]
     out = []
     for suspend in (False, True):

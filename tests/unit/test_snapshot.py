@@ -1,4 +1,4 @@
-"""snapshot.py: the cluster as listed -> admission Snapshot -> one JobDecision per job."""
+"""snapshot.py: the cluster as listed -> admission Snapshot -> one JobVerdict per job."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from finetune_api.job import FineTuneJob
 from finetune_api.times import rfc3339
 from finetune_operator.admission import QueuedJob, RunningJob, Snapshot, Toleration, admit
 from finetune_operator.jobs.decide import build_snapshot, decide, holds_gpus, policy_error
-from finetune_operator.jobs.reconcile import Ctx, JobDecision, plan
+from finetune_operator.jobs.reconcile import Ctx, JobVerdict, plan
 from finetune_operator.settings import OperatorSettings
 from tests.builders.jobs import make_job, make_settings
 from tests.builders.pods import gang, make_pod
+from tests.builders.reconcile import cached
 
 pytestmark = pytest.mark.unit
 
@@ -236,6 +237,16 @@ def test_placement_ignores_stale_terminated_and_unbound_pods() -> None:
     assert r.counted_in_quota  # both pods of the attempt exist: the quota controller counts them
 
 
+def test_placement_of_cached_pods_skips_a_node_name_of_none() -> None:
+    """The cache keeps an unbound pod's spec.nodeName as None (slim_pod): it holds no node."""
+    j = job(gpus=2, nodes=2, status=running_status(attempt=2))
+    pods = cached([make_pod(j, 2, 0, node="node-a"),
+                   make_pod(j, 2, 1, phase="Pending", node=None)])
+    assert pods[1]["spec"]["nodeName"] is None
+    r = only_running(snapshot([j], {j.metadata.uid: pods}))
+    assert r.placement == ("node-a",)
+
+
 def test_gang_partly_created_is_not_counted_in_quota() -> None:
     j = job(gpus=2, nodes=2, status={"phase": "Admitted", "attempt": 1, "admittedAt": ago(1)})
     r = only_running(snapshot([j], {j.metadata.uid: [make_pod(j, 1, 0)]}))
@@ -325,11 +336,11 @@ def test_decide_admits_what_fits_and_queues_the_rest() -> None:
     third = job("third", gpus=4, created=ago(30))
     d = decide([third, first, second], {}, CLASSES, SETTINGS, [node("node-0", 8)], [], [], NOW)
     # admitted with the node the policy counted on (the pods prefer it)
-    assert d.by_uid[first.metadata.uid] == JobDecision(admit=True, placement=("node-0",))
-    assert d.by_uid[second.metadata.uid] == JobDecision(admit=True, placement=("node-0",))
+    assert d.by_uid[first.metadata.uid] == JobVerdict(admit=True, placement=("node-0",))
+    assert d.by_uid[second.metadata.uid] == JobVerdict(admit=True, placement=("node-0",))
     wait = d.by_uid[third.metadata.uid]
     assert not wait.admit and wait.position == 1 and wait.reason
-    assert d.get("unknown", JobDecision(reason="dflt")).reason == "dflt"
+    assert d.get("unknown", JobVerdict(reason="dflt")).reason == "dflt"
 
 
 def test_decide_does_not_hand_out_gpus_of_an_admitted_job_without_pods() -> None:
@@ -337,7 +348,7 @@ def test_decide_does_not_hand_out_gpus_of_an_admitted_job_without_pods() -> None
                                            "admittedAt": ago(1)})
     waiter = job("waiter", gpus=8)
     d = decide([holder, waiter], {}, CLASSES, SETTINGS, [node("node-0", 8)], [], [], NOW)
-    assert not d.get(waiter.metadata.uid, JobDecision()).admit
+    assert not d.get(waiter.metadata.uid, JobVerdict()).admit
     assert holder.metadata.uid not in d.by_uid
 
 
@@ -384,7 +395,7 @@ def test_decide_quota_blocks_and_reports_quota_hard() -> None:
 def test_decide_then_plan_admits_exactly_one_of_two_competing_jobs() -> None:
     a, b = job("a", gpus=8, created=ago(100)), job("b", gpus=8, created=ago(50))
     d = decide([a, b], {}, CLASSES, SETTINGS, [node("node-0", 8)], [], [], NOW)
-    plans = {j.metadata.name: plan(j, [], d.get(j.metadata.uid, JobDecision()),
+    plans = {j.metadata.name: plan(j, [], d.get(j.metadata.uid, JobVerdict()),
                                    Ctx(now=NOW, backoff_seconds=10))
              for j in (a, b)}
     assert plans["a"].status.phase == "Admitted" and plans["a"].create_attempt == 1
@@ -398,7 +409,7 @@ def test_decide_then_plan_preempts_the_victim() -> None:
     pods = gang(low, 1)
     d = decide([low, crit], {low.metadata.uid: pods}, CLASSES, SETTINGS, [node("node-0", 8)],
                pods, [], NOW)
-    p = plan(low, pods, d.get(low.metadata.uid, JobDecision()), Ctx(now=NOW, backoff_seconds=10))
+    p = plan(low, pods, d.get(low.metadata.uid, JobVerdict()), Ctx(now=NOW, backoff_seconds=10))
     assert p.status.phase == "Preempting"
     assert [x["metadata"]["name"] for x in p.delete_pods] == ["low-a1-0"]
 
@@ -432,7 +443,7 @@ def test_admitted_condition_reason_is_the_policys_wait_code(code: str) -> None:
     w = admit(snap, NOW).waiting_for(waiter.metadata.uid)
     assert w is not None and w.code.value == code  # the scenario is what it claims
     d = decide(jobs, {}, CLASSES, SETTINGS, nodes, [], quotas, NOW)
-    p = plan(waiter, [], d.get(waiter.metadata.uid, JobDecision()),
+    p = plan(waiter, [], d.get(waiter.metadata.uid, JobVerdict()),
              Ctx(now=NOW, backoff_seconds=10))
     cond = next(c for c in p.status.conditions if c.type == "Admitted")
     assert cond.status == "False"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -18,11 +19,15 @@ from finetune_operator.jobs.pods import (
     output_from,
     rank_of,
     set_condition,
+    termination_detail,
     termination_message,
 )
-from finetune_operator.reports.model import ProgressReport
+from finetune_operator.reports.model import ProgressReport, TerminationMessage
+from finetune_operator.slim import SlimPod
 from tests.builders.jobs import make_job
-from tests.builders.pods import gang, make_pod
+from tests.builders.pods import gang as api_gang
+from tests.builders.pods import make_pod as api_pod
+from tests.builders.reconcile import cached
 from tests.builders.reports import report
 
 pytestmark = pytest.mark.unit
@@ -33,6 +38,16 @@ GANG = make_job(name="big", gpus=2, nodes=2)
 DONE = {"reason": "Completed", "message": "done", "finalStep": 20,
         "adapterPath": "output/adapter", "mergedPath": "", "metrics": {"evalLoss": 0.9}}
 PREEMPTED = {"reason": "Preempted", "message": "SIGTERM: saved checkpoint-12", "finalStep": 12}
+SUMMARY = TerminationMessage.model_validate(DONE)
+
+
+def make_pod(*args: Any, **kwargs: Any) -> SlimPod:
+    """A pod as the cache keeps it (termination message parsed once, there)."""
+    return cached([api_pod(*args, **kwargs)])[0]
+
+
+def gang(*args: Any, **kwargs: Any) -> list[SlimPod]:
+    return cached(api_gang(*args, **kwargs))
 
 
 # ------------------------------------------------------------------ the pod factory
@@ -65,24 +80,41 @@ def test_attempt_and_rank_default_to_zero_on_missing_or_garbage_labels() -> None
 
 def test_termination_message_json_object() -> None:
     pod = make_pod(JOB, exit_code=0, message=DONE)
-    assert termination_message(pod) == DONE
+    assert termination_message(pod) == SUMMARY
+    assert termination_detail(pod) == "done"
+
+
+def test_the_cache_keeps_the_parsed_message_not_the_raw_text() -> None:
+    pod = make_pod(JOB, exit_code=0, message=DONE)
+    assert "message" not in pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
 
 
 def test_termination_message_raw_text_is_kept_as_its_tail() -> None:
     text = "Traceback...\n" + "x" * 2000 + "\nRuntimeError: CUDA error\n"
-    msg = termination_message(make_pod(JOB, exit_code=1, message=text))
-    assert msg["message"].endswith("RuntimeError: CUDA error")
-    assert len(msg["message"]) == 512
+    pod = make_pod(JOB, exit_code=1, message=text)
+    assert termination_message(pod) is None
+    assert termination_detail(pod).endswith("RuntimeError: CUDA error")
+    assert len(termination_detail(pod)) == 512
 
 
 def test_termination_message_json_that_is_not_an_object() -> None:
-    assert termination_message(make_pod(JOB, exit_code=1, message="[1, 2]")) == {
-        "message": "[1, 2]"}
+    pod = make_pod(JOB, exit_code=1, message="[1, 2]")
+    assert termination_message(pod) is None and termination_detail(pod) == "[1, 2]"
+
+
+def test_a_message_that_breaks_the_model_is_dropped_and_its_rejection_kept() -> None:
+    pod = make_pod(JOB, exit_code=1, message='{"reason": "Nope"}')
+    assert termination_message(pod) is None and termination_detail(pod) == ""
+    term = pod["status"].get("termination")
+    assert term is not None and term["rejected"] is not None
+    assert term["rejected"][0] == "invalid"
 
 
 def test_termination_message_absent() -> None:
-    assert termination_message(make_pod(JOB)) == {}
-    assert termination_message(make_pod(JOB, exit_code=1)) == {}
+    assert termination_message(make_pod(JOB)) is None
+    assert termination_message(make_pod(JOB, exit_code=1)) is None
+    assert termination_detail(make_pod(JOB, exit_code=1)) == ""
 
 
 def test_disruption_reason_only_when_true() -> None:
@@ -101,7 +133,7 @@ def test_running_pods_are_active_deletable_and_counted() -> None:
     assert view.running == 2 and view.all_running
     assert [p["metadata"]["name"] for p in view.deletable] == ["big-a1-0", "big-a1-1"]
     assert not view.gone
-    assert view.completed is None and view.failure is None and view.preempted_by is None
+    assert not view.completed and view.failure is None and view.preempted_by is None
 
 
 def test_pending_pod_is_active_but_not_running() -> None:
@@ -113,7 +145,7 @@ def test_pending_pod_is_active_but_not_running() -> None:
 
 def test_rank0_exit0_completed_is_success_with_its_message() -> None:
     view = observe([make_pod(JOB, exit_code=0, message=DONE)], 1, ever_ran=True)
-    assert view.completed == DONE
+    assert view.completed and view.summary == SUMMARY
     assert view.failure is None and view.preempted_by is None
     assert view.gone
 
@@ -121,24 +153,24 @@ def test_rank0_exit0_completed_is_success_with_its_message() -> None:
 def test_success_only_from_rank0() -> None:
     pods = [make_pod(GANG, 1, 0), make_pod(GANG, 1, 1, exit_code=0, message=DONE)]
     view = observe(pods, 2, ever_ran=True)
-    assert view.completed is None
+    assert not view.completed
     assert [p["metadata"]["name"] for p in view.deletable] == ["big-a1-0"]
 
 
 def test_exit0_without_termination_message_is_success() -> None:
     """docs/contracts.md: exit 0 = completed unless the message says Preempted."""
     view = observe([make_pod(JOB, exit_code=0)], 1, ever_ran=True)
-    assert view.completed == {} and view.preempted_by is None
+    assert view.completed and view.summary is None and view.preempted_by is None
 
 
 def test_exit0_while_being_deleted_is_not_success() -> None:
     pod = make_pod(JOB, exit_code=0, message=DONE, deleting=True)
-    assert observe([pod], 1, ever_ran=True).completed is None
+    assert not observe([pod], 1, ever_ran=True).completed
 
 
 def test_exit0_with_reason_preempted_is_a_trainer_preemption_not_success() -> None:
     view = observe([make_pod(JOB, exit_code=0, message=PREEMPTED)], 1, ever_ran=True)
-    assert view.completed is None
+    assert not view.completed
     assert view.preempted_by == "trainer"
     assert view.failure is None
 
@@ -237,13 +269,14 @@ def test_missing_pod_before_it_ran_is_not_a_preemption() -> None:
 
 def test_missing_pod_is_not_a_preemption_when_rank0_completed() -> None:
     view = observe([make_pod(GANG, 1, 0, exit_code=0, message=DONE)], 2, ever_ran=True)
-    assert view.completed == DONE and view.preempted_by is None
+    assert view.completed and view.summary == SUMMARY and view.preempted_by is None
 
 
 def test_observe_does_not_depend_on_pod_order() -> None:
     pods = [make_pod(GANG, 1, 1, exit_code=1), make_pod(GANG, 1, 0, exit_code=0, message=DONE)]
     a, b = observe(pods, 2, True), observe(list(reversed(pods)), 2, True)
-    assert (a.completed, a.failure, a.preempted_by) == (b.completed, b.failure, b.preempted_by)
+    assert (a.completed, a.summary, a.failure, a.preempted_by) == (
+        b.completed, b.summary, b.failure, b.preempted_by)
 
 
 # ------------------------------------------------------------------ progress
@@ -337,10 +370,10 @@ def test_fresh_restart_without_checkpoint_loses_all_previous_steps() -> None:
 
 
 def test_output_from_termination_message() -> None:
-    out = output_from({**DONE, "metrics": {"evalLoss": 0.9, "note": "x", "flag": True}})
+    out = output_from(SUMMARY)
     assert out.adapter_path == "output/adapter" and out.merged_path == ""
     assert out.metrics == {"evalLoss": 0.9}
-    assert output_from({}).adapter_path == ""
+    assert output_from(None).adapter_path == "" and output_from(None).metrics == {}
 
 
 # ------------------------------------------------------------------ conditions and time
@@ -375,7 +408,7 @@ def test_iso_and_parse_time_round_trip_in_utc() -> None:
 
 
 def test_factory_message_is_json_on_the_wire() -> None:
-    pod = make_pod(JOB, exit_code=0, message=DONE)
+    pod = api_pod(JOB, exit_code=0, message=DONE)
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert json.loads(term["message"]) == DONE
     assert term["reason"] == "Completed"

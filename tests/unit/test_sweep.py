@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from finetune_api.job import FineTuneJob
 from finetune_api.labels import (
     EARLY_STOP_ANNOTATION,
     PARAMETERS_ANNOTATION,
@@ -19,7 +20,14 @@ from finetune_api.labels import (
     TRIAL_LABEL,
 )
 from finetune_api.sweep import FIELD_PATHS, FineTuneSweep, FineTuneSweepSpec
-from finetune_operator.sweep import SweepRunner, expand, parameter_sets, plan_sweep, rank_trials
+from finetune_operator.sweep import (
+    SweepRunner,
+    TrialJob,
+    expand,
+    parameter_sets,
+    plan_sweep,
+    rank_trials,
+)
 from tests.builders.jobs import job_body
 
 pytestmark = pytest.mark.unit
@@ -412,6 +420,27 @@ def test_runner_creates_patches_once_and_then_writes_nothing() -> None:
     kube.calls.clear()
     runner.sync([stored], jobs, NOW)
     assert kube.calls == [], "an unchanged sweep costs no API call"
+
+
+def test_the_runner_reads_trials_parsed_once_and_never_parses_them_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cycle hands in the job cache's models (TrialJob): no sync parses a trial again."""
+    kube = RecordingKube()
+    runner = SweepRunner(kube)
+    res = runner.sync([sweep_body()], [], NOW)
+    stored = sweep_body(status=json.loads(json.dumps(res.plans["team-a/lr"].status)))
+    trials = [TrialJob.of(b, FineTuneJob.from_body(b))
+              for b in (child(b, phase="Queued") for b in kube.existing.values())]
+
+    def no_parse(body: Any) -> FineTuneJob:
+        raise AssertionError("a trial was parsed again")
+
+    monkeypatch.setattr(FineTuneJob, "from_body", no_parse)
+    kube.calls.clear()
+    again = runner.sync([stored], trials, NOW)
+    assert kube.calls == [], "an unchanged sweep costs no API call"
+    phases = [t["phase"] for t in again.plans["team-a/lr"].status["trials"]]
+    assert phases[:2] == ["Queued", "Queued"] and set(phases[2:]) == {"Pending"}
 
 
 def test_runner_reports_an_unparsable_sweep_once() -> None:

@@ -10,10 +10,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from finetune_api.labels import PARAMETERS_ANNOTATION
+from finetune_api.spec import DEFAULT_GPU_RESOURCE
 from finetune_operator.view import compare, describe, jobs, sweeps, top
 from tests.builders.jobs import job_body
 
@@ -122,6 +124,43 @@ def test_top_rows_are_json_with_the_queue_in_order() -> None:
                          "running", "queued", "queuedGpus", "queue", "quotaFree"]  # -o json
     assert (row["quotaHard"], row["quotaFree"], row["queuedGpus"]) == (2.5, 2.5, 5)
     assert [(e["name"], e["position"]) for e in row["queue"]] == [("q1", 1), ("q2", 2)]
+
+
+def _quota(ns: str, *resources: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": ns},
+            "status": {"hard": {"pods": "10", "requests.cpu": "8",
+                                **{f"requests.{r}": "4" for r in resources}}}}
+
+
+def test_jobs_naming_no_gpu_resource_count_under_the_one_the_cluster_tells() -> None:
+    plain = job_body("plain", status={"phase": "Running"})
+    mig = job_body("mig", status={"phase": "Running"},
+                   resources={"gpuResource": "nvidia.com/mig-1g.10gb"})
+    infer = top.inferred_default_gpu_resource
+    assert infer([plain], []) == DEFAULT_GPU_RESOURCE == "nvidia.com/gpu"  # nothing says else
+    assert infer([plain, mig], [_quota("a", "amd.com/gpu")]) == "amd.com/gpu"  # quotas first
+    assert infer([plain, mig], [_quota("a", "amd.com/gpu"), _quota("b", "amd.com/gpu")]) == \
+        "amd.com/gpu"
+    assert infer([plain, mig], []) == "nvidia.com/mig-1g.10gb"  # no quota: the jobs' one
+    assert infer([plain], [_quota("a", "amd.com/gpu"), _quota("b", "intel.com/gpu")]) == \
+        DEFAULT_GPU_RESOURCE  # quotas disagree
+    rows = top.top_rows([plain], [_quota("team-a", "amd.com/gpu")], namespaces=["empty"])
+    assert [(r["namespace"], r["gpuResource"], r["running"]) for r in rows] == [
+        ("empty", "amd.com/gpu", 0), ("team-a", "amd.com/gpu", 1)]
+    given = top.top_rows([plain], [_quota("team-a", "amd.com/gpu")], "nvidia.com/gpu")
+    assert [(r["gpuResource"], r["running"]) for r in given] == [
+        ("amd.com/gpu", 0), ("nvidia.com/gpu", 1)]
+
+
+def test_gpu_hours_so_far_grow_until_completion() -> None:
+    running = job_body("r", gpus=2, nodes=2, status={"phase": "Running",
+                                                     "startTime": "2026-01-01T01:30:00Z"})
+    done = job_body("d", gpus=2, status={"phase": "Succeeded", "startTime": "2026-01-01T00:00:00Z",
+                                         "completionTime": "2026-01-01T00:15:00Z"})
+    assert compare.gpu_hours_so_far(running, NOW) == 2.0  # 4 GPUs x 0.5 h, to now
+    assert compare.gpu_hours_so_far(running, NOW + dt.timedelta(hours=1)) == 6.0
+    assert compare.gpu_hours_so_far(done, NOW) == 0.5  # 2 GPUs x 0.25 h, to completion
+    assert compare.gpu_hours_so_far(job_body("q", status={"phase": "Queued"}), NOW) is None
 
 
 def test_the_compare_table_names_its_columns() -> None:

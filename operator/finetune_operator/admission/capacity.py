@@ -7,7 +7,7 @@ import math
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Sequence
 
-from finetune_operator.admission.model import JobRef, NodeInfo, QueuedJob, Quota, Toleration
+from finetune_operator.admission.model import NodeInfo, QueuedJob, Quota, SnapshotJob, Toleration
 
 # (sorted nodeSelector items, tolerations): jobs with the same signature see the same nodes.
 Signature = tuple[tuple[tuple[str, str], ...], tuple[Toleration, ...]]
@@ -297,7 +297,7 @@ class QuotaBook:
             self._by_ns.setdefault((q.namespace, q.resource), []).append(i)
         self._ids: dict[tuple[object, ...], tuple[int, ...]] = {}
 
-    def ids(self, job: JobRef) -> tuple[int, ...]:
+    def ids(self, job: SnapshotJob) -> tuple[int, ...]:
         """Indices of the quotas that charge this job."""
         key = (job.namespace, job.gpu_resource, job.priority_class, job.terminating,
                job.best_effort)
@@ -306,10 +306,10 @@ class QuotaBook:
                                    if self.quotas[i].matches(job))
         return self._ids[key]
 
-    def limited(self, job: JobRef) -> bool:
+    def limited(self, job: SnapshotJob) -> bool:
         return bool(self.ids(job))
 
-    def hard(self, job: JobRef) -> tuple[int, str] | None:
+    def hard(self, job: SnapshotJob) -> tuple[int, str] | None:
         """(smallest hard limit, its quota's name) among the quotas that charge the job."""
         ids = self.ids(job)
         if not ids:
@@ -317,19 +317,19 @@ class QuotaBook:
         i = min(ids, key=lambda i: self.quotas[i].hard)
         return self.quotas[i].hard, self.quotas[i].name
 
-    def available(self, job: JobRef) -> int | None:
+    def available(self, job: SnapshotJob) -> int | None:
         ids = self.ids(job)
         if not ids:
             return None
         return min(max(0, self.free[i] - self.reserved[i]) for i in ids)
 
-    def available_pending(self, job: JobRef) -> int | None:
+    def available_pending(self, job: SnapshotJob) -> int | None:
         ids = self.ids(job)
         if not ids:
             return None
         return min(max(0, self.free[i] + self.pending[i] - self.reserved[i]) for i in ids)
 
-    def tightest(self, job: JobRef) -> str:
+    def tightest(self, job: SnapshotJob) -> str:
         """Name of the matching quota with the least room (for messages)."""
         ids = self.ids(job)
         if not ids:
@@ -337,11 +337,11 @@ class QuotaBook:
         i = min(ids, key=lambda i: self.free[i] - self.reserved[i])
         return self.quotas[i].name
 
-    def fits(self, job: JobRef) -> bool:
+    def fits(self, job: SnapshotJob) -> bool:
         avail = self.available(job)
         return avail is None or avail >= job.total_gpus
 
-    def fits_backfill(self, job: JobRef, seconds: float) -> bool:
+    def fits_backfill(self, job: SnapshotJob, seconds: float) -> bool:
         """Fits when quota reserved for jobs that cannot start within `seconds` counts as
         free: a job that ends by then delays none of them."""
         need = job.total_gpus
@@ -349,22 +349,22 @@ class QuotaBook:
                                              or seconds <= self.reserved_start[i])
                    for i in self.ids(job))
 
-    def fitted_initially(self, job: JobRef) -> bool:
+    def fitted_initially(self, job: SnapshotJob) -> bool:
         return all(self.initial[i] >= job.total_gpus for i in self.ids(job))
 
-    def has_pending(self, job: JobRef) -> bool:
+    def has_pending(self, job: SnapshotJob) -> bool:
         return any(self.pending[i] for i in self.ids(job))
 
-    def take(self, job: JobRef, gpus: int | None = None) -> None:
+    def take(self, job: SnapshotJob, gpus: int | None = None) -> None:
         for i in self.ids(job):
             self.free[i] -= job.total_gpus if gpus is None else gpus
 
-    def reserve(self, job: JobRef, gpus: int | None = None, start: float = 0.0) -> None:
+    def reserve(self, job: SnapshotJob, gpus: int | None = None, start: float = 0.0) -> None:
         """Hold quota for a job expected to start in `start` seconds (0: any moment)."""
         for i in self.ids(job):
             self.reserved[i] += job.total_gpus if gpus is None else gpus
             self.reserved_start[i] = min(self.reserved_start[i], start)
 
-    def add_pending(self, job: JobRef) -> None:
+    def add_pending(self, job: SnapshotJob) -> None:
         for i in self.ids(job):
             self.pending[i] += job.total_gpus

@@ -2,7 +2,7 @@
 
 The operator builds a ``Snapshot`` from what it reads (jobs, ResourceQuotas, Nodes and bound
 Pods; see ``admission/snapshot.py`` for the Node/ResourceQuota parsing) and applies the
-``Decisions``.
+``PolicyResult``.
 Times are timezone-aware datetimes; ``now`` is passed to ``admit()`` explicitly.
 """
 
@@ -12,9 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+# SnapshotJob's default; the operator passes its settings.admission.gpu_resource instead.
+from finetune_api.spec import DEFAULT_GPU_RESOURCE as DEFAULT_GPU_RESOURCE
+
+if TYPE_CHECKING:  # typed, without importing the settings module at run time
+    from finetune_operator.settings import OperatorSettings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,8 +44,9 @@ class Toleration:
 
 
 @dataclass(frozen=True, kw_only=True)
-class JobRef:
-    """What every job in a snapshot has: identity, priority and size."""
+class SnapshotJob:
+    """What every job in a snapshot has: identity, priority and size (the base of QueuedJob
+    and RunningJob)."""
 
     namespace: str
     name: str
@@ -67,7 +72,7 @@ class JobRef:
 
 
 @dataclass(frozen=True, kw_only=True)
-class QueuedJob(JobRef):
+class QueuedJob(SnapshotJob):
     """A job waiting for admission (phase Queued)."""
 
     created_at: datetime
@@ -91,7 +96,7 @@ class QueuedJob(JobRef):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunningJob(JobRef):
+class RunningJob(SnapshotJob):
     """A job holding GPUs: admitted (pods created or about to be), running, or stopping."""
 
     started_at: datetime  # admitted/started: min runtime before preemption counts from here
@@ -127,7 +132,7 @@ class ScopeRequirement:
     operator: str = "Exists"  # In | NotIn | Exists | DoesNotExist
     values: tuple[str, ...] = ()
 
-    def matches(self, job: JobRef) -> bool:
+    def matches(self, job: SnapshotJob) -> bool:
         """As the API server's quota evaluator decides for the job's pods."""
         scope = self.scope_name
         if scope == "Terminating":
@@ -168,7 +173,7 @@ class Quota:
     def free(self) -> int:
         return max(0, self.hard - self.used)
 
-    def matches(self, job: JobRef) -> bool:
+    def matches(self, job: SnapshotJob) -> bool:
         return (job.namespace == self.namespace and job.gpu_resource == self.resource
                 and all(s.matches(job) for s in self.scopes))
 
@@ -198,8 +203,8 @@ class Policy:
         return self.aging_cap / self.aging_rate_per_minute * 60.0
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Policy:
-        """From finetune_operator.settings.OperatorSettings (duck-typed: no import cycle)."""
+    def from_settings(cls, settings: OperatorSettings) -> Policy:
+        """From the operator settings' admission section."""
         return cls(
             aging_rate_per_minute=float(settings.admission.aging_rate_per_minute),
             aging_cap=float(settings.admission.aging_cap),
@@ -208,8 +213,7 @@ class Policy:
             min_runtime_before_preemption_seconds=float(
                 settings.admission.min_runtime_before_preemption_seconds
             ),
-            max_reserved_idle_share=_share(
-                getattr(settings, "max_reserved_idle_share", cls.max_reserved_idle_share)),
+            max_reserved_idle_share=_share(settings.admission.max_reserved_idle_share),
         )
 
 
@@ -279,7 +283,10 @@ class Impossible:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Decisions:
+class PolicyResult:
+    """What ``admit()`` decides over one Snapshot, by outcome (the native admitter turns it into
+    an ``AdmissionRound`` of one ``JobVerdict`` per job: ``admission/seam.py``)."""
+
     admit: tuple[Admission, ...] = ()
     preempt: tuple[Preemption, ...] = ()
     waiting: tuple[Waiting, ...] = ()  # in queue order

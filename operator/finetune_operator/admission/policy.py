@@ -1,4 +1,4 @@
-"""admit(snapshot, now) -> Decisions: the queue, quota, gang and preemption policy, pure.
+"""admit(snapshot, now) -> PolicyResult: the queue, quota, gang and preemption policy, pure.
 
 Order. Waiting jobs are sorted by effective priority = base priority (the PriorityClass value)
 + min(aging_cap, aging_rate_per_minute * minutes waited), then creation time, then name (then
@@ -61,7 +61,7 @@ in flight causes no further preemptions, and two preemptors never count the same
 
 Impossible jobs. A job that asks more GPUs per pod than any eligible node's allocatable, more
 such nodes than exist, or more GPUs in total than its namespace's quota `hard` can never be
-admitted; it is reported in ``Decisions.impossible`` (not in the queue), so the operator can end
+admitted; it is reported in ``PolicyResult.impossible`` (not in the queue), so the operator can end
 it with that reason. A resource that no node offers at all is *not* impossible (nodes may not have
 registered yet): the job waits with ``NoMatchingNodes``.
 
@@ -82,10 +82,10 @@ from functools import cached_property
 from finetune_operator.admission.capacity import Pool, QuotaBook, Signature, signature
 from finetune_operator.admission.model import (
     Admission,
-    Decisions,
     Impossible,
     ImpossibleCode,
     Policy,
+    PolicyResult,
     Preemption,
     QueuedJob,
     RunningJob,
@@ -201,11 +201,11 @@ class _Admitter:
 
     # --- the walk ------------------------------------------------------------------------------
 
-    def run(self, queued: Iterable[QueuedJob]) -> Decisions:
+    def run(self, queued: Iterable[QueuedJob]) -> PolicyResult:
         jobs = [j for j in queued if j.uid not in self.running_uids]
         for job in queue_order(jobs, self.now, self.policy):
             self.consider(job)
-        return Decisions(admit=tuple(self.admitted), preempt=tuple(self.preempted),
+        return PolicyResult(admit=tuple(self.admitted), preempt=tuple(self.preempted),
                          waiting=tuple(self.waiting), impossible=tuple(self.impossible))
 
     def consider(self, job: QueuedJob) -> None:
@@ -603,7 +603,7 @@ class _VictimFit:
                 and (self.pool is None or self.nodes_ok >= self.job.nodes))
 
 
-def admit(snapshot: Snapshot, now: datetime) -> Decisions:
+def admit(snapshot: Snapshot, now: datetime) -> PolicyResult:
     """Which queued jobs to admit, which running jobs to preempt, and why the rest wait.
 
     Pure and deterministic: the same snapshot and `now` give the same decisions, whatever the

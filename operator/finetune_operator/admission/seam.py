@@ -1,8 +1,8 @@
 """The admission seam: how the job controller asks who runs.
 
 Every cycle (``jobs/cycle.py``) hands an :class:`Admitter` the cluster as the watch caches hold
-it (:class:`ClusterView`) and gets one :class:`JobDecision` per job back (a
-:class:`DecisionSet`): admit (on which nodes), preempt (why), wait (position, reason, code) or
+it (:class:`ClusterView`) and gets one :class:`JobVerdict` per job back (a
+:class:`AdmissionRound`): admit (on which nodes), preempt (why), wait (position, reason, code) or
 impossible (why). The job state machine (``jobs/reconcile.py``) acts on those decisions; it
 never asks how they were made.
 
@@ -26,8 +26,8 @@ from finetune_operator.slim import SlimNode, SlimPod, SlimQuota, SlimUsage
 
 
 @dataclass
-class JobDecision:
-    """What the admitter says about one job this cycle."""
+class JobVerdict:
+    """What the admitter says about one job this cycle (one entry of an ``AdmissionRound``)."""
 
     admit: bool = False
     preempt: str | None = None      # reason, when a running job must make room
@@ -39,10 +39,12 @@ class JobDecision:
 
 
 @dataclass
-class DecisionSet:
-    """One cycle's decisions, and what the dashboards and the visibility endpoint show."""
+class AdmissionRound:
+    """What an ``Admitter`` answers for one cycle: a ``JobVerdict`` per job (the native one
+    derives them from the policy's ``PolicyResult``), and what the dashboards and the
+    visibility endpoint show."""
 
-    by_uid: dict[str, JobDecision] = field(default_factory=dict)
+    by_uid: dict[str, JobVerdict] = field(default_factory=dict)
     quotas: dict[str, float] = field(default_factory=dict)  # namespace -> hard GPUs (metrics)
     # the visibility endpoint's data: namespace -> waiting jobs in queue order
     queue_view: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -50,7 +52,7 @@ class DecisionSet:
     # uid -> (step, problem)
     invalid: dict[str, tuple[str, str]] = field(default_factory=dict)
 
-    def get(self, uid: str, default: JobDecision) -> JobDecision:
+    def get(self, uid: str, default: JobVerdict) -> JobVerdict:
         return self.by_uid.get(uid, default)
 
 
@@ -59,7 +61,7 @@ class ClusterView:
     """The cluster as the watch caches hold it at the start of a cycle (no API reads)."""
 
     jobs: Sequence[FineTuneJob]
-    pods_by_uid: Mapping[str, list[dict[str, Any]]]  # our pods, by the uid of their job
+    pods_by_uid: Mapping[str, list[SlimPod]]          # our pods, by the uid of their job
     classes: Mapping[str, int]                        # PriorityClass name -> value
     nodes: Sequence[SlimNode]
     active_pods: Sequence[SlimPod | SlimUsage]        # every pod holding GPUs, ours or not
@@ -68,6 +70,6 @@ class ClusterView:
 
 class Admitter(Protocol):
     """Decides admission for one cycle. Must not raise for one job's bad data: such a job goes
-    to ``DecisionSet.invalid`` and every other job is decided."""
+    to ``AdmissionRound.invalid`` and every other job is decided."""
 
-    def decide(self, view: ClusterView, now: dt.datetime) -> DecisionSet: ...
+    def decide(self, view: ClusterView, now: dt.datetime) -> AdmissionRound: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, get_args
 
+from finetune_api.spec import DEFAULT_GPU_RESOURCE
 from finetune_operator.cli.manifest import SubmitOptions
 
 OUTPUTS = ("table", "wide", "json", "yaml")
@@ -128,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("top", parents=[common],
                        help="GPUs held by FineTuneJobs vs ResourceQuota, and the queue")
     t.add_argument("-A", "--all-namespaces", action="store_true")
-    t.add_argument("--gpu-resource", default="nvidia.com/gpu",
-                   help="GPU resource of jobs that name none (the operator's default)")
+    t.add_argument("--gpu-resource", metavar="RESOURCE",
+                   help="GPU resource of jobs that name none: the operator's default (default: "
+                   "the one the ResourceQuotas limit, else the one the jobs name, else "
+                   f"{DEFAULT_GPU_RESOURCE})")
     from finetune_operator.cli.output import add_parser as add_output_parser
 
     add_output_parser(sub, common)

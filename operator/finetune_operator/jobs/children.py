@@ -4,32 +4,21 @@ adopting someone else's object of the same name, and remembering why a creation 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from finetune_api.job import FineTuneJob
 from finetune_api.trainer_config import ReportConfig
 from finetune_operator.jobs.build import build_children
 from finetune_operator.jobs.build.pvc import is_own_claim
-from finetune_operator.jobs.feeds import Feeds, uid_key
-from finetune_operator.jobs.ports import JobKube
+from finetune_operator.jobs.feeds import Feeds
+from finetune_operator.jobs.ports import JobKube, Refused
 from finetune_operator.jobs.reconcile import Plan
-from finetune_operator.kube import cache
 from finetune_operator.settings import OperatorSettings
 
 log = logging.getLogger("finetune_operator")
-
-
-def api_message(e: ApiException) -> str:
-    try:
-        return str(json.loads(e.body or "{}").get("message", ""))[:300]
-    except (ValueError, AttributeError, TypeError):
-        return str(e.body)[:300]
 
 
 class Children:
@@ -65,15 +54,11 @@ class Children:
                                   placement=pl.placement)
         for obj in children.all():
             try:
-                got = (k.create_or_patch(obj) if obj["kind"] == "Service"
-                       else k.create_or_get(obj))
-            except ApiException as e:
-                if e.status in (403, 400, 422, 404):  # quota, webhook, policy: tell the user
-                    msg = (f"could not create {obj['kind']} {obj['metadata']['name']}: "
-                           f"{api_message(e) or e.reason}")
-                    self._problem(job, attempt, "PodCreateFailed", msg)
-                    return
-                raise
+                got = k.create_child(obj)
+            except Refused as e:  # quota, webhook, policy: tell the user
+                msg = f"could not create {obj['kind']} {obj['metadata']['name']}: {e}"
+                self._problem(job, attempt, "PodCreateFailed", msg)
+                return
             owners = {r.get("uid") for r in
                       (got.get("metadata") or {}).get("ownerReferences") or []}
             ours = (is_own_claim(got, job) if obj["kind"] == "PersistentVolumeClaim"
@@ -85,7 +70,7 @@ class Children:
                 self._problem(job, attempt, "ChildConflict", msg)
                 return
             if obj["kind"] == "Pod":
-                self.feeds.pods.put(uid_key(got), cache.slim_pod(got))
+                self.feeds.created_pod(got)
         self.forget(uid)
 
     def _problem(self, job: FineTuneJob, attempt: int, reason: str, msg: str) -> None:

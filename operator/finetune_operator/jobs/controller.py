@@ -27,28 +27,30 @@ from finetune_operator.jobs.cycle import Cycle
 from finetune_operator.jobs.decide import NativeAdmitter
 from finetune_operator.jobs.executor import Executor, Timers
 from finetune_operator.jobs.feeds import Feeds, OnTermination
-from finetune_operator.jobs.lease import LEASE_NAME, Leadership
+from finetune_operator.jobs.lease import LEASE_NAME, Fence, Leadership
 from finetune_operator.jobs.ports import Clock, JobKube, SystemClock
 from finetune_operator.kube import cache
 from finetune_operator.settings import OperatorSettings
+from finetune_operator.slim import SlimPod
 from finetune_operator.sweep.runner import SweepRunner
 
-__all__ = ["LEASE_NAME", "Controller"]
+__all__ = ["LEASE_NAME", "Controller", "Fence"]
 
 log = logging.getLogger("finetune_operator")
 
 
 class Controller:
     """``report_config`` goes into every trainer config (the report channel's URL and CA);
-    ``on_termination`` is the report channel's strict termination-message check (counts and
-    logs a bad message once per pod); ``admitter`` decides admission (the native policy
-    unless another is given)."""
+    ``on_termination`` is told about a termination message that breaks the model (the report
+    channel's rejections count and log it once per pod); ``admitter`` decides admission (the
+    native policy unless another is given); ``fence`` is the one ``kube`` was built with
+    (``Kube(fence=fence.may_write)``): the Lease moves it, every write checks it."""
 
     def __init__(self, kube: JobKube, settings: OperatorSettings, namespace: str | None = None,
                  identity: str | None = None, *, clock: Clock | None = None,
                  report_config: ReportConfig | None = None,
-                 on_termination: OnTermination = lambda pod_key, raw: None,
-                 admitter: Admitter | None = None) -> None:
+                 on_termination: OnTermination = lambda pod_key, bad: None,
+                 admitter: Admitter | None = None, fence: Fence | None = None) -> None:
         self.kube, self.settings = kube, settings
         self.clock: Clock = clock or SystemClock()
         self._stop = threading.Event()
@@ -58,8 +60,7 @@ class Controller:
             namespace or os.environ.get("POD_NAMESPACE", "default"),
             # stable across restarts of the same pod, so a restarted leader re-acquires at once
             identity or os.environ.get("POD_NAME") or socket.gethostname(),
-            on_change=self._leadership_changed)
-        kube.fence = self.lease.may_write  # every write is checked right before it is sent
+            on_change=self._leadership_changed, fence=fence)
         self.timers = Timers()
         self.feeds = Feeds(kube, settings, self._wake.set, on_termination,
                            on_impostor=self._warn_impostor, may_write=self.lease.may_write)
@@ -76,7 +77,7 @@ class Controller:
         self.feeds.mark_capacity_changed()
         self._wake.set()
 
-    def _warn_impostor(self, pod: dict[str, Any]) -> None:
+    def _warn_impostor(self, pod: SlimPod) -> None:
         self.executor.warn_impostor(pod)
 
     # ------------------------------------------------------------------ lifecycle

@@ -26,15 +26,16 @@ from finetune_api.job import FineTuneJob
 from finetune_api.status import FineTuneJobStatus
 from finetune_api.times import parse_time
 from finetune_operator import metrics
-from finetune_operator.admission import Admitter, ClusterView, JobDecision
-from finetune_operator.jobs.children import Children, api_message
+from finetune_operator.admission import Admitter, ClusterView, JobVerdict
+from finetune_operator.jobs.children import Children
 from finetune_operator.jobs.decide import policy_error, problem
 from finetune_operator.jobs.executor import Executor, Timers, Work
-from finetune_operator.jobs.feeds import Feeds, JobEntry, Pod
-from finetune_operator.jobs.pods import INVALID_DATA, set_invalid_data
+from finetune_operator.jobs.feeds import Feeds, JobEntry
+from finetune_operator.jobs.pods import INVALID_DATA, Pod, set_invalid_data
 from finetune_operator.jobs.ports import Clock
 from finetune_operator.jobs.reconcile import Ctx, Plan, due_at, plan, wants_admission
 from finetune_operator.jobs.writes import Change, classify
+from finetune_operator.kube.client import api_message
 from finetune_operator.reports.model import ProgressReport
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.sweep.runner import SweepRunner
@@ -77,7 +78,7 @@ class Cycle:
         self.sweeps, self.may_write, self.wake = sweeps, may_write, wake
         self._lock = threading.Lock()
         self.count = 0  # cycles completed
-        self._last_decision: dict[str, JobDecision] = {}
+        self._last_decision: dict[str, JobVerdict] = {}
         # jobs whose data a per-job step could not process: uid -> (step, problem); after a
         # step of the plan, the job sits out of the admission policy until it plans again
         self._invalid: dict[str, tuple[str, str]] = {}
@@ -131,7 +132,7 @@ class Cycle:
                 if (bad := decisions.invalid.get(uid)) is not None:
                     raise JobDataError(*bad)
                 pl, change, row = self._job_steps(
-                    job, decisions.get(uid, JobDecision()) if uid in todo else None,
+                    job, decisions.get(uid, JobVerdict()) if uid in todo else None,
                     got.pods_by_uid.get(uid, []), got.reports.get(uid), classes, now)
             except JobDataError as bad:
                 if (left := self._left_out(job, bad, now)) is not None:
@@ -164,7 +165,7 @@ class Cycle:
         if not sweeps:  # the last sweep is gone: so are its series
             metrics.observe_sweeps([])
             return
-        trials = [e.sweep_body for e in entries if e.sweep_body is not None]
+        trials = [e.trial for e in entries if e.trial is not None]
         try:
             self.sweeps.sync(sweeps, trials, now)
         except (ApiException, OSError) as e:
@@ -182,7 +183,7 @@ class Cycle:
             out["ttl"] = float(s.cycle.ttl_seconds_after_finished)
         return out
 
-    def _job_steps(self, job: FineTuneJob, decision: JobDecision | None, pods: list[Pod],
+    def _job_steps(self, job: FineTuneJob, decision: JobVerdict | None, pods: list[Pod],
                    seen: tuple[int, ProgressReport] | None, classes: dict[str, int],
                    now: dt.datetime) -> tuple[Plan | None, Change, dict[str, Any]]:
         """One job's part of the cycle (a plan only when ``decision`` is given: the job is
@@ -235,7 +236,7 @@ class Cycle:
             return None
         return job, Plan(status=st, events=[("Warning", INVALID_DATA, said)]), change
 
-    def _plan(self, job: FineTuneJob, pods: list[Pod], decision: JobDecision,
+    def _plan(self, job: FineTuneJob, pods: list[Pod], decision: JobVerdict,
               seen: tuple[int, ProgressReport] | None, classes: dict[str, int],
               now: dt.datetime) -> Plan:
         s = self.settings

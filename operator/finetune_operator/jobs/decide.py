@@ -1,5 +1,5 @@
 """Pure: the native admitter (``admission/seam.py``): the cluster as the caches hold it ->
-admission Snapshot -> one JobDecision per job.
+admission Snapshot -> one JobVerdict per job.
 
 Bridges the state machine (reconcile.py) and the admission policy (admission/): which jobs are
 waiting, which hold GPUs, what nodes and quotas have free, and what admit() decided for each.
@@ -17,10 +17,10 @@ from typing import Any
 from finetune_api.job import FineTuneJob
 from finetune_api.times import parse_time
 from finetune_operator.admission import (
+    AdmissionRound,
     ClusterView,
-    DecisionSet,
     Impossible,
-    JobDecision,
+    JobVerdict,
     Policy,
     Preemption,
     QueuedJob,
@@ -130,8 +130,9 @@ def snapshot_entry(job: FineTuneJob, pods: list[Pod], classes: Mapping[str, int]
             **common, started_at=started,
             last_checkpoint_at=min(max(ckpt, started), now) if ckpt else None,
             preempting=st.phase in ("Preempting", "Suspended") or spec.suspend,
-            placement=tuple(sorted(p["spec"]["nodeName"] for p in current
-                                   if p.get("spec", {}).get("nodeName"))),
+            # the nodes its bound pods run on (an unbound pod, nodeName None, holds none)
+            placement=tuple(sorted(node for p in current
+                                   if (node := p["spec"].get("nodeName")))),
             counted_in_quota=len(current) >= spec.resources.nodes,
             expected_end_at=end)
     if not wants_admission(job, now):
@@ -178,8 +179,8 @@ def tenant_words(text: str, namespace: str, keys: set[str]) -> str:
 def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[Pod]],
            classes: Mapping[str, int], settings: OperatorSettings, nodes: Sequence[SlimNode],
            active_pods: Sequence[SlimPod | SlimUsage], quotas: Sequence[SlimQuota],
-           now: dt.datetime) -> DecisionSet:
-    out = DecisionSet()
+           now: dt.datetime) -> AdmissionRound:
+    out = AdmissionRound()
     snap = build_snapshot(jobs, pods_by_uid, classes, settings, nodes, active_pods, quotas, now,
                           out.invalid)
     d = admit(snap, now)
@@ -192,16 +193,16 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[Pod]],
             got = said[(text, ns)] = tenant_words(text, ns, keys)
         return got
 
-    def preempt(pr: Preemption) -> JobDecision:
+    def preempt(pr: Preemption) -> JobVerdict:
         ns = pr.victim.namespace
         reason = pr.reason if pr.preemptor.namespace == ns else (
             "preempted by a higher-priority job in another namespace "
             f"({pr.preemptor.priority_class})")
-        return JobDecision(preempt=tenant_words(reason, ns, keys))
+        return JobVerdict(preempt=tenant_words(reason, ns, keys))
 
     per_ns: dict[str, int] = {}
 
-    def waiting(w: Waiting) -> JobDecision:
+    def waiting(w: Waiting) -> JobVerdict:
         ns = w.job.namespace
         per_ns[ns] = per_ns.get(ns, 0) + 1
         reason = words(w.reason, ns)
@@ -210,13 +211,13 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[Pod]],
                "effectivePriority": round(w.effective_priority, 1), "reason": reason,
                "code": str(w.code), "reserved": w.reserved}
         out.queue_view.setdefault(ns, []).append(row)
-        return JobDecision(position=coarse_position(per_ns[ns]), reason=reason, code=w.code)
+        return JobVerdict(position=coarse_position(per_ns[ns]), reason=reason, code=w.code)
 
-    def impossible(i: Impossible) -> JobDecision:
-        return JobDecision(impossible=tenant_words(i.reason, i.job.namespace, keys))
+    def impossible(i: Impossible) -> JobVerdict:
+        return JobVerdict(impossible=tenant_words(i.reason, i.job.namespace, keys))
 
-    each: list[tuple[str, Callable[[], JobDecision]]] = [
-        *((a.job.uid, functools.partial(JobDecision, admit=True, placement=a.placement))
+    each: list[tuple[str, Callable[[], JobVerdict]]] = [
+        *((a.job.uid, functools.partial(JobVerdict, admit=True, placement=a.placement))
           for a in d.admit),
         *((pr.victim.uid, functools.partial(preempt, pr)) for pr in d.preempt),
         *((w.job.uid, functools.partial(waiting, w)) for w in d.waiting),
@@ -254,6 +255,6 @@ class NativeAdmitter:
     def __init__(self, settings: OperatorSettings) -> None:
         self.settings = settings
 
-    def decide(self, view: ClusterView, now: dt.datetime) -> DecisionSet:
+    def decide(self, view: ClusterView, now: dt.datetime) -> AdmissionRound:
         return decide(list(view.jobs), view.pods_by_uid, view.classes, self.settings,
                       view.nodes, view.active_pods, view.quotas, now)

@@ -20,9 +20,10 @@ from finetune_api.job import FineTuneJob
 from finetune_api.times import parse_time, rfc3339
 from finetune_operator import metrics
 from finetune_operator.jobs import ownership
-from finetune_operator.jobs.children import Children, api_message, child_body
+from finetune_operator.jobs.children import Children, child_body
 from finetune_operator.jobs.decide import problem
-from finetune_operator.jobs.feeds import Feeds, JobEntry, Pod, job_entry
+from finetune_operator.jobs.feeds import Feeds, JobEntry, job_entry
+from finetune_operator.jobs.pods import Pod
 from finetune_operator.jobs.ports import Clock, JobKube
 from finetune_operator.jobs.reconcile import Outcome, OutcomeKind, Plan
 from finetune_operator.jobs.writes import Change, classify, merge_patch
@@ -186,7 +187,7 @@ class Executor:
                 return
             self.retry_later(uid)
             log.warning("FineTuneJob %s: %s %s; retrying with backoff", job.key, e.status,
-                        api_message(e) or e.reason)
+                        k8s.api_message(e) or e.reason)
         except k8s.Fenced:  # the Lease lapsed mid-plan: whoever leads next plans it again
             self.feeds.mark_dirty(uid)
         except OSError as e:
@@ -211,7 +212,7 @@ class Executor:
                 return  # deleted meanwhile
             written = job_entry(res)  # see our own write before the watch does; no replan:
             self.feeds.jobs.put(uid, written, notify=False)  # this status is what was planned
-            if written.sweep_body is not None:
+            if written.trial is not None:
                 self.feeds.mark_sweeps_dirty()
             at = now.timestamp()
             with self._lock:

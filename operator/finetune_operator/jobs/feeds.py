@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -20,21 +20,20 @@ from finetune_api.job import FineTuneJob
 from finetune_api.labels import MANAGED_BY_SELECTOR
 from finetune_operator import metrics
 from finetune_operator.jobs import ownership
-from finetune_operator.jobs.pods import attempt_of, owner_uid, rank_of, terminated_message
+from finetune_operator.jobs.pods import Pod, attempt_of, owner_uid, rank_of, termination
 from finetune_operator.jobs.ports import JobKube
 from finetune_operator.kube import cache
 from finetune_operator.kube import client as k8s
 from finetune_operator.kube.intern import intern
 from finetune_operator.reports.model import BadReport, ProgressReport
 from finetune_operator.settings import OperatorSettings
-from finetune_operator.slim import SlimPod
+from finetune_operator.sweep.plan import TrialJob
 
 log = logging.getLogger("finetune_operator")
 
-Pod = dict[str, Any]
-# the report channel's strict termination-message check, which counts and logs a bad message
-# once per pod (``namespace/pod``, the raw message)
-OnTermination = Callable[[str, str], object]
+# told about a termination message the cache could not parse (``kube/cache.py`` parses each
+# once): the report channel's rejections, counted and logged once per pod (``namespace/pod``)
+OnTermination = Callable[[str, BadReport], object]
 
 
 def parse_error(e: ValidationError) -> str:
@@ -55,7 +54,7 @@ class JobEntry:
     error: str | None = None
     raw_meta: dict[str, Any] | None = None
     failed: bool = False
-    sweep_body: dict[str, Any] | None = None  # a sweep's trial: the body the sweep planner reads
+    trial: TrialJob | None = None  # a sweep's trial: what the sweep planner reads of it
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, JobEntry) and (self.uid, self.rv) == (other.uid, other.rv)
@@ -67,19 +66,17 @@ class JobEntry:
 def job_entry(obj: dict[str, Any]) -> JobEntry:
     meta = obj.get("metadata") or {}
     uid, rv = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
-    sweep = None
-    if any(r.get("kind") == "FineTuneSweep" for r in meta.get("ownerReferences") or []):
-        sweep = {"metadata": {k: v for k, v in meta.items() if k != "managedFields"},
-                 "spec": obj.get("spec") or {}, "status": obj.get("status") or {}}
+    swept = any(r.get("kind") == "FineTuneSweep" for r in meta.get("ownerReferences") or [])
     try:
         job = FineTuneJob.from_body(obj)
         job = job.model_copy(update={"spec": intern(job.spec)})  # shared between equal specs
-        return JobEntry(uid, rv, job, sweep_body=sweep)
+        return JobEntry(uid, rv, job, trial=TrialJob.of(obj, job) if swept else None)
     except (ValidationError, KeyError, TypeError) as e:
         msg = parse_error(e) if isinstance(e, ValidationError) else f"malformed object: {e}"
         small = {k: meta.get(k) for k in ("name", "namespace", "uid")}
         phase = (obj.get("status") or {}).get("phase")
-        return JobEntry(uid, rv, None, msg, small, phase == "Failed")
+        return JobEntry(uid, rv, None, msg, small, phase == "Failed",
+                        trial=TrialJob.of(obj, None) if swept else None)
 
 
 def uid_key(obj: dict[str, Any]) -> str:
@@ -175,7 +172,7 @@ class Feeds:
     def _changed(self, kind: str, key: str, old: Any, new: Any) -> None:
         impostors: list[Pod] = []
         with self.lock:
-            if kind == "sweeps" or getattr(new or old, "sweep_body", None) is not None:
+            if kind == "sweeps" or getattr(new or old, "trial", None) is not None:
                 self._sweeps_dirty = True
             if kind == "jobs":
                 self._dirty.add(key)
@@ -212,13 +209,14 @@ class Feeds:
             self._warned_pods.discard(key)
         elif entry is None or entry.job is None:
             self._pods_waiting.setdefault(uid, {})[key] = new  # decided once the job is cached
-        elif ownership.belongs(cast(SlimPod, new), entry.job):  # the pods store's records
+        elif ownership.belongs(new, entry.job):
             self._pods_by_job.setdefault(uid, {})[key] = new
             counted = True
-            raw = terminated_message(new)
-            if raw and raw != terminated_message(old or {"status": {}}):
+            term = termination(new)
+            if term is not None and term["rejected"] is not None and \
+                    (old is None or termination(old) != term):
                 self.on_termination(f"{new['metadata'].get('namespace')}/"
-                                    f"{new['metadata']['name']}", raw)
+                                    f"{new['metadata']['name']}", BadReport(*term["rejected"]))
         else:
             impostors.append(new)
         if counted:
@@ -283,6 +281,11 @@ class Feeds:
                           pods_by_uid={uid: list(p.values())
                                        for uid, p in self._pods_by_job.items()},
                           reports=dict(self._reports), gone=gone)
+
+    def created_pod(self, pod: dict[str, Any]) -> None:
+        """A pod this operator just created, as the API server returned it: cached before its
+        watch event arrives."""
+        self.pods.put(uid_key(pod), cache.slim_pod(pod))
 
     def mark_dirty(self, uid: str) -> None:
         with self.lock:

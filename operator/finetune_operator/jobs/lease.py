@@ -2,7 +2,9 @@
 
 A leader whose Lease is about to lapse stops writing before another replica can start:
 ``may_write`` is false from ``FENCE_MARGIN_SECONDS`` before the Lease this replica last renewed
-runs out by its own monotonic clock, and ``kube.client.Kube`` checks it right before every write.
+runs out by its own monotonic clock. The :class:`Fence` holding that state is built first and
+given to the API client at its construction (``Kube(fence=fence.may_write)``), which checks it
+right before every write, and to the :class:`Leadership` that moves it.
 """
 
 from __future__ import annotations
@@ -22,22 +24,53 @@ LEASE_NAME = "finetune-operator-leader"
 FENCE_MARGIN_SECONDS = 2.0
 
 
+class Fence:
+    """Whether this replica may write now: only while it leads and the Lease it last renewed
+    cannot have lapsed. Moved only by :class:`Leadership`; read by everyone who writes."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.leader = False
+        self.valid_until = 0.0  # monotonic; writes stop FENCE_MARGIN_SECONDS before this
+
+    def may_write(self) -> bool:
+        return self.leader and self.clock.monotonic() < self.valid_until - FENCE_MARGIN_SECONDS
+
+
 class Leadership:
     """The Lease held (or waited for) as ``identity`` in ``namespace``. ``on_change`` is called
-    when leadership is acquired or lost (the cycle then looks at every job again)."""
+    when leadership is acquired or lost (the cycle then looks at every job again); ``fence`` is
+    the one the API client checks (a new one when none is given: then only ``may_write``'s
+    callers are fenced)."""
 
     def __init__(self, kube: JobKube, settings: OperatorSettings, clock: Clock, namespace: str,
-                 identity: str, on_change: Callable[[bool], None] = lambda held: None) -> None:
+                 identity: str, on_change: Callable[[bool], None] = lambda held: None,
+                 fence: Fence | None = None) -> None:
         self.kube, self.settings, self.clock = kube, settings, clock
         self.namespace, self.identity = namespace, identity
         self.on_change = on_change
-        self.leader = False
-        self.valid_until = 0.0                   # monotonic; writes stop before this
+        self.fence = fence or Fence(clock)
         self.started_leading: float | None = None  # monotonic
+
+    @property
+    def leader(self) -> bool:
+        return self.fence.leader
+
+    @leader.setter
+    def leader(self, held: bool) -> None:
+        self.fence.leader = held
+
+    @property
+    def valid_until(self) -> float:
+        return self.fence.valid_until
+
+    @valid_until.setter
+    def valid_until(self, t: float) -> None:
+        self.fence.valid_until = t
 
     def may_write(self) -> bool:
         """Fencing: only while the Lease we last renewed cannot have lapsed."""
-        return self.leader and self.clock.monotonic() < self.valid_until - FENCE_MARGIN_SECONDS
+        return self.fence.may_write()
 
     def grant(self, seconds: float) -> None:
         """Lead for ``seconds`` without a Lease (unit tests: the cycle is driven by hand)."""

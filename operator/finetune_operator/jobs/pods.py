@@ -1,12 +1,12 @@
 """Pure reading of what a job's pods say: outcome, failure cause, progress, conditions.
 
-No API calls: inputs are plain pod dicts as the API server returns them, and `now`.
+No API calls: inputs are the pods as the watch cache keeps them (``slim.SlimPod``, made by
+``kube/cache.py`` ``slim_pod``: its termination message already parsed), and `now`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,8 @@ from finetune_api.status import (
     Progress,
 )
 from finetune_api.times import TIME_MAX, TIME_MIN, clamp_time, parse_time, rfc3339
-from finetune_operator.reports.model import CheckpointReport, ProgressReport, parse_termination
+from finetune_operator.reports.model import CheckpointReport, ProgressReport, TerminationMessage
+from finetune_operator.slim import SlimPod, SlimTermination
 
 # DisruptionTarget reasons that mean "someone needed the resources" (not a failure)
 PREEMPTION_REASONS = {"PreemptionByScheduler", "EvictionByEvictionAPI"}
@@ -28,61 +29,60 @@ NODE_LOST_REASONS = {"DeletionByTaintManager", "DeletionByPodGC", "TerminationBy
 # the trainer's exit code for an invalid config or malformed data (docs/contracts.md)
 INVALID_INPUT_EXIT_CODE = 2
 
-Pod = dict[str, Any]  # a pod as the cache keeps it (kube/cache.py slim_pod)
-PodView = Mapping[str, Any]  # read only: a Pod, or the cache's typed record (slim.SlimPod)
+Pod = SlimPod  # a pod as the cache keeps it (kube/cache.py slim_pod)
 
 
-def attempt_of(pod: PodView) -> int:
+def attempt_of(pod: Pod) -> int:
     try:
         return int(pod["metadata"].get("labels", {}).get(ATTEMPT_LABEL, "0"))
     except ValueError:
         return 0
 
 
-def rank_of(pod: PodView) -> int:
+def rank_of(pod: Pod) -> int:
     try:
         return int(pod["metadata"].get("labels", {}).get(RANK_LABEL, "0"))
     except ValueError:
         return 0
 
 
-def terminated_message(pod: PodView) -> str:
-    """The raw termination message of the pod's terminated container ("" if none)."""
-    return str((_terminated(pod) or {}).get("message") or "")
-
-
-def _terminated(pod: PodView) -> dict[str, Any] | None:
-    for cs in pod.get("status", {}).get("containerStatuses") or []:
+def _terminated(pod: Pod) -> dict[str, Any] | None:
+    for cs in pod["status"].get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
         if term:
             return dict(term)
     return None
 
 
-def owner_uid(pod: PodView) -> str | None:
+def owner_uid(pod: Pod) -> str | None:
     """The uid of the FineTuneJob that owns a pod, if any."""
     return next((r.get("uid") for r in pod["metadata"].get("ownerReferences") or []
                  if r.get("kind") == "FineTuneJob"), None)
 
 
-def termination_message(pod: PodView) -> dict[str, Any]:
-    """The trainer's JSON summary (docs/contracts.md), parsed strictly (reports/model.py): a
-    message that breaks the model is dropped ({}); plain text (the log tail a crashed trainer
-    leaves) is kept as {'message': last 512 characters}."""
-    term = _terminated(pod) or {}
-    raw = str(term.get("message") or "")
-    if not raw:
-        return {}
-    msg = parse_termination(raw)  # counted and logged once per pod by jobs/feeds.py
-    if msg is not None:
-        return msg.to_wire()
-    if raw.lstrip().startswith("{"):
-        return {}
-    return {"message": "".join(c for c in raw.strip()[-512:] if c.isprintable() or c == "\n")}
+def termination(pod: Pod) -> SlimTermination | None:
+    """The pod's termination message as the cache parsed it (None: it left none)."""
+    return pod["status"].get("termination")
 
 
-def disruption_reason(pod: PodView) -> str | None:
-    for c in pod.get("status", {}).get("conditions") or []:
+def termination_message(pod: Pod) -> TerminationMessage | None:
+    """The trainer's JSON summary (docs/contracts.md), parsed strictly when the pod entered the
+    cache; None when it left none, plain text, or a message that breaks the model."""
+    term = termination(pod)
+    return term["parsed"] if term is not None else None
+
+
+def termination_detail(pod: Pod) -> str:
+    """What the pod's message says went wrong: the summary's message, else the log tail a
+    crashed trainer leaves ("" when neither)."""
+    term = termination(pod)
+    if term is None:
+        return ""
+    return term["parsed"].message if term["parsed"] is not None else term["logTail"]
+
+
+def disruption_reason(pod: Pod) -> str | None:
+    for c in pod["status"].get("conditions") or []:
         if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
             return str(c.get("reason") or "Disrupted")
     return None
@@ -94,7 +94,8 @@ class PodsView:
 
     expected: int
     present: list[Pod] = field(default_factory=list)
-    completed: dict[str, Any] | None = None          # rank-0 termination message when it completed
+    completed: bool = False                # rank 0 completed (exit 0, not stopped)
+    summary: TerminationMessage | None = None  # rank 0's termination message, when completed
     failure: str | None = None             # cause, when a pod failed
     failed_pod: str | None = None          # the pod of that failure (its log tells why)
     failed_rank: int = 0
@@ -102,7 +103,7 @@ class PodsView:
     preempted_by: str | None = None        # scheduler | eviction | deleted | trainer
     invalid_input: bool = False            # the trainer exited 2: retrying cannot help
     node_lost: str | None = None           # a pod's node went away: retried, not counted
-    stopped_checkpoint: dict[str, Any] | None = None  # rank 0: stopped on SIGTERM, its save
+    stopped_checkpoint: CheckpointReport | None = None  # rank 0: stopped on SIGTERM, its save
     running: int = 0
     active: list[Pod] = field(default_factory=list)     # not terminated
     deletable: list[Pod] = field(default_factory=list)  # active and not being deleted
@@ -120,7 +121,7 @@ class PodsView:
 def observe(pods: list[Pod], expected: int, ever_ran: bool) -> PodsView:
     v = PodsView(expected=expected, present=pods)
     for p in sorted(pods, key=rank_of):
-        phase = p.get("status", {}).get("phase")
+        phase = p["status"].get("phase")
         deleting = bool(p["metadata"].get("deletionTimestamp"))
         term = _terminated(p)
         done = phase in ("Succeeded", "Failed") or term is not None
@@ -142,17 +143,17 @@ def observe(pods: list[Pod], expected: int, ever_ran: bool) -> PodsView:
                 v.preempted_by = "deleted"
             continue
         code = (term or {}).get("exitCode", 0 if phase == "Succeeded" else 1)
-        if code == 0 and msg.get("reason") == "Preempted":
+        if code == 0 and msg is not None and msg.reason == "Preempted":
             v.preempted_by = v.preempted_by or "trainer"
-            if rank_of(p) == 0 and isinstance(msg.get("checkpoint"), dict):
-                v.stopped_checkpoint = msg["checkpoint"]
-        elif code == 0 and not deleting and rank_of(p) == 0 and v.completed is None:
-            v.completed = msg
+            if rank_of(p) == 0 and msg.checkpoint is not None:
+                v.stopped_checkpoint = msg.checkpoint
+        elif code == 0 and not deleting and rank_of(p) == 0 and not v.completed:
+            v.completed, v.summary = True, msg
         elif code != 0 and not v.failure and not v.preempted_by and not v.node_lost:
-            v.failure, v.failure_reason = _failure_cause(p, term or {}, msg)
+            v.failure, v.failure_reason = _failure_cause(p, term or {}, termination_detail(p))
             v.failed_pod, v.failed_rank = p["metadata"]["name"], rank_of(p)
             v.invalid_input = code == INVALID_INPUT_EXIT_CODE
-    if ever_ran and len(pods) < expected and not v.failure and v.completed is None \
+    if ever_ran and len(pods) < expected and not v.failure and not v.completed \
             and not v.node_lost:
         v.preempted_by = v.preempted_by or "deleted"
     return v
@@ -165,25 +166,24 @@ def pending_cause(pods: list[Pod]) -> str:
         return "its pods do not exist"
     for p in sorted(pods, key=rank_of):
         name = p["metadata"]["name"]
-        for cs in p.get("status", {}).get("containerStatuses") or []:
+        for cs in p["status"].get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting")
             if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
                 return (f"{waiting.get('reason')}: {str(waiting.get('message') or '')[:300]}"
                         f" (pod {name})")
-        for c in p.get("status", {}).get("conditions") or []:
+        for c in p["status"].get("conditions") or []:
             if c.get("type") == "PodScheduled" and c.get("status") == "False":
                 return (f"{c.get('reason') or 'Unschedulable'}: "
                         f"{str(c.get('message') or '')[:300]} (pod {name})")
     first = sorted(pods, key=rank_of)[0]
-    phase = first.get("status", {}).get("phase") or "Pending"
+    phase = first["status"].get("phase") or "Pending"
     return f"pod {first['metadata']['name']} is still {phase}"
 
 
-def _failure_cause(pod: Pod, term: dict[str, Any], msg: dict[str, Any]) -> tuple[str, str]:
+def _failure_cause(pod: Pod, term: dict[str, Any], detail: str) -> tuple[str, str]:
     code = term.get("exitCode", "unknown")
-    reason = term.get("reason") or pod.get("status", {}).get("reason") or "Error"
+    reason = term.get("reason") or pod["status"].get("reason") or "Error"
     what = f"pod {pod['metadata']['name']} exited with code {code} ({reason})"
-    detail = msg.get("message")
     if detail:
         what += f": {str(detail)[:400]}"
     label = "oom-killed" if reason == "OOMKilled" else "exit-code"
@@ -236,7 +236,8 @@ def apply_progress(st: FineTuneJobStatus, report: ProgressReport, attempt: int,
     return lost
 
 
-def apply_stopped_checkpoint(st: FineTuneJobStatus, checkpoint: dict[str, Any],
+def apply_stopped_checkpoint(st: FineTuneJobStatus,
+                             checkpoint: CheckpointReport | dict[str, Any],
                              now: dt.datetime | None = None) -> None:
     """The checkpoint a stopped trainer's termination message names, when newer than the one
     the status holds: the report sent after that save may not have reached this operator (it
@@ -275,11 +276,12 @@ def _checkpoint(st: FineTuneJobStatus, ck: CheckpointReport | dict[str, Any] | N
                             save_seconds=_num(ck, "saveSeconds"))
 
 
-def output_from(msg: dict[str, Any]) -> OutputStatus:
-    metrics = {k: float(v) for k, v in (msg.get("metrics") or {}).items()
-               if isinstance(v, int | float) and not isinstance(v, bool)}
-    return OutputStatus(adapter_path=str(msg.get("adapterPath") or ""),
-                        merged_path=str(msg.get("mergedPath") or ""), metrics=metrics)
+def output_from(msg: TerminationMessage | None) -> OutputStatus:
+    """The status's output: what the completed trainer's message names (empty without one)."""
+    if msg is None:
+        return OutputStatus(adapter_path="", merged_path="", metrics={})
+    return OutputStatus(adapter_path=msg.adapter_path, merged_path=msg.merged_path,
+                        metrics={k: float(v) for k, v in msg.metrics.items()})
 
 
 # ------------------------------------------------------------------------ conditions

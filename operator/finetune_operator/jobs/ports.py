@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from finetune_operator.sweep.runner import SweepKube
 
 
+class Refused(Exception):
+    """The API server refused to create a child for a reason the user must fix (a quota, an
+    admission webhook, a policy, a missing namespace); ``str()`` is its message."""
+
+
 class JobKube(SweepKube, Protocol):
     """Exactly the API calls the job controller makes (its watches, its writes, its Lease),
     plus the sweep runner's (``SweepKube``), which it drives."""
-
-    # checked right before every write is sent: False raises ``kube.client.Fenced``
-    fence: Callable[[], bool]
 
     def list_raw(self, path: str, label_selector: str | None = None,
                  field_selector: str | None = None, page: int = 500,
@@ -36,14 +38,16 @@ class JobKube(SweepKube, Protocol):
 
     def delete_job(self, namespace: str, name: str, uid: str) -> bool: ...
 
-    def create_or_get(self, obj: dict[str, Any]) -> dict[str, Any]: ...
-
-    def create_or_patch(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+    def create_child(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create one child of an attempt, or return the object of that name that exists (a
+        Service of ours is merge-patched to ``obj``): the caller checks it is its own. Raises
+        :class:`Refused` when the API server refuses it for a reason the user must fix."""
+        ...
 
     def delete_pod(self, namespace: str, name: str, uid: str | None = None,
                    grace_seconds: int | None = None) -> bool: ...
 
-    def event(self, job: dict[str, Any], type_: str, reason: str, message: str,
+    def event(self, job: Mapping[str, Any], type_: str, reason: str, message: str,
               now: dt.datetime, kind: str = "FineTuneJob") -> None: ...
 
     def hold_lease(self, namespace: str, name: str, identity: str, duration_s: int,

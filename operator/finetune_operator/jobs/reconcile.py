@@ -20,7 +20,7 @@ from enum import StrEnum
 from finetune_api.job import FineTuneJob
 from finetune_api.status import FineTuneJobStatus, QueueStatus
 from finetune_api.times import parse_time, rfc3339, time_after
-from finetune_operator.admission.seam import JobDecision
+from finetune_operator.admission.seam import JobVerdict
 from finetune_operator.jobs.build.names import pod_name
 from finetune_operator.jobs.build.output import output_location
 from finetune_operator.jobs.build.output import summary as output_summary
@@ -124,7 +124,7 @@ def wants_admission(job: FineTuneJob, now: dt.datetime) -> bool:
     return retry is None or retry <= now
 
 
-def plan(job: FineTuneJob, pods: list[Pod], decision: JobDecision, ctx: Ctx) -> Plan:
+def plan(job: FineTuneJob, pods: list[Pod], decision: JobVerdict, ctx: Ctx) -> Plan:
     st = job.status.model_copy(deep=True)
     p = Plan(status=st)
     gen, now = job.metadata.generation, ctx.now
@@ -274,7 +274,7 @@ def due_at(job: FineTuneJob, st: FineTuneJobStatus, pods: list[Pod],
     return min(future) if future else None
 
 
-def _reconcile_active(p: Plan, job: FineTuneJob, current: list[Pod], decision: JobDecision,
+def _reconcile_active(p: Plan, job: FineTuneJob, current: list[Pod], decision: JobVerdict,
                       ctx: Ctx) -> None:
     st, now, gen = p.status, ctx.now, job.metadata.generation
     # pods missing while the attempt is only Admitted means "not created yet" (create them);
@@ -282,12 +282,12 @@ def _reconcile_active(p: Plan, job: FineTuneJob, current: list[Pod], decision: J
     view = observe(current, job.spec.resources.nodes, ever_ran=st.phase == "Running")
     stopping = st.phase == "Preempting" or job.spec.suspend or st.phase == "Suspended"
     admitted = parse_time(st.admitted_at) or now
-    if view.completed is not None:
+    if view.completed:
         _succeed(p, job, view, now)
     elif view.failure and not stopping and not view.preempted_by:
         _failed_attempt(p, job, view, ctx)
     elif view.node_lost and not stopping and st.phase != "Preempting":
-        _stop(p, job, view, JobDecision(preempt=f"{view.node_lost}; retried from the newest "
+        _stop(p, job, view, JobVerdict(preempt=f"{view.node_lost}; retried from the newest "
                                         "checkpoint, not counted as a failure"), now)
     elif stopping or view.preempted_by or decision.preempt:
         _stop(p, job, view, decision, now)
@@ -342,7 +342,7 @@ def _requeue_start(p: Plan, job: FineTuneJob, view: PodsView, cause: str, ctx: C
     _to_queue(p, job, "PodsNotReady", cause, now)
 
 
-def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobDecision,
+def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobVerdict,
           now: dt.datetime) -> None:
     """Graceful stop of the attempt (preemption or suspend); finish when no pod holds GPUs."""
     st, gen = p.status, job.metadata.generation
@@ -402,12 +402,12 @@ def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobDecision,
 
 def _succeed(p: Plan, job: FineTuneJob, view: PodsView, now: dt.datetime) -> None:
     st, gen = p.status, job.metadata.generation
-    msg = view.completed or {}
+    msg = view.summary
     _leave_active(st, now)
     st.phase, st.completion_time, st.output = "Succeeded", rfc3339(now), output_from(msg)
     st.start_time = st.start_time or rfc3339(now)
-    if isinstance(msg.get("finalStep"), int) and st.progress is not None:
-        st.progress.step = msg["finalStep"]
+    if msg is not None and st.progress is not None:
+        st.progress.step = msg.final_step
         total = st.progress.total_steps
         st.progress.summary = f"{st.progress.step}/{total}" if total else str(st.progress.step)
     where = output_location(job, st.output.adapter_path, st.output.merged_path)
@@ -490,7 +490,7 @@ def _to_queue(p: Plan, job: FineTuneJob, reason: str, message: str, now: dt.date
         p.events.append(("Normal", "Queued", "accepted; waiting for admission"))
 
 
-def _queued(p: Plan, job: FineTuneJob, decision: JobDecision, ctx: Ctx) -> None:
+def _queued(p: Plan, job: FineTuneJob, decision: JobVerdict, ctx: Ctx) -> None:
     st, now, gen = p.status, ctx.now, job.metadata.generation
     retry = parse_time(st.retry_after)
     if retry and retry > now:  # a stable text (no countdown) so the status is not rewritten

@@ -28,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from finetune_api.labels import MANAGED_BY_LABEL, MANAGED_BY_VALUE, POD_LABELS
 from finetune_api.quantity import count
 from finetune_operator.admission.snapshot import pod_requests
+from finetune_operator.reports.model import BadReport, parse_termination
 from finetune_operator.slim import (
     Counts,
     SlimCondition,
@@ -40,6 +41,7 @@ from finetune_operator.slim import (
     SlimPodStatus,
     SlimQuota,
     SlimQuotaSpec,
+    SlimTermination,
     SlimUsage,
 )
 
@@ -248,12 +250,20 @@ def slim_pod(pod: dict[str, Any]) -> SlimPod:
          "message": c.get("message")}
         for c in st.get("conditions") or []
         if c.get("type") in ("DisruptionTarget", "PodScheduled", "Ready")]
-    cstats: list[SlimContainerStatus] = [
-        {"name": c.get("name"), "state": c.get("state") or {},
-         "restartCount": c.get("restartCount", 0)}
-        for c in st.get("containerStatuses") or []]
+    cstats: list[SlimContainerStatus] = []
+    raw: str | None = None  # the first terminated container's message
+    for c in st.get("containerStatuses") or []:
+        state = dict(c.get("state") or {})
+        if isinstance(term := state.get("terminated"), dict) and term:
+            if raw is None:  # the container jobs/pods.py reads: the first terminated one
+                raw = str(term.get("message") or "")
+            state["terminated"] = {k: v for k, v in term.items() if k != "message"}
+        cstats.append({"name": c.get("name"), "state": state,
+                       "restartCount": c.get("restartCount", 0)})
     out_st: SlimPodStatus = {"phase": st.get("phase"), "conditions": conds,
                              "containerStatuses": cstats}
+    if raw:
+        out_st["termination"] = termination(raw)
     if st.get("reason"):
         out_st["reason"] = st["reason"]
     if st.get("message"):
@@ -262,6 +272,18 @@ def slim_pod(pod: dict[str, Any]) -> SlimPod:
     if containers := _requests(pod):
         out_spec["containers"] = containers
     return {"metadata": out_meta, "spec": out_spec, "status": out_st}
+
+
+def termination(raw: str) -> SlimTermination:
+    """A termination message, parsed strictly (reports/model.py) once, here: a message that
+    breaks the model is not kept (``rejected`` says why, for the report channel's count); plain
+    text (the log tail a crashed trainer leaves) is kept as its last 512 characters."""
+    rejected: list[BadReport] = []
+    parsed = parse_termination(raw, rejected.append)
+    tail = "" if parsed is not None or raw.lstrip().startswith("{") else "".join(
+        c for c in raw.strip()[-512:] if c.isprintable() or c == "\n")
+    bad = (rejected[0].reason, rejected[0].detail) if rejected else None
+    return {"parsed": parsed, "logTail": tail, "rejected": bad}
 
 
 def slim_usage(pod: dict[str, Any]) -> SlimUsage | None:

@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +26,7 @@ from finetune_api import GROUP, PLURAL, VERSION
 from finetune_api.sweep import SWEEP_PLURAL
 from finetune_api.times import parse_time
 from finetune_operator import metrics
+from finetune_operator.jobs.ports import Refused
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ _KIND_PATH = {"Pod": ("/api/v1", "pods"), "ConfigMap": ("/api/v1", "configmaps")
               "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURAL),
               "Lease": ("/apis/coordination.k8s.io/v1", "leases")}
 MERGE_PATCH = "application/merge-patch+json"
-# Writes that do not change the cluster's state: allowed to every replica (see Kube.fence).
+# Writes that do not change the cluster's state: allowed to every replica (see Kube's fence).
 UNFENCED = frozenset({"Lease", "tokenreviews", "subjectaccessreviews"})
 
 
@@ -64,6 +65,14 @@ class Unreachable(OSError):
 class Fenced(OSError):
     """A write refused before it was sent: this replica does not hold the leader Lease (any
     more). The leader that does will plan it again."""
+
+
+def api_message(e: ApiException) -> str:
+    """The API server's message of an error (its Status body), at most 300 characters."""
+    try:
+        return str(json.loads(e.body or "{}").get("message", ""))[:300]
+    except (ValueError, AttributeError, TypeError):
+        return str(e.body)[:300]
 
 
 def _no_read_retries() -> urllib3.Retry:
@@ -139,17 +148,20 @@ def _base(path: str) -> str:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient, timeout_seconds: float = 10.0) -> None:
+    """``fence`` is checked right before every write but the UNFENCED ones: the operator
+    passes its Lease's (``jobs/lease.py`` ``Fence.may_write``), so a deposed leader (paused
+    past its Lease) sends nothing; without one every write is sent (tools, tests)."""
+
+    def __init__(self, api: client.ApiClient, timeout_seconds: float = 10.0,
+                 fence: Callable[[], bool] = lambda: True) -> None:
         self.api = api
         self.timeout = timeout_seconds
         self.calls: Counter[str] = Counter()
-        # fencing, checked right before every write but the UNFENCED ones: the Controller sets
-        # it to its may_write, so a deposed leader (paused past its Lease) sends nothing
-        self.fence: Callable[[], bool] = lambda: True
+        self._fence = fence
 
     def _count(self, verb: str, resource: str) -> None:
         """Count a call about to be sent; a write while fenced raises Fenced instead."""
-        if verb in WRITE_VERBS and resource not in UNFENCED and not self.fence():
+        if verb in WRITE_VERBS and resource not in UNFENCED and not self._fence():
             raise Fenced(f"{verb} {resource}: this replica does not hold the leader Lease; "
                          "the write is left to the leader")
         self.calls[f"{verb} {resource}"] += 1
@@ -315,6 +327,18 @@ class Kube:
                                   content_type=MERGE_PATCH)
         return res
 
+    def create_child(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """An attempt's child (``jobs.ports.JobKube.create_child``): a Service is created or
+        patched, anything else created or read; a refusal the user must fix (quota, webhook,
+        policy: 400/403/404/422) raises ``Refused`` with the server's message."""
+        try:
+            return (self.create_or_patch(obj) if obj["kind"] == "Service"
+                    else self.create_or_get(obj))
+        except ApiException as e:
+            if e.status in (403, 400, 422, 404):
+                raise Refused(api_message(e) or str(e.reason)) from e
+            raise
+
     def delete_pod(self, namespace: str, name: str, uid: str | None = None,
                    grace_seconds: int | None = None) -> bool:
         """Graceful delete honouring the pod's grace period (grace_seconds=0: force, for a pod
@@ -333,7 +357,7 @@ class Kube:
                 return False
             raise
 
-    def event(self, job: dict[str, Any], type_: str, reason: str, message: str, now: dt.datetime,
+    def event(self, job: Mapping[str, Any], type_: str, reason: str, message: str, now: dt.datetime,
               kind: str = "FineTuneJob") -> None:
         """A Kubernetes Event on the FineTuneJob, or on a Pod with ``kind="Pod"`` (best effort:
         never fails the reconcile)."""

@@ -48,6 +48,11 @@ class Channel:
         reviews spending this channel's budget."""
         return CachedAccess(authorize, self.budget)
 
+    def listen(self) -> None:
+        """Start answering (after ``start_channel(..., listen=False)``: once ``on_report``'s
+        receiver exists)."""
+        self.server.start()
+
     def stop(self) -> None:
         self.server.stop()
 
@@ -79,10 +84,12 @@ def serving_cert(settings: OperatorSettings, url: str) -> tls.ServingCert:
 def start_channel(settings: OperatorSettings, token_review: TokenReview, on_report: OnReport,
                   pod_namespace: str | None = None, host: str = "0.0.0.0",
                   port: int | None = None,
-                  rejections: Rejections | None = None) -> Channel:
+                  rejections: Rejections | None = None, listen: bool = True) -> Channel:
     """Start the HTTPS report server in background threads. ``token_review`` is
     ``Kube.token_review``; ``on_report(pod, report)`` is called from server threads with each
-    report that passed every check. ``pod_namespace`` defaults to ``$POD_NAMESPACE``."""
+    report that passed every check. ``pod_namespace`` defaults to ``$POD_NAMESPACE``. With
+    ``listen=False`` the port is bound (the config names it) but no request is answered until
+    ``Channel.listen()``."""
     if pod_namespace is None:
         pod_namespace = os.environ.get("POD_NAMESPACE") or None
     url = settings.resolved_report_url(pod_namespace)
@@ -94,7 +101,9 @@ def start_channel(settings: OperatorSettings, token_review: TokenReview, on_repo
     server = ReportServer(host, settings.reports.report_port if port is None else port,
                           cert.cert_file, cert.key_file, auth, on_report, rejections=rejections,
                           max_per_address=settings.reports.report_max_connections_per_address,
-                          timeout=settings.reports.report_request_timeout_seconds).start()
+                          timeout=settings.reports.report_request_timeout_seconds)
+    if listen:
+        server.start()
     if port is not None:  # e.g. 0 in tests: trainers dial the port actually bound
         settings = settings.replace(report_port=server.port)
     return Channel(server, report_config(settings, cert.ca_pem, pod_namespace), auth,

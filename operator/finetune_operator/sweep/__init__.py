@@ -2,10 +2,10 @@
 (``SweepRunner``) that the operator's scheduling cycle calls with its cached objects."""
 
 from finetune_operator.sweep.expand import SweepInvalid, Trial, expand, parameter_sets, trial_name
-from finetune_operator.sweep.plan import SweepPlan, plan_sweep, rank_trials
+from finetune_operator.sweep.plan import SweepPlan, TrialJob, plan_sweep, rank_trials
 from finetune_operator.sweep.runner import SweepRunner, SyncResult
 
 __all__ = [
-    "SweepInvalid", "SweepPlan", "SweepRunner", "SyncResult", "Trial", "expand",
+    "SweepInvalid", "SweepPlan", "SweepRunner", "SyncResult", "Trial", "TrialJob", "expand",
     "parameter_sets", "plan_sweep", "rank_trials", "trial_name",
 ]

@@ -15,6 +15,7 @@ to continue it). The sweep Succeeded when every trial exists and is finished.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,6 +42,44 @@ from finetune_api.times import parse_time
 from finetune_operator.sweep.expand import SweepInvalid, Trial, expand, trial_name
 
 FINISHED_JOB_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """A FineTuneJob as the planner reads it: its name, namespace and owners' uids, and its
+    model parsed once (the operator's job cache parses each job once per resourceVersion and
+    hands these in: ``jobs/feeds.py`` ``JobEntry.trial``); ``job`` is None when it does not
+    parse (a foreign shape is not the planner's to read)."""
+
+    namespace: str
+    name: str
+    owners: frozenset[str]
+    job: FineTuneJob | None
+
+    @classmethod
+    def of(cls, body: dict[str, Any], job: FineTuneJob | None) -> TrialJob:
+        """``job``: ``body`` already parsed (None: it did not parse)."""
+        meta = body.get("metadata") or {}
+        return cls(namespace=str(meta.get("namespace", "")), name=str(meta.get("name")),
+                   owners=frozenset(str(r.get("uid")) for r in meta.get("ownerReferences") or []
+                                    if r.get("uid")),
+                   job=job)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> TrialJob:
+        """A body not parsed yet (one the API server just returned for a creation)."""
+        try:
+            job: FineTuneJob | None = FineTuneJob.from_body(body)
+        except (ValidationError, KeyError, TypeError):
+            job = None
+        return cls.of(body, job)
+
+
+Jobs = Sequence[TrialJob | dict[str, Any]]  # parsed once, or bodies (parsed here)
+
+
+def trial_jobs(jobs: Jobs) -> list[TrialJob]:
+    return [j if isinstance(j, TrialJob) else TrialJob.from_body(j) for j in jobs]
 
 
 @dataclass
@@ -176,11 +215,11 @@ def rank_trials(sweep: FineTuneSweep, trials: list[TrialStatus]) -> list[TrialSt
                                          t.index))
 
 
-def plan_sweep(sweep: FineTuneSweep, jobs: list[dict[str, Any]], now: datetime,
+def plan_sweep(sweep: FineTuneSweep, jobs: Jobs, now: datetime,
                create: bool = True) -> SweepPlan:
-    """The sweep's next step. ``jobs``: FineTuneJob bodies of the sweep's namespace (others are
-    ignored); only those owned by the sweep's uid count as its trials. ``create=False``: the
-    status of what exists, planning no creation."""
+    """The sweep's next step. ``jobs``: the FineTuneJobs of the sweep's namespace (others are
+    ignored), parsed (:class:`TrialJob`) or bodies; only those owned by the sweep's uid count
+    as its trials. ``create=False``: the status of what exists, planning no creation."""
     m = sweep.metadata
     old = sweep.status.to_wire()
     plan = SweepPlan()
@@ -188,11 +227,10 @@ def plan_sweep(sweep: FineTuneSweep, jobs: list[dict[str, Any]], now: datetime,
         trials = expand(sweep.spec)
     except SweepInvalid as e:
         return _finish(plan, old, _invalid(sweep, str(e), now))
-    by_name: dict[str, dict[str, Any]] = {}
-    for body in jobs:
-        meta = body.get("metadata") or {}
-        if meta.get("namespace", m.namespace) == m.namespace:
-            by_name[str(meta.get("name"))] = body
+    by_name: dict[str, TrialJob] = {}
+    for tj in trial_jobs(jobs):
+        if tj.namespace in (m.namespace, ""):
+            by_name[tj.name] = tj
     children: dict[int, FineTuneJob] = {}
     conflicts: list[str] = []
     for t in trials:
@@ -200,13 +238,11 @@ def plan_sweep(sweep: FineTuneSweep, jobs: list[dict[str, Any]], now: datetime,
         found = by_name.get(name)
         if found is None:
             continue
-        if not owned_by(found, m.uid):
+        if not (m.uid and m.uid in found.owners):
             conflicts.append(name)
             continue
-        try:
-            children[t.index] = FineTuneJob.from_body(found)
-        except ValidationError:
-            continue  # a trial the API server stored is valid; a foreign shape is not ours
+        if found.job is not None:  # a trial the API server stored is valid; a foreign shape
+            children[t.index] = found.job  # is not ours
     statuses: list[TrialStatus] = []
     for t in trials:
         job = children.get(t.index)

@@ -1,10 +1,11 @@
 """Thin executor of the sweep plans: parse at the edge, plan (pure), write only what changed.
 
 The operator's scheduling cycle calls ``SweepRunner(kube).sync(sweeps, jobs, now)`` with the
-FineTuneSweep and FineTuneJob bodies of its watch-fed cache. Per sweep: creations first (the
-trials go through the same queue, quotas and priorities as any FineTuneJob), then early stops,
-then one status patch, only when the status differs from what is stored. A sweep that needs
-nothing costs no API call.
+FineTuneSweep bodies of its watch-fed cache and the trials its job cache already parsed
+(``TrialJob``: each FineTuneJob is parsed once per resourceVersion, not once per sync). Per
+sweep: creations first (the trials go through the same queue, quotas and priorities as any
+FineTuneJob), then early stops, then one status patch, only when the status differs from what
+is stored. A sweep that needs nothing costs no API call.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from finetune_api.labels import EARLY_STOP_ANNOTATION
 from finetune_api.sweep import FineTuneSweep
 from finetune_operator import metrics
 from finetune_operator.sweep.plan import (
+    Jobs,
     SweepPlan,
+    TrialJob,
     invalid_status,
     owned_by,
     plan_sweep,
+    trial_jobs,
 )
 
 log = logging.getLogger(__name__)
@@ -57,12 +61,12 @@ class SweepRunner:
     def __init__(self, kube: SweepKube) -> None:
         self.kube = kube
 
-    def sync(self, sweep_bodies: list[dict[str, Any]], job_bodies: list[dict[str, Any]],
+    def sync(self, sweep_bodies: list[dict[str, Any]], job_bodies: Jobs,
              now: datetime) -> SyncResult:
         out = SyncResult()
-        by_ns: dict[str, list[dict[str, Any]]] = {}
-        for body in job_bodies:
-            by_ns.setdefault((body.get("metadata") or {}).get("namespace", ""), []).append(body)
+        by_ns: dict[str, list[TrialJob]] = {}
+        for tj in trial_jobs(job_bodies):
+            by_ns.setdefault(tj.namespace, []).append(tj)
         seen: list[FineTuneSweep] = []
         for body in sweep_bodies:
             meta = body.get("metadata") or {}
@@ -83,7 +87,7 @@ class SweepRunner:
         metrics.observe_sweeps([(s, out.plans[s.key]) for s in seen])
         return out
 
-    def _execute(self, sweep: FineTuneSweep, plan: SweepPlan, jobs: list[dict[str, Any]],
+    def _execute(self, sweep: FineTuneSweep, plan: SweepPlan, jobs: list[TrialJob],
                  now: datetime, out: SyncResult) -> SweepPlan:
         ns = sweep.metadata.namespace
         seen: dict[str, dict[str, Any]] = {}
@@ -100,7 +104,7 @@ class SweepRunner:
             # The view may have been stale (a restart, a lagging watch): the status tells what
             # the creations found (a foreign job is a conflict, not a queued trial); any further
             # creation waits for the next cycle.
-            known = [j for j in jobs if (j.get("metadata") or {}).get("name") not in seen]
+            known: list[TrialJob | dict[str, Any]] = [j for j in jobs if j.name not in seen]
             status = plan_sweep(sweep, known + list(seen.values()), now, create=False).status
             plan.status, plan.status_changed = status, status != sweep.status.to_wire()
         for name, uid, why in plan.stops:

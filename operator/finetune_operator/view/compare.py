@@ -3,9 +3,10 @@ compare|describe NAME`` and ``kubectl finetune compare JOB...``.
 
 A row: rank, job, phase, the parameters that distinguish it (a sweep's trial parameters, or the
 spec fields that differ among the compared jobs), its metrics (``status.output.metrics``), the
-GPU-hours it held (GPUs x wall-clock hours since its first start: to completion, or until now
-while it runs; preempted time included) and its preemptions. The table: which parameter and
-metric columns to show, in which order, under which label.
+GPU-hours it held so far (GPUs x wall-clock hours since its first start: to completion, or
+until now while it runs; preempted time included; a sweep's ``status.trials[].gpuHours`` is
+instead set once a trial completes) and its preemptions. The table: which parameter and metric
+columns to show, in which order, under which label.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def _get(doc: Any, path: str) -> Any:
     return doc
 
 
-def gpu_hours(job: Obj, now: dt.datetime) -> float | None:
+def gpu_hours_so_far(job: Obj, now: dt.datetime) -> float | None:
+    """GPUs x wall-clock hours from the first start to completion, or to ``now`` until then."""
     st = job.get("status") or {}
     start = parse_time(st.get("startTime"))
     if start is None:
@@ -121,7 +123,7 @@ def compare_rows(jobs: Sequence[Obj], now: dt.datetime, metric: str, minimize: b
             name=name, namespace=meta.get("namespace"), phase=phase_of(job),
             parameters=params, metric=metric, value=metrics.get(metric),
             metrics=metrics, step=progress.get("step"), loss=progress.get("loss"),
-            gpuHours=gpu_hours(job, now), preemptions=int(st.get("preemptions") or 0),
+            gpuHours=gpu_hours_so_far(job, now), preemptions=int(st.get("preemptions") or 0),
             rank=None))
     sign = 1.0 if minimize else -1.0
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
 from finetune_api.quantity import quantity
+from finetune_api.spec import DEFAULT_GPU_RESOURCE
 from finetune_operator.view.jobs import Job, phase_of, priority_of, spec_of, status_of, total_gpus
 
 # Phases whose pods hold GPUs (the same set as the operator's metrics).
@@ -45,12 +46,40 @@ def _quantity(value: Any) -> float | None:
         return None
 
 
+def _hard(quota: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (quota.get("status") or {}).get("hard") or (quota.get("spec") or {}).get("hard") or {}
+
+
+def _limited_resource(key: str) -> str | None:
+    """The extended resource a ResourceQuota key ``requests.<domain>/<name>`` limits."""
+    return key.removeprefix("requests.") if key.startswith("requests.") and "/" in key else None
+
+
+def _named_resource(job: Job) -> str | None:
+    return (spec_of(job).get("resources") or {}).get("gpuResource") or None
+
+
+def inferred_default_gpu_resource(jobs: Iterable[Job],
+                                  quotas: Iterable[Mapping[str, Any]]) -> str:
+    """The GPU resource that jobs naming no ``resources.gpuResource`` count under, as far as
+    what the CLI reads tells (it has no operator settings): the one resource the ResourceQuotas
+    limit; else, with no quota on any, the one resource the jobs name; else the API's default
+    (``DEFAULT_GPU_RESOURCE``), also when several resources say different things."""
+    limited = {r for q in quotas for r in map(_limited_resource, _hard(q)) if r}
+    named = limited or {r for r in map(_named_resource, jobs) if r}
+    return next(iter(named)) if len(named) == 1 else DEFAULT_GPU_RESOURCE
+
+
 def top_rows(jobs: Iterable[Job], quotas: Iterable[Mapping[str, Any]],
-             default_gpu_resource: str = "nvidia.com/gpu",
+             default_gpu_resource: str | None = None,
              namespaces: Iterable[str] = ()) -> list[TopRow]:
     """Per (namespace, GPU resource), in that order. ``namespaces`` are always listed (e.g.
     the one asked for with -n), even when empty; jobs that name no ``resources.gpuResource``
-    count under ``default_gpu_resource``."""
+    count under ``default_gpu_resource`` (None: the one the quotas and jobs tell, see
+    :func:`inferred_default_gpu_resource`)."""
+    jobs, quotas = list(jobs), list(quotas)
+    if default_gpu_resource is None:
+        default_gpu_resource = inferred_default_gpu_resource(jobs, quotas)
     rows: dict[tuple[str, str], TopRow] = {}
 
     def row(ns: str, res: str) -> TopRow:
@@ -62,12 +91,12 @@ def top_rows(jobs: Iterable[Job], quotas: Iterable[Mapping[str, Any]],
         row(ns, default_gpu_resource)
     for q in quotas:
         ns = (q.get("metadata") or {}).get("namespace", "")
-        hard = (q.get("status") or {}).get("hard") or (q.get("spec") or {}).get("hard") or {}
         used = (q.get("status") or {}).get("used") or {}
-        for key, value in hard.items():
-            if not key.startswith("requests.") or "/" not in key:
+        for key, value in _hard(q).items():
+            res = _limited_resource(key)
+            if res is None:
                 continue
-            r = row(ns, key.removeprefix("requests."))
+            r = row(ns, res)
             h, u = _quantity(value), _quantity(used.get(key))
             if h is not None:
                 r["quotaHard"] = h if r["quotaHard"] is None else min(r["quotaHard"], h)
@@ -75,8 +104,7 @@ def top_rows(jobs: Iterable[Job], quotas: Iterable[Mapping[str, Any]],
                 r["quotaUsed"] = u if r["quotaUsed"] is None else max(r["quotaUsed"], u)
     for j in jobs:
         ns = (j.get("metadata") or {}).get("namespace", "")
-        res = (spec_of(j).get("resources") or {}).get("gpuResource") or default_gpu_resource
-        r, phase = row(ns, res), phase_of(j)
+        r, phase = row(ns, _named_resource(j) or default_gpu_resource), phase_of(j)
         if phase in ALLOCATED_PHASES:
             r["allocated"] += total_gpus(j)
             r["running"] += 1

@@ -26,12 +26,14 @@ class World:
         self.settings = make_settings(allowed_priority_classes=CLASSES,
                                       min_runtime_before_preemption_seconds=60)
         self.nodes = [gpu_node("node-0", gpus)]
+        self.rejected: list[tuple[str, str]] = []  # (namespace/pod, reason) of bad messages
         self.ctrl = self.controller()
 
     def controller(self) -> Controller:
         """A Controller (a new one: an operator restart) on caches filled from the fake."""
         ctrl = Controller(self.kube, self.settings, namespace="ops", identity="test",
-                          clock=self.clock)
+                          clock=self.clock, on_termination=lambda pod, bad: self.rejected.append(
+                              (pod, bad.reason)))
         ctrl.lease.grant(10**6)
         load(ctrl, self.kube, self.nodes)
         return ctrl
@@ -56,10 +58,12 @@ class World:
         pod["status"] = {"phase": "Running", "containerStatuses": [
             {"name": "trainer", "state": {"running": {}}}]}
 
-    def fail_pod(self, name: str, exit_code: int = 1) -> None:
+    def fail_pod(self, name: str, exit_code: int = 1, message: str | None = None) -> None:
+        term: dict[str, Any] = {"exitCode": exit_code, "reason": "Error"}
+        if message is not None:
+            term["message"] = message
         self.pod(name)["status"] = {"phase": "Failed", "containerStatuses": [
-            {"name": "trainer", "state": {"terminated": {"exitCode": exit_code,
-                                                         "reason": "Error"}}}]}
+            {"name": "trainer", "state": {"terminated": term}}]}
 
     def gone(self, name: str) -> None:
         """The pod finished terminating (after the delete the operator sent)."""
@@ -183,6 +187,20 @@ def test_a_failed_pod_retries_with_backoff_then_fails_the_job(worlds: list[World
     assert st["phase"] == "Failed" and st["failures"] == 2
     failed = next(c for c in st["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "BackoffLimitExceeded"
+
+
+def test_a_bad_termination_message_is_rejected_once_and_never_reaches_the_status(
+        worlds: list[World]) -> None:
+    w = running_world(worlds, job_body("bot"))
+    w.fail_pod("bot-a1-0", message='{"reason": "Nope", "message": "tenant text"}')
+    w.cycle()
+    assert w.rejected == [("team-a/bot-a1-0", "invalid")]
+    conds = w.status("bot").get("conditions") or []
+    assert not any("tenant text" in str(c.get("message")) for c in conds)
+    # the pod changes again (being deleted), its message does not: not counted again
+    w.pod("bot-a1-0")["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    w.cycle()
+    assert w.rejected == [("team-a/bot-a1-0", "invalid")]
 
 
 def test_a_restarted_operator_with_running_jobs_writes_nothing(worlds: list[World]) -> None:
