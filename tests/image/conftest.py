@@ -78,6 +78,22 @@ class Image:
         return Contents(got["importable"], frozenset(got["distributions"]),
                         frozenset(got["pip"]), tuple(got["dirs"]))
 
+    def assert_carries_only(self, carried: dict[str, str], not_carried: dict[str, str],
+                            dockerfile: str) -> None:
+        """``carried``/``not_carried``: module -> distribution. Each carried one imports and is
+        installed; no other is, and the only finetune_* packages on disk are the carried ones."""
+        got = self.contents(*not_carried, *carried)
+        for module, dist in carried.items():  # the probe sees what is there
+            assert got.importable[module], f"{module} does not import in {self.ref}"
+            assert dist in got.distributions and dist in got.pip, (dist, sorted(got.distributions))
+        for module, dist in not_carried.items():
+            assert not got.importable[module], (
+                f"{self.ref} carries {module}: rebuild it with `make images` ({dockerfile})")
+            assert dist not in got.distributions and dist not in got.pip, (
+                f"{self.ref} has the distribution {dist} installed")
+        ours = {m for m in carried if m.startswith("finetune_")}
+        assert got.packages_on_disk() == ours, got.dirs
+
     def inspect(self) -> dict[str, Any]:
         return dict(json.loads(podman("image", "inspect", self.ref).stdout)[0])
 

@@ -45,16 +45,8 @@ CARRIED = {"finetune_api": "finetune-api", "finetune_operator": "finetune-operat
 
 
 def test_carries_the_operator_and_the_api_only(operator_image: Image) -> None:
-    got = operator_image.contents(*NOT_CARRIED, *CARRIED)
-    for module, dist in CARRIED.items():  # the probe sees what is there
-        assert got.importable[module], f"{module} does not import in {operator_image.ref}"
-        assert dist in got.distributions and dist in got.pip, (dist, sorted(got.distributions))
-    for module, dist in NOT_CARRIED.items():
-        assert not got.importable[module], f"{operator_image.ref} carries {module}: rebuild it " \
-            "with `make images` (Dockerfile.operator installs ./api ./operator only)"
-        assert dist not in got.distributions and dist not in got.pip, (
-            f"{operator_image.ref} has the distribution {dist} installed")
-    assert got.packages_on_disk() == {"finetune_api", "finetune_operator"}, got.dirs
+    operator_image.assert_carries_only(CARRIED, NOT_CARRIED,
+                                       "Dockerfile.operator installs ./api ./operator only")
 
 
 def test_help_answers(operator_image: Image) -> None:

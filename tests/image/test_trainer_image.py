@@ -88,16 +88,8 @@ CARRIED = {"finetune_api": "finetune-api", "finetune_trainer": "finetune-trainer
 
 
 def test_carries_the_trainer_and_the_api_only(trainer_image: Image) -> None:
-    got = trainer_image.contents(*NOT_CARRIED, *CARRIED)
-    for module, dist in CARRIED.items():  # the probe sees what is there
-        assert got.importable[module], f"{module} does not import in {trainer_image.ref}"
-        assert dist in got.distributions and dist in got.pip, (dist, sorted(got.distributions))
-    for module, dist in NOT_CARRIED.items():
-        assert not got.importable[module], f"{trainer_image.ref} carries {module}: rebuild it " \
-            "with `make images` (Dockerfile.trainer installs ./api ./trainer[gpu] only)"
-        assert dist not in got.distributions and dist not in got.pip, (
-            f"{trainer_image.ref} has the distribution {dist} installed")
-    assert got.packages_on_disk() == {"finetune_api", "finetune_trainer"}, got.dirs
+    trainer_image.assert_carries_only(CARRIED, NOT_CARRIED,
+                                      "Dockerfile.trainer installs ./api ./trainer[gpu] only")
 
 
 
