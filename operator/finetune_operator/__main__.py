@@ -51,12 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         controller.feeds.on_report(who, report)
 
     # bound, not answering yet: the trainer config names its port and CA, and the Controller
-    # that hears its reports is built next; it listens from then on
+    # that hears its reports is built next; it listens once every handler is wired (below)
     channel = start_channel(settings, kube.token_review, on_report, rejections=rejections,
                             listen=False)
     controller = Controller(kube, settings, clock=clock, fence=fence,
                             report_config=channel.config, on_termination=rejections.reject)
-    channel.listen()
     lifecycle.install(controller)
     # /metrics over HTTPS (the report channel's certificate unless it has its own), for
     # bearer tokens allowed to get /metrics (TokenReview + SubjectAccessReview, cached)
@@ -71,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.serve(endpoints, settings.endpoints.health_port)  # /healthz, /readyz (plain HTTP: probes)
     channel.server.on_get = endpoints.visibility  # the queue, over the report port's TLS
     channel.server.serving = controller.may_write  # a standby sends clients on to the leader
+    channel.listen()
     kopf.run(
         standalone=True,
         clusterwide=not settings.admission.namespaces,
