@@ -30,6 +30,7 @@ from finetune_operator.http.identity import (
 from finetune_operator.http.limits import BudgetSpent, CachedAccess, ReviewBudget
 from finetune_operator.http.reports import ReportServer
 from finetune_operator.http.server import Endpoints
+from finetune_operator.kube.cache import termination as slim_termination
 from finetune_operator.metrics import REGISTRY
 from finetune_operator.reports.model import REJECT_REASONS, BadReport, ProgressReport
 from finetune_operator.reports.rejects import Rejections
@@ -523,10 +524,14 @@ def test_start_channel_serves_what_the_trainer_config_says(tmp_path: Path) -> No
         before = rejected("unknown-pod")
         assert client.post(b'{"step": 1}', token=token_b)[0] == 403
         assert rejected("unknown-pod") == before + 1 and list(got) == [A.uid]
+        # termination messages: parsed once by the cache, a rejection counted by the channel's
+        # Rejections (what __main__ hands the Controller as on_termination)
         before = rejected("invalid")
-        assert channel.termination("team-a/bot-a1-0", '{"reason": "Nope"}') is None
+        bad = slim_termination('{"reason": "Nope"}')
+        assert bad["parsed"] is None and bad["rejected"] is not None
+        channel.rejections.reject("team-a/bot-a1-0", BadReport(*bad["rejected"]))
         assert rejected("invalid") == before + 1
-        done = channel.termination("team-a/bot-a1-0", '{"reason": "Completed"}')
+        done = slim_termination('{"reason": "Completed"}')["parsed"]
         assert done is not None and done.reason == "Completed"
     finally:
         channel.stop()

@@ -21,8 +21,6 @@ from finetune_operator.http.limits import Authorize, CachedAccess, ReviewBudget
 from finetune_operator.http.reports import OnReport, ReportServer
 from finetune_operator.reports.model import (
     BadReport,
-    TerminationMessage,
-    parse_termination,
 )
 from finetune_operator.reports.rejects import Rejections
 from finetune_operator.settings import OperatorSettings, env_name
@@ -37,11 +35,6 @@ class Channel:
     authenticator: TokenAuthenticator
     rejections: Rejections
     budget: ReviewBudget  # every TokenReview/SubjectAccessReview of the port spends it
-
-    def termination(self, pod_key: str, raw: str) -> TerminationMessage | None:
-        """:func:`~.model.parse_termination` whose rejections are counted and logged once
-        for ``pod_key`` (``namespace/pod``)."""
-        return parse_termination(raw, lambda bad: self.rejections.reject(pod_key, bad))
 
     def cached_access(self, authorize: Authorize) -> CachedAccess:
         """``authorize`` (e.g. ``Kube.may_list_jobs``) with a short cache of its answers, its
