@@ -95,6 +95,33 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     CLOCK.record(report)
 
 
+LOG_OFFSET = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    """Remember where the module's operator log stood when this test's body started."""
+    op = getattr(item, "funcargs", {}).get("operator")
+    if op is not None and getattr(op, "log_path", None) is not None and op.log_path.exists():
+        item.stash[LOG_OFFSET] = op.log_path.stat().st_size
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> pytest.TestReport:
+    """A failed test that ran against the operator process carries what the operator logged
+    while it ran (the last 12,000 characters): a failure in CI can be read without a rerun."""
+    report: pytest.TestReport = yield
+    if report.when == "call" and report.failed and LOG_OFFSET in item.stash:
+        op = item.funcargs["operator"]  # type: ignore[attr-defined]
+        with open(op.log_path, "rb") as f:
+            f.seek(item.stash[LOG_OFFSET])
+            text = f.read().decode(errors="replace")
+        report.sections.append(("operator log while the test ran (tail)", text[-12000:]))
+    return report
+
+
 def tier_summary(times: dict[str, TierTime], wall: float) -> list[str]:
     """Lines of the per-tier table: tests, summed setup+call+teardown, and the wall-clock span
     from the tier's first test start to its last test end."""

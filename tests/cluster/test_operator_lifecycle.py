@@ -94,10 +94,16 @@ def test_failures_retry_with_backoff_then_fail_with_cause(
     sel = gpu_nodes(1, 4)
     ns = make_namespace()
     cluster.apply(ftj("flaky", 1, "finetune-normal", sel, backoffLimit=1), ns)
+    seen: dict = {}
     for attempt in (1, 2):
-        wait_for(f"attempt {attempt} running", lambda a=attempt: (
-            lambda s: s.get("phase") == "Running" and s.get("attempt") == a)(
-            job_status(cluster, ns, "flaky")), 30)
+        def running(a: int = attempt) -> bool:
+            seen.clear()
+            seen.update(job_status(cluster, ns, "flaky"))
+            return seen.get("phase") == "Running" and seen.get("attempt") == a
+        try:
+            wait_for(f"attempt {attempt} running", running, 30)
+        except AssertionError as e:  # the status says where it stopped
+            raise AssertionError(f"{e}; status: {seen}") from None
         pod = job_pods(cluster, ns, "flaky")
         running = next(p for p in pod if p["status"].get("phase") == "Running")
         finish_pod(cluster, ns, running["metadata"]["name"], 137, "OOMKilled")
