@@ -435,7 +435,7 @@ def test_logs_unavailable_message() -> None:
     assert "the cluster cannot serve the logs of pod team-a/bot-a2-0 (node gpu-node-0" in kwok
     assert "kubelet must be reachable" in kwok
     agent = logs_unavailable(pod, "trainer", 502, "dial tcp 127.0.0.1:10250: refused", "/agent")
-    assert "is a local node agent, which serves no logs" in agent
+    assert "is a local node agent whose log endpoint did not answer" in agent
     assert agent.endswith(": /agent/pods/team-a_bot-a2-0_u1/trainer.log")
     waiting = logs_unavailable(pod, "trainer", 400, 'container "trainer" is waiting to start: '
                                "ContainerCreating", None)

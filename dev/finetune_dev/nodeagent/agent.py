@@ -13,7 +13,7 @@ import logging
 import shutil
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 from kubernetes import client, watch
 
 from finetune_dev.nodeagent import podapi, runner, volumes
+from finetune_dev.nodeagent.logserver import LogServer
 from finetune_dev.nodeagent.node import NodeSpec, heartbeat, register
 from finetune_dev.nodeagent.paths import log_path, pod_dir, termination_file
 from finetune_dev.nodeagent.pod_status import Exit, Started, exit_code, failed_patch, observed_patch
@@ -100,6 +101,8 @@ class NodeAgent:
             if reaped:
                 log.warning("stopped %d process(es) left by a previous agent: %s", len(reaped),
                             reaped)
+            logs = self._log_server()
+            spec = self.cfg.node = replace(spec, log_port=logs.port)
             self.node_uid = register(self.core, spec)
             heartbeat(self.core, self.coord, spec, self.node_uid, utcnow(), self.since,
                       self.version)
@@ -108,6 +111,23 @@ class NodeAgent:
                 threading.Thread(target=target, daemon=True, name=target.__name__).start()
             stop.wait()
             self.shutdown()
+            logs.stop()
+
+    def _log_server(self) -> LogServer:
+        """The kubelet log endpoint for this node's pods (a fresh self-signed certificate: the
+        API server does not verify it)."""
+        from finetune_operator.http import tls
+
+        cert = tls.generate(["127.0.0.1"], self.cfg.root / "nodes" / f"{self.cfg.node.name}-tls")
+        server = LogServer(self.cfg.root, cert.cert_file, cert.key_file, self._running)
+        server.start()
+        return server
+
+    def _running(self, namespace: str, pod: str, container: str) -> bool:
+        """Whether that container of a pod of this node still runs (its log may still grow)."""
+        with self.lock:
+            runs = [r for r in self.runs.values() if r.key == f"{namespace}/{pod}"]
+        return any(container in r.procs and container not in r.exits for r in runs)
 
     def shutdown(self) -> None:
         """Stop every container (SIGTERM, its grace period, SIGKILL) and report it."""

@@ -30,6 +30,9 @@ class NodeSpec:
     # the agent's --root, annotated on the Node so `kubectl finetune logs` can say where the
     # container logs are (the agent serves no logs API)
     root: str = ""
+    # the agent's log endpoint (logserver.py), published as the kubelet port: the API server
+    # serves `kubectl logs` from it. 0: none
+    log_port: int = 0
 
     def capacity(self) -> dict[str, str]:
         return {"cpu": self.cpu, "memory": self.memory, "pods": self.pods,
@@ -55,10 +58,15 @@ def node_status(spec: NodeSpec, now: datetime, since: datetime, version: str) ->
         return {"type": kind, "status": "True" if ok else "False", "reason": reason,
                 "message": message, "lastHeartbeatTime": ts(now), "lastTransitionTime": ts(since)}
 
+    endpoints = {"daemonEndpoints": {"kubeletEndpoint": {"Port": spec.log_port}}} \
+        if spec.log_port else {}
     return {"status": {
+        **endpoints,
         "capacity": spec.capacity(), "allocatable": spec.capacity(),
-        "addresses": [{"type": "InternalIP", "address": POD_IP},
-                      {"type": "Hostname", "address": spec.name}],
+        # InternalIP only: the API server dials the first of Hostname, InternalDNS, InternalIP
+        # for logs, and the node's name does not resolve ("$patch": the list is replaced, so a
+        # Hostname address an older agent wrote goes)
+        "addresses": [{"$patch": "replace"}, {"type": "InternalIP", "address": POD_IP}],
         "conditions": [
             cond("Ready", True, "KubeletReady", "finetune node agent is posting ready status"),
             cond("MemoryPressure", False, "KubeletHasSufficientMemory", "not measured"),

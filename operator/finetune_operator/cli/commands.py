@@ -290,7 +290,8 @@ def logs_unavailable(pod: dict, container: str, status: int, detail: str,
         # the agent's layout (docs/node-agent.md): <root>/pods/<ns>_<pod>_<uid>/<container>.log
         path = (f"{agent_root or '<agent root>'}/pods/{meta.get('namespace')}_{meta['name']}_"
                 f"{meta.get('uid', '')}/{container}.log")
-        return (msg + f"; node {node} is a local node agent, which serves no logs: read the "
+        return (msg + f"; node {node} is a local node agent whose log endpoint did not "
+                f"answer (an agent older than its log endpoint, or stopped): read the "
                 f"container's log file on the agent's machine: {path}")
     return msg + ("; the node's kubelet must be reachable from the API server for logs "
                   "(fake kwok nodes have no logs)")
