@@ -29,10 +29,8 @@ What the test chooses, and why:
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import ssl
-import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,9 +38,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_dev.devcluster import build
-from finetune_dev.nodeagent import AgentProcess, find_log, start_agent
+from finetune_dev.nodeagent import AgentProcess, find_log
 from tests.builders.cli import table
+from tests.builders.helm import (
+    CHART,
+    CRDS,
+    EXAMPLES,
+    LEASE,
+    REFUSED_BY_API,
+    adopt_crds,
+    helm,
+    lease_holder,
+    operator_node,
+    operator_values,
+    wait_lease_free,
+)
 from tests.builders.users import as_user, user_kubeconfig
 
 from ..kube import Cluster, short_id, wait_for
@@ -52,36 +62,6 @@ pytestmark = pytest.mark.cluster
 
 MakeNamespace = Callable[..., str]  # conftest.make_namespace(gpu_quota=None)
 GpuNodes = Callable[[int, int], dict[str, str]]  # conftest.gpu_nodes(count, gpus)
-
-CHART = Path(__file__).resolve().parents[2] / "charts" / "finetune-operator"
-LEASE = "finetune-operator-leader"
-CRD_DIR = CHART.parents[1] / "crds"
-CRDS = ("finetunejobs.finetune.dev", "finetunesweeps.finetune.dev")
-EXAMPLES = CHART.parents[1] / "examples"
-TAINT = "finetune.dev/helm-test"
-
-
-def helm(cluster: Cluster, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(build.binary("helm")), "--kubeconfig", str(cluster.kubeconfig),
-                           *args], capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def lease_holder(cluster: Cluster, namespace: str) -> tuple[str | None, bool]:
-    """(holder, fresh): who holds the operator Lease there and whether it is still valid."""
-    lease = cluster.get("lease", LEASE, namespace)
-    if not lease:
-        return None, False
-    spec = lease.get("spec") or {}
-    renew = spec.get("renewTime")
-    if not renew:
-        return spec.get("holderIdentity"), False
-    age = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(renew.replace("Z", "+00:00"))
-           ).total_seconds()
-    return spec.get("holderIdentity"), age <= float(spec.get("leaseDurationSeconds") or 15)
 
 
 def chart_crds(cluster: Cluster, release: str, namespace: str) -> None:
@@ -105,17 +85,8 @@ def chart_crds(cluster: Cluster, release: str, namespace: str) -> None:
 @pytest.fixture
 def agent_node(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[AgentProcess]:
-    """A GPU-less local agent node, tainted so only the operator pod (which tolerates it) runs
-    there."""
-    root = tmp_path_factory.mktemp("helm-agent")
-    root.chmod(0o755)  # the operator runs as uid 1000 (the chart's securityContext)
-    agent = start_agent(f"helm-op-{short_id()}", 0, root=root, cfg=cluster.cfg)
-    try:
-        cluster.kubectl("taint", "node", agent.node, f"{TAINT}=true:NoSchedule")
+    with operator_node(cluster, tmp_path_factory.mktemp("helm-agent")) as agent:
         yield agent
-    finally:
-        agent.stop(60)
-        cluster.kubectl("delete", "node", agent.node, "--ignore-not-found", "--wait=false")
 
 
 @pytest.fixture
@@ -130,45 +101,19 @@ def test_helm_install_runs_the_operator_and_brings_a_job_to_running(
         cluster: Cluster, crd_installed: Path, priority_classes: list[str],
         agent_node: AgentProcess, release_namespace: str, make_namespace: MakeNamespace,
         gpu_nodes: GpuNodes, tmp_path: Path) -> None:
-    seen: list[str | None] = [None]
-
-    def lease_free() -> bool:
-        holder, fresh = lease_holder(cluster, "default")
-        seen[0] = holder
-        return not fresh
-
-    try:
-        wait_for("the leader Lease in namespace default to be free", lease_free, 90)
-    except AssertionError as e:
-        raise AssertionError(f"{e}: another operator ({seen[0]}) leads and would act on this "
-                             "test's jobs too; stop it (another test session?) and rerun"
-                             ) from None
+    wait_lease_free(cluster)
     jobs_ns = make_namespace(gpu_quota=4)
     sel = gpu_nodes(1, 2)
     sid = short_id()
     release = f"ft-{sid}"
     metrics_port = free_port()
     trainer_repo = f"example.invalid/helm-{sid}/trainer"
-    for crd in CRDS:  # the session's CRDs, handed to this release (Helm adopts them)
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
-                        str(CRD_DIR / f"{crd}.yaml"))
-        cluster.kubectl("label", "--overwrite", "crd", crd, "app.kubernetes.io/managed-by=Helm")
-        cluster.kubectl("annotate", "--overwrite", "crd", crd,
-                        f"meta.helm.sh/release-name={release}",
-                        f"meta.helm.sh/release-namespace={release_namespace}")
+    adopt_crds(cluster, release, release_namespace)
     values = {
-        "priorityClasses": {"create": False},
+        **operator_values(agent_node.node, {"metrics": metrics_port, "health": free_port(),
+                                            "reports": free_port()}),
         "watchNamespaces": [jobs_ns],
-        "image": {"repository": "example.invalid/finetune-operator/operator", "tag": "unused"},
         "trainer": {"image": {"repository": trainer_repo, "tag": "test"}},
-        "nodeSelector": {"kubernetes.io/hostname": agent_node.node},
-        "tolerations": [{"key": TAINT, "operator": "Exists", "effect": "NoSchedule"}],
-        # the agent runs pods in the host's network: every port must be free on this machine
-        "ports": {"metrics": metrics_port, "health": free_port(), "reports": free_port()},
-        "queue": {"admissionIntervalSeconds": 1},
-        "extraEnv": [{"name": "HOME", "value": "/tmp"}],
-        # one replica: a second would need the same host ports (test_attack_ha.py runs two)
-        "replicaCount": 1,
         # the job below pins itself to this test's nodes with this key (the chart's policy
         # limits nodeSelector keys; its binding covers watchNamespaces only)
         "policy": {"nodeSelectorKeys": list(sel)},
@@ -286,7 +231,7 @@ def test_helm_install_runs_the_operator_and_brings_a_job_to_running(
 
         # the chart's RBAC sufficed: no request of the operator was refused
         output = log.read_text()
-        assert "Forbidden" not in output and " 403" not in output, output[-4000:]
+        assert not REFUSED_BY_API.search(output), output[-4000:]
         assert "acquired leadership" in output
 
         # `helm test`: the chart's test pod (operator image, operator ServiceAccount) finds the
