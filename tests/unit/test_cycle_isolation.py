@@ -78,7 +78,7 @@ def failing_for(fn: Callable[..., Any], uid: str) -> Callable[..., Any]:
 
 # the per-job stage functions of the cycle, each replaced by one that fails for one job
 STAGES: dict[str, tuple[Any, str]] = {
-    "snapshot": (snapshot, "snapshot_entry"),
+    "snapshot": (snapshot, "entry_recipe"),
     "plan": (cycle_module, "plan"),
     "write": (Executor, "write_kind"),
     "deadline": (cycle_module, "due_at"),

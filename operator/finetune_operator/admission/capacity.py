@@ -81,6 +81,11 @@ class Pool:
         self.idle_reserved = 0
         self.reservations = 0
         self.free_initial = 0
+        # every change of a node's free, reserved or pending GPUs bumps the version; the slower
+        # placements (O(nodes) each) are kept per shape while it stays the same: a walk asks
+        # them for many waiting jobs of one shape in a row, with nothing moving in between
+        self.version = 0
+        self._memo: dict[tuple[object, ...], tuple[int, tuple[str, ...] | None]] = {}
 
     # --- bucket index ------------------------------------------------------------------------
 
@@ -99,6 +104,7 @@ class Pool:
             del self._keys[bisect_left(self._keys, avail)]
 
     def _update(self, name: str, free: int = 0, reserved: int = 0, pending: int = 0) -> None:
+        self.version += 1  # what the memo of the slower paths is valid for
         node = self.nodes[name]
         before = node.avail
         node.free += free
@@ -218,14 +224,26 @@ class Pool:
 
     # --- slower paths: pending GPUs, preemption, reservations ---------------------------------
 
+    def _memoized(self, key: tuple[object, ...],
+                  compute: Callable[[], tuple[str, ...] | None]) -> tuple[str, ...] | None:
+        got = self._memo.get(key)
+        if got is not None and got[0] == self.version:
+            return got[1]
+        result = compute()
+        self._memo[key] = (self.version, result)
+        return result
+
     def place_with(self, gpus: int, pods: int, sig: Signature) -> tuple[str, ...] | None:
         """Best fit counting the GPUs of stopping jobs (pending) as free."""
-        fits = sorted(
-            (node.avail_pending, node.name)
-            for node in self._iter(self.eligible(sig), schedulable_only=True)
-            if node.avail_pending >= gpus
-        )
-        return tuple(name for _, name in fits[:pods]) if len(fits) >= pods else None
+        def compute() -> tuple[str, ...] | None:
+            fits = sorted(
+                (node.avail_pending, node.name)
+                for node in self._iter(self.eligible(sig), schedulable_only=True)
+                if node.avail_pending >= gpus
+            )
+            return tuple(name for _, name in fits[:pods]) if len(fits) >= pods else None
+
+        return self._memoized(("with", gpus, pods, sig), compute)
 
     def pending_base(self, sig: Signature) -> dict[str, int]:
         """Available GPUs (pending counted as free) of the eligible schedulable nodes, *not*
@@ -253,13 +271,16 @@ class Pool:
         """Best fit on GPUs that are free but reserved, for a job expected to end within
         `seconds`: only on nodes whose reservations cannot start before then, so no reserved
         job is delayed by it."""
-        fits = sorted(
-            (node.free, node.name)
-            for node in self._iter(self.eligible(sig), schedulable_only=True)
-            if node.free >= gpus and (node.avail >= gpus
-                                      or seconds <= self.reserved_start.get(node.name, 0.0))
-        )
-        return tuple(name for _, name in fits[:pods]) if len(fits) >= pods else None
+        def compute() -> tuple[str, ...] | None:
+            fits = sorted(
+                (node.free, node.name)
+                for node in self._iter(self.eligible(sig), schedulable_only=True)
+                if node.free >= gpus and (node.avail >= gpus
+                                          or seconds <= self.reserved_start.get(node.name, 0.0))
+            )
+            return tuple(name for _, name in fits[:pods]) if len(fits) >= pods else None
+
+        return self._memoized(("backfill", gpus, pods, sig, seconds), compute)
 
     def candidates(self, gpus: int, sig: Signature) -> Iterable[_Node]:
         """Eligible schedulable nodes big enough for a pod of `gpus`."""

@@ -3,6 +3,11 @@ admission Snapshot -> one JobVerdict per job.
 
 Bridges the state machine (reconcile.py) and the admission policy (admission/): which jobs are
 waiting, which hold GPUs, what nodes and quotas have free, and what admit() decided for each.
+
+Incremental across cycles (``NativeAdmitter``): a job's entry is parsed once per job object and
+pods state (``entry_recipe``) and finished at each cycle's ``now`` (``Recipe.at``); the full
+rebuild (``decide()``, ``build_snapshot``) runs the same two steps, so both give the same
+verdicts by construction.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ from finetune_operator.admission import (
 )
 from finetune_operator.admission.snapshot import nodes_from_k8s, quotas_from_k8s
 from finetune_operator.jobs.pods import Pod, attempt_of
-from finetune_operator.jobs.reconcile import wants_admission
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.slim import SlimNode, SlimPod, SlimQuota, SlimUsage
 
@@ -61,10 +65,6 @@ def _tolerations(job: FineTuneJob) -> tuple[Toleration, ...]:
     return tuple(Toleration(key=t.key or "", operator=t.operator or "Equal",
                             value=t.value or "", effect=t.effect or "")
                  for t in job.spec.resources.tolerations)
-
-
-def _created(job: FineTuneJob, now: dt.datetime) -> dt.datetime:
-    return parse_time(job.metadata.creation_timestamp) or now
 
 
 def _active_current(job: FineTuneJob, pods: list[Pod]) -> list[Pod]:
@@ -97,6 +97,12 @@ def build_snapshot(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[Pod]]
             running.append(entry)
         elif entry is not None:
             queued.append(entry)
+    return _snapshot(queued, running, settings, nodes, active_pods, quotas)
+
+
+def _snapshot(queued: list[QueuedJob], running: list[RunningJob], settings: OperatorSettings,
+              nodes: Sequence[SlimNode], active_pods: Sequence[SlimPod | SlimUsage],
+              quotas: Sequence[SlimQuota]) -> Snapshot:
     return Snapshot(queued=queued, running=running, nodes=nodes_from_k8s(nodes, active_pods),
                     quotas=quotas_from_k8s(quotas), policy=Policy.from_settings(settings))
 
@@ -105,9 +111,86 @@ def snapshot_entry(job: FineTuneJob, pods: list[Pod], classes: Mapping[str, int]
                    settings: OperatorSettings, now: dt.datetime,
                    ) -> RunningJob | QueuedJob | None:
     """One job as the admission policy sees it: holding GPUs, waiting, or neither (None)."""
+    return entry_recipe(job, pods, classes, settings).at(now)
+
+
+class Recipe:
+    """A job's snapshot entry without ``now``: what its object and its pods say, parsed once
+    (``entry_recipe``); ``at(now)`` finishes the entry (the parts that depend on the time).
+    The base: the job is in no snapshot (no class, or neither waiting nor holding GPUs)."""
+
+    __slots__ = ()
+
+    def at(self, now: dt.datetime) -> RunningJob | QueuedJob | None:
+        return None
+
+
+NOTHING = Recipe()
+
+
+class _Running(Recipe):
+    __slots__ = ("ckpt", "common", "counted", "end_in", "last", "latest", "placement",
+                 "preempting")
+
+    def __init__(self, common: dict[str, Any], latest: dt.datetime | None,
+                 ckpt: dt.datetime | None, eta: float | None, preempting: bool,
+                 placement: tuple[str, ...], counted: bool) -> None:
+        self.common, self.latest, self.ckpt = common, latest, ckpt
+        self.end_in = dt.timedelta(seconds=eta) if eta is not None else None
+        self.preempting, self.placement, self.counted = preempting, placement, counted
+        self.last: RunningJob | None = None  # the entry of the latest at(): reused when equal
+
+    def at(self, now: dt.datetime) -> RunningJob:
+        # this attempt's runtime: a resumed job counts from its latest admission (never later
+        # than now: a future time would make it look too young to preempt)
+        started = min(self.latest, now) if self.latest else now
+        # a checkpoint saved before this attempt started (an earlier attempt's, or a false
+        # savedAt) saves none of this attempt's work, and one "saved" in the future saves no
+        # more than all of it: lost work counts from within [attempt start, now]
+        ckpt = min(max(self.ckpt, started), now) if self.ckpt else None
+        end = now + self.end_in if self.end_in is not None else None
+        last = self.last
+        if last is not None and (last.started_at, last.last_checkpoint_at,
+                                 last.expected_end_at) == (started, ckpt, end):
+            return last
+        self.last = RunningJob(
+            **self.common, started_at=started, last_checkpoint_at=ckpt,
+            preempting=self.preempting, placement=self.placement,
+            counted_in_quota=self.counted, expected_end_at=end)
+        return self.last
+
+
+class _Queued(Recipe):
+    __slots__ = ("entry", "retry")
+
+    def __init__(self, entry: QueuedJob, retry: dt.datetime | None) -> None:
+        self.entry, self.retry = entry, retry
+
+    def at(self, now: dt.datetime) -> QueuedJob | None:
+        # wants_admission's time part: past its retry delay
+        return self.entry if self.retry is None or self.retry <= now else None
+
+
+class _QueuedNow(Recipe):
+    """A waiting job without a creation time: its entry counts from ``now`` (rare)."""
+
+    __slots__ = ("job", "retry")
+
+    def __init__(self, job: Callable[[dt.datetime], QueuedJob], retry: dt.datetime | None,
+                 ) -> None:
+        self.job, self.retry = job, retry
+
+    def at(self, now: dt.datetime) -> QueuedJob | None:
+        return self.job(now) if self.retry is None or self.retry <= now else None
+
+
+def entry_recipe(job: FineTuneJob, pods: list[Pod], classes: Mapping[str, int],
+                 settings: OperatorSettings) -> Recipe:
+    """What ``snapshot_entry`` reads of a job and its pods, parsed (it raises on data it cannot
+    process, as snapshot_entry does)."""
     cls = job.status.effective_priority_class or settings.resolve_priority_class(job)[0]
     if cls is None or cls not in classes:
-        return None  # the state machine fails it with the policy error
+        return NOTHING  # the state machine fails it with the policy error
     spec, st = job.spec, job.status
     common: dict[str, Any] = dict(
         namespace=job.metadata.namespace, name=job.metadata.name, uid=job.metadata.uid,
@@ -115,36 +198,34 @@ def snapshot_entry(job: FineTuneJob, pods: list[Pod], classes: Mapping[str, int]
         nodes=spec.resources.nodes, gpu_resource=_resource(job, settings))
     if holds_gpus(job, pods):
         current = _active_current(job, pods)
-        # this attempt's runtime: a resumed job counts from its latest admission (never later
-        # than now: a future time would make it look too young to preempt)
         times = [t for t in (parse_time(st.start_time), parse_time(st.admitted_at)) if t]
-        started = min(max(times), now) if times else now
-        # a checkpoint saved before this attempt started (an earlier attempt's, or a false
-        # savedAt) saves none of this attempt's work, and one "saved" in the future saves no
-        # more than all of it: lost work counts from within [attempt start, now]
-        ckpt = parse_time(st.checkpoint.saved_at) if st.checkpoint else None
         eta = st.progress.eta_seconds if st.progress else None
-        end = now + dt.timedelta(seconds=eta) if eta is not None and math.isfinite(eta) \
-            and 0 <= eta < 10**8 else None
-        return RunningJob(
-            **common, started_at=started,
-            last_checkpoint_at=min(max(ckpt, started), now) if ckpt else None,
+        return _Running(
+            common, max(times) if times else None,
+            parse_time(st.checkpoint.saved_at) if st.checkpoint else None,
+            eta if eta is not None and math.isfinite(eta) and 0 <= eta < 10**8 else None,
             preempting=st.phase in ("Preempting", "Suspended") or spec.suspend,
             # the nodes its bound pods run on (an unbound pod, nodeName None, holds none)
             placement=tuple(sorted(node for p in current
                                    if (node := p["spec"].get("nodeName")))),
-            counted_in_quota=len(current) >= spec.resources.nodes,
-            expected_end_at=end)
-    if not wants_admission(job, now):
-        return None
-    created = _created(job, now)
-    return QueuedJob(
-        **common, created_at=created,
-        queued_since=parse_time(st.queued_since) or created,
-        first_queued_at=parse_time(st.first_queued_at) or created,
-        expected_seconds=_expected_seconds(job),
-        node_selector=dict(spec.resources.node_selector),
-        tolerations=_tolerations(job))
+            counted=len(current) >= spec.resources.nodes)
+    # wants_admission (reconcile.py) without its time part, which at() checks
+    if (st.phase or "Queued") != "Queued" or spec.suspend:
+        return NOTHING
+    retry = parse_time(st.retry_after)
+    queued_since, first = parse_time(st.queued_since), parse_time(st.first_queued_at)
+    selector, tolerations = dict(spec.resources.node_selector), _tolerations(job)
+    expected = _expected_seconds(job)
+
+    def queued(created: dt.datetime) -> QueuedJob:
+        return QueuedJob(**common, created_at=created, queued_since=queued_since or created,
+                         first_queued_at=first or created, expected_seconds=expected,
+                         node_selector=selector, tolerations=tolerations)
+
+    created = parse_time(job.metadata.creation_timestamp)
+    if created is None:
+        return _QueuedNow(queued, retry)
+    return _Queued(queued(created), retry)
 
 
 def _expected_seconds(job: FineTuneJob) -> float | None:
@@ -183,8 +264,14 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[Pod]],
     out = AdmissionRound()
     snap = build_snapshot(jobs, pods_by_uid, classes, settings, nodes, active_pods, quotas, now,
                           out.invalid)
+    return verdicts(snap, now, {j.key for j in jobs}, settings, out)
+
+
+def verdicts(snap: Snapshot, now: dt.datetime, keys: set[str],
+             settings: OperatorSettings, out: AdmissionRound) -> AdmissionRound:
+    """admit() over the snapshot, worded as one JobVerdict per job (``keys``: every job's
+    namespace/name, which messages to a tenant never name)."""
     d = admit(snap, now)
-    keys = {j.key for j in jobs}
     said: dict[tuple[str, str], str] = {}  # many waiting jobs share a reason: rewrite it once
 
     def words(text: str, ns: str) -> str:
@@ -249,12 +336,77 @@ def policy_error(job: FineTuneJob, settings: OperatorSettings,
     return cls, None
 
 
+class _Kept:
+    """One job's cached entry: its recipe, valid while the job object (the feeds parse one per
+    resourceVersion) and what its pods say (attempt, phase, node of each) are the same."""
+
+    __slots__ = ("job", "key", "pods", "recipe")
+
+    def __init__(self, job: FineTuneJob, pods: tuple[tuple[int, Any, Any], ...],
+                 recipe: Recipe) -> None:
+        self.job, self.pods, self.recipe, self.key = job, pods, recipe, job.key
+
+
+def _pods_key(pods: list[Pod]) -> tuple[tuple[int, Any, Any], ...]:
+    """All a snapshot entry reads of a job's pods."""
+    return tuple((attempt_of(p), (p.get("status") or {}).get("phase"),
+                  (p.get("spec") or {}).get("nodeName")) for p in pods)
+
+
 class NativeAdmitter:
-    """The admitter of ``admission/seam.py`` this operator runs today: its own policy."""
+    """The admitter of ``admission/seam.py`` this operator runs today: its own policy.
+
+    Incremental: each job's snapshot entry is parsed once per job object (the feeds parse one
+    per resourceVersion, ``jobs/feeds.py``) and pods state, and only its time-dependent parts
+    (retry delay, runtime, expected end) are finished at each cycle's ``now``; aging, capacity,
+    quotas and the walk of admit() are computed afresh every cycle, so every verdict is the one
+    a full rebuild (``decide()``) gives. The cache holds the jobs of the latest view only, and
+    is dropped when the PriorityClasses change. ``built`` / ``reused`` count entries parsed /
+    taken from the cache (tests and benchmarks read them)."""
 
     def __init__(self, settings: OperatorSettings) -> None:
         self.settings = settings
+        self._kept: dict[str, _Kept] = {}
+        self._classes: dict[str, int] = {}
+        self.built = 0
+        self.reused = 0
+
+    def cached_uids(self) -> set[str]:
+        """The jobs whose entries the cache holds (those of the latest view)."""
+        return set(self._kept)
 
     def decide(self, view: ClusterView, now: dt.datetime) -> AdmissionRound:
-        return decide(list(view.jobs), view.pods_by_uid, view.classes, self.settings,
-                      view.nodes, view.active_pods, view.quotas, now)
+        settings, out = self.settings, AdmissionRound()
+        classes = dict(view.classes)
+        if classes != self._classes:  # every entry's priority may differ
+            self._kept, self._classes = {}, classes
+        kept, fresh = self._kept, {}
+        queued: list[QueuedJob] = []
+        running: list[RunningJob] = []
+        keys: set[str] = set()
+        for job in view.jobs:
+            uid = job.metadata.uid
+            pods = view.pods_by_uid.get(uid, [])
+            try:
+                have = kept.get(uid)
+                pods_key = _pods_key(pods) if pods else ()
+                if have is not None and have.job is job and have.pods == pods_key:
+                    self.reused += 1
+                else:
+                    have = _Kept(job, pods_key, entry_recipe(job, pods, classes, settings))
+                    self.built += 1
+                fresh[uid] = have
+                keys.add(have.key)
+                entry = have.recipe.at(now)
+            except Exception as e:  # one job's data stays that job's problem
+                fresh.pop(uid, None)
+                keys.add(job.key)
+                out.invalid[uid] = ("snapshot", problem("snapshot", e))
+                continue
+            if isinstance(entry, RunningJob):
+                running.append(entry)
+            elif entry is not None:
+                queued.append(entry)
+        self._kept = fresh  # bounded by the live jobs: deleted ones are gone
+        snap = _snapshot(queued, running, settings, view.nodes, view.active_pods, view.quotas)
+        return verdicts(snap, now, keys, settings, out)
