@@ -211,7 +211,8 @@ class Executor:
             if res is None:
                 return  # deleted meanwhile
             written = job_entry(res)  # see our own write before the watch does; no replan:
-            self.feeds.jobs.put(uid, written, notify=False)  # this status is what was planned
+            self.feeds.jobs.put(uid, written, notify=False,  # this status is what was planned
+                                part=self.feeds.part(ns))
             if written.trial is not None:
                 self.feeds.mark_sweeps_dirty()
             at = now.timestamp()

@@ -137,28 +137,36 @@ class Feeds:
         s = self.settings
         nss: list[str | None] = list(s.admission.namespaces) or [None]
         running = "status.phase!=Succeeded,status.phase!=Failed"
+        # (store, path, label selector, field selector, transform, key, part): one part per
+        # watched namespace, so one namespace's relist never drops another's entries
         feeds: list[tuple[cache.Store, str, str | None, str | None, Any,
-                          Callable[[dict[str, Any]], str]]] = []
+                          Callable[[dict[str, Any]], str], str]] = []
         for ns in nss:
+            part = self.part(ns)
             feeds += [(self.jobs, k8s.collection_path(k8s.JOBS_PATH, ns), None, None,
-                       job_entry, uid_key),
+                       job_entry, uid_key, part),
                       (self.pods, k8s.collection_path(k8s.PODS_PATH, ns), MANAGED_BY_SELECTOR, None,
-                       cache.slim_pod, uid_key),
+                       cache.slim_pod, uid_key, part),
                       (self.quotas, k8s.collection_path(k8s.QUOTAS_PATH, ns), None, None,
-                       cache.slim_quota, cache.object_key)]
-        feeds += [(self.nodes, k8s.NODES_PATH, None, None, cache.slim_node, cache.object_key),
+                       cache.slim_quota, cache.object_key, part)]
+            if s.cycle.sweeps:
+                feeds.append((self.sweeps, k8s.collection_path(k8s.SWEEPS_PATH, ns), None, None,
+                              cache.slim_object, uid_key, part))
+        feeds += [(self.nodes, k8s.NODES_PATH, None, None, cache.slim_node, cache.object_key, ""),
                   (self.classes, k8s.CLASSES_PATH, None, None, cache.priority_value,
-                   cache.object_key),
+                   cache.object_key, ""),
                   # every running pod's GPU use, ours or not, kept as (node, requests) only
-                  (self.usage, k8s.PODS_PATH, None, running, cache.slim_usage, uid_key)]
-        if s.cycle.sweeps:
-            feeds += [(self.sweeps, k8s.collection_path(k8s.SWEEPS_PATH, ns), None, None,
-                       cache.slim_object, uid_key) for ns in nss]
-        for store, path, labels, fields, transform, key in feeds:
+                  (self.usage, k8s.PODS_PATH, None, running, cache.slim_usage, uid_key, "")]
+        for store, path, labels, fields, transform, key, part in feeds:
             r = cache.Reflector(self.kube, cache.Source(path, labels, fields), store, transform,
-                                self.stop_event, key=key)
+                                self.stop_event, key=key, part=part)
             self.reflectors.append(r)
             r.start()
+
+    def part(self, namespace: str | None) -> str:
+        """The store part a namespaced object belongs to: its namespace when the operator
+        watches a list of namespaces (one reflector each), else "" (one reflector for all)."""
+        return (namespace or "") if self.settings.admission.namespaces else ""
 
     def scheduling_stores(self) -> list[cache.Store]:
         return [self.jobs, self.pods, self.nodes, self.quotas, self.classes, self.usage]
@@ -285,7 +293,8 @@ class Feeds:
     def created_pod(self, pod: dict[str, Any]) -> None:
         """A pod this operator just created, as the API server returned it: cached before its
         watch event arrives."""
-        self.pods.put(uid_key(pod), cache.slim_pod(pod))
+        self.pods.put(uid_key(pod), cache.slim_pod(pod),
+                      part=self.part((pod.get("metadata") or {}).get("namespace")))
 
     def mark_dirty(self, uid: str) -> None:
         with self.lock:

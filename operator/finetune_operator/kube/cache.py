@@ -52,11 +52,20 @@ OnChange = Callable[[str, str, Any, Any], None]
 
 
 class Store:
-    """key -> transformed object; thread-safe; values are treated as immutable."""
+    """key -> transformed object; thread-safe; values are treated as immutable.
+
+    Several reflectors may fill one store, each its own *part* (one per watched namespace when
+    the operator watches a list of them; "" when one reflector lists the whole collection): a
+    relist replaces only the keys of its part, never another namespace's. ``synced`` is set
+    once every expected part (``expect``) has been listed."""
 
     def __init__(self, kind: str, on_change: OnChange | None = None) -> None:
         self.kind = kind
         self._items: dict[str, Any] = {}
+        self._parts: dict[str, set[str]] = {}   # part -> its keys
+        self._part_of: dict[str, str] = {}      # key -> its part
+        self._expected: set[str] = set()
+        self._listed: set[str] = set()
         self._lock = threading.Lock()
         self._on_change = on_change
         self.synced = threading.Event()
@@ -75,32 +84,62 @@ class Store:
         with self._lock:
             return list(self._items.values())
 
-    def put(self, key: str, value: Any, notify: bool = True) -> None:
-        """Insert/replace (None deletes); notifies when the value changed (``notify=False``: the
-        operator's own write, which it planned already). A value older than the one stored
-        (``resource_version``, e.g. a lagging watch event after the operator stored the
-        response of its own write) is ignored."""
+    def expect(self, part: str) -> None:
+        """A reflector will fill ``part``: the store is synced only once it has listed it."""
+        with self._lock:
+            self._expected.add(part)
+
+    def _own(self, key: str, part: str) -> None:
+        """Under the lock: ``key`` belongs to ``part`` (moved if another part had it)."""
+        was = self._part_of.get(key)
+        if was is not None and was != part:
+            self._parts.get(was, set()).discard(key)
+        self._part_of[key] = part
+        self._parts.setdefault(part, set()).add(key)
+
+    def _disown(self, key: str) -> None:
+        was = self._part_of.pop(key, None)
+        if was is not None:
+            self._parts.get(was, set()).discard(key)
+
+    def put(self, key: str, value: Any, notify: bool = True, part: str = "") -> None:
+        """Insert/replace (None deletes) in ``part``; notifies when the value changed
+        (``notify=False``: the operator's own write, which it planned already). A value older
+        than the one stored (``resource_version``, e.g. a lagging watch event after the operator
+        stored the response of its own write) is ignored."""
         with self._lock:
             old = self._items.get(key)
             if value is not None and old is not None and _older(value, old):
                 return
             if value is None:
                 self._items.pop(key, None)
+                self._disown(key)
             else:
                 self._items[key] = value
+                self._own(key, part)
         if notify and old != value and self._on_change is not None:
             self._on_change(self.kind, key, old, value)
 
-    def replace(self, items: dict[str, Any]) -> None:
-        """After a (re)list: the store becomes exactly ``items``; notifies the differences."""
+    def replace(self, items: dict[str, Any], part: str = "") -> None:
+        """After a (re)list of ``part``: its keys become exactly ``items`` (the other parts are
+        untouched); notifies the differences."""
         with self._lock:
-            old = self._items
-            self._items = dict(items)
+            mine = self._parts.get(part, set())
+            old = {k: self._items.get(k) for k in mine | items.keys()}
+            for key in mine - items.keys():
+                self._items.pop(key, None)
+                self._disown(key)
+            for key, value in items.items():
+                self._items[key] = value
+                self._own(key, part)
+            self._listed.add(part)
+            done = self._expected <= self._listed
         if self._on_change is not None:
-            for key in old.keys() | items.keys():
+            for key in old:
                 if old.get(key) != items.get(key):
                     self._on_change(self.kind, key, old.get(key), items.get(key))
-        self.synced.set()
+        if done:
+            self.synced.set()
 
 
 def _older(new: Any, old: Any) -> bool:
@@ -129,9 +168,10 @@ class Reflector:
 
     def __init__(self, kube: Any, source: Source, store: Store, transform: Transform,
                  stop: threading.Event, key: Callable[[dict[str, Any]], str] = object_key,
-                 watch_timeout_seconds: int = 300) -> None:
+                 watch_timeout_seconds: int = 300, part: str = "") -> None:
         self.kube, self.source, self.store, self.transform = kube, source, store, transform
-        self.key, self.stop = key, stop
+        self.key, self.stop, self.part = key, stop, part
+        store.expect(part)
         self.watch_timeout = watch_timeout_seconds
         self.resource_version = ""
         self.relists = 0
@@ -152,7 +192,8 @@ class Reflector:
     def _list(self) -> None:
         s = self.source
         items, rv = self.kube.list_raw(s.path, s.label_selector, s.field_selector)
-        self.store.replace({self.key(o): v for o in items if (v := self._slim(o)) is not None})
+        self.store.replace({self.key(o): v for o in items if (v := self._slim(o)) is not None},
+                           self.part)
         self.resource_version = rv
         self.relists += 1
 
@@ -183,7 +224,7 @@ class Reflector:
                         self.resource_version = rv or self.resource_version
                         continue
                     value = None if typ == "DELETED" else self._slim(obj)
-                    self.store.put(self.key(obj), value)
+                    self.store.put(self.key(obj), value, part=self.part)
                     self.resource_version = rv or self.resource_version
                 delay = 0.5
             except ApiException as e:
