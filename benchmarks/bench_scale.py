@@ -1,21 +1,44 @@
 """Scale benchmark, side by side in one run: this operator and Kueue v0.17.0 on the same load.
 
     make bench-scale                                    # 200 nodes x 8 GPUs, 5,000 jobs, 20 ns
-    .venv/bin/python benchmarks/bench_scale.py --nodes 200 --jobs 5000 --namespaces 20 --markdown
-    .venv/bin/python benchmarks/bench_scale.py --nodes 20 --jobs 500 --namespaces 4   # reduced
+    .venv/bin/python benchmarks/bench_scale.py --nodes 200 --jobs 5000 --namespaces 20 \
+        --runs 3 --markdown                             # the documented run (median of 3)
+    .venv/bin/python benchmarks/bench_scale.py --nodes 20 --jobs 300 --namespaces 4 \
+        --cluster-dir /tmp/c-bench --port-offset 400    # reduced, on a cluster of one's own
 
 Each phase runs on a FRESH local control plane of its own (devcluster/scale.py: separate state
 directory and ports, so the shared test cluster is never touched), with kwok nodes of 8 GPUs and
 one ResourceQuota per namespace (capacity / namespaces GPUs each, so the first `capacity` jobs
-fill the cluster exactly):
+fill the cluster exactly). kube-controller-manager runs with `--concurrent-job-syncs`
+(--job-syncs, 50: its Job controller creates Kueue's pods) and, like kube-scheduler, without a
+client rate limit; the API server writes an audit log of every write (Metadata level), so
+writes are attributed per client by User-Agent.
+
+Variants (--variant): `unthrottled` (the headline): Kueue's clientConnection qps 5000 / burst
+10000, what kube-controller-manager and kube-scheduler get here, and ours without a client
+limit; `qps50`: both at qps 50 / burst 100 (Kueue's shipped default; ours through
+FINETUNE_API_QPS / FINETUNE_API_BURST, one token bucket for every call). Kueue logs at
+--kueue-log-level (zap; 2 shows client-side throttling past 1 s) and the report counts its
+throttling lines. --backlog creates every job with the controller stopped and starts the
+clock when it starts. --runs N alternates which side goes first and reports the median and the
+range; --markdown refuses to write BENCHMARKS.md from one run unless --allow-single-run.
 
 - ours: the operator process with its default settings; FineTuneJobs of 1 GPU that mount one
   existing checkpoint claim per namespace (`checkpoint.storage.claimName`, so no PVC per job;
   Kueue's Jobs have no storage either);
-- kueue: Kueue v0.17.0 built from the Go module proxy, out of cluster, its shipped client rate
-  (qps 50, burst 100) and controller concurrency; a ClusterQueue (nominalQuota = the namespace
-  quota) and a LocalQueue per namespace; suspended batch/v1 Jobs of one 1-GPU pod with the
-  queue label (no webhook).
+- kueue: Kueue v0.17.0 built from the Go module proxy (cached), out of cluster, its shipped
+  controller concurrency; a ClusterQueue (nominalQuota = the namespace quota) and a LocalQueue
+  per namespace; suspended batch/v1 Jobs of one 1-GPU pod with the queue label (no webhook).
+
+Both get the same mixed-priority load (--priority-mix: the chart's non-preempting bands,
+alternating within each namespace; Kueue: WorkloadPriorityClasses of the same names and
+values). Per job the stage timeline is kept: decision (our `Admitted` condition; Kueue's
+Workload `Admitted`), unsuspend (Kueue's Job `suspend=false`), pod created, pod bound, pod
+Running. Audited on both sides (scale/audit.py; any count above 0 fails the run with exit code
+1 and BENCHMARKS.md is not written): pods per namespace never above its quota (sampled on every
+pod event), 0 rejected pod creates (FailedCreate Events, 403s in the controller's log), no
+lower-priority job decided while a higher one of its namespace waited, FIFO within a priority,
+and both sides decided the same set of jobs.
 
 Per phase: time to fill capacity (first create -> the capacity-th pod Running), apply -> Pod
 latency of the jobs admitted while capacity was free (the create call's return -> the pod's
@@ -43,21 +66,21 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from contextlib import suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from report import write_section  # benchmarks/ is on sys.path when run as a script
-from scale import kueue, measure
+from scale import audit, kueue, measure
 from scale.load import Api, Watch
+from scale.track import Decisions, PodTrack
 
 from finetune_dev.devcluster import build
 from finetune_dev.devcluster import cluster as dc
@@ -96,58 +119,59 @@ def wait_until(what: str, fn: Any, timeout: float, interval: float = 0.5) -> boo
 # ---------------------------------------------------------------- what the watches saw
 
 
-@dataclass
-class PodTrack:
-    job_label: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    added: dict[str, float] = field(default_factory=dict)      # pod key -> first seen
-    job_of: dict[str, str] = field(default_factory=dict)       # pod key -> ns/job
-    running_at: dict[str, float] = field(default_factory=dict)  # pod key -> first Running
-    running: set[str] = field(default_factory=set)              # Running now
-    first_pod_of_job: dict[str, float] = field(default_factory=dict)
-
-    def on_event(self, typ: str, pod: dict, t: float) -> None:
-        md = pod["metadata"]
-        key = f"{md['namespace']}/{md['name']}"
-        job = md.get("labels", {}).get(self.job_label)
-        with self.lock:
-            if typ == "DELETED":
-                self.running.discard(key)
-                return
-            if key not in self.added:
-                self.added[key] = t
-                if job:
-                    jk = f"{md['namespace']}/{job}"
-                    self.job_of[key] = jk
-                    self.first_pod_of_job.setdefault(jk, t)
-            if pod.get("status", {}).get("phase") == "Running" and not md.get(
-                    "deletionTimestamp"):
-                self.running.add(key)
-                self.running_at.setdefault(key, t)
-            else:
-                self.running.discard(key)
-
-    def n_running(self) -> int:
-        with self.lock:
-            return len(self.running)
-
-
 # ---------------------------------------------------------------- the cluster of a phase
+
+VARIANTS = {  # (Kueue clientConnection qps, burst), (our FINETUNE_API_QPS, _BURST): 0 = none
+    "unthrottled": ((5000.0, 10000), (0.0, 0)),
+    "qps50": ((50.0, 100), (50.0, 100)),
+}
+
+
+def cluster_config(args: argparse.Namespace) -> dc.ClusterConfig:
+    """The benchmark cluster: devcluster/scale.py's, at --cluster-dir / --port-offset when
+    given, kube-controller-manager with --concurrent-job-syncs (the Job controller creates
+    Kueue's pods) and the API server writing an audit log of every write (who wrote what)."""
+    cfg = sc.scale_config(args.cluster_dir)
+    if args.port_offset is not None:
+        cfg.ports = dc.Ports(**{k: v + args.port_offset for k, v in dc.Ports().all().items()})
+    policy = cfg.state_dir / "audit-policy.json"
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    policy.write_text(json.dumps(audit.AUDIT_POLICY))
+    extra = dict(cfg.extra_args)
+    extra["kube-controller-manager"] = [*extra.get("kube-controller-manager", []),
+                                        f"--concurrent-job-syncs={args.job_syncs}"]
+    extra["kube-apiserver"] = [*extra.get("kube-apiserver", []),
+                               f"--audit-policy-file={policy}",
+                               f"--audit-log-path={audit_log_path(cfg)}",
+                               "--audit-log-format=json", "--audit-log-maxbackup=0",
+                               "--audit-log-maxsize=0"]
+    cfg.extra_args = extra
+    return cfg
+
+
+def audit_log_path(cfg: dc.ClusterConfig) -> Path:
+    return cfg.state_dir / "audit" / "audit.log"
+
+
 
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.cfg = sc.scale_config()
+        self.cfg = cluster_config(args)
         self.capacity = args.nodes * args.gpus_per_node
         self.quota = self.capacity // args.namespaces
         self.namespaces = [f"team-{i:02d}" for i in range(args.namespaces)]
         self.api: Api | None = None
-        self.results: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, Any] = {}   # the median over runs, per phase
+        self.runs: list[dict[str, Any]] = []  # each run's results, per phase
+        self.ranges: dict[str, Any] = {}
         self.work = self.cfg.state_dir / "bench"
 
     def fresh_cluster(self) -> Api:
         log(f"fresh cluster in {self.cfg.state_dir} (apiserver port {self.cfg.ports.apiserver})")
+        shutil.rmtree(audit_log_path(self.cfg).parent, ignore_errors=True)
+        audit_log_path(self.cfg).parent.mkdir(parents=True)
         sc.fresh(self.cfg)
         self.work.mkdir(parents=True, exist_ok=True)
         api = Api(self.cfg.host, self.cfg.ports.apiserver, self.cfg.state_dir / "pki")
@@ -233,25 +257,41 @@ class Bench:
 
     # ------------------------------------------------------------ shared measurement steps
 
-    def fill(self, res: dict, track: PodTrack, make: Any, path: str,
-             counters: Any) -> dict[str, float]:
-        """Create the jobs round-robin over the namespaces; wait until capacity is Running."""
+    def fill(self, res: dict, track: PodTrack, make: Any, path: str, counters: Any,
+             decisions: Decisions, start: Any = None) -> dict[str, float]:
+        """Create the jobs round-robin over the namespaces; wait until capacity is Running.
+
+        With --backlog every job is created first and the clock starts when `start()` starts
+        the controller (stopped until then); otherwise the controller runs and the clock
+        starts at the first create. Per stage (decision, unsuspend, pod created, bound,
+        Running) the latency from each job's create (backlog: from the start) is kept."""
         jobs = [(self.namespaces[i % len(self.namespaces)], make(i))
                 for i in range(self.args.jobs)]
         with track.lock:
             old = set(track.added)
         before = counters()
+        backlog = self.args.backlog and start is not None
+        if not backlog and start is not None:
+            start()
         t0 = time.monotonic()
-        log(f"creating {len(jobs)} jobs")
+        res["fill_wall_start"] = time.time()
+        log(f"creating {len(jobs)} jobs" + (" with the controller stopped" if backlog else ""))
         done = self.create(path, jobs)
         created = max(done) - t0
+        if backlog:
+            log(f"created in {created:.1f}s; starting the controller")
+            t0 = time.monotonic()
+            start()
         log(f"created in {created:.1f}s; waiting for {self.capacity} pods Running")
         target = min(self.capacity, len(jobs))
         wait_until(f"{target} pods Running", lambda: track.n_running() >= target,
                    self.args.phase_timeout, 1)
+        res["fill_wall_end"] = time.time()
         with track.lock:
             times = sorted(t for k, t in track.running_at.items() if k not in old)
             first_pods = dict(track.first_pod_of_job)
+            bound, running = dict(track.bound_of_job), dict(track.running_of_job)
+        decided, unsuspended = decisions.copy()
         res["fill_seconds"] = (times[target - 1] - t0) if len(times) >= target else math.nan
         res["fill_running"] = len(times)
         res["create_seconds"] = created
@@ -263,12 +303,84 @@ class Bench:
         res["latency"] = {q: measure.percentile(lat, q) for q in (50, 95, 99)}
         res["latency_n"] = len(lat)
         res["fill_counts"] = counters(before)
+        # the stage timeline of the jobs that started in the fill (the first `target`)
+        started = {j for _, j in sorted((t, j) for j, t in first_pods.items()
+                                        if j in applied)[:target]}
+        ref = {j: (t0 if backlog else applied[j]) for j in applied}
+        stages = {"decided": decided, "unsuspended": unsuspended, "pod_created": first_pods,
+                  "pod_bound": bound, "pod_running": running}
+        res["stages"] = audit.stage_stats(
+            {j: ref[j] for j in started},
+            {k: v for k, v in stages.items() if v or k != "unsuspended"}, t0)
+        res["decided_capacity_seconds"] = audit.first_n_seconds(
+            [t for j, t in decided.items() if j in applied], target, t0)
+        res["backlog"] = backlog
         return applied
+
+    def priority(self, name: str) -> str:
+        """The priority class of a fill job `j-<index>` (others: the middle class)."""
+        mix = self.args.priority_mix.split(",")
+        if name.startswith("j-"):
+            return audit.priority_of(int(name[2:]), len(self.namespaces), mix)
+        return mix[len(mix) // 2]
+
+    def audits(self, res: dict, track: PodTrack, decisions: Decisions,
+               applied: dict[str, float], logs: list[Path]) -> None:
+        """The correctness audits of a phase (after its fill and back-fill), the same for both
+        systems; any count above 0 fails the run (main)."""
+        assert self.api
+        with track.lock:
+            max_live = dict(track.max_live)
+        decided, _ = decisions.copy()
+        over = {ns: n for ns, n in max_live.items() if ns in self.namespaces and n > self.quota}
+        events, _ = self.api.list_all("/api/v1/events?fieldSelector=reason%3DFailedCreate")
+        rejected_events = sum(int(e.get("count") or 1) for e in events
+                              if e["metadata"]["namespace"] in self.namespaces)
+        rejected_log = 0
+        for path in logs:
+            with suppress(FileNotFoundError):
+                rejected_log += sum(1 for line in path.read_text(errors="replace").splitlines()
+                                    if "PodCreateFailed" in line
+                                    or "exceeded quota" in line
+                                    or (" 403" in line and "pod" in line.lower()))
+        created_at, decided_at = decisions.server_times(
+            from_workload=bool(decisions.workload_created_at)
+            and self.args.kueue_order_from == "workload")
+        seen = [audit.Seen(j.split("/")[0], j.split("/")[1],
+                           audit.PRIORITIES[self.priority(j.split("/")[1])],
+                           created_at.get(j, math.inf), decided_at.get(j))
+                for j in applied]
+        order = audit.order_violations(seen, self.args.audit_grace, self.quota)
+        res["timeline"] = {f"{x.ns}/{x.name}": (x.priority, x.applied, x.decided) for x in seen}
+        res["audits"] = {
+            "over_quota_namespaces": len(over), "max_pods_in_a_namespace": max(
+                (n for ns, n in max_live.items() if ns in self.namespaces), default=0),
+            "rejected_create_events": rejected_events, "rejected_in_logs": rejected_log,
+            "priority_violations": order["priority"], "fifo_violations": order["fifo"],
+            "examples": order["examples"] + [f"{ns}: {n} pods > quota {self.quota}"
+                                             for ns, n in list(over.items())[:3]]}
+        res["decided_set"] = sorted(j for j in applied if j in decided)
+        res["decided_by_class"] = dict(Counter(
+            f"{j.split('/')[0]} {self.priority(j.split('/')[1])}" for j in res["decided_set"]))
+
+    def agent_writes(self, res: dict) -> None:
+        """Writes by client from the API server's audit log: the fill window, and the phase."""
+        path = audit_log_path(self.cfg)
+        res["agent_counts"] = {
+            "fill": audit.audit_writes(path, res.get("fill_wall_start"), res.get("fill_wall_end")),
+            "phase": audit.audit_writes(path)}
 
     def backfill(self, res: dict, track: PodTrack, message: dict | None, counters: Any) -> None:
         n = min(self.args.backfill, track.n_running())
         with track.lock:
-            victims = sorted(track.running, key=lambda k: track.running_at[k])[:n]
+            # the oldest running pods, taken round-robin over the namespaces, so each
+            # namespace frees about as many GPUs (and has queued jobs to take them)
+            per_ns: dict[str, list[str]] = {}
+            for k in sorted(track.running, key=lambda k: track.running_at[k]):
+                per_ns.setdefault(k.split("/")[0], []).append(k)
+            order = [ks[i] for i in range(max(map(len, per_ns.values()), default=0))
+                     for ks in per_ns.values() if i < len(ks)]
+            victims = order[:n]
             old = set(track.added)
         before = counters()
         t0 = time.monotonic()
@@ -363,15 +475,17 @@ def operator_source(ref: str, work: Path) -> tuple[Path, str]:
 
 
 class Operator:
-    def __init__(self, cfg: dc.ClusterConfig, log_path: Path, src: Path) -> None:
+    def __init__(self, cfg: dc.ClusterConfig, log_path: Path, src: Path,
+                 settings: dict[str, str] | None = None) -> None:
         self.metrics_port = free_port()
         env = {**os.environ, "POD_NAME": "bench-operator", "POD_NAMESPACE": "default",
                # the api and the operator of that source (older commits have no api/ folder)
                "PYTHONPATH": os.pathsep.join(str(src / d) for d in ("api", "operator")
                                              if (src / d).is_dir())}
         env = {k: v for k, v in env.items() if not k.startswith("FINETUNE_")}
+        env.update(settings or {})
         self.log_path = log_path
-        with open(log_path, "wb") as out:
+        with open(log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "finetune_operator", f"--kubeconfig={cfg.kubeconfig}",
                  f"--metrics-port={self.metrics_port}", f"--health-port={free_port()}"],
@@ -426,10 +540,11 @@ class Operator:
                 self.proc.wait(10)
 
 
-def ftj(name: str, group: str) -> dict:
+def ftj(name: str, group: str, priority: str = "finetune-normal") -> dict:
     return {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
             "metadata": {"name": name, "labels": {GROUP_LABEL: group}},
             "spec": {
+                "priorityClassName": priority,
                 "model": {"name": "tiny", "source": {"hub": {"repo": "example/tiny"}}},
                 "dataset": {"source": {"configMap": {"name": "data", "key": "train.jsonl"}}},
                 "resources": {"gpus": 1, "nodeSelector": SELECTOR},
@@ -483,21 +598,41 @@ def run_ours(b: Bench, res: dict[str, Any]) -> None:
     b.namespaces_with_quota(extra)
     wait_bound(b, [*b.namespaces, "lifecycle"])
 
-    op = Operator(b.cfg, b.work / "operator.log", src)
+    (_, _), (qps, burst) = VARIANTS[b.args.variant]
+    settings = {"FINETUNE_API_QPS": str(qps), "FINETUNE_API_BURST": str(burst)} if qps else {}
+    if qps and "api_qps" not in (src / "operator" / "finetune_operator" / "settings.py"
+                                 ).read_text():
+        raise RuntimeError(f"variant {b.args.variant}: the operator at {res['source']} has no "
+                           "api_qps setting; run a newer --operator-ref (or 'worktree')")
+    res["api_qps"], res["api_burst"] = qps, burst
+    log_path = b.work / "operator.log"
+    log_path.unlink(missing_ok=True)
+    op = Operator(b.cfg, log_path, src, settings)
     track = PodTrack(OUR_JOB_LABEL)
+    decisions = Decisions()
     watch = Watch(api, "/api/v1/pods", track.on_event, selector=OUR_JOB_LABEL).start()
+    ftj_watch = Watch(api, FTJ_PATH.replace("namespaces/{ns}/", ""), decisions.on_ftj).start()
     has_counter = op.counts() is not None
     res["operator_counter"] = has_counter
 
+    def op_counts() -> Counter[tuple[str, str]]:
+        try:
+            return op.counts() or Counter()
+        except OSError:  # stopped (the backlog step restarts it)
+            return Counter()
+
     def counters(before: Any = None) -> Any:
-        now = {"apiserver": b.apiserver_counts(), "operator": op.counts() or Counter()}
+        now = {"apiserver": b.apiserver_counts(), "operator": op_counts()}
         if before is None:
             return now
         return {k: measure.diff(now[k], before[k]) for k in now}
 
     def op_writes() -> int:
-        c = op.counts()
-        return measure.writes(c, measure.OPERATOR_WRITES, leases=False) if c else 0
+        return measure.writes(op_counts(), measure.OPERATOR_WRITES, leases=False)
+
+    def restart() -> None:  # --backlog: the operator starts on the jobs already there
+        nonlocal op
+        op = Operator(b.cfg, log_path, src, settings)
 
     def stable() -> bool:
         """No non-Lease operator write in --settle-seconds (its counter; without it, the API
@@ -529,11 +664,17 @@ def run_ours(b: Bench, res: dict[str, Any]) -> None:
         res["lifecycle_counts"] = counters(before)
 
         # --- fill, idle, back-fill
-        applied = b.fill(res, track, lambda i: ftj(f"j-{i:05d}", "fill"), FTJ_PATH, counters)
+        if b.args.backlog:
+            op.stop()
+        applied = b.fill(res, track, lambda i: ftj(f"j-{i:05d}", "fill",
+                                                   b.priority(f"j-{i:05d}")),
+                         FTJ_PATH, counters, decisions, restart if b.args.backlog else None)
         res["rss_after_fill"] = op.rss()
         b.idle(res, counters, stable)
         b.backfill(res, track, DONE, counters)
         res["rss_5000"] = op.rss()
+        b.audits(res, track, decisions, applied, [log_path])
+        b.agent_writes(res)
         b.settle("the operator to settle after the back-fill", stable)
         b.arrivals(res, track, lambda i: ftj(f"a-{i:04d}", "arrivals"), FTJ_PATH,
                    lambda ns, _gpus: claim_and_data(b, ns))
@@ -548,6 +689,7 @@ def run_ours(b: Bench, res: dict[str, Any]) -> None:
                                                          f"seconds_{n}")) for n in ("sum", "count")}
             res["cycle_seconds_mean"] = cyc["sum"] / cyc["count"] if cyc["count"] else None
             res["cycles"] = cyc["count"]
+        ftj_watch.stop()
         watch.stop()
         op.stop()
 
@@ -605,9 +747,14 @@ def run_kueue(b: Bench, res: dict[str, Any]) -> None:
     b.kubectl("create", "namespace", "kueue-system")
     b.namespaces_with_quota()
     ports = {"health": free_port(), "metrics": free_port(), "webhook": free_port()}
-    config = kueue.write_config(b.work, ports, b.args.kueue_qps, b.args.kueue_burst)
-    res["qps"], res["burst"] = b.args.kueue_qps, b.args.kueue_burst
-    proc = kueue.start(binary, b.cfg.kubeconfig, config, b.work / "kueue.log")
+    (qps, burst), _ = VARIANTS[b.args.variant]
+    qps = b.args.kueue_qps if b.args.kueue_qps is not None else qps
+    burst = b.args.kueue_burst if b.args.kueue_burst is not None else burst
+    config = kueue.write_config(b.work, ports, qps, burst)
+    res["qps"], res["burst"] = qps, burst
+    log_path = b.work / "kueue.log"
+    log_path.unlink(missing_ok=True)
+    proc = kueue.start(binary, b.cfg.kubeconfig, config, log_path, b.args.kueue_log_level)
     import urllib.request
 
     def ready() -> bool:
@@ -624,6 +771,7 @@ def run_kueue(b: Bench, res: dict[str, Any]) -> None:
     if not wait_until("kueue /readyz", ready, 120, 1):
         raise RuntimeError(f"kueue did not become ready; see {b.work}/kueue.log")
     objs = [kueue.flavor()] + [kueue.cluster_queue(ns, b.quota, GPU) for ns in b.namespaces]
+    objs += [kueue.priority_class(n, v) for n, v in audit.PRIORITIES.items()]
     objs += [kueue.local_queue(ns) for ns in b.namespaces]
     b.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                    "items": objs}))
@@ -637,17 +785,24 @@ def run_kueue(b: Bench, res: dict[str, Any]) -> None:
 
     wait_until("every ClusterQueue Active", cq_active, 60, 1)
     track = PodTrack(KUEUE_JOB_LABEL)
+    decisions = Decisions()
     watch = Watch(api, "/api/v1/pods", track.on_event, selector=KUEUE_JOB_LABEL).start()
-    admitted: dict[str, float] = {}
-    lock = threading.Lock()
+    wl_watch = Watch(api, "/apis/kueue.x-k8s.io/v1beta2/workloads",
+                     decisions.on_workload).start()
+    job_watch = Watch(api, "/apis/batch/v1/jobs", decisions.on_job).start()
 
-    def on_workload(typ: str, wl: dict, t: float) -> None:
-        conds = (wl.get("status") or {}).get("conditions", [])
-        if any(c["type"] == "Admitted" and c["status"] == "True" for c in conds):
-            with lock:
-                admitted.setdefault(wl["metadata"]["uid"], t)
+    def stop_kueue() -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
-    wl_watch = Watch(api, "/apis/kueue.x-k8s.io/v1beta2/workloads", on_workload).start()
+    def restart() -> None:  # --backlog: Kueue starts on the Jobs already there
+        nonlocal proc
+        proc = kueue.start(binary, b.cfg.kubeconfig, config, log_path, b.args.kueue_log_level)
 
     def counters(before: Any = None) -> Any:
         now = {"apiserver": b.apiserver_counts()}
@@ -657,18 +812,21 @@ def run_kueue(b: Bench, res: dict[str, Any]) -> None:
         return b.quiet(lambda: b.apiserver_writes_to("workloads", "jobs"))
 
     try:
-        t0 = time.monotonic()
-        b.fill(res, track, lambda i: kueue.job(f"j-{i:05d}", 1, GPU, SELECTOR),
-               KUEUE_JOBS_PATH, counters)
-        with lock:
-            adm = sorted(admitted.values())
-        target = min(b.capacity, b.args.jobs)
-        res["admitted_capacity_seconds"] = (adm[target - 1] - t0) if len(adm) >= target \
-            else math.nan
+        if b.args.backlog:
+            stop_kueue()
+        applied = b.fill(res, track, lambda i: kueue.job(f"j-{i:05d}", 1, GPU, SELECTOR,
+                                                         b.priority(f"j-{i:05d}")),
+                         KUEUE_JOBS_PATH, counters, decisions,
+                         restart if b.args.backlog else None)
+        res["admitted_capacity_seconds"] = res["decided_capacity_seconds"]
         res["rss_after_fill"] = measure.rss_mb(proc.pid)
         b.idle(res, counters, stable)
         b.backfill(res, track, None, counters)
         res["rss_5000"] = measure.rss_mb(proc.pid)
+        b.audits(res, track, decisions, applied, [log_path])
+        b.agent_writes(res)
+        res["throttle_lines"] = sum(1 for line in log_path.read_text(errors="replace")
+                                    .splitlines() if kueue.THROTTLE_LINE in line)
         b.settle("Kueue's writes to settle after the back-fill", stable)
 
         def queues(ns: str, gpus: int) -> None:
@@ -683,14 +841,13 @@ def run_kueue(b: Bench, res: dict[str, Any]) -> None:
         b.arrivals(res, track, lambda i: kueue.job(f"a-{i:04d}", 1, GPU, SELECTOR),
                    KUEUE_JOBS_PATH, queues)
     finally:
+        res.setdefault("throttle_lines", sum(
+            1 for line in log_path.read_text(errors="replace").splitlines()
+            if kueue.THROTTLE_LINE in line) if log_path.exists() else None)
+        job_watch.stop()
         wl_watch.stop()
         watch.stop()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_kueue()
 
 
 # ---------------------------------------------------------------- report
@@ -829,8 +986,8 @@ def report(b: Bench, command: str) -> list[str]:
         lines.append(f"Kueue: came up: {'yes' if kq.get('came_up') else 'NO'}; built in "
                      f"{_fmt(kq.get('build_seconds'))}"
                      f"{' (cached from an earlier run)' if kq.get('build_cached') else ''}; "
-                     f"client qps {kq.get('qps')} burst {kq.get('burst')} (its shipped "
-                     "defaults); all capacity admitted (Workload `Admitted`) after "
+                     f"client qps {kq.get('qps')} burst {kq.get('burst')} (variant "
+                     f"{a.variant}); all capacity admitted (Workload `Admitted`) after "
                      f"{_fmt(kq.get('admitted_capacity_seconds'))}; the Job controller creates "
                      "the pods.")
     if ours:
@@ -897,7 +1054,173 @@ def report(b: Bench, command: str) -> list[str]:
             if c:
                 lines.append(f"API server requests during {label}, {name} (top): "
                              f"{measure.table(c, 10)}.")
+    lines += timeline_report(b) + audit_report(b) + writers_report(b) + variance_report(b)
     return lines
+
+
+def config_line(b: Bench) -> str:
+    a = b.args
+    (kq, kb), (oq, ob) = VARIANTS[a.variant]
+    ours = f"client limit {oq:g} QPS / burst {ob}" if oq else "no client rate limit"
+    return (f"Configuration (variant `{a.variant}`): Kueue clientConnection qps "
+            f"{a.kueue_qps if a.kueue_qps is not None else kq:g} / burst "
+            f"{a.kueue_burst if a.kueue_burst is not None else kb}, its shipped controller "
+            f"concurrency, log level {a.kueue_log_level}; ours {ours}; kube-controller-manager "
+            f"`--concurrent-job-syncs={a.job_syncs}` and, like kube-scheduler, qps 5000 / burst "
+            f"10000; priority classes {a.priority_mix} alternating per namespace; "
+            + ("backlog: every job created with the controller stopped, the clock starting "
+               "when it starts" if a.backlog else "the clock starts at the first create")
+            + f"; {len(b.runs) or 1} run(s), alternating which side goes first.")
+
+
+def timeline_report(b: Bench) -> list[str]:
+    ours, kq = b.results.get("ours", {}), b.results.get("kueue", {})
+    if not ours.get("stages") and not kq.get("stages"):
+        return []
+    since = "the controller's start" if b.args.backlog else "each job's create"
+    lines = ["", config_line(b), "",
+             f"Stage timeline of the jobs that started in the fill (seconds since {since}; "
+             "'all' = from the clock's start to the last of them):", "",
+             "| stage | ours p50 | ours p99 | ours all | Kueue p50 | Kueue p99 | Kueue all |",
+             "|---|---|---|---|---|---|---|"]
+    names = {"decided": "decision (ours `Admitted`; Kueue Workload `Admitted`)",
+             "unsuspended": "unsuspend (Kueue Job `suspend=false`)",
+             "pod_created": "pod created", "pod_bound": "pod bound (nodeName set)",
+             "pod_running": "pod Running"}
+    for stage in audit.STAGES:
+        row = [names[stage]]
+        for r in (ours, kq):
+            st = (r.get("stages") or {}).get(stage)
+            row += [_fmt(st.get(k)) for k in ("p50", "p99", "all")] if st else ["n/a"] * 3
+        lines.append("| " + " | ".join(row) + " |")
+    cap = min(b.capacity, b.args.jobs)
+    do, dk = ours.get("decided_capacity_seconds"), kq.get("decided_capacity_seconds")
+    lines.append(f"| all {cap} decided | {_fmt(do)} | | | {_fmt(dk)} | | |")
+    lines.append(f"| all {cap} Running | {_fmt(ours.get('fill_seconds'))} | | | "
+                 f"{_fmt(kq.get('fill_seconds'))} | | |")
+    return lines
+
+
+AUDITS = (("over_quota_namespaces", "namespaces ever above their quota (pods at once)"),
+          ("rejected_create_events", "rejected pod creates (Events reason FailedCreate)"),
+          ("rejected_in_logs", "refused pod creates in the controller log (quota, 403)"),
+          ("priority_violations", "lower priority decided while a higher one waited"),
+          ("fifo_violations", "FIFO broken within a priority"))
+
+
+def audit_failures(results: dict[str, Any]) -> list[str]:
+    """Every audit count above 0 (and admitted sets that differ), as sentences."""
+    out = []
+    for name, r in results.items():
+        if not isinstance(r, dict):
+            continue
+        for key, label in AUDITS:
+            n = (r.get("audits") or {}).get(key)
+            if n:
+                out.append(f"{name}: {label}: {n}")
+    diff = results.get("class_count_diff")
+    if diff and results.get("backlog"):
+        out.append(f"the two systems decided different numbers of jobs per namespace and "
+                   f"priority class from the same backlog: {diff} decisions differ")
+    return out
+
+
+def audit_report(b: Bench) -> list[str]:
+    ours, kq = b.results.get("ours", {}), b.results.get("kueue", {})
+    if "audits" not in ours and "audits" not in kq:
+        return []
+    lines = ["", f"Correctness audits (every run; a count above 0 fails the run; the order "
+             "audits compare the API server's timestamps, 1 s resolution: a job's "
+             "creationTimestamp against the decision condition's lastTransitionTime, with a "
+             f"grace of {b.args.audit_grace:g} s; Kueue's jobs count from their "
+             f"{b.args.kueue_order_from}'s creation):", "",
+             "| audit | ours | Kueue |", "|---|---|---|"]
+    for key, label in (*AUDITS, ("max_pods_in_a_namespace",
+                                 f"most pods at once in one namespace (quota {b.quota})")):
+        row = [str((r.get("audits") or {}).get(key, "n/a")) for r in (ours, kq)]
+        lines.append(f"| {label} | {row[0]} | {row[1]} |")
+    diff, cdiff = b.results.get("same_set_diff"), b.results.get("class_count_diff")
+    lines.append(f"| jobs decided by one side only (by name) | "
+                 f"{diff if diff is not None else 'n/a'} | |")
+    lines.append(f"| decisions differing in count per namespace and class | "
+                 f"{cdiff if cdiff is not None else 'n/a'} | |")
+    lines.append("(By name the sets can differ at the boundary: within one second of "
+                 "creation both order by creation time, which only --backlog makes the same "
+                 "for both, and without --backlog decisions race the creates. The per-class "
+                 "count fails the run in --backlog mode.)")
+    return lines
+
+
+def writers_report(b: Bench) -> list[str]:
+    lines = []
+    for name in ("ours", "kueue"):
+        c = ((b.results.get(name) or {}).get("agent_counts") or {}).get("fill")
+        if not c:
+            continue
+        agents = audit.by_agent(c)
+        leases = sum(audit.by_agent(c, leases=True).values()) - sum(agents.values())
+        lines.append(f"API writes during the fill by client, {name} (the API server's audit "
+                     f"log; {leases:,} Lease writes left out): " + "; ".join(
+                         f"{k}: {v:,}" for k, v in agents.most_common(8)) + ".")
+    kq = b.results.get("kueue") or {}
+    if kq.get("throttle_lines") is not None:
+        lines.append(f"Kueue log lines of client-side throttling ('{kueue.THROTTLE_LINE}', "
+                     f"log level {b.args.kueue_log_level}): {kq['throttle_lines']:.0f}.")
+    return ["", *lines] if lines else []
+
+
+def variance_report(b: Bench) -> list[str]:
+    if len(b.runs) < 2:
+        return []
+    lines = ["", f"Over {len(b.runs)} runs (median shown above; min - max here):"]
+    for name in ("ours", "kueue"):
+        rng = b.ranges.get(name) or {}
+        parts = []
+        for key, label in (("fill_seconds", "fill"), ("decided_capacity_seconds", "all decided"),
+                           ("create_seconds", "creates"), ("backfill_seconds", "back-fill")):
+            if key in rng:
+                lo, hi = rng[key]
+                parts.append(f"{label} {lo:.1f} - {hi:.1f} s")
+        lat = rng.get("arrival_latency") or {}
+        if 99 in lat or "99" in lat:
+            lo, hi = lat.get(99) or lat["99"]
+            parts.append(f"arrivals p99 {lo:.2f} - {hi:.2f} s")
+        if parts:
+            lines.append(f"{name}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def combine(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Median results and ranges over runs; audit counts are summed over runs (any run that
+    breaks an audit shows) and the admitted-set difference is per run, summed."""
+    med: dict[str, Any] = {}
+    rng: dict[str, Any] = {}
+    for phase in ("ours", "kueue"):
+        per = [r[phase] for r in runs if phase in r]
+        if not per:
+            continue
+        med[phase], rng[phase] = audit.aggregate(per)
+        audits = [p["audits"] for p in per if "audits" in p]
+        if audits:
+            med[phase]["audits"] = {k: (sum(a.get(k, 0) for a in audits) if k != "examples"
+                                        else [e for a in audits for e in a.get(k, [])][:5])
+                                    for k in audits[0]}
+            med[phase]["audits"]["max_pods_in_a_namespace"] = max(
+                a.get("max_pods_in_a_namespace", 0) for a in audits)
+    both = [(r["ours"], r["kueue"]) for r in runs
+            if "decided_set" in r.get("ours", {}) and "decided_set" in r.get("kueue", {})]
+    if both:
+        med["same_set_diff"] = sum(len(set(o["decided_set"]) ^ set(k["decided_set"]))
+                                   for o, k in both)
+        med["class_count_diff"] = sum(class_count_diff(o["decided_by_class"],
+                                                       k["decided_by_class"]) for o, k in both)
+        med["backlog"] = all(r["ours"].get("backlog") for r in runs if "ours" in r)
+    return med, rng
+
+
+def class_count_diff(ours: dict[str, int], kq: dict[str, int]) -> int:
+    """Decisions that differ in count per "namespace class" between the two sides."""
+    return sum(abs(ours.get(k, 0) - kq.get(k, 0)) for k in set(ours) | set(kq))
 
 
 def main() -> int:
@@ -922,8 +1245,35 @@ def main() -> int:
     ap.add_argument("--phases", default="ours,kueue")
     ap.add_argument("--operator-ref", default="HEAD",
                     help="git ref of the operator to run, or 'worktree' (default: HEAD)")
-    ap.add_argument("--kueue-qps", type=float, default=50)
-    ap.add_argument("--kueue-burst", type=int, default=100)
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="unthrottled",
+                    help="unthrottled: Kueue at qps 5000 / burst 10000 (as the controller-"
+                    "manager and scheduler here), ours without a client limit; qps50: both at "
+                    "50 / 100 (ours: FINETUNE_API_QPS / FINETUNE_API_BURST)")
+    ap.add_argument("--kueue-qps", type=float, default=None, help="override the variant's")
+    ap.add_argument("--kueue-burst", type=int, default=None, help="override the variant's")
+    ap.add_argument("--kueue-log-level", default="2",
+                    help="Kueue's --zap-log-level (2 shows client-side throttling past 1 s)")
+    ap.add_argument("--job-syncs", type=int, default=50,
+                    help="kube-controller-manager --concurrent-job-syncs")
+    ap.add_argument("--backlog", action="store_true",
+                    help="create every job with the controller stopped; the clock starts "
+                    "when it starts")
+    ap.add_argument("--priority-mix", default="finetune-high,finetune-normal,finetune-low",
+                    help="priority classes alternating per namespace (Kueue: "
+                    "WorkloadPriorityClasses of the same names and values)")
+    ap.add_argument("--audit-grace", type=float, default=5.0,
+                    help="order audits: seconds allowed between a job's creation and a "
+                    "decision that must have seen it (API server timestamps, 1 s resolution)")
+    ap.add_argument("--kueue-order-from", choices=("job", "workload"), default="job",
+                    help="Kueue's order audits count a job as waiting from its Job's creation "
+                    "(what its user did) or from its Workload's (when Kueue could know it)")
+    ap.add_argument("--runs", type=int, default=1, help="runs, alternating which side is first")
+    ap.add_argument("--allow-single-run", action="store_true",
+                    help="let --markdown write BENCHMARKS.md from one run")
+    ap.add_argument("--cluster-dir", type=Path, default=None,
+                    help="state directory of the benchmark cluster (default: devcluster/scale)")
+    ap.add_argument("--port-offset", type=int, default=None,
+                    help="shift the cluster's default ports by this (default: devcluster/scale)")
     ap.add_argument("--workers", type=int, default=16, help="concurrent creates/patches")
     ap.add_argument("--phase-timeout", type=float, default=900)
     ap.add_argument("--keep", action="store_true", help="leave the benchmark cluster running")
@@ -934,42 +1284,68 @@ def main() -> int:
     ap.add_argument("--report-only", type=Path, metavar="JSON",
                     help="no run: render the report of a saved --json (pass the run's options)")
     args = ap.parse_args()
+    if args.markdown and args.runs < 2 and not args.allow_single_run and not args.report_only:
+        ap.error("--markdown writes BENCHMARKS.md from the median of several runs: pass "
+                 "--runs 3 (or --allow-single-run to write one run's figures)")
+    unknown = set(args.priority_mix.split(",")) - set(audit.PRIORITIES)
+    if unknown:
+        ap.error(f"--priority-mix: unknown classes {sorted(unknown)}; pick from "
+                 f"{sorted(audit.PRIORITIES)}")
     b = Bench(args)
     started = time.monotonic()
     drop = {"--report-only", str(args.report_only), "--note", *args.note}
     argv = " ".join(a for a in sys.argv[1:] if a not in drop)
+    command = f".venv/bin/python benchmarks/bench_scale.py {argv}".strip()
     if args.report_only:
-        b.results = _from_json(json.loads(args.report_only.read_text()))
-        lines = report(b, f".venv/bin/python benchmarks/bench_scale.py {argv}".strip())
+        saved = json.loads(args.report_only.read_text())
+        b.runs = [_from_json(r) for r in saved["runs"]] if "runs" in saved else [
+            _from_json(saved)]
+        b.results, b.ranges = combine(b.runs)
+        lines = report(b, command)
         lines += ["", "Notes. " + " ".join(args.note)] if args.note else []
         print("\n".join(lines))
-        if args.markdown:
+        if args.markdown and not audit_failures(b.results):
+            if len(b.runs) < 2 and not args.allow_single_run:
+                log("not writing BENCHMARKS.md from one run (pass --allow-single-run)")
+                return 2
             write_section("Scale", f"bench_scale.py {argv}", lines)
         return 0
     try:
-        for phase in args.phases.split(","):
-            log(f"phase {phase}")
-            res = b.results[phase] = {}
-            try:
-                {"ours": run_ours, "kueue": run_kueue}[phase](b, res)
-            except Exception as e:  # a phase failing keeps what it measured, and the other's
-                log(f"phase {phase} failed: {e!r}")
-                res["error"] = repr(e)
-                res.setdefault("came_up", False)
+        for i in range(args.runs):
+            phases = args.phases.split(",")
+            order = phases[::-1] if i % 2 else phases  # alternate who goes first
+            run: dict[str, Any] = {}
+            b.runs.append(run)
+            for phase in order:
+                log(f"run {i + 1}/{args.runs}: phase {phase}")
+                res = run[phase] = {}
+                try:
+                    {"ours": run_ours, "kueue": run_kueue}[phase](b, res)
+                except Exception as e:  # a phase failing keeps what it measured
+                    log(f"phase {phase} failed: {e!r}")
+                    res["error"] = repr(e)
+                    res.setdefault("came_up", False)
     finally:
         if not args.keep:
             dc.down(b.cfg)
-    command = f".venv/bin/python benchmarks/bench_scale.py {argv}".strip()
+    b.results, b.ranges = combine(b.runs)
     lines = report(b, command)
     lines += ["", "Notes. " + " ".join(args.note)] if args.note else []
     print("\n".join(lines))
     log(f"run took {time.monotonic() - started:.0f}s on {platform.node()}")
     if args.json:
-        args.json.write_text(json.dumps(_jsonable(b.results), indent=1, default=str))
+        args.json.write_text(json.dumps({"runs": [_jsonable(r) for r in b.runs]}, indent=1,
+                                        default=str))
+    failures = audit_failures(b.results)
+    if failures:
+        log("AUDIT FAILED: " + "; ".join(failures))
+        for name in ("ours", "kueue"):
+            for ex in ((b.results.get(name) or {}).get("audits") or {}).get("examples", []):
+                log(f"  {name}: {ex}")
+        return 1
     if args.markdown:
         write_section("Scale", f"bench_scale.py {argv}", lines)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

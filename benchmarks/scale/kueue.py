@@ -22,6 +22,10 @@ from finetune_dev.devcluster import versions
 VERSION = "v0.17.0"
 MODULE = "sigs.k8s.io/kueue"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+# client-go's line for a request its rate limiter held back (V(3) past 50 ms; past 1 s also at
+# V(2) once a second and at info level once in 10 s)
+THROTTLE_LINE = "Waited before sending request"
 METRICS_CERTS = Path("/etc/kueue/metrics/certs")  # hard-coded in cmd/kueue/main.go
 
 
@@ -78,8 +82,10 @@ def _self_signed(dest: Path) -> None:
 
 
 def write_config(work: Path, ports: dict[str, int], qps: float, burst: int) -> Path:
-    """Kueue's Configuration: shipped defaults (controller concurrency, client rate) except
-    what running out of cluster needs (no leader election, no cert management, local ports)."""
+    """Kueue's Configuration: shipped defaults (controller concurrency) except the client
+    rate (the benchmark's variant: qps/burst as kube-controller-manager and kube-scheduler get
+    here, or 50/100, Kueue's shipped default) and what running out of cluster needs (no
+    leader election, no cert management, local ports)."""
     certs = work / "webhook-certs"
     _self_signed(certs)
     if not (METRICS_CERTS / "tls.crt").exists():
@@ -104,11 +110,14 @@ def write_config(work: Path, ports: dict[str, int], qps: float, burst: int) -> P
     return path
 
 
-def start(binary: Path, kubeconfig: Path, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
+def start(binary: Path, kubeconfig: Path, config: Path, log: Path,
+          log_level: str = "2") -> subprocess.Popen[bytes]:
+    """Kueue in the background; log_level is zap's (info, or a number: the klog verbosity,
+    2 shows client-side throttling past 1 s once a second, 3 every wait past 50 ms)."""
+    with open(log, "ab") as out:
         return subprocess.Popen(
             [str(binary), f"--config={config}", f"--kubeconfig={kubeconfig}",
-             "--feature-gates=VisibilityOnDemand=false", "--zap-log-level=error"],
+             "--feature-gates=VisibilityOnDemand=false", f"--zap-log-level={log_level}"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "KUBECONFIG": str(kubeconfig)})
 
@@ -140,12 +149,20 @@ def local_queue(ns: str) -> dict:
             "metadata": {"name": "lq", "namespace": ns}, "spec": {"clusterQueue": f"cq-{ns}"}}
 
 
-def job(name: str, gpus: int, gpu_resource: str, selector: dict[str, str]) -> dict[str, Any]:
-    """A suspended one-pod batch/v1 Job with the queue label (no webhook needed)."""
+def priority_class(name: str, value: int) -> dict:
+    return {"apiVersion": V, "kind": "WorkloadPriorityClass", "metadata": {"name": name},
+            "value": value, "description": "the benchmark's band of the same name as ours"}
+
+
+def job(name: str, gpus: int, gpu_resource: str, selector: dict[str, str],
+        priority: str | None = None) -> dict[str, Any]:
+    """A suspended one-pod batch/v1 Job with the queue label (no webhook needed) and, when
+    given, a WorkloadPriorityClass label."""
     res = {gpu_resource: str(gpus)}
+    labels = {QUEUE_LABEL: "lq", **({PRIORITY_LABEL: priority} if priority else {})}
     return {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "labels": {QUEUE_LABEL: "lq"}},
+        "metadata": {"name": name, "labels": labels},
         "spec": {"suspend": True, "parallelism": 1, "completions": 1, "backoffLimit": 0,
                  "template": {"spec": {
                      "restartPolicy": "Never", "nodeSelector": selector,

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from finetune_operator.http.identity import PodIdentity
     from finetune_operator.jobs.controller import Controller, Fence
     from finetune_operator.jobs.ports import SystemClock
-    from finetune_operator.kube.client import Kube, load_client
+    from finetune_operator.kube.client import Kube, TokenBucket, load_client
     from finetune_operator.reports.channel import start_channel
     from finetune_operator.reports.model import ProgressReport
     from finetune_operator.reports.rejects import Rejections
@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                                                     else logging.INFO)
     clock = SystemClock()
     fence = Fence(clock)  # the Lease moves it; every write is checked against it
+    limiter = (TokenBucket(settings.cycle.api_qps, settings.cycle.api_burst)
+               if settings.cycle.api_qps > 0 else None)  # one bucket for every API call
     kube = Kube(load_client(args.kubeconfig), timeout_seconds=settings.cycle.api_timeout_seconds,
-                fence=fence.may_write)
+                fence=fence.may_write, limiter=limiter)
     rejections = Rejections()  # bad reports and termination messages, counted once per pod
 
     def on_report(who: PodIdentity, report: ProgressReport) -> None:

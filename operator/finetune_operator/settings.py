@@ -126,6 +126,14 @@ class CycleSettings(_Section):
     max_concurrent_writes: int = Field(default=16, ge=1, le=256,
                                        description="API writes of one cycle in flight")
     api_timeout_seconds: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
+    api_qps: float = Field(
+        default=0.0, ge=0, le=100_000, allow_inf_nan=False,
+        description="API requests per second, every call of the operator together (one "
+        "token bucket, like client-go's QPS); 0 = no client-side limit")
+    api_burst: int = Field(
+        default=0, ge=0, le=1_000_000,
+        description="requests the bucket lets through at once before api_qps applies; "
+        "0 = twice api_qps (at least 1)")
     backoff_base_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     progress_write_interval_seconds: float = Field(
         default=30.0, ge=0, allow_inf_nan=False,

@@ -13,6 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -147,23 +150,65 @@ def _base(path: str) -> str:
     return "/".join(parts)
 
 
+class TokenBucket:
+    """Client-side rate limit of every API call together (``FINETUNE_API_QPS`` /
+    ``FINETUNE_API_BURST``), the token bucket of client-go's QPS/burst: ``burst`` calls go at
+    once, then one per ``1/qps`` seconds. A caller past the bucket reserves the next token and
+    sleeps until it is due (outside the lock: waiting callers queue in arrival order, each
+    for its own slot). ``qps`` 0 = no limit. Clock and sleep are injectable (tests)."""
+
+    def __init__(self, qps: float, burst: int = 0,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.qps = qps
+        self.burst = burst if burst > 0 else max(1, math.ceil(2 * qps))
+        self._clock, self._sleep = clock, sleep
+        self._tokens = float(self.burst)
+        self._at = clock()
+        self._lock = threading.Lock()
+        self.waits = 0  # calls that had to wait for a token
+
+    def acquire(self) -> float:
+        """Take one token, waiting for it if none is left; the seconds waited (0 = none)."""
+        if self.qps <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.qps)
+            self._at = now
+            self._tokens -= 1
+            wait = -self._tokens / self.qps if self._tokens < 0 else 0.0
+            if wait:
+                self.waits += 1
+        if wait:
+            self._sleep(wait)
+        return wait
+
+
 class Kube:
     """``fence`` is checked right before every write but the UNFENCED ones: the operator
     passes its Lease's (``jobs/lease.py`` ``Fence.may_write``), so a deposed leader (paused
-    past its Lease) sends nothing; without one every write is sent (tools, tests)."""
+    past its Lease) sends nothing; without one every write is sent (tools, tests).
+    ``limiter`` is the one token bucket every call takes a token from before it is sent
+    (``FINETUNE_API_QPS``; none = no client-side limit)."""
 
     def __init__(self, api: client.ApiClient, timeout_seconds: float = 10.0,
-                 fence: Callable[[], bool] = lambda: True) -> None:
+                 fence: Callable[[], bool] = lambda: True,
+                 limiter: TokenBucket | None = None) -> None:
         self.api = api
         self.timeout = timeout_seconds
         self.calls: Counter[str] = Counter()
         self._fence = fence
+        self._limiter = limiter
 
     def _count(self, verb: str, resource: str) -> None:
-        """Count a call about to be sent; a write while fenced raises Fenced instead."""
+        """Count a call about to be sent, once the limiter gave it a token; a write while
+        fenced raises Fenced instead."""
         if verb in WRITE_VERBS and resource not in UNFENCED and not self._fence():
             raise Fenced(f"{verb} {resource}: this replica does not hold the leader Lease; "
                          "the write is left to the leader")
+        if self._limiter is not None:
+            self._limiter.acquire()
         self.calls[f"{verb} {resource}"] += 1
         metrics.count_api_request(verb, resource)
         if (verb, resource) not in API_SURFACE:
