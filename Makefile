@@ -38,8 +38,9 @@ $(STAMP): $(PYPROJECTS)
 	$(BIN)/pip install --quiet -e ./api -e ./operator -e ./trainer -e './dev[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-cluster-bins: venv ## build etcd, kube-*, kubectl, kwok, helm from the Go module proxy (cached)
+cluster-bins: venv ## build etcd, kube-*, kubectl, kwok, helm and the S3 test server (SeaweedFS) from the Go module proxy (cached)
 	$(BIN)/python -m finetune_dev.devcluster build
+	$(BIN)/python -m finetune_dev.s3server build
 
 system-deps: ## Debian packages the tests need (promtool)
 	@command -v promtool >/dev/null || { \

@@ -70,6 +70,94 @@ class ConfigMapSource(ApiModel):
                      description="the key that holds the data file, e.g. train.jsonl")
 
 
+# Object storage (S3 or an S3-compatible store). Bucket names follow the S3 naming rules:
+# 3-63 characters of lower-case letters, digits, dots and hyphens, starting and ending with a
+# letter or a digit. Keys: no leading '/', no '..' segment, no control characters.
+S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+S3_ENDPOINT = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"
+S3_REGION = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+S3_KEY = r"^[^/\x00-\x1f\x7f]([^\x00-\x1f\x7f]*)$"
+S3_VERSION_ID = r"^[A-Za-z0-9._+/=:-]+$"
+_S3_KEY_RULE = (
+    "!self.{f}.matches('(^|/)[.][.]?(/|$)')",
+    "{f} must not contain '.' or '..' segments",
+    ".{f}",
+)
+
+
+def _s3_key_rule(f: str) -> tuple[str, str, str]:
+    rule, msg, path = _S3_KEY_RULE
+    return rule.format(f=f), msg.format(f=f), path.format(f=f)
+
+
+def _check_key(value: str, what: str) -> None:
+    if any(seg in (".", "..") for seg in value.split("/")):
+        raise ValueError(f"{what} must not contain '.' or '..' segments")
+
+
+class S3Location(ApiModel):
+    """Where a bucket is and how to reach it (shared by S3 sources and the S3 output)."""
+
+    bucket: str = Field(min_length=3, max_length=63, pattern=S3_BUCKET,
+                        description="bucket name (S3 rules: 3-63 lower-case letters, digits, "
+                        "dots and hyphens)")
+    endpoint: str | None = Field(
+        default=None, max_length=2048, pattern=S3_ENDPOINT,
+        description="scheme, host and port of an S3-compatible store, e.g. "
+        "https://s3.example.com:9000 (path-style requests, no path); default: AWS S3 for the "
+        "region")
+    region: str = Field(default="us-east-1", min_length=1, max_length=64, pattern=S3_REGION,
+                        description="region of the bucket (default us-east-1)")
+    credentials_secret: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+        description="a Secret in the job's namespace with the keys AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN), passed to the trainer as "
+        "environment variables; default: the pod's own credentials (e.g. a workload identity)")
+
+
+class ModelS3Source(S3Location):
+    model_config = ConfigDict(json_schema_extra=cel(_s3_key_rule("prefix")))
+    prefix: str = Field(min_length=1, max_length=1024, pattern=S3_KEY,
+                        description="the key prefix of the model directory (save_pretrained "
+                        "layout), e.g. base/qwen2.5-0.5b/: every object under it is downloaded")
+
+    @model_validator(mode="after")
+    def _key(self) -> ModelS3Source:
+        _check_key(self.prefix, "prefix")
+        return self
+
+
+class DatasetS3Source(S3Location):
+    model_config = ConfigDict(json_schema_extra=cel(_s3_key_rule("key")))
+    key: str = Field(min_length=1, max_length=1024, pattern=S3_KEY,
+                     description="the object holding the data file, e.g. data/train.jsonl "
+                     "(.jsonl, .json or .parquet)")
+    version_id: str | None = Field(
+        default=None, min_length=1, max_length=1024, pattern=S3_VERSION_ID,
+        description="an object version to read (versioned buckets); default: the current "
+        "version, pinned by the first attempt for every later one")
+
+    @model_validator(mode="after")
+    def _key(self) -> DatasetS3Source:
+        _check_key(self.key, "key")
+        return self
+
+
+class OutputS3(S3Location):
+    model_config = ConfigDict(json_schema_extra=cel(_s3_key_rule("prefix")))
+    prefix: str = Field(min_length=1, max_length=1024, pattern=S3_KEY,
+                        description="key prefix the result is uploaded under: <prefix>/adapter/ "
+                        "and <prefix>/merged/, each with a SHA256SUMS manifest")
+    merged: bool = Field(
+        default=False, description="also upload the merged model (needs output.mergeAdapter "
+        "with lora and qlora; method full always uploads its model)")
+
+    @model_validator(mode="after")
+    def _key(self) -> OutputS3:
+        _check_key(self.prefix, "prefix")
+        return self
+
+
 _HUB_IDS = {"model": "Qwen/Qwen2.5-0.5B-Instruct", "dataset": "yahma/alpaca-cleaned"}
 
 
@@ -87,12 +175,16 @@ def _hub_token(what: str) -> Any:
 class ModelHubSource(ApiModel):
     repo: str = _hub_repo("model")
     revision: str = Field(default="main", min_length=1, max_length=256,
-                          description="branch, tag or commit to download (default main)")
+                          description="branch, tag or commit to download (default main); the "
+                          "first attempt pins it to a commit hash for every later one")
     token_secret_ref: SecretKeyRef | None = _hub_token("model")
 
 
 class DatasetHubSource(ApiModel):
     repo: str = _hub_repo("dataset")
+    revision: str = Field(default="main", min_length=1, max_length=256,
+                          description="branch, tag or commit to download (default main); the "
+                          "first attempt pins it to a commit hash for every later one")
     split: str = Field(default="train", min_length=1, max_length=256,
                        description="the split to read (default train)")
     token_secret_ref: SecretKeyRef | None = _hub_token("dataset")
@@ -104,33 +196,83 @@ def _exactly_one(names: list[str], where: str) -> tuple[str, str]:
 
 
 class ModelSource(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(_exactly_one(["pvc", "hub"], "model.source")))
+    model_config = ConfigDict(
+        json_schema_extra=cel(_exactly_one(["pvc", "hub", "s3"], "model.source")))
     pvc: PvcSource | None = Field(
         default=None, description="a model directory (save_pretrained layout) on a claim")
     hub: ModelHubSource | None = Field(
         default=None, description="a model downloaded from the Hugging Face Hub")
+    s3: ModelS3Source | None = Field(
+        default=None, description="a model directory in object storage (S3 or compatible), "
+        "downloaded once into the job's volume")
 
     @model_validator(mode="after")
     def _one(self) -> ModelSource:
-        if (self.pvc is None) == (self.hub is None):
-            raise ValueError("model.source: exactly one of pvc, hub must be set")
+        if sum(x is not None for x in (self.pvc, self.hub, self.s3)) != 1:
+            raise ValueError("model.source: exactly one of pvc, hub, s3 must be set")
         return self
 
 
 class DatasetSource(ApiModel):
     model_config = ConfigDict(
-        json_schema_extra=cel(_exactly_one(["pvc", "configMap", "hub"], "dataset.source"))
+        json_schema_extra=cel(
+            _exactly_one(["pvc", "configMap", "hub", "s3"], "dataset.source"))
     )
     pvc: PvcSource | None = Field(default=None, description="a data file on a claim")
     config_map: ConfigMapSource | None = Field(
         default=None, description="a data file in a ConfigMap key (1 MiB at most)")
     hub: DatasetHubSource | None = Field(
         default=None, description="a dataset downloaded from the Hugging Face Hub")
+    s3: DatasetS3Source | None = Field(
+        default=None, description="a data file in object storage (S3 or compatible), "
+        "downloaded once into the job's volume")
 
     @model_validator(mode="after")
     def _one(self) -> DatasetSource:
-        if sum(x is not None for x in (self.pvc, self.config_map, self.hub)) != 1:
-            raise ValueError("dataset.source: exactly one of pvc, configMap, hub must be set")
+        if sum(x is not None for x in (self.pvc, self.config_map, self.hub, self.s3)) != 1:
+            raise ValueError("dataset.source: exactly one of pvc, configMap, hub, s3 must be set")
+        return self
+
+
+class ModelConfigSummary(ApiModel):
+    """The few values of the model's config.json the GPU memory estimate needs (the operator
+    cannot read a model on a claim or the Hub; the trainer reads config.json itself)."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!has(self.numKeyValueHeads) || self.numKeyValueHeads <= self.numAttentionHeads",
+         "model.config: numKeyValueHeads must not exceed numAttentionHeads",
+         ".numKeyValueHeads"),
+        ("self.hiddenSize % self.numAttentionHeads == 0",
+         "model.config: hiddenSize must be a multiple of numAttentionHeads", ".hiddenSize"),
+    ))
+    hidden_size: int = Field(ge=1, le=65536, description="config.json hidden_size")
+    num_hidden_layers: int = Field(ge=1, le=1024, description="config.json num_hidden_layers")
+    num_attention_heads: int = Field(ge=1, le=1024,
+                                     description="config.json num_attention_heads")
+    vocab_size: int = Field(ge=1, le=4194304, description="config.json vocab_size")
+    intermediate_size: int | None = Field(
+        default=None, ge=1, le=1048576,
+        description="config.json intermediate_size (default 4 x hiddenSize)")
+    num_key_value_heads: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="config.json num_key_value_heads (default numAttentionHeads)")
+    tie_word_embeddings: bool = Field(default=False,
+                                      description="config.json tie_word_embeddings")
+    gated_mlp: bool = Field(
+        default=True, description="the MLP has gate, up and down projections (Llama, Qwen, "
+        "Mistral, Gemma: default true); false for two-matrix MLPs (GPT-2, Falcon, Phi)")
+    parameters: int | None = Field(
+        default=None, ge=1, le=10**13,
+        description="total parameter count, when the layers alone undercount it (mixture of "
+        "experts); default: computed from the shape")
+
+    @model_validator(mode="after")
+    def _heads(self) -> ModelConfigSummary:
+        if self.num_key_value_heads is not None and \
+                self.num_key_value_heads > self.num_attention_heads:
+            raise ValueError("model.config: numKeyValueHeads must not exceed numAttentionHeads")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("model.config: hiddenSize must be a multiple of numAttentionHeads")
         return self
 
 
@@ -138,7 +280,11 @@ class ModelSpec(ApiModel):
     name: str = Field(min_length=1, max_length=256,
                       description="the base model's name: a Hub id or a label of your own")
     source: ModelSource = Field(
-        description="where the weights come from: exactly one of pvc or hub")
+        description="where the weights come from: exactly one of pvc, hub or s3")
+    config: ModelConfigSummary | None = Field(
+        default=None, description="a summary of the model's config.json: lets the operator "
+        "estimate the job's GPU memory before it runs (status.gpuMemory); default: the trainer "
+        "estimates it from config.json when it starts")
 
 
 DatasetFormat = Literal["alpaca", "sharegpt", "messages", "text"]
@@ -146,7 +292,8 @@ DatasetFormat = Literal["alpaca", "sharegpt", "messages", "text"]
 
 class DatasetSpec(ApiModel):
     source: DatasetSource = Field(
-        description="where the training data comes from: exactly one of pvc, configMap or hub")
+        description="where the training data comes from: exactly one of pvc, configMap, hub or "
+        "s3")
     format: DatasetFormat = Field(
         default="messages", description="record layout of the JSON lines: alpaca "
         "(instruction/input/output), sharegpt (conversations), messages (role/content chat) or "
@@ -337,7 +484,22 @@ class Toleration(ApiModel):
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 
 
+# resources.gpuMemory: a memory quantity (Mi/Gi/Ti, M/G/T) or auto; the range is checked below.
+GPU_MEMORY = r"^(auto|[0-9]{1,7}(\.[0-9]{1,3})?([MGT]i?))$"
+GPU_MEMORY_MIN = 2 * 2**30  # 2 GiB: the CUDA context alone takes about 1
+GPU_MEMORY_MAX = 2**40  # 1 TiB: more than any GPU
+
+
 class ResourcesSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!has(self.gpuMemory) || !has(self.gpus) || self.gpus > 0",
+         "resources.gpuMemory needs resources.gpus >= 1", ".gpuMemory"),
+        ("!has(self.gpuMemory) || self.gpuMemory == 'auto' || "
+         "(quantity(self.gpuMemory).compareTo(quantity('2Gi')) >= 0 && "
+         "quantity(self.gpuMemory).compareTo(quantity('1Ti')) <= 0)",
+         "resources.gpuMemory must be 2Gi-1Ti (the memory one GPU's share must hold) or auto",
+         ".gpuMemory"),
+    ))
     gpus: int = Field(default=1, ge=0, le=64,
                       description="GPUs per node (per pod), 0-64 (default 1; 0 = a CPU job)")
     nodes: int = Field(default=1, ge=1, le=256,
@@ -350,6 +512,12 @@ class ResourcesSpec(ApiModel):
         pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9._]*[a-z0-9])?$",
         description="extended resource name of the GPU; default from the operator config",
     )
+    gpu_memory: str | None = Field(
+        default=None, max_length=16, pattern=GPU_MEMORY,
+        description="GPU memory this job may use on each of its GPUs, a quantity such as 20Gi "
+        "(2Gi-1Ti), or auto: the estimate (status.gpuMemory). The trainer caps its CUDA memory "
+        "there and a job that needs more fails with cause GPUMemoryExceeded; default: none, "
+        "the job has whole GPUs")
     cpu: str = Field(default="2", max_length=QUANTITY_MAX, pattern=QUANTITY,
                      description="CPU request of each pod, a quantity such as 8 or 500m "
                      "(default 2)")
@@ -363,6 +531,20 @@ class ResourcesSpec(ApiModel):
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64,
         description="taints the pods tolerate; one for the GPU resource is added when gpus > 0")
+
+    @model_validator(mode="after")
+    def _gpu_memory(self) -> ResourcesSpec:
+        if self.gpu_memory is None:
+            return self
+        if self.gpus == 0:
+            raise ValueError("resources.gpuMemory needs resources.gpus >= 1")
+        if self.gpu_memory != "auto":
+            from finetune_api.quantity import quantity
+
+            if not GPU_MEMORY_MIN <= quantity(self.gpu_memory) <= GPU_MEMORY_MAX:
+                raise ValueError(f"resources.gpuMemory: {self.gpu_memory} is outside 2Gi-1Ti; "
+                                 "give the memory one GPU's share must hold, or auto")
+        return self
 
     @property
     def total_gpus(self) -> int:
@@ -440,11 +622,14 @@ class OutputSpec(ApiModel):
     merge_adapter: bool = Field(
         default=False, description="lora and qlora: also write the base model with the adapter "
         "merged in, output/merged (default false)")
+    s3: OutputS3 | None = Field(
+        default=None, description="also upload the result to object storage after a successful "
+        "run (status.output names the URIs); default: the checkpoint volume only")
 
 
 class EvalDatasetSpec(ApiModel):
     source: DatasetSource = Field(
-        description="where the test data comes from: exactly one of pvc, configMap or hub")
+        description="where the test data comes from: exactly one of pvc, configMap, hub or s3")
     format: DatasetFormat | None = Field(
         default=None, description="default: the training dataset's format")
 
@@ -495,6 +680,10 @@ _METHOD_RULES = cel(
      ".training.attnImplementation"),
     ("!has(self.output) || !self.output.mergeAdapter || self.method != 'full'",
      "output.mergeAdapter only applies to lora and qlora", ".output.mergeAdapter"),
+    ("!has(self.output) || !has(self.output.s3) || !self.output.s3.merged "
+     "|| self.method == 'full' || (has(self.output.mergeAdapter) && self.output.mergeAdapter)",
+     "output.s3.merged needs output.mergeAdapter (lora and qlora write no merged model "
+     "without it)", ".output.s3.merged"),
 )
 
 
@@ -573,6 +762,10 @@ class FineTuneJobSpec(ApiModel):
                                  "resources.gpus >= 1 (use sdpa on CPU)")
         if self.output.merge_adapter and self.method == "full":
             raise ValueError("output.mergeAdapter only applies to lora and qlora")
+        s3 = self.output.s3
+        if s3 is not None and s3.merged and self.method != "full" and not self.output.merge_adapter:
+            raise ValueError("output.s3.merged needs output.mergeAdapter (lora and qlora write "
+                             "no merged model without it)")
         return self
 
     def lora_or_default(self) -> LoraSpec | None:

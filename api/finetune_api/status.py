@@ -49,7 +49,43 @@ class CheckpointStatus(ApiModel):
 class OutputStatus(ApiModel):
     adapter_path: str = ""
     merged_path: str = ""
+    adapter_uri: str = Field(default="", description="where output.s3 holds the adapter, "
+                             "s3://bucket/prefix/adapter/")
+    merged_uri: str = Field(default="", description="where output.s3 holds the merged model")
     metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class SourceRevision(ApiModel):
+    """Exactly which bytes a source is: resolved by the first attempt, used by every later one."""
+
+    source: str = Field(description="model, dataset or evalDataset")
+    uri: str = Field(description="hub://<repo> or s3://<bucket>/<key or prefix>")
+    revision: str = Field(description="the hub commit hash, the S3 object's ETag, or for an S3 "
+                          "prefix the sha256 of its listing (keys, ETags, versions)")
+    version_id: str = Field(default="", description="the S3 object version, when the bucket is "
+                            "versioned")
+
+
+class GpuMemoryStatus(ApiModel):
+    """The job's GPU memory estimate per GPU, in bytes (finetune_api.memory)."""
+
+    per_gpu: int = Field(default=0, ge=0, description="peak bytes one GPU holds (the total)")
+    weights: int = Field(default=0, ge=0)
+    gradients: int = Field(default=0, ge=0)
+    optimizer: int = Field(default=0, ge=0)
+    activations: int = Field(default=0, ge=0)
+    overhead: int = Field(default=0, ge=0, description="CUDA context and fragmentation")
+    margin: int = Field(default=0, ge=0, description="the safety margin (10%)")
+    parameters: int = Field(default=0, ge=0)
+    trainable: int = Field(default=0, ge=0)
+    share: int | None = Field(
+        default=None, ge=0, description="the cap the trainer set on its CUDA memory "
+        "(resources.gpuMemory), bytes per GPU")
+    source: Literal["spec", "trainer"] = Field(
+        default="spec", description="spec: from spec.model.config, before the job ran; "
+        "trainer: from the model's config.json, reported by the trainer")
+    message: str = Field(default="", max_length=512,
+                         description="why there is no estimate, when there is none")
 
 
 class FineTuneJobStatus(ApiModel):
@@ -85,4 +121,9 @@ class FineTuneJobStatus(ApiModel):
     active_seconds: float = Field(
         default=0.0, description="time admitted in earlier attempts (activeDeadlineSeconds)")
     output: OutputStatus | None = None
+    sources: list[SourceRevision] = Field(
+        default_factory=list, description="the resolved revision of each model and data source "
+        "(pinned by the first attempt)")
+    gpu_memory: GpuMemoryStatus | None = Field(
+        default=None, description="the job's GPU memory estimate per GPU and its breakdown")
     observed_generation: int | None = None

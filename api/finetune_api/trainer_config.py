@@ -22,6 +22,22 @@ CONFIG_FILE = "config.yaml"
 REPORT_TOKEN_DIR = "/var/run/secrets/finetune.dev/report"
 REPORT_TOKEN_FILE = f"{REPORT_TOKEN_DIR}/token"
 
+# S3 credentials reach the trainer as environment variables from the job's Secrets
+# (spec.*.s3.credentialsSecret), one set per role so sources and output may use different ones:
+# FINETUNE_S3_<ROLE>_<KEY>, the Secret keys being the usual AWS names. Never in the ConfigMap.
+S3_ROLES = ("model", "dataset", "evalDataset", "output")
+S3_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+S3_OPTIONAL_KEYS = ("AWS_SESSION_TOKEN",)
+# The trainer's record of the resolved sources on the job's volume (<workDir>/<this>).
+SOURCES_FILE = "sources.json"
+
+
+def s3_env_name(role: str, key: str) -> str:
+    """FINETUNE_S3_MODEL_AWS_ACCESS_KEY_ID, FINETUNE_S3_EVALDATASET_AWS_SECRET_ACCESS_KEY, ..."""
+    if role not in S3_ROLES or key not in S3_CREDENTIAL_KEYS:
+        raise ValueError(f"unknown S3 role {role!r} or key {key!r}")
+    return f"FINETUNE_S3_{role.upper()}_{key}"
+
 
 class JobRef(ApiModel):
     namespace: str
@@ -30,8 +46,10 @@ class JobRef(ApiModel):
 
 
 class TrainerPaths(ApiModel):
-    model: str = Field(description="local directory of the model, or the hub repo id")
-    dataset: str = Field(description="local file (jsonl/json), or the hub dataset repo id")
+    model: str = Field(description="local directory of the model, the hub repo id, or the "
+                       "s3:// URI of the model's prefix")
+    dataset: str = Field(description="local file (jsonl/json), the hub dataset repo id, or the "
+                         "s3:// URI of the data file")
     work_dir: str = Field(
         description="per-job directory on the checkpoint volume, keyed by the job uid: "
         "checkpoints/, output/, logs/ live under it"

@@ -153,6 +153,12 @@ CASES: list[Case] = [
     # resources
     Case("gpus-negative", "spec.resources.gpus", _spec(resources={"gpus": -1})),
     Case("gpus-too-many", "spec.resources.gpus", _spec(resources={"gpus": 65})),
+    Case("gpu-memory-too-small", "spec.resources.gpuMemory",
+         _spec(resources={"gpuMemory": "1Gi"})),
+    Case("gpu-memory-too-big", "spec.resources.gpuMemory",
+         _spec(resources={"gpuMemory": "2Ti"})),
+    Case("gpu-memory-on-cpu", "spec.resources.gpuMemory",
+         _spec(resources={"gpus": 0, "gpuMemory": "20Gi"})),
     Case("nodes-zero", "spec.resources.nodes", _spec(resources={"nodes": 0})),
     Case("gpu-resource-name", "spec.resources.gpuResource",
          _spec(resources={"gpuResource": "NVIDIA GPU"})),

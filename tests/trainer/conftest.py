@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,3 +21,14 @@ def tiny_tokenizer(tiny_model: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3-compatible store (SeaweedFS, built from the Go module proxy on first use and
+    cached under ~/.cache/finetune-operator) on free local ports; stopped after the session."""
+    from finetune_dev import s3server
+
+    server = s3server.start(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()

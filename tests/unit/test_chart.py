@@ -195,6 +195,17 @@ def test_user_roles_aggregate(rendered: dict[str, list[dict[str, Any]]]) -> None
     assert f"{FULLNAME}-edit" not in names and f"{FULLNAME}-view" not in names
 
 
+def test_copy_out_is_opt_in_for_the_user_role() -> None:
+    """rbac.copyOut adds exactly what the printed copy-out commands use (kubectl run, cp,
+    delete pod) to the -edit role, and nothing to -view."""
+    docs = render({"rbac": {"copyOut": True}})
+    base = grants(render(), f"{FULLNAME}-edit")
+    assert grants(docs, f"{FULLNAME}-edit") == {
+        **base, ("", "pods"): base[("", "pods")] | {"create", "delete"},
+        ("", "pods/exec"): {"create"}}
+    assert grants(docs, f"{FULLNAME}-view") == grants(render(), f"{FULLNAME}-view")
+
+
 def test_clusterwide_binding(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["defaults"]
     crbs = {d["roleRef"]["name"]: d for d in of_kind(docs, "ClusterRoleBinding")}
@@ -337,6 +348,8 @@ def test_env_follows_values() -> None:
                  "maxGpusPerNode": 8, "ttlSecondsAfterFinished": 3600, "sweeps": False},
         "leaderElection": {"leaseDurationSeconds": 30, "renewSeconds": 10, "retrySeconds": 3},
         "apiTimeoutSeconds": 20,
+        "apiQps": 50,
+        "apiBurst": 100,
         "healthStaleCycles": 4,
         "trainer": {"image": {"repository": "registry.example/acme/trainer", "tag": "1.2.3"},
                     "gpuResource": "nvidia.com/mig-1g.10gb", "gracePeriodSeconds": 240,
@@ -363,6 +376,7 @@ def test_env_follows_values() -> None:
         force_delete_margin_seconds=5, unschedulable_grace_seconds=30, max_gpus_per_node=8,
         ttl_seconds_after_finished=3600, sweeps=False, lease_duration_seconds=30,
         lease_renew_seconds=10, lease_retry_seconds=3, api_timeout_seconds=20,
+        api_qps=50, api_burst=100,
         health_stale_cycles=4, trainer_service_account="trainers", report_port=9443,
         report_url=f"https://{FULLNAME}-reports.{NAMESPACE}.svc:9443/v1/reports",
         report_audience="ft.example/reports",
@@ -500,7 +514,9 @@ def test_policy_default_withholds_the_preempting_band(
             "dataset.source.hub.tokenSecretRef.name", "model.source.pvc.claimName",
             "dataset.source.pvc.claimName", "checkpoint.storage.claimName",
             "dataset.source.configMap.name", "evaluation.dataset.source.hub.tokenSecretRef.name",
-            "evaluation.dataset.source.pvc.claimName", "evaluation.dataset.source.configMap.name"],
+            "evaluation.dataset.source.pvc.claimName", "evaluation.dataset.source.configMap.name",
+            "model.source.s3.credentialsSecret", "dataset.source.s3.credentialsSecret",
+            "evaluation.dataset.source.s3.credentialsSecret", "output.s3.credentialsSecret"],
     }
     from finetune_api.sweep import FIELD_PATHS  # every checked path can be swept
     assert set(policy_values(docs)["checkedPaths"]) <= set(FIELD_PATHS)
@@ -575,7 +591,7 @@ def test_policy_reference_checks(rendered: dict[str, list[dict[str, Any]]]) -> N
     vap = one(rendered["defaults"], "ValidatingAdmissionPolicy", f"{FULLNAME}-jobs")
     refs = {m.group(1): v for v in vap["spec"]["validations"]
             if (m := re.search(r"'([\w.]+) names ", v["messageExpression"]))}
-    assert len(refs) == 9
+    assert len(refs) == 13  # 9 + the four S3 credentialsSecret references
     for path, v in refs.items():
         verbs = re.findall(r"\.check\('(\w+)'\)", v["expression"])
         # the checkpoint claim is mounted read-write: get is not enough

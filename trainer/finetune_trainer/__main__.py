@@ -19,6 +19,7 @@ import os
 import sys
 
 from finetune_trainer.config import ConfigError, load_config
+from finetune_trainer.gpu_memory import GPUMemoryExceeded
 from finetune_trainer.launch import RESULT_ENV
 from finetune_trainer.progress import termination_message, write_termination_log
 from finetune_trainer.stop import StopFlag
@@ -48,11 +49,11 @@ def report_result(termination_log: str, text: str) -> None:
         write_termination_log(termination_log, text)
 
 
-def _fail(path: str, code: int, message: str) -> int:
+def _fail(path: str, code: int, message: str, cause: str = "") -> int:
     log.error("%s", message)
     report_result(path, termination_message(
         reason="Error", message=message, final_step=0, adapter_path="", merged_path="",
-        metrics={}, checkpoint=None))
+        metrics={}, checkpoint=None, cause=cause))
     return code
 
 
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None, fast_exit: bool = True) -> int:
         outcome = train.run(cfg, flag=flag)
     except ConfigError as e:
         return _fail(termination_log, 2, str(e))
+    except GPUMemoryExceeded as e:  # out of memory within resources.gpuMemory
+        log.exception("training failed")
+        return _fail(termination_log, 1, str(e), cause=e.cause)
     except Exception as e:
         log.exception("training failed")
         return _fail(termination_log, 1, f"{type(e).__name__}: {e}")

@@ -110,7 +110,7 @@ class DataStats:
 def resolve_dataset_file(cfg: TrainerConfig) -> str:
     """The local dataset file: the mounted path, or a download from the hub source."""
     hub = cfg.spec.dataset.source.hub
-    if hub is None:
+    if hub is None or cfg.paths.dataset.startswith("/"):  # a local file (pinned hub snapshot)
         return cfg.paths.dataset
     return fetch_hub_split(cfg, cfg.paths.dataset, hub.split)
 

@@ -117,7 +117,7 @@ def test_file(cfg: TrainerConfig) -> str:
     ev = cfg.spec.evaluation
     assert ev is not None and cfg.paths.eval_dataset
     hub = ev.dataset.source.hub
-    if hub is None:
+    if hub is None or cfg.paths.eval_dataset.startswith("/"):  # local (pinned hub snapshot)
         return cfg.paths.eval_dataset
     from huggingface_hub import snapshot_download
 

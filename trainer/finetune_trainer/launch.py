@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_api.memory import GPU_MEMORY_EXCEEDED
 from finetune_trainer.progress import termination_message, write_termination_log
 
 log = logging.getLogger("finetune_trainer.launch")
@@ -143,9 +144,15 @@ def failure_message(w: Worker, world_size: int) -> str:
     return f"{head}: {own}{tail}" if own else head + tail
 
 
-def error_termination(message: str) -> str:
+def error_termination(message: str, cause: str = "") -> str:
     return termination_message(reason="Error", message=message, final_step=0, adapter_path="",
-                               merged_path="", metrics={}, checkpoint=None)
+                               merged_path="", metrics={}, checkpoint=None, cause=cause)
+
+
+def failure_cause(w: Worker) -> str:
+    """The cause a dead worker named in its result (GPUMemoryExceeded), else ''."""
+    cause = (w.result() or {}).get("cause")
+    return cause if cause == GPU_MEMORY_EXCEEDED else ""
 
 
 def termination_log_path(worker_args: list[str], env: dict[str, str]) -> str:
@@ -256,7 +263,8 @@ class Supervisor:
         f = self.first_failure
         if f is not None:
             code = EXIT_INVALID if f.status == EXIT_INVALID else 1
-            return code, error_termination(failure_message(f, self.topo.world_size))
+            return code, error_termination(failure_message(f, self.topo.world_size),
+                                           failure_cause(f))
         lead = self.workers[0].result()
         if lead is None:
             return 1, error_termination(

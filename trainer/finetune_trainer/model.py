@@ -41,7 +41,7 @@ def read_hub_token(path: str | None) -> str | None:
 def model_location(cfg: TrainerConfig) -> tuple[str, dict[str, Any]]:
     """(path or repo id, extra from_pretrained kwargs) for the model source."""
     hub = cfg.spec.model.source.hub
-    if hub is not None:
+    if hub is not None and not cfg.paths.model.startswith("/"):  # else: pinned local snapshot
         return cfg.paths.model, {
             "revision": hub.revision,
             "token": read_hub_token(cfg.hub_token_file),

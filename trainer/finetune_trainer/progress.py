@@ -244,7 +244,9 @@ def eta_seconds(step: int, total: int, start_step: int, elapsed: float) -> float
 
 def termination_message(*, reason: str, message: str, final_step: int, adapter_path: str,
                         merged_path: str, metrics: dict[str, float],
-                        checkpoint: dict[str, Any] | None) -> str:
+                        checkpoint: dict[str, Any] | None, adapter_uri: str = "",
+                        merged_uri: str = "", sources: list[dict[str, str]] | None = None,
+                        cause: str = "") -> str:
     """The JSON of the termination message, kept under the 4 KiB kubelet limit (the message
     itself at most MESSAGE_LIMIT characters, as the operator keeps no more)."""
     if len(message) > MESSAGE_LIMIT:
@@ -256,6 +258,9 @@ def termination_message(*, reason: str, message: str, final_step: int, adapter_p
     }
     if checkpoint is not None:
         body["checkpoint"] = checkpoint
+    # object-storage URIs (spec.output.s3) and the pinned sources: only when there are some
+    body.update({k: v for k, v in (("adapterUri", adapter_uri), ("mergedUri", merged_uri),
+                                   ("sources", sources), ("cause", cause)) if v})
     text = json.dumps(body, sort_keys=True)
     if len(text.encode()) > TERMINATION_LIMIT:
         overflow = len(text.encode()) - TERMINATION_LIMIT + 20

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_api.memory import gib
 from finetune_api.trainer_config import TrainerConfig
 from finetune_trainer import checkpoint as ck
-from finetune_trainer import evaluation
+from finetune_trainer import evaluation, gpu_memory, model_card, outputs, s3, sources
 from finetune_trainer.callbacks import CheckpointingTrainer, ReportCallback, RunState, StopCallback
 from finetune_trainer.config import ConfigError, Runtime, detect_runtime, resolve_precision
 from finetune_trainer.data import (
@@ -46,12 +47,16 @@ class Outcome:
     merged_path: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: dict[str, Any] | None = None
+    adapter_uri: str = ""
+    merged_uri: str = ""
+    sources: list[dict[str, str]] = field(default_factory=list)
 
     def termination(self) -> str:
         return termination_message(
             reason=self.reason, message=self.message, final_step=self.final_step,
             adapter_path=self.adapter_path, merged_path=self.merged_path, metrics=self.metrics,
-            checkpoint=self.checkpoint)
+            checkpoint=self.checkpoint, adapter_uri=self.adapter_uri,
+            merged_uri=self.merged_uri, sources=self.sources)
 
 
 def training_kwargs(cfg: TrainerConfig, precision: str, rt: Runtime, ckpt_root: Path,
@@ -159,8 +164,32 @@ def run(cfg: TrainerConfig, flag: StopFlag | None = None, rt: Runtime | None = N
                          clock=clock, is_main=is_main)
     # started now: TensorBoard is imported on its thread while the model loads
     tb = BackgroundTensorBoard(work_dir / LOGS_DIR) if is_main else None
+    prepared: dict[str, Any] = {}  # the resolved config and sources (sources.py)
     try:
-        return _run(cfg, flag, rt, run_state, tb)
+        try:
+            outcome = _run(cfg, flag, rt, run_state, tb, prepared)
+        except Exception as e:  # an OOM within the job's memory share has its own cause
+            exceeded = gpu_memory.classify(e, prepared.get("gpu_cap"), prepared.get("gpu_est"))
+            if exceeded is not None:
+                raise exceeded from e
+            raise
+        resolved: list[sources.Resolved] = prepared.get("sources", [])
+        outcome.sources = [r.status() for r in resolved]
+        if is_main and outcome.reason == "Completed":
+            try:  # the model card counts this attempt as completed
+                out = outputs.publish(prepared["cfg"], resolved, outcome.adapter_path,
+                                      outcome.merged_path, outcome.final_step, outcome.metrics,
+                                      _attempt_tag(), lambda: flag.requested)
+            except s3.DownloadStopped:
+                outcome = _preempted(run_state, outcome.final_step,
+                                     f"by {flag.signal_name} while uploading the output")
+                outcome.sources = [r.status() for r in resolved]
+            else:
+                outcome.adapter_uri, outcome.merged_uri = out.adapter_uri, out.merged_uri
+        if is_main:
+            model_card.record_attempt(work_dir, _attempt_tag(), outcome.reason,
+                                      outcome.final_step)
+        return outcome
     finally:
         if tb is not None:
             tb.close()
@@ -168,7 +197,7 @@ def run(cfg: TrainerConfig, flag: StopFlag | None = None, rt: Runtime | None = N
 
 
 def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
-         tb: BackgroundTensorBoard | None) -> Outcome:
+         tb: BackgroundTensorBoard | None, prepared: dict[str, Any]) -> Outcome:
     import transformers
 
     spec = cfg.spec
@@ -182,6 +211,14 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
              "checkpoint": run_state.checkpoint_report()}, run_state.clock(), force=True)
     if resume:
         log.info("resuming from %s", resume.path.name)
+
+    try:  # every source to local bytes at a pinned revision (S3 downloads cached on the volume)
+        cfg, resolved = sources.prepare(cfg, run_state.is_main, _attempt_tag(),
+                                        lambda: flag.requested)
+    except sources.SourcesStopped:
+        return _preempted(run_state, resume.step if resume else 0,
+                          f"by {flag.signal_name} while downloading the model and data")
+    prepared.update(cfg=cfg, sources=resolved)
 
     precision, note = resolve_precision(spec.training.precision, rt)
     if note:
@@ -213,6 +250,7 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
     # weights are partitioned while loading (HfDeepSpeedConfig).
     args = transformers.TrainingArguments(
         **training_kwargs(cfg, precision, rt, ckpt_root, bool(eval_ex), ds))
+    _contain_gpu_memory(cfg, rt, run_state, prepared)  # before any weight is on the GPU
     model = load_model(cfg, precision, rt.local_rank, rt.cuda, ds is not None)
     if run_state.is_main:  # fails now (exit 2), not after training, if the merge cannot fit
         on_cpu = 0 if rt.cuda else sum(p.numel() * p.element_size() for p in model.parameters())
@@ -306,6 +344,28 @@ def _run(cfg: TrainerConfig, flag: StopFlag, rt: Runtime, run_state: RunState,
     log.info("completed at step %d: %s", step, metrics)
     return Outcome("Completed", step, f"completed {step} steps", adapter_rel, merged_rel,
                    metrics, run_state.checkpoint_report())
+
+
+def _contain_gpu_memory(cfg: TrainerConfig, rt: Runtime, run_state: RunState,
+                        prepared: dict[str, Any]) -> None:
+    """Estimate the job's GPU memory from config.json, report it (status.gpuMemory) and, with
+    resources.gpuMemory, cap this process's CUDA memory at the share (gpu_memory.py)."""
+    if not rt.cuda or cfg.spec.resources.gpus == 0:
+        return
+    est, share, note = gpu_memory.plan(cfg.spec, gpu_memory.read_model_config(cfg.paths.model))
+    if note:
+        log.warning("%s", note)
+    if est is not None:
+        log.info("GPU memory estimate: %s per GPU (%s)", gib(est.total),
+                 ", ".join(f"{k} {gib(v)}" for k, v in est.breakdown().items() if k != "total"))
+    cap = gpu_memory.apply_cap(share, rt.local_rank) if share is not None else None
+    prepared.update(gpu_est=est, gpu_cap=cap)
+    payload = gpu_memory.report_of(est, cap)
+    if run_state.is_main and payload is not None:
+        run_state.reporter.report(
+            {"state": "loading", "step": run_state.last_checkpoint.step
+             if run_state.last_checkpoint else 0, "gpuMemory": payload},
+            run_state.clock(), force=True)
 
 
 def _zero3(ds: dict[str, Any] | None) -> bool:

@@ -107,6 +107,10 @@ policy requires the requester's own `verbs` on it. YAML list of
 - {path: evaluation.dataset.source.hub.tokenSecretRef, leaf: name, resource: secrets, kind: Secret, use: read it, verbs: [get], may: read}
 - {path: evaluation.dataset.source.pvc, leaf: claimName, resource: persistentvolumeclaims, kind: PersistentVolumeClaim, use: mount it, verbs: [get], may: read}
 - {path: evaluation.dataset.source.configMap, leaf: name, resource: configmaps, kind: ConfigMap, use: read it, verbs: [get], may: read}
+- {path: model.source.s3, leaf: credentialsSecret, resource: secrets, kind: Secret, use: read it, verbs: [get], may: read}
+- {path: dataset.source.s3, leaf: credentialsSecret, resource: secrets, kind: Secret, use: read it, verbs: [get], may: read}
+- {path: evaluation.dataset.source.s3, leaf: credentialsSecret, resource: secrets, kind: Secret, use: read it, verbs: [get], may: read}
+- {path: output.s3, leaf: credentialsSecret, resource: secrets, kind: Secret, use: read it, verbs: [get], may: read}
 {{- end }}
 
 {{/* The Secret with the report channel's serving certificate: reports.tls.secretName, else the

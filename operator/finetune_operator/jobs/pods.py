@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_api.labels import ATTEMPT_LABEL, RANK_LABEL
+from finetune_api.memory import GPU_MEMORY_EXCEEDED
 from finetune_api.status import (
     CheckpointStatus,
     Condition,
     FineTuneJobStatus,
+    GpuMemoryStatus,
     OutputStatus,
     Progress,
+    SourceRevision,
 )
 from finetune_api.times import TIME_MAX, TIME_MIN, clamp_time, parse_time, rfc3339
 from finetune_operator.reports.model import CheckpointReport, ProgressReport, TerminationMessage
@@ -102,8 +105,10 @@ class PodsView:
     failure_reason: str = "exit-code"      # metric label: exit-code | oom-killed | node-lost
     preempted_by: str | None = None        # scheduler | eviction | deleted | trainer
     invalid_input: bool = False            # the trainer exited 2: retrying cannot help
+    gpu_memory_exceeded: bool = False      # out of CUDA memory within resources.gpuMemory
     node_lost: str | None = None           # a pod's node went away: retried, not counted
     stopped_checkpoint: CheckpointReport | None = None  # rank 0: stopped on SIGTERM, its save
+    stopped_summary: TerminationMessage | None = None   # rank 0's message then (its sources)
     running: int = 0
     active: list[Pod] = field(default_factory=list)     # not terminated
     deletable: list[Pod] = field(default_factory=list)  # active and not being deleted
@@ -147,12 +152,15 @@ def observe(pods: list[Pod], expected: int, ever_ran: bool) -> PodsView:
             v.preempted_by = v.preempted_by or "trainer"
             if rank_of(p) == 0 and msg.checkpoint is not None:
                 v.stopped_checkpoint = msg.checkpoint
+            if rank_of(p) == 0:
+                v.stopped_summary = msg
         elif code == 0 and not deleting and rank_of(p) == 0 and not v.completed:
             v.completed, v.summary = True, msg
         elif code != 0 and not v.failure and not v.preempted_by and not v.node_lost:
             v.failure, v.failure_reason = _failure_cause(p, term or {}, termination_detail(p))
             v.failed_pod, v.failed_rank = p["metadata"]["name"], rank_of(p)
             v.invalid_input = code == INVALID_INPUT_EXIT_CODE
+            v.gpu_memory_exceeded = msg is not None and msg.cause == GPU_MEMORY_EXCEEDED
     if ever_ran and len(pods) < expected and not v.failure and not v.completed \
             and not v.node_lost:
         v.preempted_by = v.preempted_by or "deleted"
@@ -232,6 +240,8 @@ def apply_progress(st: FineTuneJobStatus, report: ProgressReport, attempt: int,
     ck = _checkpoint(st, report.checkpoint, now)
     if ck is not None and not (same_attempt and st.checkpoint and ck.step < st.checkpoint.step):
         st.checkpoint = ck
+    if report.gpu_memory is not None:  # the trainer's estimate from config.json
+        st.gpu_memory = GpuMemoryStatus.model_validate(report.gpu_memory.model_dump())
     st.lost_steps += lost
     return lost
 
@@ -276,11 +286,21 @@ def _checkpoint(st: FineTuneJobStatus, ck: CheckpointReport | dict[str, Any] | N
                             save_seconds=_num(ck, "saveSeconds"))
 
 
+def sources_from(msg: TerminationMessage | None,
+                 current: list[SourceRevision]) -> list[SourceRevision]:
+    """status.sources: the revisions the trainer's message names, else what status had."""
+    if msg is None or not msg.sources:
+        return current
+    return [SourceRevision(source=s.source, uri=s.uri, revision=s.revision,
+                           version_id=s.version_id) for s in msg.sources]
+
+
 def output_from(msg: TerminationMessage | None) -> OutputStatus:
     """The status's output: what the completed trainer's message names (empty without one)."""
     if msg is None:
         return OutputStatus(adapter_path="", merged_path="", metrics={})
     return OutputStatus(adapter_path=msg.adapter_path, merged_path=msg.merged_path,
+                        adapter_uri=msg.adapter_uri or "", merged_uri=msg.merged_uri or "",
                         metrics={k: float(v) for k, v in msg.metrics.items()})
 
 

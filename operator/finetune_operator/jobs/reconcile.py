@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from finetune_api.job import FineTuneJob
+from finetune_api.memory import spec_status
 from finetune_api.status import FineTuneJobStatus, QueueStatus
 from finetune_api.times import parse_time, rfc3339, time_after
 from finetune_operator.admission.seam import JobVerdict
@@ -34,6 +35,7 @@ from finetune_operator.jobs.pods import (
     output_from,
     pending_cause,
     set_condition,
+    sources_from,
 )
 from finetune_operator.reports.model import ProgressReport
 
@@ -159,6 +161,9 @@ def plan(job: FineTuneJob, pods: list[Pod], decision: JobVerdict, ctx: Ctx) -> P
         return p
     if st.phase is None:
         _to_queue(p, job, "Created", "waiting for admission", now, first=True)
+    if st.phase in ("Queued", "Suspended") and (st.gpu_memory is None
+                                                 or st.gpu_memory.source == "spec"):
+        st.gpu_memory = spec_status(job.spec)  # the spec may change until admission
 
     if ctx.policy_error:
         _fail(p, job, "PolicyViolation", ctx.policy_error, now)
@@ -348,6 +353,7 @@ def _stop(p: Plan, job: FineTuneJob, view: PodsView, decision: JobVerdict,
     st, gen = p.status, job.metadata.generation
     if view.stopped_checkpoint is not None:
         apply_stopped_checkpoint(st, view.stopped_checkpoint, now)
+    st.sources = sources_from(view.stopped_summary, st.sources)  # pinned by the first attempt
     suspending = job.spec.suspend
     unsuspended = not suspending and st.stop_reason == "suspend"  # cleared while stopping
     if suspending and st.phase != "Suspended":
@@ -405,6 +411,7 @@ def _succeed(p: Plan, job: FineTuneJob, view: PodsView, now: dt.datetime) -> Non
     msg = view.summary
     _leave_active(st, now)
     st.phase, st.completion_time, st.output = "Succeeded", rfc3339(now), output_from(msg)
+    st.sources = sources_from(msg, st.sources)
     st.start_time = st.start_time or rfc3339(now)
     if msg is not None and st.progress is not None:
         st.progress.step = msg.final_step

@@ -131,6 +131,13 @@ Timestamp = Annotated[
     PlainSerializer(_rfc3339_text, return_type=str | None),
 ]
 RelPath = Annotated[str, Field(strict=True, max_length=MAX_PATH), AfterValidator(_relative_path)]
+# spec.output.s3's URIs and the pinned sources (issue 26): bounded, printable, no control chars.
+MAX_URI: Final = 1100  # s3:// + a 63-character bucket + a 1024-character prefix + /merged/
+S3Uri = Annotated[str, Field(strict=True, max_length=MAX_URI,
+                             pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^\x00-\x1f\x7f]*)?$")]
+SourceUri = Annotated[str, Field(strict=True, max_length=256,
+                                 pattern=r"^[a-z0-9]{1,16}://[^\x00-\x1f\x7f]*$")]
+Revision = Annotated[str, Field(strict=True, max_length=128, pattern=r"^[A-Za-z0-9._:+/=-]*$")]
 
 
 def _message(value: Any) -> Any:
@@ -173,6 +180,26 @@ class CheckpointReport(_Strict):
     save_seconds: Annotated[NonNegReal, clamped(0, MAX_SAVE_SECONDS)] | None = None
 
 
+MAX_GPU_BYTES: Final = 2**50  # 1 PiB: an estimate part beyond it is not one GPU's
+GpuBytes = Annotated[int, Field(strict=True, ge=0, le=MAX_GPU_BYTES)]
+
+
+class GpuMemoryReport(_Strict):
+    """The trainer's GPU memory estimate per GPU from config.json (status.gpuMemory)."""
+
+    per_gpu: GpuBytes
+    weights: GpuBytes = 0
+    gradients: GpuBytes = 0
+    optimizer: GpuBytes = 0
+    activations: GpuBytes = 0
+    overhead: GpuBytes = 0
+    margin: GpuBytes = 0
+    parameters: Annotated[int, Field(strict=True, ge=0, le=10**13)] = 0
+    trainable: Annotated[int, Field(strict=True, ge=0, le=10**13)] = 0
+    share: GpuBytes | None = None
+    source: Literal["trainer"] = "trainer"
+
+
 class ProgressReport(_Strict):
     """One progress report (docs/contracts.md). Every field is bounded; see module doc."""
 
@@ -187,12 +214,22 @@ class ProgressReport(_Strict):
     resumed_from_step: Count | None = None
     state: Literal["loading", "training", "saving", "done"] | None = None
     checkpoint: CheckpointReport | None = None
+    gpu_memory: GpuMemoryReport | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ProgressReport:
         if self.total_steps and self.step > self.total_steps:
             raise ValueError("step is greater than totalSteps")
         return self
+
+
+class SourceReport(_Strict):
+    """One resolved source: which bytes the attempt trained on (status.sources)."""
+
+    source: Literal["model", "dataset", "evalDataset"]
+    uri: SourceUri
+    revision: Revision = ""
+    version_id: Revision = ""
 
 
 class TerminationMessage(_Strict):
@@ -207,6 +244,11 @@ class TerminationMessage(_Strict):
         dict[str, Annotated[Real, clamped(-MAX_METRIC, MAX_METRIC)]], BeforeValidator(_metrics)
     ] = Field(default_factory=dict)
     checkpoint: CheckpointReport | None = None
+    adapter_uri: S3Uri | None = None
+    merged_uri: S3Uri | None = None
+    sources: list[SourceReport] | None = Field(default=None, max_length=3)
+    # why it failed, when the trainer knows a cause the operator acts on (issue 24)
+    cause: Literal["GPUMemoryExceeded"] | None = None
 
 
 _M = TypeVar("_M", bound=_Strict)

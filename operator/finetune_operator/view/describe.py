@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 from finetune_api.job import FineTuneJob
+from finetune_api.memory import spec_status
+from finetune_api.spec import FineTuneJobSpec
 from finetune_operator.jobs.build.output import OutputLocation, output_location
 from finetune_operator.view.cells import NONE, age, number
 from finetune_operator.view.jobs import (
@@ -71,6 +73,12 @@ def _source_text(source: Mapping[str, Any]) -> str:
         hub = source["hub"]
         extra = hub.get("revision") or hub.get("split")
         return f"hub {hub.get('repo')}" + (f" ({extra})" if extra else "")
+    if "s3" in source:
+        s3 = source["s3"]
+        where = s3.get("key") or s3.get("prefix") or ""
+        return (f"s3://{s3.get('bucket')}/{where}"
+                + (f" (version {s3['versionId']})" if s3.get("versionId") else "")
+                + (f" at {s3['endpoint']}" if s3.get("endpoint") else ""))
     return NONE
 
 
@@ -100,6 +108,8 @@ def spec_fields(job: Job) -> list[Field]:
     resources = (f"{res.get('gpus', 1)} x {res.get('gpuResource') or 'GPU'} per node, "
                  f"{res.get('nodes', 1)} node(s), cpu {res.get('cpu', '2')}, "
                  f"memory {res.get('memory', '8Gi')}")
+    if res.get("gpuMemory"):
+        resources += f", gpuMemory {res['gpuMemory']} per GPU"
     if res.get("nodeSelector"):
         resources += ", nodeSelector " + ",".join(
             f"{k}={v}" for k, v in sorted(res["nodeSelector"].items()))
@@ -168,9 +178,61 @@ def status_fields(job: Job, now: dt.datetime) -> list[Field]:
                                                                   .items()))
         out.append(Field(label="Output", value=f"adapter {o.get('adapterPath') or NONE}, merged "
                          f"{o.get('mergedPath') or NONE}" + (f", {metrics}" if metrics else "")))
+    if o and (o.get("adapterUri") or o.get("mergedUri")):
+        out.append(Field(label="Output URIs", value=", ".join(
+            f"{kind} {o[key]}" for kind, key in (("adapter", "adapterUri"),
+                                                  ("merged", "mergedUri")) if o.get(key))))
+    for src in st.get("sources") or []:  # exactly which bytes trained the model
+        rev = src.get("revision") or "(a volume: no revision)"
+        if src.get("versionId"):
+            rev += f" version {src['versionId']}"
+        out.append(Field(label=f"Source {src.get('source', '?')}",
+                         value=f"{src.get('uri', NONE)} at {rev}"))
     if (where := describe_line(job)) is not None:
         out.append(Field(label="Output claim", value=where))
+    if (gpu := gpu_memory_text(job)) is not None:
+        out.append(Field(label="GPU memory", value=gpu))
     return out
+
+
+_GPU_PARTS = ("weights", "gradients", "optimizer", "activations", "overhead", "margin")
+
+
+def _gib(v: Any) -> str:
+    ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 2**60
+    return f"{v / 2**30:.1f} GiB" if ok else "?"
+
+
+def gpu_memory_text(job: Job) -> str | None:
+    """The job's GPU memory estimate per GPU and its breakdown (status.gpuMemory; computed from
+    spec.model.config when the operator has not written it yet), the cap the trainer set, or
+    why there is none. None for a CPU job or when nothing is known."""
+    spec = spec_of(job)
+    if (spec.get("resources") or {}).get("gpus", 1) == 0:
+        return None
+    gm: Mapping[str, Any] | None = status_of(job).get("gpuMemory")
+    if not gm:
+        try:
+            computed = spec_status(FineTuneJobSpec.model_validate(spec))
+        except ValueError:  # a spec the operator would reject says so elsewhere
+            computed = None
+        gm = computed.to_wire() if computed is not None else None
+    share = (spec.get("resources") or {}).get("gpuMemory")
+    if not gm:
+        return None if share is None else (
+            f"share {share} per GPU; no estimate yet (give spec.model.config, or the trainer "
+            "reports one from config.json when it starts)")
+    if gm.get("message"):
+        return f"no estimate: {str(gm['message'])[:300]}"
+    parts = ", ".join(f"{k} {_gib(gm.get(k, 0))}" for k in _GPU_PARTS)
+    where = ("the model's config.json (trainer)" if gm.get("source") == "trainer"
+             else "spec.model.config")
+    text = f"{_gib(gm.get('perGpu'))} per GPU estimated ({parts}; from {where})"
+    if gm.get("share") is not None:
+        text += f"; capped at {_gib(gm['share'])} per GPU (resources.gpuMemory {share})"
+    elif share is not None:
+        text += f"; share resources.gpuMemory {share} per GPU"
+    return text
 
 
 def location_of(job: Job) -> OutputLocation | None:

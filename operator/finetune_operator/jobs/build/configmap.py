@@ -42,6 +42,8 @@ def model_path(job: FineTuneJob) -> str:
     src = job.spec.model.source
     if src.pvc is not None:
         return _join(MODEL_MOUNT, src.pvc.path)
+    if src.s3 is not None:
+        return f"s3://{src.s3.bucket}/{src.s3.prefix}"
     assert src.hub is not None  # exactly one source (validated by the model)
     return src.hub.repo
 
@@ -51,6 +53,8 @@ def _source_path(src: DatasetSource, mount: str) -> str:
         return _join(mount, src.pvc.path)
     if src.config_map is not None:
         return f"{mount}/{src.config_map.key}"
+    if src.s3 is not None:
+        return f"s3://{src.s3.bucket}/{src.s3.key}"
     assert src.hub is not None
     return src.hub.repo
 
@@ -70,6 +74,17 @@ def uses_hub(job: FineTuneJob) -> bool:
     ev = job.spec.evaluation
     return (job.spec.model.source.hub is not None or job.spec.dataset.source.hub is not None
             or (ev is not None and ev.dataset.source.hub is not None))
+
+
+def s3_credentials(job: FineTuneJob) -> list[tuple[str, str]]:
+    """(role, Secret name) of every S3 source and output that names credentials: the pod gets
+    each Secret's keys as FINETUNE_S3_<ROLE>_* environment variables (build/pod.py)."""
+    spec = job.spec
+    locs = [("model", spec.model.source.s3), ("dataset", spec.dataset.source.s3),
+            ("evalDataset", spec.evaluation.dataset.source.s3 if spec.evaluation else None),
+            ("output", spec.output.s3)]
+    return [(role, loc.credentials_secret) for role, loc in locs
+            if loc is not None and loc.credentials_secret]
 
 
 def hub_token_ref(job: FineTuneJob) -> SecretKeyRef | None:

@@ -19,12 +19,16 @@ from finetune_api.trainer_config import (
     MODEL_MOUNT,
     REPORT_TOKEN_DIR,
     REPORT_TOKEN_FILE,
+    S3_CREDENTIAL_KEYS,
+    S3_OPTIONAL_KEYS,
+    s3_env_name,
 )
 from finetune_operator.jobs.build.configmap import (
     CONFIG_PATH,
     HUB_TOKEN_FILE,
     HUB_TOKEN_MOUNT,
     hub_token_ref,
+    s3_credentials,
     uses_hub,
 )
 from finetune_operator.jobs.build.configmap import work_dir as job_work_dir
@@ -106,6 +110,10 @@ def trainer_env(job: FineTuneJob, attempt: int, rank: int) -> list[dict[str, Any
     ]
     if not uses_hub(job):
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    for role, secret in s3_credentials(job):  # values stay in the Secret: never in the spec
+        env += [{"name": s3_env_name(role, key), "valueFrom": {"secretKeyRef": {
+            "name": secret, "key": key, **({"optional": True} if key in S3_OPTIONAL_KEYS else {})}}}
+            for key in S3_CREDENTIAL_KEYS]
     res = job.spec.resources
     if res.nodes > 1:
         env += [
