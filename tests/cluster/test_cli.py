@@ -212,17 +212,21 @@ def test_logs_on_a_local_agent_node_come_through_the_api_server(
         ok(cluster, "submit", "-n", ns, "--name", "on-agent", "--model-hub", "example/none",
            "--dataset-configmap", "data:train.jsonl", "--gpus", "0", "--precision", "fp32",
            "--max-steps", "1", "--node-selector", f"kubernetes.io/hostname={agent.node}")
-        pod = wait_for("the trainer pod on the agent to have finished", lambda: next((
+        # attempt 1's pod (the job may be retrying by the time the logs are read: the commands
+        # below name the attempt, so they read this pod's log, not a newer attempt's)
+        pod = wait_for("attempt 1's trainer pod on the agent to have finished", lambda: next((
             p for p in job_pods(cluster, ns, "on-agent")
-            if p["status"].get("phase") in ("Succeeded", "Failed")), None), 120)
+            if p["metadata"]["name"] == "on-agent-a1-0"
+            and p["status"].get("phase") in ("Succeeded", "Failed")), None), 120)
         name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
         path = agent.root / "pods" / f"{ns}_{name}_{uid}" / "trainer.log"
         written = path.read_text()
         assert written.strip(), f"the trainer wrote no log at {path}"
-        rc, out, err = cli(cluster, "logs", "on-agent", "-n", ns)
+        rc, out, err = cli(cluster, "logs", "on-agent", "-n", ns, "--attempt", "1")
         assert rc == 0, err
         assert out == written
-        rc, out, err = cli(cluster, "logs", "on-agent", "-n", ns, "-f")  # ends: it exited
+        rc, out, err = cli(cluster, "logs", "on-agent", "-n", ns, "--attempt", "1",
+                           "-f")  # ends: it exited
         assert rc == 0 and out == written, err
         tail = cluster.kubectl("logs", name, "-n", ns, "-c", "trainer", "--tail=2").stdout
         assert tail == "".join(written.splitlines(keepends=True)[-2:])

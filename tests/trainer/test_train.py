@@ -101,7 +101,8 @@ def test_training_lowers_the_loss(method: str, baseline: Callable[[str], Run],
     assert not last & {"README.md", "tokenizer.json", "tokenizer_config.json"}, last
     export = r.work / (term["adapterPath"] or term["mergedPath"])
     assert (export / "tokenizer.json").exists()
-    assert (export / "README.md").exists() == (method != "full")  # PEFT's card, adapters only
+    card = (export / "README.md").read_text()  # the model card, adapter and merged model alike
+    assert "## Base model" in card and f"Optimizer steps: {MAX_STEPS}" in card, card
     assert list((r.work / "logs").glob("events.out.tfevents.*"))
     p = r.prog()
     assert p["state"] == "done" and p["step"] == p["totalSteps"] == MAX_STEPS
