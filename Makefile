@@ -38,17 +38,21 @@ $(STAMP): $(PYPROJECTS)
 	$(BIN)/pip install --quiet -e ./api -e ./operator -e ./trainer -e './dev[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-cluster-bins: venv ## build etcd, kube-*, kubectl, kwok, helm and the S3 test server (SeaweedFS) from the Go module proxy (cached)
+cluster-bins: venv ## build etcd, kube-*, kubectl, kwok, helm, the S3 test server (SeaweedFS) and Kueue from the Go module proxy (cached)
 	$(BIN)/python -m finetune_dev.devcluster build
 	$(BIN)/python -m finetune_dev.s3server build
+	$(BIN)/python -m finetune_dev.kueue
 
-system-deps: ## Debian packages the tests need (promtool)
+system-deps: ## Debian packages the tests need (promtool; chromium and chromium-driver for the console's browser tests)
 	@command -v promtool >/dev/null || { \
 	  echo "[make] installing promtool (Debian package prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { \
+	  echo "[make] installing chromium, chromium-driver and a CJK font (the web console's browser tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-wqy-zenhei >/dev/null; }
 
 # the packages held to mypy --strict (docs/architecture.md); the rest is checked by plain `mypy`
-MYPY_STRICT := $(BIN)/mypy --strict -p finetune_api -p finetune_operator.admission -p finetune_operator.jobs -p finetune_operator.view
+MYPY_STRICT := $(BIN)/mypy --strict -p finetune_api -p finetune_operator.admission -p finetune_operator.jobs -p finetune_operator.kueue -p finetune_operator.view
 
 lint: venv ## ruff, mypy, the import contracts (lint-imports), mypy --strict on the strict packages, every relative link and anchor of the Markdown docs (offline)
 	$(BIN)/ruff check api operator trainer dev tests benchmarks scripts/check-links.py
@@ -57,7 +61,7 @@ lint: venv ## ruff, mypy, the import contracts (lint-imports), mypy --strict on 
 	$(MYPY_STRICT)
 	$(BIN)/python scripts/check-links.py
 
-lint-strict: venv ## mypy --strict on the api, admission, job-controller and view packages
+lint-strict: venv ## mypy --strict on the api, admission, job-controller, kueue and view packages
 	$(MYPY_STRICT)
 
 crd: venv ## regenerate crds/ (FineTuneJob, FineTuneSweep) from the pydantic models

@@ -257,3 +257,32 @@ def make_namespace(cluster, request):  # type: ignore[no-untyped-def]
     yield make
     for name in made:
         cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+
+
+# ---- admission mode kueue (tests/cluster/test_kueue_mode.py, tests/e2e/test_kueue_e2e.py) ----
+
+@pytest.fixture(scope="module")
+def kueue(cluster, tmp_path_factory) -> Iterator[Path]:  # type: ignore[no-untyped-def]
+    """Kueue v0.17.0 running out of cluster for the module (tests/builders/kueue.py)."""
+    from tests.builders import kueue as kq
+
+    work = tmp_path_factory.mktemp("kueue")
+    with kq.running_kueue(cluster, work):
+        yield work
+
+
+@pytest.fixture(scope="module")
+def kueue_operator(cluster, crd_installed, priority_classes, kueue,  # type: ignore[no-untyped-def]
+                   tmp_path_factory):
+    """The operator in admission mode kueue, and a WorkloadPriorityClass per band."""
+    from tests.builders import kueue as kq
+
+    from .operator_proc import OperatorProcess
+
+    kq.priority_classes(cluster, ["finetune-critical", "finetune-high", "finetune-normal",
+                                  "finetune-low"])
+    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"),
+                         env={"FINETUNE_ADMISSION_MODE": "kueue"})
+    op.start()
+    yield op
+    op.stop()

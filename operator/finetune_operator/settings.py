@@ -13,7 +13,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -62,6 +62,10 @@ class AdmissionSettings(_Section):
     namespaces: list[NamespaceName] = Field(
         default_factory=list, description="namespaces to watch; empty = all"
     )
+    admission_mode: Literal["native", "kueue"] = Field(
+        default="native", description="who decides admission: native (this operator's queue, "
+        "quotas, bands and preemption) or kueue (Kueue admits each job's Workload; "
+        "docs/kueue.md)")
     allowed_priority_classes: list[ClassName] = Field(
         default_factory=lambda: ["finetune-high", "finetune-normal", "finetune-low"],
         min_length=1,

@@ -84,11 +84,15 @@ def assert_resumed_cleanly(st: dict, preemptions: int) -> None:
 
 
 def preempted_by_urgent(cluster: Cluster, ns: str, name: str, node: str, gpus: int,
-                         steps: int) -> int:
+                         steps: int, queue: str | None = None) -> int:
     """A critical job ``urgent`` on ``node`` that needs ``gpus`` preempts ``name`` (of ``steps``
-    steps) once; returns the step of its SIGTERM save, which landed mid-run."""
-    cluster.apply(training_job("urgent", gpus=gpus, priority_class="finetune-critical",
-                               node=node, max_steps=5), ns)
+    steps) once; returns the step of its SIGTERM save, which landed mid-run. ``queue``: the
+    Kueue LocalQueue ``urgent`` is labelled with (admission mode kueue)."""
+    urgent = training_job("urgent", gpus=gpus, priority_class="finetune-critical", node=node,
+                          max_steps=5)
+    if queue is not None:
+        urgent["metadata"].setdefault("labels", {})["kueue.x-k8s.io/queue-name"] = queue
+    cluster.apply(urgent, ns)
     st = wait_for(f"{name} preempted", lambda: (
         lambda s: s if s.get("preemptions") == 1 else None)(job_status(cluster, ns, name)),
         RUN)

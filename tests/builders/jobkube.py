@@ -121,6 +121,27 @@ class RecordingJobKube:
         self.graces[f"{namespace}/{name}"] = grace_seconds
         return self.objects.pop(("Pod", namespace, name), None) is not None
 
+    def create_workload(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        meta = obj["metadata"]
+        key = ("Workload", meta["namespace"], meta["name"])
+        if key in self.objects:
+            return None
+        self._record("create", "Workload", meta["namespace"], meta["name"])
+        self.objects[key] = got = {**obj, "metadata": {**meta, "uid": f"uid-{meta['name']}",
+                                                       "resourceVersion": str(self._rv)}}
+        return copy.deepcopy(got)
+
+    def patch_workload(self, namespace: str, name: str, body: dict[str, Any],
+                       resource_version: str, status: bool = False) -> dict[str, Any] | None:
+        self._record("patch", "workloads/status" if status else "Workload", namespace, name)
+        got = self.objects.get(("Workload", namespace, name))
+        if got is None:
+            return None
+        merged: dict[str, Any] = _merge(got, {k: v for k, v in body.items() if k != "metadata"})
+        merged["metadata"]["resourceVersion"] = str(self._rv)
+        self.objects[("Workload", namespace, name)] = merged
+        return copy.deepcopy(merged)
+
     def delete_job(self, namespace: str, name: str, uid: str) -> bool:
         self._record("delete", "FineTuneJob", namespace, name)
         return self.jobs.pop((namespace, name), None) is not None

@@ -40,6 +40,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "monitoring": MONITORING_ON,
     "no-crds": {"crds": {"install": False}},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "kueue": {"admission": {"mode": "kueue"}},
     "custom-classes": {
         "priorityClasses": {
             "bands": [{"name": "ft-urgent", "value": 9000}, {"name": "ft-batch", "value": 1000}],
@@ -111,16 +112,19 @@ LEADER_RULES = [
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "resourceNames": ["finetune-operator-leader"], "verbs": ["get", "update"]},
 ]
+@pytest.mark.parametrize("combo", ["defaults", "kueue"])
 def test_operator_rbac_is_exactly_what_the_code_calls(
-    rendered: dict[str, list[dict[str, Any]]],
+    rendered: dict[str, list[dict[str, Any]]], combo: str,
 ) -> None:
-    docs = rendered["defaults"]
+    """With admission.mode kueue the operator also gets exactly the Workload and
+    ResourceFlavor calls of kueue/sync.py and its watches; without, none of them."""
+    docs = rendered[combo]
     operator_roles = [FULLNAME, f"{FULLNAME}-cluster", f"{FULLNAME}-leader"]
     granted: dict[tuple[str, str], set[str]] = {}
     for role in operator_roles:
         for key, verbs in grants(docs, role).items():
             granted.setdefault(key, set()).update(verbs)
-    needed = needed_grants()
+    needed = needed_grants(kueue=combo == "kueue")
     missing = {k: sorted(v - granted.get(k, set())) for k, v in needed.items()
                if v - granted.get(k, set())}
     extra = {k: sorted(v - needed.get(k, set())) for k, v in granted.items()

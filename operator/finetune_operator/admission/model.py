@@ -240,6 +240,7 @@ class WaitCode(StrEnum):
     PRIORITY = "WaitingForHigherPriority"
     PREEMPTING = "PreemptingLowerPriority"
     AWAITING_PREEMPTED = "WaitingForPreemptedJobs"
+    KUEUE = "WaitingForKueue"  # admission mode kueue: Kueue decides (kueue/workload.py)
 
 
 class ImpossibleCode(StrEnum):

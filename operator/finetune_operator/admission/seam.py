@@ -6,11 +6,12 @@ it (:class:`ClusterView`) and gets one :class:`JobVerdict` per job back (a
 impossible (why). The job state machine (``jobs/reconcile.py``) acts on those decisions; it
 never asks how they were made.
 
-Today the one implementation is the native policy, ``jobs/decide.py`` ``NativeAdmitter``: the
+Two implementations: the native policy, ``jobs/decide.py`` ``NativeAdmitter``: the
 pure queue/quota/gang/preemption policy of this package (``admit()``) over a ``Snapshot`` built
-from the view. A Kueue-driven admitter (issue 25) plugs in here too: it reads the Workloads
-Kueue admitted for the same jobs and answers with the same decisions, so the state machine,
-the writes and the tests of the paths after admission stay as they are.
+from the view; and the Kueue-driven admitter (``kueue/admitter.py``, ``admission_mode:
+kueue``), which reads the Workloads Kueue admitted for the same jobs and answers with the
+same decisions, so the state machine, the writes and the tests of the paths after admission
+stay as they are.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class JobVerdict:
     code: WaitCode | None = None    # why it waits: the reason of its Admitted=False condition
     impossible: str | None = None   # can never be admitted as configured
     placement: tuple[str, ...] = ()  # admitted: the node of each pod (rank order) it counted on
+    # admitted by Kueue: the assigned ResourceFlavor's node labels and tolerations, which the
+    # pods get on top of the job's own (kueue/workload.py)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -66,6 +71,10 @@ class ClusterView:
     nodes: Sequence[SlimNode]
     active_pods: Sequence[SlimPod | SlimUsage]        # every pod holding GPUs, ours or not
     quotas: Sequence[SlimQuota]
+    # admission mode kueue: the Workloads the operator owns, by the uid of their job, and the
+    # ResourceFlavors by name (kueue/workload.py records; empty in native mode)
+    workloads: Mapping[str, Any] = field(default_factory=dict)
+    flavors: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Admitter(Protocol):

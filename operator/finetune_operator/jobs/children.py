@@ -51,7 +51,7 @@ class Children:
         children = build_children(job, self.settings, attempt,
                                   pl.status.effective_priority_class,
                                   ck.save_seconds if ck else None, report=self.report_config,
-                                  placement=pl.placement)
+                                  placement=pl.placement, flavor=pl.flavor)
         for obj in children.all():
             try:
                 got = k.create_child(obj)

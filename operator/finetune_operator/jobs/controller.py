@@ -30,6 +30,8 @@ from finetune_operator.jobs.feeds import Feeds, OnTermination
 from finetune_operator.jobs.lease import LEASE_NAME, Fence, Leadership
 from finetune_operator.jobs.ports import Clock, JobKube, SystemClock
 from finetune_operator.kube import cache
+from finetune_operator.kueue.admitter import KueueAdmitter
+from finetune_operator.kueue.sync import WorkloadSync
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.slim import SlimPod
 from finetune_operator.sweep.runner import SweepRunner
@@ -67,9 +69,14 @@ class Controller:
         self.children = Children(kube, settings, self.feeds, report_config, self._wake.set)
         self.executor = Executor(kube, settings, self.clock, self.feeds, self.children,
                                  self.timers, self.lease.may_write, self._wake.set)
-        self.cycle = Cycle(settings, self.clock, self.feeds, admitter or NativeAdmitter(settings),
+        kueue = settings.admission.admission_mode == "kueue"
+        if admitter is None:
+            admitter = KueueAdmitter(settings) if kueue else NativeAdmitter(settings)
+        workloads = WorkloadSync(kube, settings, self.feeds.workloads.get,
+                                 self.clock.monotonic) if kueue else None
+        self.cycle = Cycle(settings, self.clock, self.feeds, admitter,
                            self.executor, self.children, self.timers, SweepRunner(kube),
-                           self.lease.may_write, self._wake.set)
+                           self.lease.may_write, self._wake.set, workloads)
         self.last_cycle: float | None = None  # monotonic end of the last completed cycle
         self._threads: list[threading.Thread] = []
 

@@ -36,6 +36,7 @@ from finetune_operator.jobs.ports import Clock
 from finetune_operator.jobs.reconcile import Ctx, Plan, due_at, plan, wants_admission
 from finetune_operator.jobs.writes import Change, classify
 from finetune_operator.kube.client import api_message
+from finetune_operator.kueue.sync import WorkloadSync
 from finetune_operator.reports.model import ProgressReport
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.sweep.runner import SweepRunner
@@ -72,8 +73,9 @@ class Cycle:
     def __init__(self, settings: OperatorSettings, clock: Clock, feeds: Feeds,
                  admitter: Admitter, executor: Executor, children: Children, timers: Timers,
                  sweeps: SweepRunner, may_write: Callable[[], bool],
-                 wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None], workloads: WorkloadSync | None = None) -> None:
         self.settings, self.clock, self.feeds, self.admitter = settings, clock, feeds, admitter
+        self.workloads = workloads  # admission mode kueue: the jobs' Workloads kept in step
         self.executor, self.children, self.timers = executor, children, timers
         self.sweeps, self.may_write, self.wake = sweeps, may_write, wake
         self._lock = threading.Lock()
@@ -92,6 +94,8 @@ class Cycle:
         self.timers.forget(uid)
         self.children.forget(uid)
         self.executor.forget(uid)
+        if self.workloads is not None:
+            self.workloads.forget(uid)
 
     def run(self, now: dt.datetime) -> None:
         """One cycle at ``now``: decide, plan what is due, execute (the writes that move GPUs
@@ -108,9 +112,12 @@ class Cycle:
         jobs = [e.job for e in entries if e.job is not None and e.uid not in held]
         classes = dict(feeds.classes.items())
         ours = [p for ps in got.pods_by_uid.values() for p in ps]
+        kueue = self.workloads is not None
         decisions = self.admitter.decide(ClusterView(
             jobs=jobs, pods_by_uid=got.pods_by_uid, classes=classes, nodes=feeds.nodes.values(),
-            active_pods=feeds.usage.values() + ours, quotas=feeds.quotas.values()), now)
+            active_pods=feeds.usage.values() + ours, quotas=feeds.quotas.values(),
+            workloads=dict(feeds.workloads.items()) if kueue else {},
+            flavors=dict(feeds.flavors.items()) if kueue else {}), now)
         epoch = now.timestamp()
         todo = set(got.dirty)
         for uid, d in decisions.by_uid.items():
@@ -150,6 +157,8 @@ class Cycle:
         metrics.observe_queue({"jobs": samples, "quotas": decisions.quotas})
         self.queue_view = decisions.queue_view
         self.executor.execute_all(work, now)
+        if self.workloads is not None and self.may_write():
+            self.workloads.sync(jobs, got.pods_by_uid, classes, now)
         self._sync_sweeps(feeds.jobs.values(), now)  # after this cycle's writes landed
         self.count += 1
 

@@ -25,6 +25,7 @@ from finetune_operator.jobs.ports import JobKube
 from finetune_operator.kube import cache
 from finetune_operator.kube import client as k8s
 from finetune_operator.kube.intern import intern
+from finetune_operator.kueue import workload as kueue
 from finetune_operator.reports.model import BadReport, ProgressReport
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.sweep.plan import TrialJob
@@ -128,6 +129,9 @@ class Feeds:
         self.classes = cache.Store("priorityclasses", self._changed)
         self.usage = cache.Store("usage", self._changed)
         self.sweeps = cache.Store("sweeps", self._changed)
+        # admission mode kueue: the jobs' Workloads (by job uid) and Kueue's ResourceFlavors
+        self.workloads = cache.Store("workloads", self._changed)
+        self.flavors = cache.Store("resourceflavors", self._changed)
         self.reflectors: list[cache.Reflector] = []
 
     # ------------------------------------------------------------------ watches
@@ -152,6 +156,13 @@ class Feeds:
             if s.cycle.sweeps:
                 feeds.append((self.sweeps, k8s.collection_path(k8s.SWEEPS_PATH, ns), None, None,
                               cache.slim_object, uid_key, part))
+            if s.admission.admission_mode == "kueue":
+                feeds.append((self.workloads, k8s.collection_path(k8s.WORKLOADS_PATH, ns),
+                              kueue.JOB_UID_LABEL, None, kueue.slim_workload, kueue.workload_key,
+                              part))
+        if s.admission.admission_mode == "kueue":
+            feeds.append((self.flavors, k8s.FLAVORS_PATH, None, None, kueue.slim_flavor,
+                          cache.object_key, ""))
         feeds += [(self.nodes, k8s.NODES_PATH, None, None, cache.slim_node, cache.object_key, ""),
                   (self.classes, k8s.CLASSES_PATH, None, None, cache.priority_value,
                    cache.object_key, ""),
@@ -182,7 +193,9 @@ class Feeds:
         with self.lock:
             if kind == "sweeps" or getattr(new or old, "trial", None) is not None:
                 self._sweeps_dirty = True
-            if kind == "jobs":
+            if kind == "workloads":  # keyed by its job's uid: Kueue decided or evicted
+                self._dirty.add(key)
+            elif kind == "jobs":
                 self._dirty.add(key)
                 if new is None:
                     self._forget(key, old)

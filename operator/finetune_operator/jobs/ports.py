@@ -21,7 +21,17 @@ class Refused(Exception):
     admission webhook, a policy, a missing namespace); ``str()`` is its message."""
 
 
-class JobKube(SweepKube, Protocol):
+class WorkloadKube(Protocol):
+    """The calls of admission mode kueue (``kueue/sync.py``): a job's Kueue Workload."""
+
+    def create_workload(self, obj: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    def patch_workload(self, namespace: str, name: str, body: dict[str, Any],
+                       resource_version: str, status: bool = False
+                       ) -> dict[str, Any] | None: ...
+
+
+class JobKube(SweepKube, WorkloadKube, Protocol):
     """Exactly the API calls the job controller makes (its watches, its writes, its Lease),
     plus the sweep runner's (``SweepKube``), which it drives."""
 

@@ -25,6 +25,7 @@ from finetune_operator.admission.seam import JobVerdict
 from finetune_operator.jobs.build.names import pod_name
 from finetune_operator.jobs.build.output import output_location
 from finetune_operator.jobs.build.output import summary as output_summary
+from finetune_operator.jobs.build.pod import Flavor
 from finetune_operator.jobs.pods import (
     Pod,
     PodsView,
@@ -89,6 +90,7 @@ class Plan:
     status: FineTuneJobStatus
     create_attempt: int | None = None                 # create (or finish creating) children
     placement: tuple[str, ...] = ()                   # nodes the pods should prefer, by rank
+    flavor: Flavor | None = None                      # Kueue's flavor: node labels, tolerations
     delete_pods: list[Pod] = field(default_factory=list)
     # stuck terminating past their grace period on a NotReady/deleted node: delete with grace 0
     force_delete_pods: list[Pod] = field(default_factory=list)
@@ -521,6 +523,8 @@ def _queued(p: Plan, job: FineTuneJob, decision: JobVerdict, ctx: Ctx) -> None:
     st.attempt += 1
     st.phase, st.queue, st.admitted_at, st.retry_after = "Admitted", None, rfc3339(now), None
     p.create_attempt, p.placement = st.attempt, decision.placement
+    if decision.node_selector or decision.tolerations:
+        p.flavor = Flavor(dict(decision.node_selector), tuple(decision.tolerations))
     resume = st.checkpoint.step if st.checkpoint else 0
     msg = (f"attempt {st.attempt} admitted after {(now - queued).total_seconds():.0f}s in queue"
            + (f"; resumes from checkpoint step {resume}" if resume else ""))

@@ -42,11 +42,16 @@ NODES_PATH = "/api/v1/nodes"
 QUOTAS_PATH = "/api/v1/resourcequotas"
 CLASSES_PATH = "/apis/scheduling.k8s.io/v1/priorityclasses"
 SWEEPS_PATH = f"/apis/{GROUP}/{VERSION}/{SWEEP_PLURAL}"
+# admission mode kueue (kueue/): the Workloads the operator owns and Kueue's ResourceFlavors
+WORKLOADS_PATH = "/apis/kueue.x-k8s.io/v1beta2/workloads"
+FLAVORS_PATH = "/apis/kueue.x-k8s.io/v1beta2/resourceflavors"
 _NAMESPACED = {JOBS_PATH: (f"/apis/{GROUP}/{VERSION}", PLURAL),
                SWEEPS_PATH: (f"/apis/{GROUP}/{VERSION}", SWEEP_PLURAL),
-               PODS_PATH: ("/api/v1", "pods"), QUOTAS_PATH: ("/api/v1", "resourcequotas")}
+               PODS_PATH: ("/api/v1", "pods"), QUOTAS_PATH: ("/api/v1", "resourcequotas"),
+               WORKLOADS_PATH: ("/apis/kueue.x-k8s.io/v1beta2", "workloads")}
 _RESOURCE = {SWEEPS_PATH: SWEEP_PLURAL, JOBS_PATH: PLURAL, PODS_PATH: "pods",
-             NODES_PATH: "nodes", QUOTAS_PATH: "resourcequotas", CLASSES_PATH: "priorityclasses"}
+             NODES_PATH: "nodes", QUOTAS_PATH: "resourcequotas", CLASSES_PATH: "priorityclasses",
+             WORKLOADS_PATH: "workloads", FLAVORS_PATH: "resourceflavors"}
 _KIND_PATH = {"Pod": ("/api/v1", "pods"), "ConfigMap": ("/api/v1", "configmaps"),
               "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
               "Service": ("/api/v1", "services"), "ServiceAccount": ("/api/v1", "serviceaccounts"),
@@ -54,7 +59,8 @@ _KIND_PATH = {"Pod": ("/api/v1", "pods"), "ConfigMap": ("/api/v1", "configmaps")
               "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
               "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
               "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURAL),
-              "Lease": ("/apis/coordination.k8s.io/v1", "leases")}
+              "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
+              "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads")}
 MERGE_PATCH = "application/merge-patch+json"
 # Writes that do not change the cluster's state: allowed to every replica (see Kube's fence).
 UNFENCED = frozenset({"Lease", "tokenreviews", "subjectaccessreviews"})
@@ -138,7 +144,22 @@ SWEEP_SURFACE: frozenset[tuple[str, str]] = frozenset({
     ("list", SWEEP_PLURAL), ("watch", SWEEP_PLURAL), ("patch", f"{SWEEP_PLURAL}/status"),
     ("create", PLURAL), ("get", PLURAL), ("patch", PLURAL),
 })
-API_SURFACE: frozenset[tuple[str, str]] = JOB_SURFACE | SWEEP_SURFACE
+# admission mode kueue (kueue/sync.py): the Workload of each job, and the flavors Kueue assigns
+KUEUE_SURFACE: frozenset[tuple[str, str]] = frozenset({
+    ("list", "workloads"), ("watch", "workloads"), ("create", "Workload"),
+    ("patch", "Workload"), ("patch", "workloads/status"),
+    ("list", "resourceflavors"), ("watch", "resourceflavors"),
+})
+API_SURFACE: frozenset[tuple[str, str]] = JOB_SURFACE | SWEEP_SURFACE | KUEUE_SURFACE
+# the web console (finetune_operator.console), every call as the signed-in user: what it reads
+# and the user's own actions (create with dry run, suspend/resume, delete, a dataset ConfigMap)
+CONSOLE_SURFACE: frozenset[tuple[str, str]] = frozenset({
+    ("list", PLURAL), ("watch", PLURAL), ("get", PLURAL), ("create", PLURAL), ("patch", PLURAL),
+    ("delete", PLURAL), ("list", SWEEP_PLURAL), ("get", SWEEP_PLURAL), ("list", "events"),
+    ("list", "resourcequotas"), ("list", "namespaces"), ("list", "priorityclasses"),
+    ("create", "ConfigMap"), ("create", "selfsubjectaccessreviews"),
+    ("create", "selfsubjectreviews"), ("create", "subjectaccessreviews"),
+})
 
 
 def _base(path: str) -> str:
@@ -194,12 +215,16 @@ class Kube:
 
     def __init__(self, api: client.ApiClient, timeout_seconds: float = 10.0,
                  fence: Callable[[], bool] = lambda: True,
-                 limiter: TokenBucket | None = None) -> None:
+                 limiter: TokenBucket | None = None,
+                 surface: frozenset[tuple[str, str]] = API_SURFACE,
+                 headers: Mapping[str, str] | None = None) -> None:
         self.api = api
         self.timeout = timeout_seconds
         self.calls: Counter[str] = Counter()
         self._fence = fence
         self._limiter = limiter
+        self._surface = surface  # the (verb, resource) pairs this program may call
+        self._headers = dict(headers or {})  # sent with every request (impersonation)
 
     def _count(self, verb: str, resource: str) -> None:
         """Count a call about to be sent, once the limiter gave it a token; a write while
@@ -211,9 +236,10 @@ class Kube:
             self._limiter.acquire()
         self.calls[f"{verb} {resource}"] += 1
         metrics.count_api_request(verb, resource)
-        if (verb, resource) not in API_SURFACE:
-            log.error("API call %s %s is not in kube.client.API_SURFACE (the chart's RBAC "
-                      "grants only those): add it there and to the chart", verb, resource)
+        if (verb, resource) not in self._surface:
+            log.error("API call %s %s is not in this client's surface (kube.client.API_SURFACE "
+                      "or CONSOLE_SURFACE; the chart's RBAC grants only those): add it there and "
+                      "to the chart", verb, resource)
 
     def writes(self, exclude: tuple[str, ...] = ("Lease",)) -> int:
         """API writes so far (create/patch/replace/delete), leader-election Lease excluded."""
@@ -227,7 +253,7 @@ class Kube:
                  timeout: float | tuple[float, float] | None = None, stream: bool = False) -> Any:
         """One request; returns the decoded JSON body (or the raw response when streaming).
         Non-2xx raises ApiException with the server's status and message."""
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": "application/json", "Content-Type": content_type, **self._headers}
         _, url, hdrs, _, _ = self.api.param_serialize(
             method, path, query_params=query or [], header_params=headers,
             auth_settings=["BearerToken"])
@@ -316,6 +342,33 @@ class Kube:
             return res
         except ApiException as e:
             if e.status != 404:  # deleted meanwhile: nothing to report on
+                raise
+            return None
+
+    def create_workload(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a job's Kueue Workload; None when one of that name exists already (the
+        watch brings it; the name is derived from the job's uid)."""
+        try:
+            return self.create(obj)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            return None
+
+    def patch_workload(self, namespace: str, name: str, body: dict[str, Any],
+                       resource_version: str, status: bool = False) -> dict[str, Any] | None:
+        """Merge-patch a Workload (``status``: its status subresource), guarded by its
+        resourceVersion (409 when Kueue changed it meanwhile: planned again from the watch).
+        None when it is gone."""
+        self._count("patch", "workloads/status" if status else "Workload")
+        path = object_path("Workload", namespace, name) + ("/status" if status else "")
+        body = {**body, "metadata": {"resourceVersion": resource_version}}
+        try:
+            res: dict[str, Any] = self._request("PATCH", path, body=body,
+                                                content_type=MERGE_PATCH)
+            return res
+        except ApiException as e:
+            if e.status != 404:
                 raise
             return None
 
@@ -515,6 +568,16 @@ class Kube:
         self._count("replace", "Lease")
         self._request("PUT", object_path("Lease", namespace, name), body=lease)
 
+
+    # ================================================ web console (console/api.py) =========
+    def call(self, verb: str, resource: str, method: str, path: str,
+             query: list[tuple[str, Any]] | None = None, body: Any = None,
+             content_type: str = "application/json") -> Any:
+        """One counted request (``verb resource`` as the surface names it): the decoded JSON
+        answer; non-2xx raises ApiException with the server's Status as its body."""
+        self._count(verb, resource)
+        return self._request(method, path, query, body, content_type)
+    # ============================================ end web console (console/api.py) =========
 
     # ============================================================ FineTuneSweep (sweep/) ====
     # Used by finetune_operator.sweep.SweepRunner only; additive. Its (verb, resource) pairs are

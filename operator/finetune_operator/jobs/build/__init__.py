@@ -20,7 +20,12 @@ from finetune_operator.jobs.build.names import (
     pod_names,
     selector_string,
 )
-from finetune_operator.jobs.build.pod import build_pod, build_pods, grace_period_seconds
+from finetune_operator.jobs.build.pod import (
+    Flavor,
+    build_pod,
+    build_pods,
+    grace_period_seconds,
+)
 from finetune_operator.jobs.build.pvc import build_pvc, checkpoint_claim_name, creates_pvc
 from finetune_operator.jobs.build.service import build_service
 from finetune_operator.settings import OperatorSettings
@@ -51,6 +56,7 @@ def build_children(
     save_seconds: float | None,
     report: ReportConfig | None = None,
     placement: tuple[str, ...] = (),
+    flavor: Flavor | None = None,
 ) -> Children:
     """Children of ``job`` for ``attempt`` (1-based). ``priority_class`` comes from
     ``settings.resolve_priority_class(job)``; ``save_seconds`` is the last measured checkpoint
@@ -65,7 +71,8 @@ def build_children(
         config_map=build_config_map(job, report),
         pvc=build_pvc(job),
         service=build_service(job, attempt),
-        pods=build_pods(job, settings, attempt, priority_class, save_seconds, placement),
+        pods=build_pods(job, settings, attempt, priority_class, save_seconds, placement,
+                        flavor),
     )
 
 

@@ -8,6 +8,8 @@ static rendezvous on rank 0 of the attempt through the headless Service.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_api.job import FineTuneJob
@@ -231,9 +233,11 @@ def build_pod(
     priority_class: str | None,
     save_seconds: float | None,
     node: str | None = None,
+    flavor: Flavor | None = None,
 ) -> dict[str, Any]:
     """The Pod of one rank of one attempt (attempt is 1-based, rank 0-based). ``node``: where
-    the admission policy placed it, as a preference to the kube-scheduler."""
+    the admission policy placed it, as a preference to the kube-scheduler; ``flavor``: the
+    node labels and tolerations Kueue's ResourceFlavor adds (admission mode kueue)."""
     name = job.metadata.name
     nodes = job.spec.resources.nodes
     if not 0 <= rank < nodes:
@@ -271,9 +275,13 @@ def build_pod(
         spec["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
     if priority_class is not None:
         spec["priorityClassName"] = priority_class
-    if job.spec.resources.node_selector:
-        spec["nodeSelector"] = dict(job.spec.resources.node_selector)
+    selector = {**job.spec.resources.node_selector, **(flavor.node_selector if flavor else {})}
+    if selector:
+        spec["nodeSelector"] = selector
     tols = tolerations(job, settings)
+    for extra in flavor.tolerations if flavor else ():
+        if extra not in tols:
+            tols.append(dict(extra))
     if tols:
         spec["tolerations"] = tols
     if node:
@@ -297,15 +305,25 @@ def build_pods(
     priority_class: str | None,
     save_seconds: float | None,
     placement: tuple[str, ...] = (),
+    flavor: Flavor | None = None,
 ) -> list[dict[str, Any]]:
     """Every pod of one attempt, rank 0 first (a multi-node gang is created whole); rank r
     prefers ``placement[r]`` when the placement names a node for every rank."""
     nodes = job.spec.resources.nodes
     where = placement if len(placement) == nodes else (None,) * nodes
     return [
-        build_pod(job, settings, attempt, rank, priority_class, save_seconds, where[rank])
+        build_pod(job, settings, attempt, rank, priority_class, save_seconds, where[rank],
+                  flavor)
         for rank in range(nodes)
     ]
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """Scheduling constraints added to every pod of an attempt (Kueue's ResourceFlavor)."""
+
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: Sequence[Mapping[str, str]] = ()
 
 
 def preferred_node(node: str) -> dict[str, Any]:
