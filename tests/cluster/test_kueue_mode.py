@@ -14,6 +14,7 @@ import pytest
 
 from finetune_operator.kueue.workload import QUEUE_LABEL
 from tests.builders import kueue as kq
+from tests.builders.cli import ok
 from tests.kube import Cluster, wait_for
 from tests.operator_proc import OperatorProcess, complete, ftj, job_pods, job_status, wait_phase
 
@@ -60,7 +61,7 @@ def running(cluster: Cluster, ns: str, name: str, timeout: float = 60) -> dict[s
 
 def test_jobs_queue_run_and_are_preempted_in_kueues_order(
         cluster: Cluster, kueue_operator: OperatorProcess, kueue: Path,
-        queues: Callable[..., tuple[str, str]]) -> None:
+        queues: Callable[..., tuple[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
     ns, _ = queues(2)
     cluster.apply(job("first", 2), ns)
     st = running(cluster, ns, "first")
@@ -95,6 +96,19 @@ def test_jobs_queue_run_and_are_preempted_in_kueues_order(
     st_normal = wait_for("normal waits in Kueue", lambda: waiting("normal"), 30)
     assert "insufficient unused quota" in st_normal["queue"]["reason"], st_normal
     assert waiting("low") or wait_for("low waits in Kueue", lambda: waiting("low"), 30)
+    # `kubectl finetune list --queue` (the visibility endpoint) shows Kueue's order, as a tenant
+    cluster.kubectl("create", "serviceaccount", "alice", "-n", ns)
+    cluster.kubectl("create", "role", "ftj-reader", "-n", ns, "--verb=get,list",
+                    "--resource=finetunejobs.finetune.dev")
+    cluster.kubectl("create", "rolebinding", "alice", "-n", ns, "--role=ftj-reader",
+                    f"--serviceaccount={ns}:alice")
+    monkeypatch.setenv("FINETUNE_TOKEN",
+                       cluster.kubectl("create", "token", "alice", "-n", ns).stdout.strip())
+    out = wait_for("both waiting jobs in the queue view", lambda: (
+        lambda o: o if "normal" in o and "low" in o else None)(
+        ok(cluster, "list", "--queue", "-n", ns)), 20)
+    rows = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
+    assert " 1 " in rows["normal"] and " 2 " in rows["low"], out
     assert not job_pods(cluster, ns, "normal")  # no pod before Kueue admits
 
     # a high-priority job: Kueue evicts `first` (normal), the operator stops it gracefully

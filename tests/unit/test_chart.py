@@ -71,7 +71,7 @@ def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
 
 # ---- lint -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("combo", ["defaults", "monitoring", "namespaced"])
+@pytest.mark.parametrize("combo", ["defaults", "monitoring", "namespaced", "kueue"])
 def test_helm_lint_strict_clean(combo: str) -> None:
     proc = run_helm("lint", "--strict", str(CHART), *value_args(COMBINATIONS[combo]))
     assert "0 chart(s) failed" in proc.stdout
@@ -434,6 +434,19 @@ def test_default_priority_classes(rendered: dict[str, list[dict[str, Any]]]) -> 
     # bands leave room for aging: gaps exceed the default aging cap
     values = sorted(pc["value"] for pc in pcs.values())
     assert min(b - a for a, b in itertools.pairwise(values)) > 999
+
+
+def test_kueue_mode_mirrors_each_band_as_a_workload_priority_class(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """admission.mode kueue: the setting reaches the operator, and Kueue gets a
+    WorkloadPriorityClass per band with the band's value (kueue/workload.py names it)."""
+    assert env_of(rendered["defaults"])["FINETUNE_ADMISSION_MODE"] == "native"
+    assert not of_kind(rendered["defaults"], "WorkloadPriorityClass")
+    docs = rendered["kueue"]
+    assert env_of(docs)["FINETUNE_ADMISSION_MODE"] == "kueue"
+    pcs = {d["metadata"]["name"]: d["value"] for d in of_kind(docs, "PriorityClass")}
+    wpcs = {d["metadata"]["name"]: d["value"] for d in of_kind(docs, "WorkloadPriorityClass")}
+    assert wpcs == pcs and len(wpcs) == 4
 
 
 def test_custom_priority_classes(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -140,7 +140,9 @@ def test_admitter_decides_every_unfinished_job() -> None:
                        flavors=FLAVORS)
     out = KueueAdmitter(SETTINGS).decide(view, NOW)
     assert out.by_uid["a"].admit and "b" not in out.by_uid
-    assert not out.by_uid["c"].admit and out.queue_view["team-a"][0]["name"] == "c"
+    assert not out.by_uid["c"].admit
+    (row,) = out.queue_view["team-a"]
+    assert (row["name"], row["clusterPosition"]) == ("c", 1)
 
 
 # ---- the Workload ----------------------------------------------------------------------

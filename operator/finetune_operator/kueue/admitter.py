@@ -9,6 +9,7 @@ Pure: the view carries the Workloads and ResourceFlavors the watch caches hold.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from finetune_operator.admission.seam import AdmissionRound, ClusterView
 from finetune_operator.jobs.decide import coarse_position, problem
@@ -30,6 +31,7 @@ class KueueAdmitter:
         workloads: list[Workload] = [w for w in view.workloads.values()
                                      if isinstance(w, Workload)]
         order = positions(workloads)
+        rows: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         for job in view.jobs:
             uid = job.metadata.uid
             if job.status.phase in FINISHED:
@@ -41,14 +43,22 @@ class KueueAdmitter:
                               coarse_position(pos) if pos else None)
                 out.by_uid[uid] = got
                 if not got.admit and not got.preempt and queue_name(job) is not None:
-                    ns = job.metadata.namespace
-                    out.queue_view.setdefault(ns, []).append({
+                    w = wl if isinstance(wl, Workload) else None
+                    rows.append(((w is None, -(w.priority if w else 0), w.created if w else "",
+                                  job.metadata.namespace, job.metadata.name), {
+                        "namespace": job.metadata.namespace,
                         "name": job.metadata.name, "position": pos,
                         "priorityClass": job.status.effective_priority_class,
                         "gpus": job.spec.resources.total_gpus, "reason": got.reason,
-                        "code": str(got.code), "queue": queue_name(job)})
+                        "code": str(got.code), "queue": queue_name(job)}))
             except Exception as e:  # this job is left out; every other one is decided
                 out.invalid[uid] = ("decision", problem("decision", e))
-        for rows in out.queue_view.values():
-            rows.sort(key=lambda r: (r["position"] is None, r["position"] or 0, r["name"]))
+        # the visibility endpoint's rows: per namespace by position; clusterPosition in Kueue's
+        # order across queues (priority, then creation), for the cluster-wide view
+        rows.sort(key=lambda r: r[0])
+        for i, (_, row) in enumerate(rows, 1):
+            row["clusterPosition"] = i
+            out.queue_view.setdefault(row.pop("namespace"), []).append(row)
+        for ns_rows in out.queue_view.values():
+            ns_rows.sort(key=lambda r: (r["position"] is None, r["position"] or 0, r["name"]))
         return out
