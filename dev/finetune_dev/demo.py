@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +98,28 @@ def _start_operator(cfg: dc.ClusterConfig) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _start_console(cfg: dc.ClusterConfig) -> subprocess.Popen[bytes]:
+    """`kubectl finetune console` for team-a and team-b (the demo's kubeconfig user); prints its
+    URL (docs/console.md)."""
+    log = cfg.state_dir / "logs" / "console-demo.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "finetune_operator.cli", "console",
+                                 f"--kubeconfig={cfg.kubeconfig}", "-n", "team-a",
+                                 "--watch-namespace", "team-b", "--no-browser", "--port", "0"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    dc.register_extra(cfg, "console-demo", proc.pid)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = re.search(r"http://\S+", log.read_text(errors="replace"))
+        if found:
+            print(f"  web console: {found.group(0)} (log {log})", flush=True)
+            break
+        time.sleep(0.2)
+    else:
+        print(f"  the web console did not start; see {log}", flush=True)
+    return proc
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = dc.ClusterConfig(nodes=0)
     started = time.monotonic()
@@ -117,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  IMAGES=1: trainer pods run in {TRAINER_IMAGE} under podman")
     agent: AgentProcess = start_agent(NODE, 2, cfg=cfg)
     op = _start_operator(cfg)
+    console = _start_console(cfg)
     try:
         say("3/5 namespaces team-a and team-b (GPU quota 2 each), a tiny model built locally, "
             "a small chat dataset")
@@ -129,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
             os.killpg(op.pid, signal.SIGTERM)
             op.wait(30)
             dc.unregister_extra(cfg, "operator-demo")
+            os.killpg(console.pid, signal.SIGTERM)
+            console.wait(30)
+            dc.unregister_extra(cfg, "console-demo")
             agent.stop()
             dc.kubectl(cfg, "delete", "node", NODE, "--ignore-not-found", check=False)
             for ns in ("team-a", "team-b"):

@@ -45,6 +45,12 @@ def _run(args: argparse.Namespace, out: IO[str]) -> int:
     cmd = args.command
     if cmd == "submit" and args.dry_run == "client":
         return commands.cmd_submit(None, args, _namespace_offline(args), out)
+    if cmd == "console":
+        from finetune_operator.console.main import run_local
+
+        ns = [n for n in [args.namespace, *args.watch_namespace] if n]
+        return run_local(args.kubeconfig, args.context, ns, args.port, not args.no_browser,
+                         out)
     import urllib3
 
     api, namespace = _connect(args)

@@ -21,6 +21,7 @@ EPILOG = """examples:
   kubectl finetune top -A
   kubectl finetune sweep list; kubectl finetune sweep compare lr-sweep -o yaml
   kubectl finetune compare bot-a bot-b --metric testRougeL
+  kubectl finetune console
 docs: docs/cli.md, docs/sweeps.md"""
 
 
@@ -133,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPU resource of jobs that name none: the operator's default (default: "
                    "the one the ResourceQuotas limit, else the one the jobs name, else "
                    f"{DEFAULT_GPU_RESOURCE})")
+    co = sub.add_parser("console", parents=[common], help="the web console on localhost, as "
+                        "you (docs/console.md)", description="Serve the fine-tuning web console "
+                        "on 127.0.0.1 with your kubeconfig's credentials and open it in the "
+                        "browser; nothing is installed in the cluster.")
+    co.add_argument("--port", type=int, default=8001, help="local port (0: any free one)")
+    co.add_argument("--no-browser", action="store_true", help="print the URL only")
+    co.add_argument("--watch-namespace", action="append", default=[], metavar="NAMESPACE",
+                    help="more namespaces to show beside -n (repeatable)")
     from finetune_operator.cli.output import add_parser as add_output_parser
 
     add_output_parser(sub, common)

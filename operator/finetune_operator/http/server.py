@@ -43,7 +43,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -116,6 +116,9 @@ class Response:
     content_type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     close: bool = False  # never reuse the connection (e.g. the request body may be unread)
+    # a body written chunk by chunk as it comes (server-sent events): no Content-Length, the
+    # connection closes after it; the iterator is closed when the client goes away
+    stream: Iterator[bytes] | None = None
 
     @classmethod
     def json(cls, status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -201,6 +204,9 @@ def write_response(h: BaseHTTPRequestHandler, resp: Response) -> None:
     h.send_response(resp.status)
     for k, v in resp.headers.items():
         h.send_header(k, v)
+    if resp.stream is not None:
+        _write_stream(h, resp, resp.stream)
+        return
     if resp.close:
         h.send_header("Connection", "close")
         h.close_connection = True
@@ -210,6 +216,22 @@ def write_response(h: BaseHTTPRequestHandler, resp: Response) -> None:
     h.end_headers()
     if resp.body:
         h.wfile.write(resp.body)
+
+
+def _write_stream(h: BaseHTTPRequestHandler, resp: Response, stream: Iterator[bytes]) -> None:
+    h.send_header("Connection", "close")
+    h.close_connection = True
+    if resp.content_type:
+        h.send_header("Content-Type", resp.content_type)
+    h.end_headers()
+    try:
+        for chunk in stream:
+            h.wfile.write(chunk)
+            h.wfile.flush()
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def _request_of(h: BaseHTTPRequestHandler, reader: io.BufferedIOBase | None) -> Request:
