@@ -19,6 +19,9 @@ JOB_LABEL = "finetune.dev/job"
 ATTEMPT_LABEL = "finetune.dev/attempt"
 RANK_LABEL = "finetune.dev/rank"
 JOB_UID_ANNOTATION = "finetune.dev/job-uid"
+# the same key as a label: on the objects others make for a job (a Kueue Workload, the
+# ResourceClaims made from its claim template), so the operator selects and counts them
+JOB_UID_LABEL = JOB_UID_ANNOTATION
 POD_LABELS = (ATTEMPT_LABEL, RANK_LABEL, JOB_LABEL)  # what the operator reads of its pods
 
 # a sweep's trials

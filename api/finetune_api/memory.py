@@ -353,6 +353,33 @@ def share_bytes(spec: FineTuneJobSpec, est: Estimate | None) -> int | None:
     return int(quantity(raw))
 
 
+# the trainer's environment variable with the bytes of the GPU share its attempt holds (set by
+# the operator when the share differs from the spec's, e.g. raised after GPUMemoryExceeded)
+SHARE_ENV = "FINETUNE_GPU_MEMORY_SHARE"
+MAX_RAISES = 3  # a share raised after GPUMemoryExceeded at most this often, x1.5 each time
+
+
+def requested_share(spec: FineTuneJobSpec, status: GpuMemoryStatus | None) -> int | None:
+    """The GPU memory share (bytes) the job's next attempt asks: the raised request after an
+    attempt ran out of memory, else ``resources.gpuMemory`` (the estimate for ``auto``); None
+    when the job takes whole GPUs (no gpuMemory, or auto with no estimate yet)."""
+    if spec.resources.gpu_memory is None:
+        return None
+    if status is not None and status.request:
+        return status.request
+    if spec.resources.gpu_memory == "auto":
+        return status.per_gpu if status is not None and status.per_gpu > 0 else None
+    return share_bytes(spec, None)
+
+
+def raised_share(share: int, raises: int) -> int | None:
+    """The next share after an attempt ran out of memory within ``share``: x1.5, rounded up
+    to a whole GiB; None once it was raised ``MAX_RAISES`` times (then it is a failure)."""
+    if raises >= MAX_RAISES:
+        return None
+    return -(-(share * 3) // (2 * GiB)) * GiB
+
+
 def gib(n: int) -> str:
     """Bytes as GiB with one decimal, for messages and tables."""
     return f"{n / GiB:.1f} GiB"

@@ -81,6 +81,15 @@ class GpuMemoryStatus(ApiModel):
     share: int | None = Field(
         default=None, ge=0, description="the cap the trainer set on its CUDA memory "
         "(resources.gpuMemory), bytes per GPU")
+    request: int | None = Field(
+        default=None, ge=0, le=2**40, description="bytes of one GPU the next attempt asks as "
+        "its share after the last one ran out of memory (raised x1.5, at most 3 times); "
+        "absent: resources.gpuMemory, or the estimate for auto")
+    raises: int = Field(default=0, ge=0, le=100, description="times the share was raised after "
+                        "GPUMemoryExceeded (not counted as failures)")
+    attempt_share: int | None = Field(
+        default=None, ge=0, le=2**40, description="bytes of a shared GPU (a DRA ResourceClaim "
+        "of the shared device class) the current attempt holds; absent: whole GPUs")
     source: Literal["spec", "trainer"] = Field(
         default="spec", description="spec: from spec.model.config, before the job ran; "
         "trainer: from the model's config.json, reported by the trainer")

@@ -90,6 +90,18 @@ class AdmissionSettings(_Section):
         "GPUs idle while smaller work waits (docs/scheduling.md)")
     min_runtime_before_preemption_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
     gpu_resource: ResourceName = DEFAULT_GPU_RESOURCE
+    shared_gpu_device_class: Annotated[
+        str, StringConstraints(pattern=r"^$|" + _DNS_SUBDOMAIN, max_length=253)
+    ] = Field(
+        default="", description="DRA DeviceClass of GPUs shared by memory (consumable "
+        "capacity): a job with resources.gpuMemory, 1 GPU and 1 pod takes a share of one "
+        "through a ResourceClaim; empty = no sharing, every job takes whole GPUs "
+        "(docs/scheduling.md)")
+    shared_gpu_driver: Annotated[
+        str, StringConstraints(pattern=_DNS_SUBDOMAIN, max_length=253)
+    ] = Field(
+        default="gpu.finetune.dev", description="the DRA driver whose ResourceSlices publish "
+        "the shareable GPUs (devices with allowMultipleAllocations and a memory capacity)")
     max_gpus_per_node: int = Field(
         default=0, ge=0, description="largest node size in GPUs: a job asking more per node "
         "fails at once; 0 = no static limit (only the grace period applies)")

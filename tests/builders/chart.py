@@ -151,9 +151,13 @@ API_RESOURCES: dict[str, tuple[str, str]] = {
     "Workload": ("kueue.x-k8s.io", "workloads"), "workloads": ("kueue.x-k8s.io", "workloads"),
     "workloads/status": ("kueue.x-k8s.io", "workloads/status"),
     "resourceflavors": ("kueue.x-k8s.io", "resourceflavors"),
+    "resourceslices": ("resource.k8s.io", "resourceslices"),
+    "resourceclaims": ("resource.k8s.io", "resourceclaims"),
+    "ResourceClaimTemplate": ("resource.k8s.io", "resourceclaimtemplates"),
 }
 CLUSTER_SCOPED = {"nodes", "namespaces", "priorityclasses", "customresourcedefinitions",
-                  "tokenreviews", "subjectaccessreviews", "resourceflavors"}
+                  "tokenreviews", "subjectaccessreviews", "resourceflavors", "resourceslices",
+                  "resourceclaims"}
 # What kopf itself calls (it runs the process): watch the resources it has handlers for (those
 # are in k8s's surface too), observe CRDs for its resource discovery and namespaces for
 # namespace patterns, and post Events (core v1) for warnings.
@@ -161,7 +165,7 @@ KOPF_CALLS = {("list", "customresourcedefinitions"), ("watch", "customresourcede
               ("list", "namespaces"), ("watch", "namespaces"), ("create", "Event")}
 
 
-def operator_calls(kueue: bool = False) -> set[tuple[str, str]]:
+def operator_calls(kueue: bool = False, sharing: bool = False) -> set[tuple[str, str]]:
     """Every (verb, resource) the operator's code calls: kube/client.py's declared surface
     (``API_SURFACE``, the one declaration: each request is counted as self._count(verb,
     resource) and checked against it at run time), every literal self._count(...) in
@@ -174,13 +178,15 @@ def operator_calls(kueue: bool = False) -> set[tuple[str, str]]:
     calls = set(k8s.API_SURFACE)
     if not kueue:  # admission mode kueue only (the chart grants them with admission.mode kueue)
         calls -= k8s.KUEUE_SURFACE
+    if not sharing:  # GPU sharing only (gpuSharing.deviceClass)
+        calls -= k8s.SHARING_SURFACE
     tree = ast.parse((ROOT / "operator" / "finetune_operator" / "kube" / "client.py").read_text())
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr == "_count" and len(node.args) == 2
                 and all(isinstance(a, ast.Constant) for a in node.args)):
             verb, resource = (a.value for a in node.args)  # type: ignore[attr-defined]
-            assert (verb, resource) in calls | k8s.KUEUE_SURFACE, (
+            assert (verb, resource) in calls | k8s.KUEUE_SURFACE | k8s.SHARING_SURFACE, (
                 f"kube/client.py line {node.lineno} calls {verb} {resource}, not in API_SURFACE")
     main_src = (ROOT / "operator" / "finetune_operator" / "__main__.py").read_text()
     if "kopf.run(" in main_src:
@@ -192,9 +198,10 @@ def rbac_verb(verb: str) -> str:
     return {"replace": "update"}.get(verb, verb)
 
 
-def needed_grants(kueue: bool = False) -> dict[tuple[str, str], set[str]]:
+def needed_grants(kueue: bool = False, sharing: bool = False,
+                  ) -> dict[tuple[str, str], set[str]]:
     out: dict[tuple[str, str], set[str]] = {}
-    for verb, resource in operator_calls(kueue):
+    for verb, resource in operator_calls(kueue, sharing):
         assert resource in API_RESOURCES, (
             f"kube/client.py calls {verb} {resource}: add its API group and plural to "
             "tests/builders/chart.py API_RESOURCES, then grant it in the chart's rbac.yaml")

@@ -41,6 +41,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "no-crds": {"crds": {"install": False}},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
     "kueue": {"admission": {"mode": "kueue"}},
+    "sharing": {"gpuSharing": {"deviceClass": "gpu-shared.example.com"}},
     "custom-classes": {
         "priorityClasses": {
             "bands": [{"name": "ft-urgent", "value": 9000}, {"name": "ft-batch", "value": 1000}],
@@ -71,7 +72,8 @@ def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
 
 # ---- lint -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("combo", ["defaults", "monitoring", "namespaced", "kueue"])
+@pytest.mark.parametrize("combo", ["defaults", "monitoring", "namespaced", "kueue",
+                                   "sharing"])
 def test_helm_lint_strict_clean(combo: str) -> None:
     proc = run_helm("lint", "--strict", str(CHART), *value_args(COMBINATIONS[combo]))
     assert "0 chart(s) failed" in proc.stdout
@@ -112,19 +114,20 @@ LEADER_RULES = [
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "resourceNames": ["finetune-operator-leader"], "verbs": ["get", "update"]},
 ]
-@pytest.mark.parametrize("combo", ["defaults", "kueue"])
+@pytest.mark.parametrize("combo", ["defaults", "kueue", "sharing"])
 def test_operator_rbac_is_exactly_what_the_code_calls(
     rendered: dict[str, list[dict[str, Any]]], combo: str,
 ) -> None:
     """With admission.mode kueue the operator also gets exactly the Workload and
-    ResourceFlavor calls of kueue/sync.py and its watches; without, none of them."""
+    ResourceFlavor calls of kueue/sync.py and its watches, with gpuSharing.deviceClass the DRA
+    reads and the claim templates; without, none of them."""
     docs = rendered[combo]
     operator_roles = [FULLNAME, f"{FULLNAME}-cluster", f"{FULLNAME}-leader"]
     granted: dict[tuple[str, str], set[str]] = {}
     for role in operator_roles:
         for key, verbs in grants(docs, role).items():
             granted.setdefault(key, set()).update(verbs)
-    needed = needed_grants(kueue=combo == "kueue")
+    needed = needed_grants(kueue=combo == "kueue", sharing=combo == "sharing")
     missing = {k: sorted(v - granted.get(k, set())) for k, v in needed.items()
                if v - granted.get(k, set())}
     extra = {k: sorted(v - needed.get(k, set())) for k, v in granted.items()

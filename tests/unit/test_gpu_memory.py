@@ -246,17 +246,22 @@ def test_rendering_without_estimate_and_cpu_jobs() -> None:
 
 
 def test_progress_report_carries_the_trainer_estimate() -> None:
-    from finetune_api.status import FineTuneJobStatus
+    from finetune_api.status import FineTuneJobStatus, GpuMemoryStatus
 
     e = est(spec())
-    gm = m.status_of(e, "trainer", 24 * GiB).model_dump(by_alias=True, exclude_none=True,
-                                                        exclude={"message"})
+    gm = m.status_of(e, "trainer", 24 * GiB).model_dump(
+        by_alias=True, exclude_none=True, exclude={"message", "request", "raises",
+                                                   "attempt_share"})
     report = parse_report(json.dumps({"step": 0, "state": "loading", "gpuMemory": gm}).encode())
     st = FineTuneJobStatus()
+    # the operator's own fields (the share this attempt holds, a raise) survive the report
+    st.gpu_memory = GpuMemoryStatus(attempt_share=36 * GiB, request=36 * GiB, raises=1)
     apply_progress(st, report, 1, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert st.gpu_memory is not None
     assert (st.gpu_memory.per_gpu, st.gpu_memory.share, st.gpu_memory.source) == \
         (e.total, 24 * GiB, "trainer")
+    assert (st.gpu_memory.attempt_share, st.gpu_memory.request, st.gpu_memory.raises) == \
+        (36 * GiB, 36 * GiB, 1)
     for bad in ({**gm, "perGpu": 2**51}, {**gm, "source": "spec"}, {**gm, "weights": -1},
                 {**gm, "perGpu": 1.5}):
         with pytest.raises(BadReport):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from finetune_api.memory import (
     CUDA_CONTEXT_BYTES,
     GPU_MEMORY_EXCEEDED,
+    SHARE_ENV,
     Estimate,
     EstimateError,
     estimate_from_config,
@@ -76,9 +79,21 @@ def read_model_config(model_dir: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def plan(spec: FineTuneJobSpec, model_config: dict[str, Any] | None
+def env_share(environ: Mapping[str, str]) -> int | None:
+    """The share the operator gave this attempt (``FINETUNE_GPU_MEMORY_SHARE``: its DRA claim's
+    memory, raised after an attempt ran out), bounded; None when unset or unreadable."""
+    raw = environ.get(SHARE_ENV, "")
+    if not raw.isdigit() or len(raw) > 16:
+        return None
+    value = int(raw)
+    return value if 2**30 <= value <= 2**40 else None
+
+
+def plan(spec: FineTuneJobSpec, model_config: dict[str, Any] | None,
+         environ: Mapping[str, str] | None = None,
          ) -> tuple[Estimate | None, int | None, str]:
-    """(the estimate, the share in bytes per GPU or None, a note) for this job. A share of
+    """(the estimate, the share in bytes per GPU or None, a note) for this job: the share the
+    operator set for this attempt when it set one, else resources.gpuMemory. A share of
     ``auto`` without an estimate is None: the job then runs uncapped, and the note says why."""
     if spec.resources.gpus == 0:
         return None, None, ""
@@ -91,7 +106,7 @@ def plan(spec: FineTuneJobSpec, model_config: dict[str, Any] | None
             note = f"no GPU memory estimate: {e}"
     else:
         note = "no GPU memory estimate: the model directory has no readable config.json"
-    share = share_bytes(spec, est)
+    share = env_share(environ if environ is not None else os.environ) or share_bytes(spec, est)
     if spec.resources.gpu_memory == "auto" and share is None:
         note += "; resources.gpuMemory auto cannot cap the job without it"
     return est, share, note
@@ -102,7 +117,9 @@ def report_of(est: Estimate | None, cap: Cap | None) -> dict[str, Any] | None:
     if est is None:
         return None
     st = status_of(est, "trainer", cap.share if cap else None)
-    return st.model_dump(by_alias=True, exclude_none=True, exclude={"message"})
+    # the operator's own fields (the share it gave, its raises) are not the trainer's to report
+    return st.model_dump(by_alias=True, exclude_none=True,
+                         exclude={"message", "request", "raises", "attempt_share"})
 
 
 def apply_cap(share: int, device: int) -> Cap:

@@ -41,6 +41,8 @@ class JobVerdict:
     # pods get on top of the job's own (kueue/workload.py)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, str]] = field(default_factory=list)
+    # admitted to a share of a GPU (DRA consumable capacity): the bytes its claim asks
+    share: int | None = None
 
 
 @dataclass
@@ -75,6 +77,10 @@ class ClusterView:
     # ResourceFlavors by name (kueue/workload.py records; empty in native mode)
     workloads: Mapping[str, Any] = field(default_factory=dict)
     flavors: Mapping[str, Any] = field(default_factory=dict)
+    # GPU sharing (settings shared_gpu_device_class): the shareable GPUs the DRA driver's
+    # ResourceSlices publish and what allocated ResourceClaims hold of them (admission/devices.py)
+    shared_gpus: Sequence[Any] = ()
+    claim_uses: Sequence[Any] = ()
 
 
 class Admitter(Protocol):

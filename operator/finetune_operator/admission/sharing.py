@@ -23,7 +23,9 @@ Rules (``pack``):
   0.13 GPU, never less than 0.01, never more than 1); a whole GPU counts 1. Quota is kept in
   hundredths of a GPU (``QUOTA_UNITS``) so the sums are exact integers.
 
-How the policy calls it (``admit()`` does not yet; ``policy.py`` is where it goes):
+How the policy calls it (today ``jobs/decide.py`` ``_with_sharing`` through
+``admission/devices.py``, on a pool of shared GPUs apart from whole ones; inside ``admit()``
+for devices that serve both, which is not built):
 
 1. Build the devices from the node's DRA ResourceSlices (one ``Device`` per GPU: node, index,
    memory capacity, whether it allows sharing) with the shares of the running shared jobs on

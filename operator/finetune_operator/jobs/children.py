@@ -51,7 +51,9 @@ class Children:
         children = build_children(job, self.settings, attempt,
                                   pl.status.effective_priority_class,
                                   ck.save_seconds if ck else None, report=self.report_config,
-                                  placement=pl.placement, flavor=pl.flavor)
+                                  placement=pl.placement, flavor=pl.flavor,
+                                  share=pl.status.gpu_memory.attempt_share
+                                  if pl.status.gpu_memory else None)
         for obj in children.all():
             try:
                 got = k.create_child(obj)

@@ -117,7 +117,9 @@ class Cycle:
             jobs=jobs, pods_by_uid=got.pods_by_uid, classes=classes, nodes=feeds.nodes.values(),
             active_pods=feeds.usage.values() + ours, quotas=feeds.quotas.values(),
             workloads=dict(feeds.workloads.items()) if kueue else {},
-            flavors=dict(feeds.flavors.items()) if kueue else {}), now)
+            flavors=dict(feeds.flavors.items()) if kueue else {},
+            shared_gpus=[g for gs in feeds.shared_gpus.values() for g in gs],
+            claim_uses=[u for us in feeds.claims.values() for u in us]), now)
         epoch = now.timestamp()
         todo = set(got.dirty)
         for uid, d in decisions.by_uid.items():

@@ -17,9 +17,11 @@ import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from finetune_api.job import FineTuneJob
+from finetune_api.memory import requested_share
 from finetune_api.times import parse_time
 from finetune_operator.admission import (
     AdmissionRound,
@@ -35,6 +37,14 @@ from finetune_operator.admission import (
     Waiting,
     admit,
 )
+from finetune_operator.admission.devices import (
+    SharedQueued,
+    SharedRunning,
+    admit_shared,
+    devices_now,
+    with_shares_used,
+)
+from finetune_operator.admission.sharing import QUOTA_UNITS, is_shared, quota_used
 from finetune_operator.admission.snapshot import nodes_from_k8s, quotas_from_k8s
 from finetune_operator.jobs.pods import Pod, attempt_of
 from finetune_operator.settings import OperatorSettings
@@ -228,6 +238,90 @@ def entry_recipe(job: FineTuneJob, pods: list[Pod], classes: Mapping[str, int],
     return _Queued(queued(created), retry)
 
 
+def shared_memory(job: FineTuneJob) -> int | None:
+    """The share (bytes of one GPU) a job takes when GPU sharing is on: the current attempt's
+    while it holds one, else what its next attempt asks; None: it takes whole GPUs."""
+    res, gm = job.spec.resources, job.status.gpu_memory
+    if gm is not None and gm.attempt_share and job.status.phase not in (None, "Queued"):
+        return gm.attempt_share
+    want = requested_share(job.spec, gm)
+    return want if is_shared(res.gpus, res.nodes, want) else None
+
+
+def _with_sharing(snap: Snapshot, view: ClusterView, now: dt.datetime, keys: set[str],
+                  settings: OperatorSettings, out: AdmissionRound) -> AdmissionRound:
+    """admit() over the whole-GPU jobs, then the shared jobs packed by memory on the shared
+    GPUs (admission/devices.py), in queue order, within what quota is left."""
+    res = settings.admission.gpu_resource
+    shared: dict[str, int] = {}
+    for job in view.jobs:
+        if (mem := shared_memory(job)) is not None:
+            shared[job.metadata.uid] = mem
+    if not shared:
+        return verdicts(snap, now, keys, settings, out)
+    s_running = [SharedRunning(uid=r.uid, key=f"{r.namespace}/{r.name}", namespace=r.namespace,
+                               memory=shared[r.uid],
+                               # bound: its node; not yet: best fit anywhere (a preference)
+                               node=r.placement[0] if r.placement else None)
+                 for r in snap.running if r.uid in shared]
+    devices, _ = devices_now(view.shared_gpus, view.claim_uses, s_running)
+    units = quota_used(devices)
+    whole = replace(snap, running=[r for r in snap.running if r.uid not in shared],
+                    queued=[q for q in snap.queued if q.uid not in shared],
+                    quotas=with_shares_used(snap.quotas, units, res))
+    verdicts(whole, now, keys, settings, out)
+    # quota left for shares, in hundredths: hard - whole GPUs used (counted, pending and just
+    # admitted) - the shares
+    new_whole: dict[str, int] = {}
+    for r in whole.running:
+        if not r.counted_in_quota:
+            new_whole[r.namespace] = new_whole.get(r.namespace, 0) + r.total_gpus
+    for q in whole.queued:
+        if out.by_uid.get(q.uid, JobVerdict()).admit:
+            new_whole[q.namespace] = new_whole.get(q.namespace, 0) + q.total_gpus
+    free: dict[str, int] = {}
+    for quota in snap.quotas:
+        if quota.resource != res or quota.scopes:
+            continue
+        left = (quota.hard - quota.used - new_whole.get(quota.namespace, 0)) * QUOTA_UNITS \
+            - units.get(quota.namespace, 0)
+        free[quota.namespace] = min(free.get(quota.namespace, left), max(0, left))
+    eligible = _eligible_nodes(view, {d.node for d in devices})
+    waiting = sorted((q for q in snap.queued if q.uid in shared),
+                     key=lambda q: (-q.priority, q.first_queued_at or q.created_at, q.name))
+    got = admit_shared(devices, [
+        SharedQueued(uid=q.uid, key=f"{q.namespace}/{q.name}", namespace=q.namespace,
+                     memory=shared[q.uid], nodes=eligible(q.node_selector))
+        for q in waiting], free)
+    per_ns: dict[str, int] = {}
+    for q in waiting:
+        if (placed := got.admit.get(q.uid)) is not None:
+            out.by_uid[q.uid] = JobVerdict(admit=True, placement=(placed[0],),
+                                           share=shared[q.uid])
+            continue
+        w = got.wait[q.uid]
+        if w.never:
+            out.by_uid[q.uid] = JobVerdict(impossible=w.reason)
+            continue
+        per_ns[q.namespace] = per_ns.get(q.namespace, 0) + 1
+        out.by_uid[q.uid] = JobVerdict(position=coarse_position(per_ns[q.namespace]),
+                                       reason=f"waiting for a GPU share: {w.reason}",
+                                       code=w.code)
+    return out
+
+
+def _eligible_nodes(view: ClusterView, with_gpus: set[str],
+                    ) -> Callable[[Mapping[str, str]], frozenset[str]]:
+    labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in view.nodes
+              if n["metadata"]["name"] in with_gpus}
+
+    def nodes(selector: Mapping[str, str]) -> frozenset[str]:
+        return frozenset(name for name, lab in labels.items()
+                         if all(lab.get(k) == v for k, v in selector.items()))
+
+    return nodes
+
+
 def _expected_seconds(job: FineTuneJob) -> float | None:
     """An upper bound of the run time once admitted: what is left of activeDeadlineSeconds."""
     deadline = job.spec.active_deadline_seconds
@@ -409,4 +503,6 @@ class NativeAdmitter:
                 queued.append(entry)
         self._kept = fresh  # bounded by the live jobs: deleted ones are gone
         snap = _snapshot(queued, running, settings, view.nodes, view.active_pods, view.quotas)
+        if settings.admission.shared_gpu_device_class and view.shared_gpus:
+            return _with_sharing(snap, view, now, keys, settings, out)
         return verdicts(snap, now, keys, settings, out)

@@ -17,8 +17,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_api.job import FineTuneJob
-from finetune_api.labels import MANAGED_BY_SELECTOR
+from finetune_api.labels import JOB_UID_LABEL, MANAGED_BY_SELECTOR
 from finetune_operator import metrics
+from finetune_operator.admission import devices
 from finetune_operator.jobs import ownership
 from finetune_operator.jobs.pods import Pod, attempt_of, owner_uid, rank_of, termination
 from finetune_operator.jobs.ports import JobKube
@@ -132,6 +133,9 @@ class Feeds:
         # admission mode kueue: the jobs' Workloads (by job uid) and Kueue's ResourceFlavors
         self.workloads = cache.Store("workloads", self._changed)
         self.flavors = cache.Store("resourceflavors", self._changed)
+        # GPU sharing: the shareable GPUs per ResourceSlice, what allocated claims hold
+        self.shared_gpus = cache.Store("resourceslices", self._changed)
+        self.claims = cache.Store("resourceclaims", self._changed)
         self.reflectors: list[cache.Reflector] = []
 
     # ------------------------------------------------------------------ watches
@@ -163,6 +167,14 @@ class Feeds:
         if s.admission.admission_mode == "kueue":
             feeds.append((self.flavors, k8s.FLAVORS_PATH, None, None, kueue.slim_flavor,
                           cache.object_key, ""))
+        if s.admission.shared_gpu_device_class:
+            driver = s.admission.shared_gpu_driver
+            feeds += [
+                (self.shared_gpus, k8s.SLICES_PATH, None, f"spec.driver={driver}",
+                 lambda o: devices.slim_slice(o, driver) or None, cache.object_key, ""),
+                # every claim, ours or not: what it holds of a shared GPU is taken
+                (self.claims, k8s.CLAIMS_PATH, None, None,
+                 lambda o: devices.slim_claim(o, driver, JOB_UID_LABEL) or None, uid_key, "")]
         feeds += [(self.nodes, k8s.NODES_PATH, None, None, cache.slim_node, cache.object_key, ""),
                   (self.classes, k8s.CLASSES_PATH, None, None, cache.priority_value,
                    cache.object_key, ""),

@@ -241,7 +241,12 @@ def apply_progress(st: FineTuneJobStatus, report: ProgressReport, attempt: int,
     if ck is not None and not (same_attempt and st.checkpoint and ck.step < st.checkpoint.step):
         st.checkpoint = ck
     if report.gpu_memory is not None:  # the trainer's estimate from config.json
+        kept = st.gpu_memory  # the operator's own fields (the share it gave) stay
         st.gpu_memory = GpuMemoryStatus.model_validate(report.gpu_memory.model_dump())
+        if kept is not None:
+            st.gpu_memory = st.gpu_memory.model_copy(update={
+                "request": kept.request, "raises": kept.raises,
+                "attempt_share": kept.attempt_share})
     st.lost_steps += lost
     return lost
 

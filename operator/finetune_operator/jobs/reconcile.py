@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from finetune_api.job import FineTuneJob
-from finetune_api.memory import spec_status
-from finetune_api.status import FineTuneJobStatus, QueueStatus
+from finetune_api.memory import MAX_RAISES, gib, raised_share, spec_status
+from finetune_api.status import FineTuneJobStatus, GpuMemoryStatus, QueueStatus
 from finetune_api.times import parse_time, rfc3339, time_after
 from finetune_operator.admission.seam import JobVerdict
 from finetune_operator.jobs.build.names import pod_name
@@ -165,7 +165,12 @@ def plan(job: FineTuneJob, pods: list[Pod], decision: JobVerdict, ctx: Ctx) -> P
         _to_queue(p, job, "Created", "waiting for admission", now, first=True)
     if st.phase in ("Queued", "Suspended") and (st.gpu_memory is None
                                                  or st.gpu_memory.source == "spec"):
+        kept = st.gpu_memory
         st.gpu_memory = spec_status(job.spec)  # the spec may change until admission
+        if kept is not None and (kept.request or kept.raises or kept.attempt_share):
+            st.gpu_memory = (st.gpu_memory or GpuMemoryStatus()).model_copy(update={
+                "request": kept.request, "raises": kept.raises,
+                "attempt_share": kept.attempt_share})
 
     if ctx.policy_error:
         _fail(p, job, "PolicyViolation", ctx.policy_error, now)
@@ -308,6 +313,8 @@ def _reconcile_active(p: Plan, job: FineTuneJob, current: list[Pod], decision: J
         _to_queue(p, job, "Requeued", "status said admitted but no attempt was started", now)
     elif not current or len(current) < view.expected:
         p.create_attempt = st.attempt  # admitted but children missing (e.g. operator restart)
+        if decision.node_selector or decision.tolerations:  # Kueue's flavor, as at admission
+            p.flavor = Flavor(dict(decision.node_selector), tuple(decision.tolerations))
     elif view.all_running and st.phase != "Running":
         st.phase = "Running"
         st.start_time = st.start_time or rfc3339(now)
@@ -430,6 +437,20 @@ def _succeed(p: Plan, job: FineTuneJob, view: PodsView, now: dt.datetime) -> Non
 
 def _failed_attempt(p: Plan, job: FineTuneJob, view: PodsView, ctx: Ctx) -> None:
     st, now, gen = p.status, ctx.now, job.metadata.generation
+    gm = st.gpu_memory
+    share = gm.attempt_share if gm else None
+    bigger = raised_share(share, gm.raises) if share and gm and view.gpu_memory_exceeded \
+        else None
+    if bigger is not None and gm is not None and share:  # the estimate was short: not a failure
+        p.delete_pods.extend(view.deletable)
+        st.gpu_memory = gm.model_copy(update={"request": bigger, "raises": gm.raises + 1})
+        msg = (f"attempt {st.attempt} ran out of GPU memory within its share of {gib(share)}"
+               f" ({view.failure}); the next attempt asks {gib(bigger)} (raise "
+               f"{gm.raises + 1}/{MAX_RAISES}, not counted as a failure)")
+        set_condition(st, "Running", False, "GPUMemoryExceeded", msg, now, gen)
+        p.events.append(("Warning", "ShareRaised", msg))
+        _to_queue(p, job, "ShareRaised", msg, now)
+        return
     st.failures += 1
     # a gang restarts whole; its survivors would block in a collective with a dead peer, so
     # they are deleted at once (grace 0: there is nothing consistent left for them to save)
@@ -525,6 +546,10 @@ def _queued(p: Plan, job: FineTuneJob, decision: JobVerdict, ctx: Ctx) -> None:
     p.create_attempt, p.placement = st.attempt, decision.placement
     if decision.node_selector or decision.tolerations:
         p.flavor = Flavor(dict(decision.node_selector), tuple(decision.tolerations))
+    if decision.share is not None or (st.gpu_memory and st.gpu_memory.attempt_share):
+        # the attempt's pod holds a share of a GPU (a DRA claim) or, None, whole GPUs
+        st.gpu_memory = (st.gpu_memory or GpuMemoryStatus()).model_copy(
+            update={"attempt_share": decision.share})
     resume = st.checkpoint.step if st.checkpoint else 0
     msg = (f"attempt {st.attempt} admitted after {(now - queued).total_seconds():.0f}s in queue"
            + (f"; resumes from checkpoint step {resume}" if resume else ""))

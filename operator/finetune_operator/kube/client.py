@@ -42,6 +42,9 @@ NODES_PATH = "/api/v1/nodes"
 QUOTAS_PATH = "/api/v1/resourcequotas"
 CLASSES_PATH = "/apis/scheduling.k8s.io/v1/priorityclasses"
 SWEEPS_PATH = f"/apis/{GROUP}/{VERSION}/{SWEEP_PLURAL}"
+# GPU sharing: the DRA objects the admission reads
+SLICES_PATH = "/apis/resource.k8s.io/v1/resourceslices"
+CLAIMS_PATH = "/apis/resource.k8s.io/v1/resourceclaims"
 # admission mode kueue (kueue/): the Workloads the operator owns and Kueue's ResourceFlavors
 WORKLOADS_PATH = "/apis/kueue.x-k8s.io/v1beta2/workloads"
 FLAVORS_PATH = "/apis/kueue.x-k8s.io/v1beta2/resourceflavors"
@@ -51,7 +54,8 @@ _NAMESPACED = {JOBS_PATH: (f"/apis/{GROUP}/{VERSION}", PLURAL),
                WORKLOADS_PATH: ("/apis/kueue.x-k8s.io/v1beta2", "workloads")}
 _RESOURCE = {SWEEPS_PATH: SWEEP_PLURAL, JOBS_PATH: PLURAL, PODS_PATH: "pods",
              NODES_PATH: "nodes", QUOTAS_PATH: "resourcequotas", CLASSES_PATH: "priorityclasses",
-             WORKLOADS_PATH: "workloads", FLAVORS_PATH: "resourceflavors"}
+             WORKLOADS_PATH: "workloads", FLAVORS_PATH: "resourceflavors",
+             SLICES_PATH: "resourceslices", CLAIMS_PATH: "resourceclaims"}
 _KIND_PATH = {"Pod": ("/api/v1", "pods"), "ConfigMap": ("/api/v1", "configmaps"),
               "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
               "Service": ("/api/v1", "services"), "ServiceAccount": ("/api/v1", "serviceaccounts"),
@@ -60,7 +64,8 @@ _KIND_PATH = {"Pod": ("/api/v1", "pods"), "ConfigMap": ("/api/v1", "configmaps")
               "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
               "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURAL),
               "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
-              "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads")}
+              "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),
+              "ResourceClaimTemplate": ("/apis/resource.k8s.io/v1", "resourceclaimtemplates")}
 MERGE_PATCH = "application/merge-patch+json"
 # Writes that do not change the cluster's state: allowed to every replica (see Kube's fence).
 UNFENCED = frozenset({"Lease", "tokenreviews", "subjectaccessreviews"})
@@ -144,13 +149,21 @@ SWEEP_SURFACE: frozenset[tuple[str, str]] = frozenset({
     ("list", SWEEP_PLURAL), ("watch", SWEEP_PLURAL), ("patch", f"{SWEEP_PLURAL}/status"),
     ("create", PLURAL), ("get", PLURAL), ("patch", PLURAL),
 })
+# GPU sharing (settings shared_gpu_device_class): the shareable GPUs (ResourceSlices), what the
+# allocated ResourceClaims hold of them, and each shared attempt's claim template
+SHARING_SURFACE: frozenset[tuple[str, str]] = frozenset({
+    ("list", "resourceslices"), ("watch", "resourceslices"),
+    ("list", "resourceclaims"), ("watch", "resourceclaims"),
+    ("create", "ResourceClaimTemplate"), ("get", "ResourceClaimTemplate"),
+})
 # admission mode kueue (kueue/sync.py): the Workload of each job, and the flavors Kueue assigns
 KUEUE_SURFACE: frozenset[tuple[str, str]] = frozenset({
     ("list", "workloads"), ("watch", "workloads"), ("create", "Workload"),
     ("patch", "Workload"), ("patch", "workloads/status"),
     ("list", "resourceflavors"), ("watch", "resourceflavors"),
 })
-API_SURFACE: frozenset[tuple[str, str]] = JOB_SURFACE | SWEEP_SURFACE | KUEUE_SURFACE
+API_SURFACE: frozenset[tuple[str, str]] = (JOB_SURFACE | SWEEP_SURFACE | KUEUE_SURFACE
+                                           | SHARING_SURFACE)
 # the web console (finetune_operator.console), every call as the signed-in user: what it reads
 # and the user's own actions (create with dry run, suspend/resume, delete, a dataset ConfigMap)
 CONSOLE_SURFACE: frozenset[tuple[str, str]] = frozenset({
@@ -217,14 +230,16 @@ class Kube:
                  fence: Callable[[], bool] = lambda: True,
                  limiter: TokenBucket | None = None,
                  surface: frozenset[tuple[str, str]] = API_SURFACE,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str | tuple[str, ...]] | None = None) -> None:
         self.api = api
         self.timeout = timeout_seconds
         self.calls: Counter[str] = Counter()
         self._fence = fence
         self._limiter = limiter
         self._surface = surface  # the (verb, resource) pairs this program may call
-        self._headers = dict(headers or {})  # sent with every request (impersonation)
+        # sent with every request (impersonation); a tuple value is one header line per item
+        # (Impersonate-Group: the API server reads each line as one group, never a list)
+        self._headers = dict(headers or {})
 
     def _count(self, verb: str, resource: str) -> None:
         """Count a call about to be sent, once the limiter gave it a token; a write while
@@ -253,10 +268,19 @@ class Kube:
                  timeout: float | tuple[float, float] | None = None, stream: bool = False) -> Any:
         """One request; returns the decoded JSON body (or the raw response when streaming).
         Non-2xx raises ApiException with the server's status and message."""
-        headers = {"Accept": "application/json", "Content-Type": content_type, **self._headers}
-        _, url, hdrs, _, _ = self.api.param_serialize(
+        headers = {"Accept": "application/json", "Content-Type": content_type,
+                   **{k: v for k, v in self._headers.items() if isinstance(v, str)}}
+        _, url, serialized, _, _ = self.api.param_serialize(
             method, path, query_params=query or [], header_params=headers,
             auth_settings=["BearerToken"])
+        hdrs: Mapping[str, str] = serialized
+        repeated = [(k, v) for k, vs in self._headers.items() if not isinstance(vs, str)
+                    for v in vs]
+        if repeated:  # a dict holds one value per name: these go as separate header lines
+            lines = urllib3.HTTPHeaderDict(serialized)
+            for k, v in repeated:
+                lines.add(k, v)
+            hdrs = lines
         limit = timeout if timeout is not None else self.timeout
         try:
             resp = self.api.rest_client.request(  # type: ignore[no-untyped-call, unused-ignore]

@@ -39,6 +39,7 @@ from typing import Any
 
 from finetune_api import GROUP, VERSION
 from finetune_api.job import FineTuneJob
+from finetune_api.labels import JOB_UID_LABEL as LABEL_JOB_UID
 from finetune_api.times import rfc3339
 from finetune_operator.admission.model import WaitCode
 from finetune_operator.admission.seam import JobVerdict
@@ -49,7 +50,7 @@ API_VERSION = f"{KUEUE_GROUP}/{KUEUE_VERSION}"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 POD_SET = "trainer"
 # the one label the operator puts on its Workloads: which job (uid) it stands for
-JOB_UID_LABEL = f"{GROUP}/job-uid"
+JOB_UID_LABEL = LABEL_JOB_UID
 # Kueue's name for the kind in integrations.externalFrameworks: Kind.version.group
 EXTERNAL_FRAMEWORK = f"FineTuneJob.{VERSION}.{GROUP}"
 MAX_MESSAGE = 1024  # of Kueue's texts copied into the job's status

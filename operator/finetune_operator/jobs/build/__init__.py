@@ -10,6 +10,7 @@ from typing import Any
 
 from finetune_api.job import FineTuneJob
 from finetune_api.trainer_config import ReportConfig
+from finetune_operator.jobs.build.claim import build_claim_template
 from finetune_operator.jobs.build.configmap import build_config_map, trainer_config
 from finetune_operator.jobs.build.names import (
     attempt_selector,
@@ -40,11 +41,12 @@ class Children:
     config_map: Manifest
     pvc: Manifest | None
     service: Manifest | None
+    claim_template: Manifest | None = None  # a shared GPU's DRA claim template (build/claim.py)
     pods: list[Manifest] = field(default_factory=list)
 
     def all(self) -> list[Manifest]:
-        """Creation order: PVC, ConfigMap, Service, Pods."""
-        head = [self.pvc, self.config_map, self.service]
+        """Creation order: PVC, ConfigMap, Service, claim template, Pods."""
+        head = [self.pvc, self.config_map, self.service, self.claim_template]
         return [m for m in head if m is not None] + list(self.pods)
 
 
@@ -57,6 +59,7 @@ def build_children(
     report: ReportConfig | None = None,
     placement: tuple[str, ...] = (),
     flavor: Flavor | None = None,
+    share: int | None = None,
 ) -> Children:
     """Children of ``job`` for ``attempt`` (1-based). ``priority_class`` comes from
     ``settings.resolve_priority_class(job)``; ``save_seconds`` is the last measured checkpoint
@@ -71,8 +74,11 @@ def build_children(
         config_map=build_config_map(job, report),
         pvc=build_pvc(job),
         service=build_service(job, attempt),
+        claim_template=build_claim_template(job, attempt, share,
+                                            settings.admission.shared_gpu_device_class)
+        if share is not None else None,
         pods=build_pods(job, settings, attempt, priority_class, save_seconds, placement,
-                        flavor),
+                        flavor, share),
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_api.job import FineTuneJob
+from finetune_api.memory import SHARE_ENV
 from finetune_api.trainer_config import (
     CHECKPOINT_MOUNT,
     CONFIG_MOUNT,
@@ -25,6 +26,7 @@ from finetune_api.trainer_config import (
     S3_OPTIONAL_KEYS,
     s3_env_name,
 )
+from finetune_operator.jobs.build.claim import CLAIM_NAME, claim_template_name
 from finetune_operator.jobs.build.configmap import (
     CONFIG_PATH,
     HUB_TOKEN_FILE,
@@ -98,7 +100,8 @@ def trainer_command(job: FineTuneJob, attempt: int, rank: int) -> list[str]:
     return [*cmd, "--", *TRAINER_ARGS]
 
 
-def trainer_env(job: FineTuneJob, attempt: int, rank: int) -> list[dict[str, Any]]:
+def trainer_env(job: FineTuneJob, attempt: int, rank: int,
+                share: int | None = None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "FINETUNE_CONFIG", "value": CONFIG_PATH},
         {"name": "FINETUNE_JOB_UID", "value": job.metadata.uid},
@@ -112,6 +115,8 @@ def trainer_env(job: FineTuneJob, attempt: int, rank: int) -> list[dict[str, Any
     ]
     if not uses_hub(job):
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    if share is not None:  # the GPU memory share this attempt holds: the trainer caps at it
+        env.append({"name": SHARE_ENV, "value": str(share)})
     for role, secret in s3_credentials(job):  # values stay in the Secret: never in the spec
         env += [{"name": s3_env_name(role, key), "valueFrom": {"secretKeyRef": {
             "name": secret, "key": key, **({"optional": True} if key in S3_OPTIONAL_KEYS else {})}}}
@@ -128,10 +133,15 @@ def trainer_env(job: FineTuneJob, attempt: int, rank: int) -> list[dict[str, Any
     return env
 
 
-def resources(job: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
+def resources(job: FineTuneJob, settings: OperatorSettings,
+              shared: bool = False) -> dict[str, Any]:
+    """The trainer container's requests and limits; ``shared``: its GPU is a share through a
+    DRA claim (``build/claim.py``), not the extended resource."""
     res = job.spec.resources
     requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
     limits: dict[str, str] = {"memory": res.memory}
+    if shared:
+        return {"requests": requests, "limits": limits, "claims": [{"name": CLAIM_NAME}]}
     if res.gpus > 0:
         gpu = gpu_resource(job, settings)
         requests[gpu] = str(res.gpus)
@@ -234,6 +244,7 @@ def build_pod(
     save_seconds: float | None,
     node: str | None = None,
     flavor: Flavor | None = None,
+    share: int | None = None,
 ) -> dict[str, Any]:
     """The Pod of one rank of one attempt (attempt is 1-based, rank 0-based). ``node``: where
     the admission policy placed it, as a preference to the kube-scheduler; ``flavor``: the
@@ -250,8 +261,8 @@ def build_pod(
         "name": CONTAINER_NAME,
         "image": image(job, settings),
         "command": trainer_command(job, attempt, rank),
-        "env": trainer_env(job, attempt, rank),
-        "resources": resources(job, settings),
+        "env": trainer_env(job, attempt, rank, share),
+        "resources": resources(job, settings, shared=share is not None),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -271,6 +282,9 @@ def build_pod(
         "containers": [container],
         "volumes": volumes,
     }
+    if share is not None:
+        spec["resourceClaims"] = [{"name": CLAIM_NAME, "resourceClaimTemplateName":
+                                   claim_template_name(name, attempt)}]
     if pull_secrets := settings.trainer.trainer_image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
     if priority_class is not None:
@@ -306,6 +320,7 @@ def build_pods(
     save_seconds: float | None,
     placement: tuple[str, ...] = (),
     flavor: Flavor | None = None,
+    share: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every pod of one attempt, rank 0 first (a multi-node gang is created whole); rank r
     prefers ``placement[r]`` when the placement names a node for every rank."""
@@ -313,7 +328,7 @@ def build_pods(
     where = placement if len(placement) == nodes else (None,) * nodes
     return [
         build_pod(job, settings, attempt, rank, priority_class, save_seconds, where[rank],
-                  flavor)
+                  flavor, share)
         for rank in range(nodes)
     ]
 
