@@ -312,8 +312,14 @@ def up(cfg: ClusterConfig) -> None:
     for i in range(cfg.nodes):
         apply_gpu_node(cfg, f"gpu-node-{i}", cfg.gpus_per_node)
     wait_nodes_ready(cfg, [f"gpu-node-{i}" for i in range(cfg.nodes)])
+    from finetune_dev.devcluster import dra  # (dra builds on this module)
+
+    shared = dra.add_dra_node(cfg, "gpu-shared-0", 2, "shared")
+    mig = dra.add_dra_node(cfg, "gpu-mig-0", 1, "partitioned")
     _log(f"cluster up in {time.monotonic() - started:.1f}s: {cfg.nodes} node(s) x "
-         f"{cfg.gpus_per_node} {GPU_RESOURCE}; export KUBECONFIG={cfg.kubeconfig}")
+         f"{cfg.gpus_per_node} {GPU_RESOURCE}; DRA: {shared} (2 GPUs shared by memory, "
+         f"DeviceClass {dra.SHARED_CLASS}), {mig} (1 GPU in MIG-style partitions, DeviceClass "
+         f"{dra.PARTITION_CLASS}); export KUBECONFIG={cfg.kubeconfig}")
 
 
 def _wait_default_serviceaccount(cfg: ClusterConfig, timeout: float = 60) -> None:
