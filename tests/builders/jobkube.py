@@ -142,6 +142,10 @@ class RecordingJobKube:
         self.objects[("Workload", namespace, name)] = merged
         return copy.deepcopy(merged)
 
+    def delete_workload(self, namespace: str, name: str, uid: str) -> bool:
+        self._record("delete", "Workload", namespace, name)
+        return self.objects.pop(("Workload", namespace, name), None) is not None
+
     def delete_job(self, namespace: str, name: str, uid: str) -> bool:
         self._record("delete", "FineTuneJob", namespace, name)
         return self.jobs.pop((namespace, name), None) is not None

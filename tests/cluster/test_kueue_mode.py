@@ -245,3 +245,21 @@ def test_operator_restart_changes_nothing(
     assert job_status(cluster, ns, "waiting")["phase"] == "Queued"
     complete(cluster, ns, "steady")
     running(cluster, ns, "waiting")
+
+
+def test_a_waiting_job_edited_gets_a_new_workload(
+        cluster: Cluster, kueue_operator: OperatorProcess, kueue: Path,
+        queues: Callable[..., tuple[str, str]]) -> None:
+    ns, _ = queues(2)
+    cluster.apply(job("big", 4), ns)  # 4 GPUs of a 2-GPU queue: it can only wait
+    wl = wait_for("its Workload", lambda: kq.workload_of(cluster, ns, "big"), 30)
+    wait_for("Kueue says why it waits", lambda: "Kueue LocalQueue" in (
+        job_status(cluster, ns, "big").get("queue") or {}).get("reason", ""), 30)
+    # the user lowers it while it waits: Kueue's podSets do not follow, so it is replaced
+    cluster.kubectl("patch", "finetunejob", "big", "-n", ns, "--type=merge",
+                    "-p", '{"spec": {"resources": {"gpus": 2}}}')
+    running(cluster, ns, "big")
+    new = kq.workload_of(cluster, ns, "big")
+    assert new is not None and new["metadata"]["uid"] != wl["metadata"]["uid"]
+    assert new["spec"]["podSets"][0]["template"]["spec"]["containers"][0]["resources"][
+        "requests"]["nvidia.com/gpu"] == "2"

@@ -216,3 +216,26 @@ def test_sync_writes_once_and_then_nothing_while_idle() -> None:
     store["a"] = wl(uid="a", conds=ADMITTED, flavor="h100")
     assert sync.sync(jobs, {}, {}, NOW) == 1
     assert kube.calls[-1][:2] == ("patch", "workloads/status")
+
+
+def test_a_waiting_jobs_changed_spec_replaces_its_workload() -> None:
+    j = job()
+    body = build_workload(j, build_pod(j, SETTINGS, 1, 0, "finetune-normal", None), 1,
+                          "finetune-normal", 100)
+    same = slim_workload({**raw_wl(conds=[cond("QuotaReserved", False, "Pending", "")]),
+                          "metadata": {**raw_wl()["metadata"],
+                                       "annotations": body["metadata"]["annotations"]}})
+    assert same is not None
+    assert plan_writes(j, same, 0, 0, 1, body, NOW) is None  # unchanged: nothing
+    bigger = job(nodes=2)
+    body2 = build_workload(bigger, build_pod(bigger, SETTINGS, 1, 0, "finetune-normal", None),
+                           2, "finetune-normal", 100)
+    w = plan_writes(bigger, same, 0, 0, 2, body2, NOW)
+    assert w is not None and w.kind == "delete"
+    # never while Kueue holds quota for it (admitted or evicted but not yet released)
+    held = slim_workload({**raw_wl(conds=ADMITTED, flavor="h100"),
+                          "metadata": {**raw_wl()["metadata"],
+                                       "annotations": body["metadata"]["annotations"]}})
+    assert held is not None
+    w = plan_writes(bigger, held, 1, 1, 2, body2, NOW)
+    assert w is None or w.kind != "delete"

@@ -30,6 +30,8 @@ class WorkloadKube(Protocol):
                        resource_version: str, status: bool = False
                        ) -> dict[str, Any] | None: ...
 
+    def delete_workload(self, namespace: str, name: str, uid: str) -> bool: ...
+
 
 class JobKube(SweepKube, WorkloadKube, Protocol):
     """Exactly the API calls the job controller makes (its watches, its writes, its Lease),

@@ -159,7 +159,7 @@ SHARING_SURFACE: frozenset[tuple[str, str]] = frozenset({
 # admission mode kueue (kueue/sync.py): the Workload of each job, and the flavors Kueue assigns
 KUEUE_SURFACE: frozenset[tuple[str, str]] = frozenset({
     ("list", "workloads"), ("watch", "workloads"), ("create", "Workload"),
-    ("patch", "Workload"), ("patch", "workloads/status"),
+    ("patch", "Workload"), ("patch", "workloads/status"), ("delete", "Workload"),
     ("list", "resourceflavors"), ("watch", "resourceflavors"),
 })
 API_SURFACE: frozenset[tuple[str, str]] = (JOB_SURFACE | SWEEP_SURFACE | KUEUE_SURFACE
@@ -395,6 +395,18 @@ class Kube:
             if e.status != 404:
                 raise
             return None
+
+    def delete_workload(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete a job's Workload (that uid only); False when already gone."""
+        self._count("delete", "Workload")
+        try:
+            self._request("DELETE", object_path("Workload", namespace, name),
+                          body={"preconditions": {"uid": uid}})
+            return True
+        except ApiException as e:
+            if e.status in (404, 409):
+                return False
+            raise
 
     def delete_job(self, namespace: str, name: str, uid: str) -> bool:
         """Delete a finished job (ttlSecondsAfterFinished); its children go by owner reference."""

@@ -81,7 +81,8 @@ class WorkloadSync:
             if failed and failed[0] == key and self.monotonic() < failed[1]:
                 continue
             try:
-                body = None if wl is not None else self._body(job, classes)
+                # the body: to create the Workload, or to check a waiting one still matches
+                body = self._body(job, classes) if wl is None or not wl.reserved else None
                 write = plan_writes(job, wl, holding, running, job.spec.resources.nodes, body,
                                     now)
                 if write is not None:
@@ -118,7 +119,9 @@ class WorkloadSync:
                      w.body["metadata"]["name"], w.why)
             return
         assert wl is not None
-        if w.kind == "active":
+        if w.kind == "delete":
+            k.delete_workload(wl.namespace, wl.name, wl.uid)
+        elif w.kind == "active":
             k.patch_workload(wl.namespace, wl.name, {"spec": {"active": w.active}}, wl.rv)
         else:
             status: dict[str, Any] = {"conditions": list(w.conditions)}

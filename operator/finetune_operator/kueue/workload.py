@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,9 @@ JOB_UID_LABEL = LABEL_JOB_UID
 # Kueue's name for the kind in integrations.externalFrameworks: Kind.version.group
 EXTERNAL_FRAMEWORK = f"FineTuneJob.{VERSION}.{GROUP}"
 MAX_MESSAGE = 1024  # of Kueue's texts copied into the job's status
+# a digest of the Workload's spec as the operator built it: a queued job whose spec changed
+# (resources, band, queue) gets a new Workload (Kueue's podSets do not follow the job)
+SPEC_ANNOTATION = f"{GROUP}/workload-spec"
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Workload:
     queue_name: str = ""
     priority: int = 0
     created: str = ""
+    spec_digest: str = ""
 
     def cond(self, type_: str) -> tuple[str, str, str] | None:
         """(status, reason, message) of the condition ``type_``, if present."""
@@ -143,7 +148,8 @@ def slim_workload(obj: Mapping[str, Any]) -> Workload | None:
         cluster_queue=_text(adm.get("clusterQueue"), 253),
         queue_name=_text(spec.get("queueName"), 253),
         priority=prio if isinstance(prio, int) and not isinstance(prio, bool) else 0,
-        created=_text(meta.get("creationTimestamp"), 64))
+        created=_text(meta.get("creationTimestamp"), 64),
+        spec_digest=_text((meta.get("annotations") or {}).get(SPEC_ANNOTATION), 64))
 
 
 def workload_key(obj: Mapping[str, Any]) -> str:
@@ -205,8 +211,15 @@ def build_workload(job: FineTuneJob, pod: Mapping[str, Any], pods: int,
     return {"apiVersion": API_VERSION, "kind": "Workload",
             "metadata": {"name": workload_name(job), "namespace": job.metadata.namespace,
                          "labels": {JOB_UID_LABEL: job.metadata.uid},
+                         "annotations": {SPEC_ANNOTATION: spec_digest(wl_spec)},
                          "ownerReferences": [owner]},
             "spec": wl_spec}
+
+
+def spec_digest(spec: Mapping[str, Any]) -> str:
+    """What a Workload's spec asks, as a short digest (``active`` left out: it toggles)."""
+    asked = {k: v for k, v in spec.items() if k != "active"}
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- what a Workload means
@@ -275,7 +288,7 @@ class WorkloadWrite:
     """One write to a job's Workload: create it, patch its status (conditions and, when
     ``clear_admission``, remove ``status.admission``), or set ``spec.active``."""
 
-    kind: str  # "create" | "status" | "active"
+    kind: str  # "create" | "status" | "active" | "delete"
     body: dict[str, Any] = field(default_factory=dict)
     conditions: tuple[dict[str, Any], ...] = ()
     clear_admission: bool = False
@@ -304,7 +317,8 @@ def plan_writes(job: FineTuneJob, wl: Workload | None, pods_holding: int, pods_r
                 ) -> WorkloadWrite | None:
     """The one write (at most) that brings ``job``'s Workload in step with the job this cycle:
     ``pods_holding`` pods of the job hold GPUs (not finished), ``pods_running`` of them run;
-    ``body`` is :func:`build_workload`'s object (needed only to create it)."""
+    ``body`` is :func:`build_workload`'s object (to create it, and to see whether a waiting
+    job's Workload still asks what the job does)."""
     phase = job.status.phase
     finished = phase in ("Succeeded", "Failed")
     if wl is None:
@@ -313,6 +327,11 @@ def plan_writes(job: FineTuneJob, wl: Workload | None, pods_holding: int, pods_r
         return WorkloadWrite("create", body=body, why="the job waits for Kueue")
     if wl.is_("Finished"):
         return None
+    if body is not None and not finished and not wl.reserved and wl.evicted is None and \
+            wl.spec_digest != body["metadata"]["annotations"][SPEC_ANNOTATION]:
+        # the job changed while it waits (resources, band, queue): Kueue's podSets do not
+        # follow, so its Workload is replaced (nothing holds quota for it)
+        return WorkloadWrite("delete", why="the job's spec changed while it waits")
     conds = [dict(c) for c in wl.raw_conditions]
     if finished:
         reason = "Succeeded" if phase == "Succeeded" else "Failed"
