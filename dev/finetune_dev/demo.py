@@ -21,6 +21,7 @@ from pathlib import Path
 
 from finetune_dev.devcluster import cluster as dc
 from finetune_dev.devcluster.workloads import (
+    MODEL_PATH,
     host_work_dir,
     install_api,
     prepare_namespace,
@@ -35,6 +36,10 @@ JOBS = (  # namespace, name, priority class, steps, checkpoint interval, submitt
     ("team-b", "support-bot", "finetune-normal", 300, 1000, "start"),
     ("team-a", "hotfix", "finetune-critical", 150, 1000, "later"),
 )
+DEMO_JOBS = {(ns, name) for ns, name, *_ in JOBS}
+# after the three jobs: two trials of a learning-rate sweep, to compare on the console's Sweeps
+# page (its trials are lr-t0 and lr-t1)
+SWEEP = ("team-b", "lr", (1.0e-4, 3.0e-3), 30)
 
 
 def say(msg: str) -> None:
@@ -83,6 +88,9 @@ def _events(cfg: dc.ClusterConfig, seen: set[str]) -> list[str]:
 def _start_operator(cfg: dc.ClusterConfig) -> subprocess.Popen[bytes]:
     log = cfg.state_dir / "logs" / "operator-demo.log"
     env = {**os.environ, "FINETUNE_ADMISSION_INTERVAL_SECONDS": "1",
+           # the demo's jobs last a minute or two: status.progress (what the console's loss
+           # curves are drawn from without a Prometheus) at most every second, not every 30 s
+           "FINETUNE_PROGRESS_WRITE_INTERVAL_SECONDS": "1",
            "FINETUNE_MIN_RUNTIME_BEFORE_PREEMPTION_SECONDS": "5", "POD_NAME": "demo-operator",
            # team-a may use the preempting band (the default grants it to no namespace)
            "FINETUNE_NAMESPACE_PRIORITY_CLASSES": '{"team-a": ["finetune-critical", '
@@ -98,9 +106,9 @@ def _start_operator(cfg: dc.ClusterConfig) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _start_console(cfg: dc.ClusterConfig) -> subprocess.Popen[bytes]:
+def _start_console(cfg: dc.ClusterConfig) -> tuple[subprocess.Popen[bytes], str]:
     """`kubectl finetune console` for team-a and team-b (the demo's kubeconfig user); prints its
-    URL (docs/console.md)."""
+    URL (docs/console.md) and what to type in its New job form."""
     log = cfg.state_dir / "logs" / "console-demo.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "finetune_operator.cli", "console",
@@ -109,29 +117,35 @@ def _start_console(cfg: dc.ClusterConfig) -> subprocess.Popen[bytes]:
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     dc.register_extra(cfg, "console-demo", proc.pid)
     deadline = time.monotonic() + 60
+    url = ""
     while time.monotonic() < deadline and proc.poll() is None:
         found = re.search(r"http://\S+", log.read_text(errors="replace"))
         if found:
-            print(f"  web console: {found.group(0)} (log {log})", flush=True)
+            url = found.group(0)
+            print(f"  web console: {url} (log {log})\n"
+                  f"    New job: model volume path models:{MODEL_PATH}, dataset ConfigMap "
+                  "data:train.jsonl, LoRA, 1 GPU, max steps 60; Job pages show the loss "
+                  "curves (the preemption of team-a/summarizer on its own); Sweeps compares "
+                  f"the trials of {SWEEP[0]}/{SWEEP[1]} at the end", flush=True)
             break
         time.sleep(0.2)
     else:
         print(f"  the web console did not start; see {log}", flush=True)
-    return proc
+    return proc, url
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = dc.ClusterConfig(nodes=0)
     started = time.monotonic()
     fresh = not dc.is_up(cfg)
-    say("1/5 local Kubernetes control plane (etcd, kube-apiserver, controller-manager, "
+    say("1/6 local Kubernetes control plane (etcd, kube-apiserver, controller-manager, "
         "scheduler, kwok), built from the Go module proxy on first use")
     dc.up(cfg)
     install_api(cfg)
     for ns in ("team-a", "team-b"):
         dc.kubectl(cfg, "delete", "namespace", ns, "--ignore-not-found", "--wait=true",
                    "--timeout=120s")
-    say(f"2/5 node agent {NODE} with 2 nvidia.com/gpu (its pods run as local processes), "
+    say(f"2/6 node agent {NODE} with 2 nvidia.com/gpu (its pods run as local processes), "
         "and the operator")
     if args.images:  # inherited by the agent and the operator: trainer pods run from the image
         from finetune_dev.nodeagent.container import SWITCH
@@ -140,9 +154,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  IMAGES=1: trainer pods run in {TRAINER_IMAGE} under podman")
     agent: AgentProcess = start_agent(NODE, 2, cfg=cfg)
     op = _start_operator(cfg)
-    console = _start_console(cfg)
+    console, url = _start_console(cfg)
     try:
-        say("3/5 namespaces team-a and team-b (GPU quota 2 each), a tiny model built locally, "
+        say("3/6 namespaces team-a and team-b (GPU quota 2 each), a tiny model built locally, "
             "a small chat dataset")
         for ns in ("team-a", "team-b"):
             prepare_namespace(cfg, ns, gpu_quota=2)
@@ -164,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
                 dc.down(cfg)
         else:
             print(f"\nleft running (--keep): export KUBECONFIG={cfg.kubeconfig}; "
-                  "stop with `make down`")
+                  "stop with `make down`" + (f"\nweb console: {url}" if url else ""))
 
 
 def _apply(cfg: dc.ClusterConfig, ns: str, name: str, cls: str, steps: int, every: int) -> None:
@@ -175,7 +189,7 @@ def _apply(cfg: dc.ClusterConfig, ns: str, name: str, cls: str, steps: int, ever
 
 
 def _scenario(cfg: dc.ClusterConfig, args: argparse.Namespace, started: float) -> int:
-    say("4/5 two jobs fill the node's 2 GPUs; when the low-priority one has made progress, a "
+    say("4/6 two jobs fill the node's 2 GPUs; when the low-priority one has made progress, a "
         "critical job arrives and needs a GPU")
     for ns, name, cls, steps, every, when in JOBS:
         if when == "start":
@@ -198,17 +212,55 @@ def _scenario(cfg: dc.ClusterConfig, args: argparse.Namespace, started: float) -
             last = view
         for line in _events(cfg, seen):
             print(line, flush=True)
-        phases = [(j.get("status") or {}).get("phase") for j in jobs.values()]
+        # the demo's own jobs (one submitted from the console's form runs on, unwaited)
+        phases = [(j.get("status") or {}).get("phase") for k, j in jobs.items()
+                  if k in DEMO_JOBS]
         if len(phases) == len(JOBS) and all(p in ("Succeeded", "Failed") for p in phases):
             break
         time.sleep(2)
+    _sweep(cfg, deadline + 300)
     return _summary(cfg, started)
 
 
+def _sweep(cfg: dc.ClusterConfig, until: float) -> None:
+    """Two trials of a learning-rate sweep, side by side: the console's Sweeps page compares
+    them (docs/console.md)."""
+    ns, name, rates, steps = SWEEP
+    say(f"5/6 a sweep of two trials ({ns}/{name}: learning rate {rates[0]:g} and {rates[1]:g}, "
+        f"{steps} steps each) to compare on the console's Sweeps page")
+    template = training_job("x", gpus=1, priority_class="finetune-normal", node=NODE,
+                            max_steps=steps, interval_steps=steps)["spec"]
+    sweep = {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneSweep",
+             "metadata": {"name": name},
+             "spec": {"template": template, "maxParallel": 2,
+                      "parameters": [{"path": "training.learningRate", "values": list(rates)}],
+                      "search": {"strategy": "grid"}, "objective": {"metric": "trainLoss"}}}
+    dc.kubectl(cfg, "apply", "-n", ns, "-f", "-", input=json.dumps(sweep))
+    shown = ""
+    while time.monotonic() < until:
+        out = dc.kubectl(cfg, "get", "finetunesweep", name, "-n", ns, "-o", "json", check=False)
+        st = (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
+        line = "  " + "  ".join(f"{t.get('name')}={t.get('phase')}"
+                                for t in st.get("trials") or [])
+        if line != shown:
+            print(f"--- {time.strftime('%H:%M:%S')}\n{line}", flush=True)
+            shown = line
+        if st.get("phase") in ("Succeeded", "Failed"):
+            best = (st.get("best") or {}).get("name")
+            print(f"  sweep {st['phase']}; best trial {best}", flush=True)
+            return
+        time.sleep(2)
+    print("  the sweep did not finish in time", file=sys.stderr)
+
+
 def _summary(cfg: dc.ClusterConfig, started: float) -> int:
-    say("5/5 results")
+    say("6/6 results")
     ok, preemptions = True, 0
     for (ns, name), j in sorted(_jobs(cfg).items()):
+        if (ns, name) not in DEMO_JOBS:  # a sweep trial, a job submitted from the console
+            st = j.get("status") or {}
+            print(f"  {ns}/{name}: {st.get('phase')}  (not one of the demo's three)")
+            continue
         st = j.get("status") or {}
         out = st.get("output") or {}
         rel = out.get("adapterPath") or out.get("mergedPath") or ""

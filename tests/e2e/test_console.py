@@ -9,7 +9,9 @@ the local control plane with the operator and a node agent whose trainers really
 - Two users, each bound to one namespace, each see only their own jobs, and a direct request
   for the other's job is refused by the API server.
 - The in-cluster mode (token): the console holds no credential at all, every call is made with
-  the bearer token the proxy forwards, so it can do exactly what the user can.
+  the bearer token the proxy forwards, so it can do exactly what the user can; (impersonate):
+  every call impersonates the user with all their groups (a user whose only grant comes from
+  their second group sees exactly that namespace).
 
 The tests take the screenshots docs/console.md shows (docs/console/*.png)."""
 
@@ -404,6 +406,14 @@ def test_in_cluster_impersonate_mode_acts_only_as_the_user(
     user = f"ann-{short_id()}@example.com"  # a person, as the proxy names them
     cluster.kubectl("create", "rolebinding", "ann", "-n", ns_a, f"--clusterrole={user_role}",
                     f"--user={user}")
+    # a second person whose only grant is to the second of their groups
+    ben, reviewers = f"ben-{short_id()}@example.com", f"ml-reviewers-{short_id()}"
+    ben_groups = f"everyone-{short_id()},{reviewers}"
+    cluster.kubectl("create", "rolebinding", "reviewers", "-n", ns_b,
+                    f"--clusterrole={user_role}", f"--group={reviewers}")
+    wait_for("RBAC to grant the second group", lambda: cluster.kubectl(
+        "auth", "can-i", "list", "finetunejobs", "-n", ns_b, f"--as={ben}",
+        f"--as-group={reviewers}", check=False).stdout.strip() == "yes")
     docs = render({"console": {"enabled": True, "mode": "impersonate",
                                "proxy": {"sidecars": [{"name": "proxy", "image": "p"}]}}})
     role = one_of(docs, "ClusterRole", "finetune-operator-console-impersonate")
@@ -444,6 +454,13 @@ def test_in_cluster_impersonate_mode_acts_only_as_the_user(
         assert code == 200 and f"job-{ns_a}" in body and f"job-{ns_b}" not in body, body[:2000]
         assert f"Signed in as {user}" in body
         code, body = get(f"/jobs/{ns_b}/job-{ns_b}", user)
+        assert code == 403 and "forbidden" in body, body[:2000]
+        # every group is impersonated: ben sees ns_b through his second group, and only it
+        code, body = get("/", ben, ben_groups)
+        assert code == 200 and f"job-{ns_b}" in body and f"job-{ns_a}" not in body, body[:2000]
+        code, body = get(f"/jobs/{ns_b}/job-{ns_b}", ben, ben_groups)
+        assert code == 200 and f"job-{ns_b}" in body, body[:2000]
+        code, body = get(f"/jobs/{ns_a}/job-{ns_a}", ben, ben_groups)
         assert code == 403 and "forbidden" in body, body[:2000]
         code, body = get("/", f"nobody-{short_id()}@example.com", "system:masters")
         assert code == 403 and "SubjectAccessReview" in body, body[:1000]

@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_api import GROUP, PLURAL, VERSION
 from finetune_api.sweep import SWEEP_PLURAL
-from finetune_operator.console.model import BAND_ORDER
+from finetune_operator.console.model import BAND_ORDER, band_key
 from finetune_operator.kube.client import (
     JOBS_PATH,
     MERGE_PATCH,
@@ -169,15 +169,15 @@ class ConsoleApi:
         return res
 
     def candidate_bands(self) -> list[str]:
-        """The fine-tuning PriorityClasses (``finetune-*``) when the user may list them, else
-        the chart's default bands."""
+        """The fine-tuning PriorityClasses (``finetune-*``) when the user may list them, most
+        urgent first, else the chart's default bands."""
         try:
             res = self.kube.call("list", "priorityclasses", "GET",
                                  "/apis/scheduling.k8s.io/v1/priorityclasses")
         except ApiException:
             return list(BAND_ORDER)
         names = [str((c.get("metadata") or {}).get("name")) for c in res.get("items") or []]
-        mine = [n for n in names if n.startswith("finetune-")]
+        mine = sorted((n for n in names if n.startswith("finetune-")), key=band_key)
         return mine or list(BAND_ORDER)
 
     def allowed_bands(self, namespace: str) -> list[str]:

@@ -27,9 +27,10 @@ from urllib.parse import parse_qs, quote
 
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api.times import parse_time
 from finetune_operator.console import forms, model, pages
 from finetune_operator.console.api import ConsoleApi, status_of
-from finetune_operator.console.history import History
+from finetune_operator.console.history import Curve, History
 from finetune_operator.console.i18n import language, text
 from finetune_operator.console.identity import (
     COOKIE,
@@ -38,6 +39,7 @@ from finetune_operator.console.identity import (
     Unauthenticated,
     csrf_token,
 )
+from finetune_operator.console.prometheus import PrometheusSource
 from finetune_operator.http.server import NAMESPACE, HttpServer, Request, Response, Router
 from finetune_operator.kube.client import Unreachable
 
@@ -76,6 +78,7 @@ class Console:
     history: History
     settings: Settings
     now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    prometheus: PrometheusSource | None = None  # the curves' source when one is configured
     _cache: dict[tuple[str, str], _Cached] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -237,14 +240,28 @@ class Console:
             if e.status != 403:
                 raise
             events = []
-        curve = self.history.curve(str(job["metadata"].get("uid")))
-        return model.job_page(job, events, self.now(), curve, lang)
+        curve, source = self.job_curve(job)
+        return model.job_page(job, events, self.now(), curve, lang, source)
+
+    def job_curve(self, job: dict[str, Any]) -> tuple[Curve, str]:
+        """The curve of a job the user has just read as themselves, and where it came from:
+        Prometheus when configured and it has the job's series, else the console's record."""
+        meta = job.get("metadata") or {}
+        recorded = self.history.curve(str(meta.get("uid")))
+        if self.prometheus is None:
+            return recorded, "history"
+        created = parse_time(meta.get("creationTimestamp"))
+        end = self.now().timestamp()
+        start = created.timestamp() if created is not None else end - 86400
+        found = self.prometheus.curve(str(meta.get("namespace")), str(meta.get("name")), start,
+                                      end, recorded)
+        return (found, "prometheus") if found is not None else (recorded, "history")
 
     def curve_json(self, req: Request, caller: Caller, lang: str) -> Response:
         job = ConsoleApi(caller.kube).get_job(req.params["ns"], req.params["name"])
         self.history.observe(job)
-        c = self.history.curve(str(job["metadata"].get("uid")))
-        return Response.json(200, {
+        c, source = self.job_curve(job)
+        return Response.json(200, {"source": source,
             "points": [{"step": p.step, "attempt": p.attempt, "loss": p.loss, "lr": p.lr,
                         "tokensPerSecond": p.tps, "at": p.at} for p in c.points],
             "marks": [{"kind": m.kind, "step": m.step, "attempt": m.attempt, "at": m.at}
@@ -418,7 +435,8 @@ class Console:
 
         def render(kind: str, job: dict[str, Any]) -> bytes | None:
             if kind == "DELETED":
-                return _event("job", {"html": pages.note("info", f"{name}: deleted")})
+                return _event("job", {"html": pages.note("info", text(lang, "job.deleted",
+                                                                       name=name))})
             page = self._job_model(caller, ns, name, lang)
             html = pages.live_part(page, lang, self.csrf(caller))
             if last.get("html") == html:

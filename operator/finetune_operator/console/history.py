@@ -154,8 +154,17 @@ class History:
             records: list[dict[str, Any]] = []
             last_step = c.points[-1].step if c.points else 0
             preemptions = int(st.get("preemptions") or 0)
-            if preemptions > c.preemptions:
-                m = Mark("preemption", last_step, attempt, str(progress.get("updatedAt", "")))
+            unseen = not c.points and not c.marks and c.checkpoint is None and not c.preemptions
+            if preemptions > c.preemptions and unseen:
+                # first sight of a job preempted before: where is unknown, so no mark
+                c.preemptions = preemptions
+                records.append({"k": "s", "preemptions": preemptions,
+                                "checkpoint": c.checkpoint})
+            elif preemptions > c.preemptions:
+                # where it stopped: the status's step when it has one (the step the trainer
+                # reached on the way out), else the last point seen
+                at_step = step if isinstance(step, int) and step > 0 else last_step
+                m = Mark("preemption", at_step, attempt, str(progress.get("updatedAt", "")))
                 c.marks.append(m)
                 records += [_mark_record(m), {"k": "s", "preemptions": preemptions,
                                               "checkpoint": c.checkpoint}]

@@ -1,12 +1,15 @@
 # ruff: noqa: RUF001 (the Chinese texts use full-width punctuation on purpose)
 """The console's two languages, English and Simplified Chinese, chosen from the browser's
 ``Accept-Language`` (RFC 9110 quality values; any ``zh`` but the traditional scripts and
-regions picks Chinese). Pure: a catalog and two functions.
+regions picks Chinese). Pure: the catalogs and a few functions.
 
 Every text the pages show goes through :func:`text`; a key missing from a catalog is a test
 failure (tests/unit/console/test_i18n.py checks both catalogs hold the same keys), never an
-English word in a Chinese page. What comes from the cluster (reasons, condition and event
-messages, names) is shown as the API server and the operator wrote it."""
+English word in a Chinese page. The Job page's describe fields come from the plugin's view in
+English: :func:`field_label` gives their labels, :func:`phase_text` the phase; their other values
+(numbers, paths, spec words) stay as ``kubectl finetune describe`` writes them. What comes from
+the cluster (reasons, condition and event messages, names) is shown as the API server and the
+operator wrote it."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ EN: dict[str, str] = {
     "col.object": "Object", "col.step": "Step", "col.attempt": "Attempt",
     "col.when": "When", "col.what": "What", "col.trial": "Trial", "col.metric": "Metric",
     "col.parameters": "Parameters", "col.gpu_hours": "GPU-hours",
-    "job.curves": "Curves", "job.loss": "Training loss", "job.eval_loss": "Evaluation loss",
+    "job.curves": "Curves", "job.loss": "Training loss",
     "job.lr": "Learning rate", "job.tokens": "Tokens per second",
     "job.timeline": "Checkpoints, attempts and preemptions",
     "job.conditions": "Conditions", "job.events": "Events", "job.output": "Output",
@@ -55,6 +58,8 @@ EN: dict[str, str] = {
     "new.lr": "Learning rate", "new.rank": "LoRA rank", "new.submit": "Check and submit",
     "new.check": "Check only (dry run)", "new.ok_dry": "The API server accepts this job.",
     "new.created": "Created {name}.", "new.defaults": "Defaults for a {size} model: {text}",
+    "new.defaults_unknown": "Defaults (no size in the model's name: those of a small model): "
+    "{text}",
     "new.preview": "Preview: first {n} records, detected format {format}",
     "new.bands_none": "No priority band is open to this namespace.",
     "new.errors": "The API server refused the job; see the fields marked below.",
@@ -72,6 +77,24 @@ EN: dict[str, str] = {
     "phase.Pending": "Pending", "phase.Queued": "Queued", "phase.Admitted": "Admitted",
     "phase.Running": "Running", "phase.Preempting": "Preempting",
     "phase.Suspended": "Suspended", "phase.Succeeded": "Succeeded", "phase.Failed": "Failed",
+    "job.eval_during": "Evaluation loss: the trainer does not report it during training (its "
+    "progress reports carry the training loss only), so there is no evaluation curve.",
+    "job.eval_final": "Final evaluation loss {value} at step {step}.",
+    "job.deleted": "{name}: deleted.",
+    "new.extra": "More spec fields (YAML)",
+    "new.extra_hint": "any other spec field, e.g. {example}",
+    "source.prometheus": "Curve from Prometheus (every point since the job started).",
+    "source.history": "Curve from the console's own record, since {at}.",
+    # the Job page's describe fields (the plugin's `kubectl finetune describe` labels)
+    "field.Model": "Model", "field.Dataset": "Dataset", "field.Method": "Method",
+    "field.Training": "Training", "field.Resources": "Resources", "field.Priority": "Priority",
+    "field.Checkpoints": "Checkpoints", "field.Suspend": "Suspend",
+    "field.Backoff limit": "Backoff limit", "field.Phase": "Phase", "field.Reason": "Reason",
+    "field.Queue position": "Queue position", "field.Progress": "Progress",
+    "field.Checkpoint": "Checkpoint", "field.Counters": "Counters", "field.Started": "Started",
+    "field.Completed": "Completed", "field.Output": "Output", "field.Output URIs": "Output URIs",
+    "field.Source": "Source {source}", "field.Output claim": "Output claim",
+    "field.GPU memory": "GPU memory",
 }
 
 ZH: dict[str, str] = {
@@ -88,7 +111,7 @@ ZH: dict[str, str] = {
     "col.object": "对象", "col.step": "步数", "col.attempt": "第几次运行",
     "col.when": "时间", "col.what": "事件", "col.trial": "试验", "col.metric": "指标",
     "col.parameters": "参数", "col.gpu_hours": "GPU 小时",
-    "job.curves": "曲线", "job.loss": "训练损失", "job.eval_loss": "验证损失",
+    "job.curves": "曲线", "job.loss": "训练损失",
     "job.lr": "学习率", "job.tokens": "每秒词元数",
     "job.timeline": "检查点、运行次数与抢占",
     "job.conditions": "状况", "job.events": "事件", "job.output": "输出",
@@ -116,6 +139,7 @@ ZH: dict[str, str] = {
     "new.lr": "学习率", "new.rank": "LoRA 秩", "new.submit": "检查并提交",
     "new.check": "仅检查（试运行）", "new.ok_dry": "API 服务器接受此任务。",
     "new.created": "已创建 {name}。", "new.defaults": "{size} 模型的默认值：{text}",
+    "new.defaults_unknown": "默认值（模型名称中没有参数规模，按小模型）：{text}",
     "new.preview": "预览：前 {n} 条记录，识别的格式为 {format}",
     "new.bands_none": "此命名空间没有可用的优先级。",
     "new.errors": "API 服务器拒绝了此任务，请查看下方标出的字段。",
@@ -133,6 +157,23 @@ ZH: dict[str, str] = {
     "phase.Pending": "待处理", "phase.Queued": "排队中", "phase.Admitted": "已准入",
     "phase.Running": "运行中", "phase.Preempting": "正在被抢占",
     "phase.Suspended": "已暂停", "phase.Succeeded": "已成功", "phase.Failed": "已失败",
+    "job.eval_during": "验证损失：训练器在训练过程中不上报验证损失（进度报告只含训练损失），"
+    "因此没有验证损失曲线。",
+    "job.eval_final": "最终验证损失 {value}（第 {step} 步）。",
+    "job.deleted": "{name}：已删除。",
+    "new.extra": "其他 spec 字段（YAML）",
+    "new.extra_hint": "任意其他 spec 字段，例如 {example}",
+    "source.prometheus": "曲线来自 Prometheus（任务开始以来的每个点）。",
+    "source.history": "曲线来自控制台自己的记录，始于 {at}。",
+    "field.Model": "模型", "field.Dataset": "数据集", "field.Method": "方法",
+    "field.Training": "训练设置", "field.Resources": "资源", "field.Priority": "优先级",
+    "field.Checkpoints": "检查点设置", "field.Suspend": "暂停",
+    "field.Backoff limit": "失败重试上限", "field.Phase": "阶段", "field.Reason": "原因",
+    "field.Queue position": "排队位置", "field.Progress": "进度",
+    "field.Checkpoint": "检查点", "field.Counters": "计数", "field.Started": "开始于",
+    "field.Completed": "完成于", "field.Output": "输出", "field.Output URIs": "输出 URI",
+    "field.Source": "来源 {source}", "field.Output claim": "输出存储卷",
+    "field.GPU memory": "GPU 显存",
 }
 
 CATALOGS: dict[str, dict[str, str]] = {"en": EN, "zh": ZH}
@@ -160,6 +201,21 @@ def language(accept_language: str | None) -> str:
         if tag == "en" or tag.startswith("en-"):
             return "en"
     return "en"
+
+
+def phase_text(lang: str, phase: str) -> str:
+    """A phase in ``lang`` (an unknown one as it is)."""
+    key = f"phase.{phase}"
+    return text(lang, key) if key in EN else phase
+
+
+def field_label(lang: str, label: str) -> str:
+    """A describe field's label (``view.describe``'s English) in ``lang``; ``Source <kind>``
+    keeps its kind (a spec word: model, dataset, evalDataset); an unknown label as it is."""
+    if label.startswith("Source "):
+        return text(lang, "field.Source", source=label[len("Source "):])
+    key = f"field.{label}"
+    return text(lang, key) if key in EN else label
 
 
 def text(lang: str, key: str, **values: object) -> str:

@@ -170,12 +170,19 @@ class ImpersonatingIdentity:
                                   "console serves (SubjectAccessReview)")
 
         def make() -> Kube:
-            headers = {"Impersonate-User": user}
-            if groups:
-                headers["Impersonate-Group"] = groups[0]
-            return Kube(self.own.api, surface=CONSOLE_SURFACE, headers=headers)
+            return Kube(self.own.api, surface=CONSOLE_SURFACE,
+                        headers=impersonation_headers(user, groups))
 
         return Caller(key, self._clients.get(key, make))
+
+
+def impersonation_headers(user: str, groups: list[str]) -> dict[str, str | tuple[str, ...]]:
+    """``Impersonate-User`` and one ``Impersonate-Group`` line per group (the API server takes
+    each line as one group: a comma-joined value would be a single group of that name)."""
+    headers: dict[str, str | tuple[str, ...]] = {"Impersonate-User": user}
+    if groups:
+        headers["Impersonate-Group"] = tuple(groups)
+    return headers
 
 
 def csrf_token(secret: str, caller_key: str) -> str:

@@ -22,6 +22,7 @@ from finetune_operator.console.identity import (
     LocalIdentity,
     TokenIdentity,
 )
+from finetune_operator.console.prometheus import PrometheusSource
 
 if TYPE_CHECKING:
     from finetune_operator.kube.client import Kube
@@ -36,9 +37,20 @@ def state_dir() -> Path:
     return Path(base) / "finetune-console"
 
 
+PROMETHEUS_ENV = "FINETUNE_CONSOLE_PROMETHEUS_URL"
+
+
+def prometheus_source(url: str | None) -> PrometheusSource | None:
+    """The curves' Prometheus (``prometheus.py``) at ``url``, else at ``$FINETUNE_CONSOLE_
+    PROMETHEUS_URL``; None when neither names one (the console's own record then)."""
+    url = url or os.environ.get(PROMETHEUS_ENV) or ""
+    return PrometheusSource(url) if url else None
+
+
 def run_local(kubeconfig: str | None, context: str | None, namespaces: list[str], port: int,
               open_browser: bool, out: IO[str], history_dir: Path | None = None,
-              ready: threading.Event | None = None, stop: threading.Event | None = None) -> int:
+              ready: threading.Event | None = None, stop: threading.Event | None = None,
+              prometheus_url: str | None = None) -> int:
     """``kubectl finetune console``: serve on 127.0.0.1 with the kubeconfig's credentials, print
     (and open) the URL, run until interrupted (or ``stop``)."""
     from finetune_operator.cli.client import plugin_client
@@ -50,7 +62,8 @@ def run_local(kubeconfig: str | None, context: str | None, namespaces: list[str]
     kube = Kube(api, surface=CONSOLE_SURFACE)
     secret = secrets.token_urlsafe(24)
     console = Console(LocalIdentity(kube, secret), History(history_dir or state_dir()),
-                      Settings(namespaces=namespaces or [ctx_ns], secret=secret))
+                      Settings(namespaces=namespaces or [ctx_ns], secret=secret),
+                      prometheus=prometheus_source(prometheus_url))
     server = serve(console, "127.0.0.1", port)
     url = f"http://127.0.0.1:{server.port}/login?token={secret}"
     recorder = console.record(ConsoleApi(kube), ConsoleApi(kube).namespaces(
@@ -86,6 +99,9 @@ def run_in_cluster(argv: list[str] | None = None) -> int:
     ap.add_argument("--namespace", action="append", default=[],
                     help="namespaces served (default: every one the user may list jobs in)")
     ap.add_argument("--state-dir", default="/var/lib/finetune-console")
+    ap.add_argument("--prometheus-url", help="the Prometheus that scrapes the operator: the "
+                    "curves come from it (default: $FINETUNE_CONSOLE_PROMETHEUS_URL, else the "
+                    "console's own record)")
     ap.add_argument("--kubeconfig", help="outside a cluster (tests): the API server and CA of "
                     "this kubeconfig; its credentials are used only in impersonate mode")
     args = ap.parse_args(argv)
@@ -104,7 +120,8 @@ def run_in_cluster(argv: list[str] | None = None) -> int:
         own = Kube(client.ApiClient(base), surface=CONSOLE_SURFACE)
         identity = ImpersonatingIdentity(own, args.namespace, _reviewer(own))
     console = Console(identity, History(Path(args.state_dir)),
-                      Settings(namespaces=args.namespace, secret=secret))
+                      Settings(namespaces=args.namespace, secret=secret),
+                      prometheus=prometheus_source(args.prometheus_url))
     server = serve(console, args.host, args.port)
     log.info("finetune console (%s mode) on %s:%d", args.mode, args.host, server.port)
     with contextlib.suppress(KeyboardInterrupt):

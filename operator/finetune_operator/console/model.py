@@ -17,10 +17,16 @@ from finetune_api.sweep import MINIMIZED_METRICS
 from finetune_api.times import parse_time
 from finetune_operator.console import charts
 from finetune_operator.console.history import Curve
-from finetune_operator.console.i18n import text
+from finetune_operator.console.i18n import field_label, phase_text, text
 from finetune_operator.view.cells import number, value_text
 from finetune_operator.view.compare import compare_rows, compare_table, gpu_hours_so_far
-from finetune_operator.view.describe import describe, describe_line, location_of
+from finetune_operator.view.describe import (
+    Field,
+    JobDescription,
+    describe,
+    describe_line,
+    location_of,
+)
 from finetune_operator.view.jobs import (
     Job,
     job_row,
@@ -37,7 +43,8 @@ FINISHED = ("Succeeded", "Failed")
 BAND_ORDER = ("finetune-critical", "finetune-high", "finetune-normal", "finetune-low")
 
 
-def _band_key(band: str) -> tuple[int, str]:
+def band_key(band: str) -> tuple[int, str]:
+    """Most urgent first: the chart's bands in their order, any other after them by name."""
     return (BAND_ORDER.index(band) if band in BAND_ORDER else len(BAND_ORDER), band)
 
 
@@ -61,15 +68,10 @@ def job_list_row(job: Job, now: dt.datetime, curve: Curve, lang: str) -> dict[st
     """One row of My jobs: the plugin's row, the phase in the reader's language, the progress
     as a percentage for the bar and the loss sparkline."""
     row: dict[str, Any] = dict(job_row(job, now))
-    row.update(uid=_uid(job), phaseText=text(lang, f"phase.{row['phase']}")
-               if row["phase"] in _PHASES else row["phase"], percent=percent(job),
+    row.update(uid=_uid(job), phaseText=phase_text(lang, row["phase"]), percent=percent(job),
                sparkline=charts.sparkline(loss_points(curve)),
                key=f"{row['namespace']}/{row['name']}")
     return row
-
-
-_PHASES = ("Pending", "Queued", "Admitted", "Running", "Preempting", "Suspended", "Succeeded",
-           "Failed")
 
 
 def jobs_page(jobs: Iterable[Job], now: dt.datetime, curves: Mapping[str, Curve],
@@ -94,6 +96,8 @@ def timeline(job: Job, curve: Curve, events: Sequence[Mapping[str, Any]],
                    and m.step <= first]
         if earlier:
             attempts[a] = max(earlier)
+        elif a == 1:  # the first attempt starts at step 0, seen from its start or not
+            attempts[a] = 0
     for a, step in sorted(attempts.items()):
         out.append({"kind": "attempt", "step": step, "attempt": a,
                     "text": text(lang, "job.attempt", n=a), "at": ""})
@@ -114,7 +118,9 @@ def timeline(job: Job, curve: Curve, events: Sequence[Mapping[str, Any]],
 
 def curve_charts(job: Job, curve: Curve, lang: str) -> dict[str, str]:
     """The job's charts (SVG): loss per attempt with checkpoint and preemption markers, the
-    final evaluation loss, the learning rate and tokens/s."""
+    learning rate and tokens/s. No evaluation-loss line: the trainer's progress reports carry
+    the training loss only (``reports/model.py`` ``ProgressReport``), the evaluation loss comes
+    once, at the end (:func:`eval_note`)."""
     markers = [charts.Marker(m.step, m.kind, text(lang, "job.checkpoint", step=m.step)
                              if m.kind == "checkpoint" else text(lang, "job.preempted"))
                for m in curve.marks]
@@ -124,10 +130,6 @@ def curve_charts(job: Job, curve: Curve, lang: str) -> dict[str, str]:
             by_attempt.setdefault(p.attempt, []).append((p.step, p.loss))
     series: list[tuple[str, Sequence[tuple[float, float]]]] = [
         (text(lang, "job.attempt", n=a), pts) for a, pts in sorted(by_attempt.items())]
-    metrics = ((status_of(job).get("output") or {}).get("metrics") or {})
-    final = (status_of(job).get("progress") or {}).get("step")
-    if isinstance(metrics.get("evalLoss"), int | float) and isinstance(final, int):
-        series.append((text(lang, "job.eval_loss"), [(final, float(metrics["evalLoss"]))]))
     lr = [(p.step, p.lr) for p in curve.points if p.lr is not None]
     tps = [(p.step, p.tps) for p in curve.points if p.tps is not None]
     return {
@@ -139,6 +141,31 @@ def curve_charts(job: Job, curve: Curve, lang: str) -> dict[str, str]:
                                  title=text(lang, "job.tokens"), chart_id="tps-chart",
                                  height=160),
     }
+
+
+def eval_note(job: Job, lang: str) -> str:
+    """What the page says about the evaluation loss: never reported during training (so no
+    curve of it), and its final value once the trainer's termination message gave one."""
+    note = text(lang, "job.eval_during")
+    metrics = (status_of(job).get("output") or {}).get("metrics") or {}
+    final = (status_of(job).get("progress") or {}).get("step")
+    value = metrics.get("evalLoss")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        note += " " + text(lang, "job.eval_final", value=number(value),
+                           step=final if isinstance(final, int) else "?")
+    return note
+
+
+def describe_in(job: Job, events: Sequence[Mapping[str, Any]], now: dt.datetime,
+                lang: str) -> JobDescription:
+    """``describe``'s view with its labels (and the phase) in the reader's language; the other
+    values as the plugin writes them (numbers, paths, spec words)."""
+    d = describe(job, events, now)
+    d["spec"] = [Field(label=field_label(lang, f["label"]), value=f["value"]) for f in d["spec"]]
+    d["status"] = [Field(label=field_label(lang, f["label"]),
+                         value=phase_text(lang, f["value"]) if f["label"] == "Phase"
+                         else f["value"]) for f in d["status"]]
+    return d
 
 
 def clone_manifest(job: Job) -> dict[str, Any]:
@@ -172,18 +199,22 @@ def actions(job: Job) -> list[str]:
 
 
 def job_page(job: Job, events: Sequence[Mapping[str, Any]], now: dt.datetime, curve: Curve,
-             lang: str) -> dict[str, Any]:
+             lang: str, source: str = "history") -> dict[str, Any]:
     """The Job page: describe's view (spec, status, conditions, events), the row, the charts,
-    the timeline, the output location and the actions."""
+    the timeline, the output location and the actions. ``source``: where the curve came from,
+    ``prometheus`` or ``history`` (the console's record)."""
     loc = location_of(job) if phase_of(job) == "Succeeded" else None
     progress = status_of(job).get("progress") or {}
     first = curve.points[0].at if curve.points else ""
     return {
         "row": job_list_row(job, now, curve, lang),
-        "describe": describe(job, events, now),
+        "describe": describe_in(job, events, now, lang),
         "charts": curve_charts(job, curve, lang),
         "points": len(loss_points(curve)),
         "firstPointAt": first,
+        "source": text(lang, "source.prometheus") if source == "prometheus" else (
+            text(lang, "source.history", at=first) if first else ""),
+        "evalNote": eval_note(job, lang),
         "tokensPerSecond": number(progress.get("tokensPerSecond")),
         "learningRate": number(progress.get("learningRate")),
         "timeline": timeline(job, curve, events, lang),
@@ -244,7 +275,7 @@ def team_page(jobs: Sequence[Job], quotas: Sequence[Mapping[str, Any]], now: dt.
                              "name": (j.get("metadata") or {}).get("name"),
                              "phase": phase_of(j), "completed": done.isoformat()})
     lost = sum(lost_gpu_hours(j, now) for j in jobs)
-    return {"quotas": quota_rows, "bands": [bands[k] for k in sorted(bands, key=_band_key)],
+    return {"quotas": quota_rows, "bands": [bands[k] for k in sorted(bands, key=band_key)],
             "finished": sorted(finished, key=lambda f: f["completed"], reverse=True),
             "lostGpuHours": round(lost, 2),
             "preemptions": sum(int(status_of(j).get("preemptions") or 0) for j in jobs)}

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from finetune_operator.console.forms import UPLOAD_LIMIT
-from finetune_operator.console.i18n import text
+from finetune_operator.console.i18n import phase_text, text
 
 CSS = """
 :root{--fg:#1d2430;--mut:#5b6678;--bd:#d7dce4;--acc:#2457c5;--ok:#1a7f37;--warn:#9a6700;
@@ -128,6 +128,8 @@ def layout(lang: str, *, title: str, body: str, active: str, user: str,
         for key, href in (("nav.jobs", "/"), ("nav.new", "/new"), ("nav.team", "/team"),
                           ("nav.sweeps", "/sweeps")))
     who = f'<span class="who">{_e(text(lang, "signed_in_as", user=user))}</span>' if user else ""
+    if events:  # the live fragments in the page's language (?lang= overrides the browser's)
+        events += ("&" if "?" in events else "?") + urlencode({"lang": lang})
     ev = f' data-events="{_e(events)}"' if events else ""
     return (f'<!doctype html><html lang="{"zh-CN" if lang == "zh" else "en"}"><head>'
             f'<meta charset="utf-8"><meta name="viewport" content="width=device-width">'
@@ -200,8 +202,11 @@ def live_part(page: Mapping[str, Any], lang: str, csrf: str) -> str:
             + "</p>")
     ch = page["charts"]
     no_points = "" if page["points"] else f'<p class="mut">{_e(text(lang, "job.no_points"))}</p>'
-    charts = (f'<h2>{_e(text(lang, "job.curves"))}</h2>{no_points}<div class="grid2">'
-              f'<div><h3>{_e(text(lang, "job.loss"))}</h3>{ch["loss"]}</div>'
+    source = (f'<p class="mut" id="curve-source">{_e(page["source"])}</p>' if page["source"]
+              else "")
+    charts = (f'<h2>{_e(text(lang, "job.curves"))}</h2>{no_points}{source}<div class="grid2">'
+              f'<div><h3>{_e(text(lang, "job.loss"))}</h3>{ch["loss"]}'
+              f'<p class="hint" id="eval-note">{_e(page["evalNote"])}</p></div>'
               f'<div><h3>{_e(text(lang, "job.lr"))}</h3>{ch["lr"]}'
               f'<h3>{_e(text(lang, "job.tokens"))}</h3>{ch["tps"]}</div></div>')
     tl = "".join(f'<li class="{_e(e["kind"])}">{_e(text(lang, "col.step"))} {_e(e["step"])}: '
@@ -335,19 +340,16 @@ def new_html(*, values: Mapping[str, str], errors: Mapping[str, str], bands: Seq
         _field("method", t("new.method"), _select("method", [
             ("lora", t("new.method_lora")), ("qlora", t("new.method_qlora")),
             ("full", t("new.method_full"))], method), errors,
-            hint=t("new.defaults", size=defaults.get("size", "?"), text=(
-                f"{defaults.get('method')}, {defaults.get('gpus')} GPU, rank "
-                f"{defaults.get('lora_rank')}, lr {defaults.get('learning_rate')} "
-                f"(full: {defaults.get('full_learning_rate')})"))),
+            hint=_defaults_hint(t, defaults)),
         _field("lora_rank", t("new.rank"), _input("lora_rank", values, "text"), errors),
         _field("learning_rate", t("new.lr"), _input("learning_rate", values), errors),
         _field("max_steps", t("new.steps"), _input("max_steps", values), errors),
         _field("gpus", t("new.gpus"), _input("gpus", values), errors),
         _field("band", t("new.band"), _select("band", band_opts, values.get("band", ""))
                if bands else f'<p class="mut">{_e(t("new.bands_none"))}</p>', errors),
-        _field("extra", "spec (YAML)", f'<textarea id="extra" name="extra" rows="4">'
+        _field("extra", t("new.extra"), f'<textarea id="extra" name="extra" rows="4">'
                f'{_e(values.get("extra", ""))}</textarea>', errors,
-               hint="any other spec field, e.g. training: {epochs: 2}"),
+               hint=t("new.extra_hint", example="training: {epochs: 2}")),
     ]
     general = errors.get("")
     body = (f'<h1>{_e(t("new.heading"))}</h1>{notice}'
@@ -358,6 +360,15 @@ def new_html(*, values: Mapping[str, str], errors: Mapping[str, str], bands: Seq
             f'{_e(t("new.check"))}</button><button class="primary" name="do" value="submit" '
             f'id="btn-submit">{_e(t("new.submit"))}</button></div></form>')
     return layout(lang, title=t("new.heading"), body=body, active="nav.new", user=user)
+
+
+def _defaults_hint(t: Callable[..., str], defaults: Mapping[str, Any]) -> str:
+    what = (f"{defaults.get('method')}, {defaults.get('gpus')} GPU, rank "
+            f"{defaults.get('lora_rank')}, lr {defaults.get('learning_rate')} "
+            f"(full: {defaults.get('full_learning_rate')})")
+    size = defaults.get("size", "?")
+    return (t("new.defaults_unknown", text=what) if size == "?"
+            else t("new.defaults", size=size, text=what))
 
 
 def team_html(team: Mapping[str, Any], lang: str, user: str) -> str:
@@ -381,7 +392,8 @@ def team_html(team: Mapping[str, Any], lang: str, user: str) -> str:
                      f'{_e(t("team.waiting", n=b["jobs"], gpus=b["gpus"]))}<ol>{entries}</ol>'
                      f'</div>')
     fin = "".join(f'<tr><td><a href="{_e(job_href(f["namespace"], f["name"]))}">{_e(f["name"])}'
-                  f'</a></td><td><span class="phase {_e(f["phase"])}">{_e(f["phase"])}</span></td>'
+                  f'</a></td><td><span class="phase {_e(f["phase"])}">'
+                  f'{_e(phase_text(lang, f["phase"]))}</span></td>'
                   f'<td>{_e(f["completed"])}</td></tr>' for f in team["finished"])
     body = (f'<h1>{_e(t("team.heading"))}</h1><h2>{_e(t("team.quota"))}</h2>'
             f'<table id="quotas"><tbody>{"".join(quota)}</tbody></table>'
@@ -416,11 +428,14 @@ def sweeps_html(sweeps: Sequence[Mapping[str, Any]], namespaces: Sequence[str], 
                 mark = f' <b class="best">★ {_e(t("sweeps.best"))}</b>' if best else ""
                 rows.append(f'<tr class="{"best" if best else ""}"><td>{_e(r["rank"] or "-")}'
                             f'</td><td><a href="{_e(job_href(r["namespace"] or "", r["name"]))}">'
-                            f'{_e(r["name"])}</a>{mark}</td><td>{_e(r["phase"])}</td>{cells}{mets}'
+                            f'{_e(r["name"])}</a>{mark}</td>'
+                            f'<td>{_e(phase_text(lang, r["phase"]))}</td>'
+                            f'{cells}{mets}'
                             f'<td class="num">{_e(_fmt(r["gpuHours"]))}</td>'
                             f'<td class="num">{_e(r["preemptions"])}</td></tr>')
             inner += (f'<h2>{_e(row["name"])} <span class="mut">{_e(row["namespace"])} · '
-                      f'{_e(row["phase"])} · {_e(row["trials"])} · {_e(row["metric"])}</span></h2>'
+                      f'{_e(phase_text(lang, row["phase"]))} · {_e(row["trials"])} · '
+                      f'{_e(row["metric"])}</span></h2>'
                       f'<div class="grid2">{"".join(_captioned(p) for p in s["plots"])}</div>'
                       f'<table class="trials"><thead><tr>{head}</tr></thead><tbody>'
                       f'{"".join(rows)}</tbody></table>')

@@ -69,3 +69,13 @@ def test_impersonate_mode_without_a_proxy_in_the_pod_is_refused() -> None:
     err = render_fails({"console": {"enabled": True, "mode": "impersonate"}})
     assert "console.proxy.sidecars" in err
     assert "console" in render_fails({"console": {"enabled": True, "mode": "admin"}})
+
+
+def test_the_curves_prometheus_is_passed_when_set() -> None:
+    url = "http://prometheus-operated.monitoring.svc:9090"
+    docs = render({"console": {"enabled": True, "prometheus": {"url": url}}})
+    (c,) = one(docs, "Deployment", CONSOLE)["spec"]["template"]["spec"]["containers"]
+    assert f"--prometheus-url={url}" in c["args"]
+    (c,) = one(render({"console": {"enabled": True}}), "Deployment",
+               CONSOLE)["spec"]["template"]["spec"]["containers"]
+    assert not [a for a in c["args"] if a.startswith("--prometheus-url")]

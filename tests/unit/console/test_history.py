@@ -40,6 +40,19 @@ def test_points_checkpoints_and_preemptions_are_kept(tmp_path: Path) -> None:
     assert not again.observe(job(25, 1.4, attempt=2, checkpoint=20, preemptions=1))
 
 
+def test_a_preemption_is_marked_where_the_trainer_stopped(tmp_path: Path) -> None:
+    """The status that first shows the preemption also holds the step the trainer reached on
+    the way out (its last report, the checkpoint it saved): the mark goes there, not at the
+    last point the console happened to see before it."""
+    h = History(tmp_path)
+    assert h.observe(job(66, 5.1, checkpoint=50))
+    assert h.observe(job(74, 4.9, checkpoint=74, preemptions=1))
+    c = h.curve("u-1")
+    assert [(m.kind, m.step) for m in c.marks] == [("checkpoint", 50), ("preemption", 74),
+                                                   ("checkpoint", 74)]
+    assert [p.step for p in c.points] == [66, 74]
+
+
 def test_a_job_without_uid_or_loss_adds_nothing(tmp_path: Path) -> None:
     h = History(tmp_path)
     assert not h.observe({"metadata": {"name": "x"}, "status": {"progress": {"step": 3}}})
@@ -76,3 +89,17 @@ def test_an_odd_uid_never_names_a_file(tmp_path: Path) -> None:
     h = History(tmp_path)
     assert h.observe(job(10, uid="../../etc/passwd"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_preemptions_before_the_first_sight_are_not_marked(tmp_path: Path) -> None:
+    """A console that first sees a job after it was preempted cannot know where: it counts the
+    preemption (so it is not marked later either) and draws no marker at the wrong step."""
+    h = History(tmp_path)
+    assert h.observe(job(400, 2.8, attempt=2, checkpoint=400, preemptions=1))
+    c = h.curve("u-1")
+    assert [(m.kind, m.step) for m in c.marks] == [("checkpoint", 400)]
+    assert c.preemptions == 1
+    assert not History(tmp_path).observe(job(400, 2.8, attempt=2, checkpoint=400,
+                                             preemptions=1))
+    assert h.observe(job(410, 2.7, attempt=3, checkpoint=400, preemptions=2))
+    assert [m.kind for m in h.curve("u-1").marks] == ["checkpoint", "preemption"]

@@ -11,6 +11,7 @@ import yaml
 from finetune_api.labels import PARAMETERS_ANNOTATION, SWEEP_LABEL
 from finetune_operator.console import model
 from finetune_operator.console.history import Curve, Mark, Point
+from finetune_operator.console.i18n import text
 
 NOW = dt.datetime(2026, 12, 9, 12, 0, tzinfo=dt.UTC)  # a Wednesday
 
@@ -52,8 +53,9 @@ def test_the_job_page_marks_attempts_checkpoints_and_preemptions() -> None:
                    Mark("checkpoint", 30, 2)])
     page = model.job_page(j, [], NOW, curve, "en")
     kinds = [(e["kind"], e["step"]) for e in page["timeline"]]
-    # attempt 2 resumed from attempt 1's checkpoint at step 20 (its first report came at 30)
-    assert kinds == [("attempt", 10), ("attempt", 20), ("checkpoint", 20), ("preemption", 25),
+    # attempt 1 starts at step 0 (its first report came at 10); attempt 2 resumed from attempt
+    # 1's checkpoint at step 20 (its first report came at 30)
+    assert kinds == [("attempt", 0), ("attempt", 20), ("checkpoint", 20), ("preemption", 25),
                      ("checkpoint", 30)]
     assert page["points"] == 4
     loss = page["charts"]["loss"]
@@ -122,3 +124,21 @@ def test_the_sweep_page_ranks_trials_and_charts_the_metric() -> None:
     assert [r["name"] for r in page["table"]["rows"]] == ["lr-1", "lr-0", "lr-2"]
     (plot,) = page["plots"]
     assert plot.count("<circle") == 3 and 'data-trial="lr-1"' in plot and "★ lr-1" in plot
+
+
+def test_the_evaluation_loss_is_said_not_plotted() -> None:
+    """The trainer's progress reports carry no evaluation loss (reports/model.py): the page
+    says so, gives the final value once there is one, and draws no lone point for it."""
+    curve = Curve([Point(10, 1, 1.2), Point(20, 1, 1.0)])
+    running = model.job_page(job("r", "Running", progress={"step": 20, "loss": 1.0}), [], NOW,
+                             curve, "en")
+    assert "does not report it during training" in running["evalNote"]
+    assert "Final" not in running["evalNote"]
+    done = job("d", "Succeeded", progress={"step": 20, "loss": 1.0},
+               output={"adapterPath": "output/adapter", "metrics": {"evalLoss": 0.93}})
+    page = model.job_page(done, [], NOW, curve, "en")
+    assert "Final evaluation loss 0.93 at step 20." in page["evalNote"]
+    assert 'data-points="2"' in page["charts"]["loss"]  # the two training points only
+    zh = model.job_page(done, [], NOW, curve, "zh")
+    assert text("zh", "job.eval_final", value="0.93", step=20) in zh["evalNote"]
+    assert "0.93" in zh["evalNote"] and "最终验证损失" in zh["evalNote"]
