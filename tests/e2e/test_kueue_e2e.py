@@ -23,7 +23,7 @@ from ..kube import Cluster
 from ..operator_proc import OperatorProcess, job_status
 
 pytestmark = pytest.mark.e2e
-LONG = 3000  # steps: ~30 s here, far more than a report + stop round trip
+LONG = 1000  # steps: ~30 s here, far more than the eviction + stop round trip (~1-2 s)
 
 
 def test_kueue_preemption_saves_requeues_and_resumes_exactly(
