@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-PYPROJECTS := pyproject.toml api/pyproject.toml operator/pyproject.toml trainer/pyproject.toml dev/pyproject.toml
+PYPROJECTS := pyproject.toml api/pyproject.toml operator/pyproject.toml trainer/pyproject.toml dev/pyproject.toml server/pyproject.toml
 STAMP := $(VENV)/.installed-$(shell cat $(PYPROJECTS) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
@@ -24,6 +24,9 @@ test-fast: venv cluster-bins system-deps ## the inner loop: every pure and unit 
 images: ## build the operator and trainer images with buildah (no Docker daemon; docs/install.md)
 	scripts/build-images.sh
 
+image-server: ## build the serving image (vLLM for GPUs, about 10 GB; not part of make test: docs/serving.md)
+	scripts/build-images.sh server
+
 test-images: venv cluster-bins images ## the image tests (marker image): the built images run under podman
 	scripts/run-tests.sh -m image tests/image $(PYTEST_ARGS)
 
@@ -33,9 +36,9 @@ $(STAMP): $(PYPROJECTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@echo "[make] installing Python packages (torch brings several GB of CUDA wheels on a cold pip cache)"
-	@# the four distributions, editable (an older single-distribution install is removed first)
+	@# the five distributions, editable (an older single-distribution install is removed first)
 	$(BIN)/pip uninstall --quiet -y finetune-operator >/dev/null 2>&1 || true
-	$(BIN)/pip install --quiet -e ./api -e ./operator -e ./trainer -e './dev[test]'
+	$(BIN)/pip install --quiet -e ./api -e ./operator -e ./trainer -e './server[transformers]' -e './dev[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 cluster-bins: venv ## build etcd, kube-*, kubectl, kwok, helm, the S3 test server (SeaweedFS) and Kueue from the Go module proxy (cached)
@@ -55,7 +58,7 @@ system-deps: ## Debian packages the tests need (promtool; chromium and chromium-
 MYPY_STRICT := $(BIN)/mypy --strict -p finetune_api -p finetune_operator.admission -p finetune_operator.jobs -p finetune_operator.kueue -p finetune_operator.view
 
 lint: venv ## ruff, mypy, the import contracts (lint-imports), mypy --strict on the strict packages, every relative link and anchor of the Markdown docs (offline)
-	$(BIN)/ruff check api operator trainer dev tests benchmarks scripts/check-links.py
+	$(BIN)/ruff check api operator trainer server dev tests benchmarks scripts/check-links.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache --no-logo
 	$(MYPY_STRICT)
@@ -64,7 +67,7 @@ lint: venv ## ruff, mypy, the import contracts (lint-imports), mypy --strict on 
 lint-strict: venv ## mypy --strict on the api, admission, job-controller, kueue and view packages
 	$(MYPY_STRICT)
 
-crd: venv ## regenerate crds/ (FineTuneJob, FineTuneSweep) from the pydantic models
+crd: venv ## regenerate crds/ (FineTuneJob, FineTuneSweep, ModelServer) from the pydantic models
 	$(BIN)/python -m finetune_api.crd --write
 	scripts/sync-chart-crd.sh
 

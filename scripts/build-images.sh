@@ -4,7 +4,8 @@
 # python3 made locally by mmdebstrap (scripts/images/base.sh) and passed as BASE_IMAGE. Only the
 # package registries are reached (Debian for apt, the Python index of this host's pip config).
 #
-#   scripts/build-images.sh [operator|trainer ...]   (default: both; `make images`)
+#   scripts/build-images.sh [operator|trainer|server ...]   (default: operator and trainer,
+#                                                     `make images`; server: `make image-server`)
 #   scripts/build-images.sh --clean                   (drop the image cache)
 #
 # Layers, pip's wheel cache and the base live under $FINETUNE_IMAGES_CACHE
@@ -65,7 +66,8 @@ report() {  # size, dominating layer, bill of materials of image $2 (name $1)
 
 for name in "${targets[@]}"; do
   case $name in operator) image=$OPERATOR_IMAGE ;; trainer) image=$TRAINER_IMAGE ;;
-    *) die "unknown image $name (operator or trainer)" ;; esac
+    server) image=$SERVER_IMAGE ;;
+    *) die "unknown image $name (operator, trainer or server)" ;; esac
   dockerfile=$root/Dockerfile.$name
   log "building $image from ${dockerfile#"$root"/} (buildah, layers cached under $IMAGES_CACHE) ..."
   start=$SECONDS

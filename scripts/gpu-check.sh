@@ -2,8 +2,12 @@
 # The trainer's GPU paths in one command, a few minutes on one NVIDIA GPU (never part of CI):
 # QLoRA nf4 train + SIGTERM + resume, DeepSpeed ZeRO-2 and ZeRO-3 on one GPU without launcher
 # variables, optimizer offload, merge, tokens/s; prints a table (finetune_trainer/gpucheck.py).
+# Then the serving row: vLLM on the GPU with two adapters trained here, TTFT and tokens/s for 1 and
+# 8 clients (benchmarks/bench_serving.py --gpu-row; vLLM from $VLLM_PYTHON, a python with
+# vllm==0.32.0, default ~/.cache/finetune-operator/vllm-0.32.0/bin/python; skipped without it).
 #
-#   scripts/gpu-check.sh [--only qlora zero2 zero3 zero2-offload merge] [--keep DIR]
+#   scripts/gpu-check.sh [--only qlora zero2 zero3 zero2-offload merge vs-llamafactory serving]
+#                        [--keep DIR]
 #
 # Uses $PYTHON, else .venv/bin/python, else python3 (in the trainer image: python).
 set -euo pipefail
@@ -23,4 +27,23 @@ PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
-exec "$PY" -m finetune_dev.gpucheck "$@"
+# --only: the serving row is this script's; the rest goes to finetune_dev.gpucheck
+args=() only=0 serving=1 trainer_checks=0
+for a in "$@"; do
+  case $a in
+    --only) only=1; serving=0; args+=("$a") ;;
+    --*) only=0; args+=("$a") ;;
+    serving) if [ "$only" = 1 ]; then serving=1; else args+=("$a"); fi ;;
+    *) [ "$only" = 1 ] && trainer_checks=1; args+=("$a") ;;
+  esac
+done
+keep=()
+for ((i = 1; i <= $#; i++)); do [ "${!i}" = --keep ] && { j=$((i + 1)); keep=(--keep "${!j}/serving"); }; done
+rc=0
+if ! printf '%s\n' "${args[@]}" | grep -qx -- --only || [ "$trainer_checks" = 1 ]; then
+  "$PY" -m finetune_dev.gpucheck "${args[@]}" || rc=$?
+fi
+if [ "$serving" = 1 ]; then
+  "$PY" benchmarks/bench_serving.py --gpu-row "${keep[@]}" || rc=1
+fi
+exit "$rc"

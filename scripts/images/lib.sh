@@ -8,6 +8,7 @@ IMAGE_TAG=${FINETUNE_IMAGE_TAG:-0.1.0}
 BASE_LOCAL=localhost/finetune-operator/base:bookworm-python3.11
 OPERATOR_IMAGE=localhost/finetune-operator/operator:$IMAGE_TAG
 TRAINER_IMAGE=localhost/finetune-operator/trainer:$IMAGE_TAG
+SERVER_IMAGE=localhost/finetune-operator/server:$IMAGE_TAG
 STORE=(--root "$IMAGES_CACHE/storage" --runroot "$IMAGES_RUNROOT" --storage-driver overlay)
 
 log() { printf '[images] %s\n' "$*" >&2; }

@@ -17,9 +17,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DISTRIBUTIONS = {"finetune_api": "api", "finetune_operator": "operator",
-                 "finetune_trainer": "trainer", "finetune_dev": "dev"}
+                 "finetune_trainer": "trainer", "finetune_dev": "dev",
+                 "finetune_server": "server"}
 CONTRACTS = {"api-stands-alone", "trainer-uses-only-the-api", "products-never-import-dev",
-             "pure-cores-never-talk-to-the-api", "operator-never-imports-the-trainer"}
+             "pure-cores-never-talk-to-the-api", "operator-never-imports-the-trainer",
+             "server-stands-alone"}
 PURE_CORES = {"finetune_operator.admission", "finetune_operator.jobs.decide",
               "finetune_operator.jobs.reconcile", "finetune_operator.jobs.pods",
               "finetune_operator.jobs.writes", "finetune_operator.jobs.build",
@@ -67,7 +69,7 @@ def test_the_real_tree_keeps_every_contract() -> None:
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The four packages and pyproject.toml, copied (sources only)."""
+    """The five packages and pyproject.toml, copied (sources only)."""
     root = tmp_path_factory.mktemp("tree")
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     for package, dist in DISTRIBUTIONS.items():
@@ -100,6 +102,8 @@ CROSSINGS = [
      "import kopf"),
     ("operator-never-imports-the-trainer", "operator/finetune_operator/http/server.py",
      "import finetune_trainer.checkpoint"),
+    ("server-stands-alone", "server/finetune_server/engine.py", "import finetune_operator"),
+    ("server-stands-alone", "server/finetune_server/args.py", "import kubernetes"),
 ]
 
 
