@@ -1,4 +1,5 @@
-"""The FineTuneJob and FineTuneSweep CustomResourceDefinitions, generated from the pydantic models.
+"""The FineTuneJob, FineTuneSweep and ModelServer CustomResourceDefinitions, generated from the
+pydantic models.
 
 The models in spec.py/status.py are the single source; this module turns their JSON schemas into
 the *structural* OpenAPI v3 schema the API server requires:
@@ -13,8 +14,9 @@ the *structural* OpenAPI v3 schema the API server requires:
 
 Usage::
 
-    python -m finetune_api.crd --write   # regenerate crds/finetunejobs.finetune.dev.yaml
-                                                  # and crds/finetunesweeps.finetune.dev.yaml
+    python -m finetune_api.crd --write   # regenerate crds/finetunejobs.finetune.dev.yaml,
+                                                  # crds/finetunesweeps.finetune.dev.yaml
+                                                  # and crds/modelservers.finetune.dev.yaml
     python -m finetune_api.crd --check   # exit 1 when a committed file is stale
 
 A node with ``x-kubernetes-preserve-unknown-fields: true`` and no type (a sweep parameter's
@@ -37,6 +39,15 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
 from finetune_api.job import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from finetune_api.server import (
+    MAX_SERVER_NAME,
+    SERVER_KIND,
+    SERVER_PLURAL,
+    SERVER_SHORT_NAMES,
+    SERVER_SINGULAR,
+    ModelServerSpec,
+    ModelServerStatus,
+)
 from finetune_api.spec import EDITABLE_PHASES, MUTABLE_AFTER_ADMISSION, FineTuneJobSpec
 from finetune_api.status import FineTuneJobStatus
 from finetune_api.sweep import (
@@ -331,9 +342,39 @@ def build_sweep_crd() -> dict[str, Any]:
                 SWEEP_PRINTER_COLUMNS, sweep_root_schema())
 
 
+# ---- ModelServer (additive: the same generator, a third CRD) --------------------------------
+
+SERVER_CRD_NAME = f"{SERVER_PLURAL}.{GROUP}"
+SERVER_CRD_PATH = REPO_ROOT / "crds" / f"{SERVER_CRD_NAME}.yaml"
+SERVER_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtime"},
+    {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpus"},
+    {"name": "Adapters", "type": "string", "jsonPath": ".status.loadedAdapters"},
+    {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def server_root_schema() -> dict[str, Any]:
+    return _root(ModelServerSpec, ModelServerStatus,
+                 "The base model, its adapters, the runtime and its resources.",
+                 "An OpenAI-compatible server of a base model and LoRA adapters, admitted under "
+                 "its namespace's GPU quota like a FineTuneJob.",
+                 MAX_SERVER_NAME, "the server's Service and pod are named after it")
+
+
+def build_server_crd() -> dict[str, Any]:
+    """The ModelServer CustomResourceDefinition as a plain dict."""
+    return _crd(SERVER_CRD_NAME, SERVER_KIND, SERVER_PLURAL, SERVER_SINGULAR, SERVER_SHORT_NAMES,
+                SERVER_PRINTER_COLUMNS, server_root_schema())
+
+
 # (path, builder) of every CRD this module generates.
 TARGETS: list[tuple[Path, Callable[[], dict[str, Any]]]] = [
-    (CRD_PATH, build_crd), (SWEEP_CRD_PATH, build_sweep_crd)]
+    (CRD_PATH, build_crd), (SWEEP_CRD_PATH, build_sweep_crd),
+    (SERVER_CRD_PATH, build_server_crd)]
 
 
 def _crd(name: str, kind: str, plural: str, singular: str, short_names: list[str],

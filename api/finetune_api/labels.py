@@ -33,3 +33,7 @@ EARLY_STOP_ANNOTATION = "finetune.dev/early-stopped"
 # nodes of the local node agent (dev tooling), and where that agent keeps pod logs
 AGENT_LABEL = "finetune.dev/local-agent"
 AGENT_ROOT_ANNOTATION = "finetune.dev/local-agent-root"
+
+# a ModelServer's pod and Service (serving/)
+SERVER_LABEL = "finetune.dev/server"
+SERVER_APP_NAME = "finetune-server"  # the NAME_LABEL value of a server's children

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from finetune_api.base import ApiModel, cel
+from finetune_api.base import ApiModel, CustomObject, cel
 from finetune_api.spec import FineTuneJobSpec
 from finetune_api.status import Condition
 
@@ -270,28 +270,6 @@ class FineTuneSweepStatus(ApiModel):
     observed_generation: int | None = None
 
 
-class SweepMeta(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
-    name: str
-    namespace: str = "default"
-    uid: str = ""
-    generation: int = 0
-    deletion_timestamp: str | None = Field(default=None, alias="deletionTimestamp")
-
-
-class FineTuneSweep(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
-    metadata: SweepMeta
+class FineTuneSweep(CustomObject):
     spec: FineTuneSweepSpec
     status: FineTuneSweepStatus = Field(default_factory=FineTuneSweepStatus)
-
-    @classmethod
-    def from_body(cls, body: Any) -> FineTuneSweep:
-        data = dict(body)
-        return cls.model_validate({"metadata": dict(data["metadata"]),
-                                   "spec": dict(data["spec"]),
-                                   "status": dict(data.get("status") or {})})
-
-    @property
-    def key(self) -> str:
-        return f"{self.metadata.namespace}/{self.metadata.name}"

@@ -1,10 +1,12 @@
 """`make demo`: the whole product on this machine, for real.
 
-Brings up the local control plane (building it if needed), installs the CRD and the priority
+Brings up the local control plane (building it if needed), installs the CRDs and the priority
 bands, starts a local node agent with 2 GPUs (its pods run as real processes) and the operator,
 builds a tiny model, and applies three FineTuneJobs in two namespaces that together need more
 GPUs than the node has. It prints the queue, admission, a graceful preemption, the resume and
-completion as they happen, then each job's output and counters, and stops what it started.
+completion as they happen, serves the trained adapter (`kubectl finetune serve`) and chats
+with it (`kubectl finetune chat`), runs a two-trial sweep, then prints each job's output and
+counters, and stops what it started.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from finetune_dev.devcluster.workloads import (
     training_job,
 )
 from finetune_dev.nodeagent import AgentProcess, start_agent
+from finetune_dev.nodeagent.sources import routable_ip
 
 NODE = "demo-gpu-node"
 TRAINER_IMAGE = "localhost/finetune-operator/trainer:0.1.0"  # `make images` (IMAGES=1)
@@ -40,6 +43,8 @@ DEMO_JOBS = {(ns, name) for ns, name, *_ in JOBS}
 # after the three jobs: two trials of a learning-rate sweep, to compare on the console's Sweeps
 # page (its trials are lr-t0 and lr-t1)
 SWEEP = ("team-b", "lr", (1.0e-4, 3.0e-3), 30)
+# after the jobs: the summarizer's adapter served (on the CPU: the transformers runtime, no GPU)
+SERVE = ("team-a", "summarizer", "chat", "Summarize: the meeting moved to Friday at noon.")
 
 
 def say(msg: str) -> None:
@@ -92,6 +97,8 @@ def _start_operator(cfg: dc.ClusterConfig) -> subprocess.Popen[bytes]:
            # curves are drawn from without a Prometheus) at most every second, not every 30 s
            "FINETUNE_PROGRESS_WRITE_INTERVAL_SECONDS": "1",
            "FINETUNE_MIN_RUNTIME_BEFORE_PREEMPTION_SECONDS": "5", "POD_NAME": "demo-operator",
+           # ModelServers (kubectl finetune serve): off by default, on for the demo
+           "FINETUNE_SERVING": "true",
            # team-a may use the preempting band (the default grants it to no namespace)
            "FINETUNE_NAMESPACE_PRIORITY_CLASSES": '{"team-a": ["finetune-critical", '
            '"finetune-high", "finetune-normal", "finetune-low"]}'}
@@ -138,25 +145,27 @@ def run(args: argparse.Namespace) -> int:
     cfg = dc.ClusterConfig(nodes=0)
     started = time.monotonic()
     fresh = not dc.is_up(cfg)
-    say("1/6 local Kubernetes control plane (etcd, kube-apiserver, controller-manager, "
+    say("1/7 local Kubernetes control plane (etcd, kube-apiserver, controller-manager, "
         "scheduler, kwok), built from the Go module proxy on first use")
     dc.up(cfg)
     install_api(cfg)
     for ns in ("team-a", "team-b"):
         dc.kubectl(cfg, "delete", "namespace", ns, "--ignore-not-found", "--wait=true",
                    "--timeout=120s")
-    say(f"2/6 node agent {NODE} with 2 nvidia.com/gpu (its pods run as local processes), "
+    say(f"2/7 node agent {NODE} with 2 nvidia.com/gpu (its pods run as local processes), "
         "and the operator")
     if args.images:  # inherited by the agent and the operator: trainer pods run from the image
         from finetune_dev.nodeagent.container import SWITCH
 
         os.environ.update({SWITCH: "1", "FINETUNE_TRAINER_IMAGE": TRAINER_IMAGE})
         print(f"  IMAGES=1: trainer pods run in {TRAINER_IMAGE} under podman")
-    agent: AgentProcess = start_agent(NODE, 2, cfg=cfg)
+    ip = routable_ip()
+    agent: AgentProcess = start_agent(NODE, 2, cfg=cfg,
+                                      extra_args=["--pod-ip", ip] if ip else None)
     op = _start_operator(cfg)
     console, url = _start_console(cfg)
     try:
-        say("3/6 namespaces team-a and team-b (GPU quota 2 each), a tiny model built locally, "
+        say("3/7 namespaces team-a and team-b (GPU quota 2 each), a tiny model built locally, "
             "a small chat dataset")
         for ns in ("team-a", "team-b"):
             prepare_namespace(cfg, ns, gpu_quota=2)
@@ -189,7 +198,7 @@ def _apply(cfg: dc.ClusterConfig, ns: str, name: str, cls: str, steps: int, ever
 
 
 def _scenario(cfg: dc.ClusterConfig, args: argparse.Namespace, started: float) -> int:
-    say("4/6 two jobs fill the node's 2 GPUs; when the low-priority one has made progress, a "
+    say("4/7 two jobs fill the node's 2 GPUs; when the low-priority one has made progress, a "
         "critical job arrives and needs a GPU")
     for ns, name, cls, steps, every, when in JOBS:
         if when == "start":
@@ -218,15 +227,61 @@ def _scenario(cfg: dc.ClusterConfig, args: argparse.Namespace, started: float) -
         if len(phases) == len(JOBS) and all(p in ("Succeeded", "Failed") for p in phases):
             break
         time.sleep(2)
+    served = _serve(cfg)
     _sweep(cfg, deadline + 300)
-    return _summary(cfg, started)
+    return _summary(cfg, started) or (0 if served else 1)
+
+
+def _plugin(cfg: dc.ClusterConfig, *args: str) -> tuple[int, str]:
+    """`kubectl finetune ARGS` (the plugin, in this process) with the demo's kubeconfig."""
+    import io
+
+    from finetune_operator.cli import main as plugin
+
+    out, err = io.StringIO(), io.StringIO()
+    rc = plugin(["--kubeconfig", str(cfg.kubeconfig), *args], out, err)
+    return rc, out.getvalue() + err.getvalue()
+
+
+def _serve(cfg: dc.ClusterConfig) -> bool:
+    """One more command from a trained job to an answer: `kubectl finetune serve`, then
+    `kubectl finetune chat` through the API server's service proxy."""
+    ns, job, server, prompt = SERVE
+    say(f"5/7 serve what was trained: kubectl finetune serve {job} --server {server} "
+        f"--runtime transformers --gpus 0 -n {ns}; then kubectl finetune chat")
+    rc, said = _plugin(cfg, "serve", job, "--server", server, "--runtime", "transformers",
+                       "--gpus", "0", "--node-selector", f"kubernetes.io/hostname={NODE}",
+                       "-n", ns)
+    print("  " + said.strip().replace("\n", "\n  "), flush=True)
+    if rc != 0:
+        return False
+    deadline, shown = time.monotonic() + 300, ""
+    while time.monotonic() < deadline:
+        out = dc.kubectl(cfg, "get", "modelserver", server, "-n", ns, "-o", "json", check=False)
+        st = (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
+        line = f"  server {server}: {st.get('phase')} adapters={st.get('loadedAdapters')}"
+        if line != shown:
+            print(line, flush=True)
+            shown = line
+        if st.get("phase") == "Ready" and job in (st.get("loadedAdapters") or []):
+            break
+        time.sleep(2)
+    else:
+        print("  the server did not become Ready in time", file=sys.stderr)
+        return False
+    print(f"  $ kubectl finetune chat {server} --adapter {job} -n {ns} -m {prompt!r}",
+          flush=True)
+    rc, said = _plugin(cfg, "chat", server, "--adapter", job, "-n", ns, "-m", prompt,
+                       "--max-tokens", "24")
+    print("  " + said.strip().replace("\n", "\n  "), flush=True)
+    return rc == 0
 
 
 def _sweep(cfg: dc.ClusterConfig, until: float) -> None:
     """Two trials of a learning-rate sweep, side by side: the console's Sweeps page compares
     them (docs/console.md)."""
     ns, name, rates, steps = SWEEP
-    say(f"5/6 a sweep of two trials ({ns}/{name}: learning rate {rates[0]:g} and {rates[1]:g}, "
+    say(f"6/7 a sweep of two trials ({ns}/{name}: learning rate {rates[0]:g} and {rates[1]:g}, "
         f"{steps} steps each) to compare on the console's Sweeps page")
     template = training_job("x", gpus=1, priority_class="finetune-normal", node=NODE,
                             max_steps=steps, interval_steps=steps)["spec"]
@@ -254,7 +309,7 @@ def _sweep(cfg: dc.ClusterConfig, until: float) -> None:
 
 
 def _summary(cfg: dc.ClusterConfig, started: float) -> int:
-    say("6/6 results")
+    say("7/7 results")
     ok, preemptions = True, 0
     for (ns, name), j in sorted(_jobs(cfg).items()):
         if (ns, name) not in DEMO_JOBS:  # a sweep trial, a job submitted from the console

@@ -105,6 +105,9 @@ class AdmissionSettings(_Section):
     max_gpus_per_node: int = Field(
         default=0, ge=0, description="largest node size in GPUs: a job asking more per node "
         "fails at once; 0 = no static limit (only the grace period applies)")
+    serving_preemptible: bool = Field(
+        default=False, description="a preempting training job may preempt a ModelServer "
+        "(default: servers are never preempted by training; docs/serving.md)")
 
 
 class TrainerSettings(_Section):
@@ -179,6 +182,11 @@ class CycleSettings(_Section):
         "(the meaning of spec.ttlSecondsAfterFinished, which overrides it); empty = keep "
         "finished jobs")
     sweeps: bool = Field(default=True, description="run FineTuneSweeps (needs their CRD)")
+    serving: bool = Field(default=False, description="run ModelServers (needs their CRD; "
+                          "docs/serving.md)")
+    server_image: str = Field(
+        default="localhost/finetune-operator/server:0.1.0", min_length=1,
+        description="default ModelServer runtime image (Dockerfile.server); fully qualified")
 
 
 class LeaseSettings(_Section):

@@ -151,6 +151,8 @@ API_RESOURCES: dict[str, tuple[str, str]] = {
     "Workload": ("kueue.x-k8s.io", "workloads"), "workloads": ("kueue.x-k8s.io", "workloads"),
     "workloads/status": ("kueue.x-k8s.io", "workloads/status"),
     "resourceflavors": ("kueue.x-k8s.io", "resourceflavors"),
+    "modelservers": ("finetune.dev", "modelservers"),
+    "modelservers/status": ("finetune.dev", "modelservers/status"),
     "resourceslices": ("resource.k8s.io", "resourceslices"),
     "resourceclaims": ("resource.k8s.io", "resourceclaims"),
     "ResourceClaimTemplate": ("resource.k8s.io", "resourceclaimtemplates"),

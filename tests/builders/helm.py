@@ -22,7 +22,7 @@ from tests.kube import Cluster, short_id, wait_for
 CHART = Path(__file__).resolve().parents[2] / "charts" / "finetune-operator"
 LEASE = "finetune-operator-leader"
 CRD_DIR = CHART.parents[1] / "crds"
-CRDS = ("finetunejobs.finetune.dev", "finetunesweeps.finetune.dev")
+CRDS = ("finetunejobs.finetune.dev", "finetunesweeps.finetune.dev", "modelservers.finetune.dev")
 EXAMPLES = CHART.parents[1] / "examples"
 TAINT = "finetune.dev/helm-test"
 # an API request of the operator refused, in its log (a whole-word 403: a random port such as

@@ -180,6 +180,22 @@ class RecordingJobKube:
         self._record("patch", "FineTuneJob", namespace, name)
         return True
 
+    # the serving runner's (ServingKube)
+    def create_server_child(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        self._record("create", obj["kind"], meta["namespace"], meta["name"])
+        made = {**obj, "metadata": {**meta, "uid": f"uid-{meta['name']}"}}
+        self.objects.setdefault((obj["kind"], meta["namespace"], meta["name"]), made)
+        return self.objects[(obj["kind"], meta["namespace"], meta["name"])]
+
+    def delete_server_pod(self, namespace: str, name: str, uid: str) -> bool:
+        self._record("delete", "Pod", namespace, name)
+        return self.objects.pop(("Pod", namespace, name), None) is not None
+
+    def patch_server_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        self._record("patch", "ModelServer", namespace, name)
+        return True
+
     # helpers for tests
     def pods(self) -> list[dict[str, Any]]:
         return [o for (kind, _, _), o in self.objects.items() if kind == "Pod"]

@@ -181,12 +181,15 @@ def test_user_roles_aggregate(rendered: dict[str, list[dict[str, Any]]]) -> None
     cli_reads[("", "pods/log")] = {"get"}
     assert grants(docs, f"{FULLNAME}-edit") == {
         ("finetune.dev", "finetunejobs"): editor, ("finetune.dev", "finetunesweeps"): editor,
+        ("finetune.dev", "modelservers"): editor,
         ("finetune.dev", "finetunejobs/status"): {"get"},
-        ("finetune.dev", "finetunesweeps/status"): {"get"}, **cli_reads,
+        ("finetune.dev", "finetunesweeps/status"): {"get"},
+        ("finetune.dev", "modelservers/status"): {"get"}, **cli_reads,
         ("", "persistentvolumeclaims"): {"get", "list"}}  # kubectl finetune output
     assert grants(docs, f"{FULLNAME}-view") == {
         **{("finetune.dev", r): READ for r in ("finetunejobs", "finetunejobs/status",
-                                               "finetunesweeps", "finetunesweeps/status")},
+                                               "finetunesweeps", "finetunesweeps/status",
+                                               "modelservers", "modelservers/status")},
         **cli_reads}
     for role in (edit, view):  # never secrets, never a write outside finetune.dev
         for rule in role["rules"]:
@@ -729,11 +732,13 @@ CRD_COPIES = CHART / "files" / "crds"
 
 
 def test_chart_crds_are_the_generated_crds_byte_for_byte() -> None:
+    from finetune_api.server import SERVER_PLURAL
     from finetune_api.sweep import SWEEP_PLURAL
     from finetune_operator.kube.client import GROUP, PLURAL
 
     assert [p.name for p in CRD_SOURCES] == [f"{PLURAL}.{GROUP}.yaml",
-                                             f"{SWEEP_PLURAL}.{GROUP}.yaml"]
+                                             f"{SWEEP_PLURAL}.{GROUP}.yaml",
+                                             f"{SERVER_PLURAL}.{GROUP}.yaml"]
     for source in CRD_SOURCES:
         copy = CRD_COPIES / source.name
         assert copy.is_file(), f"{copy} missing: run scripts/sync-chart-crd.sh (make crd does)"
@@ -756,10 +761,10 @@ def test_every_crd_rendered_with_keep_policy(rendered: dict[str, list[dict[str, 
             crd["metadata"]["labels"].items()
         assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
     kinds = {c["spec"]["names"]["kind"] for c in crds}
-    assert kinds == {"FineTuneJob", "FineTuneSweep"}
+    assert kinds == {"FineTuneJob", "FineTuneSweep", "ModelServer"}
     for unkept in of_kind(render({"crds": {"keep": False}}), "CustomResourceDefinition"):
         assert "helm.sh/resource-policy" not in unkept["metadata"].get("annotations", {})
-    assert len(of_kind(render({"crds": {"keep": False}}), "CustomResourceDefinition")) == 2
+    assert len(of_kind(render({"crds": {"keep": False}}), "CustomResourceDefinition")) == 3
     assert of_kind(rendered["no-crds"], "CustomResourceDefinition") == []
 
 

@@ -22,6 +22,7 @@ from finetune_dev.nodeagent import default_root, pvc_dir
 ROOT = Path(__file__).resolve().parents[3]
 CRD_FILE = ROOT / "crds" / "finetunejobs.finetune.dev.yaml"
 SWEEP_CRD_FILE = ROOT / "crds" / "finetunesweeps.finetune.dev.yaml"
+SERVER_CRD_FILE = ROOT / "crds" / "modelservers.finetune.dev.yaml"
 CHART = ROOT / "charts" / "finetune-operator"
 DATASET = ROOT / "examples" / "data" / "messages.jsonl"
 MODEL_PATH = "tiny"
@@ -40,13 +41,15 @@ def tiny_model() -> Path:
 
 
 def install_api(cfg: ClusterConfig) -> None:
-    """The CRDs (generated from the models) and the chart's PriorityClass bands."""
+    """The CRDs (generated from the models: jobs, sweeps, model servers) and the chart's
+    PriorityClass bands."""
     from finetune_dev.devcluster.build import binary
 
-    for crd in (CRD_FILE, SWEEP_CRD_FILE):
+    for crd in (CRD_FILE, SWEEP_CRD_FILE, SERVER_CRD_FILE):
         kubectl(cfg, "apply", "--server-side", "--force-conflicts", "-f", str(crd))
     kubectl(cfg, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/finetunejobs.finetune.dev", "crd/finetunesweeps.finetune.dev")
+            "crd/finetunejobs.finetune.dev", "crd/finetunesweeps.finetune.dev",
+            "crd/modelservers.finetune.dev")
     classes = subprocess.run(
         [str(binary("helm")), "template", "ft", str(CHART), "--show-only",
          "templates/priorityclasses.yaml"], capture_output=True, text=True, check=True).stdout

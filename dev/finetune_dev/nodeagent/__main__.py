@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
 from finetune_dev.nodeagent.process import run_agent
+from finetune_dev.nodeagent.sources import POD_IP_ENV
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -33,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pods", default="110", help="pod capacity to advertise")
     ap.add_argument("--label", type=_label, action="append", default=[], metavar="KEY=VALUE",
                     help="extra node label (repeatable)")
+    ap.add_argument("--pod-ip", default=None,
+                    help="report this address (a non-loopback one of this host) as every pod's "
+                    "status.podIP, so the API server's service proxy reaches pods that listen "
+                    "on every interface (default 127.0.0.1, which it refuses)")
     args = ap.parse_args(argv)
+    if args.pod_ip:
+        os.environ[POD_IP_ENV] = args.pod_ip
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s nodeagent[%(threadName)s] %(levelname)s %(message)s")
     stop = threading.Event()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from finetune_dev.nodeagent.sources import POD_IP
+from finetune_dev.nodeagent.sources import POD_IP, pod_ip
 
 SHUTDOWN_MESSAGE = "Pod was terminated in response to imminent node shutdown."
 UNKNOWN_MESSAGE = "The container could not be located when the pod was terminated"
@@ -65,8 +65,9 @@ def _cond(kind: str, ok: bool, now: datetime, reason: str | None = None,
 
 
 def _base(pod: dict[str, Any], now: datetime, phase: str) -> dict[str, Any]:
+    ip = pod_ip()
     status: dict[str, Any] = {"phase": phase, "hostIP": POD_IP, "hostIPs": [{"ip": POD_IP}],
-                              "podIP": POD_IP, "podIPs": [{"ip": POD_IP}]}
+                              "podIP": ip, "podIPs": [{"ip": ip}]}
     if not (pod.get("status") or {}).get("startTime"):
         status["startTime"] = ts(now)
     return status

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -13,6 +14,28 @@ from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
 POD_IP = "127.0.0.1"  # every pod shares the host's network; nothing but loopback is offered
+# The address reported as status.podIP (only: names, node address and hostIP stay loopback):
+# the agent's --pod-ip, a non-loopback address of this host, so that the API server's service
+# proxy (which refuses loopback endpoints) reaches a pod listening on every interface.
+POD_IP_ENV = "FINETUNE_AGENT_POD_IP"
+
+
+def pod_ip() -> str:
+    return os.environ.get(POD_IP_ENV) or POD_IP
+
+
+def routable_ip() -> str | None:
+    """This host's address on its default route (no packet is sent), for ``--pod-ip``; None
+    when it has only loopback."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        ip = str(s.getsockname()[0])
+    return None if ip.startswith("127.") else ip
 
 
 def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -88,7 +111,7 @@ def field_value(pod: dict[str, Any], path: str) -> str:
         "metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
         "metadata.uid": meta["uid"], "spec.nodeName": spec.get("nodeName", ""),
         "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
-        "status.podIP": POD_IP, "status.podIPs": POD_IP,
+        "status.podIP": pod_ip(), "status.podIPs": pod_ip(),
         "status.hostIP": POD_IP, "status.hostIPs": POD_IP,
     }
     if path in simple:

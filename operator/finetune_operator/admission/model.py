@@ -61,6 +61,9 @@ class SnapshotJob:
     # Trainer pods have neither, so the defaults fit them.
     terminating: bool = False
     best_effort: bool = False
+    # a ModelServer (serving/), not a training job: same pool, quota and bands, but a
+    # preempting job never picks it as a victim unless Policy.serving_preemptible
+    serving: bool = False
 
     @property
     def key(self) -> str:
@@ -193,6 +196,9 @@ class Policy:
     # progress), further aged jobs reserve only while all reservations together keep at most
     # this share of the pool's free GPUs idle. None: unbounded (every aged job reserves).
     max_reserved_idle_share: float | None = 0.5
+    # a preempting job may also preempt ModelServers (SnapshotJob.serving); off: servers are
+    # never victims of training
+    serving_preemptible: bool = False
 
     @property
     def reserve_threshold_seconds(self) -> float | None:
@@ -214,6 +220,7 @@ class Policy:
                 settings.admission.min_runtime_before_preemption_seconds
             ),
             max_reserved_idle_share=_share(settings.admission.max_reserved_idle_share),
+            serving_preemptible=bool(settings.admission.serving_preemptible),
         )
 
 

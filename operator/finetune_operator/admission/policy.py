@@ -53,6 +53,8 @@ stopping, chosen greedily by least work since their last checkpoint (GPU-seconds
 checkpoint, or since start), then lower priority; then every victim that turns out unnecessary
 is dropped again, so the set is minimal in that sense and does make the job fit (node capacity,
 and the quota and job count of its namespace when the victims are in it). No set, no preemption.
+A ModelServer (``serving``) is never a victim unless ``Policy.serving_preemptible``: an
+endpoint that users call is not stopped to make room for training by default.
 
 Stopping jobs. GPUs of jobs already being preempted (``RunningJob.preempting``) are *pending*:
 they are free once those jobs exit. A job that would fit with pending GPUs claims them (they are
@@ -473,8 +475,11 @@ class _Admitter:
             return []
         min_runtime = self.policy.min_runtime_before_preemption_seconds
 
+        serving_ok = self.policy.serving_preemptible
+
         def may_preempt(v: RunningJob) -> bool:
             return (v.uid not in self.stopping and v.priority < job.priority
+                    and (serving_ok or not v.serving)
                     and (self.now - v.started_at).total_seconds() >= min_runtime)
 
         fit = _VictimFit(self, job, pool, sig, over_limit)

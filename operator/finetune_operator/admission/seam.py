@@ -81,6 +81,9 @@ class ClusterView:
     # ResourceSlices publish and what allocated ResourceClaims hold of them (admission/devices.py)
     shared_gpus: Sequence[Any] = ()
     claim_uses: Sequence[Any] = ()
+    # ModelServers (serving/plan.py snapshot_entry): QueuedJob/RunningJob entries flagged
+    # ``serving``, decided in the same round as the jobs (verdicts by the server's uid)
+    servers: Sequence[Any] = ()
 
 
 class Admitter(Protocol):

@@ -71,6 +71,12 @@ def _run(args: argparse.Namespace, out: IO[str]) -> int:
             from finetune_operator.cli.output import cmd_output
 
             return cmd_output(api, args, namespace, out)
+        if cmd in ("serve", "chat"):
+            from finetune_operator.cli import serving
+
+            if cmd == "serve":
+                return serving.cmd_serve(api, args, namespace, out)
+            return serving.cmd_chat(api, args, namespace, out)
         if cmd in ("sweep", "compare"):
             from finetune_operator.cli import sweeps
 

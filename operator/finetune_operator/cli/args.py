@@ -22,7 +22,8 @@ EPILOG = """examples:
   kubectl finetune sweep list; kubectl finetune sweep compare lr-sweep -o yaml
   kubectl finetune compare bot-a bot-b --metric testRougeL
   kubectl finetune console
-docs: docs/cli.md, docs/sweeps.md"""
+  kubectl finetune serve bot; kubectl finetune chat bot-server --adapter bot -m "hello"
+docs: docs/cli.md, docs/sweeps.md, docs/serving.md"""
 
 
 def _common(suppress: bool) -> argparse.ArgumentParser:
@@ -146,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_output_parser(sub, common)
     _sweep_parsers(sub, common)
+    from finetune_operator.cli.serving import add_parsers as add_serving_parsers
+
+    add_serving_parsers(sub, common)
     return ap
 
 

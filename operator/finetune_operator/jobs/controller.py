@@ -32,6 +32,8 @@ from finetune_operator.jobs.ports import Clock, JobKube, SystemClock
 from finetune_operator.kube import cache
 from finetune_operator.kueue.admitter import KueueAdmitter
 from finetune_operator.kueue.sync import WorkloadSync
+from finetune_operator.serving.runner import ServingRunner
+from finetune_operator.serving.runtime import HttpRuntime
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.slim import SlimPod
 from finetune_operator.sweep.runner import SweepRunner
@@ -74,9 +76,12 @@ class Controller:
             admitter = KueueAdmitter(settings) if kueue else NativeAdmitter(settings)
         workloads = WorkloadSync(kube, settings, self.feeds.workloads.get,
                                  self.clock.monotonic) if kueue else None
+        serving = ServingRunner(kube, HttpRuntime(), settings,
+                                on_created_pod=self.feeds.created_server_pod) \
+            if settings.cycle.serving else None
         self.cycle = Cycle(settings, self.clock, self.feeds, admitter,
                            self.executor, self.children, self.timers, SweepRunner(kube),
-                           self.lease.may_write, self._wake.set, workloads)
+                           self.lease.may_write, self._wake.set, workloads, serving)
         self.last_cycle: float | None = None  # monotonic end of the last completed cycle
         self._threads: list[threading.Thread] = []
 

@@ -38,6 +38,7 @@ from finetune_operator.jobs.writes import Change, classify
 from finetune_operator.kube.client import api_message
 from finetune_operator.kueue.sync import WorkloadSync
 from finetune_operator.reports.model import ProgressReport
+from finetune_operator.serving.runner import ServingRunner
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.sweep.runner import SweepRunner
 
@@ -73,8 +74,10 @@ class Cycle:
     def __init__(self, settings: OperatorSettings, clock: Clock, feeds: Feeds,
                  admitter: Admitter, executor: Executor, children: Children, timers: Timers,
                  sweeps: SweepRunner, may_write: Callable[[], bool],
-                 wake: Callable[[], None], workloads: WorkloadSync | None = None) -> None:
+                 wake: Callable[[], None], workloads: WorkloadSync | None = None,
+                 serving: ServingRunner | None = None) -> None:
         self.settings, self.clock, self.feeds, self.admitter = settings, clock, feeds, admitter
+        self.serving = serving  # ModelServers (serving/), when settings.cycle.serving
         self.workloads = workloads  # admission mode kueue: the jobs' Workloads kept in step
         self.executor, self.children, self.timers = executor, children, timers
         self.sweeps, self.may_write, self.wake = sweeps, may_write, wake
@@ -113,13 +116,18 @@ class Cycle:
         classes = dict(feeds.classes.items())
         ours = [p for ps in got.pods_by_uid.values() for p in ps]
         kueue = self.workloads is not None
+        servers = feeds.servers.values() if self.serving is not None else []
+        server_pods = feeds.pods_by_server() if servers else {}
+        server_entries = self.serving.entries(servers, server_pods, classes, now) \
+            if self.serving is not None and servers else []
         decisions = self.admitter.decide(ClusterView(
             jobs=jobs, pods_by_uid=got.pods_by_uid, classes=classes, nodes=feeds.nodes.values(),
             active_pods=feeds.usage.values() + ours, quotas=feeds.quotas.values(),
             workloads=dict(feeds.workloads.items()) if kueue else {},
             flavors=dict(feeds.flavors.items()) if kueue else {},
             shared_gpus=[g for gs in feeds.shared_gpus.values() for g in gs],
-            claim_uses=[u for us in feeds.claims.values() for u in us]), now)
+            claim_uses=[u for us in feeds.claims.values() for u in us],
+            servers=server_entries), now)
         epoch = now.timestamp()
         todo = set(got.dirty)
         for uid, d in decisions.by_uid.items():
@@ -162,6 +170,9 @@ class Cycle:
         if self.workloads is not None and self.may_write():
             self.workloads.sync(jobs, got.pods_by_uid, classes, now)
         self._sync_sweeps(feeds.jobs.values(), now)  # after this cycle's writes landed
+        if self.serving is not None and servers and self.may_write():
+            # the same verdicts; servers deleted since are simply absent
+            self.serving.sync(servers, server_pods, jobs, decisions.by_uid, classes, now)
         self.count += 1
 
     def _sync_sweeps(self, entries: list[JobEntry], now: dt.datetime) -> None:

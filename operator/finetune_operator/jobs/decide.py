@@ -502,6 +502,9 @@ class NativeAdmitter:
             elif entry is not None:
                 queued.append(entry)
         self._kept = fresh  # bounded by the live jobs: deleted ones are gone
+        for server in view.servers:  # ModelServers: the same pool, quotas and bands
+            keys.add(server.key)
+            (running if isinstance(server, RunningJob) else queued).append(server)
         snap = _snapshot(queued, running, settings, view.nodes, view.active_pods, view.quotas)
         if settings.admission.shared_gpu_device_class and view.shared_gpus:
             return _with_sharing(snap, view, now, keys, settings, out)

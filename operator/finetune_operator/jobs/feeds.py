@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_api.job import FineTuneJob
-from finetune_api.labels import JOB_UID_LABEL, MANAGED_BY_SELECTOR
+from finetune_api.labels import JOB_UID_LABEL, MANAGED_BY_SELECTOR, SERVER_LABEL
 from finetune_operator import metrics
 from finetune_operator.admission import devices
 from finetune_operator.jobs import ownership
@@ -28,6 +28,7 @@ from finetune_operator.kube import client as k8s
 from finetune_operator.kube.intern import intern
 from finetune_operator.kueue import workload as kueue
 from finetune_operator.reports.model import BadReport, ProgressReport
+from finetune_operator.serving.plan import slim_server_pod
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.sweep.plan import TrialJob
 
@@ -136,6 +137,9 @@ class Feeds:
         # GPU sharing: the shareable GPUs per ResourceSlice, what allocated claims hold
         self.shared_gpus = cache.Store("resourceslices", self._changed)
         self.claims = cache.Store("resourceclaims", self._changed)
+        # serving: the ModelServers and their pods (serving/plan.py slim_server_pod)
+        self.servers = cache.Store("servers", self._changed)
+        self.server_pods = cache.Store("serverpods", self._changed)
         self.reflectors: list[cache.Reflector] = []
 
     # ------------------------------------------------------------------ watches
@@ -160,6 +164,11 @@ class Feeds:
             if s.cycle.sweeps:
                 feeds.append((self.sweeps, k8s.collection_path(k8s.SWEEPS_PATH, ns), None, None,
                               cache.slim_object, uid_key, part))
+            if s.cycle.serving:
+                feeds += [(self.servers, k8s.collection_path(k8s.SERVERS_PATH, ns), None, None,
+                           cache.slim_object, uid_key, part),
+                          (self.server_pods, k8s.collection_path(k8s.PODS_PATH, ns),
+                           SERVER_LABEL, None, slim_server_pod, uid_key, part)]
             if s.admission.admission_mode == "kueue":
                 feeds.append((self.workloads, k8s.collection_path(k8s.WORKLOADS_PATH, ns),
                               kueue.JOB_UID_LABEL, None, kueue.slim_workload, kueue.workload_key,
@@ -320,6 +329,19 @@ class Feeds:
         watch event arrives."""
         self.pods.put(uid_key(pod), cache.slim_pod(pod),
                       part=self.part((pod.get("metadata") or {}).get("namespace")))
+
+    def created_server_pod(self, pod: dict[str, Any]) -> None:
+        """A server pod this operator just created: cached before its watch event arrives."""
+        self.server_pods.put(uid_key(pod), slim_server_pod(pod),
+                             part=self.part((pod.get("metadata") or {}).get("namespace")))
+
+    def pods_by_server(self) -> dict[str, list[dict[str, Any]]]:
+        """The server pods by the uid of the ModelServer that owns them."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for pod in self.server_pods.values():
+            if pod.get("owner"):
+                out.setdefault(pod["owner"], []).append(pod)
+        return out
 
     def mark_dirty(self, uid: str) -> None:
         with self.lock:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
+from finetune_operator.serving.runner import ServingKube
 from finetune_operator.sweep.runner import SweepKube
 
 
@@ -33,9 +34,10 @@ class WorkloadKube(Protocol):
     def delete_workload(self, namespace: str, name: str, uid: str) -> bool: ...
 
 
-class JobKube(SweepKube, WorkloadKube, Protocol):
+class JobKube(SweepKube, WorkloadKube, ServingKube, Protocol):
     """Exactly the API calls the job controller makes (its watches, its writes, its Lease),
-    plus the sweep runner's (``SweepKube``), which it drives."""
+    plus the sweep runner's (``SweepKube``) and the serving runner's (``ServingKube``), which
+    it drives."""
 
     def list_raw(self, path: str, label_selector: str | None = None,
                  field_selector: str | None = None, page: int = 500,

@@ -26,6 +26,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from finetune_api import GROUP, PLURAL, VERSION
+from finetune_api.server import SERVER_PLURAL
 from finetune_api.sweep import SWEEP_PLURAL
 from finetune_api.times import parse_time
 from finetune_operator import metrics
@@ -42,6 +43,7 @@ NODES_PATH = "/api/v1/nodes"
 QUOTAS_PATH = "/api/v1/resourcequotas"
 CLASSES_PATH = "/apis/scheduling.k8s.io/v1/priorityclasses"
 SWEEPS_PATH = f"/apis/{GROUP}/{VERSION}/{SWEEP_PLURAL}"
+SERVERS_PATH = f"/apis/{GROUP}/{VERSION}/{SERVER_PLURAL}"
 # GPU sharing: the DRA objects the admission reads
 SLICES_PATH = "/apis/resource.k8s.io/v1/resourceslices"
 CLAIMS_PATH = "/apis/resource.k8s.io/v1/resourceclaims"
@@ -50,9 +52,11 @@ WORKLOADS_PATH = "/apis/kueue.x-k8s.io/v1beta2/workloads"
 FLAVORS_PATH = "/apis/kueue.x-k8s.io/v1beta2/resourceflavors"
 _NAMESPACED = {JOBS_PATH: (f"/apis/{GROUP}/{VERSION}", PLURAL),
                SWEEPS_PATH: (f"/apis/{GROUP}/{VERSION}", SWEEP_PLURAL),
+               SERVERS_PATH: (f"/apis/{GROUP}/{VERSION}", SERVER_PLURAL),
                PODS_PATH: ("/api/v1", "pods"), QUOTAS_PATH: ("/api/v1", "resourcequotas"),
                WORKLOADS_PATH: ("/apis/kueue.x-k8s.io/v1beta2", "workloads")}
-_RESOURCE = {SWEEPS_PATH: SWEEP_PLURAL, JOBS_PATH: PLURAL, PODS_PATH: "pods",
+_RESOURCE = {SWEEPS_PATH: SWEEP_PLURAL, SERVERS_PATH: SERVER_PLURAL, JOBS_PATH: PLURAL,
+             PODS_PATH: "pods",
              NODES_PATH: "nodes", QUOTAS_PATH: "resourcequotas", CLASSES_PATH: "priorityclasses",
              WORKLOADS_PATH: "workloads", FLAVORS_PATH: "resourceflavors",
              SLICES_PATH: "resourceslices", CLAIMS_PATH: "resourceclaims"}
@@ -162,8 +166,15 @@ KUEUE_SURFACE: frozenset[tuple[str, str]] = frozenset({
     ("patch", "Workload"), ("patch", "workloads/status"), ("delete", "Workload"),
     ("list", "resourceflavors"), ("watch", "resourceflavors"),
 })
+# the ModelServer controller (serving/): its servers and their status; the server's pod and
+# Service are created with JOB_SURFACE's pod and service verbs
+SERVING_SURFACE: frozenset[tuple[str, str]] = frozenset({
+    ("list", SERVER_PLURAL), ("watch", SERVER_PLURAL), ("patch", f"{SERVER_PLURAL}/status"),
+    ("create", "Pod"), ("get", "Pod"), ("delete", "Pod"), ("create", "Service"),
+    ("get", "Service"),
+})
 API_SURFACE: frozenset[tuple[str, str]] = (JOB_SURFACE | SWEEP_SURFACE | KUEUE_SURFACE
-                                           | SHARING_SURFACE)
+                                           | SHARING_SURFACE | SERVING_SURFACE)
 # the web console (finetune_operator.console), every call as the signed-in user: what it reads
 # and the user's own actions (create with dry run, suspend/resume, delete, a dataset ConfigMap)
 CONSOLE_SURFACE: frozenset[tuple[str, str]] = frozenset({
@@ -654,11 +665,17 @@ class Kube:
 
     def patch_sweep_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge-patch a FineTuneSweep's status; False when the sweep is gone."""
-        api = client.CustomObjectsApi(self.api)
         self._count("patch", f"{SWEEP_PLURAL}/status")
+        return self._patch_custom_status(SWEEP_PLURAL, namespace, name, status)
+
+    def _patch_custom_status(self, plural: str, namespace: str, name: str,
+                             status: dict[str, Any]) -> bool:
+        """Merge-patch the status of one of our custom objects (the call counted by the
+        caller); False when it is gone."""
+        api = client.CustomObjectsApi(self.api)
         try:
-            api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, SWEEP_PLURAL,
-                                                      name, {"status": status},
+            api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name,
+                                                      {"status": status},
                                                       _request_timeout=30)
             return True
         except ApiException as e:
@@ -682,6 +699,26 @@ class Kube:
                 return False
             raise
     # ========================================================== end FineTuneSweep (sweep/) ===
+
+    # ============================================================ ModelServer (serving/) ====
+    # Used by finetune_operator.serving.ServingRunner only; additive. Its (verb, resource)
+    # pairs are SERVING_SURFACE above.
+
+    def create_server_child(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """A server's pod or Service: created, or the existing one read (409; the caller
+        checks its owner)."""
+        return self.create_or_get(obj)
+
+    def delete_server_pod(self, namespace: str, name: str, uid: str) -> bool:
+        """A server pod that no longer fits its spec (a new claim to mount): deleted gracefully;
+        False when already gone."""
+        return self.delete_pod(namespace, name, uid)
+
+    def patch_server_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Merge-patch a ModelServer's status; False when the server is gone."""
+        self._count("patch", f"{SERVER_PLURAL}/status")
+        return self._patch_custom_status(SERVER_PLURAL, namespace, name, status)
+    # ========================================================= end ModelServer (serving/) ===
 
 
     # ============================================== report channel (http/identity.py) =======
