@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from finetune_api.base import CustomObject, ObjectMeta  # noqa: F401  (ObjectMeta: re-exported)
+from finetune_api.base import CustomObject
 from finetune_api.spec import FineTuneJobSpec
 from finetune_api.status import FineTuneJobStatus
 
