@@ -6,7 +6,7 @@
 # 8 clients (benchmarks/bench_serving.py --gpu-row; vLLM from $VLLM_PYTHON, a python with
 # vllm==0.32.0, default ~/.cache/finetune-operator/vllm-0.32.0/bin/python; skipped without it).
 #
-#   scripts/gpu-check.sh [--only qlora zero2 zero3 zero2-offload merge vs-llamafactory serving]
+#   scripts/gpu-check.sh [--only qlora zero2 zero3 zero2-offload merge gpu-memory vs-llamafactory serving]
 #                        [--keep DIR]
 #
 # Uses $PYTHON, else .venv/bin/python, else python3 (in the trainer image: python).

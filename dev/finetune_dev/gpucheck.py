@@ -211,6 +211,74 @@ def run_merge(root: Path, model: Path, data: Path) -> Row:
     return row
 
 
+def _gpu_used_mib(pids: set[int]) -> dict[int, int]:
+    """GPU memory each of ``pids`` holds now (MiB), as nvidia-smi reports it; {} without it."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                              "--format=csv,noheader,nounits"], capture_output=True,
+                             text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    got: dict[int, int] = {}
+    for line in out.splitlines():
+        parts = [x.strip() for x in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit() \
+                and int(parts[0]) in pids:
+            got[int(parts[0])] = int(parts[1])
+    return got
+
+
+def run_gpu_memory(root: Path, model: Path, data: Path) -> Row:
+    """Two jobs share the GPU at once, each capped at its resources.gpuMemory: one with a share
+    too small for it (2Gi) must end itself with cause GPUMemoryExceeded, its neighbour (24Gi)
+    must finish untouched; the neighbour's measured peak (nvidia-smi, whole process incl. the
+    CUDA context) against the operator's estimate (its progress report's gpuMemory.perGpu)."""
+    jobs = {"share-small": "2Gi", "share-neighbour": "24Gi"}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    t0 = time.monotonic()
+    for name, share in jobs.items():
+        cfg = config(model, data, root / name, {"resources": {"gpus": 1, "gpuMemory": share}})
+        with open(root / f"{name}.log", "ab") as out:
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "finetune_trainer.launch", "--", "--config", str(cfg)],
+                env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    peak: dict[str, int] = dict.fromkeys(jobs, 0)
+    deadline = t0 + 900
+    while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
+        # the launcher's children hold the GPU: every pid of its session counts
+        for name, p in procs.items():
+            if p.poll() is None:
+                pids = {p.pid, *_session_pids(p.pid)}
+                peak[name] = max(peak[name], sum(_gpu_used_mib(pids).values()))
+        time.sleep(0.5)
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+    small = _json(str(root / "share-small") + ".termination.json")
+    neighbour = _json(str(root / "share-neighbour") + ".termination.json")
+    est = (_json(str(root / "share-neighbour") + ".progress.json").get("gpuMemory") or {}).get(
+        "perGpu")
+    ok = small.get("cause") == "GPUMemoryExceeded" and neighbour.get("reason") == "Completed"
+    note = (f"2Gi share: {small.get('cause') or small.get('reason')}; 24Gi neighbour: "
+            f"{neighbour.get('reason')}; neighbour peak {peak['share-neighbour']} MiB measured"
+            + (f", estimate {int(est) / 2**20:.0f} MiB per GPU" if est else ", no estimate"))
+    return Row("gpu-memory share+neighbour", ok, time.monotonic() - t0,
+               _tps(root / "share-neighbour"), note)
+
+
+def _session_pids(leader: int) -> set[int]:
+    """The processes of ``leader``'s session (the launcher and the ranks it starts)."""
+    out: set[int] = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getsid(int(d.name)) == leader:
+                    out.add(int(d.name))
+            except OSError:
+                continue
+    return out
+
+
 def loop_tokens_per_second(work: Path, log: Path) -> float | None:
     """Non-padding input tokens per second of our training loop: the final checkpoint's token
     count over the loop's time (the trainer logs ``training loop: Ns``), as LLaMA-Factory's is
@@ -266,7 +334,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-CHECKS = ["qlora", "zero2", "zero3", "zero2-offload", "merge", "vs-llamafactory"]
+CHECKS = ["qlora", "zero2", "zero3", "zero2-offload", "merge", "gpu-memory", "vs-llamafactory"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_qlora(root, model, data))
         elif check == "merge":
             rows.append(run_merge(root, model, data))
+        elif check == "gpu-memory":
+            rows.append(run_gpu_memory(root, model, data))
         elif check == "vs-llamafactory":
             rows.append(run_vs_llamafactory(root, model, data, args.llamafactory_venv))
         else:

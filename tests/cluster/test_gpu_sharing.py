@@ -117,13 +117,20 @@ def test_a_share_counts_its_memory_fraction_against_quota(
     assert "quota" in st["queue"]["reason"].lower(), st
 
 
-def test_a_share_that_runs_out_of_memory_is_raised_not_failed(
+def test_a_share_that_runs_out_of_memory_is_raised_and_its_neighbour_untouched(
         cluster: Cluster, sharing_operator: OperatorProcess, dra_node,  # type: ignore[no-untyped-def]
         make_namespace: Callable[..., str]) -> None:
     sel = dra_node(1)
     ns = make_namespace(gpu_quota=1)
+    # a neighbour on the same GPU (30 + 30 GiB of 80)
+    cluster.apply(shared("neighbour", "30Gi", sel), ns)
     cluster.apply(shared("oom", "30Gi", sel), ns)
     wait_phase(cluster, ns, "oom", "Running", 60)
+    wait_phase(cluster, ns, "neighbour", "Running", 60)
+    got = wait_for("both claims on the one GPU", lambda: (
+        lambda c: c if len(c) == 2 else None)(claims(cluster, ns)), 30)
+    assert {d for d, _ in got.values()} == {"gpu-0"}, got
+    (neighbour_pod,) = job_pods(cluster, ns, "neighbour")
     (pod,) = job_pods(cluster, ns, "oom")
     # the trainer's cap stopped it: out of CUDA memory within its share
     finish_pod(cluster, ns, pod["metadata"]["name"], 1, "Error", {
@@ -139,6 +146,15 @@ def test_a_share_that_runs_out_of_memory_is_raised_not_failed(
             if p["metadata"]["labels"]["finetune.dev/attempt"] == "2"]
     env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
     assert env["FINETUNE_GPU_MEMORY_SHARE"] == str(45 * GiB)
+    # the neighbour never noticed: the same pod, attempt 1, still running, and it finishes
+    (still,) = job_pods(cluster, ns, "neighbour")
+    assert still["metadata"]["uid"] == neighbour_pod["metadata"]["uid"]
+    nst = job_status(cluster, ns, "neighbour")
+    assert (nst["phase"], nst["attempt"], nst["failures"], nst["preemptions"]) == (
+        "Running", 1, 0, 0), nst
+    finish_pod(cluster, ns, still["metadata"]["name"], 0, "Completed",
+               {"reason": "Completed", "finalStep": 100, "adapterPath": "output/adapter"})
+    wait_phase(cluster, ns, "neighbour", "Succeeded", 60)
     tpl = cluster.get("resourceclaimtemplate", "oom-gpu-a2", ns)
     assert tpl is not None
     assert tpl["spec"]["spec"]["devices"]["requests"][0]["exactly"]["capacity"]["requests"][
