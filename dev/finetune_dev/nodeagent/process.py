@@ -92,6 +92,9 @@ def start_agent(node: str, gpus: int, *, root: Path | None = None,
     argv = [sys.executable, "-m", "finetune_dev.nodeagent", "--node", node,
             "--gpus", str(gpus), "--kubeconfig", str(cfg.kubeconfig), "--root", str(root),
             *(extra_args or [])]
+    # before the agent starts: its Ready condition's lastTransitionTime (whole seconds, from its
+    # own start) must count as "after since" even when it comes up within the same second
+    since = datetime.now(UTC).replace(microsecond=0)
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -99,7 +102,6 @@ def start_agent(node: str, gpus: int, *, root: Path | None = None,
     dc.register_extra(cfg, f"nodeagent-{node}", proc.pid)
     api = config.new_client_from_config(config_file=str(cfg.kubeconfig))
     core = client.CoreV1Api(api)
-    since = datetime.now(UTC).replace(microsecond=0)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
