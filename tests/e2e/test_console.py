@@ -46,7 +46,8 @@ __all__ = ["user_role"]  # the fixture, imported for this module's tests
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "docs" / "console"
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-STEPS = 60  # about a step a second on 2 busy cores: a few reports per attempt
+STEPS = 1200  # ~30 s on a quiet machine (~40 steps/s): Running stays on the page long enough to
+# see loss points and press Suspend (at 60 steps the job ended before the page showed Running)
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None or DRIVER is None,
     reason="Debian's chromium and chromium-driver are not installed (make system-deps)")
