@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.builders.trainer import ROOT, config_dict, trainer_env, write_config
+from tests.operator_proc import free_port
 
 from .helpers import run_trainer
 
@@ -37,12 +37,6 @@ def train_adapter(model: Path, work: Path, seed: int, learning_rate: float) -> P
     rc = run_trainer(cfg, log)
     assert rc == 0, f"trainer exited {rc}:\n{log.read_text(errors='replace')[-3000:]}"
     return work / "output" / "adapter"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
