@@ -4,8 +4,8 @@ Brings up the local control plane (building it if needed), installs the CRDs and
 bands, starts a local node agent with 2 GPUs (its pods run as real processes) and the operator,
 builds a tiny model, and applies three FineTuneJobs in two namespaces that together need more
 GPUs than the node has. It prints the queue, admission, a graceful preemption, the resume and
-completion as they happen, serves the trained adapter (`kubectl finetune serve`) and chats
-with it (`kubectl finetune chat`), runs a two-trial sweep, then prints each job's output and
+completion as they happen, serves the trained adapter and asks it in one command
+(`kubectl finetune serve JOB -m ...`), runs a two-trial sweep, then prints each job's output and
 counters, and stops what it started.
 """
 
@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -244,36 +245,19 @@ def _plugin(cfg: dc.ClusterConfig, *args: str) -> tuple[int, str]:
 
 
 def _serve(cfg: dc.ClusterConfig) -> bool:
-    """One more command from a trained job to an answer: `kubectl finetune serve`, then
-    `kubectl finetune chat` through the API server's service proxy."""
+    """One more command from a trained job to an answer: `kubectl finetune serve JOB -m ...`
+    creates the ModelServer, waits until it is Ready with the job's adapter and asks it, through
+    the API server's service proxy (`kubectl finetune chat` continues the conversation)."""
     ns, job, server, prompt = SERVE
-    say(f"5/7 serve what was trained: kubectl finetune serve {job} --server {server} "
-        f"--runtime transformers --gpus 0 -n {ns}; then kubectl finetune chat")
-    rc, said = _plugin(cfg, "serve", job, "--server", server, "--runtime", "transformers",
-                       "--gpus", "0", "--node-selector", f"kubernetes.io/hostname={NODE}",
-                       "-n", ns)
+    command = ["serve", job, "--server", server, "--runtime", "transformers", "--gpus", "0",
+               "-n", ns, "-m", prompt, "--max-tokens", "24", "--timeout", "300"]
+    say(f"5/7 serve what was trained, and ask it, in one command: kubectl finetune "
+        f"{' '.join(shlex.quote(a) for a in command)}")
+    # the demo's one node: the server's pod runs beside the trainers (node agent)
+    rc, said = _plugin(cfg, *command, "--node-selector", f"kubernetes.io/hostname={NODE}")
     print("  " + said.strip().replace("\n", "\n  "), flush=True)
-    if rc != 0:
-        return False
-    deadline, shown = time.monotonic() + 300, ""
-    while time.monotonic() < deadline:
-        out = dc.kubectl(cfg, "get", "modelserver", server, "-n", ns, "-o", "json", check=False)
-        st = (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
-        line = f"  server {server}: {st.get('phase')} adapters={st.get('loadedAdapters')}"
-        if line != shown:
-            print(line, flush=True)
-            shown = line
-        if st.get("phase") == "Ready" and job in (st.get("loadedAdapters") or []):
-            break
-        time.sleep(2)
-    else:
-        print("  the server did not become Ready in time", file=sys.stderr)
-        return False
-    print(f"  $ kubectl finetune chat {server} --adapter {job} -n {ns} -m {prompt!r}",
-          flush=True)
-    rc, said = _plugin(cfg, "chat", server, "--adapter", job, "-n", ns, "-m", prompt,
-                       "--max-tokens", "24")
-    print("  " + said.strip().replace("\n", "\n  "), flush=True)
+    if rc == 0:
+        print(f"  (more: kubectl finetune chat {server} --adapter {job} -n {ns})", flush=True)
     return rc == 0
 
 

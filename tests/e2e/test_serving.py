@@ -203,12 +203,16 @@ def test_serve_two_adapters_add_a_third_and_share_the_quota(
                   "-n", ns)
     assert answer.strip()
 
-    # a third job's adapter joins the running server once the job succeeds: no restart
+    # a third job's adapter joins the running server once the job succeeds: no restart; one
+    # command extends the server, waits for the adapter and asks it
     cluster.apply(_job("jc", node), ns)
-    assert "+ jc" in _cli(cluster, "serve", "jc", "--server", "chat", "-n", ns)
-    wait_phase(cluster, ns, "jc", "Succeeded", RUN)
-    st = wait_for("jc loaded", lambda: ready_with(["ja", "jb", "jc"]), RUN)
-    assert st["pod"] == pod
+    lines = _cli(cluster, "serve", "jc", "--server", "chat", "-m", "Hi", "--max-tokens", "4",
+                 "--timeout", str(RUN), "-n", ns).splitlines()
+    assert lines[0] == "modelserver/chat extended: + jc"
+    assert lines[1].startswith("modelserver/chat: Ready; not loaded yet: jc"), lines
+    assert lines[-2] == "modelserver/chat: Ready, serving ja, jb, jc" and lines[-1].strip(), lines
+    assert job_status(cluster, ns, "jc").get("phase") == "Succeeded"
+    assert (ready_with(["ja", "jb", "jc"]) or {}).get("pod") == pod
     got = client.chat.completions.create(
         model="jc", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert got.model == "jc"

@@ -2,7 +2,10 @@
 
 ``serve JOB...`` creates a ModelServer for the jobs' base model with one adapter per job (named
 after the job), or adds the jobs' adapters to an existing server (``--server``); the operator
-loads each once its job Succeeded, without a restart. ``chat SERVER`` talks to the server's
+loads each once its job Succeeded, without a restart. ``serve JOB -m TEXT`` (or ``--wait``) also
+waits until the server is Ready with those adapters loaded, saying each change of its state, and
+then asks the first job's adapter: from a trained job to an answer in one command. ``chat SERVER``
+talks to the server's
 OpenAI API through the API server's service proxy, with the user's own credentials (so RBAC
 decides who may: ``services/proxy`` in the namespace, which the built-in edit and admin roles
 grant), streaming tokens as they come.
@@ -13,7 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from kubernetes.client.exceptions import ApiException
@@ -43,6 +47,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--max-loras", type=int, help="adapters loaded at once (default 4)")
     s.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE",
                    help="a node label the server's pod must match (repeatable)")
+    s.add_argument("--wait", action="store_true",
+                   help="wait until the server is Ready with these jobs' adapters loaded")
+    s.add_argument("-m", "--message", action="append", default=[],
+                   help="then ask the first job's adapter (implies --wait; repeatable: a "
+                   "conversation)")
+    s.add_argument("--timeout", type=int, default=900,
+                   help="seconds to wait for the server (default 900)")
+    s.add_argument("--max-tokens", type=int, default=128)
     c = sub.add_parser("chat", parents=[common], help="chat with a ModelServer (streaming)",
                        description="Send chat messages to a ModelServer through the API "
                        "server's service proxy and print the answer as it streams. Without "
@@ -140,9 +152,77 @@ def cmd_serve(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[
         except ApiException as e:
             raise _api_error(e, f"creating ModelServer {namespace}/{server_name}") from e
         out.write(f"modelserver/{server_name} created\n")
-    out.write(f"adapters load as their jobs succeed; then: kubectl finetune chat {server_name} "
-              f"--adapter {args.jobs[0]} -n {namespace}\n")
+    if not (args.wait or args.message):
+        out.write(f"adapters load as their jobs succeed; then: kubectl finetune chat "
+                  f"{server_name} --adapter {args.jobs[0]} -n {namespace}\n")
+        return 0
+    server = wait_ready(api, namespace, server_name, args.jobs, args.timeout, out)
+    if args.message:
+        chat(api, namespace, server, args.jobs[0], args.message, args.max_tokens, 0.0, out)
     return 0
+
+
+def readiness(server: dict[str, Any], adapters: list[str]) -> tuple[str, str]:
+    """(state, what to say) of a ModelServer object for a caller waiting on ``adapters``
+    (pure): ``ready`` (Ready, every one loaded), ``failed`` (the server or one of them failed:
+    waiting longer would not help) or ``waiting``."""
+    st = server.get("status") or {}
+    phase = st.get("phase") or "Queued"
+    rows = {a.get("name"): a for a in st.get("adapters") or [] if isinstance(a, dict)}
+    for name in adapters:
+        row = rows.get(name) or {}
+        if row.get("state") == "Failed":
+            why = row.get("message") or "no reason given"
+            return "failed", f"adapter {name} failed to load: {why}"
+    if phase == "Failed":
+        return "failed", f"the server failed: {st.get('reason') or 'no reason given'}"
+    loaded = set(st.get("loadedAdapters") or [])
+    missing = [n for n in adapters if n not in loaded]
+    if phase == "Ready" and not missing:
+        return "ready", f"Ready, serving {', '.join(sorted(loaded))}"
+    why = st.get("reason") or ""
+    if phase == "Ready":
+        waits = [f"{n} ({(rows.get(n) or {}).get('message') or 'waiting for its job'})"
+                 for n in missing]
+        return "waiting", f"Ready; not loaded yet: {', '.join(waits)}"
+    return "waiting", f"{phase}{': ' + why if why else ''}"
+
+
+def wait_ready(api: PluginApi, namespace: str, name: str, adapters: list[str], timeout: float,
+               out: IO[str], clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Poll the ModelServer (a GET every 2 s, the caller's credentials; while it waits, also
+    the jobs ``adapters`` come from) until ``readiness`` says ready; each new state is written
+    once. Raises CliError when it or a job failed, or time ran out."""
+    deadline, said = clock() + timeout, ""
+    while True:
+        server = get_server(api, namespace, name)
+        if server is None:
+            raise CliError(f"ModelServer {namespace}/{name} is gone (deleted while waiting)")
+        state, text = readiness(server, adapters)
+        if state == "waiting":  # an adapter whose job failed will never load
+            for job in adapters:
+                try:
+                    phase = (api.get_job(namespace, job).get("status") or {}).get("phase")
+                except ApiException as e:
+                    raise _api_error(e, f"reading FineTuneJob {namespace}/{job}") from e
+                if phase == "Failed":
+                    raise CliError(f"FineTuneJob {job} failed, so it has no adapter to serve; "
+                                   f"kubectl finetune describe {job} -n {namespace} says why")
+        if text != said:
+            out.write(f"modelserver/{name}: {text}\n")
+            out.flush()
+            said = text
+        if state == "ready":
+            return server
+        if state == "failed":
+            raise CliError(f"modelserver/{name}: {text}; kubectl describe modelserver {name} "
+                           f"-n {namespace} has the details")
+        if clock() >= deadline:
+            raise CliError(f"modelserver/{name} is not ready after {timeout:g}s ({text}); "
+                           f"wait longer with --timeout, or look at kubectl describe "
+                           f"modelserver {name} -n {namespace}")
+        sleep(2.0)
 
 
 def proxy_path(namespace: str, server: str, port: int, route: str) -> str:
@@ -211,21 +291,29 @@ def cmd_chat(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[s
         rows = {a.get("name"): a for a in st.get("adapters") or []}
         why = (rows.get(args.adapter) or {}).get("message") or "not in spec.adapters"
         raise CliError(f"adapter {args.adapter} is not loaded on {args.server}: {why}")
-    port = int(server["spec"].get("port") or 8000)
-    messages: list[dict[str, str]] = []
     prompts = iter(args.message) if args.message else (
         line.rstrip("\n") for line in (stdin or sys.stdin))
+    chat(api, namespace, server, model, prompts, args.max_tokens, args.temperature, out)
+    return 0
+
+
+def chat(api: PluginApi, namespace: str, server: dict[str, Any], model: str,
+         prompts: Iterator[str] | list[str], max_tokens: int, temperature: float,
+         out: IO[str]) -> None:
+    """One conversation: each prompt in turn, the answer streamed to ``out`` as it comes."""
+    name = server["metadata"]["name"]
+    port = int(server["spec"].get("port") or 8000)
+    messages: list[dict[str, str]] = []
     for prompt in prompts:
         if not prompt:
             continue
         messages.append({"role": "user", "content": prompt})
         body = {"model": model, "messages": messages, "stream": True,
-                "max_tokens": args.max_tokens, "temperature": args.temperature}
+                "max_tokens": max_tokens, "temperature": temperature}
         answer = []
-        for text in stream_chat(api, namespace, args.server, port, body):
+        for text in stream_chat(api, namespace, name, port, body):
             answer.append(text)
             out.write(text)
             out.flush()
         out.write("\n")
         messages.append({"role": "assistant", "content": "".join(answer)})
-    return 0
