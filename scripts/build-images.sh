@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# Build the operator and trainer images from Dockerfile.operator / Dockerfile.trainer with
+# Build the operator, trainer and server images from Dockerfile.operator / .trainer / .server with
 # buildah, without a Docker daemon and without pulling a base image: the base is Debian bookworm +
 # python3 made locally by mmdebstrap (scripts/images/base.sh) and passed as BASE_IMAGE. Only the
 # package registries are reached (Debian for apt, the Python index of this host's pip config).
 #
-#   scripts/build-images.sh [operator|trainer|server ...]   (default: operator and trainer,
-#                                                     `make images`; server: `make image-server`)
+#   scripts/build-images.sh [operator|trainer|server ...]   (default: all three, `make images`)
 #   scripts/build-images.sh --clean                   (drop the image cache)
 #
 # Layers, pip's wheel cache and the base live under $FINETUNE_IMAGES_CACHE
@@ -22,7 +21,7 @@ if [ "${1:-}" = --clean ]; then
   podman_ system reset -f >/dev/null 2>&1 || true
   rm -rf "$IMAGES_CACHE"; exit 0
 fi
-targets=("$@"); ((${#targets[@]})) || targets=(operator trainer)
+targets=("$@"); ((${#targets[@]})) || targets=(operator trainer server)
 
 need_tools
 "$here/images/base.sh"
@@ -48,6 +47,17 @@ if [ -n "$cert" ] && [ -f "$cert" ]; then
   volumes+=(-v "$cert:/etc/ssl/certs/ca-certificates.crt:ro")
   build_args+=(--build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
 fi
+# The same settings as a pip.conf secret (Dockerfile.server reads that: a secret is mounted for
+# one step and, unlike a build argument, recorded nowhere in the image).
+pipconf_file=$IMAGES_CACHE/tmp/pip.conf
+(umask 077; {
+  echo "[global]"
+  for key in index-url extra-index-url trusted-host; do
+    v=$(pipconf "$key"); [ -z "$v" ] || echo "$key = $v"
+  done
+  [ -z "$cert" ] || [ ! -f "$cert" ] || echo "cert = /etc/ssl/certs/ca-certificates.crt"
+} > "$pipconf_file")
+build_args+=(--secret "id=pipconf,src=$pipconf_file")
 
 human() { numfmt --to=iec --suffix=B "$1"; }
 report() {  # size, dominating layer, bill of materials of image $2 (name $1)

