@@ -1326,6 +1326,8 @@ def main() -> int:
                     log(f"phase {phase} failed: {e!r}")
                     res["error"] = repr(e)
                     res.setdefault("came_up", False)
+                if args.json:  # after every phase: an interrupted run keeps what it measured
+                    _save(args.json, b.runs)
     finally:
         if not args.keep:
             dc.down(b.cfg)
@@ -1335,8 +1337,7 @@ def main() -> int:
     print("\n".join(lines))
     log(f"run took {time.monotonic() - started:.0f}s on {platform.node()}")
     if args.json:
-        args.json.write_text(json.dumps({"runs": [_jsonable(r) for r in b.runs]}, indent=1,
-                                        default=str))
+        _save(args.json, b.runs)
     failures = audit_failures(b.results)
     if failures:
         log("AUDIT FAILED: " + "; ".join(failures))
@@ -1347,6 +1348,10 @@ def main() -> int:
     if args.markdown:
         write_section("Scale", f"bench_scale.py {argv}", lines)
     return 0
+
+def _save(path: Path, runs: list[dict[str, Any]]) -> None:
+    path.write_text(json.dumps({"runs": [_jsonable(r) for r in runs]}, indent=1, default=str))
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -118,9 +118,6 @@ _SPEC_RULES = cel(
     ("self.runtime != 'vllm' || self.resources.gpus >= 1",
      "runtime vllm needs resources.gpus >= 1 (use runtime transformers on the CPU)",
      ".runtime"),
-    ("!has(self.model.source.s3)",
-     "model.source.s3: a server reads its base model from a claim (pvc) or the hub; copy the "
-     "model to a claim first", ".model.source"),
 )
 
 
@@ -128,7 +125,8 @@ class ModelServerSpec(ApiModel):
     model_config = ConfigDict(json_schema_extra=_SPEC_RULES)
 
     model: ModelSpec = Field(description="the base model (the same sources as a FineTuneJob's "
-                             "spec.model; s3 not yet)")
+                             "spec.model; s3: downloaded by the runtime at start into the "
+                             "pod's /tmp)")
     adapters: list[AdapterRef] = Field(
         default_factory=list, max_length=MAX_ADAPTERS,
         description="LoRA adapters served by name: loaded and unloaded at run time as this "
@@ -160,9 +158,6 @@ class ModelServerSpec(ApiModel):
         if self.runtime == "vllm" and self.resources.gpus < 1:
             raise ValueError("runtime vllm needs resources.gpus >= 1 (use runtime transformers "
                              "on the CPU)")
-        if self.model.source.s3 is not None:
-            raise ValueError("model.source.s3: a server reads its base model from a claim "
-                             "(pvc) or the hub; copy the model to a claim first")
         return self
 
 

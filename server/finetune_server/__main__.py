@@ -2,18 +2,22 @@
 [--max-model-len L] [--runtime auto|vllm|transformers]``: see :mod:`finetune_server`.
 
 Exit codes: 0 on SIGTERM/SIGINT after a clean stop; 2 for a bad command line; 3 when the model
-or a start-up adapter cannot be loaded (the message names it and the cause); with the vllm runtime
+(``s3://``: its download, :mod:`finetune_server.fetch`) or a start-up adapter cannot be loaded
+(the message names it and the cause); with the vllm runtime
 the process becomes ``vllm serve`` (its exit codes)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
+from . import fetch
 from .args import Config, parse, resolve_runtime, vllm_command
 
 log = logging.getLogger("finetune_server")
@@ -68,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse(argv)
+    if fetch.is_s3(cfg.model):
+        try:
+            local = fetch.fetch(fetch.parse_uri(cfg.model, cfg.s3_endpoint, cfg.s3_region),
+                                Path(cfg.s3_download_dir))
+        except fetch.FetchError as e:
+            log.error("%s", e)
+            return 3
+        cfg = dataclasses.replace(cfg, model=str(local))
     runtime = resolve_runtime(cfg)
     return run_vllm(cfg) if runtime == "vllm" else run_transformers(cfg)
 

@@ -8,6 +8,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import fetch
+
 RUNTIMES = ("auto", "vllm", "transformers")
 # vLLM refuses runtime LoRA loading unless this is set (its /v1/load_lora_adapter).
 VLLM_RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
@@ -31,6 +33,9 @@ class Config:
     max_model_len: int | None = None
     runtime: str = "auto"
     dtype: str = "auto"
+    s3_endpoint: str | None = None
+    s3_region: str = fetch.DEFAULT_REGION
+    s3_download_dir: str = fetch.DEFAULT_DOWNLOAD_DIR
     extra_vllm_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -49,7 +54,21 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m finetune_server",
         description="An OpenAI-compatible server for one base model and its LoRA adapters "
                     "(vLLM on GPUs, transformers + peft on the CPU).")
-    p.add_argument("--model", required=True, help="the base model's directory")
+    p.add_argument("--model", required=True,
+                   help="the base model: a directory, a Hugging Face Hub repository id, or "
+                        "s3://BUCKET/PREFIX (downloaded at start into --s3-download-dir; "
+                        "credentials from the environment: FINETUNE_S3_MODEL_AWS_ACCESS_KEY_ID, "
+                        "FINETUNE_S3_MODEL_AWS_SECRET_ACCESS_KEY, optionally "
+                        "FINETUNE_S3_MODEL_AWS_SESSION_TOKEN; else the standard AWS chain)")
+    p.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="with --model s3://...: an S3-compatible store, scheme://host[:port] "
+                        "(default: AWS S3)")
+    p.add_argument("--s3-region", default=fetch.DEFAULT_REGION,
+                   help=f"with --model s3://...: the bucket's region (default "
+                        f"{fetch.DEFAULT_REGION})")
+    p.add_argument("--s3-download-dir", default=fetch.DEFAULT_DOWNLOAD_DIR, metavar="DIR",
+                   help=f"with --model s3://...: where the model is downloaded (default "
+                        f"{fetch.DEFAULT_DOWNLOAD_DIR})")
     p.add_argument("--served-model-name", default=None,
                    help="the base model's name in requests and /v1/models (default: --model "
                         "as given, like vLLM)")
@@ -81,6 +100,18 @@ def parse(argv: list[str] | None = None) -> Config:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         p.error(f"--adapter names must be unique; given twice: {', '.join(dup)}")
+    if fetch.is_s3(ns.model):
+        try:
+            fetch.parse_uri(ns.model, ns.s3_endpoint, ns.s3_region)
+        except ValueError as e:
+            p.error(str(e))
+    else:
+        given = [f for f, v, default in (
+            ("--s3-endpoint", ns.s3_endpoint, None),
+            ("--s3-region", ns.s3_region, fetch.DEFAULT_REGION),
+            ("--s3-download-dir", ns.s3_download_dir, fetch.DEFAULT_DOWNLOAD_DIR)) if v != default]
+        if given:
+            p.error(f"{', '.join(given)} only apply to --model s3://BUCKET/PREFIX")
     served = ns.served_model_name or ns.model
     if served in names:
         p.error(f"--adapter {served} has the base model's name: rename the adapter")
@@ -91,7 +122,9 @@ def parse(argv: list[str] | None = None) -> Config:
     return Config(model=ns.model, served_model_name=served, adapters=tuple(ns.adapter),
                   host=ns.host, port=ns.port, max_loras=ns.max_loras,
                   max_lora_rank=ns.max_lora_rank, max_model_len=ns.max_model_len,
-                  runtime=ns.runtime, dtype=ns.dtype, extra_vllm_args=tuple(extra))
+                  runtime=ns.runtime, dtype=ns.dtype, s3_endpoint=ns.s3_endpoint,
+                  s3_region=ns.s3_region, s3_download_dir=ns.s3_download_dir,
+                  extra_vllm_args=tuple(extra))
 
 
 def resolve_runtime(cfg: Config) -> str:

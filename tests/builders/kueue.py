@@ -1,7 +1,8 @@
 """Kueue v0.17.0 (built from the Go module proxy by ``make cluster-bins``, cached) running out of
 cluster against the test cluster, configured as a platform team would for this operator
-(``docs/kueue.md``): ``integrations.externalFrameworks`` names FineTuneJob, no built-in
-integration is needed. Plus the Kueue objects the tests create (flavors, queues, classes).
+(``docs/kueue.md``): ``integrations.externalFrameworks`` names FineTuneJob and ModelServer,
+no built-in integration is needed. Plus the Kueue objects the tests create (flavors, queues,
+classes).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from finetune_dev import kueue as runner
-from finetune_operator.kueue.workload import EXTERNAL_FRAMEWORK, JOB_UID_LABEL, QUEUE_LABEL
+from finetune_operator.kueue.workload import EXTERNAL_FRAMEWORKS, JOB_UID_LABEL, QUEUE_LABEL
 from tests.kube import Cluster, short_id, wait_for
-from tests.operator_proc import free_port
+from tests.operator_proc import free_port, ftj, wait_phase
 
 V = "kueue.x-k8s.io/v1beta2"
 KINDS = ("workloads", "clusterqueues", "localqueues", "resourceflavors",
@@ -45,7 +46,7 @@ def running_kueue(cluster: Cluster, work: Path) -> Iterator[subprocess.Popen[byt
     install_crds(cluster)
     ports = {"health": free_port(), "metrics": free_port(), "webhook": free_port()}
     config = runner.write_config(
-        work, ports, qps=5000, burst=10000, frameworks=(), external=(EXTERNAL_FRAMEWORK,))
+        work, ports, qps=5000, burst=10000, frameworks=(), external=EXTERNAL_FRAMEWORKS)
     log = work / "kueue.log"
     proc = runner.start(binary, cluster.kubeconfig, config, log)
 
@@ -154,3 +155,13 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{short_id()}"
+
+
+def job(name: str, gpus: int, band: str = "finetune-normal", **spec: Any) -> dict[str, Any]:
+    """A FineTuneJob for queue ``lq`` with no node selector of its own: the flavor Kueue
+    assigns puts its pods on the queue's nodes."""
+    return queued(ftj(name, gpus, band, {}, **spec), "lq")
+
+
+def running(cluster: Cluster, ns: str, name: str, timeout: float = 60) -> dict[str, Any]:
+    return wait_phase(cluster, ns, name, "Running", timeout)

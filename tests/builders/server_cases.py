@@ -42,8 +42,9 @@ def _spec(**patch: Any) -> dict[str, Any]:
 _ONE = [{"name": "a", "job": "x"}]
 SERVER_CASES: list[ServerCase] = [
     ServerCase("model-missing", "spec.model", _spec(model=DELETE)),
-    ServerCase("model-s3", "spec.model.source", _spec(model={"source": {"pvc": DELETE, "s3": {
-        "bucket": "models", "prefix": "tiny/"}}})),
+    # an s3 base model is served (downloaded by the runtime); its fields are checked as a job's
+    ServerCase("model-s3-prefix", "spec.model.source.s3.prefix", _spec(model={"source": {
+        "pvc": DELETE, "s3": {"bucket": "models", "prefix": "tiny/../other"}}})),
     ServerCase("adapter-neither", "spec.adapters[0].job", _spec(adapters=[{"name": "a"}])),
     ServerCase("adapter-both", "spec.adapters[0].job", _spec(adapters=[
         {"name": "a", "job": "x", "path": {"claimName": "c", "path": "p"}}])),

@@ -6,7 +6,7 @@ pods, stops them gracefully when Kueue evicts, and resumes when Kueue admits aga
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,48 +15,11 @@ import pytest
 from finetune_operator.kueue.workload import QUEUE_LABEL
 from tests.builders import kueue as kq
 from tests.builders.cli import ok
+from tests.builders.kueue import job, running
 from tests.kube import Cluster, wait_for
 from tests.operator_proc import OperatorProcess, complete, ftj, job_pods, job_status, wait_phase
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def queues(cluster: Cluster, make_namespace: Callable[..., str],
-           gpu_nodes: Callable[[int, int], dict[str, str]],
-           ) -> Iterator[Callable[..., tuple[str, str]]]:
-    """make(gpus, cohort=None, nodes=1, per_node=4, flavor=None) -> (namespace, flavor): a
-    fresh namespace with LocalQueue ``lq`` and its ClusterQueue of ``gpus`` nominal GPUs, on
-    ``flavor`` or a new flavor of fresh kwok nodes (queues that borrow from each other in a
-    cohort share a flavor: Kueue lends quota per flavor)."""
-    made: list[tuple[str, str]] = []
-
-    def make(gpus: int, cohort: str | None = None, nodes: int = 1, per_node: int = 4,
-             flavor: str | None = None) -> tuple[str, str]:
-        ns = make_namespace()
-        fl, cq = flavor or kq.unique("fl"), kq.unique("cq")
-        if flavor is None:
-            cluster.apply(kq.flavor(fl, gpu_nodes(nodes, per_node)))
-            made.append(("resourceflavor", fl))
-        cluster.apply(kq.cluster_queue(cq, ns, fl, gpus, cohort))
-        cluster.apply(kq.local_queue(ns, "lq", cq))
-        made.insert(0, ("clusterqueue", cq))
-        return ns, fl
-
-    yield make
-    for kind, name in made:
-        cluster.kubectl("delete", f"{kind}.kueue.x-k8s.io", name, "--wait=false",
-                        "--ignore-not-found")
-
-
-def job(name: str, gpus: int, band: str = "finetune-normal", **spec: Any) -> dict[str, Any]:
-    """A FineTuneJob for queue ``lq`` with no node selector of its own: the flavor Kueue
-    assigns puts its pods on the queue's nodes."""
-    return kq.queued(ftj(name, gpus, band, {}, **spec), "lq")
-
-
-def running(cluster: Cluster, ns: str, name: str, timeout: float = 60) -> dict[str, Any]:
-    return wait_phase(cluster, ns, name, "Running", timeout)
 
 
 def test_jobs_queue_run_and_are_preempted_in_kueues_order(

@@ -56,3 +56,17 @@ def test_valid_server_is_stored_with_the_models_defaults(
     assert stored["spec"]["limits"]["maxLoras"] == 4 and stored["spec"]["runtime"] == "vllm"
     header = cluster.kubectl("get", "ms", "-n", namespace).stdout.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "RUNTIME", "GPUS", "ADAPTERS", "AGE"]
+
+
+def test_an_s3_base_model_is_accepted(cluster: Cluster, server_crd: Path,
+                                      namespace: str) -> None:
+    """A server may read its base model from object storage (the runtime downloads it)."""
+    manifest = valid_server("chat-s3", namespace=namespace)
+    manifest["spec"]["model"]["source"] = {"s3": {
+        "bucket": "models", "prefix": "base/tiny/", "endpoint": "http://s3.example:9000",
+        "credentialsSecret": "s3-creds"}}
+    proc = _apply(cluster, namespace, manifest)
+    assert proc.returncode == 0, proc.stderr
+    stored = cluster.get("modelserver", "chat-s3", namespace)
+    assert stored is not None
+    assert stored["spec"]["model"]["source"]["s3"]["prefix"] == "base/tiny/"

@@ -1,5 +1,5 @@
-"""The serving image (Dockerfile.server), built by `make image-server` (not by `make images`:
-a GPU runtime of about 10 GB), run under podman as a pod runs it: uid 1000, a read-only root
+"""The serving image (Dockerfile.server, built by `make images` with the others; a GPU runtime of
+about 10 GB), run under podman as a pod runs it: uid 1000, a read-only root
 file system with /tmp as the only writable place, no capabilities, no network but the loopback.
 It carries the server and vLLM only; on this CPU it serves the tiny model and an adapter with
 ``--runtime transformers`` (vLLM needs the GPU it was built for: the gpu test) to the real
@@ -24,17 +24,11 @@ NOT_CARRIED = {"finetune_api": "finetune-api", "finetune_operator": "finetune-op
                "finetune_trainer": "finetune-trainer", "finetune_dev": "finetune-dev",
                "kopf": "kopf", "kubernetes": "kubernetes"}
 CARRIED = {"finetune_server": "finetune-server", "vllm": "vllm", "peft": "peft",
-           "torch": "torch", "transformers": "transformers"}
+           "torch": "torch", "transformers": "transformers", "minio": "minio"}
 
 
 @pytest.fixture(scope="module")
 def server_image() -> Image:
-    """The vLLM serving image is a GPU runtime of about 10 GB: `make image-server` builds it,
-    `make test` does not (a fresh CI machine's disk and time); the package it runs and its vLLM
-    command line are tested in tests/trainer/test_server.py."""
-    if podman("image", "exists", SERVER_IMAGE, check=False).returncode != 0:
-        pytest.skip(f"{SERVER_IMAGE} is not built: `make image-server` builds the vLLM serving "
-                    "image (about 10 GB, for GPUs); make test does not")
     return _image(SERVER_IMAGE)
 
 

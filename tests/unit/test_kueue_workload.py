@@ -8,26 +8,33 @@ import datetime as dt
 from typing import Any
 
 from finetune_api.job import FineTuneJob
+from finetune_api.server import ModelServer
 from finetune_operator.admission.model import WaitCode
 from finetune_operator.admission.seam import ClusterView
 from finetune_operator.jobs.build.pod import build_pod
 from finetune_operator.kueue.admitter import KueueAdmitter
 from finetune_operator.kueue.sync import WorkloadSync
 from finetune_operator.kueue.workload import (
+    EXTERNAL_FRAMEWORKS,
     JOB_UID_LABEL,
     QUEUE_LABEL,
+    SPEC_ANNOTATION,
     ResourceFlavor,
     Workload,
     build_workload,
     plan_writes,
     positions,
+    server_workload,
     slim_flavor,
     slim_workload,
     verdict,
     workload_name,
 )
+from finetune_operator.serving import build as server_build
+from finetune_operator.serving.plan import plan_server
 from finetune_operator.settings import OperatorSettings
 from tests.builders.jobkube import RecordingJobKube
+from tests.builders.server_cases import valid_server
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
 SETTINGS = OperatorSettings()
@@ -239,3 +246,193 @@ def test_a_waiting_jobs_changed_spec_replaces_its_workload() -> None:
     assert held is not None
     w = plan_writes(bigger, held, 1, 1, 2, body2, NOW)
     assert w is None or w.kind != "delete"
+
+
+# ---- ModelServers: admitted by Kueue like a job ----------------------------------------
+
+CLASSES = {"finetune-normal": 100, "finetune-high": 1000}
+
+
+def server(uid: str = "s1", queue: str | None = "lq", phase: str | None = None,
+           band: str = "finetune-normal") -> ModelServer:
+    body = valid_server("chat", "team-a")
+    body["metadata"].update(uid=uid, generation=1,
+                            labels={QUEUE_LABEL: queue} if queue else {})
+    body["spec"].update(runtime="transformers", adapters=[], priorityClassName=band)
+    body["status"] = {"phase": phase, "observedGeneration": 1} if phase else {}
+    return ModelServer.from_body(body)
+
+
+def server_wl(uid: str = "s1", **kw: Any) -> Workload:
+    raw = raw_wl(uid=uid, **kw)
+    raw["metadata"]["ownerReferences"][0]["kind"] = "ModelServer"
+    for a in (raw["status"].get("admission") or {}).get("podSetAssignments") or []:
+        a["name"] = "server"
+    got = slim_workload(raw)
+    assert got is not None
+    return got
+
+
+def server_body(s: ModelServer) -> dict[str, Any]:
+    body = server_workload(s, SETTINGS, CLASSES)
+    assert body is not None
+    return body
+
+
+def test_kueue_is_told_both_kinds() -> None:
+    assert EXTERNAL_FRAMEWORKS == ("FineTuneJob.v1alpha1.finetune.dev",
+                                   "ModelServer.v1alpha1.finetune.dev")
+
+
+def test_a_servers_workload_is_its_one_pod_owned_by_it_in_its_band() -> None:
+    s = server()
+    body = server_body(s)
+    assert body["metadata"]["name"] == workload_name(s)
+    assert body["metadata"]["name"].startswith("modelserver-chat-")
+    assert body["metadata"]["labels"] == {JOB_UID_LABEL: "s1"}
+    owner = body["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "ModelServer", "chat", "s1", True)
+    (ps,) = body["spec"]["podSets"]
+    assert (ps["name"], ps["count"]) == ("server", 1)
+    pod_spec = server_build.build_pod(s, SETTINGS, (), "finetune-normal", None)["spec"]
+    tmpl = ps["template"]["spec"]
+    assert tmpl["containers"][0]["resources"] == pod_spec["containers"][0]["resources"]
+    assert tmpl["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert tmpl["tolerations"] == pod_spec["tolerations"]
+    assert tmpl["priorityClassName"] == "finetune-normal"
+    assert body["spec"]["priorityClassRef"]["name"] == "finetune-normal"
+    assert (body["spec"]["priority"], body["spec"]["queueName"], body["spec"]["active"]) == (
+        100, "lq", True)
+    # a band that is not installed: no Workload (the server's status says why)
+    assert server_workload(s, SETTINGS, {"finetune-high": 1000}) is None
+
+
+def test_a_servers_workload_is_read_with_its_flavor() -> None:
+    got = server_wl(conds=ADMITTED, flavor="h100")
+    assert (got.owner_kind, got.job_uid, got.flavors, got.admitted) == (
+        "ModelServer", "s1", ("h100",), True)
+    # a Workload owned by another ModelServer than its label names is not the operator's
+    raw = raw_wl(uid="s1", owner_uid="other")
+    raw["metadata"]["ownerReferences"][0]["kind"] = "ModelServer"
+    assert slim_workload(raw) is None
+
+
+def test_a_server_is_admitted_with_the_flavor_and_waits_with_kueues_message() -> None:
+    s = server()
+    v = verdict(s, server_wl(conds=ADMITTED, flavor="h100"), FLAVORS)
+    assert v.admit and v.node_selector == {"pool": "h100"}
+    plan = plan_server(s, [], {}, v, "finetune-normal", None, SETTINGS)
+    assert plan.create_pod is not None and plan.admitted
+    spec = plan.create_pod["spec"]
+    assert spec["nodeSelector"] == {"pool": "h100"}
+    assert {"effect": "NoSchedule", "key": "gpu", "operator": "Exists"} in spec["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+        spec["tolerations"]  # its own kept
+    pending = [cond("QuotaReserved", False, "Pending", "insufficient unused quota for gpu")]
+    v = verdict(s, server_wl(conds=pending), FLAVORS, position=2)
+    plan = plan_server(s, [], {}, v, "finetune-normal", None, SETTINGS)
+    assert plan.create_pod is None and not plan.admitted
+    assert plan.reason.startswith("waiting for Kueue (position 2): queued in Kueue LocalQueue lq")
+    assert "insufficient unused quota" in plan.reason
+    nolabel = verdict(server(queue=None), None, FLAVORS)
+    assert "kubectl label modelserver chat" in nolabel.reason and "this server" in nolabel.reason
+
+
+def test_an_evicted_server_stops_then_its_reservation_is_cleared() -> None:
+    s = server(phase="Ready")
+    evicted = server_wl(conds=[*ADMITTED, cond("Evicted", True, "Preempted", "for urgent")],
+                        flavor="h100")
+    v = verdict(s, evicted, FLAVORS)
+    pod = {"name": "chat-1", "uid": "p1", "phase": "Running", "deleting": False, "hash": "h",
+           "ip": "10.0.0.1", "node": "n", "created": None, "message": ""}
+    plan = plan_server(s, [pod], {}, v, "finetune-normal", None, SETTINGS)
+    assert plan.delete_pods == [("chat-1", "p1")] and "evicted by Kueue" in plan.reason
+    assert plan_writes(s, evicted, 1, 0, 1, None, NOW) is None  # its pod still holds the GPU
+    w = plan_writes(s, evicted, 0, 0, 1, None, NOW)
+    assert w is not None and w.kind == "status" and w.clear_admission
+
+
+def test_a_failed_server_finishes_its_workload_and_gets_a_new_one_once_fixed() -> None:
+    w = plan_writes(server(phase="Failed"), server_wl(conds=ADMITTED, flavor="h100"), 0, 0, 1,
+                    None, NOW)
+    assert w is not None and w.kind == "status"
+    fin = next(c for c in w.conditions if c["type"] == "Finished")
+    assert (fin["status"], fin["reason"], fin["message"]) == ("True", "Failed",
+                                                              "ModelServer Failed")
+    done = server_wl(conds=[*ADMITTED, cond("Finished", True, "Failed")], flavor="h100")
+    assert plan_writes(server(phase="Failed"), done, 0, 0, 1, None, NOW) is None
+    # its spec fixed (no longer Failed): a Finished Workload admits nothing; it is replaced
+    fixed = server(phase="Queued")
+    assert not verdict(fixed, done, FLAVORS).admit
+    w = plan_writes(fixed, done, 0, 0, 1, server_body(fixed), NOW)
+    assert w is not None and w.kind == "delete"
+
+
+def test_the_admitter_decides_servers_from_their_workloads() -> None:
+    view = ClusterView(jobs=[job(uid="a")], pods_by_uid={}, classes={}, nodes=[],
+                       active_pods=[], quotas=[], flavors=FLAVORS,
+                       workloads={"s1": server_wl(conds=ADMITTED, flavor="h100")},
+                       servers=[server(), server(uid="s2")])
+    out = KueueAdmitter(SETTINGS).decide(view, NOW)
+    assert out.by_uid["s1"].admit and not out.by_uid["s2"].admit
+    assert "creating its Kueue Workload" in out.by_uid["s2"].reason
+    rows = {r["name"]: r for r in out.queue_view["team-a"]}
+    assert rows["chat"]["gpus"] == 1 and rows["chat"]["priorityClass"] == "finetune-normal"
+
+
+def test_server_sync_creates_once_then_writes_nothing_while_idle_and_forgets_the_deleted(
+        ) -> None:
+    kube = RecordingJobKube()
+    store: dict[str, Workload] = {}
+    sync = WorkloadSync(kube, SETTINGS, store.get, lambda: 0.0)
+    servers = [server()]
+    assert sync.sync_servers(servers, {}, CLASSES, NOW) == 1
+    ((verb, kind, *_),) = kube.calls
+    assert (verb, kind) == ("create", "Workload")
+    for _ in range(3):  # nothing changed: no write
+        assert sync.sync_servers(servers, {}, CLASSES, NOW) == 0
+    # its status changed before the watch brought the Workload: not created again
+    assert sync.sync_servers([server(phase="Queued")], {}, CLASSES, NOW) == 0
+    # admitted, its pod running: PodsReady once, then nothing
+    store["s1"] = server_wl(conds=ADMITTED, flavor="h100", rv="8")
+    pods = {"s1": [{"phase": "Running", "deleting": False}]}
+    assert sync.sync_servers(servers, pods, CLASSES, NOW) == 1
+    assert kube.calls[-1][:2] == ("patch", "workloads/status")
+    store["s1"] = server_wl(conds=[*ADMITTED, cond("PodsReady", True)], flavor="h100", rv="9")
+    for _ in range(3):
+        assert sync.sync_servers(servers, pods, CLASSES, NOW) == 0
+    assert len(kube.calls) == 2
+    # a band that is not installed: no Workload until it is
+    other = [server(uid="s3", band="finetune-high")]
+    assert sync.sync_servers(other, {}, {"finetune-normal": 100}, NOW) == 0
+    assert sync.sync_servers(other, {}, CLASSES, NOW) == 1
+    assert "s1" not in sync._seen  # the deleted server is forgotten
+
+
+def test_an_admitted_servers_changed_spec_gives_its_quota_back_and_asks_anew() -> None:
+    s = server(phase="Ready")
+    old = server_body(s)
+    bigger = server(phase="Ready")
+    bigger.spec.resources.gpus = 2
+    new = server_body(bigger)
+    raw = raw_wl(uid="s1", conds=ADMITTED, flavor="h100")
+    raw["metadata"]["ownerReferences"][0]["kind"] = "ModelServer"
+    raw["metadata"]["annotations"] = old["metadata"]["annotations"]
+    raw["status"]["admission"]["podSetAssignments"][0]["name"] = "server"
+    held = slim_workload(raw)
+    assert held is not None
+    digest = new["metadata"]["annotations"][SPEC_ANNOTATION]
+    # unchanged: admitted as before
+    assert verdict(s, held, FLAVORS, None, old["metadata"]["annotations"][SPEC_ANNOTATION]).admit
+    # changed: its pod stops (a preemption of the old reservation), then the Workload goes
+    v = verdict(bigger, held, FLAVORS, None, digest)
+    assert not v.admit and v.preempt is not None and "spec changed" in v.preempt
+    w = plan_writes(bigger, held, 1, 1, 1, new, NOW)  # its pod still holds the GPU
+    assert w is None or w.kind != "delete"
+    w = plan_writes(bigger, held, 0, 0, 1, new, NOW)
+    assert w is not None and w.kind == "delete"
+    # the admitter compares each server's Workload with what it asks now
+    view = ClusterView(jobs=[], pods_by_uid={}, classes=CLASSES, nodes=[], active_pods=[],
+                       quotas=[], flavors=FLAVORS, workloads={"s1": held}, servers=[bigger])
+    assert KueueAdmitter(SETTINGS).decide(view, NOW).by_uid["s1"].preempt is not None

@@ -82,7 +82,8 @@ class ClusterView:
     shared_gpus: Sequence[Any] = ()
     claim_uses: Sequence[Any] = ()
     # ModelServers (serving/plan.py snapshot_entry): QueuedJob/RunningJob entries flagged
-    # ``serving``, decided in the same round as the jobs (verdicts by the server's uid)
+    # ``serving``, decided in the same round as the jobs (verdicts by the server's uid); in
+    # admission mode kueue the ModelServer objects themselves (kueue/admitter.py)
     servers: Sequence[Any] = ()
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from finetune_api.job import FineTuneJob
+from finetune_api.server import ModelServer
 from finetune_api.status import FineTuneJobStatus
 from finetune_api.times import parse_time
 from finetune_operator import metrics
@@ -118,8 +119,15 @@ class Cycle:
         kueue = self.workloads is not None
         servers = feeds.servers.values() if self.serving is not None else []
         server_pods = feeds.pods_by_server() if servers else {}
-        server_entries = self.serving.entries(servers, server_pods, classes, now) \
-            if self.serving is not None and servers else []
+        # native: each server as an entry of the policy's snapshot; kueue: the servers, each
+        # admitted by its own Workload (kueue/admitter.py)
+        server_subjects: list[ModelServer] = []
+        server_entries: list[Any] = []
+        if self.serving is not None and servers and kueue:
+            server_subjects = self.serving.subjects(servers)
+            server_entries = list(server_subjects)
+        elif self.serving is not None and servers:
+            server_entries = list(self.serving.entries(servers, server_pods, classes, now))
         decisions = self.admitter.decide(ClusterView(
             jobs=jobs, pods_by_uid=got.pods_by_uid, classes=classes, nodes=feeds.nodes.values(),
             active_pods=feeds.usage.values() + ours, quotas=feeds.quotas.values(),
@@ -173,6 +181,8 @@ class Cycle:
         if self.serving is not None and servers and self.may_write():
             # the same verdicts; servers deleted since are simply absent
             self.serving.sync(servers, server_pods, jobs, decisions.by_uid, classes, now)
+        if self.workloads is not None and self.serving is not None and self.may_write():
+            self.workloads.sync_servers(server_subjects, server_pods, classes, now)
         self.count += 1
 
     def _sync_sweeps(self, entries: list[JobEntry], now: dt.datetime) -> None:

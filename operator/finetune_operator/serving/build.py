@@ -25,6 +25,8 @@ from finetune_api.labels import (
     SERVER_LABEL,
 )
 from finetune_api.server import SERVER_KIND, ModelServer
+from finetune_api.trainer_config import S3_CREDENTIAL_KEYS, S3_OPTIONAL_KEYS, s3_env_name
+from finetune_operator.jobs.build.configmap import HUB_TOKEN_FILE, HUB_TOKEN_MOUNT
 from finetune_operator.jobs.build.output import output_location
 from finetune_operator.jobs.build.pod import (
     container_security_context,
@@ -34,6 +36,9 @@ from finetune_operator.jobs.build.pod import (
 from finetune_operator.settings import OperatorSettings
 
 MODEL_MOUNT = "/models"
+# where the runtime downloads an s3 base model: the /tmp emptyDir, which holds the hub's cache
+# too, so the node's ephemeral storage must have room for the model (docs/serving.md)
+MODEL_DOWNLOAD_DIR = "/tmp/model"
 ADAPTER_MOUNT = "/adapters"
 CONTAINER = "server"
 API_VERSION_OF_SERVER = "finetune.dev/v1alpha1"
@@ -98,16 +103,54 @@ def owner(server: ModelServer) -> dict[str, Any]:
             "blockOwnerDeletion": True}
 
 
-def model_arg(server: ModelServer) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
-    """The runtime's --model, and the volume and mount it needs (a claim: read-only)."""
+@dataclass(frozen=True)
+class ModelInPod:
+    """How the runtime gets its base model: its arguments (``--model`` and what goes with it),
+    the environment (credentials: references to a Secret only, never a value), and the volume
+    and mount (a claim: read-only)."""
+
+    args: list[str]
+    env: list[dict[str, Any]]
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+
+
+def model_arg(server: ModelServer) -> ModelInPod:
+    """pvc: the claim mounted at /models; hub: the repository id (the runtime downloads it into
+    HF_HOME under /tmp); s3: ``s3://bucket/prefix`` with the store's endpoint and region, which
+    the runtime downloads at start into /tmp (``finetune_server.fetch``), with the credentials of
+    ``credentialsSecret`` as the trainer gets its model's (role ``model``, ``s3_env_name``); a
+    hub ``tokenSecretRef`` is mounted as a file, as the trainer's is."""
     src = server.spec.model.source
     if src.pvc is not None:
         vol = {"name": "model", "persistentVolumeClaim": {"claimName": src.pvc.claim_name,
                                                           "readOnly": True}}
         mount = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
-        return f"{MODEL_MOUNT}/{src.pvc.path}".rstrip("/"), [vol], [mount]
-    assert src.hub is not None  # s3 is refused by the schema
-    return src.hub.repo, [], []
+        return ModelInPod(["--model", f"{MODEL_MOUNT}/{src.pvc.path}".rstrip("/")], [],
+                          [vol], [mount])
+    if src.s3 is not None:
+        s3 = src.s3
+        args = ["--model", f"s3://{s3.bucket}/{s3.prefix.rstrip('/')}",
+                "--s3-region", s3.region, "--s3-download-dir", MODEL_DOWNLOAD_DIR]
+        if s3.endpoint:
+            args += ["--s3-endpoint", s3.endpoint.rstrip("/")]
+        env = [{"name": s3_env_name("model", key), "valueFrom": {"secretKeyRef": {
+            "name": s3.credentials_secret, "key": key,
+            **({"optional": True} if key in S3_OPTIONAL_KEYS else {})}}}
+            for key in S3_CREDENTIAL_KEYS] if s3.credentials_secret else []
+        return ModelInPod(args, env, [], [])
+    assert src.hub is not None  # exactly one source (the schema)
+    token = src.hub.token_secret_ref
+    if token is None:
+        return ModelInPod(["--model", src.hub.repo], [], [], [])
+    # a gated or private repository: the token as a file, as the trainer gets it (never in the
+    # environment or the spec); huggingface_hub, under both runtimes, reads HF_TOKEN_PATH
+    vol = {"name": "hub-token", "secret": {
+        "secretName": token.name, "items": [{"key": token.key, "path": HUB_TOKEN_FILE}],
+        "defaultMode": 0o440}}
+    mount = {"name": "hub-token", "mountPath": HUB_TOKEN_MOUNT, "readOnly": True}
+    env = [{"name": "HF_TOKEN_PATH", "value": f"{HUB_TOKEN_MOUNT}/{HUB_TOKEN_FILE}"}]
+    return ModelInPod(["--model", src.hub.repo], env, [vol], [mount])
 
 
 def build_pod(server: ModelServer, settings: OperatorSettings, claims: tuple[str, ...],
@@ -116,7 +159,8 @@ def build_pod(server: ModelServer, settings: OperatorSettings, claims: tuple[str
     s = server.spec
     image = s.image or settings.cycle.server_image
     digest = spec_hash(server, claims, image)
-    model, volumes, mounts = model_arg(server)
+    model = model_arg(server)
+    volumes, mounts = list(model.volumes), list(model.mounts)
     for i, claim in enumerate(claims):
         volumes.append({"name": f"adapters-{i}", "persistentVolumeClaim": {
             "claimName": claim, "readOnly": True}})
@@ -124,7 +168,7 @@ def build_pod(server: ModelServer, settings: OperatorSettings, claims: tuple[str
                        "readOnly": True})
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
-    command = ["python", "-m", "finetune_server", "--model", model,
+    command = ["python", "-m", "finetune_server", *model.args,
                "--served-model-name", s.model.name, "--runtime", s.runtime,
                "--host", "0.0.0.0", "--port", str(s.port),
                "--max-loras", str(s.limits.max_loras),
@@ -144,7 +188,8 @@ def build_pod(server: ModelServer, settings: OperatorSettings, claims: tuple[str
                 tolerations.append(extra)
     container = {
         "name": CONTAINER, "image": image, "command": command,
-        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": "/tmp/hf"}],
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": "/tmp/hf"},
+                *model.env],
         "ports": [{"name": "http", "containerPort": s.port, "protocol": "TCP"}],
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": mounts,

@@ -3,7 +3,10 @@ and the admission verdict; and its status from what the runtime answered.
 
 A server is admitted like a FineTuneJob (``snapshot_entry``: waiting, or holding GPUs while its
 pod lives, flagged ``serving`` so that training does not preempt it unless the operator allows
-it). Once admitted the shell creates its pod and Service; while the pod runs, the shell asks
+it). In admission mode kueue the verdict comes from the server's own Kueue Workload
+(``kueue/workload.py``): its pod gets the node labels and tolerations of the ResourceFlavor Kueue
+assigned (``with_flavor``) and it waits with Kueue's message. Once admitted the shell creates
+its pod and Service; while the pod runs, the shell asks
 the runtime which adapters it holds and loads or unloads the difference (``Desired``). Every
 status is derived from those facts only, so the same facts give the same status and an idle
 server costs no write.
@@ -21,6 +24,7 @@ from finetune_api.labels import SERVER_LABEL
 from finetune_api.server import ModelServer
 from finetune_api.times import parse_time, rfc3339
 from finetune_operator.admission import JobVerdict, QueuedJob, RunningJob
+from finetune_operator.admission.model import WaitCode
 from finetune_operator.serving.build import (
     SPEC_HASH_LABEL,
     Located,
@@ -227,14 +231,29 @@ def plan_server(server: ModelServer, pods: list[dict[str, Any]],
         return out
     if not verdict.admit:
         where = f" (position {verdict.position})" if verdict.position else ""
-        out.reason = f"waiting for GPUs{where}: {verdict.reason}"
+        what = "Kueue" if verdict.code == WaitCode.KUEUE else "GPUs"
+        out.reason = f"waiting for {what}{where}: {verdict.reason}"
         return out
     node = verdict.placement[0] if verdict.placement else None
-    out.create_pod = build_pod(server, settings, claims, priority_class, node)
+    out.create_pod = with_flavor(build_pod(server, settings, claims, priority_class, node),
+                                 verdict)
     out.create_service = build_service(server)
     out.admitted, out.pod = True, out.create_pod["metadata"]["name"]
     out.phase, out.reason = "Starting", f"admitted; starting pod {out.pod}"
     return out
+
+
+def with_flavor(pod: dict[str, Any], verdict: JobVerdict) -> dict[str, Any]:
+    """``pod`` with the node labels and tolerations of the ResourceFlavor Kueue assigned
+    (admission mode kueue) on top of the server's own; unchanged in native mode."""
+    spec = pod["spec"]
+    if verdict.node_selector:
+        spec["nodeSelector"] = {**spec.get("nodeSelector", {}), **verdict.node_selector}
+    tolerations = spec.get("tolerations", [])
+    tolerations += [dict(t) for t in verdict.tolerations if t not in tolerations]
+    if tolerations:
+        spec["tolerations"] = tolerations
+    return pod
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ changed, talk to the runtime only when the adapters it should serve differ from 
 status says it serves.
 
 The job controller's cycle (``jobs/cycle.py``) calls ``entries()`` before admission (each
-server as a waiting or running entry of the same snapshot as the jobs) and ``sync()`` after the
+server as a waiting or running entry of the same snapshot as the jobs; in admission mode kueue
+``subjects()``, the servers whose Workloads Kueue admits, ``kueue/``) and ``sync()`` after the
 jobs' writes, with the same verdicts. Per server: the pods to delete (a stale spec, an exited
 runtime, a preemption), the Service and pod to create (admitted, none yet), then the runtime's
 adapters: ``GET /v1/models``, a load for each listed adapter that can be served and is not
@@ -115,6 +116,11 @@ class ServingRunner:
             if entry is not None:
                 out.append(entry)
         return out
+
+    def subjects(self, bodies: Sequence[dict[str, Any]]) -> list[ModelServer]:
+        """The valid servers (admission mode kueue: each is admitted by its own Workload,
+        ``kueue/``; an invalid one gets its Failed status from ``sync()``)."""
+        return [s for b in bodies if not isinstance(s := parse(b), str)]
 
     def sync(self, bodies: Sequence[dict[str, Any]],
              pods_by_server: Mapping[str, list[dict[str, Any]]],
