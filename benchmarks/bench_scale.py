@@ -474,6 +474,17 @@ def operator_source(ref: str, work: Path) -> tuple[Path, str]:
     return dest, f"commit {sha}"
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group, SIGKILL after 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 class Operator:
     def __init__(self, cfg: dc.ClusterConfig, log_path: Path, src: Path,
                  settings: dict[str, str] | None = None) -> None:
@@ -531,13 +542,7 @@ class Operator:
         return measure.rss_mb(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def ftj(name: str, group: str, priority: str = "finetune-normal") -> dict:
@@ -582,9 +587,9 @@ def claim_and_data(b: Bench, ns: str) -> None:
     wait_bound(b, [ns])
 
 
-def run_ours(b: Bench, res: dict[str, Any]) -> None:
-    src, res["source"] = operator_source(b.args.operator_ref, b.work)
-    log(f"operator from {res['source']} ({src})")
+def setup_ours(b: Bench, src: Path) -> Api:
+    """A fresh cluster for the operator at ``src``: its CRD and PriorityClasses, the
+    namespaces (and "lifecycle") with their quota, dataset ConfigMap and bound claim."""
     api = b.fresh_cluster()
     b.kubectl("apply", "--server-side", "-f", str(src / CRD.relative_to(ROOT)))
     b.established("finetunejobs.finetune.dev")
@@ -597,6 +602,13 @@ def run_ours(b: Bench, res: dict[str, Any]) -> None:
     b.kubectl("create", "namespace", "lifecycle")
     b.namespaces_with_quota(extra)
     wait_bound(b, [*b.namespaces, "lifecycle"])
+    return api
+
+
+def run_ours(b: Bench, res: dict[str, Any]) -> None:
+    src, res["source"] = operator_source(b.args.operator_ref, b.work)
+    log(f"operator from {res['source']} ({src})")
+    api = setup_ours(b, src)
 
     (_, _), (qps, burst) = VARIANTS[b.args.variant]
     settings = {"FINETUNE_API_QPS": str(qps), "FINETUNE_API_BURST": str(burst)} if qps else {}
@@ -694,12 +706,13 @@ def run_ours(b: Bench, res: dict[str, Any]) -> None:
         op.stop()
 
 
-def memory_phase(b: Bench, res: dict, op: Operator, existing: int) -> None:
+def add_foreign_pods(b: Bench, n: int) -> None:
+    """``n`` pods of other workloads (10 namespaces, on CPU-only kwok nodes of 1,000 pods each):
+    what a shared cluster has beside the jobs, and what the operator's pod watch must not keep."""
     api = b.api
     assert api
-    more = max(0, b.args.rss_jobs - existing)
-    fnodes = max(1, math.ceil(b.args.foreign_pods / 500))
-    log(f"memory: {more} more jobs, {b.args.foreign_pods} foreign pods on {fnodes} nodes")
+    fnodes = max(1, math.ceil(n / 500))
+    log(f"{n} foreign pods on {fnodes} nodes")
     sc.add_nodes(b.cfg, "cpu", fnodes, 0, labels={"type": "kwok-cpu"}, pods=1000)
     foreign_ns = [f"other-{i:02d}" for i in range(10)]
     b.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
@@ -707,16 +720,20 @@ def memory_phase(b: Bench, res: dict, op: Operator, existing: int) -> None:
     wait_until("default service accounts", lambda: all(api.request(
         "GET", f"/api/v1/namespaces/{ns}/serviceaccounts/default")[0] == 200
         for ns in foreign_ns), 60, 1)
-    b.create(FTJ_PATH, [(b.namespaces[i % len(b.namespaces)], ftj(f"m-{i:05d}", "memory"))
-                        for i in range(more)])
     pods = [(foreign_ns[i % 10], {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": f"web-{i:05d}", "labels": {"app": "web", "tier": "other"}},
         "spec": {"nodeName": f"cpu-{i % fnodes}", "terminationGracePeriodSeconds": 1,
                  "containers": [{"name": "web", "image": "example.invalid/web:1",
                                  "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}})
-        for i in range(b.args.foreign_pods)]
+        for i in range(n)]
     b.create("/api/v1/namespaces/{ns}/pods", pods)
+
+
+def wait_all_phased(b: Bench, res: dict) -> bool:
+    """Until every FineTuneJob has a phase (the operator saw it and wrote its first status)."""
+    api = b.api
+    assert api
     log("waiting until every FineTuneJob has a phase (the operator saw it)")
 
     def all_phased() -> bool:
@@ -725,7 +742,16 @@ def memory_phase(b: Bench, res: dict, op: Operator, existing: int) -> None:
         res["rss_jobs_phased"] = sum(1 for j in items if (j.get("status") or {}).get("phase"))
         return res["rss_jobs_phased"] >= len(items)
 
-    wait_until("every job phased", all_phased, b.args.phase_timeout, 10)
+    return wait_until("every job phased", all_phased, b.args.phase_timeout, 10)
+
+
+def memory_phase(b: Bench, res: dict, op: Operator, existing: int) -> None:
+    more = max(0, b.args.rss_jobs - existing)
+    log(f"memory: {more} more jobs")
+    add_foreign_pods(b, b.args.foreign_pods)
+    b.create(FTJ_PATH, [(b.namespaces[i % len(b.namespaces)], ftj(f"m-{i:05d}", "memory"))
+                        for i in range(more)])
+    wait_all_phased(b, res)
     time.sleep(b.args.idle_seconds)  # steady state: RSS after a quiet window, not a spike
     res["rss_10000"] = op.rss()
 
@@ -736,54 +762,74 @@ def memory_phase(b: Bench, res: dict, op: Operator, existing: int) -> None:
 KUEUE_JOBS_PATH = "/apis/batch/v1/namespaces/{ns}/jobs"
 
 
+class KueueProc:
+    """Kueue v0.17.0 (built from the Go module proxy, cached) on a fresh benchmark cluster,
+    configured as ``docs/kueue.md`` argues (the variant's client limit), with a ClusterQueue
+    and LocalQueue per namespace and the bands' WorkloadPriorityClasses, every ClusterQueue
+    Active."""
+
+    def __init__(self, b: Bench, res: dict[str, Any]) -> None:
+        self.b = b
+        self.binary, took = kueue.ensure_built()
+        res["build_seconds"] = took if took is not None else kueue.recorded_build_seconds()
+        res["build_cached"] = took is None
+        self.api = api = b.fresh_cluster()
+        b.kubectl("apply", "--server-side", "-f", str(kueue.crd_dir()))
+        for crd in ("clusterqueues", "localqueues", "workloads", "resourceflavors"):
+            b.established(f"{crd}.kueue.x-k8s.io")
+        b.kubectl("create", "namespace", "kueue-system")
+        b.namespaces_with_quota()
+        ports = {"health": free_port(), "metrics": free_port(), "webhook": free_port()}
+        (qps, burst), _ = VARIANTS[b.args.variant]
+        qps = b.args.kueue_qps if b.args.kueue_qps is not None else qps
+        burst = b.args.kueue_burst if b.args.kueue_burst is not None else burst
+        self.config = kueue.write_config(b.work, ports, qps, burst)
+        res["qps"], res["burst"] = qps, burst
+        self.log_path = b.work / "kueue.log"
+        self.log_path.unlink(missing_ok=True)
+        self.proc = self.start()
+        import urllib.request
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kueue exited with {self.proc.returncode}; see "
+                                   f"{self.log_path}:\n"
+                                   + self.log_path.read_text(errors="replace")[-3000:])
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ports['health']}/readyz",
+                                            timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        if not wait_until("kueue /readyz", ready, 120, 1):
+            raise RuntimeError(f"kueue did not become ready; see {self.log_path}")
+        objs = [kueue.flavor()] + [kueue.cluster_queue(ns, b.quota, GPU) for ns in b.namespaces]
+        objs += [kueue.priority_class(n, v) for n, v in audit.PRIORITIES.items()]
+        objs += [kueue.local_queue(ns) for ns in b.namespaces]
+        b.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                       "items": objs}))
+        res["came_up"] = True
+
+        def cq_active() -> bool:
+            out = api.ok("GET", "/apis/kueue.x-k8s.io/v1beta2/clusterqueues")
+            return all(any(c["type"] == "Active" and c["status"] == "True"
+                           for c in (cq.get("status") or {}).get("conditions", []))
+                       for cq in out["items"]) and len(out["items"]) == len(b.namespaces)
+
+        wait_until("every ClusterQueue Active", cq_active, 60, 1)
+
+    def start(self) -> subprocess.Popen:
+        return kueue.start(self.binary, self.b.cfg.kubeconfig, self.config, self.log_path,
+                           self.b.args.kueue_log_level)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
 def run_kueue(b: Bench, res: dict[str, Any]) -> None:
-    binary, took = kueue.ensure_built()
-    res["build_seconds"] = took if took is not None else kueue.recorded_build_seconds()
-    res["build_cached"] = took is None
-    api = b.fresh_cluster()
-    b.kubectl("apply", "--server-side", "-f", str(kueue.crd_dir()))
-    for crd in ("clusterqueues", "localqueues", "workloads", "resourceflavors"):
-        b.established(f"{crd}.kueue.x-k8s.io")
-    b.kubectl("create", "namespace", "kueue-system")
-    b.namespaces_with_quota()
-    ports = {"health": free_port(), "metrics": free_port(), "webhook": free_port()}
-    (qps, burst), _ = VARIANTS[b.args.variant]
-    qps = b.args.kueue_qps if b.args.kueue_qps is not None else qps
-    burst = b.args.kueue_burst if b.args.kueue_burst is not None else burst
-    config = kueue.write_config(b.work, ports, qps, burst)
-    res["qps"], res["burst"] = qps, burst
-    log_path = b.work / "kueue.log"
-    log_path.unlink(missing_ok=True)
-    proc = kueue.start(binary, b.cfg.kubeconfig, config, log_path, b.args.kueue_log_level)
-    import urllib.request
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"kueue exited with {proc.returncode}; see {b.work}/kueue.log:\n"
-                               + (b.work / "kueue.log").read_text(errors="replace")[-3000:])
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ports['health']}/readyz",
-                                        timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    if not wait_until("kueue /readyz", ready, 120, 1):
-        raise RuntimeError(f"kueue did not become ready; see {b.work}/kueue.log")
-    objs = [kueue.flavor()] + [kueue.cluster_queue(ns, b.quota, GPU) for ns in b.namespaces]
-    objs += [kueue.priority_class(n, v) for n, v in audit.PRIORITIES.items()]
-    objs += [kueue.local_queue(ns) for ns in b.namespaces]
-    b.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                   "items": objs}))
-    res["came_up"] = True
-
-    def cq_active() -> bool:
-        out = api.ok("GET", "/apis/kueue.x-k8s.io/v1beta2/clusterqueues")
-        return all(any(c["type"] == "Active" and c["status"] == "True"
-                       for c in (cq.get("status") or {}).get("conditions", []))
-                   for cq in out["items"]) and len(out["items"]) == len(b.namespaces)
-
-    wait_until("every ClusterQueue Active", cq_active, 60, 1)
+    kq = KueueProc(b, res)
+    api, log_path = kq.api, kq.log_path
     track = PodTrack(KUEUE_JOB_LABEL)
     decisions = Decisions()
     watch = Watch(api, "/api/v1/pods", track.on_event, selector=KUEUE_JOB_LABEL).start()
@@ -791,18 +837,10 @@ def run_kueue(b: Bench, res: dict[str, Any]) -> None:
                      decisions.on_workload).start()
     job_watch = Watch(api, "/apis/batch/v1/jobs", decisions.on_job).start()
 
-    def stop_kueue() -> None:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+    stop_kueue = kq.stop
 
     def restart() -> None:  # --backlog: Kueue starts on the Jobs already there
-        nonlocal proc
-        proc = kueue.start(binary, b.cfg.kubeconfig, config, log_path, b.args.kueue_log_level)
+        kq.proc = kq.start()
 
     def counters(before: Any = None) -> Any:
         now = {"apiserver": b.apiserver_counts()}
@@ -819,10 +857,10 @@ def run_kueue(b: Bench, res: dict[str, Any]) -> None:
                          KUEUE_JOBS_PATH, counters, decisions,
                          restart if b.args.backlog else None)
         res["admitted_capacity_seconds"] = res["decided_capacity_seconds"]
-        res["rss_after_fill"] = measure.rss_mb(proc.pid)
+        res["rss_after_fill"] = measure.rss_mb(kq.proc.pid)
         b.idle(res, counters, stable)
         b.backfill(res, track, None, counters)
-        res["rss_5000"] = measure.rss_mb(proc.pid)
+        res["rss_5000"] = measure.rss_mb(kq.proc.pid)
         b.audits(res, track, decisions, applied, [log_path])
         b.agent_writes(res)
         res["throttle_lines"] = sum(1 for line in log_path.read_text(errors="replace")

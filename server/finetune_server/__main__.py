@@ -4,7 +4,9 @@
 Exit codes: 0 on SIGTERM/SIGINT after a clean stop; 2 for a bad command line; 3 when the model
 (``s3://``: its download, :mod:`finetune_server.fetch`) or a start-up adapter cannot be loaded
 (the message names it and the cause); with the vllm runtime
-the process becomes ``vllm serve`` (its exit codes)."""
+the process becomes ``vllm serve`` (its exit codes). An exit-3 message is also the pod's
+termination message (``$FINETUNE_TERMINATION_LOG``, default ``/dev/termination-log``, written
+only where the kubelet made that file), so the ModelServer's status says it."""
 
 from __future__ import annotations
 
@@ -22,6 +24,20 @@ from .args import Config, parse, resolve_runtime, vllm_command
 
 log = logging.getLogger("finetune_server")
 STOP_GRACE = 30.0  # seconds a running generation gets to finish after SIGTERM
+TERMINATION_LOG = "/dev/termination-log"
+MAX_TERMINATION_MESSAGE = 4096  # the kubelet keeps at most this much of it
+
+
+def fatal(message: str) -> int:
+    """Log why the runtime cannot start and leave it as the pod's termination message; 3."""
+    log.error("%s", message)
+    path = Path(os.environ.get("FINETUNE_TERMINATION_LOG", TERMINATION_LOG))
+    if path.is_file():  # made by the kubelet (or the node agent); never created here
+        try:
+            path.write_text(message[:MAX_TERMINATION_MESSAGE])
+        except OSError as e:
+            log.warning("could not write the termination message to %s: %s", path, e)
+    return 3
 
 
 def run_vllm(cfg: Config) -> int:
@@ -39,14 +55,12 @@ def run_transformers(cfg: Config) -> int:
         engine = Engine(cfg.model, cfg.served_model_name, cfg.max_loras, cfg.max_lora_rank,
                         cfg.max_model_len, cfg.dtype)
     except (OSError, ValueError) as e:
-        log.error("cannot load the base model %s: %s", cfg.model, e)
-        return 3
+        return fatal(f"cannot load the base model {cfg.model}: {e}")
     for a in cfg.adapters:
         try:
             engine.load_adapter(a.name, a.path)
         except ServingError as e:
-            log.error("%s", e)
-            return 3
+            return fatal(str(e))
         log.info("loaded adapter %s from %s", a.name, a.path)
     server = serve(engine, cfg.host, cfg.port)
 
@@ -77,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             local = fetch.fetch(fetch.parse_uri(cfg.model, cfg.s3_endpoint, cfg.s3_region),
                                 Path(cfg.s3_download_dir))
         except fetch.FetchError as e:
-            log.error("%s", e)
-            return 3
+            return fatal(str(e))
         cfg = dataclasses.replace(cfg, model=str(local))
     runtime = resolve_runtime(cfg)
     return run_vllm(cfg) if runtime == "vllm" else run_transformers(cfg)

@@ -113,10 +113,17 @@ def test_wrong_credentials_exit_3_saying_why_without_the_secret(
     wrong = "wrong-Secret-0123456789abcdef"
     download = tmp_path / "model"
     for env in (creds(s3_server.access_key, wrong), creds("NOSUCHKEY0123", wrong)):
+        term = tmp_path / "termination-log"
+        term.write_text("")  # as the kubelet makes it: the runtime writes only an existing file
         proc = subprocess.run([*runtime_argv(s3_server, bucket, download), "--port", "0"],
-                              cwd=ROOT, env=runtime_env(env), capture_output=True, text=True,
-                              timeout=300)
+                              cwd=ROOT, env=runtime_env({**env,
+                                                         "FINETUNE_TERMINATION_LOG": str(term)}),
+                              capture_output=True, text=True, timeout=300)
         said = proc.stdout + proc.stderr
+        # the pod's termination message: what the ModelServer's status shows
+        message = term.read_text()
+        assert message.startswith(f"cannot download the base model s3://{bucket}/{PREFIX}/")
+        assert message in said and wrong not in message
         assert proc.returncode == 3, said
         assert f"cannot download the base model s3://{bucket}/{PREFIX}/" in said  # what
         assert "access denied" in said  # why
