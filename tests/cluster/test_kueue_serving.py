@@ -173,6 +173,17 @@ def test_server_is_admitted_by_kueue_evicted_by_a_higher_band_and_frees_its_quot
     running(cluster, ns, "after")
 
 
+def workload_writes(op: OperatorProcess) -> float:
+    """The operator process's API writes to Workloads (finetune_api_requests_total)."""
+    total = 0.0
+    for line in op.metrics().splitlines():
+        if line.startswith("finetune_api_requests_total{") and \
+                'resource="workload' in line.lower() and \
+                any(f'verb="{v}"' in line for v in ("create", "patch", "delete", "update")):
+            total += float(line.split()[-1])
+    return total
+
+
 def test_a_waiting_server_shows_kueues_message_and_an_idle_one_costs_no_write(
         cluster: Cluster, kueue_serving_operator: OperatorProcess, kueue: Path,
         queues: Callable[..., tuple[str, str]]) -> None:
@@ -206,15 +217,23 @@ def test_a_waiting_server_shows_kueues_message_and_an_idle_one_costs_no_write(
                    if line.startswith("finetune_scheduling_cycle_seconds_count"))
 
     before, start = versions(), cycles()
+    before_uid = (server_workload(cluster, ns) or {}).get("metadata", {}).get("uid")
     wait_for("several cycles", lambda: cycles() >= start + 5, 60)
     assert versions() == before
     # a restart changes nothing either: the same pod, the same Workload at the same version
     pods = [p["metadata"]["uid"] for p in server_pods(cluster, ns)]
+    assert workload_writes(kueue_serving_operator) >= 2  # the counter sees them: create, PodsReady
     kueue_serving_operator.kill()
     kueue_serving_operator.start()
     wait_for("several cycles after the restart", lambda: cycles() >= 5, 60)
     assert [p["metadata"]["uid"] for p in server_pods(cluster, ns)] == pods
-    assert versions()[0] == before[0]
+    # the restarted operator wrote nothing to its Workload (its own counter: Kueue may touch
+    # the Workload's status itself, e.g. when another test's queues go away)
+    assert workload_writes(kueue_serving_operator) == 0, (
+        "the restarted operator wrote the server's Workload:\n" + "\n".join(
+            line for line in kueue_serving_operator.log(tail=None).splitlines()
+            if "Workload" in line)[-4000:])
+    assert (server_workload(cluster, ns) or {}).get("metadata", {}).get("uid") == before_uid
 
     # its resources changed while admitted: the old reservation is given back (the pod stops,
     # the Workload is replaced) and Kueue admits the new one (no GPU: nothing of the quota)
