@@ -25,6 +25,7 @@ from finetune_api.server import ModelServer
 from finetune_api.times import parse_time, rfc3339
 from finetune_operator.admission import JobVerdict, QueuedJob, RunningJob
 from finetune_operator.admission.model import WaitCode
+from finetune_operator.jobs.build.pod import Flavor, flavored
 from finetune_operator.serving.build import (
     SPEC_HASH_LABEL,
     Located,
@@ -247,12 +248,12 @@ def with_flavor(pod: dict[str, Any], verdict: JobVerdict) -> dict[str, Any]:
     """``pod`` with the node labels and tolerations of the ResourceFlavor Kueue assigned
     (admission mode kueue) on top of the server's own; unchanged in native mode."""
     spec = pod["spec"]
-    if verdict.node_selector:
-        spec["nodeSelector"] = {**spec.get("nodeSelector", {}), **verdict.node_selector}
-    tolerations = spec.get("tolerations", [])
-    tolerations += [dict(t) for t in verdict.tolerations if t not in tolerations]
-    if tolerations:
-        spec["tolerations"] = tolerations
+    selector, tols = flavored(spec.get("nodeSelector", {}), spec.get("tolerations", []),
+                              Flavor(verdict.node_selector, verdict.tolerations))
+    if selector:
+        spec["nodeSelector"] = selector
+    if tols:
+        spec["tolerations"] = tols
     return pod
 
 

@@ -289,13 +289,10 @@ def build_pod(
         spec["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
     if priority_class is not None:
         spec["priorityClassName"] = priority_class
-    selector = {**job.spec.resources.node_selector, **(flavor.node_selector if flavor else {})}
+    selector, tols = flavored(job.spec.resources.node_selector, tolerations(job, settings),
+                              flavor)
     if selector:
         spec["nodeSelector"] = selector
-    tols = tolerations(job, settings)
-    for extra in flavor.tolerations if flavor else ():
-        if extra not in tols:
-            tols.append(dict(extra))
     if tols:
         spec["tolerations"] = tols
     if node:
@@ -339,6 +336,18 @@ class Flavor:
 
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: Sequence[Mapping[str, str]] = ()
+
+
+def flavored(selector: Mapping[str, str], tols: Sequence[Mapping[str, str]],
+             flavor: Flavor | None) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """A pod's node selector and tolerations with a Kueue ResourceFlavor's on top (its labels
+    win on a key; its tolerations not already there are added), for jobs' and servers' pods."""
+    out_selector = {**selector, **(flavor.node_selector if flavor else {})}
+    out_tols = [dict(t) for t in tols]
+    for extra in flavor.tolerations if flavor else ():
+        if extra not in out_tols:
+            out_tols.append(dict(extra))
+    return out_selector, out_tols
 
 
 def preferred_node(node: str) -> dict[str, Any]:
