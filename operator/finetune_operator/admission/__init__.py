@@ -25,7 +25,9 @@ from finetune_operator.admission.model import (
     Waiting,
 )
 from finetune_operator.admission.policy import (
+    Walk,
     admit,
+    admit_kept,
     effective_priority,
     queue_order,
     work_since_checkpoint,
@@ -54,7 +56,9 @@ __all__ = [
     "Toleration",
     "WaitCode",
     "Waiting",
+    "Walk",
     "admit",
+    "admit_kept",
     "effective_priority",
     "queue_order",
     "work_since_checkpoint",

@@ -90,8 +90,10 @@ from finetune_operator.admission.model import (
     PolicyResult,
     Preemption,
     QueuedJob,
+    Quota,
     RunningJob,
     Snapshot,
+    SnapshotJob,
     WaitCode,
     Waiting,
 )
@@ -615,3 +617,57 @@ def admit(snapshot: Snapshot, now: datetime) -> PolicyResult:
     order of the input sequences. See the module docstring for the policy.
     """
     return _Admitter(snapshot, now).run(snapshot.queued)
+
+
+class Walk:
+    """The admitter's state after a walk (``admit_kept``), kept so that a job arriving later
+    can be considered after the walk without walking again (``jobs/decide.py``'s quiet
+    rounds). Only sound while the walk is ``quiet()``: every job it left waiting is held by
+    its own namespace (quota or job limit) and nothing is stopping, reserved or claimed, so a
+    job admitted into free GPUs and free quota of another namespace changes no other verdict."""
+
+    def __init__(self, adm: _Admitter) -> None:
+        self._adm = adm
+        self.policy = adm.policy
+        self.quotas: tuple[Quota, ...] = tuple(adm.quota.quotas)
+
+    def quiet(self) -> bool:
+        a = self._adm
+        return (not a.preempted and not a.stopping
+                and all(p.reservations == 0 and p.pending_total == 0 for p in a.pools.values())
+                and not any(a.quota.reserved) and not any(a.quota.pending)
+                and all(not w.reserved and w.code in (WaitCode.QUOTA, WaitCode.NAMESPACE_LIMIT)
+                        for w in a.waiting))
+
+    def waiting_namespaces(self) -> set[str]:
+        return {w.job.namespace for w in self._adm.waiting}
+
+    def placement(self, uid: str) -> tuple[str, ...] | None:
+        """The nodes the walk counts a running or admitted job on."""
+        got = self._adm.placement_of.get(uid)
+        if got is not None:
+            return got
+        return next((a.placement for a in self._adm.admitted if a.job.uid == uid), None)
+
+    def quota_free(self) -> list[int]:
+        """Per quota (``quotas``' order): what the walk left free."""
+        return list(self._adm.quota.free)
+
+    def quota_ids(self, job: SnapshotJob) -> tuple[int, ...]:
+        return self._adm.quota.ids(job)
+
+    def consider(self, job: QueuedJob) -> Admission | None:
+        """One more waiting job after the walk: its admission when it fits now. None: it
+        does not, and the state is spent (the caller decides afresh)."""
+        a = self._adm
+        n = len(a.admitted)
+        a.consider(job)
+        if len(a.admitted) > n:
+            return a.admitted[n]
+        return None
+
+
+def admit_kept(snapshot: Snapshot, now: datetime) -> tuple[PolicyResult, Walk]:
+    """``admit()``, and the state its walk left (``Walk``)."""
+    adm = _Admitter(snapshot, now)
+    return adm.run(snapshot.queued), Walk(adm)

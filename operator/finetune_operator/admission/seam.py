@@ -85,6 +85,13 @@ class ClusterView:
     # ``serving``, decided in the same round as the jobs (verdicts by the server's uid); in
     # admission mode kueue the ModelServer objects themselves (kueue/admitter.py)
     servers: Sequence[Any] = ()
+    # what changed since the previous view (the cycle's dirty tracking), for an admitter that
+    # keeps state across cycles: the uids of the jobs whose object or pods changed or that left
+    # the view (None: unknown, decide afresh); whether anything but jobs, their pods and the
+    # ResourceQuotas changed (nodes, other pods, PriorityClasses, ...); whether the quotas did
+    changed: frozenset[str] | None = None
+    capacity_changed: bool = True
+    quotas_changed: bool = True
 
 
 class Admitter(Protocol):

@@ -90,9 +90,13 @@ class Cycle:
         self._invalid: dict[str, tuple[str, str]] = {}
         self._sweep_retry_at = 0.0
         self.queue_view: dict[str, list[dict[str, Any]]] = {}
+        self._held: set[str] = set()  # the jobs the last cycle left out of the admitter's view
+        # each job's metrics row, while its object is the same one (most jobs, most cycles)
+        self._rows: dict[str, tuple[FineTuneJob, dict[str, Any]]] = {}
 
     def _forget(self, uid: str) -> None:
         self._last_decision.pop(uid, None)
+        self._rows.pop(uid, None)
         with self._lock:
             self._invalid.pop(uid, None)
         self.timers.forget(uid)
@@ -113,6 +117,11 @@ class Cycle:
         with self._lock:  # a job whose plan failed holds no decision that others wait on
             invalid = dict(self._invalid)
         held = {uid for uid, (step, _) in invalid.items() if step in HELD_STEPS}
+        # for the admitter's quiet rounds: every job whose object, pods or place in the view
+        # may differ from the previous view's
+        changed = frozenset(got.dirty | got.written | inflight | got.gone
+                            | (held ^ self._held))
+        self._held = held
         jobs = [e.job for e in entries if e.job is not None and e.uid not in held]
         classes = dict(feeds.classes.items())
         ours = [p for ps in got.pods_by_uid.values() for p in ps]
@@ -135,15 +144,17 @@ class Cycle:
             flavors=dict(feeds.flavors.items()) if kueue else {},
             shared_gpus=[g for gs in feeds.shared_gpus.values() for g in gs],
             claim_uses=[u for us in feeds.claims.values() for u in us],
-            servers=server_entries), now)
+            servers=server_entries, changed=changed, capacity_changed=got.capacity_changed,
+            quotas_changed=got.quotas_changed), now)
         epoch = now.timestamp()
         todo = set(got.dirty)
+        last = self._last_decision
         for uid, d in decisions.by_uid.items():
-            if self._last_decision.get(uid) != d:
+            if (prev := last.get(uid)) is not d and prev != d:  # quiet rounds reuse verdicts
                 todo.add(uid)
         todo |= self.timers.take_due(epoch, inflight)
         todo -= inflight  # planned again once its write landed (it stays dirty until then)
-        if got.capacity_changed and self.count == 0:
+        if (got.capacity_changed or got.quotas_changed) and self.count == 0:
             todo |= {e.uid for e in entries}
         work: list[Work] = []
         samples: list[dict[str, Any]] = []
@@ -233,7 +244,13 @@ class Cycle:
                 due = due_at(job, pl.status, pods, self._timing(), now)
                 status = pl.status
             step = "metrics"
-            row = sample(job, status)
+            if pl is None and (kept := self._rows.get(job.metadata.uid)) is not None \
+                    and kept[0] is job:
+                row = kept[1]
+            else:
+                row = sample(job, status)
+                if pl is None:
+                    self._rows[job.metadata.uid] = (job, row)
         except Exception as e:
             raise JobDataError(step, problem(step, e)) from e
         if due is not None:

@@ -29,13 +29,17 @@ from finetune_operator.admission import (
     Impossible,
     JobVerdict,
     Policy,
+    PolicyResult,
     Preemption,
     QueuedJob,
     RunningJob,
     Snapshot,
     Toleration,
     Waiting,
+    Walk,
     admit,
+    admit_kept,
+    queue_order,
 )
 from finetune_operator.admission.devices import (
     SharedQueued,
@@ -44,6 +48,7 @@ from finetune_operator.admission.devices import (
     devices_now,
     with_shares_used,
 )
+from finetune_operator.admission.model import Quota
 from finetune_operator.admission.sharing import QUOTA_UNITS, is_shared, quota_used
 from finetune_operator.admission.snapshot import nodes_from_k8s, quotas_from_k8s
 from finetune_operator.jobs.pods import Pod, attempt_of
@@ -362,10 +367,12 @@ def decide(jobs: list[FineTuneJob], pods_by_uid: Mapping[str, list[Pod]],
 
 
 def verdicts(snap: Snapshot, now: dt.datetime, keys: set[str],
-             settings: OperatorSettings, out: AdmissionRound) -> AdmissionRound:
-    """admit() over the snapshot, worded as one JobVerdict per job (``keys``: every job's
-    namespace/name, which messages to a tenant never name)."""
-    d = admit(snap, now)
+             settings: OperatorSettings, out: AdmissionRound,
+             result: PolicyResult | None = None) -> AdmissionRound:
+    """admit() over the snapshot (or its ``result``, already computed), worded as one
+    JobVerdict per job (``keys``: every job's namespace/name, which messages to a tenant never
+    name)."""
+    d = result if result is not None else admit(snap, now)
     said: dict[tuple[str, str], str] = {}  # many waiting jobs share a reason: rewrite it once
 
     def words(text: str, ns: str) -> str:
@@ -447,6 +454,37 @@ def _pods_key(pods: list[Pod]) -> tuple[tuple[int, Any, Any], ...]:
                   (p.get("spec") or {}).get("nodeName")) for p in pods)
 
 
+# a quiet round's verdicts may lag a full round's by at most this much: aging can reorder a
+# namespace's waiting jobs (their positions) with no event; a full round re-sorts them
+QUIET_MAX_SECONDS = 30.0
+
+
+class _Quiet:
+    """What a quiet round needs of the last full round (``NativeAdmitter``): the walk's state,
+    the verdicts, and per job its kind in the snapshot (queued / running / none)."""
+
+    def __init__(self, walk: Walk, out: AdmissionRound, now: dt.datetime,
+                 until: dt.datetime) -> None:
+        self.walk, self.out, self.at, self.until = walk, out, now, until
+        self.kinds: dict[str, str | None] = {}        # uid -> "queued" | "running" | None
+        self.queued: dict[str, QueuedJob] = {}
+        self.shape: dict[str, tuple[object, ...]] = {}  # running: what the walk charged
+        # GPUs the walk charged to quotas that their usage may not show yet (admitted, or
+        # running with pods the quota does not count yet): uid -> (quota indices, GPUs)
+        self.charged: dict[str, tuple[tuple[int, ...], int]] = {}
+        self.waiting_ns = walk.waiting_namespaces()
+        self.quotas = _quota_terms(walk.quotas)
+
+
+def _quota_terms(quotas: Sequence[Quota]) -> list[tuple[object, ...]]:
+    """A quota as the walk reads it, its usage aside (a change of these: decide afresh)."""
+    return [(q.namespace, q.name, q.resource, q.hard, q.scopes) for q in quotas]
+
+
+def _shape(r: RunningJob) -> tuple[object, ...]:
+    return (r.namespace, r.gpu_resource, r.gpus, r.nodes, r.priority, r.priority_class)
+
+
 class NativeAdmitter:
     """The admitter of ``admission/seam.py`` this operator runs today: its own policy.
 
@@ -456,14 +494,28 @@ class NativeAdmitter:
     quotas and the walk of admit() are computed afresh every cycle, so every verdict is the one
     a full rebuild (``decide()``) gives. The cache holds the jobs of the latest view only, and
     is dropped when the PriorityClasses change. ``built`` / ``reused`` count entries parsed /
-    taken from the cache (tests and benchmarks read them)."""
+    taken from the cache (tests and benchmarks read them).
+
+    Quiet rounds: when the last full round left every waiting job held by its own namespace
+    (its quota or job limit: ``Walk.quiet``) and since then only new jobs arrived in other
+    namespaces and running jobs moved on without changing what they hold (their status, their
+    pods created, bound where the walk counted them, running), a round considers only the new
+    jobs, after the walk, on the state the walk left, and keeps every other verdict: the
+    verdicts a full round would give (each new job's nodes aside: the walk counts a running
+    job's unbound pods where it admitted them, a full round where they fit best now). Anything
+    else (a job finishing, a node or another pod changing, a quota's terms or a usage the walk
+    did not expect, a new job that does not fit at once, ``QUIET_MAX_SECONDS``, a waiting job
+    reaching the aging bound or a retry time) makes the round a full one. ``quiet_rounds``
+    counts them."""
 
     def __init__(self, settings: OperatorSettings) -> None:
         self.settings = settings
         self._kept: dict[str, _Kept] = {}
         self._classes: dict[str, int] = {}
+        self._quiet: _Quiet | None = None
         self.built = 0
         self.reused = 0
+        self.quiet_rounds = 0
 
     def cached_uids(self) -> set[str]:
         """The jobs whose entries the cache holds (those of the latest view)."""
@@ -473,22 +525,22 @@ class NativeAdmitter:
         settings, out = self.settings, AdmissionRound()
         classes = dict(view.classes)
         if classes != self._classes:  # every entry's priority may differ
-            self._kept, self._classes = {}, classes
+            self._kept, self._classes, self._quiet = {}, classes, None
+        quiet, self._quiet = self._quiet, None
+        if quiet is not None and (got := self._quiet_round(quiet, view, now)) is not None:
+            self._quiet = quiet
+            self.quiet_rounds += 1
+            return got
         kept, fresh = self._kept, {}
         queued: list[QueuedJob] = []
         running: list[RunningJob] = []
+        idle: list[tuple[str, Recipe]] = []
         keys: set[str] = set()
         for job in view.jobs:
             uid = job.metadata.uid
             pods = view.pods_by_uid.get(uid, [])
             try:
-                have = kept.get(uid)
-                pods_key = _pods_key(pods) if pods else ()
-                if have is not None and have.job is job and have.pods == pods_key:
-                    self.reused += 1
-                else:
-                    have = _Kept(job, pods_key, entry_recipe(job, pods, classes, settings))
-                    self.built += 1
+                have = self._entry(kept.get(uid), job, pods)
                 fresh[uid] = have
                 keys.add(have.key)
                 entry = have.recipe.at(now)
@@ -501,6 +553,8 @@ class NativeAdmitter:
                 running.append(entry)
             elif entry is not None:
                 queued.append(entry)
+            else:
+                idle.append((uid, have.recipe))
         self._kept = fresh  # bounded by the live jobs: deleted ones are gone
         for server in view.servers:  # ModelServers: the same pool, quotas and bands
             keys.add(server.key)
@@ -508,4 +562,128 @@ class NativeAdmitter:
         snap = _snapshot(queued, running, settings, view.nodes, view.active_pods, view.quotas)
         if settings.admission.shared_gpu_device_class and view.shared_gpus:
             return _with_sharing(snap, view, now, keys, settings, out)
-        return verdicts(snap, now, keys, settings, out)
+        result, walk = admit_kept(snap, now)
+        verdicts(snap, now, keys, settings, out, result)
+        if not view.servers and not out.invalid and walk.quiet():
+            self._quiet = self._remember(walk, out, snap, idle, now)
+        return out
+
+    def _entry(self, have: _Kept | None, job: FineTuneJob, pods: list[Pod]) -> _Kept:
+        pods_key = _pods_key(pods) if pods else ()
+        if have is not None and have.job is job and have.pods == pods_key:
+            self.reused += 1
+            return have
+        self.built += 1
+        return _Kept(job, pods_key, entry_recipe(job, pods, self._classes, self.settings))
+
+    def _remember(self, walk: Walk, out: AdmissionRound, snap: Snapshot,
+                  idle: list[tuple[str, Recipe]], now: dt.datetime) -> _Quiet:
+        until = now + dt.timedelta(seconds=QUIET_MAX_SECONDS)
+        bound = snap.policy.reserve_threshold_seconds
+        for w in snap.queued:  # a waiting job reaching the aging bound may reserve
+            if bound is not None and out.by_uid.get(w.uid, JobVerdict()).admit is False:
+                until = min(until, w.waiting_since + dt.timedelta(seconds=bound))
+        for _, recipe in idle:  # a job past its retry delay joins the queue
+            retry = getattr(recipe, "retry", None)
+            if retry is not None and retry > now:
+                until = min(until, retry)
+        q = _Quiet(walk, out, now, until)
+        for uid, _ in idle:
+            q.kinds[uid] = None
+        for j in snap.queued:
+            q.kinds[j.uid], q.queued[j.uid] = "queued", j
+        for r in snap.running:
+            q.kinds[r.uid], q.shape[r.uid] = "running", _shape(r)
+            if not r.counted_in_quota:
+                q.charged[r.uid] = (walk.quota_ids(r), r.total_gpus)
+        for j in snap.queued:
+            if out.by_uid.get(j.uid, JobVerdict()).admit:
+                q.charged[j.uid] = (walk.quota_ids(j), j.total_gpus)
+        return q
+
+    def _quiet_round(self, q: _Quiet, view: ClusterView, now: dt.datetime,
+                     ) -> AdmissionRound | None:
+        """The round as a quiet one (``NativeAdmitter``), or None: decide afresh."""
+        if view.changed is None or view.capacity_changed or view.servers or view.shared_gpus \
+                or not q.at <= now < q.until:
+            return None
+        by_uid = {j.metadata.uid: j for j in view.jobs} if view.changed else {}
+        arrivals: list[QueuedJob] = []
+        started: list[str] = []  # admitted by an earlier round, now holding GPUs
+        # updated in place: when the round turns out not quiet, a full round replaces q (and
+        # every cached entry stays valid for it)
+        kept, kinds, shape, charged = self._kept, q.kinds, q.shape, q.charged
+        for uid in view.changed:
+            old = kinds.get(uid, "new")
+            job = by_uid.get(uid)
+            if job is None:  # deleted, or left out of the view
+                if old is not None and old != "new":
+                    return None
+                kinds.pop(uid, None)
+                kept.pop(uid, None)
+                continue
+            try:
+                have = kept[uid] = self._entry(kept.get(uid), job, view.pods_by_uid.get(uid, []))
+                entry = have.recipe.at(now)
+            except Exception:  # its problem is worded by a full round
+                return None
+            if entry is None:
+                if old not in (None, "new"):
+                    return None
+                if (retry := getattr(have.recipe, "retry", None)) is not None and retry > now:
+                    return None  # joins the queue at its retry time: a full round sees it
+                kinds[uid] = None
+            elif isinstance(entry, QueuedJob):
+                if old in (None, "new"):
+                    arrivals.append(entry)
+                elif old != "queued" or q.queued.get(uid) != entry:
+                    return None
+            else:
+                was = q.out.by_uid.get(uid)
+                admitted = old == "queued" and was is not None and was.admit
+                if not (old == "running" or admitted) or entry.preempting or (
+                        old == "running" and shape.get(uid) != _shape(entry)):
+                    return None
+                placed = q.walk.placement(uid)
+                if placed is None or not set(entry.placement) <= set(placed):
+                    return None
+                if admitted:
+                    started.append(uid)
+                kinds[uid], shape[uid] = "running", _shape(entry)
+                if entry.counted_in_quota:
+                    charged.pop(uid, None)
+                else:
+                    charged[uid] = (q.walk.quota_ids(entry), entry.total_gpus)
+        if view.quotas_changed and not _quotas_as_expected(q, view):
+            return None
+        out = AdmissionRound(by_uid=dict(q.out.by_uid), quotas=q.out.quotas,
+                             queue_view=q.out.queue_view)
+        for uid in started:
+            out.by_uid.pop(uid, None)  # running: a full round has no verdict for it
+        for a in queue_order(arrivals, now, q.walk.policy):
+            if a.namespace in q.waiting_ns:  # its place among them: a full round
+                return None
+            got = q.walk.consider(a)
+            if got is None:  # waits, or needs a preemption: a full round words it
+                return None
+            out.by_uid[a.uid] = JobVerdict(admit=True, placement=got.placement)
+            kinds[a.uid], q.queued[a.uid] = "queued", a
+            charged[a.uid] = (q.walk.quota_ids(a), a.total_gpus)
+        q.out = out
+        return out
+
+
+def _quotas_as_expected(q: _Quiet, view: ClusterView) -> bool:
+    """The quotas' terms are the walk's, and each, less what the walk charged that its usage
+    does not show yet, has the room the walk left (more only where nothing waits: the quota
+    controller has not caught up with a job that finished there)."""
+    quotas = quotas_from_k8s(view.quotas)
+    if _quota_terms(quotas) != q.quotas:
+        return False
+    free = [quota.free for quota in quotas]
+    for ids, gpus in q.charged.values():
+        for i in ids:
+            free[i] -= gpus
+    left = q.walk.quota_free()
+    return all(f >= w and (f == w or quotas[i].namespace not in q.waiting_ns)
+               for i, (f, w) in enumerate(zip(free, left, strict=True)))

@@ -213,6 +213,7 @@ class Executor:
             written = job_entry(res)  # see our own write before the watch does; no replan:
             self.feeds.jobs.put(uid, written, notify=False,  # this status is what was planned
                                 part=self.feeds.part(ns))
+            self.feeds.wrote(uid)
             if written.trial is not None:
                 self.feeds.mark_sweeps_dirty()
             at = now.timestamp()

@@ -91,11 +91,13 @@ class Inputs:
     """What one cycle reads of the feeds, taken together under the lock."""
 
     dirty: set[str]
-    capacity_changed: bool
+    capacity_changed: bool   # nodes, other pods, classes, ... (not jobs, our pods or quotas)
     pods_by_uid: dict[str, list[Pod]]
     # job uid -> (attempt, newest progress report of that attempt)
     reports: dict[str, tuple[int, ProgressReport]]
     gone: set[str] = field(default_factory=set)  # jobs deleted since: forget what is kept
+    quotas_changed: bool = True  # a ResourceQuota (its status too)
+    written: set[str] = field(default_factory=set)  # jobs whose status the operator wrote
 
 
 class Feeds:
@@ -116,6 +118,8 @@ class Feeds:
         self._dirty: set[str] = set()
         self._gone: set[str] = set()
         self._capacity_changed = True
+        self._quotas_changed = True
+        self._written: set[str] = set()
         self._sweeps_dirty = True
         self._pods_by_job: dict[str, dict[str, Pod]] = {}
         # pods naming a job uid not (yet) in the jobs cache: checked when the job arrives
@@ -225,6 +229,8 @@ class Feeds:
                         impostors += self._index_pod(pod_key, None, pod)
             elif kind == "pods":
                 impostors = self._index_pod(key, old, new)
+            elif kind == "quotas":
+                self._quotas_changed = True
             else:
                 self._capacity_changed = True
         self.wake()
@@ -318,11 +324,20 @@ class Feeds:
         with self.lock:
             dirty, self._dirty = self._dirty - inflight, self._dirty & inflight
             capacity, self._capacity_changed = self._capacity_changed, False
+            quotas, self._quotas_changed = self._quotas_changed, False
             gone, self._gone = self._gone, set()
-            return Inputs(dirty=dirty, capacity_changed=capacity,
+            written, self._written = self._written, set()
+            return Inputs(dirty=dirty, capacity_changed=capacity, quotas_changed=quotas,
+                          written=written,
                           pods_by_uid={uid: list(p.values())
                                        for uid, p in self._pods_by_job.items()},
                           reports=dict(self._reports), gone=gone)
+
+    def wrote(self, uid: str) -> None:
+        """The operator stored its own write of this job's status (no replan, no wake): the
+        next cycle's view of the job differs from the last one's all the same."""
+        with self.lock:
+            self._written.add(uid)
 
     def created_pod(self, pod: dict[str, Any]) -> None:
         """A pod this operator just created, as the API server returned it: cached before its

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from finetune_operator.jobs.controller import Controller
+from finetune_operator.jobs.decide import NativeAdmitter
 from tests.builders.jobkube import FakeClock, RecordingJobKube, Write, gpu_node, load, sync
 from tests.builders.jobs import job_body, make_settings
 
@@ -52,11 +53,15 @@ class World:
     def pod(self, name: str, ns: str = "team-a") -> dict[str, Any]:
         return self.kube.objects[("Pod", ns, name)]
 
-    def run_pod(self, name: str) -> None:
-        pod = self.pod(name)
+    def run_pod(self, name: str, ns: str = "team-a") -> None:
+        pod = self.pod(name, ns)
         pod.setdefault("spec", {})["nodeName"] = "node-0"
         pod["status"] = {"phase": "Running", "containerStatuses": [
             {"name": "trainer", "state": {"running": {}}}]}
+
+    def complete_pod(self, name: str, ns: str = "team-a") -> None:
+        self.pod(name, ns)["status"] = {"phase": "Succeeded", "containerStatuses": [
+            {"name": "trainer", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}
 
     def fail_pod(self, name: str, exit_code: int = 1, message: str | None = None) -> None:
         term: dict[str, Any] = {"exitCode": exit_code, "reason": "Error"}
@@ -216,3 +221,29 @@ def test_a_restarted_operator_with_running_jobs_writes_nothing(worlds: list[Worl
     for _ in range(5):
         w.cycle(10)
     assert w.new_writes(before) == []
+
+
+def test_arrivals_in_a_steady_cluster_are_decided_in_quiet_rounds(worlds: list[World]) -> None:
+    """A new job with room, its admission written back, its pod created and running: each
+    cycle a quiet round of the admitter (jobs/decide.py), with the same writes as ever; the
+    job finishing frees GPUs, and that cycle is a full round."""
+    w = running_world(worlds, job_body("one", gpus=2))
+    adm = w.ctrl.cycle.admitter
+    assert isinstance(adm, NativeAdmitter)
+    w.cycle()
+    quiet = adm.quiet_rounds
+    w.kube.jobs[("team-b", "two")] = job_body("two", "team-b", gpus=2,
+                                              created="2026-01-02T11:00:00Z")
+    w.cycle()
+    assert w.status("two", "team-b")["phase"] == "Admitted"
+    assert ("create", "Pod", "team-b/two-a1-0") in w.kube.writes()
+    w.run_pod("two-a1-0", "team-b")
+    w.cycle()
+    assert w.status("two", "team-b")["phase"] == "Running"
+    assert adm.quiet_rounds >= quiet + 2, (quiet, adm.quiet_rounds)
+    quiet = adm.quiet_rounds
+    w.complete_pod("two-a1-0", "team-b")
+    w.cycle()
+    w.cycle()
+    assert w.status("two", "team-b")["phase"] == "Succeeded"
+    assert adm.quiet_rounds <= quiet + 1, (quiet, adm.quiet_rounds)
