@@ -688,8 +688,12 @@ def run_ours(b: Bench, res: dict[str, Any]) -> None:
         b.audits(res, track, decisions, applied, [log_path])
         b.agent_writes(res)
         b.settle("the operator to settle after the back-fill", stable)
+        rounds = admission_rounds(op.metrics())
         b.arrivals(res, track, lambda i: ftj(f"a-{i:04d}", "arrivals"), FTJ_PATH,
                    lambda ns, _gpus: claim_and_data(b, ns))
+        after = admission_rounds(op.metrics())
+        res["arrival_rounds"] = {k: v - rounds.get(k, 0) for k, v in after.items()
+                                 if v - rounds.get(k, 0) > 0}
 
         # --- memory at rss_jobs FineTuneJobs plus foreign pods
         if not b.args.skip_rss:
@@ -704,6 +708,15 @@ def run_ours(b: Bench, res: dict[str, Any]) -> None:
         ftj_watch.stop()
         watch.stop()
         op.stop()
+
+
+def admission_rounds(metrics_text: str) -> dict[str, float]:
+    """The operator's admission rounds so far: "quiet", and "full: <reason>" per reason."""
+    out: dict[str, float] = {}
+    for labels, value in measure.samples(metrics_text, "finetune_admission_rounds_total"):
+        key = "quiet" if labels.get("kind") == "quiet" else f"full: {labels.get('reason')}"
+        out[key] = out.get(key, 0.0) + value
+    return out
 
 
 def add_foreign_pods(b: Bench, n: int) -> None:
@@ -1070,6 +1083,11 @@ def report(b: Bench, command: str) -> list[str]:
             lines.append(f"The operator's scheduling cycle over the phase: {ours['cycles']:.0f} "
                          f"cycles, {ours['cycle_seconds_mean']:.1f} s on average "
                          "(finetune_scheduling_cycle_seconds).")
+        if ours.get("arrival_rounds"):
+            lines.append("Its admission rounds during the arrivals (finetune_admission_rounds"
+                         "_total; quiet: only what changed decided, full: every job walked, and "
+                         "why): " + ", ".join(f"{k} {v:.0f}" for k, v in
+                                             sorted(ours["arrival_rounds"].items())) + ".")
         if "rss_10000" in ours:
             hwm, rss = ours["rss_10000"]
             lines.append(f"Memory: operator VmRSS **{rss:.0f} MB** (VmHWM {hwm:.0f} MB) with "

@@ -97,6 +97,12 @@ CYCLE_SECONDS = Histogram(
     "Duration of one scheduling cycle (snapshot from the cache, admit(), plans, writes).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY,
 )
+ADMISSION_ROUNDS = Counter(
+    "finetune_admission_rounds",
+    "Admission rounds of the scheduling cycle: quiet (only the jobs that changed decided) or "
+    "full (every job walked), and why a round was full.",
+    ("kind", "reason"), registry=REGISTRY,
+)
 CYCLE_ERRORS = Counter(
     "finetune_scheduling_cycle_errors",
     "Scheduling cycles that raised (the next cycle retries), and per-job planning errors.",
@@ -302,6 +308,12 @@ def count_api_request(verb: str, resource: str) -> None:
 
 def observe_cycle(seconds: float) -> None:
     CYCLE_SECONDS.observe(max(0.0, seconds))
+
+
+def count_admission_round(full: str | None) -> None:
+    """One admission round: ``full`` None for a quiet one, else why it walked every job (the
+    admitter's reason, a short word from a fixed set)."""
+    ADMISSION_ROUNDS.labels("quiet" if full is None else "full", full or "").inc()
 
 
 def count_cycle_error(scope: str) -> None:

@@ -29,6 +29,7 @@ from finetune_operator.admission.policy import (
     admit,
     admit_kept,
     effective_priority,
+    next_reorder,
     queue_order,
     work_since_checkpoint,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "admit",
     "admit_kept",
     "effective_priority",
+    "next_reorder",
     "queue_order",
     "work_since_checkpoint",
 ]

@@ -112,6 +112,30 @@ def effective_priority(job: QueuedJob, now: datetime, policy: Policy) -> float:
     return job.priority + min(policy.aging_cap, policy.aging_rate_per_minute * minutes)
 
 
+def next_reorder(jobs: Iterable[QueuedJob], now: datetime, policy: Policy) -> float | None:
+    """Seconds from ``now`` until aging may next change the queue order of ``jobs`` (None:
+    never). Every job ages at the same rate until it reaches the cap, so two jobs swap only
+    after one of them is capped: the soonest of a job reaching the cap and an uncapped job
+    reaching the effective priority of a capped one above it."""
+    rate = policy.aging_rate_per_minute / 60.0
+    if rate <= 0:
+        return None
+    soonest = math.inf
+    ranked: list[tuple[float, bool]] = []  # (effective priority, capped)
+    for j in jobs:
+        aged = rate * max(0.0, (now - j.waiting_since).total_seconds())
+        if aged < policy.aging_cap:
+            soonest = min(soonest, (policy.aging_cap - aged) / rate)
+        ranked.append((j.priority + min(policy.aging_cap, aged), aged >= policy.aging_cap))
+    below: float | None = None  # the highest uncapped effective priority so far
+    for eff, capped in sorted(ranked):
+        if not capped:
+            below = eff
+        elif below is not None:
+            soonest = min(soonest, (eff - below) / rate)
+    return None if soonest == math.inf else soonest
+
+
 def queue_order(jobs: Iterable[QueuedJob], now: datetime, policy: Policy) -> list[QueuedJob]:
     """Jobs in admission order (highest effective priority first)."""
     return sorted(jobs, key=lambda j: (-effective_priority(j, now, policy), j.created_at,

@@ -58,6 +58,9 @@ class AdmissionRound:
     # jobs left out of this decision because their data could not be processed:
     # uid -> (step, problem)
     invalid: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # an admitter that keeps state across cycles: None when this round decided only what
+    # changed, else why it walked every job (a label of finetune_admission_rounds_total)
+    full: str | None = "full"
 
     def get(self, uid: str, default: JobVerdict) -> JobVerdict:
         return self.by_uid.get(uid, default)

@@ -146,6 +146,7 @@ class Cycle:
             claim_uses=[u for us in feeds.claims.values() for u in us],
             servers=server_entries, changed=changed, capacity_changed=got.capacity_changed,
             quotas_changed=got.quotas_changed), now)
+        metrics.count_admission_round(decisions.full)
         epoch = now.timestamp()
         todo = set(got.dirty)
         last = self._last_decision

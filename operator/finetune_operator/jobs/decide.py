@@ -39,6 +39,7 @@ from finetune_operator.admission import (
     Walk,
     admit,
     admit_kept,
+    next_reorder,
     queue_order,
 )
 from finetune_operator.admission.devices import (
@@ -454,9 +455,12 @@ def _pods_key(pods: list[Pod]) -> tuple[tuple[int, Any, Any], ...]:
                   (p.get("spec") or {}).get("nodeName")) for p in pods)
 
 
-# a quiet round's verdicts may lag a full round's by at most this much: aging can reorder a
-# namespace's waiting jobs (their positions) with no event; a full round re-sorts them
-QUIET_MAX_SECONDS = 30.0
+# at least this often a full round: what a quiet round does not follow (running jobs' expected
+# ends, which place a job with a deadline; the visibility endpoint's effective priorities)
+QUIET_MAX_SECONDS = 120.0
+# why a round was a full one (the metric's reason label; jobs/decide.py NativeAdmitter)
+FULL_ROUND = ("not-quiet", "unknown", "capacity", "time", "job-left", "job-data", "job-stopped",
+              "retry", "job-changed", "placement", "quota", "arrival-queue", "arrival-waits")
 
 
 class _Quiet:
@@ -527,10 +531,13 @@ class NativeAdmitter:
         if classes != self._classes:  # every entry's priority may differ
             self._kept, self._classes, self._quiet = {}, classes, None
         quiet, self._quiet = self._quiet, None
-        if quiet is not None and (got := self._quiet_round(quiet, view, now)) is not None:
+        why = self._quiet_round(quiet, view, now) if quiet is not None else "not-quiet"
+        if isinstance(why, AdmissionRound):
             self._quiet = quiet
             self.quiet_rounds += 1
-            return got
+            why.full = None
+            return why
+        out.full = why
         kept, fresh = self._kept, {}
         queued: list[QueuedJob] = []
         running: list[RunningJob] = []
@@ -580,9 +587,13 @@ class NativeAdmitter:
                   idle: list[tuple[str, Recipe]], now: dt.datetime) -> _Quiet:
         until = now + dt.timedelta(seconds=QUIET_MAX_SECONDS)
         bound = snap.policy.reserve_threshold_seconds
-        for w in snap.queued:  # a waiting job reaching the aging bound may reserve
-            if bound is not None and out.by_uid.get(w.uid, JobVerdict()).admit is False:
-                until = min(until, w.waiting_since + dt.timedelta(seconds=bound))
+        waiting = [w for w in snap.queued if (v := out.by_uid.get(w.uid)) is not None
+                   and not v.admit and v.impossible is None]
+        for w in waiting:  # a waiting job reaching the aging bound may reserve
+            if bound is not None and (t := w.waiting_since + dt.timedelta(seconds=bound)) > now:
+                until = min(until, t)
+        if (swap := next_reorder(waiting, now, snap.policy)) is not None:  # positions move
+            until = min(until, now + dt.timedelta(seconds=swap + 0.001))
         for _, recipe in idle:  # a job past its retry delay joins the queue
             retry = getattr(recipe, "retry", None)
             if retry is not None and retry > now:
@@ -602,11 +613,15 @@ class NativeAdmitter:
         return q
 
     def _quiet_round(self, q: _Quiet, view: ClusterView, now: dt.datetime,
-                     ) -> AdmissionRound | None:
-        """The round as a quiet one (``NativeAdmitter``), or None: decide afresh."""
-        if view.changed is None or view.capacity_changed or view.servers or view.shared_gpus \
-                or not q.at <= now < q.until:
-            return None
+                     ) -> AdmissionRound | str:
+        """The round as a quiet one (``NativeAdmitter``), or why not (a ``FULL_ROUND``
+        reason): decide afresh."""
+        if view.changed is None:
+            return "unknown"
+        if view.capacity_changed or view.servers or view.shared_gpus:
+            return "capacity"
+        if not q.at <= now < q.until:
+            return "time"
         by_uid = {j.metadata.uid: j for j in view.jobs} if view.changed else {}
         arrivals: list[QueuedJob] = []
         started: list[str] = []  # admitted by an earlier round, now holding GPUs
@@ -618,7 +633,7 @@ class NativeAdmitter:
             job = by_uid.get(uid)
             if job is None:  # deleted, or left out of the view
                 if old is not None and old != "new":
-                    return None
+                    return "job-left"
                 kinds.pop(uid, None)
                 kept.pop(uid, None)
                 continue
@@ -626,27 +641,27 @@ class NativeAdmitter:
                 have = kept[uid] = self._entry(kept.get(uid), job, view.pods_by_uid.get(uid, []))
                 entry = have.recipe.at(now)
             except Exception:  # its problem is worded by a full round
-                return None
+                return "job-data"
             if entry is None:
                 if old not in (None, "new"):
-                    return None
+                    return "job-stopped"
                 if (retry := getattr(have.recipe, "retry", None)) is not None and retry > now:
-                    return None  # joins the queue at its retry time: a full round sees it
+                    return "retry"  # joins the queue at its retry time: a full round sees it
                 kinds[uid] = None
             elif isinstance(entry, QueuedJob):
                 if old in (None, "new"):
                     arrivals.append(entry)
                 elif old != "queued" or q.queued.get(uid) != entry:
-                    return None
+                    return "job-changed"
             else:
                 was = q.out.by_uid.get(uid)
                 admitted = old == "queued" and was is not None and was.admit
                 if not (old == "running" or admitted) or entry.preempting or (
                         old == "running" and shape.get(uid) != _shape(entry)):
-                    return None
+                    return "job-changed"
                 placed = q.walk.placement(uid)
                 if placed is None or not set(entry.placement) <= set(placed):
-                    return None
+                    return "placement"
                 if admitted:
                     started.append(uid)
                 kinds[uid], shape[uid] = "running", _shape(entry)
@@ -655,17 +670,17 @@ class NativeAdmitter:
                 else:
                     charged[uid] = (q.walk.quota_ids(entry), entry.total_gpus)
         if view.quotas_changed and not _quotas_as_expected(q, view):
-            return None
+            return "quota"
         out = AdmissionRound(by_uid=dict(q.out.by_uid), quotas=q.out.quotas,
                              queue_view=q.out.queue_view)
         for uid in started:
             out.by_uid.pop(uid, None)  # running: a full round has no verdict for it
         for a in queue_order(arrivals, now, q.walk.policy):
             if a.namespace in q.waiting_ns:  # its place among them: a full round
-                return None
+                return "arrival-queue"
             got = q.walk.consider(a)
             if got is None:  # waits, or needs a preemption: a full round words it
-                return None
+                return "arrival-waits"
             out.by_uid[a.uid] = JobVerdict(admit=True, placement=got.placement)
             kinds[a.uid], q.queued[a.uid] = "queued", a
             charged[a.uid] = (q.walk.quota_ids(a), a.total_gpus)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.jobs.controller import Controller
+from finetune_operator.jobs.controller import Controller, debounce
 from finetune_operator.jobs.decide import NativeAdmitter
 from tests.builders.jobkube import FakeClock, RecordingJobKube, Write, gpu_node, load, sync
 from tests.builders.jobs import job_body, make_settings
@@ -247,3 +247,10 @@ def test_arrivals_in_a_steady_cluster_are_decided_in_quiet_rounds(worlds: list[W
     w.cycle()
     assert w.status("two", "team-b")["phase"] == "Succeeded"
     assert adm.quiet_rounds <= quiet + 1, (quiet, adm.quiet_rounds)
+
+
+def test_the_pause_after_a_cycle_is_as_long_as_the_cycle_took_at_most_the_interval() -> None:
+    assert debounce(0.004, 0.2) == 0.004  # a quiet round: the next arrival is not held back
+    assert debounce(0.7, 0.2) == 0.2      # a long walk: events coalesce, cycles <= ~3/4 of time
+    assert debounce(-1.0, 0.2) == 0.0     # a clock step backwards
+    assert debounce(0.05, 0.0) == 0.0     # debounce off

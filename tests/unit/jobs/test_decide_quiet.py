@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.admission import AdmissionRound, ClusterView
+from finetune_operator.admission import AdmissionRound, ClusterView, Policy, QueuedJob, next_reorder
 from finetune_operator.jobs.decide import QUIET_MAX_SECONDS, NativeAdmitter
-from tests.builders.jobs import make_job
+from tests.builders.jobs import make_job, make_settings
 from tests.builders.pods import make_pod
-from tests.builders.world import SETTINGS, World, node
+from tests.builders.world import BANDS, NOW, SETTINGS, World, node
 
 pytestmark = pytest.mark.unit
 
@@ -152,9 +152,11 @@ def test_an_arrival_with_room_is_admitted_in_a_quiet_round() -> None:
     assert inc.quiet_rounds == 3 and inc.built == built
 
 
-@pytest.mark.parametrize("event", ["full namespace", "no room", "node", "retry", "bound",
-                                   "finished", "quota", "deleted", "aged"])
-def test_what_makes_a_round_full(event: str) -> None:
+@pytest.mark.parametrize(("event", "why"), [
+    ("full namespace", "arrival-queue"), ("no room", "arrival-waits"), ("node", "capacity"),
+    ("retry", "retry"), ("bound", "placement"), ("finished", "job-stopped"), ("quota", "quota"),
+    ("deleted", "job-left"), ("aged", "time")])
+def test_what_makes_a_round_full(event: str, why: str) -> None:
     w = Quiet(8)
     inc = NativeAdmitter(SETTINGS)
     _settled(w, inc)
@@ -188,7 +190,7 @@ def test_what_makes_a_round_full(event: str) -> None:
         w.now += dt.timedelta(seconds=QUIET_MAX_SECONDS)
     view = w.view()
     got = inc.decide(view, w.now)
-    assert inc.quiet_rounds == quiet, event
+    assert inc.quiet_rounds == quiet and got.full == why, (event, got.full)
     assert facts(got) == facts(NativeAdmitter(SETTINGS).decide(view, w.now))
 
 
@@ -199,3 +201,51 @@ def test_without_the_cycles_hint_every_round_is_full() -> None:
     for _ in range(3):
         inc.decide(dataclasses.replace(w.view(), changed=None), w.now)
     assert inc.quiet_rounds == 0
+
+
+def test_a_round_is_full_when_aging_swaps_two_waiting_jobs() -> None:
+    """Behind their namespace's job limit (a capped job waiting for its quota would hold it,
+    and not be quiet): a capped low-priority job (100 + the aging cap 999) and a normal one 10
+    points below it, still aging at 10 points a minute, swap 60 s later; until then rounds are
+    quiet."""
+    w = Quiet(10)
+    for name, cls, waited in (("old-low", "finetune-low", 7000), ("young", "finetune-normal", 534)):
+        job = make_job(name, "team-a", gpus=1, priority_class=cls, uid=name,
+                       created=w.ago(waited), status={"phase": "Queued",
+                                                      "effectivePriorityClass": cls,
+                                                      "queuedSince": w.ago(waited)})
+        w.jobs[name] = job
+        w.changed.add(name)
+    inc = NativeAdmitter(make_settings(allowed_priority_classes=BANDS,
+                                       max_running_jobs_per_namespace=1))
+
+    def order() -> list[str]:
+        got = inc.decide(w.view(), w.now)
+        return [r["name"] for r in got.queue_view["team-a"] if r["name"] in ("old-low", "young")]
+
+    assert order() == ["old-low", "young"]
+    w.now += dt.timedelta(seconds=1)
+    assert order() == ["old-low", "young"]
+    quiet = inc.quiet_rounds
+    assert quiet == 1
+    w.now += dt.timedelta(seconds=58)
+    assert order() == ["old-low", "young"] and inc.quiet_rounds == quiet + 1
+    w.now += dt.timedelta(seconds=2)  # past the swap: a full round, in the new order
+    assert order() == ["young", "old-low"] and inc.quiet_rounds == quiet + 1
+    assert next_reorder([], w.now, Policy()) is None
+
+
+def test_next_reorder() -> None:
+    def queued(name: str, priority: int, waited: float) -> QueuedJob:
+        return QueuedJob(namespace="a", name=name, uid=name, priority=priority, gpus=1,
+                         priority_class="finetune-normal",
+                         created_at=NOW - dt.timedelta(seconds=waited),
+                         queued_since=NOW - dt.timedelta(seconds=waited))
+
+    policy = Policy()  # 10 points a minute, capped at 999
+    capped, young = queued("capped", 100, 7000), queued("young", 1000, 534)
+    assert next_reorder([capped, young], NOW, policy) == pytest.approx(60.0)
+    # no capped job: the soonest cap (999 points at 10 a minute: 5994 s after waiting began)
+    assert next_reorder([young], NOW, policy) == pytest.approx(5994 - 534)
+    assert next_reorder([capped], NOW, policy) is None  # alone and capped: nothing moves
+    assert next_reorder([capped, young], NOW, Policy(aging_rate_per_minute=0)) is None
