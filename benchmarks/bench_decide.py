@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                    "own namespace's quota; what is left per job is a lookup of the previous "
                    "verdicts. Every quiet round was checked equal to a full rebuild (the queue "
                    "view's effective priorities aside, which a quiet round keeps from the last "
-                   "full round, at most 30 s old).")
+                   "full round, at most 120 s old).")
     lines = [
         f"One decide() over the cached view: queued jobs in 100 namespaces, 200-1,000 nodes of "
         f"8 GPUs about 95% held by running jobs; CPU time, median (min-max) of "

@@ -7,7 +7,7 @@
 - ``children.py``: creating an attempt's children.
 
 This module runs them: the lease thread, and the cycle thread (leader only, debounced by
-``debounce()``, woken by a change or by the first due timer).
+``debounce()``, woken by a change or by the first due timer; a new job is decided at once).
 """
 
 from __future__ import annotations
@@ -43,10 +43,13 @@ __all__ = ["LEASE_NAME", "Controller", "Fence"]
 log = logging.getLogger("finetune_operator")
 
 
-def debounce(took: float, most: float) -> float:
-    """Seconds between the end of a cycle that took ``took`` and the start of the next: as long
-    as the cycle took, at most ``most`` (min_cycle_interval_seconds)."""
-    return min(max(0.0, took), most)
+def debounce(last_start: float, now: float, interval: float, arrived: bool) -> float:
+    """Seconds to wait before the next cycle: a burst of watch events makes one cycle at most
+    every ``interval`` (min_cycle_interval_seconds; more cycles would not decide better, and
+    would rewrite wait reasons more often), except for a new job, decided at once."""
+    if arrived:
+        return 0.0
+    return max(0.0, last_start + interval - now)
 
 
 class Controller:
@@ -162,7 +165,7 @@ class Controller:
         while not self._stop.is_set():
             if cache.wait_synced(stores, 1.0):
                 break
-        last_end, took = 0.0, 0.0
+        last_start = 0.0
         while not self._stop.is_set():
             timeout = s.cycle.admission_interval_seconds
             first_due = self.timers.first()
@@ -170,26 +173,20 @@ class Controller:
                 timeout = max(0.0, min(timeout, first_due - clock.time()))
             self._wake.wait(timeout)
             self._wake.clear()
-            # debounce: a burst of watch events makes one cycle. The pause after a cycle is as
-            # long as the cycle took, up to min_cycle_interval_seconds: while events stream in,
-            # cycles take at most half the time (more only when one takes longer than that),
-            # and a cheap one (a quiet round) does not hold the next arrival back
-            pause = last_end + debounce(took, s.cycle.min_cycle_interval_seconds) \
-                - clock.monotonic()
+            pause = debounce(last_start, clock.monotonic(), s.cycle.min_cycle_interval_seconds,
+                             self.feeds.take_arrived())
             if pause > 0:
                 self._stop.wait(pause)
             if self._stop.is_set() or not self.lease.may_write():
                 continue
-            start = clock.monotonic()
+            last_start = clock.monotonic()
             try:
                 self.run_cycle(clock.now())
                 self.last_cycle = clock.monotonic()
             except Exception:  # one bad cycle must not kill the loop; the next one retries
                 metrics.count_cycle_error("cycle")
                 log.exception("scheduling cycle failed; retrying")
-            last_end = clock.monotonic()
-            took = last_end - start
-            metrics.observe_cycle(took)
+            metrics.observe_cycle(clock.monotonic() - last_start)
 
     def run_cycle(self, now: dt.datetime) -> None:
         self.cycle.run(now)

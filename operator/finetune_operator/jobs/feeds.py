@@ -120,6 +120,7 @@ class Feeds:
         self._capacity_changed = True
         self._quotas_changed = True
         self._written: set[str] = set()
+        self._arrived = False  # a job was created since the last take_arrived()
         self._sweeps_dirty = True
         self._pods_by_job: dict[str, dict[str, Pod]] = {}
         # pods naming a job uid not (yet) in the jobs cache: checked when the job arrives
@@ -222,6 +223,8 @@ class Feeds:
                 self._dirty.add(key)
             elif kind == "jobs":
                 self._dirty.add(key)
+                if old is None and new is not None:
+                    self._arrived = True
                 if new is None:
                     self._forget(key, old)
                 elif new.job is not None:  # the pods that named it before it was cached
@@ -332,6 +335,12 @@ class Feeds:
                           pods_by_uid={uid: list(p.values())
                                        for uid, p in self._pods_by_job.items()},
                           reports=dict(self._reports), gone=gone)
+
+    def take_arrived(self) -> bool:
+        """Whether a job was created (first seen) since the last call."""
+        with self.lock:
+            arrived, self._arrived = self._arrived, False
+            return arrived
 
     def wrote(self, uid: str) -> None:
         """The operator stored its own write of this job's status (no replan, no wake): the

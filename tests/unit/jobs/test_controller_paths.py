@@ -249,8 +249,8 @@ def test_arrivals_in_a_steady_cluster_are_decided_in_quiet_rounds(worlds: list[W
     assert adm.quiet_rounds <= quiet + 1, (quiet, adm.quiet_rounds)
 
 
-def test_the_pause_after_a_cycle_is_as_long_as_the_cycle_took_at_most_the_interval() -> None:
-    assert debounce(0.004, 0.2) == 0.004  # a quiet round: the next arrival is not held back
-    assert debounce(0.7, 0.2) == 0.2      # a long walk: events coalesce, cycles <= ~3/4 of time
-    assert debounce(-1.0, 0.2) == 0.0     # a clock step backwards
-    assert debounce(0.05, 0.0) == 0.0     # debounce off
+def test_cycles_are_debounced_but_a_new_job_is_decided_at_once() -> None:
+    assert debounce(10.0, 10.05, 0.2, arrived=False) == pytest.approx(0.15)
+    assert debounce(10.0, 10.05, 0.2, arrived=True) == 0.0   # an arrival: no wait
+    assert debounce(10.0, 10.5, 0.2, arrived=False) == 0.0   # the interval has passed
+    assert debounce(10.0, 10.05, 0.0, arrived=False) == 0.0  # debounce off
