@@ -142,7 +142,7 @@ class CycleSettings(_Section):
     min_cycle_interval_seconds: float = Field(
         default=0.2, ge=0, le=60, allow_inf_nan=False,
         description="debounce: a burst of watch events makes one cycle at most this often "
-        "(a new job is decided at once)")
+        "(a new job after a quiet admission round: at once)")
     max_concurrent_writes: int = Field(default=16, ge=1, le=256,
                                        description="API writes of one cycle in flight")
     api_timeout_seconds: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)

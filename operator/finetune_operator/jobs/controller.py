@@ -7,7 +7,8 @@
 - ``children.py``: creating an attempt's children.
 
 This module runs them: the lease thread, and the cycle thread (leader only, debounced by
-``debounce()``, woken by a change or by the first due timer; a new job is decided at once).
+``debounce()``, woken by a change or by the first due timer; a new job after a quiet admission
+round is decided at once).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ log = logging.getLogger("finetune_operator")
 def debounce(last_start: float, now: float, interval: float, arrived: bool) -> float:
     """Seconds to wait before the next cycle: a burst of watch events makes one cycle at most
     every ``interval`` (min_cycle_interval_seconds; more cycles would not decide better, and
-    would rewrite wait reasons more often), except for a new job, decided at once."""
+    would rewrite wait reasons more often), except for a new job that a quiet round decides
+    (``arrived``), at once."""
     if arrived:
         return 0.0
     return max(0.0, last_start + interval - now)
@@ -173,8 +175,10 @@ class Controller:
                 timeout = max(0.0, min(timeout, first_due - clock.time()))
             self._wake.wait(timeout)
             self._wake.clear()
+            # a new job after a quiet round is decided at once (its round is cheap); in a burst
+            # of creates, where rounds walk every job, cycles stay debounced
             pause = debounce(last_start, clock.monotonic(), s.cycle.min_cycle_interval_seconds,
-                             self.feeds.take_arrived())
+                             self.feeds.take_arrived() and self.cycle.quiet)
             if pause > 0:
                 self._stop.wait(pause)
             if self._stop.is_set() or not self.lease.may_write():

@@ -91,6 +91,7 @@ class Cycle:
         self._sweep_retry_at = 0.0
         self.queue_view: dict[str, list[dict[str, Any]]] = {}
         self._held: set[str] = set()  # the jobs the last cycle left out of the admitter's view
+        self.quiet = False  # the last admission round decided only what changed
         # each job's metrics row, while its object is the same one (most jobs, most cycles)
         self._rows: dict[str, tuple[FineTuneJob, dict[str, Any]]] = {}
 
@@ -147,6 +148,7 @@ class Cycle:
             servers=server_entries, changed=changed, capacity_changed=got.capacity_changed,
             quotas_changed=got.quotas_changed), now)
         metrics.count_admission_round(decisions.full)
+        self.quiet = decisions.full is None
         epoch = now.timestamp()
         todo = set(got.dirty)
         last = self._last_decision
