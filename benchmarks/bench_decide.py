@@ -176,29 +176,46 @@ def scenario(queued: int, namespaces: int = 100, seed: int = 1,
 
 def measure_quiet(size: int, repeat: int) -> dict[str, list[float]]:
     """(d): the quota-bound cluster, one arrival per cycle in the namespace with room, the
-    cycle's hint of what changed given (a quiet round); each checked against a full rebuild
-    (the queue view's effective priorities aside: a quiet round keeps the last full round's)."""
+    cycle's hint of what changed given (a quiet round), the previous arrival's admission landed
+    meanwhile (its status Admitted, its pod bound where admitted); each checked against a full
+    rebuild (the queue view's effective priorities aside: a quiet round keeps the last full
+    round's)."""
     c = scenario(size, quota_bound=True)
     rng = random.Random(size + 1)
     inc = NativeAdmitter(SETTINGS)
     now = NOW
     inc.decide(c.view(), now)  # the full round a quiet one builds on
     out: dict[str, list[float]] = {"quiet": []}
+    landed: set[str] = set()
     for _ in range(repeat):
         now += dt.timedelta(seconds=1)
         job = queued_job(c, rng, 1, now, ns="open", gpus=1)
         c.jobs[job.metadata.uid] = job
-        view = replace(c.view(), changed=frozenset({job.metadata.uid}), capacity_changed=False,
-                       quotas_changed=False)
+        view = replace(c.view(), changed=frozenset({job.metadata.uid, *landed}),
+                       capacity_changed=False, quotas_changed=False)
         rounds = inc.quiet_rounds
         t0 = time.process_time()
         got = inc.decide(view, now)
         out["quiet"].append(time.process_time() - t0)
-        if inc.quiet_rounds != rounds + 1 or not got.by_uid[job.metadata.uid].admit:
+        verdict = got.by_uid.get(job.metadata.uid)
+        if inc.quiet_rounds != rounds + 1 or verdict is None or not verdict.admit:
             raise SystemExit(f"the arrival at {size} jobs was not decided in a quiet round")
         if not same(got, Full().decide(view, now), aged=False):
             raise SystemExit(f"a quiet round differs from the full rebuild at {size} jobs")
+        landed = {admitted(c, job, verdict.placement[0], now)}
     return out
+
+
+def admitted(c: Cluster, job: FineTuneJob, node: str, now: dt.datetime) -> str:
+    """The admission written back (status Admitted, attempt 1) and its pod bound on ``node``
+    (new objects, as the caches make them)."""
+    body = job.model_dump(by_alias=True, exclude_none=True)
+    body["status"] = {**body["status"], "phase": "Admitted", "attempt": 1,
+                      "admittedAt": rfc3339(now)}
+    landed = FineTuneJob.from_body(body)
+    c.jobs[landed.metadata.uid] = landed
+    c.pods[landed.metadata.uid] = [pod(landed, 0, node, phase="Pending")]
+    return landed.metadata.uid
 
 
 def same(a: AdmissionRound, b: AdmissionRound, aged: bool = True) -> bool:
