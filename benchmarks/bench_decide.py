@@ -182,7 +182,7 @@ def measure_quiet(size: int, repeat: int) -> dict[str, list[float]]:
     round's)."""
     c = scenario(size, quota_bound=True)
     rng = random.Random(size + 1)
-    inc = NativeAdmitter(SETTINGS)
+    inc = NativeAdmitter(OperatorSettings(allowed_priority_classes=BANDS, quiet_rounds=True))
     now = NOW
     inc.decide(c.view(), now)  # the full round a quiet one builds on
     out: dict[str, list[float]] = {"quiet": []}

@@ -571,7 +571,8 @@ class NativeAdmitter:
             return _with_sharing(snap, view, now, keys, settings, out)
         result, walk = admit_kept(snap, now)
         verdicts(snap, now, keys, settings, out, result)
-        if not view.servers and not out.invalid and walk.quiet():
+        if settings.cycle.quiet_rounds and not view.servers and not out.invalid \
+                and walk.quiet():
             self._quiet = self._remember(walk, out, snap, idle, now)
         return out
 

@@ -21,11 +21,11 @@ CLASSES = ["finetune-critical", "finetune-high", "finetune-normal", "finetune-lo
 
 
 class World:
-    def __init__(self, bodies: list[dict[str, Any]], gpus: int = 8) -> None:
+    def __init__(self, bodies: list[dict[str, Any]], gpus: int = 8, **settings: Any) -> None:
         self.kube = RecordingJobKube(bodies)
         self.clock = FakeClock()
         self.settings = make_settings(allowed_priority_classes=CLASSES,
-                                      min_runtime_before_preemption_seconds=60)
+                                      min_runtime_before_preemption_seconds=60, **settings)
         self.nodes = [gpu_node("node-0", gpus)]
         self.rejected: list[tuple[str, str]] = []  # (namespace/pod, reason) of bad messages
         self.ctrl = self.controller()
@@ -92,9 +92,9 @@ def worlds() -> Iterator[list[World]]:
         w.ctrl.stop()
 
 
-def running_world(worlds: list[World], *bodies: dict[str, Any]) -> World:
+def running_world(worlds: list[World], *bodies: dict[str, Any], **settings: Any) -> World:
     """``bodies[0]`` admitted and Running on node-0 (the others only in the fake)."""
-    w = World([bodies[0]])
+    w = World([bodies[0]], **settings)
     worlds.append(w)
     name = bodies[0]["metadata"]["name"]
     w.cycle()
@@ -227,7 +227,7 @@ def test_arrivals_in_a_steady_cluster_are_decided_in_quiet_rounds(worlds: list[W
     """A new job with room, its admission written back, its pod created and running: each
     cycle a quiet round of the admitter (jobs/decide.py), with the same writes as ever; the
     job finishing frees GPUs, and that cycle is a full round."""
-    w = running_world(worlds, job_body("one", gpus=2))
+    w = running_world(worlds, job_body("one", gpus=2), quiet_rounds=True)
     adm = w.ctrl.cycle.admitter
     assert isinstance(adm, NativeAdmitter)
     w.cycle()

@@ -16,9 +16,12 @@ from finetune_operator.admission import AdmissionRound, ClusterView, Policy, Que
 from finetune_operator.jobs.decide import QUIET_MAX_SECONDS, NativeAdmitter
 from tests.builders.jobs import make_job, make_settings
 from tests.builders.pods import make_pod
-from tests.builders.world import BANDS, NOW, SETTINGS, World, node
+from tests.builders.world import BANDS, NOW, World, node
 
 pytestmark = pytest.mark.unit
+
+SETTINGS = make_settings(allowed_priority_classes=BANDS, max_running_jobs_per_namespace=3,
+                         min_runtime_before_preemption_seconds=120, quiet_rounds=True)
 
 FULL = ["team-a", "team-b"]  # quota used up, jobs waiting
 OPEN = "team-c"              # room: where the arrivals go
@@ -194,13 +197,21 @@ def test_what_makes_a_round_full(event: str, why: str) -> None:
     assert facts(got) == facts(NativeAdmitter(SETTINGS).decide(view, w.now))
 
 
-def test_without_the_cycles_hint_every_round_is_full() -> None:
-    """Without the cycle's hint (``changed`` None) every round is a full one."""
+def test_without_the_cycles_hint_or_the_setting_every_round_is_full() -> None:
+    """Without the cycle's hint (``changed`` None), or with quiet rounds off (the default),
+    every round is a full one."""
     w = Quiet(9)
     inc = NativeAdmitter(SETTINGS)
     for _ in range(3):
         inc.decide(dataclasses.replace(w.view(), changed=None), w.now)
     assert inc.quiet_rounds == 0
+    off = NativeAdmitter(make_settings(allowed_priority_classes=BANDS))
+    for _ in range(3):
+        off.decide(w.view(), w.now)
+    assert off.quiet_rounds == 0
+    inc.decide(w.view(), w.now)
+    inc.decide(w.view(), w.now)
+    assert inc.quiet_rounds > 0  # the same kind of views, the setting on
 
 
 def test_a_round_is_full_when_aging_swaps_two_waiting_jobs() -> None:
@@ -217,7 +228,7 @@ def test_a_round_is_full_when_aging_swaps_two_waiting_jobs() -> None:
         w.jobs[name] = job
         w.changed.add(name)
     inc = NativeAdmitter(make_settings(allowed_priority_classes=BANDS,
-                                       max_running_jobs_per_namespace=1))
+                                       max_running_jobs_per_namespace=1, quiet_rounds=True))
 
     def order() -> list[str]:
         got = inc.decide(w.view(), w.now)
