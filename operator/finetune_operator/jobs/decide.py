@@ -32,6 +32,7 @@ from finetune_operator.admission import (
     PolicyResult,
     Preemption,
     QueuedJob,
+    Quota,
     RunningJob,
     Snapshot,
     Toleration,
@@ -49,7 +50,6 @@ from finetune_operator.admission.devices import (
     devices_now,
     with_shares_used,
 )
-from finetune_operator.admission.model import Quota
 from finetune_operator.admission.sharing import QUOTA_UNITS, is_shared, quota_used
 from finetune_operator.admission.snapshot import nodes_from_k8s, quotas_from_k8s
 from finetune_operator.jobs.pods import Pod, attempt_of
@@ -459,8 +459,9 @@ def _pods_key(pods: list[Pod]) -> tuple[tuple[int, Any, Any], ...]:
 # ends, which place a job with a deadline; the visibility endpoint's effective priorities)
 QUIET_MAX_SECONDS = 120.0
 # why a round was a full one (the metric's reason label; jobs/decide.py NativeAdmitter)
-FULL_ROUND = ("not-quiet", "unknown", "capacity", "time", "job-left", "job-data", "job-stopped",
-              "retry", "job-changed", "placement", "quota", "arrival-queue", "arrival-waits")
+FULL_ROUND = ("off", "not-quiet", "unknown", "capacity", "time", "job-left", "job-data",
+              "job-stopped", "retry", "job-changed", "placement", "quota", "arrival-queue",
+              "arrival-waits")
 
 
 class _Quiet:
@@ -531,7 +532,8 @@ class NativeAdmitter:
         if classes != self._classes:  # every entry's priority may differ
             self._kept, self._classes, self._quiet = {}, classes, None
         quiet, self._quiet = self._quiet, None
-        why = self._quiet_round(quiet, view, now) if quiet is not None else "not-quiet"
+        why = (self._quiet_round(quiet, view, now) if quiet is not None
+               else "not-quiet" if settings.cycle.quiet_rounds else "off")
         if isinstance(why, AdmissionRound):
             self._quiet = quiet
             self.quiet_rounds += 1
@@ -604,13 +606,12 @@ class NativeAdmitter:
             q.kinds[uid] = None
         for j in snap.queued:
             q.kinds[j.uid], q.queued[j.uid] = "queued", j
+            if out.by_uid.get(j.uid, JobVerdict()).admit:
+                q.charged[j.uid] = (walk.quota_ids(j), j.total_gpus)
         for r in snap.running:
             q.kinds[r.uid], q.shape[r.uid] = "running", _shape(r)
             if not r.counted_in_quota:
                 q.charged[r.uid] = (walk.quota_ids(r), r.total_gpus)
-        for j in snap.queued:
-            if out.by_uid.get(j.uid, JobVerdict()).admit:
-                q.charged[j.uid] = (walk.quota_ids(j), j.total_gpus)
         return q
 
     def _quiet_round(self, q: _Quiet, view: ClusterView, now: dt.datetime,

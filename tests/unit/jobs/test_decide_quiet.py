@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from finetune_operator.admission import AdmissionRound, ClusterView, Policy, QueuedJob, next_reorder
-from finetune_operator.jobs.decide import QUIET_MAX_SECONDS, NativeAdmitter
+from finetune_operator.jobs.decide import FULL_ROUND, QUIET_MAX_SECONDS, NativeAdmitter
 from tests.builders.jobs import make_job, make_settings
 from tests.builders.pods import make_pod
 from tests.builders.world import BANDS, NOW, World, node
@@ -194,6 +194,7 @@ def test_what_makes_a_round_full(event: str, why: str) -> None:
     view = w.view()
     got = inc.decide(view, w.now)
     assert inc.quiet_rounds == quiet and got.full == why, (event, got.full)
+    assert why in FULL_ROUND
     assert facts(got) == facts(NativeAdmitter(SETTINGS).decide(view, w.now))
 
 
@@ -207,8 +208,8 @@ def test_without_the_cycles_hint_or_the_setting_every_round_is_full() -> None:
     assert inc.quiet_rounds == 0
     off = NativeAdmitter(make_settings(allowed_priority_classes=BANDS))
     for _ in range(3):
-        off.decide(w.view(), w.now)
-    assert off.quiet_rounds == 0
+        got = off.decide(w.view(), w.now)
+    assert off.quiet_rounds == 0 and got.full == "off"
     inc.decide(w.view(), w.now)
     inc.decide(w.view(), w.now)
     assert inc.quiet_rounds > 0  # the same kind of views, the setting on
