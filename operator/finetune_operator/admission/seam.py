@@ -17,7 +17,7 @@ stay as they are.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -95,6 +95,9 @@ class ClusterView:
     changed: frozenset[str] | None = None
     capacity_changed: bool = True
     quotas_changed: bool = True
+    # the job of ``jobs`` with this uid, or None (a lookup the caller holds already, so that
+    # a round that looks at a few jobs does not index all of them; None: index ``jobs``)
+    job_by_uid: Callable[[str], FineTuneJob | None] | None = None
 
 
 class Admitter(Protocol):

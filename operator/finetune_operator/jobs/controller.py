@@ -23,6 +23,7 @@ from typing import Any
 from finetune_api.trainer_config import ReportConfig
 from finetune_operator import metrics
 from finetune_operator.admission import Admitter
+from finetune_operator.heap import Heap
 from finetune_operator.jobs.children import Children
 from finetune_operator.jobs.cycle import Cycle
 from finetune_operator.jobs.decide import NativeAdmitter
@@ -70,6 +71,7 @@ class Controller:
         self.clock: Clock = clock or SystemClock()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self.heap = Heap()  # the loop's full garbage collections stay short (heap.py)
         self.lease = Leadership(
             kube, settings, self.clock,
             namespace or os.environ.get("POD_NAMESPACE", "default"),
@@ -191,6 +193,7 @@ class Controller:
                 metrics.count_cycle_error("cycle")
                 log.exception("scheduling cycle failed; retrying")
             metrics.observe_cycle(clock.monotonic() - last_start)
+            self.heap.after_cycle()
 
     def run_cycle(self, now: dt.datetime) -> None:
         self.cycle.run(now)

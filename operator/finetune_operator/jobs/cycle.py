@@ -92,12 +92,18 @@ class Cycle:
         self.queue_view: dict[str, list[dict[str, Any]]] = {}
         self._held: set[str] = set()  # the jobs the last cycle left out of the admitter's view
         self.quiet = False  # the last admission round decided only what changed
-        # each job's metrics row, while its object is the same one (most jobs, most cycles)
-        self._rows: dict[str, tuple[FineTuneJob, dict[str, Any]]] = {}
+        # each job's metrics row, with the object it was sampled from; a cycle visits only the
+        # jobs that may have changed (``_visit``) and keeps every other row
+        self._rows: dict[str, tuple[FineTuneJob | None, dict[str, Any]]] = {}
+        self._resample: set[str] = set()  # sampled from a plan's status: sampled again
+        self._observed: tuple[int, dict[str, float]] | None = None  # rows version, quotas
+        self._rows_version = 0
+        self.visited = 0  # jobs the last cycle looked at (its per-job steps)
 
     def _forget(self, uid: str) -> None:
         self._last_decision.pop(uid, None)
-        self._rows.pop(uid, None)
+        self._drop_row(uid)
+        self._resample.discard(uid)
         with self._lock:
             self._invalid.pop(uid, None)
         self.timers.forget(uid)
@@ -114,7 +120,8 @@ class Cycle:
         got = feeds.take(inflight)
         for uid in got.gone:
             self._forget(uid)
-        entries = feeds.jobs.values()
+        by_uid: dict[str, JobEntry] = feeds.jobs.snapshot()
+        entries = by_uid.values()
         with self._lock:  # a job whose plan failed holds no decision that others wait on
             invalid = dict(self._invalid)
         held = {uid for uid, (step, _) in invalid.items() if step in HELD_STEPS}
@@ -146,23 +153,37 @@ class Cycle:
             shared_gpus=[g for gs in feeds.shared_gpus.values() for g in gs],
             claim_uses=[u for us in feeds.claims.values() for u in us],
             servers=server_entries, changed=changed, capacity_changed=got.capacity_changed,
-            quotas_changed=got.quotas_changed), now)
+            quotas_changed=got.quotas_changed,
+            job_by_uid=lambda uid: None if uid in held or (e := by_uid.get(uid)) is None
+            else e.job), now)
         metrics.count_admission_round(decisions.full)
         self.quiet = decisions.full is None
         epoch = now.timestamp()
         todo = set(got.dirty)
         last = self._last_decision
         for uid, d in decisions.by_uid.items():
-            if (prev := last.get(uid)) is not d and prev != d:  # quiet rounds reuse verdicts
-                todo.add(uid)
+            if (prev := last.get(uid)) is not d:  # quiet rounds reuse verdicts
+                if prev == d:
+                    last[uid] = d  # the same verdict: compared by identity next time
+                else:
+                    todo.add(uid)
         todo |= self.timers.take_due(epoch, inflight)
         todo -= inflight  # planned again once its write landed (it stays dirty until then)
         if (got.capacity_changed or got.quotas_changed) and self.count == 0:
             todo |= {e.uid for e in entries}
+        # every job whose plan, row or InvalidData state may differ from the last cycle's
+        visit = (todo | got.dirty | got.written | inflight | self._resample
+                 | invalid.keys() | decisions.invalid.keys())
+        self._resample = set()
+        rows = self._rows
         work: list[Work] = []
-        samples: list[dict[str, Any]] = []
+        self.visited = 0
         for e in entries:
+            if e.uid not in visit:
+                continue
+            self.visited += 1
             if e.job is None:
+                self._drop_row(e.uid)
                 if e.uid in todo and not e.failed:
                     self.executor.reject(e, now)
                 continue
@@ -174,19 +195,30 @@ class Cycle:
                     job, decisions.get(uid, JobVerdict()) if uid in todo else None,
                     got.pods_by_uid.get(uid, []), got.reports.get(uid), classes, now)
             except JobDataError as bad:
+                self._drop_row(uid)
                 if (left := self._left_out(job, bad, now)) is not None:
                     work.append(left)
                 continue
             if pl is not None:
                 work.append((job, pl, change))
+                self._resample.add(uid)  # its row is the plan's: the stored status's next
+            kept = rows.get(uid)
+            rows[uid] = (job if pl is None else None, row)  # None: never reused as is
+            if kept is None or (kept[1] is not row and kept[1] != row):
+                self._rows_version += 1
             if uid in invalid and (pl is not None or uid not in held):  # processed again
                 with self._lock:
                     self._invalid.pop(uid, None)
                 if pl is None:  # planned next cycle: its InvalidData condition clears
                     feeds.mark_dirty(uid)
                     self.wake()
-            samples.append(row)
-        metrics.observe_queue({"jobs": samples, "quotas": decisions.quotas})
+        for uid in [u for u in visit if u in rows and u not in by_uid]:
+            self._drop_row(uid)  # gone between the feeds' take and the snapshot
+        observed = (self._rows_version, decisions.quotas)
+        if observed != self._observed:  # the gauges change only with a row or a quota
+            metrics.observe_queue({"jobs": [row for _, row in rows.values()],
+                                   "quotas": decisions.quotas})
+            self._observed = observed
         self.queue_view = decisions.queue_view
         self.executor.execute_all(work, now)
         if self.workloads is not None and self.may_write():
@@ -198,6 +230,11 @@ class Cycle:
         if self.workloads is not None and self.serving is not None and self.may_write():
             self.workloads.sync_servers(server_subjects, server_pods, classes, now)
         self.count += 1
+
+    def _drop_row(self, uid: str) -> None:
+        """The job has no metrics row (not parsed, or left out of this cycle)."""
+        if self._rows.pop(uid, None) is not None:
+            self._rows_version += 1
 
     def _sync_sweeps(self, entries: list[JobEntry], now: dt.datetime) -> None:
         """Sweeps create their trials as ordinary FineTuneJobs (sweep/): only when a sweep or
@@ -252,8 +289,6 @@ class Cycle:
                 row = kept[1]
             else:
                 row = sample(job, status)
-                if pl is None:
-                    self._rows[job.metadata.uid] = (job, row)
         except Exception as e:
             raise JobDataError(step, problem(step, e)) from e
         if due is not None:

@@ -624,7 +624,10 @@ class NativeAdmitter:
             return "capacity"
         if not q.at <= now < q.until:
             return "time"
-        by_uid = {j.metadata.uid: j for j in view.jobs} if view.changed else {}
+        if view.job_by_uid is not None:
+            job_of = view.job_by_uid
+        else:
+            job_of = {j.metadata.uid: j for j in view.jobs}.get
         arrivals: list[QueuedJob] = []
         started: list[str] = []  # admitted by an earlier round, now holding GPUs
         # updated in place: when the round turns out not quiet, a full round replaces q (and
@@ -632,7 +635,7 @@ class NativeAdmitter:
         kept, kinds, shape, charged = self._kept, q.kinds, q.shape, q.charged
         for uid in view.changed:
             old = kinds.get(uid, "new")
-            job = by_uid.get(uid)
+            job = job_of(uid)
             if job is None:  # deleted, or left out of the view
                 if old is not None and old != "new":
                     return "job-left"

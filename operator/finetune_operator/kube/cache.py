@@ -84,6 +84,11 @@ class Store:
         with self._lock:
             return list(self._items.values())
 
+    def snapshot(self) -> dict[str, Any]:
+        """key -> value as of now (a copy: later puts do not change it)."""
+        with self._lock:
+            return dict(self._items)
+
     def expect(self, part: str) -> None:
         """A reflector will fill ``part``: the store is synced only once it has listed it."""
         with self._lock:

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from finetune_operator import metrics
 from finetune_operator.jobs.controller import Controller, debounce
+from finetune_operator.jobs.cycle import sample
 from finetune_operator.jobs.decide import NativeAdmitter
 from tests.builders.jobkube import FakeClock, RecordingJobKube, Write, gpu_node, load, sync
 from tests.builders.jobs import job_body, make_settings
@@ -247,6 +249,40 @@ def test_arrivals_in_a_steady_cluster_are_decided_in_quiet_rounds(worlds: list[W
     w.cycle()
     assert w.status("two", "team-b")["phase"] == "Succeeded"
     assert adm.quiet_rounds <= quiet + 1, (quiet, adm.quiet_rounds)
+
+
+def test_a_cycle_visits_only_the_jobs_that_may_have_changed(worlds: list[World]) -> None:
+    """Per-job steps run for the jobs that are dirty, written, due or whose verdict changed;
+    every other job keeps its metrics row. An idle cycle visits none, a new job itself and the
+    job it is compared with nothing else, and the rows stay those a fresh sample gives."""
+    bodies = [job_body(f"j{i:02d}", gpus=2, created=f"2026-01-02T10:{i:02d}:00Z")
+              for i in range(12)]
+    w = World(bodies)
+    worlds.append(w)
+    for _ in range(4):  # 4 admitted (8 GPUs), 8 wait; the writes land and echo back
+        w.cycle()
+    for i in range(4):
+        w.run_pod(f"j{i:02d}-a1-0")
+    for _ in range(3):
+        w.cycle()
+    assert [w.status(f"j{i:02d}")["phase"] for i in range(5)] == ["Running"] * 4 + ["Queued"]
+    calls = len(w.kube.writes())
+    w.cycle()
+    assert w.ctrl.cycle.visited == 0 and len(w.kube.writes()) == calls  # idle: nothing
+    w.kube.jobs[("team-a", "late")] = job_body("late", gpus=2, priority_class="finetune-low",
+                                               created="2026-01-02T11:00:00Z")
+    w.cycle()
+    assert w.ctrl.cycle.visited == 1  # the new job only (last in the queue: nobody moves)
+    assert w.status("late")["phase"] == "Queued"
+    w.cycle()
+    assert w.ctrl.cycle.visited == 1  # its status write echoed back
+    w.cycle()
+    assert w.ctrl.cycle.visited == 0
+    rows = {(r["namespace"], r["name"]): r for r in metrics._SNAPSHOT.state[0]}
+    fresh = {(b["metadata"]["namespace"], b["metadata"]["name"]): sample(e.job, e.job.status)
+             for b in w.kube.jobs.values()
+             if (e := w.ctrl.feeds.jobs.get(b["metadata"]["uid"])) and e.job is not None}
+    assert rows == fresh and len(rows) == 13
 
 
 def test_cycles_are_debounced_but_a_new_job_is_decided_at_once() -> None:
