@@ -140,10 +140,9 @@ class CycleSettings(_Section):
         default=5.0, gt=0, allow_inf_nan=False,
         description="the policy reruns at least this often (aging, timers) without events")
     quiet_rounds: bool = Field(
-        default=False,
+        default=True,
         description="admission decides only what changed while every waiting job is held by "
-        "its own namespace's quota (docs/operator.md); off until a timing difference it makes "
-        "in the passing-state tests is understood")
+        "its own namespace's quota (docs/operator.md); off: every round walks every job")
     min_cycle_interval_seconds: float = Field(
         default=0.2, ge=0, le=60, allow_inf_nan=False,
         description="debounce: a burst of watch events makes one cycle at most this often "

@@ -206,7 +206,7 @@ def test_without_the_cycles_hint_or_the_setting_every_round_is_full() -> None:
     for _ in range(3):
         inc.decide(dataclasses.replace(w.view(), changed=None), w.now)
     assert inc.quiet_rounds == 0
-    off = NativeAdmitter(make_settings(allowed_priority_classes=BANDS))
+    off = NativeAdmitter(make_settings(allowed_priority_classes=BANDS, quiet_rounds=False))
     for _ in range(3):
         got = off.decide(w.view(), w.now)
     assert off.quiet_rounds == 0 and got.full == "off"
