@@ -624,10 +624,8 @@ class NativeAdmitter:
             return "capacity"
         if not q.at <= now < q.until:
             return "time"
-        if view.job_by_uid is not None:
-            job_of = view.job_by_uid
-        else:
-            job_of = {j.metadata.uid: j for j in view.jobs}.get
+        job_of = view.job_by_uid if view.job_by_uid is not None else (
+            {j.metadata.uid: j for j in view.jobs} if view.changed else {}).get
         arrivals: list[QueuedJob] = []
         started: list[str] = []  # admitted by an earlier round, now holding GPUs
         # updated in place: when the round turns out not quiet, a full round replaces q (and
