@@ -221,9 +221,21 @@ def job_status(cluster: Cluster, ns: str, name: str) -> dict:
 
 
 def wait_phase(cluster: Cluster, ns: str, name: str, phase: str, timeout: float = 30) -> dict:
-    return wait_for(f"{ns}/{name} phase {phase}", lambda: (
-        lambda st: st if st.get("phase") == phase else None)(job_status(cluster, ns, name)),
-        timeout)
+    seen: dict = {}
+
+    def reached() -> dict | None:
+        seen["status"] = st = job_status(cluster, ns, name)
+        return st if st.get("phase") == phase else None
+
+    try:
+        return wait_for(f"{ns}/{name} phase {phase}", reached, timeout)
+    except AssertionError as e:  # say where it stood: phase, conditions, its pods
+        pods = cluster.kubectl("get", "pods,pvc", "-n", ns, "-o", "wide", check=False).stdout
+        events = cluster.kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp",
+                                 check=False).stdout
+        raise AssertionError(f"{e}\nlast status: {json.dumps(seen.get('status'))}\n"
+                             f"pods and claims in {ns}:\n{pods}\nevents:\n{events[-3000:]}"
+                             ) from None
 
 
 def admitted_soon(cluster: Cluster, ns: str, sel: dict[str, str]) -> None:

@@ -21,9 +21,41 @@ class Condition(ApiModel):
     observed_generation: int | None = None
 
 
+# the places status.queue.position states exactly; a job further back says only that
+# (positionAtLeast), so that a burst of arrivals ahead of thousands of waiting jobs rewrites
+# at most this many statuses per namespace instead of most of them
+EXACT_QUEUE_POSITIONS = 10
+
+
+def shown_position(position: int) -> int:
+    """A place in a queue as a waiting job's status shows it: 1-10 exact, any place further
+    back ``EXACT_QUEUE_POSITIONS + 1`` ("11th or later": the status is not rewritten while the
+    job moves around back there; the exact place is the visibility endpoint's)."""
+    return min(position, EXACT_QUEUE_POSITIONS + 1)
+
+
+def position_words(position: int) -> str:
+    """A shown position in words: "3", "11 or later"."""
+    return (f"{position}" if position <= EXACT_QUEUE_POSITIONS
+            else f"{EXACT_QUEUE_POSITIONS + 1} or later")
+
+
 class QueueStatus(ApiModel):
-    position: int | None = None
+    position: int | None = Field(
+        default=None, description="the place among the namespace's waiting jobs (1 = next), "
+        f"set while it is one of the first {EXACT_QUEUE_POSITIONS}")
+    position_at_least: int | None = Field(
+        default=None, description=f"set instead of position when the job is further back "
+        f"({EXACT_QUEUE_POSITIONS + 1}: its place is at least that); not rewritten while it "
+        "moves around back there. The exact place: kubectl finetune list --queue")
     reason: str = ""
+
+    @classmethod
+    def waiting(cls, position: int | None, reason: str) -> QueueStatus:
+        """A waiting job's queue status from its shown position (``shown_position``)."""
+        if position is not None and position > EXACT_QUEUE_POSITIONS:
+            return cls(position_at_least=EXACT_QUEUE_POSITIONS + 1, reason=reason)
+        return cls(position=position, reason=reason)
 
 
 class Progress(ApiModel):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from finetune_operator.jobs.decide import coarse_position, tenant_words
+from finetune_api.status import QueueStatus, position_words, shown_position
+from finetune_operator.jobs.decide import tenant_words
 from finetune_operator.jobs.writes import Change, classify, merge_patch
 
 QUEUED = {"phase": "Queued", "queue": {"position": 3, "reason": "quota team-a has 0 free"},
@@ -39,10 +40,16 @@ def test_merge_patch_nulls_nested_fields_that_went_away() -> None:
                                      "queue": None, "phase": "Queued"}
 
 
-def test_coarse_position_moves_a_few_times_per_decade() -> None:
-    assert [coarse_position(p) for p in (1, 7, 10, 11, 37, 100, 123, 2001)] == \
-        [1, 7, 10, 20, 40, 100, 200, 3000]
-    assert len({coarse_position(p) for p in range(1, 1001)}) == 28
+def test_positions_are_exact_for_the_first_ten_and_one_value_further_back() -> None:
+    assert [shown_position(p) for p in (1, 7, 10, 11, 37, 2001)] == [1, 7, 10, 11, 11, 11]
+    assert len({shown_position(p) for p in range(1, 10_001)}) == 11
+    assert [position_words(p) for p in (3, 10, 11)] == ["3", "10", "11 or later"]
+    assert QueueStatus.waiting(4, "r").to_wire() == {"position": 4, "reason": "r"}
+    # further back: the status says so, and no more (nothing to rewrite while it moves there)
+    assert QueueStatus.waiting(11, "r").to_wire() == {"positionAtLeast": 11, "reason": "r"}
+    assert classify({**QUEUED, "queue": QueueStatus.waiting(shown_position(40), "q").to_wire()},
+                    {**QUEUED, "queue": QueueStatus.waiting(shown_position(170), "q").to_wire()}
+                    ) == Change.NONE
 
 
 def test_messages_never_name_another_namespaces_job() -> None:

@@ -133,14 +133,15 @@ def cmd_list(api: PluginApi, args: argparse.Namespace, namespace: str, out: IO[s
 
 def _exact_positions(api: PluginApi, args: argparse.Namespace, jobs: list[dict],
                      scope: str | None, out: IO[str]) -> None:
-    """Replace the coarse status.queue.position with the operator's exact one (per namespace;
-    cluster-wide with -A, which needs list on FineTuneJobs in every namespace)."""
+    """Replace the status's queue place (exact up to 10, then "11+") with the operator's exact
+    one (per namespace; cluster-wide with -A, which needs list on FineTuneJobs in every
+    namespace)."""
     try:
         entries = api.queue(jobs, scope, operator_namespace=args.operator_namespace,
                             operator_service=args.operator_service)
     except (OSError, ValueError, KeyError, ApiException) as e:
-        out.write(f"note: exact queue positions unavailable ({e}); showing the coarse ones from "
-                  "the status\n")
+        out.write(f"note: exact queue positions unavailable ({e}); showing the ones from "
+                  "the status (exact up to 10)\n")
         return
     where = {(x.get("namespace", scope), x["name"]): x for x in entries}
     for j in jobs:
@@ -148,6 +149,7 @@ def _exact_positions(api: PluginApi, args: argparse.Namespace, jobs: list[dict],
         if hit is not None:
             q = j.setdefault("status", {}).setdefault("queue", {})
             q["position"] = hit["clusterPosition"] if scope is None else hit["position"]
+            q.pop("positionAtLeast", None)
             q["reason"] = hit.get("reason", q.get("reason", ""))
 
 

@@ -31,7 +31,9 @@ from finetune_operator.view.jobs import (
     Job,
     job_row,
     phase_of,
+    place_text,
     priority_of,
+    queue_place,
     status_of,
     total_gpus,
 )
@@ -263,7 +265,8 @@ def team_page(jobs: Sequence[Job], quotas: Sequence[Mapping[str, Any]], now: dt.
         b["gpus"] += total_gpus(j)
         b["entries"].append({"namespace": (j.get("metadata") or {}).get("namespace"),
                              "name": (j.get("metadata") or {}).get("name"),
-                             "position": q.get("position"), "reason": q.get("reason", "")})
+                             "position": queue_place(q), "place": place_text(q),
+                             "reason": q.get("reason", "")})
     for b in bands.values():
         b["entries"].sort(key=lambda e: (e["position"] is None, e["position"] or 0, e["name"]))
     week = _week_start(now)

@@ -385,7 +385,7 @@ def team_html(team: Mapping[str, Any], lang: str, user: str) -> str:
                      f'<td>{_e(t("team.waiting", n=q["queued"], gpus=q["queuedGpus"]))}</td></tr>')
     bands = []
     for b in team["bands"]:
-        entries = "".join(f'<li>{_e(e["position"] or "-")}. <a href="'
+        entries = "".join(f'<li>{_e(e["place"])}. <a href="'
                           f'{_e(job_href(e["namespace"], e["name"]))}">{_e(e["name"])}</a> '
                           f'<span class="mut">{_e(e["reason"])}</span></li>' for e in b["entries"])
         bands.append(f'<div class="card"><b>{_e(b["band"])}</b>: '

@@ -22,6 +22,7 @@ from typing import Any
 
 from finetune_api.job import FineTuneJob
 from finetune_api.memory import requested_share
+from finetune_api.status import shown_position
 from finetune_api.times import parse_time
 from finetune_operator.admission import (
     AdmissionRound,
@@ -310,7 +311,7 @@ def _with_sharing(snap: Snapshot, view: ClusterView, now: dt.datetime, keys: set
             out.by_uid[q.uid] = JobVerdict(impossible=w.reason)
             continue
         per_ns[q.namespace] = per_ns.get(q.namespace, 0) + 1
-        out.by_uid[q.uid] = JobVerdict(position=coarse_position(per_ns[q.namespace]),
+        out.by_uid[q.uid] = JobVerdict(position=shown_position(per_ns[q.namespace]),
                                        reason=f"waiting for a GPU share: {w.reason}",
                                        code=w.code)
     return out
@@ -334,15 +335,6 @@ def _expected_seconds(job: FineTuneJob) -> float | None:
     if not deadline:
         return None
     return max(0.0, deadline - job.status.active_seconds)
-
-
-def coarse_position(position: int) -> int:
-    """1-10 exact, then rounded up to one significant digit (37 -> 40, 123 -> 200): the status
-    moves a few times per decade instead of on every admission ahead of it."""
-    if position <= 10:
-        return position
-    magnitude: int = 10 ** (len(str(position)) - 1)
-    return -(-position // magnitude) * magnitude
 
 
 _KEY = re.compile(r"\b([a-z0-9][-a-z0-9]*)/([a-z0-9][-a-z0-9.]*)")
@@ -400,7 +392,7 @@ def verdicts(snap: Snapshot, now: dt.datetime, keys: set[str],
                "effectivePriority": round(w.effective_priority, 1), "reason": reason,
                "code": str(w.code), "reserved": w.reserved}
         out.queue_view.setdefault(ns, []).append(row)
-        return JobVerdict(position=coarse_position(per_ns[ns]), reason=reason, code=w.code)
+        return JobVerdict(position=shown_position(per_ns[ns]), reason=reason, code=w.code)
 
     def impossible(i: Impossible) -> JobVerdict:
         return JobVerdict(impossible=tenant_words(i.reason, i.job.namespace, keys))

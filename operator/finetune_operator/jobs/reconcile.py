@@ -536,7 +536,7 @@ def _queued(p: Plan, job: FineTuneJob, decision: JobVerdict, ctx: Ctx) -> None:
         set_condition(st, "Admitted", False, "Unschedulable", why, now, gen)
         return
     if not decision.admit:
-        st.queue = QueueStatus(position=decision.position, reason=decision.reason)
+        st.queue = QueueStatus.waiting(decision.position, decision.reason)
         set_condition(st, "Admitted", False, str(decision.code or "Waiting"),
                       decision.reason or "waiting for admission", now, gen)
         return

@@ -18,8 +18,9 @@ from typing import Any
 
 from finetune_api.job import FineTuneJob
 from finetune_api.server import ModelServer
+from finetune_api.status import shown_position
 from finetune_operator.admission.seam import AdmissionRound, ClusterView
-from finetune_operator.jobs.decide import coarse_position, problem
+from finetune_operator.jobs.decide import problem
 from finetune_operator.kueue.workload import (
     Admittable,
     Workload,
@@ -58,7 +59,7 @@ class KueueAdmitter:
                 wl = view.workloads.get(uid)
                 pos = order.get(uid)
                 got = verdict(job, wl if isinstance(wl, Workload) else None, view.flavors,
-                              coarse_position(pos) if pos else None,
+                              shown_position(pos) if pos else None,
                               self._digest(job, view.classes))
                 out.by_uid[uid] = got
                 if not got.admit and not got.preempt and queue_name(job) is not None and \

@@ -22,6 +22,7 @@ from typing import Any
 from finetune_api.job import FineTuneJob
 from finetune_api.labels import SERVER_LABEL
 from finetune_api.server import ModelServer
+from finetune_api.status import position_words
 from finetune_api.times import parse_time, rfc3339
 from finetune_operator.admission import JobVerdict, QueuedJob, RunningJob
 from finetune_operator.admission.model import WaitCode
@@ -231,7 +232,7 @@ def plan_server(server: ModelServer, pods: list[dict[str, Any]],
         out.phase, out.reason = "Failed", verdict.impossible
         return out
     if not verdict.admit:
-        where = f" (position {verdict.position})" if verdict.position else ""
+        where = f" (position {position_words(verdict.position)})" if verdict.position else ""
         what = "Kueue" if verdict.code == WaitCode.KUEUE else "GPUs"
         out.reason = f"waiting for {what}{where}: {verdict.reason}"
         return out

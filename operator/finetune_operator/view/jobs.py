@@ -103,14 +103,30 @@ def eta_text(job: Job) -> str:
 
 
 def queue_position(job: Job) -> int | None:
-    """The place among the namespace's waiting jobs, while Queued."""
+    """The place among the namespace's waiting jobs, while Queued and among the first 10."""
     pos = (status_of(job).get("queue") or {}).get("position")
     return pos if phase_of(job) == "Queued" and isinstance(pos, int) else None
 
 
+def queue_place(queue: Mapping[str, Any]) -> int | None:
+    """The place a ``status.queue`` states, for ordering: its position (1-10) or, further
+    back, the place it is at least (``positionAtLeast``: 11)."""
+    for key in ("position", "positionAtLeast"):
+        if isinstance(got := queue.get(key), int):
+            return got
+    return None
+
+
+def place_text(queue: Mapping[str, Any]) -> str:
+    """"3", or "11+" for a job further back than the first 10, or "-"."""
+    pos, later = queue.get("position"), queue.get("positionAtLeast")
+    if isinstance(pos, int):
+        return str(pos)
+    return f"{later}+" if isinstance(later, int) else NONE
+
+
 def queue_text(job: Job) -> str:
-    pos = (status_of(job).get("queue") or {}).get("position")
-    return str(pos) if phase_of(job) == "Queued" and pos is not None else NONE
+    return place_text(status_of(job).get("queue") or {}) if phase_of(job) == "Queued" else NONE
 
 
 def reason_text(job: Job) -> str:

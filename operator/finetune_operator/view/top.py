@@ -8,7 +8,15 @@ from typing import Any, TypedDict
 
 from finetune_api.quantity import quantity
 from finetune_api.spec import DEFAULT_GPU_RESOURCE
-from finetune_operator.view.jobs import Job, phase_of, priority_of, spec_of, status_of, total_gpus
+from finetune_operator.view.jobs import (
+    Job,
+    phase_of,
+    priority_of,
+    queue_place,
+    spec_of,
+    status_of,
+    total_gpus,
+)
 
 # Phases whose pods hold GPUs (the same set as the operator's metrics).
 ALLOCATED_PHASES = frozenset({"Admitted", "Running", "Preempting"})
@@ -16,7 +24,7 @@ ALLOCATED_PHASES = frozenset({"Admitted", "Running", "Preempting"})
 
 class QueueEntry(TypedDict):
     name: str | None
-    position: int | None  # the job's status.queue.position (None before the operator set it)
+    position: int | None  # its status.queue place (view/jobs.py queue_place; None: not yet)
     gpus: int
     priority: str
     reason: str
@@ -113,7 +121,7 @@ def top_rows(jobs: Iterable[Job], quotas: Iterable[Mapping[str, Any]],
             r["queuedGpus"] += total_gpus(j)
             q = status_of(j).get("queue") or {}
             r["queue"].append(QueueEntry(
-                name=(j.get("metadata") or {}).get("name"), position=q.get("position"),
+                name=(j.get("metadata") or {}).get("name"), position=queue_place(q),
                 gpus=total_gpus(j), priority=priority_of(j), reason=q.get("reason", "")))
     for r in rows.values():
         r["queue"].sort(key=lambda e: (e["position"] is None, e["position"] or 0, e["name"]))

@@ -285,6 +285,44 @@ def test_a_cycle_visits_only_the_jobs_that_may_have_changed(worlds: list[World])
     assert rows == fresh and len(rows) == 13
 
 
+def test_a_burst_ahead_of_a_long_queue_rewrites_only_the_places_that_were_exact(
+        worlds: list[World]) -> None:
+    """40 low-priority jobs wait behind a full node, then 30 high-priority ones arrive ahead
+    of them. A status states the place exactly only among the first 10 (further back:
+    ``positionAtLeast: 11``), so once the queue text has caught up, only the 10 low jobs that
+    had an exact place were rewritten: the other 30, which moved from 11-40 to 41-70, were
+    not (a coarse position would have rewritten most of them), and then nothing is written."""
+    lows = [job_body(f"low-{i:02d}", gpus=1, priority_class="finetune-low",
+                     created=f"2026-01-02T10:{i:02d}:00Z") for i in range(40)]
+    w = World([job_body("holder", gpus=8, created="2026-01-02T09:00:00Z"), *lows])
+    worlds.append(w)
+    for _ in range(3):
+        w.cycle()
+    assert w.status("holder")["phase"] == "Admitted"
+    assert [w.status(f"low-{i:02d}")["queue"].get("position") for i in range(12)] == \
+        [*range(1, 11), None, None]
+    assert w.status("low-39")["queue"]["positionAtLeast"] == 11
+    before = len(w.kube.writes())
+    for i in range(30):
+        w.kube.jobs[("team-a", f"high-{i:02d}")] = job_body(
+            f"high-{i:02d}", gpus=1, priority_class="finetune-high",
+            created=f"2026-01-02T11:{i:02d}:00Z")
+    for _ in range(180):  # 3 minutes: past the 60 s per-job interval of queue text
+        w.cycle()
+    after = w.kube.writes()[before:]
+    lows_written = {k for verb, kind, k in after if kind == "FineTuneJob" and "/low-" in k}
+    assert lows_written == {f"team-a/low-{i:02d}" for i in range(10)}
+    assert all(w.status(f"low-{i:02d}")["queue"] == {
+        "positionAtLeast": 11, "reason": w.status("low-00")["queue"]["reason"]}
+        for i in range(40))
+    assert [w.status(f"high-{i:02d}")["queue"].get("position") for i in range(12)] == \
+        [*range(1, 11), None, None]
+    calls = len(w.kube.writes())
+    w.cycle(60)
+    w.cycle()
+    assert len(w.kube.writes()) == calls  # settled: nothing more to write
+
+
 def test_cycles_are_debounced_but_a_new_job_is_decided_at_once() -> None:
     assert debounce(10.0, 10.05, 0.2, arrived=False) == pytest.approx(0.15)
     assert debounce(10.0, 10.05, 0.2, arrived=True) == 0.0   # an arrival: no wait
