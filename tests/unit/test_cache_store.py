@@ -59,3 +59,35 @@ def test_one_part_for_the_whole_collection_is_the_old_behaviour() -> None:
     store.replace({"y": 2})
     assert dict(store.items()) == {"y": 2}
     assert store.synced.is_set()
+
+
+def test_a_create_response_never_replaces_what_the_watch_delivered() -> None:
+    """The operator caches a pod it created from the create's response, before the watch's
+    event; when the watch was faster (the pod already bound and Running), the response, the
+    oldest version, must not replace it: slim pods carry no resourceVersion, and a stale Pending
+    pod stayed in the cache while the real one ran, its job Admitted forever (a 1-in-3 flake
+    of tests/cluster/test_operator_lifecycle.py under load)."""
+    from finetune_operator.jobs.feeds import Feeds, uid_key
+    from finetune_operator.kube.cache import slim_pod
+    from tests.builders.jobkube import RecordingJobKube
+    from tests.builders.jobs import make_settings
+
+    feeds = Feeds(RecordingJobKube(), make_settings(), lambda: None, lambda pod, bad: None)
+    created = {"metadata": {"name": "j-a1-0", "namespace": "team-a", "uid": "p1",
+                            "ownerReferences": [{"kind": "FineTuneJob", "uid": "j1",
+                                                 "controller": True}]},
+               "spec": {"containers": []}, "status": {"phase": "Pending"}}
+    running = {**created, "spec": {"nodeName": "n1", "containers": []},
+               "status": {"phase": "Running"}}
+    key = uid_key(created)
+    feeds.pods.put(key, slim_pod(running))  # the watch first
+    feeds.created_pod(created)              # then the create's response
+    assert feeds.pods.get(key)["status"]["phase"] == "Running"
+    other = {**created, "metadata": {**created["metadata"], "name": "j-a1-1", "uid": "p2"}}
+    feeds.created_pod(other)                # no watch event yet: cached from the response
+    assert feeds.pods.get(uid_key(other))["status"]["phase"] == "Pending"
+    store, seen = recording()
+    store.put("a", 2)
+    store.add("a", 1)
+    store.add("b", 1)
+    assert dict(store.items()) == {"a": 2, "b": 1} and seen == [("a", None, 2), ("b", None, 1)]

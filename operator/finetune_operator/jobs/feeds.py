@@ -351,12 +351,12 @@ class Feeds:
     def created_pod(self, pod: dict[str, Any]) -> None:
         """A pod this operator just created, as the API server returned it: cached before its
         watch event arrives."""
-        self.pods.put(uid_key(pod), cache.slim_pod(pod),
+        self.pods.add(uid_key(pod), cache.slim_pod(pod),
                       part=self.part((pod.get("metadata") or {}).get("namespace")))
 
     def created_server_pod(self, pod: dict[str, Any]) -> None:
         """A server pod this operator just created: cached before its watch event arrives."""
-        self.server_pods.put(uid_key(pod), slim_server_pod(pod),
+        self.server_pods.add(uid_key(pod), slim_server_pod(pod),
                              part=self.part((pod.get("metadata") or {}).get("namespace")))
 
     def pods_by_server(self) -> dict[str, list[dict[str, Any]]]:

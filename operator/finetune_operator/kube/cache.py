@@ -107,14 +107,16 @@ class Store:
         if was is not None:
             self._parts.get(was, set()).discard(key)
 
-    def put(self, key: str, value: Any, notify: bool = True, part: str = "") -> None:
+    def put(self, key: str, value: Any, notify: bool = True, part: str = "",
+            only_new: bool = False) -> None:
         """Insert/replace (None deletes) in ``part``; notifies when the value changed
         (``notify=False``: the operator's own write, which it planned already). A value older
         than the one stored (``resource_version``, e.g. a lagging watch event after the operator
-        stored the response of its own write) is ignored."""
+        stored the response of its own write) is ignored; so is any value for a key already
+        stored with ``only_new`` (``add``)."""
         with self._lock:
             old = self._items.get(key)
-            if value is not None and old is not None and _older(value, old):
+            if value is not None and old is not None and (only_new or _older(value, old)):
                 return
             if value is None:
                 self._items.pop(key, None)
@@ -124,6 +126,14 @@ class Store:
                 self._own(key, part)
         if notify and old != value and self._on_change is not None:
             self._on_change(self.kind, key, old, value)
+
+    def add(self, key: str, value: Any, part: str = "") -> None:
+        """Insert unless present: ``value`` is an object as its create returned it, the oldest
+        version of that object, and what its watch delivered meanwhile (the pod bound, running)
+        is as new or newer. Values without a ``resource_version`` (slim pods) need this; ``put``
+        would replace the newer one and the cache would keep the stale state until the object
+        changes again."""
+        self.put(key, value, part=part, only_new=True)
 
     def replace(self, items: dict[str, Any], part: str = "") -> None:
         """After a (re)list of ``part``: its keys become exactly ``items`` (the other parts are
