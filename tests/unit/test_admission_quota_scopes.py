@@ -20,7 +20,16 @@ from finetune_operator.admission import (
     admit,
 )
 from finetune_operator.admission.snapshot import quotas_from_k8s
-from tests.builders.admission import GPU, NOW, admitted, make_job, make_node, make_running, waiting
+from tests.builders.admission import (
+    GPU,
+    NOW,
+    admitted,
+    make_job,
+    make_node,
+    make_running,
+    snap,
+    waiting,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -158,3 +167,22 @@ def test_quotas_from_k8s_carries_scopes() -> None:
                                          values=("finetune-high",)))
     assert q.matches(make_job(priority_class="finetune-high"))
     assert not q.matches(make_job(priority_class="finetune-low"))
+
+
+def test_a_quota_whose_used_lags_its_pods_is_not_overfilled() -> None:
+    """The quota controller can write a ``used`` below the pods that exist (its informer had
+    not seen the newest ones yet), and the API server then admits a pod past ``hard``: a
+    5,000-job benchmark ended with 81 pods under a quota of 80. The policy counts at least
+    the GPUs of the jobs whose pods exist."""
+    running = [make_running(f"r{i}", gpus=1, on=f"n{i % 2}") for i in range(4)]
+    nodes = [make_node("n0", free=6), make_node("n1", free=6), make_node("n2", free=8)]
+    stale = snap([make_job("next", gpus=1)], running, nodes, quotas={"team-a": (4, 3)})
+    d = admit(stale, NOW)
+    assert admitted(d) == [] and waiting(d)["next"][1] == "QuotaExhausted"
+    # the same with the quota right, and with room: admitted (the bound only raises usage)
+    assert admitted(admit(snap([make_job("next", gpus=1)], running, nodes,
+                               quotas={"team-a": (5, 4)}), NOW)) == ["next"]
+    pending = [make_running(f"r{i}", gpus=1, on=f"n{i % 2}", counted_in_quota=i < 3)
+               for i in range(4)]  # r3's pod not created yet: charged once, not twice
+    assert admitted(admit(snap([make_job("next", gpus=1)], pending, nodes,
+                               quotas={"team-a": (5, 3)}), NOW)) == ["next"]

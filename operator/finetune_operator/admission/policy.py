@@ -169,6 +169,7 @@ class _Admitter:
 
         running = sorted(snapshot.running, key=lambda r: (r.namespace, r.name, r.uid))
         self.running_uids = {r.uid for r in running}
+        self.quota.at_least(r for r in running if r.counted_in_quota)
         for r in running:
             if r.gpus > 0:
                 pool = self.pool(r.gpu_resource)
