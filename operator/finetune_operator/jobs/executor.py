@@ -19,7 +19,6 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
@@ -278,7 +277,7 @@ class Executor:
             self._events(body, pl.events, now)
         self.record(job, pl)
 
-    def _events(self, body: dict[str, Any], events: list[tuple[str, str, str]], now: dt.datetime,
+    def _events(self, body: dict, events: list[tuple[str, str, str]], now: dt.datetime,
                 ) -> None:
         for type_, reason, message in events:
             self.kube.event(body, type_, reason, message, now)
