@@ -1,13 +1,7 @@
 """Executing the cycle's plans: which status writes are worth sending now (coalescing, the
 queue-status token bucket), the writes themselves (status first, then children, deletions,
 Events) on two thread pools, the jobs with a write in flight, retries with backoff, and the
-metrics of each plan's outcomes once its writes landed.
-
-The writes that move GPUs (admissions, stops, phase changes of running jobs) go first: the
-status-only writes of waiting jobs and the Events of every plan wait while any of them is in
-flight (at most ``YIELD_SECONDS`` each), so that after a restart on a backlog of thousands of
-jobs, or in a burst, the API server's and this process's time goes to the admissions before the
-first Queued statuses of the jobs that wait anyway."""
+metrics of each plan's outcomes once its writes landed."""
 
 from __future__ import annotations
 
@@ -39,10 +33,6 @@ from finetune_operator.settings import OperatorSettings
 log = logging.getLogger("finetune_operator")
 
 Work = tuple[FineTuneJob, Plan, Change]
-
-# how long a background write (a waiting job's status, an Event) yields to the writes that
-# move GPUs before it goes anyway: a steady stream of admissions delays, never starves, them
-YIELD_SECONDS = 5.0
 
 
 class Timers:
@@ -89,8 +79,6 @@ class Executor:
         self.background = ThreadPoolExecutor(max(1, settings.cycle.max_concurrent_writes // 2),
                                              thread_name_prefix="write-status")
         self._inflight: set[str] = set()  # jobs with a write in flight
-        self._moving = 0  # writes that move GPUs submitted and not landed yet
-        self._calm = threading.Condition(self._lock)  # notified when _moving drops to 0
         self._pending: set[Future[None]] = set()
         self._last_write: dict[tuple[str, Change], float] = {}
         self._failures: dict[str, int] = {}  # consecutive execution errors per job
@@ -155,63 +143,42 @@ class Executor:
         reason) go to a background pool and do not hold the next cycle back; a job with a
         write in flight is not planned again until it lands."""
         futures: list[Future[None]] = []
-        todo: list[tuple[Work, bool]] = []
         for job, pl, change in work:
             if not (change or pl.create_attempt or pl.delete_pods or pl.force_delete_pods
                     or pl.delete_job):
                 self.record(job, pl)
                 continue
+            uid = job.metadata.uid
             background = (pl.status.phase == "Queued" and not pl.create_attempt
                           and not pl.delete_pods and not pl.force_delete_pods)
-            todo.append(((job, pl, change), background))
-        with self._lock:  # counted before any background write can look
-            self._moving += sum(1 for _, background in todo if not background)
-        for (job, pl, change), background in todo:
-            uid = job.metadata.uid
             with self._lock:
                 self._inflight.add(uid)
-            if background:
-                fut = self.background.submit(self._yielding, self._execute_guarded, job, pl,
-                                             change, now)
-            else:
-                fut = self.pool.submit(self._execute_guarded, job, pl, change, now, True)
-            self._track(fut)
-            fut.add_done_callback(functools.partial(self._landed, uid, not background))
+            pool = self.background if background else self.pool
+            fut = pool.submit(self._execute_guarded, job, pl, change, now)
+            with self._lock:  # its callback (under this lock) removes it once it landed
+                if not fut.done():
+                    self._pending.add(fut)
+            fut.add_done_callback(functools.partial(self._landed, uid))
             if not background:
                 futures.append(fut)
         for f in futures:
             f.result()
 
-    def _track(self, fut: Future[None]) -> None:
-        with self._lock:  # its callback (under this lock) removes it once it landed
-            if not fut.done():
-                self._pending.add(fut)
-
-    def _yielding(self, fn: Callable[..., None], *args: object) -> None:
-        """``fn(*args)`` once no write that moves GPUs is in flight (or ``YIELD_SECONDS``)."""
-        with self._calm:
-            self._calm.wait_for(lambda: self._moving == 0, YIELD_SECONDS)
-        fn(*args)
-
-    def _landed(self, uid: str, moving: bool, done: Future[None]) -> None:
+    def _landed(self, uid: str, done: Future[None]) -> None:
         with self._lock:
             self._inflight.discard(uid)
             self._pending.discard(done)
-            if moving:
-                self._moving -= 1
-                if self._moving == 0:
-                    self._calm.notify_all()
         if self.feeds.is_dirty(uid):
             self.wake()
 
     def _execute_guarded(self, job: FineTuneJob, pl: Plan, change: Change,
-                         now: dt.datetime, moving: bool = False) -> None:
+                         now: dt.datetime) -> None:
         uid = job.metadata.uid
         if not self.may_write():
             self.feeds.mark_dirty(uid)
             return
         try:
-            self.execute(job, pl, change, now, moving)
+            self.execute(job, pl, change, now)
             with self._lock:
                 self._failures.pop(uid, None)
         except ApiException as e:  # one job's trouble must not stall the others
@@ -233,10 +200,7 @@ class Executor:
                 log.exception("FineTuneJob %s: executing the plan failed; retrying with "
                               "backoff", job.key)
 
-    def execute(self, job: FineTuneJob, pl: Plan, change: Change, now: dt.datetime,
-                moving: bool = False) -> None:
-        """The plan's writes. ``moving``: they move GPUs, and its Events go to the background
-        pool (after the writes that move GPUs)."""
+    def execute(self, job: FineTuneJob, pl: Plan, change: Change, now: dt.datetime) -> None:
         k, ns, name, uid = self.kube, job.metadata.namespace, job.metadata.name, job.metadata.uid
         body = child_body(job)
         if change:
@@ -269,22 +233,9 @@ class Executor:
             k.delete_pod(ns, pod["metadata"]["name"], pod["metadata"].get("uid"), 0)
         if pl.delete_job:
             k.delete_job(ns, name, uid)
-        if moving and pl.events:
-            fut = self.background.submit(self._yielding, self._events, body, pl.events, now)
-            self._track(fut)
-            fut.add_done_callback(self._untrack)
-        else:
-            self._events(body, pl.events, now)
+        for type_, reason, message in pl.events:
+            k.event(body, type_, reason, message, now)
         self.record(job, pl)
-
-    def _events(self, body: dict, events: list[tuple[str, str, str]], now: dt.datetime,
-                ) -> None:
-        for type_, reason, message in events:
-            self.kube.event(body, type_, reason, message, now)
-
-    def _untrack(self, done: Future[None]) -> None:
-        with self._lock:
-            self._pending.discard(done)
 
     def retry_later(self, uid: str) -> None:
         """After an API error or an exception for one job: plan it again with backoff
