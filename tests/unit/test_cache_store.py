@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_operator.kube.cache import Store
+from finetune_operator.jobs.feeds import Feeds, uid_key
+from finetune_operator.kube.cache import Store, slim_pod
+from tests.builders.jobkube import RecordingJobKube
+from tests.builders.jobs import make_settings
 
 
 def recording() -> tuple[Store, list[tuple[str, Any, Any]]]:
@@ -67,11 +70,6 @@ def test_a_create_response_never_replaces_what_the_watch_delivered() -> None:
     oldest version, must not replace it: slim pods carry no resourceVersion, and a stale Pending
     pod stayed in the cache while the real one ran, its job Admitted forever (a 1-in-3 flake
     of tests/cluster/test_operator_lifecycle.py under load)."""
-    from finetune_operator.jobs.feeds import Feeds, uid_key
-    from finetune_operator.kube.cache import slim_pod
-    from tests.builders.jobkube import RecordingJobKube
-    from tests.builders.jobs import make_settings
-
     feeds = Feeds(RecordingJobKube(), make_settings(), lambda: None, lambda pod, bad: None)
     created = {"metadata": {"name": "j-a1-0", "namespace": "team-a", "uid": "p1",
                             "ownerReferences": [{"kind": "FineTuneJob", "uid": "j1",
