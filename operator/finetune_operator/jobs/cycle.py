@@ -168,6 +168,9 @@ class Cycle:
                 else:
                     todo.add(uid)
         todo |= self.timers.take_due(epoch, inflight)
+        # a waiting job the policy admits now: its queued status write (not started) yields
+        inflight -= self.executor.overtake({uid for uid in todo & inflight
+                                            if (v := decisions.by_uid.get(uid)) and v.admit})
         todo -= inflight  # planned again once its write landed (it stays dirty until then)
         if (got.capacity_changed or got.quotas_changed) and self.count == 0:
             todo |= {e.uid for e in entries}

@@ -13,6 +13,7 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
@@ -79,7 +80,8 @@ class Executor:
         self.background = ThreadPoolExecutor(max(1, settings.cycle.max_concurrent_writes // 2),
                                              thread_name_prefix="write-status")
         self._inflight: set[str] = set()  # jobs with a write in flight
-        self._pending: set[Future[None]] = set()
+        self._queued: dict[str, Future[bool]] = {}  # waiting jobs' background status writes
+        self._pending: set[Future[Any]] = set()
         self._last_write: dict[tuple[str, Change], float] = {}
         self._failures: dict[str, int] = {}  # consecutive execution errors per job
         self._metric_errors: dict[str, str] = {}  # recording a job's metrics failed: logged once
@@ -139,52 +141,89 @@ class Executor:
     def execute_all(self, work: list[Work], now: dt.datetime) -> None:
         """Writes that change who holds GPUs (admissions, stops, deletions, phase changes of
         running jobs) run now, and the cycle waits for them: the next cycle decides on their
-        result. Status-only writes of waiting jobs (their first Queued status, a new wait
-        reason) go to a background pool and do not hold the next cycle back; a job with a
-        write in flight is not planned again until it lands."""
-        futures: list[Future[None]] = []
+        result. They run in two waves: every status of the cycle first (the decisions, one
+        patch each), then the children and deletions of the jobs whose status landed, so a
+        burst of admissions is recorded at the rate of status patches, not of pod creates
+        (each job keeps its order: status, then children). Status-only writes of waiting jobs
+        (their first Queued status, a new wait reason) and every plan's Events go to a
+        background pool and do not hold the next cycle back; a job with a write in flight is
+        not planned again until it lands."""
+        now_work: list[Work] = []
         for job, pl, change in work:
             if not (change or pl.create_attempt or pl.delete_pods or pl.force_delete_pods
                     or pl.delete_job):
                 self.record(job, pl)
                 continue
-            uid = job.metadata.uid
-            background = (pl.status.phase == "Queued" and not pl.create_attempt
-                          and not pl.delete_pods and not pl.force_delete_pods)
             with self._lock:
-                self._inflight.add(uid)
-            pool = self.background if background else self.pool
-            fut = pool.submit(self._execute_guarded, job, pl, change, now)
-            with self._lock:  # its callback (under this lock) removes it once it landed
-                if not fut.done():
-                    self._pending.add(fut)
-            fut.add_done_callback(functools.partial(self._landed, uid))
-            if not background:
-                futures.append(fut)
-        for f in futures:
+                self._inflight.add(job.metadata.uid)
+            if (pl.status.phase == "Queued" and not pl.create_attempt and not pl.delete_pods
+                    and not pl.force_delete_pods):
+                fut = self._submit(self.background, job, self._write_all, pl, change, now)
+                with self._lock:
+                    if not fut.done():
+                        self._queued[job.metadata.uid] = fut
+            else:
+                now_work.append((job, pl, change))
+        firsts = [(w, self.pool.submit(self._guarded, self._write_status, *w, now))
+                  for w in now_work]
+        seconds = []
+        for (job, pl, change), first in firsts:
+            if first.result():  # its status landed (or it had none): its children follow
+                seconds.append(self._submit(self.pool, job, self._write_children, pl,
+                                            change, now))
+            else:
+                self._landed(job.metadata.uid)
+        for f in seconds:
             f.result()
 
-    def _landed(self, uid: str, done: Future[None]) -> None:
+    def _submit(self, pool: ThreadPoolExecutor, job: FineTuneJob,
+                step: Callable[[FineTuneJob, Plan, Change, dt.datetime], bool],
+                pl: Plan, change: Change, now: dt.datetime) -> Future[bool]:
+        """One job's last step: the job leaves ``_inflight`` once it landed."""
+        fut = pool.submit(self._guarded, step, job, pl, change, now)
+        with self._lock:  # its callback (under this lock) removes it once it landed
+            if not fut.done():
+                self._pending.add(fut)
+        fut.add_done_callback(functools.partial(self._landed, job.metadata.uid))
+        return fut
+
+    def overtake(self, uids: set[str]) -> set[str]:
+        """The jobs among ``uids`` whose background status write has not started yet: it is
+        cancelled and they are no longer in flight, so the cycle plans them now (their new
+        plan is written against the stored status and supersedes it). A waiting job the
+        policy admits never waits behind the queue texts of thousands of others, and its
+        GPUs never go to a lower-priority job meanwhile."""
+        with self._lock:
+            queued = [(uid, self._queued.get(uid)) for uid in uids]
+        return {uid for uid, fut in queued if fut is not None and fut.cancel()}
+
+    def _landed(self, uid: str, done: Future[bool] | None = None) -> None:
         with self._lock:
             self._inflight.discard(uid)
-            self._pending.discard(done)
+            if done is not None:
+                self._pending.discard(done)
+                if self._queued.get(uid) is done:
+                    del self._queued[uid]
         if self.feeds.is_dirty(uid):
             self.wake()
 
-    def _execute_guarded(self, job: FineTuneJob, pl: Plan, change: Change,
-                         now: dt.datetime) -> None:
+    def _guarded(self, step: Callable[[FineTuneJob, Plan, Change, dt.datetime], bool],
+                 job: FineTuneJob, pl: Plan, change: Change, now: dt.datetime) -> bool:
+        """One step of a job's plan; True when it landed and the next step may follow."""
         uid = job.metadata.uid
         if not self.may_write():
             self.feeds.mark_dirty(uid)
-            return
+            return False
         try:
-            self.execute(job, pl, change, now)
+            if not step(job, pl, change, now):
+                return False
             with self._lock:
                 self._failures.pop(uid, None)
+            return True
         except ApiException as e:  # one job's trouble must not stall the others
             if e.status == 409:  # a newer object is on its way through the watch
                 self.feeds.mark_dirty(uid)
-                return
+                return False
             self.retry_later(uid)
             log.warning("FineTuneJob %s: %s %s; retrying with backoff", job.key, e.status,
                         k8s.api_message(e) or e.reason)
@@ -199,30 +238,44 @@ class Executor:
             if self._failures.get(uid) == 1:
                 log.exception("FineTuneJob %s: executing the plan failed; retrying with "
                               "backoff", job.key)
+        return False
 
-    def execute(self, job: FineTuneJob, pl: Plan, change: Change, now: dt.datetime) -> None:
+    def _write_all(self, job: FineTuneJob, pl: Plan, change: Change, now: dt.datetime) -> bool:
+        return (self._write_status(job, pl, change, now)
+                and self._write_children(job, pl, change, now))
+
+    def _write_status(self, job: FineTuneJob, pl: Plan, change: Change,
+                      now: dt.datetime) -> bool:
+        """The plan's status patch (none: nothing to do); False when the job is gone."""
+        if not change:
+            return True
+        ns, name, uid = job.metadata.namespace, job.metadata.name, job.metadata.uid
+        entry = self.feeds.jobs.get(uid)
+        res = self.kube.patch_job_status(ns, name, merge_patch(job.status.to_wire(),
+                                                               pl.status.to_wire()),
+                                         entry.rv if entry is not None else None)
+        if res is None:
+            return False  # deleted meanwhile
+        written = job_entry(res)  # see our own write before the watch does; no replan:
+        self.feeds.jobs.put(uid, written, notify=False,  # this status is what was planned
+                            part=self.feeds.part(ns))
+        self.feeds.wrote(uid)
+        if written.trial is not None:
+            self.feeds.mark_sweeps_dirty()
+        at = now.timestamp()
+        with self._lock:
+            self._last_write[(uid, change)] = at
+            if change == Change.MATERIAL:  # a material write carries progress and queue
+                self._last_write[(uid, Change.PROGRESS)] = at
+                self._last_write[(uid, Change.QUEUE)] = at
+        failpoint("after-status-patch", pl.status.phase)
+        return True
+
+    def _write_children(self, job: FineTuneJob, pl: Plan, change: Change,
+                        now: dt.datetime) -> bool:
+        """After the status: children, pod and job deletions; the Events in the background
+        (they change no decision); then the plan's metrics."""
         k, ns, name, uid = self.kube, job.metadata.namespace, job.metadata.name, job.metadata.uid
-        body = child_body(job)
-        if change:
-            old, new = job.status.to_wire(), pl.status.to_wire()
-            entry = self.feeds.jobs.get(uid)
-            res = k.patch_job_status(ns, name, merge_patch(old, new),
-                                     entry.rv if entry is not None else None)
-            if res is None:
-                return  # deleted meanwhile
-            written = job_entry(res)  # see our own write before the watch does; no replan:
-            self.feeds.jobs.put(uid, written, notify=False,  # this status is what was planned
-                                part=self.feeds.part(ns))
-            self.feeds.wrote(uid)
-            if written.trial is not None:
-                self.feeds.mark_sweeps_dirty()
-            at = now.timestamp()
-            with self._lock:
-                self._last_write[(uid, change)] = at
-                if change == Change.MATERIAL:  # a material write carries progress and queue
-                    self._last_write[(uid, Change.PROGRESS)] = at
-                    self._last_write[(uid, Change.QUEUE)] = at
-            failpoint("after-status-patch", pl.status.phase)
         if pl.create_attempt is not None:
             self.children.create(job, pl)
         for pod in pl.delete_pods:
@@ -233,9 +286,27 @@ class Executor:
             k.delete_pod(ns, pod["metadata"]["name"], pod["metadata"].get("uid"), 0)
         if pl.delete_job:
             k.delete_job(ns, name, uid)
-        for type_, reason, message in pl.events:
-            k.event(body, type_, reason, message, now)
+        if pl.events:
+            fut = self.background.submit(self._events, job, pl.events, now)
+            with self._lock:
+                if not fut.done():
+                    self._pending.add(fut)
+            fut.add_done_callback(self._event_landed)
         self.record(job, pl)
+        return True
+
+    def _events(self, job: FineTuneJob, events: list[tuple[str, str, str]],
+                now: dt.datetime) -> None:
+        body = child_body(job)
+        try:
+            for type_, reason, message in events:
+                self.kube.event(body, type_, reason, message, now)
+        except (ApiException, OSError, k8s.Fenced) as e:  # an Event is not worth a retry
+            log.warning("FineTuneJob %s: an Event was not written: %s", job.key, e)
+
+    def _event_landed(self, done: Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(done)
 
     def retry_later(self, uid: str) -> None:
         """After an API error or an exception for one job: plan it again with backoff

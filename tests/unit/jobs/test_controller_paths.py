@@ -5,6 +5,7 @@ through the real feeds, admitter, state machine and executor, and asserts the AP
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,6 +125,64 @@ def test_a_queued_job_that_fits_is_admitted_and_its_pods_created(worlds: list[Wo
     w.cycle()
     assert w.status("bot")["phase"] == "Running"
     assert w.new_writes(before) == [("patch", "FineTuneJob", "team-a/bot")]
+
+
+def test_a_burst_of_admissions_records_every_decision_before_creating_children(
+        worlds: list[World]) -> None:
+    """More admissions in one cycle than write threads: every job's Admitted status lands
+    before the first child is created (the decisions at the rate of status patches), each
+    job still has its status before its pod, and the Events come after (in the background)."""
+    n = 40  # > max_concurrent_writes (16)
+    w = World([job_body(f"j-{i:02d}", gpus=1) for i in range(n)], gpus=n)
+    worlds.append(w)
+    w.cycle()
+    assert all(w.status(f"j-{i:02d}")["phase"] == "Admitted" for i in range(n))
+    writes = w.kube.writes()
+    patches = [i for i, c in enumerate(writes) if c[:2] == ("patch", "FineTuneJob")]
+    creates = [i for i, c in enumerate(writes) if c[0] == "create" and c[1] != "Event"]
+    assert len(patches) == n and len(creates) >= n  # a pod each (and its ConfigMap)
+    assert max(patches) < min(creates), writes[:n + 4]
+    assert sorted(e[1] for e in w.kube.events) == ["Admitted"] * n
+
+
+def test_a_job_the_policy_admits_overtakes_its_own_queued_status_write(
+        worlds: list[World]) -> None:
+    """A waiting job whose Queued status write has not started yet (the background pool busy
+    with other waiting jobs' writes) is admitted in the cycle that frees its GPUs: its queued
+    write is cancelled, not waited for, so the GPUs are never idle behind the queue texts."""
+    w = running_world(worlds, job_body("run", gpus=8, priority_class="finetune-normal"),
+                      job_body("blocker", gpus=8, priority_class="finetune-low"),
+                      max_concurrent_writes=2)  # one background writer
+    gate, patch = threading.Event(), w.kube.patch_job_status
+
+    def held(ns: str, name: str, status: dict[str, Any], rv: str | None = None) -> Any:
+        if name == "blocker":
+            assert gate.wait(10)
+        return patch(ns, name, status, rv)
+
+    w.kube.patch_job_status = held  # type: ignore[method-assign]
+
+    def cycle() -> None:  # no drain: the blocker's write is held
+        w.clock.advance(1)
+        sync(w.ctrl, w.kube)
+        w.ctrl.run_cycle(w.clock.now())
+        sync(w.ctrl, w.kube)
+
+    cycle()  # the blocker's first status: the one background writer holds it
+    w.kube.jobs[("team-a", "high")] = job_body("high", gpus=8, priority_class="finetune-normal")
+    cycle()  # high's first status: queued behind it
+    assert w.kube.jobs[("team-a", "high")]["metadata"]["uid"] in w.ctrl.executor.inflight()
+    w.complete_pod("run-a1-0")
+    for _ in range(3):
+        cycle()
+        if w.status("high").get("phase") == "Admitted":
+            break
+    assert w.status("high").get("phase") == "Admitted"  # while the blocker's write waits
+    assert ("create", "Pod", "team-a/high-a1-0") in w.kube.writes()
+    gate.set()
+    w.ctrl.executor.drain()
+    assert w.status("high")["phase"] == "Admitted"  # its cancelled Queued write never lands
+    assert w.status("blocker")["phase"] == "Queued"
 
 
 def test_a_higher_priority_job_preempts_when_the_gpus_are_full(worlds: list[World]) -> None:
