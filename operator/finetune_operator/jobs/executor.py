@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -94,11 +95,16 @@ class Executor:
         self.background.shutdown(wait=True, cancel_futures=True)
 
     def drain(self, timeout: float = 10.0) -> None:
-        """Wait until every write submitted so far landed (tests: the next cycle sees them)."""
-        with self._lock:
-            pending = list(self._pending)
-        _, not_done = wait(pending, timeout)
-        assert not not_done, f"writes still in flight after {timeout}s: {self.inflight()}"
+        """Wait until every write submitted so far landed, and the Events those writes handed
+        to the background writer (tests: the next cycle sees them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = list(self._pending)
+            if not pending:
+                return
+            _, not_done = wait(pending, max(0.0, deadline - time.monotonic()))
+            assert not not_done, f"writes still in flight after {timeout}s: {self.inflight()}"
 
     def inflight(self) -> set[str]:
         with self._lock:
