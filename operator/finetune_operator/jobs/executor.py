@@ -187,11 +187,16 @@ class Executor:
                 pl: Plan, change: Change, now: dt.datetime) -> Future[bool]:
         """One job's last step: the job leaves ``_inflight`` once it landed."""
         fut = pool.submit(self._guarded, step, job, pl, change, now)
+        self._track(fut, job.metadata.uid)
+        return fut
+
+    def _track(self, fut: Future[Any], uid: str | None) -> None:
+        """``drain`` waits for ``fut`` until it is done; then ``uid`` (a job's last step, or
+        None for its Events) leaves ``_inflight``."""
         with self._lock:  # its callback (under this lock) removes it once it landed
             if not fut.done():
                 self._pending.add(fut)
-        fut.add_done_callback(functools.partial(self._landed, job.metadata.uid))
-        return fut
+        fut.add_done_callback(functools.partial(self._landed, uid))
 
     def overtake(self, uids: set[str]) -> set[str]:
         """The jobs among ``uids`` whose background status write has not started yet: it is
@@ -203,13 +208,15 @@ class Executor:
             queued = [(uid, self._queued.get(uid)) for uid in uids]
         return {uid for uid, fut in queued if fut is not None and fut.cancel()}
 
-    def _landed(self, uid: str, done: Future[bool] | None = None) -> None:
+    def _landed(self, uid: str | None, done: Future[Any] | None = None) -> None:
         with self._lock:
-            self._inflight.discard(uid)
             if done is not None:
                 self._pending.discard(done)
-                if self._queued.get(uid) is done:
-                    del self._queued[uid]
+            if uid is None:
+                return
+            self._inflight.discard(uid)
+            if done is not None and self._queued.get(uid) is done:
+                del self._queued[uid]
         if self.feeds.is_dirty(uid):
             self.wake()
 
@@ -293,11 +300,7 @@ class Executor:
         if pl.delete_job:
             k.delete_job(ns, name, uid)
         if pl.events:
-            fut = self.background.submit(self._events, job, pl.events, now)
-            with self._lock:
-                if not fut.done():
-                    self._pending.add(fut)
-            fut.add_done_callback(self._event_landed)
+            self._track(self.background.submit(self._events, job, pl.events, now), None)
         self.record(job, pl)
         return True
 
@@ -309,10 +312,6 @@ class Executor:
                 self.kube.event(body, type_, reason, message, now)
         except (ApiException, OSError, k8s.Fenced) as e:  # an Event is not worth a retry
             log.warning("FineTuneJob %s: an Event was not written: %s", job.key, e)
-
-    def _event_landed(self, done: Future[None]) -> None:
-        with self._lock:
-            self._pending.discard(done)
 
     def retry_later(self, uid: str) -> None:
         """After an API error or an exception for one job: plan it again with backoff
